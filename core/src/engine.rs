@@ -1,0 +1,407 @@
+//! The engine: the one facade every binding and the CLI drive.
+//!
+//! `Engine` is a cheap `Clone` handle (an `Arc`). It owns no async runtime: its
+//! async methods run on whatever tokio runtime the caller provides; blocking file
+//! work inside them is moved to `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::discovery::{self, Document, DiscoveryReport, FileReport, Outcome};
+use crate::error::{Error, Result};
+use crate::manual::{Manual, sanitize_name};
+use crate::registry::{Catalogue, RegisteredTool, Registry};
+use crate::vars::{self, Variables};
+
+/// Where a manual comes from.
+#[derive(Debug, Clone)]
+pub enum ManualSource {
+    /// A manual (or, later, an OpenAPI document) already parsed.
+    Inline(Value),
+    Path(PathBuf),
+    Url(String),
+}
+
+impl ManualSource {
+    /// Read a string as the bindings receive it: inline JSON (starts with `{`),
+    /// an `http(s)://` URL, or a file path.
+    pub fn from_text(text: &str) -> Result<ManualSource> {
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() {
+            return Err(Error::InvalidArgument("manual source is empty: pass a manual, a path or a URL".into()));
+        }
+        if trimmed.starts_with('{') {
+            let value = serde_json::from_str(trimmed)
+                .map_err(|e| Error::InvalidManual(format!("inline manual is not valid JSON: {e}")))?;
+            return Ok(ManualSource::Inline(value));
+        }
+        let lower = trimmed.get(..8).unwrap_or(trimmed).to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return Ok(ManualSource::Url(trimmed.to_string()));
+        }
+        Ok(ManualSource::Path(PathBuf::from(text)))
+    }
+}
+
+struct Inner {
+    config: Config,
+    vars: Variables,
+    registry: Registry,
+    http: OnceLock<std::result::Result<reqwest::Client, String>>,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("tools", &self.inner.registry.snapshot().tool_count()).finish()
+    }
+}
+
+/// How long fetching a manual URL may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_REDIRECTS: usize = 5;
+
+impl Engine {
+    /// A new engine. Reads dotenv files named in the config once, here.
+    pub fn new(config: Config) -> Result<Engine> {
+        let vars = Variables::new(&config)?;
+        Ok(Engine { inner: Arc::new(Inner { config, vars, registry: Registry::new(), http: OnceLock::new() }) })
+    }
+
+    /// A new engine from config JSON (`null` or `{}` for defaults).
+    pub fn from_json(config: Value) -> Result<Engine> {
+        Engine::new(Config::from_value(config)?)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn variables(&self) -> &Variables {
+        &self.inner.vars
+    }
+
+    /// Register the manuals listed in config `manuals`. Returns the names registered.
+    pub async fn register_configured_manuals(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in self.inner.config.manuals.clone() {
+            let source = match item {
+                Value::String(s) => match ManualSource::from_text(&s)? {
+                    ManualSource::Path(p) => ManualSource::Path(self.inner.config.resolve_path(&p)),
+                    other => other,
+                },
+                other => ManualSource::Inline(other),
+            };
+            let tools = self.register_manual(source, None).await?;
+            if let Some(first) = tools.first() {
+                names.push(first.split('.').next().unwrap_or_default().to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Register a manual; returns its tools' full names. `name` overrides the
+    /// default name (file name, URL host, or `name` key of an inline manual).
+    pub async fn register_manual(&self, source: ManualSource, name: Option<&str>) -> Result<Vec<String>> {
+        match source {
+            ManualSource::Inline(value) => self.register_value(value, name, None),
+            ManualSource::Path(path) => {
+                let engine = self.clone();
+                let name = name.map(str::to_string);
+                blocking(move || engine.register_path(&path, name.as_deref())).await
+            }
+            ManualSource::Url(url) => {
+                let (value, default_name) = self.fetch_manual(&url).await?;
+                self.register_value(value, name, Some(&default_name))
+            }
+        }
+    }
+
+    fn register_value(&self, value: Value, name: Option<&str>, default_name: Option<&str>) -> Result<Vec<String>> {
+        let inline_name = value.get("name").and_then(Value::as_str).map(str::to_string);
+        let value = match discovery::classify(value) {
+            Document::Utcp(v) => v,
+            Document::OpenApi(_) => {
+                return Err(Error::InvalidManual(
+                    "this is an OpenAPI document; OpenAPI conversion is not yet supported".into(),
+                ));
+            }
+            Document::Other => {
+                return Err(Error::InvalidManual("not a UTCP manual: expected an object with a `tools` list".into()));
+            }
+        };
+        let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(inline_name);
+        let Some(raw) = raw else {
+            return Err(Error::InvalidArgument(
+                "an inline manual needs a name: pass `name` or give the manual a `name` key".into(),
+            ));
+        };
+        let manual_name = sanitize_name(&raw);
+        let manual = Manual::from_value(value)
+            .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
+        let entry = self.inner.registry.register(&manual_name, manual)?;
+        tracing::debug!(manual = %manual_name, tools = entry.tools.len(), "manual registered");
+        Ok(entry.tools.iter().map(|t| t.name.clone()).collect())
+    }
+
+    fn register_path(&self, path: &Path, name: Option<&str>) -> Result<Vec<String>> {
+        let value = match discovery::load_document(path, self.inner.config.discovery.max_file_size)? {
+            Document::Utcp(v) => v,
+            Document::OpenApi(_) => {
+                return Err(Error::InvalidManual(format!(
+                    "{} is an OpenAPI document; OpenAPI conversion is not yet supported",
+                    path.display()
+                )));
+            }
+            Document::Other => {
+                return Err(Error::InvalidManual(format!(
+                    "{}: not a UTCP manual (expected an object with a `tools` list)",
+                    path.display()
+                )));
+            }
+        };
+        let default = discovery::manual_name_for(path);
+        self.register_value(value, name, Some(&default)).map_err(|e| match e {
+            Error::InvalidManual(m) if !m.contains(&path.display().to_string()) => {
+                Error::InvalidManual(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// Discover manuals in a directory (recursively), a file, or at a URL.
+    pub async fn discover(&self, target: &str) -> Result<DiscoveryReport> {
+        if let Ok(ManualSource::Url(url)) = ManualSource::from_text(target) {
+            let outcome = match self.register_manual(ManualSource::Url(url.clone()), None).await {
+                Ok(tools) => Outcome::Registered { manual: manual_of(&tools, &url), tools: tools.len() },
+                Err(e) => Outcome::failed(&e),
+            };
+            return Ok(DiscoveryReport { root: url.clone(), files: vec![FileReport { path: url, outcome }] });
+        }
+        let root = PathBuf::from(target);
+        let engine = self.clone();
+        blocking(move || engine.discover_path(&root)).await
+    }
+
+    fn discover_path(&self, root: &Path) -> Result<DiscoveryReport> {
+        let meta = std::fs::metadata(root)
+            .map_err(|_| Error::NotFound(format!("{}: no such file or directory", root.display())))?;
+        let max = self.inner.config.discovery.max_file_size;
+        let (candidates, mut files) = if meta.is_dir() {
+            discovery::scan(root, max)
+        } else {
+            let explicit = true;
+            (vec![discovery::Candidate { path: root.to_path_buf(), explicit_manual: explicit }], Vec::new())
+        };
+        for candidate in candidates {
+            let outcome = match discovery::load_document(&candidate.path, max) {
+                Ok(Document::Utcp(value)) => {
+                    let name = discovery::manual_name_for(&candidate.path);
+                    match self.register_value(value, None, Some(&name)) {
+                        Ok(tools) => Outcome::Registered { manual: name, tools: tools.len() },
+                        Err(e) => Outcome::failed(&e),
+                    }
+                }
+                Ok(doc) => discovery::not_a_manual(&candidate, &doc),
+                Err(e) => Outcome::failed(&e),
+            };
+            files.push(FileReport { path: candidate.path.display().to_string(), outcome });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(DiscoveryReport { root: root.display().to_string(), files })
+    }
+
+    pub fn deregister_manual(&self, name: &str) -> bool {
+        self.inner.registry.deregister(name)
+    }
+
+    /// Every registered tool, ordered by full name.
+    pub fn tools(&self) -> Vec<Arc<RegisteredTool>> {
+        self.inner.registry.tools()
+    }
+
+    pub fn tool(&self, name: &str) -> Result<Arc<RegisteredTool>> {
+        self.inner.registry.tool(name).ok_or_else(|| {
+            Error::NotFound(format!("no tool named '{name}' (tool names are `manual.tool`)"))
+        })
+    }
+
+    /// Ranked search; `limit == 0` is unlimited; `tags` keeps tools with any of them.
+    pub fn search_tools(&self, query: &str, limit: usize, tags: &[String]) -> Vec<Arc<RegisteredTool>> {
+        self.inner.registry.search(query, limit, tags).into_iter().map(|(t, _)| t).collect()
+    }
+
+    /// Names of the registered manuals, sorted.
+    pub fn manuals(&self) -> Vec<String> {
+        self.inner.registry.snapshot().manuals().map(|m| m.name.clone()).collect()
+    }
+
+    /// The current catalogue snapshot (lock-free).
+    pub fn catalogue(&self) -> Arc<Catalogue> {
+        self.inner.registry.snapshot()
+    }
+
+    /// Namespaced variables a manual or a tool (`manual.tool`) needs.
+    pub fn required_variables(&self, name: &str) -> Result<Vec<String>> {
+        let cat = self.inner.registry.snapshot();
+        if let Some(m) = cat.manual(name) {
+            return Ok(vars::required_variables(&m.name, m.tools.iter().map(|t| &t.tool)));
+        }
+        let tool = self.tool(name).map_err(|_| Error::NotFound(format!("no manual or tool named '{name}'")))?;
+        Ok(vars::required_variables(&tool.manual, [&tool.tool]))
+    }
+
+    fn http(&self) -> Result<&reqwest::Client> {
+        let allow_insecure = self.inner.config.discovery.allow_insecure_http;
+        self.inner
+            .http
+            .get_or_init(|| {
+                let policy = reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= MAX_REDIRECTS {
+                        attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+                    } else if let Err(e) = check_url(attempt.url(), allow_insecure) {
+                        attempt.error(e.to_string())
+                    } else {
+                        attempt.follow()
+                    }
+                });
+                reqwest::Client::builder()
+                    .timeout(FETCH_TIMEOUT)
+                    .redirect(policy)
+                    .user_agent(concat!("utp-runtime/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
+    }
+
+    /// Fetch a manual from `url`, or from `url/utcp` when `url` holds none.
+    /// Returns the document and the default manual name (the URL's host).
+    async fn fetch_manual(&self, raw_url: &str) -> Result<(Value, String)> {
+        let url = url::Url::parse(raw_url)
+            .map_err(|e| Error::InvalidArgument(format!("'{raw_url}' is not a valid URL: {e}")))?;
+        check_url(&url, self.inner.config.discovery.allow_insecure_http)?;
+        let host = url.host_str().unwrap_or("manual").to_string();
+        let first = self.fetch_document(&url).await;
+        match first {
+            Ok(Document::Utcp(v)) => return Ok((v, host)),
+            Ok(Document::OpenApi(_)) => {
+                return Err(Error::InvalidManual(format!(
+                    "{url} serves an OpenAPI document; OpenAPI conversion is not yet supported"
+                )));
+            }
+            _ => {}
+        }
+        let mut fallback = url.clone();
+        fallback.set_path(&format!("{}/utcp", url.path().trim_end_matches('/')));
+        match self.fetch_document(&fallback).await {
+            Ok(Document::Utcp(v)) => Ok((v, host)),
+            Ok(_) => Err(Error::InvalidManual(format!("no UTCP manual at {url} or {fallback}"))),
+            Err(e) => Err(match first {
+                Err(first) => Error::Transport(format!("no UTCP manual at {url} ({first}) or {fallback} ({e})")),
+                Ok(_) => Error::InvalidManual(format!("no UTCP manual at {url}, and {fallback}: {e}")),
+            }),
+        }
+    }
+
+    async fn fetch_document(&self, url: &url::Url) -> Result<Document> {
+        let max = self.inner.config.discovery.max_file_size;
+        let mut response = self
+            .http()?
+            .get(url.clone())
+            .header("accept", "application/json, application/yaml;q=0.9, */*;q=0.5")
+            .send()
+            .await
+            .map_err(|e| transport_error(url, e))?;
+        if !response.status().is_success() {
+            return Err(Error::Transport(format!("GET {url}: HTTP {}", response.status())));
+        }
+        if response.content_length().is_some_and(|n| n > max) {
+            return Err(Error::InvalidArgument(format!("{url}: response is over the {max} byte cap")));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(url, e))? {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(Error::InvalidArgument(format!("{url}: response is over the {max} byte cap")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let path = Path::new(url.path());
+        let value = crate::parse::parse_document(&body, Some(path))
+            .map_err(|e| Error::InvalidManual(format!("{url}: {e}")))?;
+        Ok(discovery::classify(value))
+    }
+}
+
+fn transport_error(url: &url::Url, e: reqwest::Error) -> Error {
+    // reqwest's message can carry the URL; ours never carries credentials, so strip them.
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    Error::Transport(format!("GET {shown}: {}", e.without_url()))
+}
+
+fn manual_of(tools: &[String], fallback: &str) -> String {
+    tools.first().and_then(|t| t.split('.').next()).unwrap_or(fallback).to_string()
+}
+
+/// HTTPS anywhere; plain HTTP only to loopback unless the config allows it.
+fn check_url(url: &url::Url, allow_insecure: bool) -> Result<()> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure || is_loopback(url) => Ok(()),
+        "http" => Err(Error::Security(format!(
+            "refusing plain http to {}: use https (plain http is allowed only to loopback, or with discovery.allow_insecure_http)",
+            url.host_str().unwrap_or("?")
+        ))),
+        other => Err(Error::InvalidArgument(format!("unsupported URL scheme '{other}' (expected https or http)"))),
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Run blocking work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("background task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_source_guessing() {
+        assert!(matches!(ManualSource::from_text("{\"tools\": []}").unwrap(), ManualSource::Inline(_)));
+        assert!(matches!(ManualSource::from_text("HTTPS://x.dev/m").unwrap(), ManualSource::Url(_)));
+        assert!(matches!(ManualSource::from_text("./m.utcp.json").unwrap(), ManualSource::Path(_)));
+        assert_eq!(ManualSource::from_text("{bad").unwrap_err().code(), crate::ErrorCode::InvalidManual);
+        assert_eq!(ManualSource::from_text("  ").unwrap_err().code(), crate::ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn url_policy() {
+        let ok = |u: &str| check_url(&url::Url::parse(u).unwrap(), false).is_ok();
+        assert!(ok("https://example.com/m"));
+        assert!(ok("http://127.0.0.1:8080/m"));
+        assert!(ok("http://localhost/m"));
+        assert!(ok("http://[::1]/m"));
+        assert!(!ok("http://example.com/m"));
+        assert!(!ok("ftp://example.com/m"));
+    }
+}

@@ -1,0 +1,165 @@
+//! The one error type of the runtime, with stable codes shared by every binding.
+
+use std::fmt;
+
+/// Stable error codes. Append-only: the numeric values are part of the C ABI and
+/// the names are part of the Python (`.code`) and Node (`ERR_UTP_<CODE>`) APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum ErrorCode {
+    InvalidArgument = 1,
+    NotFound = 2,
+    AlreadyExists = 3,
+    InvalidManual = 4,
+    ValidationFailed = 5,
+    VariableNotFound = 6,
+    PermissionDenied = 7,
+    RateLimited = 8,
+    ApprovalRequired = 9,
+    Timeout = 10,
+    Cancelled = 11,
+    Transport = 12,
+    ToolFailed = 13,
+    Security = 14,
+    Store = 15,
+    Planner = 16,
+    Sandbox = 17,
+    Internal = 18,
+    Panic = 19,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 19] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::NotFound,
+        ErrorCode::AlreadyExists,
+        ErrorCode::InvalidManual,
+        ErrorCode::ValidationFailed,
+        ErrorCode::VariableNotFound,
+        ErrorCode::PermissionDenied,
+        ErrorCode::RateLimited,
+        ErrorCode::ApprovalRequired,
+        ErrorCode::Timeout,
+        ErrorCode::Cancelled,
+        ErrorCode::Transport,
+        ErrorCode::ToolFailed,
+        ErrorCode::Security,
+        ErrorCode::Store,
+        ErrorCode::Planner,
+        ErrorCode::Sandbox,
+        ErrorCode::Internal,
+        ErrorCode::Panic,
+    ];
+
+    /// The SCREAMING_SNAKE name used by every binding.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
+            ErrorCode::InvalidManual => "INVALID_MANUAL",
+            ErrorCode::ValidationFailed => "VALIDATION_FAILED",
+            ErrorCode::VariableNotFound => "VARIABLE_NOT_FOUND",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::ApprovalRequired => "APPROVAL_REQUIRED",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::Transport => "TRANSPORT",
+            ErrorCode::ToolFailed => "TOOL_FAILED",
+            ErrorCode::Security => "SECURITY",
+            ErrorCode::Store => "STORE",
+            ErrorCode::Planner => "PLANNER",
+            ErrorCode::Sandbox => "SANDBOX",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Panic => "PANIC",
+        }
+    }
+
+    pub fn from_i32(value: i32) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| *c as i32 == value)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every fallible operation of the runtime returns this error.
+///
+/// Messages say what was expected, what was found and where; they never carry a
+/// secret (resolved variables and auth values are never formatted into them).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    InvalidManual(String),
+    #[error("{0}")]
+    ValidationFailed(String),
+    #[error("variable '{variable}' not found (needed by manual '{manual}'); set it in config `variables`, a dotenv file or the environment")]
+    VariableNotFound { variable: String, manual: String },
+    #[error("{0}")]
+    Transport(String),
+    #[error("{0}")]
+    Security(String),
+    #[error("{0}")]
+    Internal(String),
+    /// A code reserved for later layers (policy, store, planner...), with its message.
+    #[error("{message}")]
+    Other { code: ErrorCode, message: String },
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Error::InvalidManual(_) => ErrorCode::InvalidManual,
+            Error::ValidationFailed(_) => ErrorCode::ValidationFailed,
+            Error::VariableNotFound { .. } => ErrorCode::VariableNotFound,
+            Error::Transport(_) => ErrorCode::Transport,
+            Error::Security(_) => ErrorCode::Security,
+            Error::Internal(_) => ErrorCode::Internal,
+            Error::Other { code, .. } => *code,
+        }
+    }
+
+    /// An error with an arbitrary code; used by the bindings (e.g. `PANIC`).
+    pub fn with_code(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error::Other { code, message: message.into() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_round_trip() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as i32, i as i32 + 1);
+            assert_eq!(ErrorCode::from_i32(*code as i32), Some(*code));
+        }
+        assert_eq!(ErrorCode::from_i32(0), None);
+        assert_eq!(ErrorCode::Panic.as_str(), "PANIC");
+    }
+
+    #[test]
+    fn variable_error_names_variable_and_manual() {
+        let e = Error::VariableNotFound { variable: "my__api_KEY".into(), manual: "my_api".into() };
+        assert_eq!(e.code(), ErrorCode::VariableNotFound);
+        assert!(e.to_string().contains("my__api_KEY"));
+        assert!(e.to_string().contains("my_api"));
+    }
+}

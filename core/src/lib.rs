@@ -1,0 +1,25 @@
+//! UTP Runtime core: UTCP manuals, discovery, the tool registry and search, and
+//! (as they land) calling, policy, events, workflows and durable execution.
+//!
+//! Everything is driven through [`Engine`]. The bindings (C, Python, Node) and the
+//! CLI are thin layers over it; this crate knows nothing of them.
+
+pub mod config;
+pub mod discovery;
+pub mod engine;
+pub mod error;
+pub mod manual;
+pub mod parse;
+pub mod registry;
+pub mod search;
+pub mod vars;
+
+pub use config::Config;
+pub use discovery::{DiscoveryReport, FileReport, Outcome};
+pub use engine::{Engine, ManualSource};
+pub use error::{Error, ErrorCode, Result};
+pub use manual::{Auth, CallTemplate, Manual, Tool};
+pub use registry::RegisteredTool;
+
+/// The runtime's version (all artifacts share it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,213 @@
+//! Fielded BM25 search over registered tools.
+//!
+//! The index is split into one immutable segment per manual, built when the manual
+//! registers, so a registration never rebuilds other manuals' postings and readers
+//! share segments through `Arc`s. Corpus statistics (document count, average length,
+//! document frequency) are summed across segments at query time, which keeps scores
+//! identical to one global index.
+//!
+//! Terms are lower-cased, split on punctuation and camelCase, de-pluralised, and
+//! stop words dropped. Prefix terms (`^repo` for "repository") let "repo" and
+//! "repository" meet at a lower weight than an exact match.
+
+use std::collections::HashMap;
+
+use crate::manual::Tool;
+
+const K1: f32 = 1.2;
+const B: f32 = 0.75;
+const PREFIX_MIN: usize = 4;
+const PREFIX_WEIGHT: f32 = 0.4;
+
+/// How much a term in each field counts.
+const W_NAME: f32 = 3.0;
+const W_TAG: f32 = 2.0;
+const W_PARAM: f32 = 1.5;
+const W_DESCRIPTION: f32 = 1.0;
+const W_MANUAL: f32 = 0.5;
+
+const STOP_WORDS: [&str; 24] = [
+    "a", "an", "the", "for", "of", "to", "in", "on", "by", "with", "and", "or", "from", "is", "are", "be", "my",
+    "me", "i", "it", "this", "that", "at", "as",
+];
+
+/// Postings of one manual's tools. Document ids are indices into the manual's tool list.
+#[derive(Debug, Default)]
+pub struct Segment {
+    postings: HashMap<Box<str>, Vec<(u32, f32)>>,
+    doc_len: Vec<f32>,
+    total_len: f32,
+}
+
+impl Segment {
+    pub fn build(manual_name: &str, tools: &[Tool]) -> Segment {
+        let mut seg = Segment::default();
+        let mut tf: HashMap<String, f32> = HashMap::new();
+        for (doc, tool) in tools.iter().enumerate() {
+            tf.clear();
+            let mut len = 0.0;
+            let mut add = |text: &str, weight: f32, tf: &mut HashMap<String, f32>| {
+                for term in tokens(text) {
+                    len += weight;
+                    for prefix in prefixes(&term) {
+                        *tf.entry(prefix).or_default() += weight * PREFIX_WEIGHT;
+                    }
+                    *tf.entry(term).or_default() += weight;
+                }
+            };
+            add(&tool.name, W_NAME, &mut tf);
+            add(manual_name, W_MANUAL, &mut tf);
+            for tag in &tool.tags {
+                add(tag, W_TAG, &mut tf);
+            }
+            add(&tool.description, W_DESCRIPTION, &mut tf);
+            if let Some(props) = tool.inputs.get("properties").and_then(|p| p.as_object()) {
+                for name in props.keys() {
+                    add(name, W_PARAM, &mut tf);
+                }
+            }
+            seg.doc_len.push(len);
+            seg.total_len += len;
+            for (term, weight) in tf.drain() {
+                seg.postings.entry(term.into_boxed_str()).or_default().push((doc as u32, weight));
+            }
+        }
+        seg
+    }
+
+    pub fn len(&self) -> usize {
+        self.doc_len.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.doc_len.is_empty()
+    }
+}
+
+/// One query term with the weight its matches count for.
+struct QueryTerm {
+    key: String,
+    weight: f32,
+}
+
+fn query_terms(query: &str) -> Vec<QueryTerm> {
+    let mut out: Vec<QueryTerm> = Vec::new();
+    for term in tokens(query) {
+        // Documents whose own term is a prefix of this one ("repo" for "repository").
+        for len in PREFIX_MIN..term.len() {
+            if term.is_char_boundary(len) {
+                out.push(QueryTerm { key: term[..len].to_string(), weight: PREFIX_WEIGHT });
+            }
+        }
+        // Documents with a longer term starting with this one ("repository" for "repo").
+        out.push(QueryTerm { key: format!("^{term}"), weight: 1.0 });
+        out.push(QueryTerm { key: term, weight: 1.0 });
+    }
+    out
+}
+
+/// Score every document of `segments` against `query`. Returns (segment, doc, score)
+/// for documents with a positive score, unsorted.
+pub fn score(segments: &[&Segment], query: &str) -> Vec<(usize, u32, f32)> {
+    let terms = query_terms(query);
+    if terms.is_empty() {
+        return Vec::new();
+    }
+    let n_docs: usize = segments.iter().map(|s| s.len()).sum();
+    if n_docs == 0 {
+        return Vec::new();
+    }
+    let avg_len = segments.iter().map(|s| s.total_len).sum::<f32>() / n_docs as f32;
+    let mut scores: HashMap<(usize, u32), f32> = HashMap::new();
+    for qt in &terms {
+        let lists: Vec<(usize, &Vec<(u32, f32)>)> = segments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.postings.get(qt.key.as_str()).map(|p| (i, p)))
+            .collect();
+        let df: usize = lists.iter().map(|(_, p)| p.len()).sum();
+        if df == 0 {
+            continue;
+        }
+        let idf = (1.0 + (n_docs as f32 - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
+        for (seg, postings) in lists {
+            let doc_len = &segments[seg].doc_len;
+            for &(doc, tf) in postings {
+                let norm = K1 * (1.0 - B + B * doc_len[doc as usize] / avg_len.max(f32::EPSILON));
+                *scores.entry((seg, doc)).or_default() += qt.weight * idf * tf * (K1 + 1.0) / (tf + norm);
+            }
+        }
+    }
+    scores.into_iter().map(|((s, d), v)| (s, d, v)).collect()
+}
+
+/// Lower-case terms of `text`: split on anything not alphanumeric and on camelCase
+/// boundaries, plural `s` removed, stop words dropped.
+pub fn tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut prev: Option<char> = None;
+    let flush = |word: &mut String, out: &mut Vec<String>| {
+        if !word.is_empty() {
+            let w = normalize(word);
+            if !STOP_WORDS.contains(&w.as_str()) {
+                out.push(w);
+            }
+            word.clear();
+        }
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            let camel_break = prev.is_some_and(|p| p.is_lowercase() && c.is_uppercase());
+            if camel_break {
+                flush(&mut word, &mut out);
+            }
+            word.extend(c.to_lowercase());
+        } else {
+            flush(&mut word, &mut out);
+        }
+        prev = Some(c);
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// A light English stemmer: enough to make "issues"/"issue" and
+/// "repositories"/"repository" meet, nothing that changes meaning.
+fn normalize(word: &str) -> String {
+    let n = word.len();
+    if n > 4 && word.ends_with("ies") {
+        return format!("{}y", &word[..n - 3]);
+    }
+    if n > 4 && (word.ends_with("sses") || word.ends_with("xes") || word.ends_with("ches") || word.ends_with("shes")) {
+        return word[..n - 2].to_string();
+    }
+    if n > 3 && word.ends_with('s') && !word.ends_with("ss") && !word.ends_with("us") && !word.ends_with("is") {
+        return word[..n - 1].to_string();
+    }
+    word.to_string()
+}
+
+/// Prefix keys (`^repo`, `^repos`, ...) under which a term is also found.
+fn prefixes(term: &str) -> impl Iterator<Item = String> + '_ {
+    (PREFIX_MIN..term.len()).filter(|l| term.is_char_boundary(*l)).map(|l| format!("^{}", &term[..l]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_splits_and_normalizes() {
+        assert_eq!(tokens("issues/list-for-repo"), ["issue", "list", "repo"]);
+        assert_eq!(tokens("getUserRepositories"), ["get", "user", "repository"]);
+        assert_eq!(tokens("List the boxes, status"), ["list", "box", "status"]);
+        assert!(tokens("  ,, ").is_empty());
+    }
+
+    #[test]
+    fn unicode_does_not_panic() {
+        assert_eq!(tokens("Ärger Öl ünïcödé"), ["ärger", "öl", "ünïcödé"]);
+        let _ = query_terms("日本語のツール検索");
+    }
+}
