@@ -1,1 +1,175 @@
-fn main() {}
+//! `utp`: discover, list and search UTCP tools from the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use utp_core::{Config, Engine, Outcome, RegisteredTool};
+
+#[derive(Parser)]
+#[command(name = "utp", version = utp_core::VERSION, about = "UTP Runtime: discover, search and call UTCP tools")]
+struct Cli {
+    /// Config file (utp.yaml or utp.json). Default: ./utp.yaml or ./utp.json if present.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Find and register manuals in directories, files or at URLs; report every file.
+    Discover {
+        /// Directories, manual files or manual URLs.
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List or search the tools found in PATHS (default: config `discovery.paths`, else `.`).
+    Tools {
+        /// Directories, manual files or manual URLs to load tools from.
+        paths: Vec<String>,
+        /// Rank tools by relevance to this query.
+        #[arg(long, short)]
+        search: Option<String>,
+        /// Keep only tools with one of these tags (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// At most this many tools (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Print full tool definitions as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let config = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let engine = match Engine::new(config) {
+        Ok(e) => e,
+        Err(e) => return fail(&format!("[{}] {e}", e.code())),
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Discover { targets, json } => discover(&engine, &targets, json).await,
+            Command::Tools { paths, search, tags, limit, json } => {
+                tools(&engine, paths, search.as_deref(), &tags, limit, json).await
+            }
+        }
+    })
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
+    let path = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => ["utp.yaml", "utp.yml", "utp.json"].iter().map(PathBuf::from).find(|p| p.is_file()),
+    };
+    match path {
+        Some(p) => Config::load(&p).map_err(|e| format!("[{}] {e}", e.code())),
+        None => Ok(Config::default()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("utp: {message}");
+    ExitCode::FAILURE
+}
+
+/// Exit status: success when at least one manual was registered.
+async fn discover(engine: &Engine, targets: &[String], json: bool) -> ExitCode {
+    let mut registered = 0usize;
+    let mut reports = Vec::new();
+    for target in targets {
+        match engine.discover(target).await {
+            Ok(report) => {
+                registered += report.registered().len();
+                if !json {
+                    print_report(&report);
+                }
+                reports.push(report.to_value());
+            }
+            Err(e) => {
+                eprintln!("utp: {target}: [{}] {e}", e.code());
+                reports.push(serde_json::json!({"root": target, "error": {"code": e.code().as_str(), "message": e.to_string()}}));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&Value::Array(reports)).unwrap_or_default());
+    } else {
+        let tools = engine.tools().len();
+        println!("{registered} manual(s) registered, {tools} tool(s)");
+    }
+    if registered == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn print_report(report: &utp_core::DiscoveryReport) {
+    for file in &report.files {
+        match &file.outcome {
+            Outcome::Registered { manual, tools } => println!("registered  {}  → {manual} ({tools} tools)", file.path),
+            Outcome::Skipped { reason } => println!("skipped     {}  ({reason})", file.path),
+            Outcome::Failed { code, error } => println!("failed      {}  [{code}] {error}", file.path),
+        }
+    }
+}
+
+async fn tools(
+    engine: &Engine,
+    mut paths: Vec<String>,
+    query: Option<&str>,
+    tags: &[String],
+    limit: usize,
+    json: bool,
+) -> ExitCode {
+    if paths.is_empty() {
+        paths = engine.config().discovery.paths.clone();
+    }
+    if paths.is_empty() && engine.config().manuals.is_empty() {
+        paths.push(".".into());
+    }
+    if let Err(e) = engine.register_configured_manuals().await {
+        return fail(&format!("[{}] {e}", e.code()));
+    }
+    for path in &paths {
+        match engine.discover(path).await {
+            Ok(report) => {
+                for file in &report.files {
+                    if let Outcome::Failed { code, error } = &file.outcome {
+                        eprintln!("utp: {}: [{code}] {error}", file.path);
+                    }
+                }
+            }
+            Err(e) => return fail(&format!("{path}: [{}] {e}", e.code())),
+        }
+    }
+    let found: Vec<std::sync::Arc<RegisteredTool>> = match query {
+        Some(q) => engine.search_tools(q, limit, tags),
+        None => engine.search_tools("", limit, tags),
+    };
+    if json {
+        let list: Vec<Value> = found.iter().map(|t| t.to_value()).collect();
+        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+    } else {
+        let width = found.iter().map(|t| t.name.len()).max().unwrap_or(0);
+        for t in &found {
+            let desc = t.tool.description.lines().next().unwrap_or("");
+            println!("{:width$}  {desc}", t.name);
+        }
+        if found.is_empty() {
+            eprintln!("utp: no tools found");
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,4 +1,5 @@
-//! Fielded BM25 search over registered tools.
+//! Fielded BM25 (BM25F) search over registered tools: name, manual, tags,
+//! description and parameter names, each weighted and length-normalised on its own.
 //!
 //! The index is split into one immutable segment per manual, built when the manual
 //! registers, so a registration never rebuilds other manuals' postings and readers
@@ -15,72 +16,79 @@ use std::collections::HashMap;
 use crate::manual::Tool;
 
 const K1: f32 = 1.2;
-const B: f32 = 0.75;
 const PREFIX_MIN: usize = 4;
 const PREFIX_WEIGHT: f32 = 0.4;
 
-/// How much a term in each field counts.
-const W_NAME: f32 = 3.0;
-const W_TAG: f32 = 2.0;
-const W_PARAM: f32 = 1.5;
-const W_DESCRIPTION: f32 = 1.0;
-const W_MANUAL: f32 = 0.5;
+/// The fields of a tool document, with how much a term in each counts and how
+/// strongly its length is normalised (BM25F's per-field `b`).
+const FIELDS: usize = 5;
+const F_NAME: usize = 0;
+const F_MANUAL: usize = 1;
+const F_TAG: usize = 2;
+const F_DESCRIPTION: usize = 3;
+const F_PARAM: usize = 4;
+const WEIGHT: [f32; FIELDS] = [3.0, 0.5, 2.0, 1.0, 1.5];
+const B: [f32; FIELDS] = [0.5, 0.0, 0.3, 0.75, 0.75];
 
 const STOP_WORDS: [&str; 24] = [
     "a", "an", "the", "for", "of", "to", "in", "on", "by", "with", "and", "or", "from", "is", "are", "be", "my",
     "me", "i", "it", "this", "that", "at", "as",
 ];
 
+type FieldCounts = [f32; FIELDS];
+
 /// Postings of one manual's tools. Document ids are indices into the manual's tool list.
 #[derive(Debug, Default)]
 pub struct Segment {
-    postings: HashMap<Box<str>, Vec<(u32, f32)>>,
-    doc_len: Vec<f32>,
-    total_len: f32,
+    postings: HashMap<Box<str>, Vec<(u32, FieldCounts)>>,
+    field_len: Vec<FieldCounts>,
+    total_len: FieldCounts,
 }
 
 impl Segment {
     pub fn build(manual_name: &str, tools: &[Tool]) -> Segment {
         let mut seg = Segment::default();
-        let mut tf: HashMap<String, f32> = HashMap::new();
+        let mut tf: HashMap<String, FieldCounts> = HashMap::new();
         for (doc, tool) in tools.iter().enumerate() {
             tf.clear();
-            let mut len = 0.0;
-            let mut add = |text: &str, weight: f32, tf: &mut HashMap<String, f32>| {
+            let mut len: FieldCounts = [0.0; FIELDS];
+            let mut add = |text: &str, field: usize, tf: &mut HashMap<String, FieldCounts>| {
                 for term in tokens(text) {
-                    len += weight;
+                    len[field] += 1.0;
                     for prefix in prefixes(&term) {
-                        *tf.entry(prefix).or_default() += weight * PREFIX_WEIGHT;
+                        tf.entry(prefix).or_default()[field] += PREFIX_WEIGHT;
                     }
-                    *tf.entry(term).or_default() += weight;
+                    tf.entry(term).or_default()[field] += 1.0;
                 }
             };
-            add(&tool.name, W_NAME, &mut tf);
-            add(manual_name, W_MANUAL, &mut tf);
+            add(&tool.name, F_NAME, &mut tf);
+            add(manual_name, F_MANUAL, &mut tf);
             for tag in &tool.tags {
-                add(tag, W_TAG, &mut tf);
+                add(tag, F_TAG, &mut tf);
             }
-            add(&tool.description, W_DESCRIPTION, &mut tf);
+            add(&tool.description, F_DESCRIPTION, &mut tf);
             if let Some(props) = tool.inputs.get("properties").and_then(|p| p.as_object()) {
                 for name in props.keys() {
-                    add(name, W_PARAM, &mut tf);
+                    add(name, F_PARAM, &mut tf);
                 }
             }
-            seg.doc_len.push(len);
-            seg.total_len += len;
-            for (term, weight) in tf.drain() {
-                seg.postings.entry(term.into_boxed_str()).or_default().push((doc as u32, weight));
+            for f in 0..FIELDS {
+                seg.total_len[f] += len[f];
+            }
+            seg.field_len.push(len);
+            for (term, counts) in tf.drain() {
+                seg.postings.entry(term.into_boxed_str()).or_default().push((doc as u32, counts));
             }
         }
         seg
     }
 
     pub fn len(&self) -> usize {
-        self.doc_len.len()
+        self.field_len.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.doc_len.is_empty()
+        self.field_len.is_empty()
     }
 }
 
@@ -106,8 +114,8 @@ fn query_terms(query: &str) -> Vec<QueryTerm> {
     out
 }
 
-/// Score every document of `segments` against `query`. Returns (segment, doc, score)
-/// for documents with a positive score, unsorted.
+/// Score every document of `segments` against `query` with BM25F. Returns
+/// (segment, doc, score) for documents with a positive score, unsorted.
 pub fn score(segments: &[&Segment], query: &str) -> Vec<(usize, u32, f32)> {
     let terms = query_terms(query);
     if terms.is_empty() {
@@ -117,10 +125,19 @@ pub fn score(segments: &[&Segment], query: &str) -> Vec<(usize, u32, f32)> {
     if n_docs == 0 {
         return Vec::new();
     }
-    let avg_len = segments.iter().map(|s| s.total_len).sum::<f32>() / n_docs as f32;
-    let mut scores: HashMap<(usize, u32), f32> = HashMap::new();
+    let mut avg_len: FieldCounts = [0.0; FIELDS];
+    for s in segments {
+        for f in 0..FIELDS {
+            avg_len[f] += s.total_len[f];
+        }
+    }
+    for avg in &mut avg_len {
+        *avg = (*avg / n_docs as f32).max(f32::EPSILON);
+    }
+    // Dense accumulators: one f32 per document beats hashing (seg, doc) pairs.
+    let mut acc: Vec<Vec<f32>> = segments.iter().map(|s| vec![0.0; s.len()]).collect();
     for qt in &terms {
-        let lists: Vec<(usize, &Vec<(u32, f32)>)> = segments
+        let lists: Vec<(usize, &Vec<(u32, FieldCounts)>)> = segments
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.postings.get(qt.key.as_str()).map(|p| (i, p)))
@@ -131,14 +148,28 @@ pub fn score(segments: &[&Segment], query: &str) -> Vec<(usize, u32, f32)> {
         }
         let idf = (1.0 + (n_docs as f32 - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
         for (seg, postings) in lists {
-            let doc_len = &segments[seg].doc_len;
-            for &(doc, tf) in postings {
-                let norm = K1 * (1.0 - B + B * doc_len[doc as usize] / avg_len.max(f32::EPSILON));
-                *scores.entry((seg, doc)).or_default() += qt.weight * idf * tf * (K1 + 1.0) / (tf + norm);
+            let field_len = &segments[seg].field_len;
+            for (doc, counts) in postings {
+                let lens = &field_len[*doc as usize];
+                let mut tf = 0.0;
+                for f in 0..FIELDS {
+                    if counts[f] > 0.0 {
+                        tf += WEIGHT[f] * counts[f] / (1.0 - B[f] + B[f] * lens[f] / avg_len[f]);
+                    }
+                }
+                acc[seg][*doc as usize] += qt.weight * idf * tf * (K1 + 1.0) / (tf + K1);
             }
         }
     }
-    scores.into_iter().map(|((s, d), v)| (s, d, v)).collect()
+    let mut hits = Vec::new();
+    for (seg, docs) in acc.iter().enumerate() {
+        for (doc, &score) in docs.iter().enumerate() {
+            if score > 0.0 {
+                hits.push((seg, doc as u32, score));
+            }
+        }
+    }
+    hits
 }
 
 /// Lower-case terms of `text`: split on anything not alphanumeric and on camelCase

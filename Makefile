@@ -1,0 +1,43 @@
+# UTP Runtime — the two commands: `make demo` and `make test`.
+# Everything builds into one cargo target dir so cargo, maturin and napi share
+# compiled dependencies (debug profile throughout, as `cargo test` uses).
+
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TERM_COLOR ?= never
+UTP := $(CARGO_TARGET_DIR)/debug/utp
+
+.PHONY: all build test test-rust demo clean bench help
+all: build
+
+help:
+	@echo "make demo   run the utp CLI on the bundled example (discovery, search)"
+	@echo "make test   build everything and run the Rust, C, Python and Node suites"
+	@echo "make bench  criterion benchmarks (results go in docs/benchmarks.md)"
+
+include mk/c.mk mk/python.mk mk/node.mk
+
+build:
+	cargo build --workspace --exclude utp-python --exclude utp-node
+
+test-rust:
+	cargo test --workspace --exclude utp-node
+
+test: test-rust test-c test-python test-node
+	@echo "make test: all suites passed"
+
+demo: build
+	@echo "== utp discover examples/manuals"
+	@$(UTP) discover examples/manuals
+	@echo
+	@echo "== utp tools --search 'stock count for a product'"
+	@$(UTP) tools examples/manuals --search "stock count for a product" --limit 3
+	@echo
+	@echo "== utp tools --tag weather"
+	@$(UTP) tools examples/manuals --tag weather
+
+bench:
+	cargo bench -p utp-core --bench search
+
+clean:
+	cargo clean
+	rm -rf .venv bindings-node/node_modules

@@ -1,0 +1,70 @@
+//! The `utp` binary, run as a user would.
+
+use std::process::Command;
+
+fn utp(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_utp")).args(args).output().expect("run utp");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+const GOOD: &str = r#"{"tools": [{"name": "ping", "description": "Ping a host",
+    "tool_call_template": {"call_template_type": "http", "url": "https://x.dev/ping"}}]}"#;
+
+#[test]
+fn discover_reports_every_file_and_succeeds_when_something_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("net.utcp.json"), GOOD).unwrap();
+    std::fs::write(dir.path().join("bad.json"), "{oops").unwrap();
+    std::fs::write(
+        dir.path().join("weird.utcp.yaml"),
+        "tools: [{name: x, tool_call_template: {call_template_type: carrier_pigeon}}]",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+    let (code, out, _) = utp(&["discover", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("registered") && out.contains("net"), "{out}");
+    assert!(out.contains("bad.json") && out.contains("invalid JSON"), "{out}");
+    assert!(out.contains("carrier_pigeon"), "{out}");
+    assert!(out.contains("loop"), "{out}");
+    assert!(out.contains("1 manual(s) registered"), "{out}");
+
+    let (code, out, _) = utp(&["discover", "--json", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["files"].as_array().unwrap().len(), 4, "{out}");
+}
+
+#[test]
+fn discover_fails_when_nothing_could_be_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.utcp.json"), "[]").unwrap();
+    let (code, out, _) = utp(&["discover", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let (code, _, err) = utp(&["discover", "/nonexistent/utp-cli-test"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+}
+
+#[test]
+fn tools_lists_and_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("net.utcp.json"), GOOD).unwrap();
+    let (code, out, _) = utp(&["tools", dir.path().to_str().unwrap(), "--search", "ping host"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("net.ping"), "{out}");
+    let (code, out, _) = utp(&["tools", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["name"], "net.ping");
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("utp.yaml");
+    std::fs::write(&cfg, "variables: [1, 2]").unwrap();
+    let (code, _, err) = utp(&["--config", cfg.to_str().unwrap(), "tools", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("INVALID_ARGUMENT") && err.contains("utp.yaml"), "{err}");
+}
