@@ -16,6 +16,16 @@ fn discover_reports_every_file_and_succeeds_when_something_registered() {
     std::fs::write(dir.path().join("net.utcp.json"), GOOD).unwrap();
     std::fs::write(dir.path().join("bad.json"), "{oops").unwrap();
     std::fs::write(
+        dir.path().join("files.utcp.yaml"),
+        "tools:\n  - name: read\n    tool_call_template: {call_template_type: file, file_path: ./x.json}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("old.json"),
+        r#"{"version": "0.1", "tools": [{"name": "t", "tool_provider": {"provider_type": "cli", "command_name": "echo"}}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
         dir.path().join("weird.utcp.yaml"),
         "tools: [{name: x, tool_call_template: {call_template_type: carrier_pigeon}}]",
     )
@@ -27,12 +37,13 @@ fn discover_reports_every_file_and_succeeds_when_something_registered() {
     assert!(out.contains("bad.json") && out.contains("invalid JSON"), "{out}");
     assert!(out.contains("carrier_pigeon"), "{out}");
     assert!(out.contains("loop"), "{out}");
-    assert!(out.contains("1 manual(s) registered"), "{out}");
+    assert!(out.contains("→ files") && out.contains("→ old"), "{out}");
+    assert!(out.contains("3 manual(s) registered"), "{out}");
 
     let (code, out, _) = utp(&["discover", "--json", dir.path().to_str().unwrap()]);
     assert_eq!(code, 0);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report[0]["files"].as_array().unwrap().len(), 4, "{out}");
+    assert_eq!(report[0]["files"].as_array().unwrap().len(), 6, "{out}");
 }
 
 #[test]
