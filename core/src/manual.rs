@@ -144,6 +144,20 @@ pub struct TemplateCommon {
     pub allowed_communication_protocols: Option<Vec<String>>,
 }
 
+/// How arguments map onto an HTTP request, shared by `http`, `sse` and `streamable_http`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestFields {
+    /// Fixed headers (values may hold variables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Map<String, Value>>,
+    /// The argument sent as the request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_field: Option<String>,
+    /// Arguments sent as headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_fields: Option<Vec<String>>,
+}
+
 fn default_get() -> String {
     "GET".into()
 }
@@ -160,12 +174,8 @@ pub struct HttpTemplate {
     pub http_method: String,
     #[serde(default = "default_json")]
     pub content_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Map<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_field: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header_fields: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub request: RequestFields,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -177,12 +187,8 @@ pub struct SseTemplate {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Map<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_field: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header_fields: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub request: RequestFields,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -196,12 +202,8 @@ pub struct StreamableHttpTemplate {
     pub http_method: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Map<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_field: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header_fields: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub request: RequestFields,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -525,6 +527,9 @@ mod tests {
                     "call_template_type": "http",
                     "url": "https://api.example.com/weather",
                     "http_method": "GET",
+                    "headers": {"Accept": "application/json"},
+                    "body_field": "payload",
+                    "header_fields": ["X-Trace"],
                     "auth": {"auth_type": "api_key", "api_key": "${API_KEY}", "var_name": "X-Key", "location": "header"},
                     "timeout": 30
                 }
@@ -540,6 +545,10 @@ mod tests {
         let back = m.to_value();
         assert_eq!(back["info"], v["info"]);
         assert_eq!(back["tools"][0]["tool_call_template"]["timeout"], json!(30));
+        let CallTemplate::Http(http) = &m.tools[0].tool_call_template else { unreachable!() };
+        assert_eq!(http.request.body_field.as_deref(), Some("payload"));
+        assert_eq!(http.request.header_fields.as_deref(), Some(&["X-Trace".to_string()][..]));
+        assert_eq!(back["tools"][0]["tool_call_template"]["headers"], json!({"Accept": "application/json"}));
         assert_eq!(back["tools"][0]["tool_call_template"]["auth"], v["tools"][0]["tool_call_template"]["auth"]);
         assert_eq!(Manual::from_value(back).unwrap(), m);
     }
