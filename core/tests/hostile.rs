@@ -1,0 +1,81 @@
+//! Arbitrary input to every parser and public entry point of this layer: errors
+//! with stable codes, never a panic.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use utp_core::{Engine, ErrorCode, Manual, ManualSource};
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|f| json!(f)),
+        "[a-z_$.{}]{0,12}".prop_map(Value::String),
+        prop::sample::select(vec![
+            "tools", "name", "tool_call_template", "call_template_type", "http", "cli", "url", "auth", "auth_type",
+            "api_key", "tool_provider", "provider_type", "commands", "${X}", "$ref",
+        ])
+        .prop_map(|s| Value::String(s.to_string())),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "tools", "name", "description", "inputs", "tags", "tool_call_template", "call_template_type",
+                        "url", "http_method", "auth", "auth_type", "location", "commands", "command", "tool_provider",
+                        "provider_type", "command_name", "file_path", "content", "utcp_version", "x",
+                    ]),
+                    inner
+                ),
+                0..6
+            )
+            .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn manual_parser_never_panics(v in arb_json()) {
+        if let Err(e) = Manual::from_value(v) {
+            prop_assert_eq!(e.code(), ErrorCode::InvalidManual);
+            prop_assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn registration_of_arbitrary_values_is_all_or_nothing(v in arb_json()) {
+        let engine = Engine::from_json(json!({})).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        match rt.block_on(engine.register_manual(ManualSource::Inline(v), Some("m"))) {
+            Ok(names) => prop_assert_eq!(names.len(), engine.tools().len()),
+            Err(_) => prop_assert!(engine.tools().is_empty() && engine.manuals().is_empty()),
+        }
+    }
+
+    #[test]
+    fn document_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = utp_core::parse::parse_document(&bytes, None);
+        let _ = utp_core::parse::parse_document(&bytes, Some(std::path::Path::new("x.yaml")));
+        let _ = utp_core::parse::parse_document(&bytes, Some(std::path::Path::new("x.json")));
+    }
+
+    #[test]
+    fn manual_source_and_search_never_panic(s in "\\PC{0,40}") {
+        let _ = ManualSource::from_text(&s);
+        let engine = Engine::from_json(json!({})).unwrap();
+        prop_assert!(engine.search_tools(&s, 5, &[s.clone()]).is_empty());
+        prop_assert!(engine.tool(&s).is_err());
+    }
+
+    #[test]
+    fn substitution_never_panics(s in "[a-zA-Z0-9_${} .]{0,40}") {
+        let vars = Engine::from_json(json!({"variables": {"m_X": "1"}})).unwrap();
+        let _ = vars.variables().substitute_str("m", &s);
+    }
+}
