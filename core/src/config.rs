@@ -25,6 +25,7 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// Manuals to register when the engine starts: paths, URLs or inline manuals.
     pub manuals: Vec<Value>,
+    pub openapi: OpenApiConfig,
     /// Directory relative paths in this config are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -36,6 +37,14 @@ pub struct Config {
 #[serde(tag = "variable_loader_type", rename_all = "snake_case")]
 pub enum VariableLoader {
     Dotenv { env_file_path: PathBuf },
+}
+
+/// OpenAPI conversion settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct OpenApiConfig {
+    /// Base URL per manual name, overriding the spec's servers / host+basePath.
+    pub base_urls: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -211,9 +211,6 @@ pub fn scan(root: &Path, max_size: u64) -> (Vec<Candidate>, Vec<FileReport>) {
 /// The outcome for a candidate whose document is not a UTCP manual.
 pub fn not_a_manual(candidate: &Candidate, doc: &Document) -> Outcome {
     match (doc, candidate.explicit_manual) {
-        (Document::OpenApi(_), _) => {
-            Outcome::Skipped { reason: "OpenAPI document: conversion not yet supported".into() }
-        }
         (_, true) => Outcome::Failed {
             code: ErrorCode::InvalidManual.as_str().into(),
             error: "not a UTCP manual: expected an object with a `tools` list".into(),

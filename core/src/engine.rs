@@ -14,13 +14,14 @@ use crate::config::Config;
 use crate::discovery::{self, Document, DiscoveryReport, FileReport, Outcome};
 use crate::error::{Error, Result};
 use crate::manual::{Manual, sanitize_name};
+use crate::openapi::{self, ConvertOptions};
 use crate::registry::{Catalogue, RegisteredTool, Registry};
 use crate::vars::{self, Variables};
 
 /// Where a manual comes from.
 #[derive(Debug, Clone)]
 pub enum ManualSource {
-    /// A manual (or, later, an OpenAPI document) already parsed.
+    /// A UTCP manual or OpenAPI document already parsed.
     Inline(Value),
     Path(PathBuf),
     Url(String),
@@ -119,34 +120,59 @@ impl Engine {
                 blocking(move || engine.register_path(&path, name.as_deref())).await
             }
             ManualSource::Url(url) => {
-                let (value, default_name) = self.fetch_manual(&url).await?;
-                self.register_value(value, name, Some(&default_name))
+                let (value, default_name, from) = self.fetch_manual(&url).await?;
+                self.register_document(value, name, Some(&default_name), Some(&from))
             }
         }
     }
 
     fn register_value(&self, value: Value, name: Option<&str>, default_name: Option<&str>) -> Result<Vec<String>> {
+        self.register_document(value, name, default_name, None)
+    }
+
+    /// Register a UTCP manual or an OpenAPI document (converted first).
+    /// `spec_url` is where an OpenAPI document came from, for relative servers.
+    fn register_document(
+        &self,
+        value: Value,
+        name: Option<&str>,
+        default_name: Option<&str>,
+        spec_url: Option<&str>,
+    ) -> Result<Vec<String>> {
         let inline_name = value.get("name").and_then(Value::as_str).map(str::to_string);
-        let value = match discovery::classify(value) {
-            Document::Utcp(v) => v,
-            Document::OpenApi(_) => {
-                return Err(Error::InvalidManual(
-                    "this is an OpenAPI document; OpenAPI conversion is not yet supported".into(),
-                ));
+        let (manual, raw) = match discovery::classify(value) {
+            Document::Utcp(v) => {
+                let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(inline_name);
+                (Ok(v), raw)
+            }
+            Document::OpenApi(spec) => {
+                let title = openapi::title(&spec).map(str::to_string);
+                let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(title);
+                (Err(spec), raw)
             }
             Document::Other => {
-                return Err(Error::InvalidManual("not a UTCP manual: expected an object with a `tools` list".into()));
+                return Err(Error::InvalidManual(
+                    "neither a UTCP manual (an object with a `tools` list) nor an OpenAPI document".into(),
+                ));
             }
         };
-        let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(inline_name);
         let Some(raw) = raw else {
             return Err(Error::InvalidArgument(
                 "an inline manual needs a name: pass `name` or give the manual a `name` key".into(),
             ));
         };
         let manual_name = sanitize_name(&raw);
-        let manual = Manual::from_value(value)
-            .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
+        let manual = match manual {
+            Ok(v) => Manual::from_value(v),
+            Err(spec) => {
+                let opts = ConvertOptions {
+                    base_url: self.inner.config.openapi.base_urls.get(&manual_name).cloned(),
+                    spec_url: spec_url.map(str::to_string),
+                };
+                openapi::convert(&spec, &opts)
+            }
+        }
+        .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
         let entry = self.inner.registry.register(&manual_name, manual)?;
         tracing::debug!(manual = %manual_name, tools = entry.tools.len(), "manual registered");
         Ok(entry.tools.iter().map(|t| t.name.clone()).collect())
@@ -154,16 +180,10 @@ impl Engine {
 
     fn register_path(&self, path: &Path, name: Option<&str>) -> Result<Vec<String>> {
         let value = match discovery::load_document(path, self.inner.config.discovery.max_file_size)? {
-            Document::Utcp(v) => v,
-            Document::OpenApi(_) => {
-                return Err(Error::InvalidManual(format!(
-                    "{} is an OpenAPI document; OpenAPI conversion is not yet supported",
-                    path.display()
-                )));
-            }
+            Document::Utcp(v) | Document::OpenApi(v) => v,
             Document::Other => {
                 return Err(Error::InvalidManual(format!(
-                    "{}: not a UTCP manual (expected an object with a `tools` list)",
+                    "{}: neither a UTCP manual (an object with a `tools` list) nor an OpenAPI document",
                     path.display()
                 )));
             }
@@ -203,7 +223,7 @@ impl Engine {
         };
         for candidate in candidates {
             let outcome = match discovery::load_document(&candidate.path, max) {
-                Ok(Document::Utcp(value)) => {
+                Ok(Document::Utcp(value) | Document::OpenApi(value)) => {
                     let name = discovery::manual_name_for(&candidate.path);
                     match self.register_value(value, None, Some(&name)) {
                         Ok(tools) => Outcome::Registered { manual: name, tools: tools.len() },
@@ -284,27 +304,23 @@ impl Engine {
             .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
     }
 
-    /// Fetch a manual from `url`, or from `url/utcp` when `url` holds none.
-    /// Returns the document and the default manual name (the URL's host).
-    async fn fetch_manual(&self, raw_url: &str) -> Result<(Value, String)> {
+    /// Fetch a manual or OpenAPI document from `url`, or a manual from `url/utcp`
+    /// when `url` holds neither. Returns the document, the default manual name (the
+    /// URL's host) and the URL it came from.
+    async fn fetch_manual(&self, raw_url: &str) -> Result<(Value, String, String)> {
         let url = url::Url::parse(raw_url)
             .map_err(|e| Error::InvalidArgument(format!("'{raw_url}' is not a valid URL: {e}")))?;
         check_url(&url, self.inner.config.discovery.allow_insecure_http)?;
         let host = url.host_str().unwrap_or("manual").to_string();
         let first = self.fetch_document(&url).await;
         match first {
-            Ok(Document::Utcp(v)) => return Ok((v, host)),
-            Ok(Document::OpenApi(_)) => {
-                return Err(Error::InvalidManual(format!(
-                    "{url} serves an OpenAPI document; OpenAPI conversion is not yet supported"
-                )));
-            }
+            Ok(Document::Utcp(v) | Document::OpenApi(v)) => return Ok((v, host, url.to_string())),
             _ => {}
         }
         let mut fallback = url.clone();
         fallback.set_path(&format!("{}/utcp", url.path().trim_end_matches('/')));
         match self.fetch_document(&fallback).await {
-            Ok(Document::Utcp(v)) => Ok((v, host)),
+            Ok(Document::Utcp(v) | Document::OpenApi(v)) => Ok((v, host, fallback.to_string())),
             Ok(_) => Err(Error::InvalidManual(format!("no UTCP manual at {url} or {fallback}"))),
             Err(e) => Err(match first {
                 Err(first) => Error::Transport(format!("no UTCP manual at {url} ({first}) or {fallback} ({e})")),

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod manual;
+pub mod openapi;
 pub mod parse;
 pub mod registry;
 pub mod search;

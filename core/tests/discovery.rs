@@ -182,7 +182,8 @@ fn manual_from_url_and_from_url_slash_utcp() {
     let server = Server::start(vec![
         ("/manual.json", 200, manual_json("direct")),
         ("/api/utcp", 200, manual_json("fallback")),
-        ("/spec", 200, json!({"openapi": "3.1.0", "paths": {}}).to_string()),
+        ("/spec", 200, json!({"openapi": "3.1.0", "info": {"title": "Pets"}, "servers": [{"url": "/v1"}],
+            "paths": {"/pets": {"get": {"operationId": "listPets"}}}}).to_string()),
         ("/junk/utcp", 200, "{not json".into()),
     ]);
     let rt = runtime();
@@ -196,8 +197,11 @@ fn manual_from_url_and_from_url_slash_utcp() {
     assert!(report.registered().is_empty());
     assert!(matches!(report.files[0].outcome, Outcome::Failed { .. }));
 
-    let err = rt.block_on(engine.register_manual(ManualSource::Url(server.url("/spec")), Some("s"))).unwrap_err();
-    assert!(err.to_string().contains("OpenAPI"), "{err}");
+    // An OpenAPI document at a URL converts; its relative server resolves against the URL.
+    let tools = rt.block_on(engine.register_manual(ManualSource::Url(server.url("/spec")), Some("pets"))).unwrap();
+    assert_eq!(tools, ["pets.listPets"]);
+    let tool = engine.tool("pets.listPets").unwrap().to_value();
+    assert_eq!(tool["tool_call_template"]["url"], server.url("/v1/pets"));
     let err = rt.block_on(engine.register_manual(ManualSource::Url(server.url("/junk")), Some("j"))).unwrap_err();
     assert!(!err.to_string().is_empty());
 }

@@ -1,0 +1,214 @@
+//! OpenAPI 2.0 / 3.0 / 3.1 conformance on small specs that cover each conversion rule.
+
+use serde_json::{Value, json};
+use utp_core::openapi::{ConvertOptions, convert};
+use utp_core::{Engine, ManualSource};
+
+fn tools_of(spec: &Value, opts: &ConvertOptions) -> Value {
+    convert(spec, opts).unwrap().to_value()["tools"].clone()
+}
+
+fn find<'a>(tools: &'a Value, name: &str) -> &'a Value {
+    tools.as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("no tool {name}: {tools:#}"))
+}
+
+fn petstore_30(version: &str) -> Value {
+    json!({
+        "openapi": version,
+        "info": {"title": "Pet Store", "version": "2.1.0"},
+        "servers": [{"url": "https://{region}.pets.example/{base}", "variables": {
+            "region": {"default": "eu"}, "base": {"default": "v2"}}}],
+        "security": [{"apiKey": []}],
+        "paths": {
+            "/pets": {
+                "parameters": [{"name": "X-Trace", "in": "header", "schema": {"type": "string"}}],
+                "get": {
+                    "operationId": "list-pets", "summary": "List pets", "tags": ["pets"],
+                    "parameters": [
+                        {"name": "tags", "in": "query", "style": "form", "explode": false,
+                         "schema": {"type": "array", "items": {"type": "string"}}},
+                        {"name": "limit", "in": "query", "required": true, "schema": {"type": "integer"}},
+                        {"$ref": "#/components/parameters/Page"}
+                    ],
+                    "responses": {"200": {"description": "ok", "content": {"application/json": {
+                        "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Pet"}}}}}}
+                },
+                "post": {
+                    "summary": "Create a pet",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": true, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/NewPet"}}}},
+                    "responses": {"201": {"$ref": "#/components/responses/PetCreated"}}
+                }
+            },
+            "/pets/{petId}": {
+                "get": {"operationId": "getPet", "description": "Info for a pet",
+                        "parameters": [{"name": "petId", "in": "path", "schema": {"type": "string"}},
+                                       {"name": "session", "in": "cookie", "schema": {"type": "string"}}],
+                        "responses": {"default": {"description": "x", "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Pet"}}}}}},
+                "delete": {"responses": {"204": {"description": "gone"}}, "security": [{"basicAuth": []}]},
+                "put": {"operationId": "updatePet", "requestBody": {"content": {
+                    "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {"name": {"type": "string"}}}}}},
+                    "security": [{"oauth": []}]}
+            },
+            "/upload": {"post": {"operationId": "upload", "requestBody": {"content": {"multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}}},
+            "/anything": {"head": {}, "options": {}, "trace": {}, "patch": {}}
+        },
+        "components": {
+            "parameters": {"Page": {"name": "page", "in": "query", "schema": {"type": "integer"}}},
+            "responses": {"PetCreated": {"description": "created", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Pet"}}}}},
+            "schemas": {
+                "Pet": {"type": "object", "properties": {"id": {"type": "integer"}, "owner": {"$ref": "#/components/schemas/Owner"},
+                        "children": {"type": "array", "items": {"$ref": "#/components/schemas/Pet"}}}},
+                "Owner": {"type": "object", "properties": {"name": {"type": "string"}, "pets": {"type": "array",
+                          "items": {"$ref": "#/components/schemas/Pet"}}}},
+                "NewPet": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
+                           "owner": {"$ref": "#/components/schemas/Owner"}}},
+                "Unused": {"type": "string"}
+            },
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "name": "X-API-Key", "in": "header"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basicAuth": {"type": "http", "scheme": "basic"},
+                "oauth": {"type": "oauth2", "flows": {"clientCredentials": {"tokenUrl": "https://auth.pets.example/token", "scopes": {}}}}
+            }
+        }
+    })
+}
+
+#[test]
+fn openapi_3_operations_names_urls_and_params() {
+    for version in ["3.0.3", "3.1.0"] {
+        let tools = tools_of(&petstore_30(version), &ConvertOptions::default());
+        assert_eq!(tools.as_array().unwrap().len(), 10, "{version}: one tool per operation, none dropped");
+        let list = find(&tools, "list_pets");
+        assert_eq!(list["description"], "List pets");
+        assert_eq!(list["tags"], json!(["pets"]));
+        let tpl = &list["tool_call_template"];
+        assert_eq!(tpl["url"], "https://eu.pets.example/v2/pets");
+        assert_eq!(tpl["http_method"], "GET");
+        assert_eq!(tpl["header_fields"], json!(["X-Trace"]));
+        assert_eq!(tpl["x-utp-parameters"]["tags"], json!({"in": "query", "style": "form", "explode": false}));
+        let props = &list["inputs"]["properties"];
+        for p in ["tags", "limit", "page", "X-Trace"] {
+            assert!(props.get(p).is_some(), "{version}: missing param {p}");
+        }
+        assert_eq!(list["inputs"]["required"], json!(["limit"]));
+        assert_eq!(list["outputs"]["items"]["$ref"], "#/$defs/Pet");
+        let defs = list["outputs"]["$defs"].as_object().unwrap();
+        assert!(defs.contains_key("Pet") && defs.contains_key("Owner") && !defs.contains_key("Unused"));
+        assert_eq!(defs["Owner"]["properties"]["pets"]["items"]["$ref"], "#/$defs/Pet");
+
+        // Synthesized name for an operation without operationId; request body with nested refs.
+        let create = find(&tools, "post_pets");
+        assert_eq!(create["tool_call_template"]["body_field"], "body");
+        assert_eq!(create["inputs"]["properties"]["body"]["$ref"], "#/$defs/NewPet");
+        assert_eq!(create["inputs"]["required"], json!(["body"]));
+        assert!(create["inputs"]["$defs"].get("Owner").is_some(), "nested ref kept as $defs");
+        assert_eq!(create["outputs"]["$ref"], "#/$defs/Pet", "response $ref followed");
+
+        let get = find(&tools, "getPet");
+        assert_eq!(get["description"], "Info for a pet");
+        assert_eq!(get["tool_call_template"]["url"], "https://eu.pets.example/v2/pets/{petId}");
+        assert_eq!(get["inputs"]["required"], json!(["petId"]), "path params are required");
+        assert_eq!(get["tool_call_template"]["x-utp-parameters"]["session"]["in"], "cookie");
+        assert_eq!(get["outputs"]["$ref"], "#/$defs/Pet", "default response used");
+
+        assert_eq!(find(&tools, "updatePet")["tool_call_template"]["content_type"], "application/x-www-form-urlencoded");
+        assert_eq!(find(&tools, "upload")["tool_call_template"]["content_type"], "multipart/form-data");
+        for m in ["head", "options", "trace", "patch"] {
+            assert_eq!(find(&tools, &format!("{m}_anything"))["tool_call_template"]["http_method"], m.to_uppercase());
+        }
+    }
+}
+
+#[test]
+fn openapi_3_auth_is_one_variable_set_per_scheme() {
+    let tools = tools_of(&petstore_30("3.1.0"), &ConvertOptions::default());
+    let auth = |name: &str| find(&tools, name)["tool_call_template"]["auth"].clone();
+    assert_eq!(auth("list_pets"), json!({"auth_type": "api_key", "api_key": "${APIKEY}", "var_name": "X-API-Key", "location": "header"}));
+    assert_eq!(auth("getPet"), auth("list_pets"), "global security applies, same variable");
+    assert_eq!(auth("post_pets"), json!({"auth_type": "api_key", "api_key": "Bearer ${BEARER_TOKEN}", "var_name": "Authorization", "location": "header"}));
+    assert_eq!(auth("delete_pets_petId"), json!({"auth_type": "basic", "username": "${BASICAUTH_USERNAME}", "password": "${BASICAUTH_PASSWORD}"}));
+    assert_eq!(auth("updatePet")["auth_type"], "oauth2");
+    assert_eq!(auth("updatePet")["token_url"], "https://auth.pets.example/token");
+    assert_eq!(auth("updatePet")["client_id"], "${OAUTH_CLIENT_ID}");
+}
+
+#[test]
+fn swagger_2_host_base_path_body_and_form() {
+    let spec = json!({
+        "swagger": "2.0",
+        "info": {"title": "Legacy Shop", "version": "1.0"},
+        "host": "shop.example", "basePath": "/api/v1", "schemes": ["http", "https"],
+        "securityDefinitions": {"key": {"type": "apiKey", "name": "api_key", "in": "query"},
+                                "cc": {"type": "oauth2", "flow": "application", "tokenUrl": "https://shop.example/oauth"}},
+        "paths": {
+            "/orders/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "type": "integer"}],
+                "get": {"operationId": "getOrder", "security": [{"key": []}],
+                        "parameters": [{"name": "fields", "in": "query", "type": "array", "items": {"type": "string"}, "collectionFormat": "csv"}],
+                        "responses": {"200": {"description": "ok", "schema": {"$ref": "#/definitions/Order"}}}},
+                "put": {"operationId": "putOrder", "security": [{"cc": []}],
+                        "parameters": [{"name": "order", "in": "body", "required": true, "schema": {"$ref": "#/definitions/Order"}}]}
+            },
+            "/avatar": {"post": {"consumes": ["multipart/form-data"],
+                "parameters": [{"name": "image", "in": "formData", "type": "file", "required": true}]}}
+        },
+        "definitions": {"Order": {"type": "object", "properties": {"id": {"type": "integer"}, "lines": {"type": "array", "items": {"$ref": "#/definitions/Line"}}}},
+                        "Line": {"type": "object", "properties": {"sku": {"type": "string"}}}}
+    });
+    let tools = tools_of(&spec, &ConvertOptions::default());
+    let get = find(&tools, "getOrder");
+    assert_eq!(get["tool_call_template"]["url"], "https://shop.example/api/v1/orders/{id}");
+    assert_eq!(get["inputs"]["properties"]["id"], json!({"type": "integer"}));
+    assert_eq!(get["tool_call_template"]["x-utp-parameters"]["fields"]["collectionFormat"], "csv");
+    assert_eq!(get["outputs"]["$ref"], "#/$defs/Order");
+    assert!(get["outputs"]["$defs"].get("Line").is_some());
+    assert_eq!(get["tool_call_template"]["auth"]["location"], "query");
+    let put = find(&tools, "putOrder");
+    assert_eq!(put["inputs"]["properties"]["body"]["$ref"], "#/$defs/Order");
+    assert_eq!(put["inputs"]["required"], json!(["id", "body"]));
+    assert_eq!(put["tool_call_template"]["auth"]["token_url"], "https://shop.example/oauth");
+    let avatar = find(&tools, "post_avatar");
+    assert_eq!(avatar["tool_call_template"]["content_type"], "multipart/form-data");
+    assert_eq!(avatar["inputs"]["properties"]["body"]["required"], json!(["image"]));
+
+    let overridden = tools_of(&spec, &ConvertOptions { base_url: Some("http://127.0.0.1:9/".into()), spec_url: None });
+    assert_eq!(find(&overridden, "getOrder")["tool_call_template"]["url"], "http://127.0.0.1:9/orders/{id}");
+}
+
+#[test]
+fn hostile_specs_error_or_convert_without_hanging() {
+    // A $ref cycle through responses and a self-referencing parameter.
+    let spec = json!({"openapi": "3.0.0", "paths": {"/a": {"get": {
+        "parameters": [{"$ref": "#/components/parameters/P"}],
+        "responses": {"200": {"$ref": "#/components/responses/R"}}}}},
+        "components": {"parameters": {"P": {"$ref": "#/components/parameters/P"}},
+                       "responses": {"R": {"$ref": "#/components/responses/R"}}}});
+    let tools = tools_of(&spec, &ConvertOptions::default());
+    assert_eq!(tools.as_array().unwrap().len(), 1);
+    assert!(convert(&json!({"openapi": "4.0"}), &ConvertOptions::default()).is_err());
+    assert!(convert(&json!({"openapi": "3.0.0", "paths": []}), &ConvertOptions::default()).is_err());
+    assert_eq!(tools_of(&json!({"swagger": "2.0", "paths": {"/x": 5, "/y": {"get": 7}}}), &ConvertOptions::default()), json!([]));
+}
+
+#[test]
+fn engine_registers_openapi_by_title_and_discovery_converts_files() {
+    let engine = Engine::from_json(json!({"openapi": {"base_urls": {"Pet_Store": "http://127.0.0.1:1"}}})).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tools = rt.block_on(engine.register_manual(ManualSource::Inline(petstore_30("3.1.0")), None)).unwrap();
+    assert!(tools.contains(&"Pet_Store.list_pets".to_string()), "{tools:?}");
+    assert_eq!(engine.tool("Pet_Store.getPet").unwrap().to_value()["tool_call_template"]["url"], "http://127.0.0.1:1/pets/{petId}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("petstore.json"), petstore_30("3.0.3").to_string()).unwrap();
+    let report = rt.block_on(engine.discover(dir.path().to_str().unwrap())).unwrap();
+    assert_eq!(report.registered(), ["petstore"]);
+    // Both manuals hold the same operations: the best hit is a post_pets either way.
+    let best = &engine.search_tools("create a pet", 1, &[])[0].name;
+    assert!(best.ends_with(".post_pets"), "{best}");
+}
