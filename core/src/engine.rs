@@ -169,7 +169,7 @@ impl Engine {
                     base_url: self.inner.config.openapi.base_urls.get(&manual_name).cloned(),
                     spec_url: spec_url.map(str::to_string),
                 };
-                openapi::convert(&spec, &opts)
+                openapi::convert(spec, &opts)
             }
         }
         .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;

@@ -35,6 +35,62 @@ pub struct Manual {
     /// Keys python-utcp would reject (`info`, vendor extensions): kept, not fatal.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// Schema definitions the tools' schemas reference as `#/$defs/<name>`, held once
+    /// per manual (OpenAPI components) instead of copied into every tool.
+    #[serde(skip)]
+    pub shared_defs: Option<std::sync::Arc<SharedDefs>>,
+}
+
+/// Definitions shared by a manual's tool schemas, with their reference graph so a
+/// tool's closure is found without rescanning the definitions.
+#[derive(Debug, Default, PartialEq)]
+pub struct SharedDefs {
+    pub defs: Map<String, Value>,
+    /// Definition name → names its schema references directly.
+    pub edges: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl SharedDefs {
+    /// Names of `#/$defs/<name>` references in `schema` (not following them).
+    pub fn direct_refs(schema: &Value, out: &mut Vec<String>) {
+        match schema {
+            Value::Object(obj) => {
+                if let Some(name) = obj.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/")) {
+                    out.push(name.to_string());
+                }
+                for (k, v) in obj {
+                    if k != "$ref" && k != "$defs" {
+                        SharedDefs::direct_refs(v, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| SharedDefs::direct_refs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// `schema` with the transitive closure of the definitions it references
+    /// attached as `$defs` (cycle-safe). Unchanged when it references none.
+    pub fn attach(&self, schema: &Value) -> Value {
+        let mut queue = Vec::new();
+        SharedDefs::direct_refs(schema, &mut queue);
+        if queue.is_empty() || !schema.is_object() {
+            return schema.clone();
+        }
+        let mut defs = Map::new();
+        while let Some(name) = queue.pop() {
+            if defs.contains_key(&name) {
+                continue;
+            }
+            if let Some(next) = self.edges.get(&name) {
+                queue.extend(next.iter().filter(|n| !defs.contains_key(*n)).cloned());
+            }
+            defs.insert(name.clone(), self.defs.get(&name).cloned().unwrap_or_else(|| Value::Object(Map::new())));
+        }
+        let mut out = schema.clone();
+        out["$defs"] = Value::Object(defs);
+        out
+    }
 }
 
 /// One tool of a manual. `name` is the name inside the manual; the registry
@@ -388,9 +444,22 @@ impl Manual {
         serde_json::from_value(value).map_err(|e| Error::InvalidManual(format!("invalid manual: {e}")))
     }
 
+    /// The manual as UTCP JSON. With shared definitions, each tool's schemas carry
+    /// the closure they reference as `$defs`, so every tool stands on its own.
     pub fn to_value(&self) -> Value {
         // Serializing our own types to a Value cannot fail: all map keys are strings.
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let (Some(defs), Some(Value::Array(tools))) = (&self.shared_defs, v.get_mut("tools")) {
+            for tool in tools {
+                for key in ["inputs", "outputs"] {
+                    if let Some(schema) = tool.get(key) {
+                        let attached = defs.attach(schema);
+                        tool[key] = attached;
+                    }
+                }
+            }
+        }
+        v
     }
 }
 

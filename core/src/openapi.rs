@@ -1,17 +1,21 @@
 //! OpenAPI 2.0 (Swagger) / 3.0 / 3.1 → UTCP manual with `http` call templates.
 //!
-//! One tool per operation. Shared schemas referenced by `$ref` are kept as `$defs`
-//! on each tool's input/output schema (only the ones that tool reaches), with refs
-//! rewritten to `#/$defs/<name>`, rather than inlined: inlining explodes on large
-//! specs and loops on recursive schemas. Auth is one variable set per security
+//! One tool per operation. Schemas referenced by `$ref` are rewritten to
+//! `#/$defs/<name>` and held once per manual (`Manual::shared_defs`); a tool's
+//! schema gets the closure it reaches only when the tool is serialized. Inlining
+//! per operation explodes on large specs (Graph's schemas reach one another) and
+//! loops on recursive schemas. Auth is one variable set per security
 //! scheme, named after the scheme, not one per operation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::manual::{Auth, CallTemplate, HttpTemplate, Manual, RequestFields, TemplateCommon, Tool, UTCP_VERSION};
+use crate::manual::{
+    Auth, CallTemplate, HttpTemplate, Manual, RequestFields, SharedDefs, TemplateCommon, Tool, UTCP_VERSION,
+};
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
 
@@ -29,7 +33,9 @@ pub fn is_openapi(doc: &Value) -> bool {
     doc.get("openapi").is_some_and(Value::is_string) || doc.get("swagger").is_some()
 }
 
-pub fn convert(doc: &Value, opts: &ConvertOptions) -> Result<Manual> {
+/// Convert a spec. Takes the document by value: its schema definitions move into
+/// the manual's shared definitions instead of being copied.
+pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
     let swagger2 = match (doc.get("swagger"), doc.get("openapi")) {
         (Some(Value::String(v)), _) if v.starts_with('2') => true,
         (_, Some(Value::String(v))) if v.starts_with('3') => false,
@@ -38,6 +44,10 @@ pub fn convert(doc: &Value, opts: &ConvertOptions) -> Result<Manual> {
         }
         _ => return Err(Error::InvalidManual("not an OpenAPI document: no `openapi` or `swagger` version".into())),
     };
+    let defs = if swagger2 { doc.get_mut("definitions") } else { doc.pointer_mut("/components/schemas") }
+        .map(Value::take);
+    let doc_owned = doc;
+    let doc = &doc_owned;
     let paths = match doc.get("paths") {
         Some(Value::Object(p)) => p,
         None => &Map::new(),
@@ -71,7 +81,21 @@ pub fn convert(doc: &Value, opts: &ConvertOptions) -> Result<Manual> {
         extra.insert("info".into(), info.clone());
     }
     let version = doc.pointer("/info/version").and_then(Value::as_str).unwrap_or("1.0.0").to_string();
-    Ok(Manual { utcp_version: UTCP_VERSION.into(), manual_version: version, tools, extra })
+    let shared_defs = defs.and_then(|d| ctx.shared_defs(d)).map(Arc::new);
+    drop(ctx);
+    drop_in_background(doc_owned);
+    Ok(Manual { utcp_version: UTCP_VERSION.into(), manual_version: version, tools, extra, shared_defs })
+}
+
+/// Freeing a parsed spec of tens of megabytes takes a third of a second; a large
+/// one is freed on a short-lived thread so registration does not wait for it.
+fn drop_in_background(doc: Value) {
+    let large = doc.get("paths").and_then(Value::as_object).is_some_and(|p| p.len() > 1000);
+    if large {
+        if let Err(e) = std::thread::Builder::new().name("utp-drop".into()).spawn(move || drop(doc)) {
+            tracing::debug!("could not free the spec in the background: {e}");
+        }
+    }
 }
 
 /// A manual name for an inline spec: its `info.title`.
@@ -276,12 +300,10 @@ impl<'a> Ctx<'a> {
         if !required.is_empty() {
             inputs["required"] = Value::Array(required);
         }
-        self.attach_defs(&mut inputs, refs);
+        drop(refs);
 
         let mut outputs = self.response_schema(op).unwrap_or_else(|| json!({}));
-        let mut out_refs = BTreeSet::new();
-        self.rewrite_refs(&mut outputs, &mut out_refs);
-        self.attach_defs(&mut outputs, out_refs);
+        self.rewrite_refs(&mut outputs, &mut BTreeSet::new());
 
         let security = op.get("security").or_else(|| self.doc.get("security"));
         let auth = security
@@ -354,26 +376,17 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Add the transitive closure of `refs` as `$defs` on `schema` (cycle-safe).
-    fn attach_defs(&self, schema: &mut Value, refs: BTreeSet<String>) {
-        if refs.is_empty() || !schema.is_object() {
-            return;
-        }
-        let container = if self.swagger2 { self.doc.get("definitions") } else { self.doc.pointer("/components/schemas") };
-        let mut defs = Map::new();
-        let mut queue: Vec<String> = refs.into_iter().collect();
-        while let Some(name) = queue.pop() {
-            if defs.contains_key(&name) {
-                continue;
-            }
-            // JSON pointer escaping of the name is the spec's own (`~1` for `/`).
-            let mut def = container.and_then(|c| c.get(&name)).cloned().unwrap_or_else(|| json!({}));
+    /// The spec's definitions, refs rewritten to `#/$defs/`, with their reference graph.
+    fn shared_defs(&self, container: Value) -> Option<SharedDefs> {
+        let Value::Object(container) = container else { return None };
+        let mut shared = SharedDefs::default();
+        for (name, mut def) in container {
             let mut found = BTreeSet::new();
             self.rewrite_refs(&mut def, &mut found);
-            defs.insert(name, def);
-            queue.extend(found.into_iter().filter(|n| !defs.contains_key(n)));
+            shared.edges.insert(name.clone(), found.into_iter().collect());
+            shared.defs.insert(name, def);
         }
-        schema["$defs"] = Value::Object(defs);
+        Some(shared)
     }
 }
 

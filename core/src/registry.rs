@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::manual::{Manual, Tool};
+use crate::manual::{Manual, SharedDefs, Tool};
 use crate::search::{self, Segment};
 
 /// A tool as registered: its full name (`manual.tool`) and its manual.
@@ -24,14 +24,21 @@ pub struct RegisteredTool {
     pub name: String,
     pub manual: String,
     pub tool: Tool,
+    /// The manual's shared schema definitions, when its schemas use `#/$defs/` refs.
+    pub shared_defs: Option<Arc<SharedDefs>>,
 }
 
 impl RegisteredTool {
-    /// The tool as UTCP JSON, with `name` set to the full registered name.
+    /// The tool as UTCP JSON, with `name` set to the full registered name and its
+    /// schemas carrying the shared definitions they reference as `$defs`.
     pub fn to_value(&self) -> Value {
         let mut v = serde_json::to_value(&self.tool).unwrap_or(Value::Null);
         if let Some(obj) = v.as_object_mut() {
             obj.insert("name".into(), Value::String(self.name.clone()));
+            if let Some(defs) = &self.shared_defs {
+                obj.insert("inputs".into(), defs.attach(&self.tool.inputs));
+                obj.insert("outputs".into(), defs.attach(&self.tool.outputs));
+            }
         }
         v
     }
@@ -58,7 +65,7 @@ impl ManualEntry {
     fn build(name: &str, manual: Manual) -> Result<ManualEntry> {
         let mut tools = Vec::with_capacity(manual.tools.len());
         let mut by_name = HashMap::with_capacity(manual.tools.len());
-        let mut plain = Vec::with_capacity(manual.tools.len());
+        let shared_defs = manual.shared_defs;
         let prefix = format!("{name}.");
         for mut tool in manual.tools {
             // python-utcp writes tools back already prefixed; never double the prefix.
@@ -74,10 +81,14 @@ impl ManualEntry {
                     tool.name
                 )));
             }
-            plain.push(tool.clone());
-            tools.push(Arc::new(RegisteredTool { name: format!("{name}.{}", tool.name), manual: name.into(), tool }));
+            tools.push(Arc::new(RegisteredTool {
+                name: format!("{name}.{}", tool.name),
+                manual: name.into(),
+                tool,
+                shared_defs: shared_defs.clone(),
+            }));
         }
-        let segment = Segment::build(name, &plain);
+        let segment = Segment::build(name, tools.iter().map(|t| &t.tool));
         Ok(ManualEntry {
             name: name.to_string(),
             utcp_version: manual.utcp_version,

@@ -8,8 +8,9 @@
 //! identical to one global index.
 //!
 //! Terms are lower-cased, split on punctuation and camelCase, de-pluralised, and
-//! stop words dropped. Prefix terms (`^repo` for "repository") let "repo" and
-//! "repository" meet at a lower weight than an exact match.
+//! stop words dropped. "repo" and "repository" meet at a lower weight than an
+//! exact match: a query term also matches the vocabulary terms it prefixes (a
+//! range of the sorted vocabulary) and the terms that prefix it.
 
 use std::collections::HashMap;
 
@@ -37,27 +38,29 @@ const STOP_WORDS: [&str; 24] = [
 
 type FieldCounts = [f32; FIELDS];
 
-/// Postings of one manual's tools. Document ids are indices into the manual's tool list.
+type Postings = Vec<(u32, FieldCounts)>;
+
+/// Postings of one manual's tools. Document ids are indices into the manual's tool
+/// list. The vocabulary is sorted so exact terms are a binary search and the terms
+/// starting with a query term (`repository` for `repo`) one contiguous range.
 #[derive(Debug, Default)]
 pub struct Segment {
-    postings: HashMap<Box<str>, Vec<(u32, FieldCounts)>>,
+    vocabulary: Vec<(Box<str>, Postings)>,
     field_len: Vec<FieldCounts>,
     total_len: FieldCounts,
 }
 
 impl Segment {
-    pub fn build(manual_name: &str, tools: &[Tool]) -> Segment {
+    pub fn build<'a>(manual_name: &str, tools: impl IntoIterator<Item = &'a Tool>) -> Segment {
         let mut seg = Segment::default();
+        let mut postings: HashMap<Box<str>, Postings> = HashMap::new();
         let mut tf: HashMap<String, FieldCounts> = HashMap::new();
-        for (doc, tool) in tools.iter().enumerate() {
+        for (doc, tool) in tools.into_iter().enumerate() {
             tf.clear();
             let mut len: FieldCounts = [0.0; FIELDS];
             let mut add = |text: &str, field: usize, tf: &mut HashMap<String, FieldCounts>| {
                 for term in tokens(text) {
                     len[field] += 1.0;
-                    for prefix in prefixes(&term) {
-                        tf.entry(prefix).or_default()[field] += PREFIX_WEIGHT;
-                    }
                     tf.entry(term).or_default()[field] += 1.0;
                 }
             };
@@ -77,10 +80,22 @@ impl Segment {
             }
             seg.field_len.push(len);
             for (term, counts) in tf.drain() {
-                seg.postings.entry(term.into_boxed_str()).or_default().push((doc as u32, counts));
+                postings.entry(term.into_boxed_str()).or_default().push((doc as u32, counts));
             }
         }
+        seg.vocabulary = postings.into_iter().collect();
+        seg.vocabulary.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         seg
+    }
+
+    fn exact(&self, term: &str) -> Option<&Postings> {
+        self.vocabulary.binary_search_by(|(t, _)| (**t).cmp(term)).ok().map(|i| &self.vocabulary[i].1)
+    }
+
+    /// Postings of the terms that start with `prefix` and are longer than it.
+    fn extensions<'s>(&'s self, prefix: &'s str) -> impl Iterator<Item = &'s Postings> + 's {
+        let start = self.vocabulary.partition_point(|(t, _)| **t <= *prefix);
+        self.vocabulary[start..].iter().take_while(move |(t, _)| t.starts_with(prefix)).map(|(_, p)| p)
     }
 
     pub fn len(&self) -> usize {
@@ -96,6 +111,8 @@ impl Segment {
 struct QueryTerm {
     key: String,
     weight: f32,
+    /// Match the terms that extend `key` ("repository" for "repo") instead of `key` itself.
+    extend: bool,
 }
 
 fn query_terms(query: &str) -> Vec<QueryTerm> {
@@ -104,12 +121,13 @@ fn query_terms(query: &str) -> Vec<QueryTerm> {
         // Documents whose own term is a prefix of this one ("repo" for "repository").
         for len in PREFIX_MIN..term.len() {
             if term.is_char_boundary(len) {
-                out.push(QueryTerm { key: term[..len].to_string(), weight: PREFIX_WEIGHT });
+                out.push(QueryTerm { key: term[..len].to_string(), weight: PREFIX_WEIGHT, extend: false });
             }
         }
-        // Documents with a longer term starting with this one ("repository" for "repo").
-        out.push(QueryTerm { key: format!("^{term}"), weight: 1.0 });
-        out.push(QueryTerm { key: term, weight: 1.0 });
+        if term.len() >= PREFIX_MIN {
+            out.push(QueryTerm { key: term.clone(), weight: PREFIX_WEIGHT, extend: true });
+        }
+        out.push(QueryTerm { key: term, weight: 1.0, extend: false });
     }
     out
 }
@@ -137,11 +155,11 @@ pub fn score(segments: &[&Segment], query: &str) -> Vec<(usize, u32, f32)> {
     // Dense accumulators: one f32 per document beats hashing (seg, doc) pairs.
     let mut acc: Vec<Vec<f32>> = segments.iter().map(|s| vec![0.0; s.len()]).collect();
     for qt in &terms {
-        let lists: Vec<(usize, &Vec<(u32, FieldCounts)>)> = segments
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.postings.get(qt.key.as_str()).map(|p| (i, p)))
-            .collect();
+        let lists: Vec<(usize, &Postings)> = if qt.extend {
+            segments.iter().enumerate().flat_map(|(i, s)| s.extensions(&qt.key).map(move |p| (i, p))).collect()
+        } else {
+            segments.iter().enumerate().filter_map(|(i, s)| s.exact(&qt.key).map(|p| (i, p))).collect()
+        };
         let df: usize = lists.iter().map(|(_, p)| p.len()).sum();
         if df == 0 {
             continue;
@@ -217,11 +235,6 @@ fn normalize(word: &str) -> String {
         return word[..n - 1].to_string();
     }
     word.to_string()
-}
-
-/// Prefix keys (`^repo`, `^repos`, ...) under which a term is also found.
-fn prefixes(term: &str) -> impl Iterator<Item = String> + '_ {
-    (PREFIX_MIN..term.len()).filter(|l| term.is_char_boundary(*l)).map(|l| format!("^{}", &term[..l]))
 }
 
 #[cfg(test)]
