@@ -1,0 +1,44 @@
+# C ABI: build libutp (utp-ffi), compile the C tests against include/utp.h, run them
+# linked shared (also under valgrind when available) and static.
+# Included by the top-level Makefile; also works alone: `make -f mk/c.mk test-c`.
+# (The header drift check is the Rust test ffi/tests/header.rs, run by `cargo test`.)
+
+UTP_C_ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/..)
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+
+UTP_C_CC      ?= gcc
+UTP_C_CXX     ?= g++
+UTP_C_CFLAGS  ?= -std=c11 -Wall -Wextra -Werror -pedantic -g
+UTP_C_LIBDIR  := $(CARGO_TARGET_DIR)/debug
+UTP_C_OUT     := $(CARGO_TARGET_DIR)/c-tests
+UTP_C_TESTS   := $(UTP_C_ROOT)/tests/c
+UTP_C_INCLUDE := $(UTP_C_ROOT)/include
+# Optional directory of manuals the test also discovers (may hold zero manuals).
+UTP_C_MANUALS ?= $(wildcard $(UTP_C_ROOT)/examples/manuals)
+UTP_C_VALGRIND := $(shell command -v valgrind 2>/dev/null)
+UTP_C_VALGRIND_FLAGS ?= --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite
+
+.PHONY: test-c build-c-lib
+build-c-lib:
+	cargo build --manifest-path $(UTP_C_ROOT)/Cargo.toml -p utp-ffi
+
+test-c: build-c-lib
+	@mkdir -p $(UTP_C_OUT)
+	@echo "== C header compiles as C++"
+	$(UTP_C_CXX) -std=c++11 -Wall -Wextra -Werror -pedantic -fsyntax-only -x c++ -I$(UTP_C_INCLUDE) \
+		$(UTP_C_TESTS)/header_cpp.cc
+	@echo "== C test, shared libutp.so"
+	$(UTP_C_CC) $(UTP_C_CFLAGS) -I$(UTP_C_INCLUDE) $(UTP_C_TESTS)/test_basic.c -o $(UTP_C_OUT)/test_basic_shared \
+		-L$(UTP_C_LIBDIR) -lutp -Wl,-rpath,$(UTP_C_LIBDIR) -pthread
+	$(UTP_C_OUT)/test_basic_shared $(UTP_C_MANUALS)
+	@echo "== C test, static libutp.a"
+	$(UTP_C_CC) $(UTP_C_CFLAGS) -I$(UTP_C_INCLUDE) $(UTP_C_TESTS)/test_basic.c -o $(UTP_C_OUT)/test_basic_static \
+		$(UTP_C_LIBDIR)/libutp.a -Wl,--gc-sections -lpthread -ldl -lm
+	$(UTP_C_OUT)/test_basic_static $(UTP_C_MANUALS)
+ifneq ($(UTP_C_VALGRIND),)
+	@echo "== C test, shared, under valgrind"
+	$(UTP_C_VALGRIND) $(UTP_C_VALGRIND_FLAGS) $(UTP_C_OUT)/test_basic_shared $(UTP_C_MANUALS)
+else
+	@echo "== valgrind not found: skipping the memory check"
+endif
