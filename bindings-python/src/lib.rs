@@ -1,1 +1,437 @@
+//! `utp._utp`: the native module behind the `utp` Python package.
+//!
+//! Thin by design: every method converts Python values to core types, releases the
+//! GIL while the core works (`py.detach`), and converts the result back. Errors become
+//! `utp.UtpError` subclasses carrying the stable `.code`; a Rust panic is caught here and
+//! raised as `utp.PanicError` (pyo3's own `PanicException` escapes `except Exception`).
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+use serde_json::{Map, Number, Value};
+use utp_core::{Config, Engine as CoreEngine, Error, ErrorCode, ManualSource};
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// `UtpError` and one subclass per code, created once per interpreter.
+struct ErrorTypes {
+    base: Py<PyType>,
+    by_code: Vec<(ErrorCode, Py<PyType>)>,
+}
+
+static ERROR_TYPES: PyOnceLock<ErrorTypes> = PyOnceLock::new();
+
+/// `NOT_FOUND` → `NotFoundError`.
+fn class_name(code: ErrorCode) -> String {
+    let mut name: String = code
+        .as_str()
+        .split('_')
+        .map(|part| {
+            let lower = part.to_ascii_lowercase();
+            let mut chars = lower.chars();
+            chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+        })
+        .collect();
+    name.push_str("Error");
+    name
+}
+
+fn error_types(py: Python<'_>) -> PyResult<&ErrorTypes> {
+    ERROR_TYPES.get_or_try_init(py, || {
+        let base = PyErr::new_type(
+            py,
+            c"utp.UtpError",
+            Some(c"Base class of every UTP Runtime error; `.code` is the stable error code."),
+            Some(&py.get_type::<PyException>()),
+            None,
+        )?;
+        // Class attributes are set after creation: `new_type`'s dict argument did not
+        // reach the class under abi3 here.
+        base.bind(py).setattr("code", "INTERNAL")?;
+        base.bind(py).setattr("__module__", "utp")?;
+        let mut by_code = Vec::with_capacity(ErrorCode::ALL.len());
+        for code in ErrorCode::ALL {
+            let qualified = std::ffi::CString::new(format!("utp.{}", class_name(code)))
+                .map_err(|e| PyException::new_err(e.to_string()))?;
+            let ty = PyErr::new_type(py, &qualified, None, Some(base.bind(py)), None)?;
+            ty.bind(py).setattr("code", code.as_str())?;
+            ty.bind(py).setattr("__module__", "utp")?;
+            by_code.push((code, ty));
+        }
+        Ok(ErrorTypes { base, by_code })
+    })
+}
+
+/// A core error as the matching Python exception.
+fn to_py_err(py: Python<'_>, error: &Error) -> PyErr {
+    raise(py, error.code(), error.to_string())
+}
+
+fn raise(py: Python<'_>, code: ErrorCode, message: String) -> PyErr {
+    match error_types(py) {
+        Ok(types) => {
+            let ty = types.by_code.iter().find(|(c, _)| *c == code).map(|(_, t)| t).unwrap_or(&types.base);
+            PyErr::from_type(ty.bind(py).clone(), message)
+        }
+        Err(e) => e,
+    }
+}
+
+fn invalid(py: Python<'_>, message: impl Into<String>) -> PyErr {
+    raise(py, ErrorCode::InvalidArgument, message.into())
+}
+
+/// Run `body`, turning a Rust panic into `utp.PanicError`.
+fn guarded<T>(py: Python<'_>, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".into());
+            Err(raise(py, ErrorCode::Panic, format!("panic in utp: {detail}")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Python values <-> JSON values
+// ---------------------------------------------------------------------------
+
+/// Deeper than any real manual; stops self-referencing containers.
+const MAX_DEPTH: usize = 200;
+
+fn to_json(py: Python<'_>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+    if depth > MAX_DEPTH {
+        return Err(invalid(py, format!("value nests deeper than {MAX_DEPTH} levels (a container that contains itself?)")));
+    }
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    // bool before int: Python's bool is an int subclass.
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(Value::from(i));
+        }
+        if let Ok(u) = obj.extract::<u64>() {
+            return Ok(Value::from(u));
+        }
+        return Err(invalid(py, format!("integer {obj} does not fit in 64 bits")));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        let v = f.value();
+        return Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| invalid(py, format!("float {v} has no JSON representation")));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::String(s.to_cow()?.into_owned()));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut map = Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let key = k
+                .cast::<PyString>()
+                .map_err(|_| invalid(py, format!("dict keys must be str, got {}", type_name(&k))))?
+                .to_cow()?
+                .into_owned();
+            map.insert(key, to_json(py, &v, depth + 1)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let mut items = Vec::new();
+        for item in obj.try_iter()? {
+            items.push(to_json(py, &item?, depth + 1)?);
+        }
+        return Ok(Value::Array(items));
+    }
+    Err(invalid(py, format!("cannot convert {} to JSON (use dict, list, str, int, float, bool or None)", type_name(obj))))
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into())
+}
+
+fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, v) in map {
+                dict.set_item(k, to_py(py, v)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// A `str` or `os.PathLike` argument as a string.
+fn path_like(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(s.to_cow()?.into_owned());
+    }
+    if let Ok(p) = obj.extract::<PathBuf>() {
+        return p
+            .into_os_string()
+            .into_string()
+            .map_err(|_| invalid(py, format!("{what} is not valid UTF-8")));
+    }
+    Err(invalid(py, format!("{what} must be str or os.PathLike, got {}", type_name(obj))))
+}
+
+// ---------------------------------------------------------------------------
+// Engine
+// ---------------------------------------------------------------------------
+
+/// The core engine and the tokio runtime that drives its async methods.
+struct Running {
+    engine: CoreEngine,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Running {
+    /// Block on a core future with the GIL released.
+    fn block_on<F>(&self, py: Python<'_>, future: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        py.detach(|| self.runtime.block_on(future))
+    }
+}
+
+/// The runtime engine. `utp.Engine` (Python) subclasses this to add the `*_async`
+/// twins and the context manager.
+#[pyclass(module = "utp._utp", name = "Engine", subclass, frozen)]
+struct PyEngine {
+    // `None` once closed. Methods clone the Arc, so `close()` never waits for a call.
+    running: Mutex<Option<Arc<Running>>>,
+}
+
+impl PyEngine {
+    fn running(&self, py: Python<'_>) -> PyResult<Arc<Running>> {
+        let guard = self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?;
+        guard.clone().ok_or_else(|| invalid(py, "engine is closed"))
+    }
+}
+
+fn load_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Config> {
+    let Some(config) = config.filter(|c| !c.is_none()) else {
+        return Config::from_value(Value::Null).map_err(|e| to_py_err(py, &e));
+    };
+    if config.is_instance_of::<PyDict>() {
+        let value = to_json(py, config, 0)?;
+        return Config::from_value(value).map_err(|e| to_py_err(py, &e));
+    }
+    let path = path_like(py, config, "config")
+        .map_err(|_| invalid(py, format!("config must be a dict, a path to utp.yaml/utp.json, or None; got {}", type_name(config))))?;
+    Config::load(std::path::Path::new(&path)).map_err(|e| to_py_err(py, &e))
+}
+
+fn check_store(py: Python<'_>, store: &str) -> PyResult<()> {
+    match store {
+        "memory" => Ok(()),
+        s if s.starts_with("sqlite:") => Err(invalid(
+            py,
+            format!("store '{s}': the SQLite store is not available in this version yet; use store=\"memory\""),
+        )),
+        s => Err(invalid(py, format!("store must be \"memory\" or \"sqlite:PATH\", got '{s}'"))),
+    }
+}
+
+fn tool_values<'py>(py: Python<'py>, tools: &[Arc<utp_core::RegisteredTool>]) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for tool in tools {
+        list.append(to_py(py, &tool.to_value())?)?;
+    }
+    Ok(list)
+}
+
+#[pymethods]
+impl PyEngine {
+    /// `Engine(config=None, store="memory")`: `config` is a dict, a path to
+    /// `utp.yaml`/`utp.json`, or None for defaults. Manuals listed in the config's
+    /// `manuals` are registered before the constructor returns.
+    #[new]
+    #[pyo3(signature = (config=None, store="memory"))]
+    fn new(py: Python<'_>, config: Option<&Bound<'_, PyAny>>, store: &str) -> PyResult<Self> {
+        guarded(py, || {
+            check_store(py, store)?;
+            let config = load_config(py, config)?;
+            let engine = CoreEngine::new(config).map_err(|e| to_py_err(py, &e))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("utp-worker")
+                .enable_all()
+                .build()
+                .map_err(|e| raise(py, ErrorCode::Internal, format!("cannot start the runtime: {e}")))?;
+            let running = Running { engine, runtime };
+            let configured = running.engine.clone();
+            running.block_on(py, configured.register_configured_manuals()).map_err(|e| to_py_err(py, &e))?;
+            Ok(PyEngine { running: Mutex::new(Some(Arc::new(running))) })
+        })
+    }
+
+    /// Discover manuals under a directory, in a file, or at a URL; returns the names
+    /// of the manuals registered. Files that fail are reported by `discover_report`.
+    fn discover(&self, py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        guarded(py, || {
+            let target = path_like(py, target, "target")?;
+            let r = self.running(py)?;
+            let report = r.block_on(py, r.engine.discover(&target)).map_err(|e| to_py_err(py, &e))?;
+            Ok(report.registered())
+        })
+    }
+
+    /// Like `discover`, returning the full report: one entry per file with its outcome.
+    fn discover_report<'py>(&self, py: Python<'py>, target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        guarded(py, || {
+            let target = path_like(py, target, "target")?;
+            let r = self.running(py)?;
+            let report = r.block_on(py, r.engine.discover(&target)).map_err(|e| to_py_err(py, &e))?;
+            to_py(py, &report.to_value())
+        })
+    }
+
+    /// Register a manual (a dict, a file path, or an http(s) URL); returns its tools' names.
+    #[pyo3(signature = (manual, name=None))]
+    fn register_manual(&self, py: Python<'_>, manual: &Bound<'_, PyAny>, name: Option<&str>) -> PyResult<Vec<String>> {
+        guarded(py, || {
+            let source = if manual.is_instance_of::<PyDict>() {
+                ManualSource::Inline(to_json(py, manual, 0)?)
+            } else {
+                let text = path_like(py, manual, "manual")
+                    .map_err(|_| invalid(py, format!("manual must be a dict, a path or a URL; got {}", type_name(manual))))?;
+                ManualSource::from_text(&text).map_err(|e| to_py_err(py, &e))?
+            };
+            let r = self.running(py)?;
+            r.block_on(py, r.engine.register_manual(source, name)).map_err(|e| to_py_err(py, &e))
+        })
+    }
+
+    /// Remove a manual and its tools; False if no manual had that name.
+    fn deregister_manual(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        guarded(py, || Ok(self.running(py)?.engine.deregister_manual(name)))
+    }
+
+    /// Every registered tool as a dict (UTCP tool JSON, `name` = `manual.tool`), by name.
+    fn tools<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        guarded(py, || {
+            let r = self.running(py)?;
+            let tools = py.detach(|| r.engine.tools());
+            tool_values(py, &tools)
+        })
+    }
+
+    /// One tool by its full name `manual.tool`.
+    fn tool<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        guarded(py, || {
+            let tool = self.running(py)?.engine.tool(name).map_err(|e| to_py_err(py, &e))?;
+            to_py(py, &tool.to_value())
+        })
+    }
+
+    /// Tools ranked by relevance to `query` (name, tags, description, parameters).
+    /// `limit=0` returns every match; `tags` keeps tools carrying any of them.
+    #[pyo3(signature = (query, limit=10, tags=None))]
+    fn search_tools<'py>(
+        &self,
+        py: Python<'py>,
+        query: &str,
+        limit: usize,
+        tags: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        guarded(py, || {
+            let r = self.running(py)?;
+            let tags = tags.unwrap_or_default();
+            let found = py.detach(|| r.engine.search_tools(query, limit, &tags));
+            tool_values(py, &found)
+        })
+    }
+
+    /// Names of the registered manuals, sorted.
+    fn manuals(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        guarded(py, || Ok(self.running(py)?.engine.manuals()))
+    }
+
+    /// The namespaced variables (e.g. `weather_API_KEY`) a manual or tool needs.
+    fn required_variables(&self, py: Python<'_>, name: &str) -> PyResult<Vec<String>> {
+        guarded(py, || self.running(py)?.engine.required_variables(name).map_err(|e| to_py_err(py, &e)))
+    }
+
+    /// Release the engine; further calls raise `InvalidArgumentError`. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, || {
+            let taken = self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?.take();
+            if let Some(running) = taken {
+                // Calls still in flight on other threads hold their own Arc; the last
+                // one shuts the runtime down. Otherwise join the workers now.
+                if let Ok(running) = Arc::try_unwrap(running) {
+                    py.detach(|| running.runtime.shutdown_timeout(Duration::from_secs(10)));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// True once `close()` was called.
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?.is_none())
+    }
+}
+
+/// The runtime's version.
+#[pyfunction]
+fn version() -> &'static str {
+    utp_core::VERSION
+}
+
+#[pymodule]
+fn _utp(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<PyEngine>()?;
+    m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add("__version__", utp_core::VERSION)?;
+    let types = error_types(py)?;
+    m.add("UtpError", types.base.bind(py))?;
+    let codes = PyDict::new(py);
+    for (code, ty) in &types.by_code {
+        m.add(class_name(*code).as_str(), ty.bind(py))?;
+        codes.set_item(code.as_str(), ty.bind(py))?;
+    }
+    m.add("ERRORS_BY_CODE", codes)?;
+    Ok(())
+}

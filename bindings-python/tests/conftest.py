@@ -1,0 +1,59 @@
+import pathlib
+
+import pytest
+
+import utp
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLE_MANUALS = REPO / "examples" / "manuals"
+
+
+@pytest.fixture
+def engine():
+    with utp.Engine() as e:
+        yield e
+
+
+@pytest.fixture
+def weather_manual():
+    return {
+        "utcp_version": "1.0.1",
+        "manual_version": "1.0.0",
+        "tools": [
+            {
+                "name": "get_current",
+                "description": "Current weather conditions for a city",
+                "inputs": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+                "tags": ["weather", "current"],
+                "tool_call_template": {
+                    "call_template_type": "http",
+                    "url": "https://api.example.com/current",
+                    "http_method": "GET",
+                    "auth": {
+                        "auth_type": "api_key",
+                        "api_key": "${API_KEY}",
+                        "var_name": "X-Api-Key",
+                        "location": "header",
+                    },
+                },
+            },
+            {
+                "name": "get_forecast",
+                "description": "Daily forecast for the next days",
+                "inputs": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+                "tags": ["weather", "forecast"],
+                "tool_call_template": {"call_template_type": "http", "url": "https://api.example.com/forecast"},
+            },
+            {
+                "name": "convert_currency",
+                "description": "Convert an amount between currencies",
+                "inputs": {"type": "object", "properties": {"amount": {"type": "number"}, "to": {"type": "string"}}},
+                "tags": ["money"],
+                "tool_call_template": {"call_template_type": "http", "url": "https://api.example.com/fx"},
+            },
+        ],
+    }

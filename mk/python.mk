@@ -1,0 +1,31 @@
+# Python binding: a venv with maturin + pytest (+ python-utcp for the round-trip
+# tests) from PyPI, `maturin develop` of bindings-python into it, then pytest and
+# mypy.stubtest. Included by the top-level Makefile, which exports CARGO_TARGET_DIR
+# so maturin shares cargo's compiled dependencies.
+
+UTP_PY_ROOT   := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/..)
+UTP_PY_SYS    ?= python3
+UTP_PY_VENV   ?= $(UTP_PY_ROOT)/.venv
+UTP_PY        := $(UTP_PY_VENV)/bin/python
+UTP_PY_PKG    := $(UTP_PY_ROOT)/bindings-python
+UTP_PY_STAMP  := $(UTP_PY_VENV)/.utp-deps-installed
+
+.PHONY: python-venv python-build test-python
+
+$(UTP_PY_STAMP): $(UTP_PY_PKG)/requirements-dev.txt
+	$(UTP_PY_SYS) -m venv $(UTP_PY_VENV)
+	$(UTP_PY) -m pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+python-venv: $(UTP_PY_STAMP)
+
+# Debug build (the profile `cargo test` uses), installed editable into the venv.
+python-build: python-venv
+	cd $(UTP_PY_PKG) && VIRTUAL_ENV=$(UTP_PY_VENV) PATH=$(UTP_PY_VENV)/bin:$$PATH \
+		maturin develop --quiet
+	$(UTP_PY) -c "import utp; print('utp', utp.__version__, 'installed in', '$(UTP_PY_VENV)')"
+
+test-python: python-build
+	cd $(UTP_PY_PKG) && $(UTP_PY) -m pytest -q tests
+	cd $(UTP_PY_PKG) && $(UTP_PY) -m mypy.stubtest utp._utp
+	cd $(UTP_PY_PKG) && $(UTP_PY) -m mypy --strict python/utp
