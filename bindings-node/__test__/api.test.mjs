@@ -1,0 +1,80 @@
+// The package surface: the JS layer wraps every native method, index.d.ts declares it
+// and type-checks, and `npm pack` ships only the runtime files.
+import test from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { execFileSync } from 'node:child_process'
+import { createRequire } from 'node:module'
+
+import { Engine } from 'utp-runtime'
+import { packageDir } from './helpers.mjs'
+
+const require = createRequire(import.meta.url)
+const native = require('../native.js')
+const dts = fs.readFileSync(path.join(packageDir, 'index.d.ts'), 'utf8')
+
+function members(cls) {
+  return Object.getOwnPropertyNames(cls.prototype).filter((n) => n !== 'constructor').sort()
+}
+
+test('the JS Engine wraps every native Engine member', () => {
+  const js = new Set(members(Engine))
+  for (const name of members(native.Engine)) assert.ok(js.has(name), `index.js Engine lacks native member ${name}`)
+})
+
+test('index.d.ts declares every Engine member and every module export', () => {
+  const engineDecl = /export declare class Engine \{([\s\S]*?)\n\}/.exec(dts)[1]
+  for (const name of members(Engine)) {
+    assert.match(engineDecl, new RegExp(`\\n  (readonly )?${name}[(:]`), `index.d.ts Engine lacks ${name}`)
+  }
+  for (const name of Object.keys(require('utp-runtime'))) {
+    assert.match(dts, new RegExp(`export declare (const|class|function) ${name}\\b`), `index.d.ts lacks export ${name}`)
+  }
+})
+
+test('index.d.ts lists exactly the native error codes, in order', () => {
+  const union = /export type ErrorCodeName =([\s\S]*?)\n\n/.exec(dts)[1]
+  const names = [...union.matchAll(/'([A-Z_]+)'/g)].map((m) => m[1])
+  assert.deepEqual(names, native.errorCodes())
+})
+
+test('index.d.ts and index.d.mts type-check against real use (tsc --strict)', () => {
+  const tsc = require.resolve('typescript/bin/tsc')
+  try {
+    execFileSync(process.execPath, [tsc, '-p', path.join(packageDir, '__test__', 'tsconfig.json')], {
+      cwd: packageDir,
+      encoding: 'utf8',
+      stdio: 'pipe',
+    })
+  } catch (e) {
+    assert.fail(`tsc failed:\n${e.stdout}${e.stderr}`)
+  }
+})
+
+test('npm pack ships the runtime files only', () => {
+  // Packed from a scratch copy with a stand-in binary: the real debug binary is large
+  // and npm compresses everything even for --dry-run.
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'utp-node-pack-'))
+  try {
+    const shipped = ['package.json', 'index.js', 'index.mjs', 'index.d.ts', 'index.d.mts', 'native.js', 'native.d.ts']
+    for (const f of shipped) fs.copyFileSync(path.join(packageDir, f), path.join(scratch, f))
+    fs.writeFileSync(path.join(scratch, 'utp-runtime.linux-x64-gnu.node'), 'stand-in')
+    // Sources and tests that must stay out of the package.
+    for (const f of ['Cargo.toml', 'build.rs', 'src/lib.rs', '__test__/x.test.mjs', 'package-lock.json']) {
+      fs.mkdirSync(path.dirname(path.join(scratch, f)), { recursive: true })
+      fs.writeFileSync(path.join(scratch, f), '')
+    }
+    const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm'
+    const out = execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+      cwd: scratch,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
+    const files = JSON.parse(out)[0].files.map((f) => f.path).sort()
+    assert.deepEqual(files, [...shipped, 'utp-runtime.linux-x64-gnu.node'].sort())
+  } finally {
+    fs.rmSync(scratch, { recursive: true, force: true })
+  }
+})

@@ -1,0 +1,49 @@
+// Type-checked (never run) by types.test.mjs: the public declarations describe real use.
+import { Engine, UtpError, codes, version, type Tool, type DiscoveryReport, type ErrorCode } from 'utp-runtime'
+import utpDefault from 'utp-runtime'
+
+async function main(): Promise<void> {
+  const v: string = version()
+  const engine = new Engine({ variables: { weather_WEATHER_API_KEY: 'k' } }, { store: 'memory' })
+  const fromPath = new Engine('./utp.yaml')
+  const names: string[] = await engine.discover('./tools')
+  const report: DiscoveryReport = await engine.discoverReport('./tools')
+  for (const file of report.files) {
+    if (file.status === 'registered') console.log(file.manual, file.tools)
+    else if (file.status === 'failed') console.log(file.code, file.error)
+    else console.log(file.reason)
+  }
+  const tools: string[] = await engine.registerManual({ tools: [] }, 'm')
+  await engine.registerManual('./weather.utcp.json')
+  const hits: Tool[] = engine.searchTools('forecast', { limit: 3, tags: ['weather'] })
+  const first: Tool | undefined = hits[0]
+  const kind: string | undefined = first?.tool_call_template.call_template_type
+  const one: Tool = engine.tool('weather.get_forecast')
+  const removed: boolean = engine.deregisterManual('weather')
+  const manuals: string[] = engine.manuals()
+  const vars: string[] = engine.requiredVariables('weather')
+  engine.close()
+  const closed: boolean = engine.closed
+  {
+    using scoped = new Engine()
+    scoped.tools()
+  }
+  try {
+    engine.tools()
+  } catch (e) {
+    if (e instanceof UtpError) {
+      const code: ErrorCode = e.code
+      if (e.code === codes.INVALID_ARGUMENT || e.code === UtpError.codes.NOT_FOUND) console.log(code)
+    }
+  }
+  const same: typeof Engine = utpDefault.Engine
+  console.log(v, names, tools, kind, one, removed, manuals, vars, closed, fromPath, same)
+}
+
+// @ts-expect-error a number is not a manual name
+new Engine().deregisterManual(5)
+// @ts-expect-error codes are a closed set
+const bad: ErrorCode = 'ERR_UTP_NOPE'
+
+void main
+void bad
