@@ -195,7 +195,8 @@ void utp_string_free(char *s);
 
 /**
  * Create an engine. `config_json` is a JSON object with the engine configuration
- * ("{}" or NULL for defaults). On success `*out_engine` receives the handle, which
+ * ("{}" or NULL for defaults); manuals listed in its "manuals" are registered before
+ * it returns. On success `*out_engine` receives the handle, which
  * is released with utp_engine_free(); on error it is set to NULL.
  *
  * # Safety

@@ -321,7 +321,8 @@ pub unsafe extern "C" fn utp_string_free(s: *mut c_char) {
 // ---------------------------------------------------------------------------
 
 /// Create an engine. `config_json` is a JSON object with the engine configuration
-/// ("{}" or NULL for defaults). On success `*out_engine` receives the handle, which
+/// ("{}" or NULL for defaults); manuals listed in its "manuals" are registered before
+/// it returns. On success `*out_engine` receives the handle, which
 /// is released with utp_engine_free(); on error it is set to NULL.
 ///
 /// # Safety
@@ -350,6 +351,9 @@ pub unsafe extern "C" fn utp_engine_new(config_json: *const c_char, out_engine: 
             let _ctx = runtime.enter();
             Engine::from_json(config)?
         };
+        // Manuals listed in config `manuals` are registered before the handle exists
+        // (as in Python and Node), so a bad one fails engine creation visibly.
+        runtime.block_on(engine.register_configured_manuals())?;
         *out = Box::into_raw(Box::new(UtpEngine { engine, runtime: Some(runtime) }));
         Ok(())
     })

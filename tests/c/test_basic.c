@@ -109,6 +109,20 @@ static void test_engine_new_errors(void) {
     expect_code(utp_engine_new("[1,2]", &e), UTP_ERR_INVALID_ARGUMENT, "engine_new non-object config");
     expect_code(utp_engine_new("{}", NULL), UTP_ERR_INVALID_ARGUMENT, "engine_new NULL out");
     expect_code(utp_engine_new("{\"x\":\"\xff\"}", &e), UTP_ERR_INVALID_ARGUMENT, "engine_new invalid UTF-8");
+    /* Manuals listed in the config are registered by engine_new; a missing one fails it. */
+    expect_code(utp_engine_new("{\"manuals\": [\"/nonexistent/x.utcp.json\"]}", &e), UTP_ERR_NOT_FOUND,
+                "engine_new with a missing configured manual");
+    CHECK(e == NULL, "out_engine set although a configured manual failed");
+    if (ok(utp_engine_new("{\"manuals\": [{\"name\": \"greet\", \"tools\": [{\"name\": \"hi\", \"tool_call_template\": "
+                          "{\"call_template_type\": \"text\", \"content\": \"hello\"}}]}]}", &e),
+           "engine_new with an inline configured manual")) {
+        char *tools = NULL;
+        if (ok(utp_tools(e, &tools), "tools of configured engine")) {
+            CHECK(find(tools, "greet.hi") >= 0, "configured manual not registered: %s", tools);
+            utp_string_free(tools);
+        }
+        utp_engine_free(e);
+    }
     /* NULL config means defaults. */
     if (ok(utp_engine_new(NULL, &e), "engine_new NULL config")) {
         CHECK(e != NULL, "engine NULL after success");
