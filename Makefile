@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 UTP := $(CARGO_TARGET_DIR)/debug/utp
 
-.PHONY: all build test test-rust demo clean bench help
+.PHONY: all build test test-rust demo clean bench bench-openapi help
 all: build
 
 help:
@@ -41,3 +41,8 @@ bench:
 clean:
 	cargo clean
 	rm -rf .venv bindings-node/node_modules
+
+# OpenAPI registration side by side with python-utcp 1.2 on real specs (GitHub,
+# Microsoft Graph beta, Stripe, Kubernetes) fetched from the npm registry.
+bench-openapi:
+	python3 bench/openapi/run.py

@@ -30,5 +30,18 @@ fn main() {
     let t = Instant::now();
     rt.block_on(engine.register_manual(utp_core::ManualSource::Path(path.clone().into()), Some("m"))).expect("register");
     let register = t.elapsed();
-    println!("{path}: {n} tools | read {read:?} parse {parse:?} convert {convert:?} index {index:?} drop {drop_manual:?} | engine.register_manual(path) {register:?}");
+    let tools = engine.tools().len();
+    if std::env::args().any(|a| a == "--json") {
+        println!(
+            "{{\"seconds\": {}, \"tools\": {tools}, \"parse\": {}, \"convert\": {}, \"index\": {}}}",
+            register.as_secs_f64(),
+            parse.as_secs_f64(),
+            convert.as_secs_f64(),
+            index.as_secs_f64()
+        );
+    } else {
+        println!(
+            "{path}: {n} tools | read {read:?} parse {parse:?} convert {convert:?} index {index:?} drop {drop_manual:?} | engine.register_manual(path) {register:?}"
+        );
+    }
 }
