@@ -48,18 +48,8 @@ fn invalid(message: impl std::fmt::Display) -> napi::Error {
     coded(ErrorCode::InvalidArgument, message)
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
-    }
-}
-
 fn panic_error(payload: &(dyn std::any::Any + Send)) -> napi::Error {
-    coded(ErrorCode::Panic, format!("panic in utp-runtime: {}", panic_message(payload)))
+    core_err(utp_core::Error::from_panic(payload, "utp-runtime"))
 }
 
 /// Run a sync export body; a panic becomes a `[PANIC]` error.

@@ -93,14 +93,7 @@ fn invalid(py: Python<'_>, message: impl Into<String>) -> PyErr {
 fn guarded<T>(py: Python<'_>, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result,
-        Err(payload) => {
-            let detail = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".into());
-            Err(raise(py, ErrorCode::Panic, format!("panic in utp: {detail}")))
-        }
+        Err(payload) => Err(to_py_err(py, &Error::from_panic(payload.as_ref(), "utp"))),
     }
 }
 

@@ -137,6 +137,19 @@ impl Error {
     pub fn with_code(code: ErrorCode, message: impl Into<String>) -> Error {
         Error::Other { code, message: message.into() }
     }
+
+    /// A panic caught at a language boundary (`catch_unwind`'s payload) as a `PANIC`
+    /// error; `library` names where it was caught ("libutp", "utp-runtime"...).
+    pub fn from_panic(payload: &(dyn std::any::Any + Send), library: &str) -> Error {
+        let detail = if let Some(s) = payload.downcast_ref::<&str>() {
+            s
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.as_str()
+        } else {
+            "unknown panic payload"
+        };
+        Error::with_code(ErrorCode::Panic, format!("panic in {library}: {detail}"))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -153,6 +166,15 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_i32(0), None);
         assert_eq!(ErrorCode::Panic.as_str(), "PANIC");
+    }
+
+    #[test]
+    fn panic_payloads_become_panic_errors() {
+        let e = Error::from_panic(&"boom", "libutp");
+        assert_eq!((e.code(), e.to_string().as_str()), (ErrorCode::Panic, "panic in libutp: boom"));
+        let e = Error::from_panic(&String::from("owned"), "x");
+        assert_eq!(e.to_string(), "panic in x: owned");
+        assert_eq!(Error::from_panic(&42_u8, "x").to_string(), "panic in x: unknown panic payload");
     }
 
     #[test]

@@ -128,16 +128,6 @@ fn to_cstring_lossy(text: &str) -> CString {
     CString::new(text.replace('\0', "\\0")).unwrap_or_default()
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
-    }
-}
-
 /// Run a fallible body at the C boundary: `Ok` → NULL, `Err` → a new error, a panic →
 /// a `UTP_ERR_PANIC` error.
 fn guard(body: impl FnOnce() -> Result<(), Error>) -> *mut UtpError {
@@ -145,7 +135,7 @@ fn guard(body: impl FnOnce() -> Result<(), Error>) -> *mut UtpError {
         Ok(Ok(())) => ptr::null_mut(),
         Ok(Err(e)) => UtpError::from(e).into_raw(),
         Err(payload) => {
-            let msg = format!("panic in libutp: {}", panic_message(payload.as_ref()));
+            let msg = Error::from_panic(payload.as_ref(), "libutp").to_string();
             // Building the error must not unwind again; fall back to a static message.
             catch_unwind(|| UtpError::new(ErrorCode::Panic, &msg).into_raw()).unwrap_or(ptr::null_mut())
         }
