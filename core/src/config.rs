@@ -26,6 +26,10 @@ pub struct Config {
     /// Manuals to register when the engine starts: paths, URLs or inline manuals.
     pub manuals: Vec<Value>,
     pub openapi: OpenApiConfig,
+    /// Tool calls: timeouts, network safety, CLI and file limits.
+    pub calls: CallsConfig,
+    /// Result post-processors (`filter_dict`, `limit_strings`), applied in order as in python-utcp.
+    pub post_processing: Vec<PostProcessor>,
     /// Directory relative paths in this config are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -64,6 +68,125 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Default cap on a tool's HTTP response, CLI output or file (bytes).
+pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 32 * 1024 * 1024;
+/// Default cap on one SSE event / NDJSON line (bytes).
+pub const DEFAULT_MAX_EVENT_SIZE: u64 = 1024 * 1024;
+/// Host environment variables a CLI tool sees by default.
+pub const DEFAULT_CLI_ENV_ALLOWLIST: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
+
+/// How tools are called (`calls:` in utp.yaml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CallsConfig {
+    /// Timeout of a call when neither the call nor the template sets one: seconds or "500ms"/"30s"/"2m".
+    #[serde(deserialize_with = "de_duration")]
+    pub default_timeout: std::time::Duration,
+    /// Plain `http://` tool URLs beyond loopback.
+    pub allow_insecure_http: bool,
+    /// Private (RFC 1918, CGNAT, ULA), link-local and cloud-metadata addresses.
+    pub allow_private_networks: bool,
+    /// Cap on an HTTP response body, a CLI command's output or a file read (bytes).
+    pub max_response_size: u64,
+    /// Cap on one SSE event or NDJSON line (bytes).
+    pub max_event_size: u64,
+    /// Host environment variables passed to CLI tools (besides the template's `env_vars`).
+    pub cli_env_allowlist: Vec<String>,
+    /// Root that `file` tools (and relative CLI `working_dir`s) are confined to; default:
+    /// the config file's folder, else the current directory.
+    pub file_root: Option<PathBuf>,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            default_timeout: std::time::Duration::from_secs(30),
+            allow_insecure_http: false,
+            allow_private_networks: false,
+            max_response_size: DEFAULT_MAX_RESPONSE_SIZE,
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            cli_env_allowlist: DEFAULT_CLI_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect(),
+            file_root: None,
+        }
+    }
+}
+
+/// A result post-processor, by `tool_post_processor_type` (python-utcp's shape).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "tool_post_processor_type", rename_all = "snake_case")]
+pub enum PostProcessor {
+    FilterDict {
+        #[serde(default)]
+        exclude_keys: Option<Vec<String>>,
+        #[serde(default)]
+        only_include_keys: Option<Vec<String>>,
+        #[serde(flatten)]
+        scope: PostProcessorScope,
+    },
+    LimitStrings {
+        #[serde(default = "default_string_limit")]
+        limit: usize,
+        #[serde(flatten)]
+        scope: PostProcessorScope,
+    },
+}
+
+fn default_string_limit() -> usize {
+    10_000
+}
+
+/// Which tools a post-processor applies to (tool names are full `manual.tool` names).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PostProcessorScope {
+    pub exclude_tools: Option<Vec<String>>,
+    pub only_include_tools: Option<Vec<String>>,
+    pub exclude_manuals: Option<Vec<String>>,
+    pub only_include_manuals: Option<Vec<String>>,
+}
+
+impl PostProcessorScope {
+    pub fn applies(&self, tool: &str, manual: &str) -> bool {
+        let has = |list: &Option<Vec<String>>, x: &str| list.as_ref().map(|l| l.iter().any(|i| i == x));
+        has(&self.exclude_tools, tool) != Some(true)
+            && has(&self.only_include_tools, tool) != Some(false)
+            && has(&self.exclude_manuals, manual) != Some(true)
+            && has(&self.only_include_manuals, manual) != Some(false)
+    }
+}
+
+/// A duration from seconds (number) or text: "250ms", "5s", "2m", "1h", "1.5".
+pub fn parse_duration(value: &Value) -> std::result::Result<std::time::Duration, String> {
+    let secs = match value {
+        Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a duration"))?,
+        Value::String(s) => {
+            let t = s.trim();
+            let (num, scale) = if let Some(v) = t.strip_suffix("ms") {
+                (v, 0.001)
+            } else if let Some(v) = t.strip_suffix('s') {
+                (v, 1.0)
+            } else if let Some(v) = t.strip_suffix('m') {
+                (v, 60.0)
+            } else if let Some(v) = t.strip_suffix('h') {
+                (v, 3600.0)
+            } else {
+                (t, 1.0)
+            };
+            num.trim().parse::<f64>().map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m)"))? * scale
+        }
+        other => return Err(format!("{other} is not a duration (seconds, or text like 500ms, 30s, 2m)")),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{value} is not a valid duration (must be 0 or more seconds)"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<std::time::Duration, D::Error> {
+    let v = Value::deserialize(d)?;
+    parse_duration(&v).map_err(serde::de::Error::custom)
+}
+
 impl Config {
     /// Build a config from a JSON value (`null` = defaults).
     pub fn from_value(value: Value) -> Result<Config> {
@@ -84,6 +207,7 @@ impl Config {
     }
 
     /// Parse config text (JSON or YAML).
+    #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str) -> Result<Config> {
         let value = parse::parse_document(text.as_bytes(), None)
             .map_err(|e| Error::InvalidArgument(format!("invalid config: {e}")))?;
@@ -131,5 +255,24 @@ mod tests {
         assert!(Config::from_str("[1,2]").is_err());
         assert!(Config::from_value(serde_json::json!({"variables": 3})).is_err());
         assert!(Config::from_value(serde_json::json!({"load_variables_from": [{"variable_loader_type": "vault"}]})).is_err());
+        assert!(Config::from_value(serde_json::json!({"calls": {"default_timeout": "soon"}})).is_err());
+        assert!(Config::from_value(serde_json::json!({"calls": {"default_timeout": -1}})).is_err());
+        assert!(Config::from_value(serde_json::json!({"post_processing": [{"tool_post_processor_type": "x"}]})).is_err());
+    }
+
+    #[test]
+    fn calls_section_and_post_processors() {
+        let c = Config::from_str(
+            "calls: {default_timeout: 250ms, allow_private_networks: true}\npost_processing:\n  - {tool_post_processor_type: limit_strings, limit: 5, only_include_manuals: [m]}\n",
+        )
+        .unwrap();
+        assert_eq!(c.calls.default_timeout, std::time::Duration::from_millis(250));
+        assert!(c.calls.allow_private_networks && !c.calls.allow_insecure_http);
+        let PostProcessor::LimitStrings { limit, scope } = &c.post_processing[0] else { panic!() };
+        assert_eq!(*limit, 5);
+        assert!(scope.applies("m.t", "m") && !scope.applies("n.t", "n"));
+        for (v, ms) in [(serde_json::json!(2), 2000), (serde_json::json!("1.5s"), 1500), (serde_json::json!("2m"), 120_000)] {
+            assert_eq!(parse_duration(&v).unwrap().as_millis(), ms);
+        }
     }
 }

@@ -112,6 +112,14 @@ pub enum Error {
     Security(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Cancelled(String),
+    /// The tool ran and failed: HTTP status outside 2xx (`status` set), non-zero
+    /// exit of a CLI command, or an error raised by a native handler.
+    #[error("{message}")]
+    ToolFailed { message: String, status: Option<u16> },
     /// A code reserved for later layers (policy, store, planner...), with its message.
     #[error("{message}")]
     Other { code: ErrorCode, message: String },
@@ -129,6 +137,9 @@ impl Error {
             Error::Transport(_) => ErrorCode::Transport,
             Error::Security(_) => ErrorCode::Security,
             Error::Internal(_) => ErrorCode::Internal,
+            Error::Timeout(_) => ErrorCode::Timeout,
+            Error::Cancelled(_) => ErrorCode::Cancelled,
+            Error::ToolFailed { .. } => ErrorCode::ToolFailed,
             Error::Other { code, .. } => *code,
         }
     }
@@ -136,6 +147,19 @@ impl Error {
     /// An error with an arbitrary code; used by the bindings (e.g. `PANIC`).
     pub fn with_code(code: ErrorCode, message: impl Into<String>) -> Error {
         Error::Other { code, message: message.into() }
+    }
+
+    /// A `TOOL_FAILED` error without an HTTP status.
+    pub fn tool_failed(message: impl Into<String>) -> Error {
+        Error::ToolFailed { message: message.into(), status: None }
+    }
+
+    /// The HTTP status of a `TOOL_FAILED` error from an HTTP-family tool.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Error::ToolFailed { status, .. } => *status,
+            _ => None,
+        }
     }
 
     /// A panic caught at a language boundary (`catch_unwind`'s payload) as a `PANIC`

@@ -1,5 +1,5 @@
 //! UTP Runtime core: UTCP manuals, discovery, the tool registry and search, and
-//! (as they land) calling, policy, events, workflows and durable execution.
+//! calling tools over their transports, and (as they land) policy, events, workflows and durable execution.
 //!
 //! Everything is driven through [`Engine`]. The bindings (C, Python, Node) and the
 //! CLI are thin layers over it; this crate knows nothing of them.
@@ -13,14 +13,17 @@ pub mod openapi;
 pub mod parse;
 pub mod registry;
 pub mod search;
+pub mod transport;
 pub mod vars;
 
 pub use config::Config;
 pub use discovery::{DiscoveryReport, FileReport, Outcome};
-pub use engine::{Engine, ManualSource};
+pub use engine::{CallOptions, Engine, ManualSource};
 pub use error::{Error, ErrorCode, Result};
 pub use manual::{Auth, CallTemplate, Manual, Tool};
 pub use registry::RegisteredTool;
+pub use tokio_util::sync::CancellationToken;
+pub use transport::{ItemStream, NativeHandler};
 
 /// The runtime's version (all artifacts share it).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

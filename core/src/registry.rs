@@ -7,7 +7,7 @@
 //! manual's tools appear all together or not at all.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -26,6 +26,8 @@ pub struct RegisteredTool {
     pub tool: Tool,
     /// The manual's shared schema definitions, when its schemas use `#/$defs/` refs.
     pub shared_defs: Option<Arc<SharedDefs>>,
+    /// The compiled `inputs` validator, built on the first call (the engine owns its use).
+    pub(crate) validator: OnceLock<std::result::Result<Arc<jsonschema::Validator>, String>>,
 }
 
 impl RegisteredTool {
@@ -86,6 +88,7 @@ impl ManualEntry {
                 manual: name.into(),
                 tool,
                 shared_defs: shared_defs.clone(),
+                validator: OnceLock::new(),
             }));
         }
         let segment = Segment::build(name, tools.iter().map(|t| &t.tool));
@@ -164,6 +167,40 @@ impl Registry {
         manuals.insert(name.to_string(), entry.clone());
         self.current.store(Arc::new(Catalogue { manuals }));
         Ok(entry)
+    }
+
+    /// Add one tool to manual `name`, creating the manual when it is missing (native
+    /// tools registered one by one). A tool of that name already there is `ALREADY_EXISTS`.
+    pub fn add_tool(&self, name: &str, tool: Tool) -> Result<Arc<RegisteredTool>> {
+        let _guard = self.writer.lock();
+        let current = self.current.load();
+        let mut manual = Manual {
+            utcp_version: crate::manual::UTCP_VERSION.to_string(),
+            manual_version: "1.0.0".to_string(),
+            tools: Vec::new(),
+            extra: Default::default(),
+            shared_defs: None,
+        };
+        if let Some(existing) = current.manuals.get(name) {
+            if existing.tool(&tool.name).is_some() {
+                return Err(Error::AlreadyExists(format!("manual '{name}' already has a tool '{}'", tool.name)));
+            }
+            manual.utcp_version = existing.utcp_version.clone();
+            manual.manual_version = existing.manual_version.clone();
+            manual.shared_defs = existing.tools.first().and_then(|t| t.shared_defs.clone());
+            manual.tools = existing.tools.iter().map(|t| t.tool.clone()).collect();
+        }
+        let tool_name = tool.name.clone();
+        manual.tools.push(tool);
+        let entry = Arc::new(ManualEntry::build(name, manual)?);
+        let added = entry
+            .tool(&tool_name)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("tool '{tool_name}' missing after registration")))?;
+        let mut manuals = current.manuals.clone();
+        manuals.insert(name.to_string(), entry);
+        self.current.store(Arc::new(Catalogue { manuals }));
+        Ok(added)
     }
 
     /// Remove a manual and its tools. Returns false when no such manual was registered.
@@ -326,7 +363,7 @@ mod tests {
                 for j in 0..50 {
                     r.register(&format!("m{i}_{j}"), manual(&[("t", "tool", &[])])).unwrap();
                     let n = r.snapshot().tool_count();
-                    assert!(n >= j + 1);
+                    assert!(n > j);
                     let _ = r.search("tool", 5, &[]);
                 }
             }));

@@ -1,0 +1,210 @@
+//! Calling tools: one module per call-template type, and what they share (the
+//! pooled HTTP client, the OAuth token cache, native handlers, limits).
+//!
+//! The engine resolves the tool, substitutes variables and validates arguments;
+//! a transport gets a ready template and the arguments and performs the call.
+
+pub mod cli;
+pub mod file;
+pub mod http;
+pub mod net;
+pub mod post;
+pub mod sse;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::Stream;
+use parking_lot::RwLock;
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::manual::CallTemplate;
+use crate::registry::RegisteredTool;
+
+/// A host function behind a `native` tool: gets the (validated) arguments object.
+pub type NativeHandler = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value>> + Send + Sync>;
+
+/// The items of a streaming call (`sse`, `streamable_http`; one item for the others).
+pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Value>> + Send>>;
+
+/// Per-engine state the transports share.
+pub struct Transports {
+    pub(crate) config: Arc<Config>,
+    client: OnceLock<std::result::Result<reqwest::Client, String>>,
+    pub(crate) tokens: http::TokenCache,
+    natives: RwLock<HashMap<String, NativeHandler>>,
+    pub(crate) file_root: PathBuf,
+}
+
+impl std::fmt::Debug for Transports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transports").field("natives", &self.natives.read().len()).finish()
+    }
+}
+
+impl Transports {
+    pub fn new(config: Arc<Config>) -> Transports {
+        let file_root = match (&config.calls.file_root, &config.base_dir) {
+            (Some(root), _) => config.resolve_path(root),
+            (None, Some(base)) => base.clone(),
+            (None, None) => PathBuf::from("."),
+        };
+        Transports {
+            config,
+            client: OnceLock::new(),
+            tokens: http::TokenCache::default(),
+            natives: RwLock::new(HashMap::new()),
+            file_root,
+        }
+    }
+
+    /// The engine's one pooled HTTP client, built on first use (no TLS setup in `Engine::new`).
+    pub fn client(&self) -> Result<&reqwest::Client> {
+        let allow_private = self.config.calls.allow_private_networks;
+        self.client
+            .get_or_init(|| net::build_client(allow_private))
+            .as_ref()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
+    }
+
+    /// The network policy for tool calls.
+    pub fn policy(&self) -> net::NetPolicy {
+        net::NetPolicy {
+            allow_insecure_http: self.config.calls.allow_insecure_http,
+            allow_private: self.config.calls.allow_private_networks,
+        }
+    }
+
+    pub fn set_native(&self, name: &str, handler: NativeHandler) {
+        self.natives.write().insert(name.to_string(), handler);
+    }
+
+    pub fn remove_natives_of(&self, manual: &str) {
+        let prefix = format!("{manual}.");
+        self.natives.write().retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    fn native(&self, name: &str) -> Option<NativeHandler> {
+        self.natives.read().get(name).cloned()
+    }
+
+    /// Call `tool` with its (substituted) `template` and validated `args`.
+    pub async fn call(
+        &self,
+        tool: &RegisteredTool,
+        template: &CallTemplate,
+        args: Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        match template {
+            CallTemplate::Native(_) => {
+                let handler = self.native(&tool.name).ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "native tool '{}' has no handler in this engine (register one with register_tool)",
+                        tool.name
+                    ))
+                })?;
+                handler(Value::Object(args)).await.map_err(|e| match e {
+                    // A handler's own error keeps its code; INTERNAL from a host becomes TOOL_FAILED.
+                    Error::Internal(m) => Error::tool_failed(format!("tool '{}': {m}", tool.name)),
+                    other => other,
+                })
+            }
+            CallTemplate::Http(t) => http::call(self, tool, t, args, timeout).await,
+            CallTemplate::Cli(t) => cli::call(self, tool, t, args, timeout).await,
+            CallTemplate::Text(t) => file::call_text(self, tool, t).await,
+            CallTemplate::File(t) => file::call_file(self, tool, t).await,
+            CallTemplate::Sse(_) | CallTemplate::StreamableHttp(_) => {
+                let (stream, single) = sse::open(self, tool, template, args, timeout).await?;
+                sse::collect(stream, single).await
+            }
+            other => Err(unsupported(tool, other)),
+        }
+    }
+
+    /// Open a stream of results. Non-streaming templates yield their one result.
+    pub async fn call_stream(
+        &self,
+        tool: &RegisteredTool,
+        template: &CallTemplate,
+        args: Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<ItemStream> {
+        match template {
+            CallTemplate::Sse(_) | CallTemplate::StreamableHttp(_) => {
+                Ok(sse::open(self, tool, template, args, timeout).await?.0)
+            }
+            _ => {
+                let value = self.call(tool, template, args, timeout).await?;
+                Ok(Box::pin(futures_util::stream::once(async move { Ok(value) })))
+            }
+        }
+    }
+}
+
+fn unsupported(tool: &RegisteredTool, template: &CallTemplate) -> Error {
+    Error::with_code(
+        crate::error::ErrorCode::Transport,
+        format!(
+            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native)",
+            tool.name,
+            template.type_name()
+        ),
+    )
+}
+
+/// The template's own timeout (`timeout` key), if any. Numbers follow python-utcp:
+/// milliseconds for `streamable_http` (its default is 60000), seconds elsewhere;
+/// strings take units ("500ms", "30s").
+pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
+    let (extra, millis) = match template {
+        CallTemplate::Http(t) => (&t.extra, false),
+        CallTemplate::Sse(t) => (&t.extra, false),
+        CallTemplate::StreamableHttp(t) => (&t.extra, true),
+        CallTemplate::Cli(t) => (&t.extra, false),
+        CallTemplate::Native(t) => (&t.extra, false),
+        _ => return Ok(None),
+    };
+    let Some(v) = extra.get("timeout").filter(|v| !v.is_null()) else { return Ok(None) };
+    let v = match (v, millis) {
+        (Value::Number(n), true) => Value::from(n.as_f64().unwrap_or(0.0) / 1000.0),
+        _ => v.clone(),
+    };
+    crate::config::parse_duration(&v)
+        .map(Some)
+        .map_err(|e| Error::InvalidManual(format!("template `timeout`: {e}")))
+}
+
+/// JSON kind, for messages.
+pub(crate) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An argument as text: strings raw, everything else as JSON.
+pub(crate) fn arg_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The first `max` characters of `text`, marked when cut.
+pub(crate) fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}

@@ -1,0 +1,307 @@
+//! Network safety shared by every HTTP-family transport and by manual fetching
+//! (design §11): HTTPS anywhere, plain HTTP only to loopback; private, link-local
+//! and cloud-metadata addresses refused unless allowed; redirects followed by hand
+//! so every hop is re-checked and credentials never cross origins.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderName, HeaderValue};
+
+use crate::error::{Error, Result};
+
+/// At most this many redirects per request.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// What a request may reach.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NetPolicy {
+    /// Plain `http://` beyond loopback.
+    pub allow_insecure_http: bool,
+    /// Private, link-local and metadata addresses.
+    pub allow_private: bool,
+}
+
+/// HTTPS anywhere; plain HTTP only to loopback unless allowed; IP-literal hosts
+/// must not be private unless allowed (names are checked when they resolve).
+pub fn check_url(url: &url::Url, policy: NetPolicy) -> Result<()> {
+    match url.scheme() {
+        "https" => {}
+        "http" if policy.allow_insecure_http || is_loopback(url) => {}
+        "http" => {
+            return Err(Error::Security(format!(
+                "refusing plain http to {}: use https (plain http is allowed only to loopback, or with allow_insecure_http)",
+                url.host_str().unwrap_or("?")
+            )));
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!("unsupported URL scheme '{other}' (expected https or http)")));
+        }
+    }
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        Some(url::Host::Domain(_)) => return Ok(()),
+        None => return Err(Error::InvalidArgument(format!("URL {} has no host", redact(url)))),
+    };
+    if !ip_allowed(ip, policy.allow_private) {
+        return Err(refused_ip(url.host_str().unwrap_or("?")));
+    }
+    Ok(())
+}
+
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn refused_ip(host: &str) -> Error {
+    Error::Security(format!(
+        "refusing to connect to {host}: private, link-local or metadata address (allow with calls.allow_private_networks)"
+    ))
+}
+
+/// Whether a connection to `ip` is allowed. Loopback always is (plain HTTP to it
+/// is the design's one exception); unspecified, multicast and broadcast never are.
+pub fn ip_allowed(ip: IpAddr, allow_private: bool) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4_allowed(v4, allow_private),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4_allowed(v4, allow_private);
+            }
+            if v6.is_loopback() {
+                return true;
+            }
+            if v6.is_unspecified() || v6.is_multicast() {
+                return false;
+            }
+            let seg0 = v6.segments()[0];
+            let private = (seg0 & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254 metadata)
+                || (seg0 & 0xffc0) == 0xfe80 // link-local
+                || (seg0 & 0xffc0) == 0xfec0; // site-local (deprecated)
+            allow_private || !private
+        }
+    }
+}
+
+fn v4_allowed(ip: Ipv4Addr, allow_private: bool) -> bool {
+    if ip.is_loopback() {
+        return true;
+    }
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return false;
+    }
+    let o = ip.octets();
+    let private = ip.is_private()
+        || ip.is_link_local() // 169.254/16, incl. 169.254.169.254 metadata
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 CGNAT (incl. 100.100.100.200 metadata)
+        || o[0] == 0;
+    allow_private || !private
+}
+
+/// A DNS resolver that drops addresses the policy forbids, so a name cannot
+/// smuggle a request to a private address (DNS rebinding included: the check is
+/// on the addresses actually connected to).
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedResolver {
+    pub allow_private: bool,
+}
+
+/// The resolver's refusal, found again in reqwest's error chain.
+#[derive(Debug)]
+pub struct RefusedAddress(pub String);
+
+impl std::fmt::Display for RefusedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refusing to connect to {}: it resolves only to private, link-local or metadata addresses (allow with calls.allow_private_networks)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for RefusedAddress {}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
+            if allowed.is_empty() && !addrs.is_empty() {
+                return Err(Box::new(RefusedAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The one pooled client of an engine: keep-alive, HTTP/2 where the server offers
+/// it (ALPN), guarded DNS, no automatic redirects (see [`send`]).
+pub fn build_client(allow_private: bool) -> std::result::Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(GuardedResolver { allow_private }))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .user_agent(concat!("utp-runtime/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A URL as it may appear in an error or log: no credentials, no query (API keys
+/// travel there), no fragment.
+pub fn redact(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// A request body that can be sent again (redirects, the OAuth retry).
+#[derive(Debug, Clone)]
+pub enum Body {
+    None,
+    Bytes { content_type: String, data: Bytes },
+    /// multipart/form-data: (field name, text value) pairs.
+    Multipart(Vec<(String, String)>),
+}
+
+/// Everything needed to (re)build one request.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    pub method: reqwest::Method,
+    pub url: url::Url,
+    /// (name, value, sensitive): sensitive headers (credentials) are dropped when a
+    /// redirect leaves the origin.
+    pub headers: Vec<(HeaderName, HeaderValue, bool)>,
+    pub body: Body,
+    pub timeout: Option<Duration>,
+    /// Follow redirects (re-checked); when false a 3xx is returned as is.
+    pub follow_redirects: bool,
+}
+
+impl RequestSpec {
+    pub fn new(method: reqwest::Method, url: url::Url) -> RequestSpec {
+        RequestSpec { method, url, headers: Vec::new(), body: Body::None, timeout: None, follow_redirects: true }
+    }
+
+    fn build(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+        let mut rb = client.request(self.method.clone(), self.url.clone());
+        for (name, value, _) in &self.headers {
+            rb = rb.header(name.clone(), value.clone());
+        }
+        if let Some(t) = self.timeout {
+            rb = rb.timeout(t);
+        }
+        match &self.body {
+            Body::None => rb,
+            Body::Bytes { content_type, data } => rb.header(reqwest::header::CONTENT_TYPE, content_type).body(data.clone()),
+            Body::Multipart(parts) => {
+                let mut form = reqwest::multipart::Form::new();
+                for (k, v) in parts {
+                    form = form.text(k.clone(), v.clone());
+                }
+                rb.multipart(form)
+            }
+        }
+    }
+}
+
+/// Send `spec`, following redirects by hand: each hop re-checked by `policy`,
+/// 301/302/303 turn into a body-less GET, and sensitive headers are dropped once
+/// the request leaves the original origin.
+pub async fn send(client: &reqwest::Client, policy: NetPolicy, mut spec: RequestSpec) -> Result<reqwest::Response> {
+    check_url(&spec.url, policy)?;
+    let origin = spec.url.origin();
+    for _ in 0..=MAX_REDIRECTS {
+        let response = spec.build(client).send().await.map_err(|e| request_error(&spec.method, &spec.url, e))?;
+        let status = response.status();
+        if !spec.follow_redirects || !status.is_redirection() || status == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(response);
+        }
+        let Some(location) = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()) else {
+            return Ok(response);
+        };
+        let next = spec.url.join(location).map_err(|e| {
+            Error::Transport(format!("{} {}: bad redirect location: {e}", spec.method, redact(&spec.url)))
+        })?;
+        check_url(&next, policy)?;
+        if matches!(status.as_u16(), 301..=303) && spec.method != reqwest::Method::HEAD {
+            spec.method = reqwest::Method::GET;
+            spec.body = Body::None;
+        }
+        if next.origin() != origin {
+            spec.headers.retain(|(_, _, sensitive)| !sensitive);
+        }
+        spec.url = next;
+    }
+    Err(Error::Transport(format!("{}: more than {MAX_REDIRECTS} redirects", redact(&spec.url))))
+}
+
+/// A reqwest error as our error: timeouts as `TIMEOUT`, refused addresses as
+/// `SECURITY`, the rest as `TRANSPORT`; never with the URL's query or credentials.
+pub fn request_error(method: &reqwest::Method, url: &url::Url, e: reqwest::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<RefusedAddress>() {
+            return Error::Security(refused.to_string());
+        }
+        source = s.source();
+    }
+    let shown = redact(url);
+    if e.is_timeout() {
+        return Error::Timeout(format!("{method} {shown}: timed out"));
+    }
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    let mut detail = e.without_url().to_string();
+    for c in causes {
+        detail = format!("{detail}: {c}");
+    }
+    Error::Transport(format!("{method} {shown}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_policy() {
+        let ok = |u: &str, p: NetPolicy| check_url(&url::Url::parse(u).unwrap(), p).is_ok();
+        let strict = NetPolicy::default();
+        assert!(ok("https://example.com/m", strict));
+        assert!(ok("http://127.0.0.1:8080/m", strict));
+        assert!(ok("http://localhost/m", strict));
+        assert!(ok("http://[::1]/m", strict));
+        assert!(!ok("http://example.com/m", strict));
+        assert!(!ok("ftp://example.com/m", strict));
+        assert!(!ok("https://169.254.169.254/latest", strict));
+        assert!(!ok("https://10.0.0.1/", strict));
+        assert!(!ok("https://[fd00:ec2::254]/", strict));
+        assert!(!ok("https://[::ffff:192.168.1.1]/", strict));
+        assert!(!ok("https://0.0.0.0/", strict));
+        assert!(ok("https://10.0.0.1/", NetPolicy { allow_private: true, ..strict }));
+        assert!(ok("http://example.com/", NetPolicy { allow_insecure_http: true, ..strict }));
+    }
+
+    #[test]
+    fn redaction_drops_credentials_and_query() {
+        let u = url::Url::parse("https://user:pw@x.dev/p?api_key=secret#f").unwrap();
+        assert_eq!(redact(&u), "https://x.dev/p");
+    }
+}
