@@ -310,7 +310,7 @@ impl Engine {
     pub async fn call_tool(&self, name: &str, args: Value, options: CallOptions) -> Result<Value> {
         let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
         let transports = &self.inner.transports;
-        let call = AssertUnwindSafe(transports.call(&tool, &template, args, timeout)).catch_unwind();
+        let call = AssertUnwindSafe(Box::pin(transports.call(&tool, &template, args, timeout))).catch_unwind();
         let result = guard(&tool.name, call, timeout, options.cancel.as_ref())
             .await?
             .map_err(|panic| Error::from_panic(panic.as_ref(), &format!("tool '{}'", tool.name)))??;
@@ -323,7 +323,7 @@ impl Engine {
     pub async fn call_tool_stream(&self, name: &str, args: Value, options: CallOptions) -> Result<ItemStream> {
         let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
         let transports = &self.inner.transports;
-        let open = AssertUnwindSafe(transports.call_stream(&tool, &template, args, timeout)).catch_unwind();
+        let open = AssertUnwindSafe(Box::pin(transports.call_stream(&tool, &template, args, timeout))).catch_unwind();
         let stream = guard(&tool.name, open, timeout, options.cancel.as_ref())
             .await?
             .map_err(|panic| Error::from_panic(panic.as_ref(), &format!("tool '{}'", tool.name)))??;

@@ -154,7 +154,8 @@ pub(crate) async fn call(
         let mut child = command.spawn().map_err(|e| {
             Error::Transport(format!("tool '{}': cannot run '{program}': {e}", tool.name))
         })?;
-        let _guard = GroupGuard(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
+        let pgid = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
+        let _guard = GroupGuard(pgid);
         let mut stdout = child.stdout.take().ok_or_else(|| Error::Internal("no stdout pipe".into()))?;
         let mut stderr = child.stderr.take().ok_or_else(|| Error::Internal("no stderr pipe".into()))?;
         let max = calls.max_response_size;
@@ -186,6 +187,14 @@ pub(crate) async fn call(
                 buf.extend_from_slice(&chunk[..keep]);
             }
             buf
+        };
+        let read_out = async {
+            let result = read_out.await;
+            if let (Err(_), Some(pid)) = (&result, pgid) {
+                // Over the cap: stop the writer now rather than wait for it.
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            result
         };
         let (out, err_text, status) = tokio::join!(read_out, read_err, child.wait());
         let out = out?;

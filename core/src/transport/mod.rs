@@ -116,12 +116,12 @@ impl Transports {
                     other => other,
                 })
             }
-            CallTemplate::Http(t) => http::call(self, tool, t, args, timeout).await,
-            CallTemplate::Cli(t) => cli::call(self, tool, t, args, timeout).await,
-            CallTemplate::Text(t) => file::call_text(self, tool, t).await,
-            CallTemplate::File(t) => file::call_file(self, tool, t).await,
+            CallTemplate::Http(t) => Box::pin(http::call(self, tool, t, args, timeout)).await,
+            CallTemplate::Cli(t) => Box::pin(cli::call(self, tool, t, args, timeout)).await,
+            CallTemplate::Text(t) => Box::pin(file::call_text(self, tool, t)).await,
+            CallTemplate::File(t) => Box::pin(file::call_file(self, tool, t)).await,
             CallTemplate::Sse(_) | CallTemplate::StreamableHttp(_) => {
-                let (stream, single) = sse::open(self, tool, template, args, timeout).await?;
+                let (stream, single) = Box::pin(sse::open(self, tool, template, args, timeout)).await?;
                 sse::collect(stream, single).await
             }
             other => Err(unsupported(tool, other)),
@@ -138,10 +138,10 @@ impl Transports {
     ) -> Result<ItemStream> {
         match template {
             CallTemplate::Sse(_) | CallTemplate::StreamableHttp(_) => {
-                Ok(sse::open(self, tool, template, args, timeout).await?.0)
+                Ok(Box::pin(sse::open(self, tool, template, args, timeout)).await?.0)
             }
             _ => {
-                let value = self.call(tool, template, args, timeout).await?;
+                let value = Box::pin(self.call(tool, template, args, timeout)).await?;
                 Ok(Box::pin(futures_util::stream::once(async move { Ok(value) })))
             }
         }
