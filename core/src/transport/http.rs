@@ -205,7 +205,7 @@ pub fn build_request(tool: &RegisteredTool, rt: &RequestTemplate<'_>, mut args: 
         let Some(close) = rest[open..].find('}') else { break };
         let name = &rest[open + 1..open + close];
         url_text.push_str(&rest[..open]);
-        let value = args.remove(name).filter(|v| !v.is_null()).ok_or_else(|| {
+        let value = args.shift_remove(name).filter(|v| !v.is_null()).ok_or_else(|| {
             Error::ValidationFailed(format!("tool '{}': the URL needs the path parameter '{name}'", tool.name))
         })?;
         let meta = param_meta(rt.extra, name);
@@ -238,12 +238,12 @@ pub fn build_request(tool: &RegisteredTool, rt: &RequestTemplate<'_>, mut args: 
     }
     // Header fields.
     for name in rt.request.header_fields.iter().flatten() {
-        if let Some(v) = args.remove(name).filter(|v| !v.is_null()) {
+        if let Some(v) = args.shift_remove(name).filter(|v| !v.is_null()) {
             spec.headers.push(header(name, &simple(&v, false), false)?);
         }
     }
     // Body.
-    let body_value = rt.body_field.and_then(|f| args.remove(f)).filter(|v| !v.is_null());
+    let body_value = rt.body_field.and_then(|f| args.shift_remove(f)).filter(|v| !v.is_null());
     if let Some(body) = body_value {
         spec.body = encode_body(tool, rt.content_type.unwrap_or("application/json"), body)?;
     }
@@ -427,11 +427,11 @@ pub(crate) async fn apply_auth(t: &Transports, auth: Option<&Auth>, spec: &mut R
     Ok(())
 }
 
-/// OAuth2 client-credentials tokens, cached per (token URL, client id, scope)
-/// until shortly before they expire.
+/// OAuth2 client-credentials tokens, cached per (token URL, client id, secret,
+/// scope) until shortly before they expire. The key lives in memory only.
 #[derive(Default)]
 pub struct TokenCache {
-    tokens: Mutex<HashMap<(String, String, String), CachedToken>>,
+    tokens: Mutex<HashMap<(String, String, String, String), CachedToken>>,
 }
 
 #[derive(Clone)]
@@ -454,7 +454,7 @@ impl TokenCache {
         scope: Option<&str>,
         force_new: bool,
     ) -> Result<String> {
-        let key = (token_url.to_string(), client_id.to_string(), scope.unwrap_or("").to_string());
+        let key = (token_url.to_string(), client_id.to_string(), client_secret.to_string(), scope.unwrap_or("").to_string());
         let cached = self.tokens.lock().get(&key).cloned();
         if let Some(c) = &cached {
             if !force_new && c.expires.is_none_or(|e| Instant::now() < e) {
