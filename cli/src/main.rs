@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
-use utp_core::{Config, Engine, Outcome, RegisteredTool};
+use utp_core::{CallOptions, Config, Engine, Outcome, RegisteredTool};
 
 #[derive(Parser)]
 #[command(name = "utp", version = utp_core::VERSION, about = "UTP Runtime: discover, search and call UTCP tools")]
@@ -45,6 +45,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Call TOOL (`manual.tool`) with ARGS_JSON and print the JSON result. Tools come
+    /// from --from paths, else config `manuals` / `discovery.paths`, else `.`.
+    Call {
+        /// Full tool name, `manual.tool`.
+        tool: String,
+        /// Arguments as a JSON object (default `{}`).
+        args: Option<String>,
+        /// Timeout in seconds (overrides the template and `calls.default_timeout`).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Directories, manual files or URLs to load tools from (repeatable).
+        #[arg(long = "from")]
+        from: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +81,7 @@ fn main() -> ExitCode {
             Command::Tools { paths, search, tags, limit, json } => {
                 tools(&engine, paths, search.as_deref(), &tags, limit, json).await
             }
+            Command::Call { tool, args, timeout, from } => call(&engine, &tool, args.as_deref(), timeout, from).await,
         }
     })
 }
@@ -125,34 +140,66 @@ fn print_report(report: &utp_core::DiscoveryReport) {
     }
 }
 
-async fn tools(
-    engine: &Engine,
-    mut paths: Vec<String>,
-    query: Option<&str>,
-    tags: &[String],
-    limit: usize,
-    json: bool,
-) -> ExitCode {
+/// Load the tools `utp tools` / `utp call` work on; per-file failures go to stderr.
+async fn load_tools(engine: &Engine, mut paths: Vec<String>) -> Result<(), String> {
     if paths.is_empty() {
         paths = engine.config().discovery.paths.clone();
     }
     if paths.is_empty() && engine.config().manuals.is_empty() {
         paths.push(".".into());
     }
-    if let Err(e) = engine.register_configured_manuals().await {
-        return fail(&format!("[{}] {e}", e.code()));
-    }
+    engine.register_configured_manuals().await.map_err(|e| format!("[{}] {e}", e.code()))?;
     for path in &paths {
-        match engine.discover(path).await {
-            Ok(report) => {
-                for file in &report.files {
-                    if let Outcome::Failed { code, error } = &file.outcome {
-                        eprintln!("utp: {}: [{code}] {error}", file.path);
-                    }
-                }
+        let report = engine.discover(path).await.map_err(|e| format!("{path}: [{}] {e}", e.code()))?;
+        for file in &report.files {
+            if let Outcome::Failed { code, error } = &file.outcome {
+                eprintln!("utp: {}: [{code}] {error}", file.path);
             }
-            Err(e) => return fail(&format!("{path}: [{}] {e}", e.code())),
         }
+    }
+    Ok(())
+}
+
+/// Exit 0 with the JSON result on stdout; on failure exit 1 (2 for bad usage) with
+/// `utp: [CODE] message` on stderr.
+async fn call(engine: &Engine, tool: &str, args: Option<&str>, timeout: Option<f64>, from: Vec<String>) -> ExitCode {
+    let args: Value = match args.map(serde_json::from_str).transpose() {
+        Ok(v) => v.unwrap_or(Value::Object(Default::default())),
+        Err(e) => {
+            eprintln!("utp: [INVALID_ARGUMENT] ARGS_JSON is not valid JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let timeout = match timeout {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Some(std::time::Duration::from_secs_f64(s)),
+        Some(s) => {
+            eprintln!("utp: [INVALID_ARGUMENT] --timeout must be a positive number of seconds, got {s}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = load_tools(engine, from).await {
+        return fail(&e);
+    }
+    match engine.call_tool(tool, args, CallOptions { timeout, ..Default::default() }).await {
+        Ok(result) => {
+            println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("[{}] {e}", e.code())),
+    }
+}
+
+async fn tools(
+    engine: &Engine,
+    paths: Vec<String>,
+    query: Option<&str>,
+    tags: &[String],
+    limit: usize,
+    json: bool,
+) -> ExitCode {
+    if let Err(e) = load_tools(engine, paths).await {
+        return fail(&e);
     }
     let found: Vec<std::sync::Arc<RegisteredTool>> = match query {
         Some(q) => engine.search_tools(q, limit, tags),

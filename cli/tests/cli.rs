@@ -79,3 +79,37 @@ fn bad_config_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains("INVALID_ARGUMENT") && err.contains("utp.yaml"), "{err}");
 }
+
+#[test]
+fn call_runs_a_tool_and_reports_errors_with_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sh.utcp.json"),
+        r#"{"tools": [
+            {"name": "echo", "inputs": {"type": "object", "properties": {"msg": {"type": "string"}}, "required": ["msg"]},
+             "tool_call_template": {"call_template_type": "cli", "commands": [{"command": "printf '{\"said\": \"%s\"}' UTCP_ARG_msg_UTCP_END"}]}},
+            {"name": "slow", "tool_call_template": {"call_template_type": "cli", "commands": [{"command": "sleep 20"}]}}
+        ]}"#,
+    )
+    .unwrap();
+    let from = dir.path().to_str().unwrap();
+    let (code, out, err) = utp(&["call", "sh.echo", r#"{"msg": "hi; rm -rf /"}"#, "--from", from]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["said"], "hi; rm -rf /");
+
+    let (code, _, err) = utp(&["call", "sh.echo", "{}", "--from", from]);
+    assert_eq!(code, 1);
+    assert!(err.contains("[VALIDATION_FAILED]") && err.contains("msg"), "{err}");
+    let (code, _, err) = utp(&["call", "sh.nope", "{}", "--from", from]);
+    assert_eq!(code, 1);
+    assert!(err.contains("[NOT_FOUND]"), "{err}");
+    let (code, _, err) = utp(&["call", "sh.echo", "{oops", "--from", from]);
+    assert_eq!(code, 2);
+    assert!(err.contains("[INVALID_ARGUMENT]"), "{err}");
+    let (code, _, err) = utp(&["call", "sh.slow", "{}", "--timeout", "0.3", "--from", from]);
+    assert_eq!(code, 1);
+    assert!(err.contains("[TIMEOUT]"), "{err}");
+    let (code, _, err) = utp(&["call", "sh.slow", "{}", "--timeout", "-1", "--from", from]);
+    assert_eq!(code, 2, "{err}");
+}
