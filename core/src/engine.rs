@@ -626,4 +626,16 @@ mod tests {
         assert_eq!(ManualSource::from_text("  ").unwrap_err().code(), crate::ErrorCode::InvalidArgument);
     }
 
+    /// The bindings run these futures on multi-thread runtimes (napi's `AsyncBlock`,
+    /// `spawn`): each must stay `Send`. A compile-time check.
+    #[test]
+    fn public_futures_are_send() {
+        fn assert_send<T: Send>(_: T) {}
+        let engine = Engine::from_json(Value::Null).unwrap();
+        assert_send(engine.call_tool("m.t", Value::Null, CallOptions::default()));
+        assert_send(engine.call_tool_stream("m.t", Value::Null, CallOptions::default()));
+        assert_send(engine.register_manual(ManualSource::Url("https://x.invalid/m".into()), None));
+        assert_send(engine.discover("."));
+        assert_send(engine.register_configured_manuals());
+    }
 }

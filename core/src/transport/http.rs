@@ -496,12 +496,17 @@ impl TokenCache {
 
     async fn fetch(&self, t: &Transports, token_url: &str, form: &[(&str, &str)], basic: Option<&str>) -> Result<CachedToken> {
         let url = url::Url::parse(token_url).map_err(|e| Error::InvalidManual(format!("oauth2 token_url is not a URL: {e}")))?;
-        let mut ser = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in form {
-            ser.append_pair(k, v);
-        }
+        // Scoped: the serializer is not `Sync`, and kept alive across the awaits below it
+        // would make every `call_tool` future non-`Send`.
+        let form_body = {
+            let mut ser = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in form {
+                ser.append_pair(k, v);
+            }
+            ser.finish()
+        };
         let mut spec = RequestSpec::new(reqwest::Method::POST, url.clone());
-        spec.body = Body::Bytes { content_type: "application/x-www-form-urlencoded".into(), data: Bytes::from(ser.finish()) };
+        spec.body = Body::Bytes { content_type: "application/x-www-form-urlencoded".into(), data: Bytes::from(form_body) };
         spec.headers.push((reqwest::header::ACCEPT, HeaderValue::from_static("application/json"), false));
         if let Some(b) = basic {
             let mut v = HeaderValue::from_str(&format!("Basic {b}"))
