@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use serde_json::{Map, Number, Value};
-use utp_core::{Config, Engine as CoreEngine, Error, ErrorCode, ManualSource};
+use utp_core::{CallOptions, CancellationToken, Config, Engine as CoreEngine, Error, ErrorCode, ManualSource, NativeHandler};
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -214,6 +214,9 @@ struct Running {
     runtime: tokio::runtime::Runtime,
 }
 
+/// How often a blocking call looks for Ctrl-C (signals are only seen on the main thread).
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
 impl Running {
     /// Block on a core future with the GIL released.
     fn block_on<F>(&self, py: Python<'_>, future: F) -> F::Output
@@ -223,6 +226,54 @@ impl Running {
     {
         py.detach(|| self.runtime.block_on(future))
     }
+
+    /// Like `block_on`, but a pending signal (Ctrl-C → KeyboardInterrupt) cancels
+    /// `cancel` and is raised at once instead of waiting for the call to finish.
+    fn block_on_interruptible<F>(&self, py: Python<'_>, future: F, cancel: &CancellationToken) -> PyResult<F::Output>
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        py.detach(|| {
+            self.runtime.block_on(async {
+                let mut future = std::pin::pin!(future);
+                loop {
+                    tokio::select! {
+                        out = &mut future => return Ok(out),
+                        _ = tokio::time::sleep(SIGNAL_POLL) => {
+                            if let Err(interrupt) = Python::attach(|py| py.check_signals()) {
+                                cancel.cancel();
+                                return Err(interrupt);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+    }
+}
+
+fn seconds(py: Python<'_>, value: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| invalid(py, format!("{what} must be a finite number of seconds >= 0, got {value}")))
+}
+
+/// Run a Python tool function on the calling (blocking-pool) thread: `fn(args)`, and
+/// when it returns an awaitable (an `async def` tool), `asyncio.run` it there.
+fn call_python_tool(py: Python<'_>, func: &Py<PyAny>, tool: &str, args: &Value) -> Result<Value, Error> {
+    let failed = |e: PyErr| {
+        let kind = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
+        Error::with_code(ErrorCode::ToolFailed, format!("tool '{tool}' raised {kind}: {}", e.value(py)))
+    };
+    let args = to_py(py, args).map_err(failed)?;
+    let mut result = func.bind(py).call1((args,)).map_err(failed)?;
+    let inspect = py.import("inspect").map_err(failed)?;
+    if inspect.call_method1("isawaitable", (&result,)).and_then(|b| b.is_truthy()).map_err(failed)? {
+        result = py.import("asyncio").and_then(|a| a.call_method1("run", (result,))).map_err(failed)?;
+    }
+    to_json(py, &result, 0).map_err(|e| {
+        Error::with_code(ErrorCode::ToolFailed, format!("tool '{tool}' returned a value without a JSON form: {}", e.value(py)))
+    })
 }
 
 /// The runtime engine. `utp.Engine` (Python) subclasses this to add the `*_async`
@@ -382,6 +433,71 @@ impl PyEngine {
     /// The namespaced variables (e.g. `weather_API_KEY`) a manual or tool needs.
     fn required_variables(&self, py: Python<'_>, name: &str) -> PyResult<Vec<String>> {
         guarded(py, || self.running(py)?.engine.required_variables(name).map_err(|e| to_py_err(py, &e)))
+    }
+
+    /// Call a tool with `args` (a dict); returns its result as Python values.
+    /// `timeout` is in seconds. Ctrl-C interrupts the call (the tool is cancelled).
+    #[pyo3(signature = (name, args=None, *, tenant=None, session=None, timeout=None))]
+    fn call_tool<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        args: Option<&Bound<'py, PyAny>>,
+        tenant: Option<String>,
+        session: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        guarded(py, || {
+            let args = match args {
+                Some(a) if !a.is_none() => to_json(py, a, 0)?,
+                _ => Value::Null,
+            };
+            let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
+            let cancel = CancellationToken::new();
+            let options = CallOptions { timeout, tenant, session, cancel: Some(cancel.clone()) };
+            let r = self.running(py)?;
+            let result = r.block_on_interruptible(py, r.engine.call_tool(name, args, options), &cancel)?;
+            to_py(py, &result.map_err(|e| to_py_err(py, &e))?)
+        })
+    }
+
+    /// Register a Python function as the native tool `name` ("manual.tool"; the
+    /// manual is created when missing). `func(args: dict)` may be sync or `async def`
+    /// and runs on an engine thread; what it raises fails the call with
+    /// `ToolFailedError` naming the tool. Returns the full tool name.
+    #[pyo3(signature = (name, func, inputs=None, outputs=None, description="", tags=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn register_tool(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        func: Bound<'_, PyAny>,
+        inputs: Option<&Bound<'_, PyAny>>,
+        outputs: Option<&Bound<'_, PyAny>>,
+        description: &str,
+        tags: Option<Vec<String>>,
+    ) -> PyResult<String> {
+        guarded(py, || {
+            if !func.is_callable() {
+                return Err(invalid(py, format!("func must be callable, got {}", type_name(&func))));
+            }
+            let schema = |v: Option<&Bound<'_, PyAny>>| v.filter(|v| !v.is_none()).map(|v| to_json(py, v, 0)).transpose();
+            let (inputs, outputs) = (schema(inputs)?, schema(outputs)?);
+            let func = Arc::new(func.unbind());
+            let tool = name.to_string();
+            let handler: NativeHandler = Arc::new(move |args: Value| {
+                let (func, tool) = (func.clone(), tool.clone());
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || Python::attach(|py| call_python_tool(py, &func, &tool, &args)))
+                        .await
+                        .map_err(|e| Error::with_code(ErrorCode::Internal, format!("Python tool thread failed: {e}")))?
+                })
+            });
+            let r = self.running(py)?;
+            r.engine
+                .register_tool(name, handler, inputs, outputs, description, tags.unwrap_or_default())
+                .map_err(|e| to_py_err(py, &e))
+        })
     }
 
     /// Release the engine; further calls raise `InvalidArgumentError`. Idempotent.

@@ -15,7 +15,7 @@ Errors are ``utp.UtpError`` subclasses with a stable ``.code`` (``"NOT_FOUND"``.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union, overload
 
 from . import _utp
 from ._utp import (
@@ -49,6 +49,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 T = TypeVar("T")
+ToolFn = TypeVar("ToolFn", bound=Callable[..., Any])
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -86,6 +87,79 @@ class Engine(_utp.Engine):
         self, query: str, limit: int = 10, tags: Optional[Sequence[str]] = None
     ) -> List[Dict[str, Any]]:
         return await _in_thread(self.search_tools, query, limit, list(tags) if tags else None)
+
+    async def call_tool_async(
+        self,
+        name: str,
+        args: Optional[Dict[str, Any]] = None,
+        *,
+        tenant: Optional[str] = None,
+        session: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        def call() -> Any:
+            return self.call_tool(name, args, tenant=tenant, session=session, timeout=timeout)
+
+        return await _in_thread(call)
+
+    @overload
+    def tool(self, name: str) -> Dict[str, Any]: ...
+
+    @overload
+    def tool(self, name: ToolFn) -> ToolFn: ...
+
+    @overload
+    def tool(
+        self,
+        *,
+        name: Optional[str] = None,
+        inputs: Optional[Dict[str, Any]] = None,
+        outputs: Optional[Dict[str, Any]] = None,
+        description: Optional[str] = None,
+        tags: Optional[Sequence[str]] = None,
+    ) -> Callable[[ToolFn], ToolFn]: ...
+
+    def tool(self, name: Any = None, **options: Any) -> Any:
+        """``engine.tool("manual.tool")`` returns a registered tool as a dict.
+
+        As a decorator it registers a Python function as a native tool::
+
+            @engine.tool                        # -> "local.<function name>"
+            def echo(args): return args
+
+            @engine.tool(name="math.add", inputs={...}, description="Add two numbers")
+            async def add(args): return args["a"] + args["b"]
+
+        The function gets the arguments as one dict; its docstring is the default
+        description.
+        """
+        if isinstance(name, str) and not options:
+            return super().tool(name)
+        if callable(name) and not options:
+            return self._register_decorated(name, {})
+        if name is not None:
+            options["name"] = name
+
+        def decorate(fn: ToolFn) -> ToolFn:
+            return self._register_decorated(fn, options)
+
+        return decorate
+
+    def _register_decorated(self, fn: ToolFn, options: Dict[str, Any]) -> ToolFn:
+        name = options.get("name") or f"local.{getattr(fn, '__name__', 'tool')}"
+        description = options.get("description")
+        if description is None:
+            description = (getattr(fn, "__doc__", None) or "").strip()
+        tags = options.get("tags")
+        self.register_tool(
+            name,
+            fn,
+            inputs=options.get("inputs"),
+            outputs=options.get("outputs"),
+            description=description,
+            tags=list(tags) if tags else None,
+        )
+        return fn
 
     def __repr__(self) -> str:
         if self.closed:

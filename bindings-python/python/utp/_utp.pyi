@@ -1,7 +1,7 @@
 """Type stubs of the native module ``utp._utp`` (checked by mypy.stubtest in ``make test``)."""
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from typing_extensions import disjoint_base
 
@@ -83,4 +83,22 @@ class Engine:
     ) -> List[Dict[str, Any]]: ...
     def manuals(self) -> List[str]: ...
     def required_variables(self, name: str) -> List[str]: ...
+    def call_tool(
+        self,
+        name: str,
+        args: Optional[Dict[str, Any]] = None,
+        *,
+        tenant: Optional[str] = None,
+        session: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Any: ...
+    def register_tool(
+        self,
+        name: str,
+        func: Callable[[Dict[str, Any]], Any],
+        inputs: Optional[Dict[str, Any]] = None,
+        outputs: Optional[Dict[str, Any]] = None,
+        description: str = "",
+        tags: Optional[Sequence[str]] = None,
+    ) -> str: ...
     def close(self) -> None: ...

@@ -1,0 +1,295 @@
+"""Calling tools from Python: native Python tools, text, CLI and HTTP tools over real
+processes and a real loopback server, errors, timeouts, threads, asyncio, Ctrl-C, GC."""
+
+import asyncio
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+import utp
+
+ADD_INPUTS = {
+    "type": "object",
+    "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+    "required": ["a", "b"],
+}
+
+
+def test_python_function_as_tool(engine):
+    name = engine.register_tool("math.add", lambda args: args["a"] + args["b"], inputs=ADD_INPUTS, description="Add")
+    assert name == "math.add"
+    assert engine.call_tool("math.add", {"a": 2, "b": 3.5}) == 5.5
+    tool = engine.tool("math.add")
+    assert tool["tool_call_template"]["call_template_type"] == "native"
+    assert engine.search_tools("add")[0]["name"] == "math.add"
+
+
+def test_values_round_trip_as_python_objects(engine):
+    engine.register_tool("t.echo", lambda args: args)
+    value = {"s": "ü", "i": -(2**62), "f": 1.25, "b": True, "n": None, "l": [1, [2, {"x": []}]]}
+    assert engine.call_tool("t.echo", value) == value
+    assert engine.call_tool("t.echo") == {}  # no arguments: the function gets an empty dict
+
+
+def test_async_def_tool(engine):
+    async def slow_double(args):
+        await asyncio.sleep(0.01)
+        return args["x"] * 2
+
+    engine.register_tool("t.double", slow_double)
+    assert engine.call_tool("t.double", {"x": 21}) == 42
+
+
+def test_decorator_forms(engine):
+    @engine.tool
+    def shout(args):
+        """Upper-case a text."""
+        return args["text"].upper()
+
+    @engine.tool(name="fmt.join", tags=["text"])
+    async def join(args):
+        return "-".join(args["parts"])
+
+    assert shout({"text": "x"}) == "X"  # the decorator returns the function unchanged
+    assert engine.call_tool("local.shout", {"text": "hi"}) == "HI"
+    assert engine.tool("local.shout")["description"] == "Upper-case a text."
+    assert engine.call_tool("fmt.join", {"parts": ["a", "b"]}) == "a-b"
+    assert engine.tool("fmt.join")["tags"] == ["text"]
+
+
+def test_arguments_are_validated_before_the_function_runs(engine):
+    calls = []
+    engine.register_tool("math.add", lambda args: calls.append(args) or 0, inputs=ADD_INPUTS)
+    with pytest.raises(utp.ValidationFailedError) as info:
+        engine.call_tool("math.add", {"a": "two"})
+    message = str(info.value)
+    assert "/a" in message and "b" in message, message
+    assert info.value.code == "VALIDATION_FAILED"
+    assert calls == []
+
+
+def test_exceptions_in_tools_fail_the_call_and_name_the_tool(engine):
+    def broken(args):
+        raise ValueError("boom")
+
+    async def broken_async(args):
+        raise KeyError("missing")
+
+    engine.register_tool("t.broken", broken)
+    engine.register_tool("t.broken_async", broken_async)
+    engine.register_tool("t.weird", lambda args: object())
+    with pytest.raises(utp.ToolFailedError, match=r"tool 't.broken' raised ValueError: boom"):
+        engine.call_tool("t.broken")
+    with pytest.raises(utp.ToolFailedError, match="KeyError"):
+        engine.call_tool("t.broken_async")
+    with pytest.raises(utp.ToolFailedError, match="JSON"):
+        engine.call_tool("t.weird")
+    # the engine is still fine
+    engine.register_tool("t.ok", lambda args: "ok")
+    assert engine.call_tool("t.ok") == "ok"
+
+
+def test_timeout(engine):
+    engine.register_tool("t.sleepy", lambda args: time.sleep(2) or "late")
+    start = time.monotonic()
+    with pytest.raises(utp.TimeoutError):
+        engine.call_tool("t.sleepy", timeout=0.2)
+    assert time.monotonic() - start < 1.5
+
+
+def test_bad_call_arguments(engine):
+    with pytest.raises(utp.NotFoundError):
+        engine.call_tool("nope.tool")
+    engine.register_tool("t.ok", lambda args: "ok")
+    for bad in [-1.0, float("nan"), float("inf")]:
+        with pytest.raises(utp.InvalidArgumentError, match="timeout"):
+            engine.call_tool("t.ok", timeout=bad)
+    with pytest.raises(utp.InvalidArgumentError, match="callable"):
+        engine.register_tool("t.x", 42)
+    with pytest.raises(utp.InvalidArgumentError, match="manual.tool"):
+        engine.register_tool("nodot", lambda a: a)
+    with pytest.raises(utp.InvalidArgumentError):
+        engine.call_tool("t.ok", {1: 2})
+    with pytest.raises(utp.ValidationFailedError):
+        engine.call_tool("t.ok", [1, 2])
+
+
+def test_text_and_cli_tools(engine):
+    engine.register_manual(
+        {
+            "tools": [
+                {"name": "hello", "tool_call_template": {"call_template_type": "text", "content": "hello"}},
+                {
+                    "name": "echo",
+                    "inputs": {"type": "object", "properties": {"msg": {"type": "string"}}},
+                    "tool_call_template": {
+                        "call_template_type": "cli",
+                        "commands": [{"command": "echo UTCP_ARG_msg_UTCP_END"}],
+                    },
+                },
+            ]
+        },
+        name="local",
+    )
+    assert engine.call_tool("local.hello") == "hello"
+    # An injection attempt is one argv item to echo, never shell text.
+    out = engine.call_tool("local.echo", {"msg": "hi; touch /tmp/utp-pwned $(id) `id`"})
+    assert "hi; touch /tmp/utp-pwned $(id) `id`" in out
+    assert not os.path.exists("/tmp/utp-pwned")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def _reply(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        if url.path == "/fail":
+            return self._reply(503, {"error": "down"})
+        self._reply(200, {"path": url.path, "query": parse_qs(url.query), "key": self.headers.get("x-api-key")})
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length", 0))
+        self._reply(200, {"received": json.loads(self.rfile.read(length))})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_tools_against_a_loopback_server(http_server):
+    manual = {
+        "tools": [
+            {
+                "name": "search",
+                "inputs": {"type": "object", "properties": {"q": {"type": "string"}, "n": {"type": "integer"}}},
+                "tool_call_template": {
+                    "call_template_type": "http",
+                    "url": http_server + "/items",
+                    "http_method": "GET",
+                    "auth": {"auth_type": "api_key", "api_key": "${KEY}", "var_name": "X-Api-Key", "location": "header"},
+                },
+            },
+            {
+                "name": "create",
+                "inputs": {"type": "object", "properties": {"body": {"type": "object"}}},
+                "tool_call_template": {"call_template_type": "http", "url": http_server + "/items", "http_method": "POST"},
+            },
+            {"name": "fail", "tool_call_template": {"call_template_type": "http", "url": http_server + "/fail"}},
+        ]
+    }
+    with utp.Engine({"variables": {"shop_KEY": "secret-key"}}) as engine:
+        engine.register_manual(manual, name="shop")
+        got = engine.call_tool("shop.search", {"q": "red shoes", "n": 3})
+        assert got == {"path": "/items", "query": {"q": ["red shoes"], "n": ["3"]}, "key": "secret-key"}
+        assert engine.call_tool("shop.create", {"body": {"sku": "A1", "qty": 2}}) == {"received": {"sku": "A1", "qty": 2}}
+        with pytest.raises(utp.ToolFailedError, match="503") as info:
+            engine.call_tool("shop.fail")
+        assert "secret-key" not in str(info.value)
+
+
+def test_many_threads_call_python_tools(engine):
+    engine.register_tool("math.add", lambda args: args["a"] + args["b"], inputs=ADD_INPUTS)
+    results = {}
+
+    def worker(i):
+        results[i] = [engine.call_tool("math.add", {"a": i, "b": j}) for j in range(50)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[i] == [i + j for j in range(50)] for i in range(16))
+
+
+def test_asyncio_calls_run_concurrently():
+    async def main():
+        with utp.Engine() as engine:
+            async def nap(args):
+                await asyncio.sleep(0.2)
+                return args["i"]
+
+            engine.register_tool("t.nap", nap)
+            start = time.monotonic()
+            results = await asyncio.gather(*(engine.call_tool_async("t.nap", {"i": i}) for i in range(8)))
+            return results, time.monotonic() - start
+
+    results, elapsed = asyncio.run(main())
+    assert results == list(range(8))
+    assert elapsed < 1.2  # 8 x 0.2 s would be 1.6 s if the calls ran one after another
+
+
+def test_stored_callables_are_released_with_the_engine():
+    class Handler:
+        def __call__(self, args):
+            return "ok"
+
+    handler = Handler()
+    ref = weakref.ref(handler)
+    engine = utp.Engine()
+    engine.register_tool("t.h", handler)
+    assert engine.call_tool("t.h") == "ok"
+    del handler
+    gc.collect()
+    assert ref() is not None  # the engine holds it
+    engine.close()
+    del engine
+    for _ in range(3):
+        gc.collect()
+        utp.Engine().close()  # lets the interpreter run deferred reference drops
+    assert ref() is None
+
+
+def test_ctrl_c_interrupts_a_blocking_call(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time, utp
+            engine = utp.Engine()
+            engine.register_manual({"tools": [{"name": "sleep", "tool_call_template": {
+                "call_template_type": "cli", "commands": [{"command": "sleep 30"}]}}]}, name="slow")
+            print("ready", flush=True)
+            try:
+                engine.call_tool("slow.sleep", timeout=60)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                sys.exit(3)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 3, out
+    assert "interrupted" in out
+    assert time.monotonic() - start < 5
