@@ -39,7 +39,13 @@ fn main() {
          * An error: a code (one of the UTP_ERR_* values) and a UTF-8 message. Returned by\n \
          * every fallible function (NULL means success); release with utp_error_free().\n \
          */\n\
-         typedef struct utp_error utp_error_t;\n",
+         typedef struct utp_error utp_error_t;\n\
+         \n\
+         /*\n \
+         * Where a C tool callback puts its outcome: utp_tool_result_set_json() on success,\n \
+         * utp_tool_result_set_error() on failure. Valid only during the callback.\n \
+         */\n\
+         typedef struct utp_tool_result utp_tool_result_t;\n",
         part("CARGO_PKG_VERSION_MAJOR"),
         part("CARGO_PKG_VERSION_MINOR"),
         part("CARGO_PKG_VERSION_PATCH"),

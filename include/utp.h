@@ -53,6 +53,12 @@ typedef struct utp_engine utp_engine_t;
  */
 typedef struct utp_error utp_error_t;
 
+/*
+ * Where a C tool callback puts its outcome: utp_tool_result_set_json() on success,
+ * utp_tool_result_set_error() on failure. Valid only during the callback.
+ */
+typedef struct utp_tool_result utp_tool_result_t;
+
 
 /**
  * A required pointer was NULL, a string was not UTF-8, or an argument was malformed.
@@ -148,6 +154,21 @@ typedef struct utp_error utp_error_t;
  * A panic inside the library was caught at the C boundary.
  */
 #define UTP_ERR_PANIC 19
+
+/**
+ * A C tool function: gets the call's arguments as JSON text and reports its outcome
+ * through `result`. Return 0 on success (the value set with
+ * utp_tool_result_set_json(), JSON `null` if none), anything else on failure (the
+ * message set with utp_tool_result_set_error()). Called on the engine's library
+ * threads, possibly from several at once; it must not call blocking utp_*
+ * functions of the same engine.
+ */
+typedef int32_t (*utp_tool_fn)(void *user_data, const char *args_json, utp_tool_result_t *result);
+
+/**
+ * Releases `user_data` once the engine no longer needs it.
+ */
+typedef void (*utp_free_fn)(void *user_data);
 
 #ifdef __cplusplus
 extern "C" {
@@ -278,6 +299,60 @@ utp_error_t *utp_search_tools(utp_engine_t *engine,
  * out-parameter is valid for writes.
  */
 utp_error_t *utp_discover(utp_engine_t *engine, const char *path_or_url, char **out_report_json);
+
+/**
+ * Call a tool. `args_json` (nullable: no arguments) is a JSON object checked
+ * against the tool's `inputs`; `options_json` (nullable) is
+ * `{"timeout": seconds, "tenant": "...", "session": "..."}`. On success
+ * `*out_result_json` receives the tool's result as JSON; free it with
+ * utp_string_free(). Blocks the calling thread until the call ends.
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_call_tool(utp_engine_t *engine,
+                           const char *name,
+                           const char *args_json,
+                           const char *options_json,
+                           char **out_result_json);
+
+/**
+ * Register a C function as the native tool `name` ("manual.tool"; the manual is
+ * created when missing). `spec_json` (nullable) is
+ * `{"inputs": {...}, "outputs": {...}, "description": "...", "tags": [...]}`.
+ * `free_user_data` (nullable) is called with `user_data` when the tool is removed
+ * (its manual deregistered or the engine freed), also when registration fails.
+ * `*out_name` (nullable) receives the full tool name; free it with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; `func` and
+ * `free_user_data` are NULL or valid functions; `out_name` is NULL or valid for writes.
+ */
+utp_error_t *utp_register_tool(utp_engine_t *engine,
+                               const char *name,
+                               const char *spec_json,
+                               utp_tool_fn func,
+                               void *user_data,
+                               utp_free_fn free_user_data,
+                               char **out_name);
+
+/**
+ * Set a C tool's result (JSON text). Only valid during the tool function's call.
+ *
+ * # Safety
+ * `result` is the sink passed to the running tool function; `json` is NULL or NUL-terminated.
+ */
+utp_error_t *utp_tool_result_set_json(utp_tool_result_t *result, const char *json);
+
+/**
+ * Set a C tool's failure message (the call fails with UTP_ERR_TOOL_FAILED naming the
+ * tool and this message). Only valid during the tool function's call.
+ *
+ * # Safety
+ * `result` is the sink passed to the running tool function; `message` is NULL or NUL-terminated.
+ */
+utp_error_t *utp_tool_result_set_error(utp_tool_result_t *result, const char *message);
 
 #ifdef __cplusplus
 }  // extern "C"
