@@ -105,6 +105,35 @@ export interface SearchOptions {
   tags?: string[] | null
 }
 
+/** Options of `engine.callTool(name, args, options)`. */
+export interface CallOptions {
+  /**
+   * Seconds (finite, >= 0) the whole call may take; rejects with ERR_UTP_TIMEOUT after that.
+   * Default: the tool's template `timeout`, else the config's `calls.default_timeout`.
+   */
+  timeout?: number | null
+  /** Tenant the call is made for (policy and rate limits). */
+  tenant?: string | null
+  /** Session the call belongs to. */
+  session?: string | null
+}
+
+/**
+ * A JS tool: gets the (validated) arguments object and returns its result (any JSON
+ * value; `null` for none) or a Promise of it.
+ */
+export type ToolFunction = (args: Record<string, any>) => unknown
+
+/** Options of `engine.registerTool(name, fn, options)`. */
+export interface RegisterToolOptions {
+  /** JSON Schema of the arguments, checked on every call (default: any object). */
+  inputs?: JsonObject | null
+  /** JSON Schema of the result (documentation). */
+  outputs?: JsonObject | null
+  description?: string | null
+  tags?: string[] | null
+}
+
 /**
  * A UTP Runtime engine. Every method throws (or rejects with) a {@link UtpError}.
  *
@@ -149,6 +178,23 @@ export declare class Engine {
    * An empty query lists the (tag-filtered) tools by name.
    */
   searchTools(query: string, options?: SearchOptions | null): Tool[]
+  /**
+   * Call a tool by its full name (`manual.tool`); resolves to its result (arguments and
+   * results cross as JSON values: `undefined` properties are left out, a BigInt is refused).
+   * Rejects with ERR_UTP_NOT_FOUND (no such tool), ERR_UTP_VALIDATION_FAILED (arguments
+   * against the tool's `inputs`), ERR_UTP_TIMEOUT, ERR_UTP_TOOL_FAILED (the tool failed:
+   * a JS tool threw or rejected, an HTTP status...), ERR_UTP_TRANSPORT and the others.
+   */
+  callTool(name: string, args?: Record<string, any> | null, options?: CallOptions | null): Promise<any>
+  /**
+   * Register `fn` as the native tool `name` (`manual.tool`; the manual is created when
+   * missing); returns the full name. `fn(args)` runs on the JS thread and may return a
+   * value or a Promise; a throw, a rejection or a result that is not JSON (undefined, a
+   * function, a BigInt, a cycle) makes the call reject with ERR_UTP_TOOL_FAILED naming
+   * the tool and the error. A registered tool never keeps the process alive.
+   * Throws ERR_UTP_ALREADY_EXISTS for a name already registered.
+   */
+  registerTool(name: string, fn: ToolFunction, options?: RegisterToolOptions | null): string
   /** Names of the registered manuals, sorted. */
   manuals(): string[]
   /** The namespaced variables a manual or a tool (`manual.tool`) needs, e.g. `weather_WEATHER_API_KEY`. */

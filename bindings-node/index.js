@@ -58,6 +58,13 @@ function lift(error) {
   return new UtpError(error.message, codes.INTERNAL, { cause: error })
 }
 
+function describe(value) {
+  if (value === null) return 'null'
+  if (Array.isArray(value)) return 'an array'
+  const type = typeof value
+  return type === 'undefined' ? 'undefined' : `${/^[aeiou]/.test(type) ? 'an' : 'a'} ${type}`
+}
+
 function call(fn) {
   try {
     return fn()
@@ -119,6 +126,33 @@ class Engine {
   /** Ranked search, best first: `{ limit = 10 (0 = all), tags }`. */
   searchTools(query, options = undefined) {
     return call(() => this.#native.searchTools(query, options))
+  }
+
+  /**
+   * Call a tool by full name; resolves to its result.
+   * `options`: `{ timeout (seconds), tenant, session }`.
+   */
+  callTool(name, args = undefined, options = undefined) {
+    return callAsync(() => this.#native.callTool(name, args, options))
+  }
+
+  /**
+   * Register `fn(args)` as the native tool `name` ("manual.tool"); returns the full name.
+   * `fn` may return a value or a Promise (or any thenable).
+   * `options`: `{ inputs, outputs, description, tags }`.
+   */
+  registerTool(name, fn, options = undefined) {
+    if (typeof fn !== 'function') {
+      throw new UtpError(`registerTool: fn must be a function, found ${describe(fn)}`, codes.INVALID_ARGUMENT)
+    }
+    // The native layer awaits real Promises; other thenables are adopted here.
+    const tool = (args) => {
+      const result = fn(args)
+      return result !== null && typeof result === 'object' && !(result instanceof Promise) && typeof result.then === 'function'
+        ? Promise.resolve(result)
+        : result
+    }
+    return call(() => this.#native.registerTool(name, tool, options))
   }
 
   /** Names of the registered manuals, sorted. */

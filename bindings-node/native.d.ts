@@ -48,6 +48,23 @@ export declare class Engine {
    * An empty query lists the (tag-filtered) tools by name.
    */
   searchTools(query: string, options?: { limit?: number | null; tags?: string[] | null } | null): Array<Record<string, any>>
+  /**
+   * Call a tool by its full name ("manual.tool") with an arguments object
+   * (undefined/null = none). Options: `timeout` (seconds, finite and >= 0; default:
+   * the tool's template timeout, else `calls.default_timeout`), `tenant`, `session`.
+   * Resolves to the tool's result (any JSON value); rejects with NOT_FOUND,
+   * VALIDATION_FAILED (arguments against the tool's `inputs`), TIMEOUT, TOOL_FAILED...
+   */
+  callTool(name: string, args?: Record<string, any> | null, options?: { timeout?: number | null; tenant?: string | null; session?: string | null } | null): Promise<any>
+  /**
+   * Register a JS function as the native tool `name` ("manual.tool"; the manual is
+   * created when missing) and return its full name. `fn(args)` runs on the JS
+   * thread and may return a value or a Promise; a throw, a rejection or a result
+   * that is not JSON fails the call with TOOL_FAILED. `inputs` (a JSON Schema,
+   * default: any object) validates every call's arguments. The function never
+   * keeps the process alive.
+   */
+  registerTool(name: string, fn: (args: Record<string, any>) => unknown, options?: { inputs?: Record<string, any> | null; outputs?: Record<string, any> | null; description?: string | null; tags?: string[] | null } | null): string
   /** Names of the registered manuals, sorted. */
   manuals(): Array<string>
   /**

@@ -1,5 +1,14 @@
 // Type-checked (never run) by types.test.mjs: the public declarations describe real use.
-import { Engine, UtpError, codes, version, type Tool, type DiscoveryReport, type ErrorCode } from 'utp-runtime'
+import {
+  Engine,
+  UtpError,
+  codes,
+  version,
+  type CallOptions,
+  type Tool,
+  type DiscoveryReport,
+  type ErrorCode,
+} from 'utp-runtime'
 import utpDefault from 'utp-runtime'
 
 async function main(): Promise<void> {
@@ -19,6 +28,16 @@ async function main(): Promise<void> {
   const first: Tool | undefined = hits[0]
   const kind: string | undefined = first?.tool_call_template.call_template_type
   const one: Tool = engine.tool('weather.get_forecast')
+  const added: string = engine.registerTool('math.add', (args) => args.a + args.b, {
+    inputs: { type: 'object', properties: { a: { type: 'number' }, b: { type: 'number' } } },
+    description: 'Add',
+    tags: ['math'],
+  })
+  engine.registerTool('math.later', async () => ({ ok: true }))
+  const sum: number = await engine.callTool(added, { a: 1, b: 2 }, { timeout: 2.5, tenant: 't', session: null })
+  const options: CallOptions = { timeout: 1 }
+  await engine.callTool('math.later', undefined, options)
+  await engine.callTool('math.later')
   const removed: boolean = engine.deregisterManual('weather')
   const manuals: string[] = engine.manuals()
   const vars: string[] = engine.requiredVariables('weather')
@@ -37,11 +56,15 @@ async function main(): Promise<void> {
     }
   }
   const same: typeof Engine = utpDefault.Engine
-  console.log(v, names, tools, kind, one, removed, manuals, vars, closed, fromPath, same)
+  console.log(v, names, tools, kind, one, sum, removed, manuals, vars, closed, fromPath, same)
 }
 
 // @ts-expect-error a number is not a manual name
 new Engine().deregisterManual(5)
+// @ts-expect-error a tool is a function
+new Engine().registerTool('m.t', 'not a function')
+// @ts-expect-error timeout is a number of seconds
+void new Engine().callTool('m.t', {}, { timeout: '1s' })
 // @ts-expect-error codes are a closed set
 const bad: ErrorCode = 'ERR_UTP_NOPE'
 

@@ -15,18 +15,24 @@
 
 #![deny(clippy::unwrap_used)]
 
+mod json;
+
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use napi::bindgen_prelude::{AsyncBlock, AsyncBlockBuilder, ToNapiValue};
-use napi::{Env, Status};
+use napi::bindgen_prelude::{AsyncBlock, AsyncBlockBuilder, FromNapiValue, Function, Promise, ToNapiValue};
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi::{Env, Status, sys};
 use napi_derive::napi;
 use serde_json::Value;
-use utp_core::{Config, ErrorCode, ManualSource, RegisteredTool};
+use utp_core::{CallOptions, Config, ErrorCode, ManualSource, NativeHandler, RegisteredTool};
+
+use crate::json::{JsJson, StrictJson};
 
 /// Search results returned when `limit` is not given (design §4: `limit=10`).
 const DEFAULT_SEARCH_LIMIT: usize = 10;
@@ -198,21 +204,153 @@ fn search_options(options: Option<Value>) -> napi::Result<(usize, Vec<String>)> 
             )));
         }
     };
-    let tags = match options.get("tags") {
-        None | Some(Value::Null) => Vec::new(),
+    Ok((limit, string_list(options.get("tags"), "tags")?))
+}
+
+/// An optional array of strings (`tags`).
+fn string_list(value: Option<&Value>, what: &str) -> napi::Result<Vec<String>> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
                 other => Err(invalid(format!(
-                    "tags must be an array of strings, found an element that is {}",
+                    "{what} must be an array of strings, found an element that is {}",
                     json_kind(other)
                 ))),
             })
-            .collect::<napi::Result<_>>()?,
-        Some(other) => return Err(invalid(format!("tags must be an array of strings, found {}", json_kind(other)))),
+            .collect(),
+        Some(other) => Err(invalid(format!("{what} must be an array of strings, found {}", json_kind(other)))),
+    }
+}
+
+/// An optional string option (`tenant`, `session`, `description`).
+fn optional_string(value: Option<&Value>, what: &str) -> napi::Result<Option<String>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(invalid(format!("{what} must be a string, found {}", json_kind(other)))),
+    }
+}
+
+/// An optional JSON Schema option (`inputs`, `outputs`): an object or a boolean.
+fn optional_schema(value: Option<&Value>, what: &str) -> napi::Result<Option<Value>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ (Value::Object(_) | Value::Bool(_))) => Ok(Some(v.clone())),
+        Some(other) => Err(invalid(format!("{what} must be a JSON Schema object, found {}", json_kind(other)))),
+    }
+}
+
+/// `{ timeout, tenant, session }` of callTool. `timeout` is in seconds.
+fn call_options(options: StrictJson) -> napi::Result<CallOptions> {
+    let options = option_map(
+        options.0.into_optional("callTool options").map_err(invalid)?,
+        "callTool",
+        &["timeout", "tenant", "session"],
+    )?;
+    let timeout = match options.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => {
+            let seconds = n.as_f64().unwrap_or(f64::NAN);
+            if !(seconds.is_finite() && seconds >= 0.0) {
+                return Err(invalid(format!("timeout must be a finite non-negative number of seconds, found {n}")));
+            }
+            Some(
+                Duration::try_from_secs_f64(seconds)
+                    .map_err(|_| invalid(format!("timeout {n} s is too large to be a duration")))?,
+            )
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "timeout must be a finite non-negative number of seconds, found {}",
+                json_kind(other)
+            )));
+        }
     };
-    Ok((limit, tags))
+    Ok(CallOptions {
+        timeout,
+        tenant: optional_string(options.get("tenant"), "tenant")?,
+        session: optional_string(options.get("session"), "session")?,
+        cancel: None,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// JS tools
+// ---------------------------------------------------------------------------
+
+/// What a JS tool function returned: a Promise (awaited on the Rust side) or a value.
+/// Converting never fails and never leaves a JS exception pending.
+pub enum ToolReturn {
+    Value(JsJson),
+    Promise(Promise<JsJson>),
+    /// The returned value could not even be looked at (e.g. a Promise whose `then` throws).
+    Broken(String),
+}
+
+impl FromNapiValue for ToolReturn {
+    unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> napi::Result<Self> {
+        let mut is_promise = false;
+        if unsafe { sys::napi_is_promise(env, value, &mut is_promise) } != sys::Status::napi_ok {
+            let why = json::take_exception(env).unwrap_or_else(|| "napi_is_promise failed".into());
+            return Ok(ToolReturn::Broken(why));
+        }
+        if !is_promise {
+            return unsafe { JsJson::from_napi_value(env, value) }.map(ToolReturn::Value);
+        }
+        Ok(match unsafe { Promise::<JsJson>::from_napi_value(env, value) } {
+            Ok(promise) => ToolReturn::Promise(promise),
+            Err(e) => ToolReturn::Broken(json::take_exception(env).unwrap_or(e.reason)),
+        })
+    }
+}
+
+/// A registered JS function: weak (it never keeps Node alive), called with one plain
+/// argument (not error-first), its throws caught (`call_async_catch`).
+type JsToolFn = ThreadsafeFunction<Value, ToolReturn, Value, Status, false, true>;
+
+type ToolFuture = Pin<Box<dyn Future<Output = utp_core::Result<Value>> + Send>>;
+
+fn tool_failed(name: &str, message: impl std::fmt::Display) -> utp_core::Error {
+    utp_core::Error::with_code(ErrorCode::ToolFailed, format!("tool '{name}': {message}"))
+}
+
+/// The message of an error a JS function threw or rejected with.
+fn js_message(error: &napi::Error) -> String {
+    if error.reason.is_empty() { "a value that is not an Error".to_string() } else { error.reason.clone() }
+}
+
+/// The core handler of a JS tool: each call goes to the JS thread through the weak
+/// threadsafe function; a returned Promise is awaited here, off the JS thread.
+fn js_handler(name: Arc<str>, function: Arc<JsToolFn>) -> NativeHandler {
+    Arc::new(move |args: Value| -> ToolFuture {
+        let function = function.clone();
+        let name = name.clone();
+        Box::pin(async move {
+            let returned = function.call_async_catch(args).await.map_err(|e| {
+                if e.status == Status::PendingException {
+                    tool_failed(&name, format!("the JS function threw: {}", js_message(&e)))
+                } else {
+                    tool_failed(&name, format!("the JS function could not be called ({}): {}", e.status, e.reason))
+                }
+            })?;
+            let result = match returned {
+                ToolReturn::Value(v) => v,
+                ToolReturn::Promise(p) => p.await.map_err(|e| {
+                    tool_failed(&name, format!("the JS function's promise rejected: {}", js_message(&e)))
+                })?,
+                ToolReturn::Broken(why) => {
+                    return Err(tool_failed(&name, format!("the JS function returned an unusable value: {why}")));
+                }
+            };
+            let hint = if matches!(result, JsJson::Missing("undefined")) { " (return null for no result)" } else { "" };
+            result
+                .into_value("the JS function returned a value that is not JSON")
+                .map_err(|m| tool_failed(&name, format!("{m}{hint}")))
+        })
+    })
 }
 
 #[napi]
@@ -323,6 +461,65 @@ impl JsEngine {
             let engine = self.engine()?;
             let (limit, tags) = search_options(options)?;
             Ok(tools_value(&engine.search_tools(&query, limit, &tags)))
+        })
+    }
+
+    /// Call a tool by its full name ("manual.tool") with an arguments object
+    /// (undefined/null = none). Options: `timeout` (seconds, finite and >= 0; default:
+    /// the tool's template timeout, else `calls.default_timeout`), `tenant`, `session`.
+    /// Resolves to the tool's result (any JSON value); rejects with NOT_FOUND,
+    /// VALIDATION_FAILED (arguments against the tool's `inputs`), TIMEOUT, TOOL_FAILED...
+    #[napi(
+        catch_unwind,
+        ts_args_type = "name: string, args?: Record<string, any> | null, options?: { timeout?: number | null; tenant?: string | null; session?: string | null } | null",
+        ts_return_type = "Promise<any>"
+    )]
+    pub fn call_tool(
+        &self,
+        env: &Env,
+        name: String,
+        args: JsJson,
+        options: StrictJson,
+    ) -> napi::Result<AsyncBlock<Value>> {
+        guard(|| {
+            let engine = self.engine()?;
+            let args = args.into_optional("args").map_err(invalid)?.unwrap_or(Value::Null);
+            let options = call_options(options)?;
+            promise(env, async move { engine.call_tool(&name, args, options).await.map_err(core_err) })
+        })
+    }
+
+    /// Register a JS function as the native tool `name` ("manual.tool"; the manual is
+    /// created when missing) and return its full name. `fn(args)` runs on the JS
+    /// thread and may return a value or a Promise; a throw, a rejection or a result
+    /// that is not JSON fails the call with TOOL_FAILED. `inputs` (a JSON Schema,
+    /// default: any object) validates every call's arguments. The function never
+    /// keeps the process alive.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "name: string, fn: (args: Record<string, any>) => unknown, options?: { inputs?: Record<string, any> | null; outputs?: Record<string, any> | null; description?: string | null; tags?: string[] | null } | null"
+    )]
+    pub fn register_tool(
+        &self,
+        name: String,
+        callback: Function<'_, Value, ToolReturn>,
+        options: StrictJson,
+    ) -> napi::Result<String> {
+        guard(|| {
+            let engine = self.engine()?;
+            let options = option_map(
+                options.0.into_optional("registerTool options").map_err(invalid)?,
+                "registerTool",
+                &["inputs", "outputs", "description", "tags"],
+            )?;
+            let inputs = optional_schema(options.get("inputs"), "inputs")?;
+            let outputs = optional_schema(options.get("outputs"), "outputs")?;
+            let description = optional_string(options.get("description"), "description")?.unwrap_or_default();
+            let tags = string_list(options.get("tags"), "tags")?;
+            let function: JsToolFn =
+                callback.build_threadsafe_function::<Value>().weak::<true>().callee_handled::<false>().build()?;
+            let handler = js_handler(Arc::from(name.as_str()), Arc::new(function));
+            engine.register_tool(&name, handler, inputs, outputs, &description, tags).map_err(core_err)
         })
     }
 
