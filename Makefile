@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 UTP := $(CARGO_TARGET_DIR)/debug/utp
 
-.PHONY: all build test test-rust demo clean bench bench-openapi help
+.PHONY: all build test test-rust demo clean bench bench-openapi bench-calls help
 all: build
 
 help:
@@ -46,3 +46,9 @@ clean:
 # Microsoft Graph beta, Stripe, Kubernetes) fetched from the npm registry.
 bench-openapi:
 	python3 bench/openapi/run.py
+
+# Loopback HTTP tool calls side by side with python-utcp 1.2: sequential and 64 in
+# flight, same server, same run (bench/calls/run.py). Criterion overhead per call:
+# cargo bench -p utp-core --bench calls
+bench-calls:
+	python3 bench/calls/run.py
