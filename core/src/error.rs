@@ -120,7 +120,16 @@ pub enum Error {
     /// exit of a CLI command, or an error raised by a native handler.
     #[error("{message}")]
     ToolFailed { message: String, status: Option<u16> },
-    /// A code reserved for later layers (policy, store, planner...), with its message.
+    /// A permission or a rule denied the call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A rate limit was hit; a call may pass again after `retry_after`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: std::time::Duration },
+    /// The call needs a human approval first: `approve(approval_id)`.
+    #[error("{message}")]
+    ApprovalRequired { message: String, approval_id: String },
+    /// A code reserved for later layers (store, planner...), with its message.
     #[error("{message}")]
     Other { code: ErrorCode, message: String },
 }
@@ -140,6 +149,9 @@ impl Error {
             Error::Timeout(_) => ErrorCode::Timeout,
             Error::Cancelled(_) => ErrorCode::Cancelled,
             Error::ToolFailed { .. } => ErrorCode::ToolFailed,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::ApprovalRequired { .. } => ErrorCode::ApprovalRequired,
             Error::Other { code, .. } => *code,
         }
     }
@@ -155,6 +167,22 @@ impl Error {
     }
 
     /// The HTTP status of a `TOOL_FAILED` error from an HTTP-family tool.
+    /// For `RATE_LIMITED`: how long until a call may pass.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// For `APPROVAL_REQUIRED`: the approval to grant with `approve(id)`.
+    pub fn approval_id(&self) -> Option<&str> {
+        match self {
+            Error::ApprovalRequired { approval_id, .. } => Some(approval_id),
+            _ => None,
+        }
+    }
+
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Error::ToolFailed { status, .. } => *status,

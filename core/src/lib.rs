@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod manual;

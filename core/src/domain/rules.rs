@@ -1,0 +1,427 @@
+//! Compiled rule conditions and time windows.
+//!
+//! A condition of the common shape `<operand> <op> <operand>` (operands: `params.x.y`,
+//! `constants.x`, `tool`, `action`, `tenant`, `session`, or a literal) is evaluated
+//! natively: tens of nanoseconds instead of a CEL evaluation's microsecond. Anything
+//! else is a CEL program (the `cel` crate). Both give the same answers; both fail
+//! (and so deny) on a missing field or a type mismatch.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use jiff::civil::{Time, Weekday};
+use jiff::tz::TimeZone;
+use serde_json::{Map, Value};
+
+use super::spec::WindowSpec;
+
+/// What a condition sees of a call.
+pub struct Facts<'a> {
+    pub tool: &'a str,
+    pub action: &'a str,
+    pub params: &'a Map<String, Value>,
+    pub tenant: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub now: jiff::Timestamp,
+    pub constants: &'a Value,
+    /// `constants` as a CEL value, converted once per engine.
+    pub cel_constants: &'a cel::Value,
+}
+
+/// A compiled condition.
+pub enum Condition {
+    Compare { left: Operand, op: CmpOp, right: Operand },
+    Cel(Arc<cel::Program>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Params(Vec<String>),
+    Constants(Vec<String>),
+    Tool,
+    Action,
+    Tenant,
+    Session,
+    Literal(Value),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl Condition {
+    pub fn compile(source: &str) -> Result<Condition, String> {
+        if let Some((left, op, right)) = simple_comparison(source) {
+            return Ok(Condition::Compare { left, op, right });
+        }
+        let program = cel::Program::compile(source).map_err(|e| format!("invalid CEL condition `{source}`: {e}"))?;
+        Ok(Condition::Cel(Arc::new(program)))
+    }
+
+    /// True / false, or why it could not be evaluated (which denies the call).
+    pub fn eval(&self, facts: &Facts<'_>) -> Result<bool, String> {
+        match self {
+            Condition::Compare { left, op, right } => {
+                let l = resolve(left, facts)?;
+                let r = resolve(right, facts)?;
+                compare(&l, *op, &r)
+            }
+            Condition::Cel(program) => eval_cel(program, facts),
+        }
+    }
+}
+
+fn resolve<'a>(operand: &'a Operand, facts: &'a Facts<'a>) -> Result<std::borrow::Cow<'a, Value>, String> {
+    use std::borrow::Cow;
+    let text = |s: Option<&str>, what: &str| {
+        s.map(|s| Cow::Owned(Value::String(s.to_string()))).ok_or_else(|| format!("no {what} in this call"))
+    };
+    match operand {
+        Operand::Literal(v) => Ok(Cow::Borrowed(v)),
+        Operand::Tool => Ok(Cow::Owned(Value::String(facts.tool.to_string()))),
+        Operand::Action => Ok(Cow::Owned(Value::String(facts.action.to_string()))),
+        Operand::Tenant => text(facts.tenant, "tenant"),
+        Operand::Session => text(facts.session, "session"),
+        Operand::Params(path) => walk(facts.params.get(&path[0]), &path[1..])
+            .map(Cow::Borrowed)
+            .ok_or_else(|| format!("no such field: params.{}", path.join("."))),
+        Operand::Constants(path) => walk(facts.constants.get(&path[0]), &path[1..])
+            .map(Cow::Borrowed)
+            .ok_or_else(|| format!("no such constant: constants.{}", path.join("."))),
+    }
+}
+
+fn walk<'a>(start: Option<&'a Value>, rest: &[String]) -> Option<&'a Value> {
+    rest.iter().try_fold(start?, |v, key| v.get(key))
+}
+
+/// Numbers compare by value across integer and decimal forms (`1000.0 > 1000` is
+/// false); strings lexicographically; booleans and null only for (in)equality.
+fn compare(l: &Value, op: CmpOp, r: &Value) -> Result<bool, String> {
+    let ordering = match (l, r) {
+        (Value::Number(a), Value::Number(b)) => number_cmp(a, b),
+        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+        (Value::Bool(a), Value::Bool(b)) if matches!(op, CmpOp::Eq | CmpOp::Ne) => Some(a.cmp(b)),
+        (Value::Null, Value::Null) if matches!(op, CmpOp::Eq | CmpOp::Ne) => Some(Ordering::Equal),
+        _ => None,
+    };
+    let Some(ord) = ordering else {
+        return Err(format!("cannot compare {} with {}", kind(l), kind(r)));
+    };
+    Ok(match op {
+        CmpOp::Gt => ord == Ordering::Greater,
+        CmpOp::Ge => ord != Ordering::Less,
+        CmpOp::Lt => ord == Ordering::Less,
+        CmpOp::Le => ord != Ordering::Greater,
+        CmpOp::Eq => ord == Ordering::Equal,
+        CmpOp::Ne => ord != Ordering::Equal,
+    })
+}
+
+fn number_cmp(a: &serde_json::Number, b: &serde_json::Number) -> Option<Ordering> {
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+        return Some(x.cmp(&y));
+    }
+    if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+        return Some(x.cmp(&y));
+    }
+    a.as_f64()?.partial_cmp(&b.as_f64()?)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// `a.b > 3`, `params.amount >= constants.max`, `tool == 'x'`... or None.
+fn simple_comparison(source: &str) -> Option<(Operand, CmpOp, Operand)> {
+    const OPS: [(&str, CmpOp); 6] =
+        [(">=", CmpOp::Ge), ("<=", CmpOp::Le), ("==", CmpOp::Eq), ("!=", CmpOp::Ne), (">", CmpOp::Gt), ("<", CmpOp::Lt)];
+    // Exactly one operator, outside quotes.
+    let mut found = None;
+    let bytes = source.as_bytes();
+    let mut quote = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) if c == b'\\' => return None,
+            Some(_) => {}
+            None if c == b'"' || c == b'\'' => quote = Some(c),
+            None => {
+                if let Some((text, op)) = OPS.iter().find(|(t, _)| source[i..].starts_with(t)) {
+                    if found.is_some() {
+                        return None;
+                    }
+                    found = Some((i, text.len(), *op));
+                    i += text.len();
+                    continue;
+                }
+                if b"!&|()[]{}+-*/%?:,".contains(&c) && !(c == b'-' && is_number_start(&source[i..])) {
+                    return None;
+                }
+            }
+        }
+        i += 1;
+    }
+    let (at, len, op) = found?;
+    Some((operand(source[..at].trim())?, op, operand(source[at + len..].trim())?))
+}
+
+fn is_number_start(s: &str) -> bool {
+    s.len() > 1 && s.as_bytes()[1].is_ascii_digit()
+}
+
+fn operand(text: &str) -> Option<Operand> {
+    if text.is_empty() {
+        return None;
+    }
+    if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')).or_else(|| {
+        text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+    }) {
+        return (!inner.contains(['\'', '"'])).then(|| Operand::Literal(Value::String(inner.to_string())));
+    }
+    match text {
+        "true" => return Some(Operand::Literal(Value::Bool(true))),
+        "false" => return Some(Operand::Literal(Value::Bool(false))),
+        "null" => return Some(Operand::Literal(Value::Null)),
+        "tool" => return Some(Operand::Tool),
+        "action" => return Some(Operand::Action),
+        "tenant" => return Some(Operand::Tenant),
+        "session" => return Some(Operand::Session),
+        _ => {}
+    }
+    if text.as_bytes()[0].is_ascii_digit() || text.starts_with('-') {
+        // CEL integer or double literal (no hex, no unsigned suffix: leave those to CEL).
+        if text.chars().all(|c| c.is_ascii_digit() || c == '-') {
+            return text.parse::<i64>().ok().map(|i| Operand::Literal(Value::from(i)));
+        }
+        let f = text.parse::<f64>().ok().filter(|f| f.is_finite())?;
+        return text.contains('.').then(|| Operand::Literal(Value::from(f)));
+    }
+    let mut parts = text.split('.');
+    let root = parts.next()?;
+    let path: Vec<String> = parts.map(str::to_string).collect();
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.as_bytes()[0].is_ascii_digit();
+    if path.is_empty() || !path.iter().all(|p| ident(p)) {
+        return None;
+    }
+    match root {
+        "params" => Some(Operand::Params(path)),
+        "constants" => Some(Operand::Constants(path)),
+        _ => None,
+    }
+}
+
+fn eval_cel(program: &cel::Program, facts: &Facts<'_>) -> Result<bool, String> {
+    let mut ctx = cel::Context::default();
+    let params = cel::to_value(facts.params).map_err(|e| format!("params: {e}"))?;
+    ctx.add_variable_from_value("params", params);
+    ctx.add_variable_from_value("constants", facts.cel_constants.clone());
+    ctx.add_variable_from_value("tool", facts.tool.to_string());
+    ctx.add_variable_from_value("action", facts.action.to_string());
+    ctx.add_variable_from_value("tenant", facts.tenant.map(str::to_string).map_or(cel::Value::Null, Into::into));
+    ctx.add_variable_from_value("session", facts.session.map(str::to_string).map_or(cel::Value::Null, Into::into));
+    ctx.add_variable_from_value("now", facts.now.to_string());
+    match program.execute(&ctx) {
+        Ok(cel::Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("condition gave {other:?}, not a boolean")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A compiled `allow_only_during` window.
+pub struct Window {
+    days: Option<Vec<Weekday>>,
+    from: Time,
+    to: Time,
+    tz: TimeZone,
+    timezone: String,
+}
+
+impl Window {
+    pub fn compile(spec: &WindowSpec) -> Result<Window, String> {
+        let tz = TimeZone::get(&spec.timezone).map_err(|e| format!("unknown time zone '{}': {e}", spec.timezone))?;
+        let time = |s: &str| -> Result<Time, String> {
+            Time::strptime("%H:%M", s.trim())
+                .or_else(|_| Time::strptime("%H:%M:%S", s.trim()))
+                .map_err(|_| format!("'{s}' is not a time of day (HH:MM)"))
+        };
+        let days = match &spec.days {
+            None => None,
+            Some(list) => Some(list.iter().map(|d| weekday(d)).collect::<Result<Vec<_>, _>>()?),
+        };
+        Ok(Window { days, from: time(&spec.from)?, to: time(&spec.to)?, tz, timezone: spec.timezone.clone() })
+    }
+
+    /// Whether `now` falls in the window, on the local wall clock of its time zone
+    /// (so DST changes move the window with the clock). `[from, to)`, half-open; a
+    /// window with `to <= from` spans midnight and belongs to the day it starts on.
+    pub fn contains(&self, now: jiff::Timestamp) -> bool {
+        let local = now.to_zoned_datetime(self.tz.clone());
+        let t = local.time();
+        let (inside, day) = if self.from < self.to {
+            (t >= self.from && t < self.to, local.weekday())
+        } else if t >= self.from {
+            (true, local.weekday())
+        } else {
+            (t < self.to, local.weekday().previous())
+        };
+        inside && self.days.as_ref().is_none_or(|days| days.contains(&day))
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{}-{} {}", self.from.strftime("%H:%M"), self.to.strftime("%H:%M"), self.timezone)
+    }
+}
+
+fn weekday(name: &str) -> Result<Weekday, String> {
+    Ok(match name.trim().to_ascii_lowercase().get(..3) {
+        Some("mon") => Weekday::Monday,
+        Some("tue") => Weekday::Tuesday,
+        Some("wed") => Weekday::Wednesday,
+        Some("thu") => Weekday::Thursday,
+        Some("fri") => Weekday::Friday,
+        Some("sat") => Weekday::Saturday,
+        Some("sun") => Weekday::Sunday,
+        _ => return Err(format!("'{name}' is not a day (mon, tue, ... sun)")),
+    })
+}
+
+/// Fill `{{constants.x}}` / `{{params.x}}` / `{{tool}}` / `{{action}}` in a rule message.
+pub fn render(template: &str, facts: &Facts<'_>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let key = rest[start + 2..start + end].trim();
+        let value = operand(key).and_then(|op| resolve(&op, facts).ok().map(|v| v.into_owned()));
+        match value {
+            Some(Value::String(s)) => out.push_str(&s),
+            Some(v) => out.push_str(&v.to_string()),
+            None => out.push_str(&rest[start..start + end + 2]),
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn facts<'a>(params: &'a Map<String, Value>, constants: &'a Value, cel_constants: &'a cel::Value) -> Facts<'a> {
+        Facts {
+            tool: "betfair",
+            action: "placeBet",
+            params,
+            tenant: Some("acme"),
+            session: None,
+            now: jiff::Timestamp::UNIX_EPOCH,
+            constants,
+            cel_constants,
+        }
+    }
+
+    #[test]
+    fn simple_comparisons_take_the_fast_path_and_agree_with_cel() {
+        let params = json!({"amount": 1500.0, "market": {"id": "m1"}, "n": 1000}).as_object().unwrap().clone();
+        let constants = json!({"max_bet_amount": 1000});
+        let cel_constants = cel::to_value(&constants).unwrap();
+        let f = facts(&params, &constants, &cel_constants);
+        let cases = [
+            ("params.amount > constants.max_bet_amount", true),
+            ("params.n > 1000", false),
+            ("params.n >= 1000.0", true),
+            ("params.n == 1000.0", true),
+            ("1000.0 > 1000", false),
+            ("params.market.id == 'm1'", true),
+            ("tool != \"betfair\"", false),
+            ("tenant == 'acme'", true),
+            ("params.amount < -5", false),
+        ];
+        for (src, want) in cases {
+            let fast = Condition::compile(src).unwrap();
+            assert!(matches!(fast, Condition::Compare { .. }), "{src} should be native");
+            assert_eq!(fast.eval(&f), Ok(want), "{src}");
+            let slow = cel::Program::compile(src).unwrap();
+            assert_eq!(eval_cel(&slow, &f), Ok(want), "CEL disagrees on {src}");
+        }
+    }
+
+    #[test]
+    fn other_expressions_use_cel_and_errors_are_errors() {
+        let params = json!({"amount": 10, "tags": ["a"]}).as_object().unwrap().clone();
+        let constants = json!({});
+        let cel_constants = cel::to_value(&constants).unwrap();
+        let f = facts(&params, &constants, &cel_constants);
+        for (src, want) in [("params.amount > 5 && action == 'placeBet'", true), ("'a' in params.tags", true), ("size(params.tags) == 2", false)] {
+            let c = Condition::compile(src).unwrap();
+            assert!(matches!(c, Condition::Cel(_)), "{src}");
+            assert_eq!(c.eval(&f), Ok(want), "{src}");
+        }
+        assert!(Condition::compile("params.missing > 1").unwrap().eval(&f).is_err());
+        assert!(Condition::compile("params.amount > 'x'").unwrap().eval(&f).is_err());
+        assert!(Condition::compile("params.amount +").is_err());
+        assert!(Condition::compile("session == 'x'").unwrap().eval(&f).is_err());
+    }
+
+    #[test]
+    fn windows_follow_the_local_clock_across_dst() {
+        let spec = WindowSpec {
+            days: Some(vec!["mon".into(), "tue".into(), "wed".into(), "thu".into(), "fri".into()]),
+            from: "09:00".into(),
+            to: "17:30".into(),
+            timezone: "Europe/London".into(),
+        };
+        let w = Window::compile(&spec).unwrap();
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        // Friday 27 March 2026, GMT (UTC+0): 08:30Z is 08:30 local, before opening.
+        assert!(!w.contains(at("2026-03-27T08:30:00Z")));
+        assert!(w.contains(at("2026-03-27T09:00:00Z")));
+        // Monday 30 March 2026, BST (UTC+1) after the change on the 29th: 08:30Z is 09:30 local.
+        assert!(w.contains(at("2026-03-30T08:30:00Z")));
+        // 16:30Z is 17:30 local: the end is exclusive.
+        assert!(!w.contains(at("2026-03-30T16:30:00Z")));
+        assert!(w.contains(at("2026-03-30T16:29:59Z")));
+        // Weekend.
+        assert!(!w.contains(at("2026-03-28T12:00:00Z")));
+        // Across midnight: 22:00-02:00, Fridays only; Saturday 01:00 belongs to Friday's window.
+        let night = Window::compile(&WindowSpec { days: Some(vec!["fri".into()]), from: "22:00".into(), to: "02:00".into(), timezone: "UTC".into() }).unwrap();
+        assert!(night.contains(at("2026-03-28T01:00:00Z")));
+        assert!(!night.contains(at("2026-03-27T01:00:00Z")));
+        assert!(Window::compile(&WindowSpec { days: None, from: "9".into(), to: "10:00".into(), timezone: "UTC".into() }).is_err());
+        assert!(Window::compile(&WindowSpec { days: None, from: "09:00".into(), to: "10:00".into(), timezone: "Mars/Olympus".into() }).is_err());
+    }
+
+    #[test]
+    fn messages_are_rendered() {
+        let params = json!({"amount": 1500}).as_object().unwrap().clone();
+        let constants = json!({"max_bet_amount": 1000});
+        let cel_constants = cel::to_value(&constants).unwrap();
+        let f = facts(&params, &constants, &cel_constants);
+        assert_eq!(
+            render("bets above {{constants.max_bet_amount}} are not allowed ({{ params.amount }}, {{nope}})", &f),
+            "bets above 1000 are not allowed (1500, {{nope}})"
+        );
+    }
+}
