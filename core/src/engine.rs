@@ -7,15 +7,17 @@
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::discovery::{self, Document, DiscoveryReport, FileReport, Outcome};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
+use crate::events::{Event, EventBus, EventHandler, EventsConfig, HistoryFilter, SubscriptionId, kinds};
 use crate::manual::{CallTemplate, Manual, NativeTemplate, Tool, sanitize_name};
 use crate::openapi::{self, ConvertOptions};
 use crate::registry::{Catalogue, RegisteredTool, Registry};
@@ -73,6 +75,7 @@ struct Inner {
     vars: Variables,
     registry: Registry,
     transports: Transports,
+    events: EventBus,
 }
 
 #[derive(Clone)]
@@ -93,9 +96,10 @@ impl Engine {
     /// A new engine. Reads dotenv files named in the config once, here.
     pub fn new(config: Config) -> Result<Engine> {
         let vars = Variables::new(&config)?;
+        let events = EventBus::new(EventsConfig::from_value(config.other.get("events"))?);
         let config = Arc::new(config);
         let transports = Transports::new(config.clone());
-        Ok(Engine { inner: Arc::new(Inner { config, vars, registry: Registry::new(), transports }) })
+        Ok(Engine { inner: Arc::new(Inner { config, vars, registry: Registry::new(), transports, events }) })
     }
 
     /// A new engine from config JSON (`null` or `{}` for defaults).
@@ -196,6 +200,7 @@ impl Engine {
         .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
         let entry = self.inner.registry.register(&manual_name, manual)?;
         tracing::debug!(manual = %manual_name, tools = entry.tools.len(), "manual registered");
+        self.publish_manual(kinds::MANUAL_REGISTERED, &manual_name, entry.tools.len());
         Ok(entry.tools.iter().map(|t| t.name.clone()).collect())
     }
 
@@ -261,9 +266,11 @@ impl Engine {
     }
 
     pub fn deregister_manual(&self, name: &str) -> bool {
+        let tools = self.inner.registry.snapshot().manual(name).map_or(0, |m| m.tools.len());
         let removed = self.inner.registry.deregister(name);
         if removed {
             self.inner.transports.remove_natives_of(name);
+            self.publish_manual(kinds::MANUAL_DEREGISTERED, name, tools);
         }
         removed
     }
@@ -308,25 +315,46 @@ impl Engine {
     /// against the tool's `inputs` → transport (timeout, cancellation) → post-processors.
     /// `args` is an object (or `null` for none).
     pub async fn call_tool(&self, name: &str, args: Value, options: CallOptions) -> Result<Value> {
-        let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
-        let transports = &self.inner.transports;
-        let call = AssertUnwindSafe(Box::pin(transports.call(&tool, &template, args, timeout))).catch_unwind();
-        let result = guard(&tool.name, call, timeout, options.cancel.as_ref())
-            .await?
-            .map_err(|panic| Error::from_panic(panic.as_ref(), &format!("tool '{}'", tool.name)))??;
-        Ok(transport::post::apply(&self.inner.config.post_processing, &tool.name, &tool.manual, result))
+        let span = call_span(name, &options);
+        async {
+            let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
+            // (policy checks go here, before `tool.called`)
+            let started = self.call_started(&tool.name, &options);
+            let transports = &self.inner.transports;
+            let call = AssertUnwindSafe(Box::pin(transports.call(&tool, &template, args, timeout))).catch_unwind();
+            let result = async {
+                guard(&tool.name, call, timeout, options.cancel.as_ref())
+                    .await?
+                    .map_err(|panic| Error::from_panic(panic.as_ref(), &format!("tool '{}'", tool.name)))?
+            }
+            .await
+            .map(|r| transport::post::apply(&self.inner.config.post_processing, &tool.name, &tool.manual, r));
+            self.call_finished(&tool.name, &options, started, result.as_ref().err(), false);
+            result
+        }
+        .instrument(span)
+        .await
     }
 
     /// Call a tool and receive its results as they arrive: the items of an `sse` or
     /// `streamable_http` tool, the one result of any other. The timeout bounds
     /// opening the stream; cancelling ends the stream with a `CANCELLED` item.
     pub async fn call_tool_stream(&self, name: &str, args: Value, options: CallOptions) -> Result<ItemStream> {
+        let span = call_span(name, &options);
         let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
+        // (policy checks go here, before `tool.called`)
+        let started = self.call_started(&tool.name, &options);
         let transports = &self.inner.transports;
         let open = AssertUnwindSafe(Box::pin(transports.call_stream(&tool, &template, args, timeout))).catch_unwind();
-        let stream = guard(&tool.name, open, timeout, options.cancel.as_ref())
-            .await?
-            .map_err(|panic| Error::from_panic(panic.as_ref(), &format!("tool '{}'", tool.name)))??;
+        let stream = async {
+            guard(&tool.name, open, timeout, options.cancel.as_ref())
+                .await?
+                .map_err(|panic| Error::from_panic(panic.as_ref(), &format!("tool '{}'", tool.name)))?
+        }
+        .instrument(span)
+        .await;
+        self.call_finished(&tool.name, &options, started, stream.as_ref().err(), true);
+        let stream = stream?;
         let engine = self.clone();
         let cancel = options.cancel.clone();
         let state = (stream, tool, cancel, false);
@@ -459,7 +487,89 @@ impl Engine {
         let added = self.inner.registry.add_tool(manual, tool)?;
         let _ = added.validator.set(Ok(Arc::new(validator)));
         self.inner.transports.set_native(&added.name, handler);
+        let tools = self.inner.registry.snapshot().manual(manual).map_or(1, |m| m.tools.len());
+        self.publish_manual(kinds::MANUAL_REGISTERED, manual, tools);
         Ok(added.name.clone())
+    }
+
+    // ----- events (design §8) -----
+
+    /// The engine's event bus: publish from other layers (`policy.denied`,
+    /// `approval.*`, `ratelimit.limited`, workflow and step events).
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// Subscribe `handler` to events whose type matches the glob `pattern`.
+    pub fn subscribe(&self, pattern: &str, handler: EventHandler) -> Result<SubscriptionId> {
+        self.inner.events.subscribe(pattern, handler)
+    }
+
+    pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        self.inner.events.unsubscribe(id)
+    }
+
+    /// Events kept in the in-memory history that pass `filter`, in id order.
+    pub fn history(&self, filter: &HistoryFilter) -> Vec<Arc<Event>> {
+        self.inner.events.history(filter)
+    }
+
+    /// A JSON snapshot of the metrics.
+    pub fn metrics(&self) -> Value {
+        self.inner.events.metrics()
+    }
+
+    /// The metrics in Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.events.metrics_text()
+    }
+
+    fn publish_manual(&self, kind: &'static str, manual: &str, tools: usize) {
+        self.inner.events.publish(Event::new(kind).data(serde_json::json!({"manual": manual, "tools": tools})));
+    }
+
+    /// `tool.called`; returns when the call started.
+    fn call_started(&self, tool: &str, options: &CallOptions) -> Instant {
+        let event = Event::new(kinds::TOOL_CALLED).tool(tool).context(options.tenant.as_deref(), options.session.as_deref());
+        self.inner.events.publish(event);
+        Instant::now()
+    }
+
+    /// `tool.succeeded` / `tool.failed` and the call metrics. Event data holds the
+    /// code and our own message only: a tool's output (`TOOL_FAILED` bodies, a
+    /// handler's panic text) may carry anything, so it is summarised.
+    fn call_finished(&self, tool: &str, options: &CallOptions, started: Instant, error: Option<&Error>, stream: bool) {
+        let elapsed = started.elapsed();
+        let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+        let events = &self.inner.events;
+        events.metrics_handle().record_call(tool, elapsed, error.map(Error::code));
+        let mut data = Map::new();
+        let kind = match error {
+            None => kinds::TOOL_SUCCEEDED,
+            Some(e) => {
+                let code = e.code();
+                let message = match code {
+                    ErrorCode::ToolFailed => match e.http_status() {
+                        Some(status) => format!("tool '{tool}' failed with HTTP status {status}"),
+                        None => format!("tool '{tool}' failed"),
+                    },
+                    ErrorCode::Panic => format!("tool '{tool}' panicked"),
+                    _ => e.to_string(),
+                };
+                data.insert("code".into(), code.as_str().into());
+                data.insert("message".into(), message.into());
+                if let Some(status) = e.http_status() {
+                    data.insert("status".into(), status.into());
+                }
+                kinds::TOOL_FAILED
+            }
+        };
+        data.insert("duration_ms".into(), duration_ms.into());
+        if stream {
+            data.insert("stream".into(), true.into());
+        }
+        let event = Event::new(kind).tool(tool).context(options.tenant.as_deref(), options.session.as_deref());
+        events.publish(event.data(Value::Object(data)));
     }
 
     /// The policy for fetching manuals: `discovery.allow_insecure_http`, and private
@@ -523,6 +633,16 @@ impl Engine {
             .map_err(|e| Error::InvalidManual(format!("{url}: {e}")))?;
         Ok(discovery::classify(value))
     }
+}
+
+/// The tracing span of one call: tool, tenant, session; never arguments.
+fn call_span(tool: &str, options: &CallOptions) -> tracing::Span {
+    tracing::info_span!(
+        "call_tool",
+        tool = tool,
+        tenant = options.tenant.as_deref(),
+        session = options.session.as_deref()
+    )
 }
 
 fn transport_error(url: &url::Url, e: reqwest::Error) -> Error {
