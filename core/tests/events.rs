@@ -306,8 +306,11 @@ async fn domain_events_feed_the_metrics() {
     assert!(text.contains("utp_rate_limited_total{tool=\"bet.placeBet\"} 1"), "{text}");
 }
 
+/// One sample: metric name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// Parse Prometheus text exposition: comments, and `name{labels} value` lines.
-fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+fn parse_prometheus(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.is_empty() {
@@ -415,4 +418,23 @@ fn events_config_is_checked() {
     }
     let e = Engine::from_json(json!({"events": {"history_size": 2}})).unwrap();
     assert_eq!(e.events().config(), EventsConfig { history_size: 2, queue_capacity: 1024 });
+}
+
+#[test]
+fn dropping_the_engine_stops_subscriber_threads() {
+    let e = Engine::from_json(json!({})).unwrap();
+    let sentinel = Arc::new(());
+    let held = sentinel.clone();
+    e.subscribe("*", Arc::new(move |_| {
+        let _ = &held;
+        Ok(())
+    }))
+    .unwrap();
+    assert_eq!(Arc::strong_count(&sentinel), 2);
+    drop(e);
+    let deadline = std::time::Instant::now() + WAIT;
+    while Arc::strong_count(&sentinel) > 1 {
+        assert!(std::time::Instant::now() < deadline, "the subscriber thread still holds its handler");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
