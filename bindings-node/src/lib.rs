@@ -243,13 +243,19 @@ fn optional_schema(value: Option<&Value>, what: &str) -> napi::Result<Option<Val
     }
 }
 
-/// `{ timeout, tenant, session }` of callTool. `timeout` is in seconds.
+/// `{ timeout, tenant, session, user, approvalId, failFastOnApproval }` of callTool.
+/// `timeout` is in seconds.
 fn call_options(options: StrictJson) -> napi::Result<CallOptions> {
     let options = option_map(
         options.0.into_optional("callTool options").map_err(invalid)?,
         "callTool",
-        &["timeout", "tenant", "session"],
+        &["timeout", "tenant", "session", "user", "approvalId", "failFastOnApproval"],
     )?;
+    let fail_fast_on_approval = match options.get("failFastOnApproval") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(invalid(format!("failFastOnApproval must be a boolean, found {}", json_kind(other)))),
+    };
     let timeout = match options.get("timeout") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => {
@@ -273,6 +279,9 @@ fn call_options(options: StrictJson) -> napi::Result<CallOptions> {
         timeout,
         tenant: optional_string(options.get("tenant"), "tenant")?,
         session: optional_string(options.get("session"), "session")?,
+        user: optional_string(options.get("user"), "user")?,
+        approval_id: optional_string(options.get("approvalId"), "approvalId")?,
+        fail_fast_on_approval,
         cancel: None,
     })
 }

@@ -454,7 +454,7 @@ impl PyEngine {
             };
             let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
             let cancel = CancellationToken::new();
-            let options = CallOptions { timeout, tenant, session, cancel: Some(cancel.clone()) };
+            let options = CallOptions { timeout, tenant, session, cancel: Some(cancel.clone()), ..CallOptions::default() };
             let r = self.running(py)?;
             let result = r.block_on_interruptible(py, r.engine.call_tool(name, args, options), &cancel)?;
             to_py(py, &result.map_err(|e| to_py_err(py, &e))?)

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::domain::{Domain, DomainSpec};
 use crate::discovery::{self, Document, DiscoveryReport, FileReport, Outcome};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{Event, EventBus, EventHandler, EventsConfig, HistoryFilter, SubscriptionId, kinds};
@@ -38,6 +39,13 @@ pub struct CallOptions {
     pub session: Option<String>,
     /// Cancelling this token ends the call with `CANCELLED` (a CLI tool's process group is killed).
     pub cancel: Option<CancellationToken>,
+    /// User the call is made for (rate limits `per: user`).
+    pub user: Option<String>,
+    /// An escalated call fails at once with `APPROVAL_REQUIRED` (and the approval id)
+    /// instead of waiting for `approve`.
+    pub fail_fast_on_approval: bool,
+    /// An approval granted earlier for this tool: the escalated call runs (once).
+    pub approval_id: Option<String>,
 }
 
 /// Where a manual comes from.
@@ -76,6 +84,7 @@ struct Inner {
     registry: Registry,
     transports: Transports,
     events: EventBus,
+    domain: Domain,
 }
 
 #[derive(Clone)]
@@ -97,9 +106,13 @@ impl Engine {
     pub fn new(config: Config) -> Result<Engine> {
         let vars = Variables::new(&config)?;
         let events = EventBus::new(EventsConfig::from_value(config.other.get("events"))?);
+        let domain = DomainSpec::from_config(&config.other)
+            .and_then(Domain::new)
+            .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
         let config = Arc::new(config);
         let transports = Transports::new(config.clone());
-        Ok(Engine { inner: Arc::new(Inner { config, vars, registry: Registry::new(), transports, events }) })
+        let registry = Registry::new();
+        Ok(Engine { inner: Arc::new(Inner { config, vars, registry, transports, events, domain }) })
     }
 
     /// A new engine from config JSON (`null` or `{}` for defaults).
@@ -113,6 +126,11 @@ impl Engine {
 
     pub fn variables(&self) -> &Variables {
         &self.inner.vars
+    }
+
+    /// The domain layer (permissions, rules, rate limits, approvals).
+    pub fn domain(&self) -> &Domain {
+        &self.inner.domain
     }
 
     /// Register the manuals listed in config `manuals`. Returns the names registered.
@@ -318,7 +336,7 @@ impl Engine {
         let span = call_span(name, &options);
         async {
             let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
-            // (policy checks go here, before `tool.called`)
+            self.authorize(&tool, &args, &options, timeout).await?;
             let started = self.call_started(&tool.name, &options);
             let transports = &self.inner.transports;
             let call = AssertUnwindSafe(Box::pin(transports.call(&tool, &template, args, timeout))).catch_unwind();
@@ -342,7 +360,7 @@ impl Engine {
     pub async fn call_tool_stream(&self, name: &str, args: Value, options: CallOptions) -> Result<ItemStream> {
         let span = call_span(name, &options);
         let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
-        // (policy checks go here, before `tool.called`)
+        self.authorize(&tool, &args, &options, timeout).instrument(span.clone()).await?;
         let started = self.call_started(&tool.name, &options);
         let transports = &self.inner.transports;
         let open = AssertUnwindSafe(Box::pin(transports.call_stream(&tool, &template, args, timeout))).catch_unwind();

@@ -503,7 +503,8 @@ pub unsafe extern "C" fn utp_discover(
 // Calling tools
 // ---------------------------------------------------------------------------
 
-/// Read `options_json`: `{"timeout": seconds, "tenant": "...", "session": "..."}`.
+/// Read `options_json`: `{"timeout": seconds, "tenant", "session", "user",
+/// "approval_id": "...", "fail_fast_on_approval": bool}`.
 fn call_options(options_json: Option<&str>) -> Result<CallOptions, Error> {
     let Some(text) = options_json.filter(|t| !t.trim().is_empty()) else { return Ok(CallOptions::default()) };
     let value: Value =
@@ -523,10 +524,17 @@ fn call_options(options_json: Option<&str>) -> Result<CallOptions, Error> {
             }
             ("tenant", Value::String(s)) => options.tenant = Some(s),
             ("session", Value::String(s)) => options.session = Some(s),
-            (k @ ("timeout" | "tenant" | "session"), other) => {
+            ("user", Value::String(s)) => options.user = Some(s),
+            ("approval_id", Value::String(s)) => options.approval_id = Some(s),
+            ("fail_fast_on_approval", Value::Bool(b)) => options.fail_fast_on_approval = b,
+            (k @ ("timeout" | "tenant" | "session" | "user" | "approval_id" | "fail_fast_on_approval"), other) => {
                 return Err(invalid(format!("options_json.{k} has the wrong type: {other}")));
             }
-            (k, _) => return Err(invalid(format!("unknown option '{k}' (expected timeout, tenant, session)"))),
+            (k, _) => {
+                return Err(invalid(format!(
+                    "unknown option '{k}' (expected timeout, tenant, session, user, approval_id, fail_fast_on_approval)"
+                )));
+            }
         }
     }
     Ok(options)

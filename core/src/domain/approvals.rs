@@ -38,6 +38,8 @@ pub struct ApprovalInfo {
 struct Entry {
     info: ApprovalInfo,
     seq: u64,
+    /// An approval lets one call through.
+    used: bool,
     tx: watch::Sender<ApprovalStatus>,
 }
 
@@ -82,7 +84,7 @@ impl Approvals {
                 entries.remove(k);
             }
         }
-        entries.insert(id, Entry { info: info.clone(), seq, tx });
+        entries.insert(id, Entry { info: info.clone(), seq, used: false, tx });
         (info, rx)
     }
 
@@ -115,6 +117,27 @@ impl Approvals {
             .collect();
         list.sort_by_key(|(seq, _)| *seq);
         list.into_iter().map(|(_, info)| info).collect()
+    }
+
+    /// Use an approved approval for one call of `tool`; it cannot be used again.
+    pub fn consume(&self, id: &str, tool: &str) -> Result<()> {
+        let mut entries = self.entries.lock();
+        let entry = entries.get_mut(id).ok_or_else(|| Error::NotFound(format!("no approval with id '{id}'")))?;
+        if entry.info.tool != tool {
+            return Err(Error::PermissionDenied(format!("approval '{id}' is for '{}', not '{tool}'", entry.info.tool)));
+        }
+        match (entry.info.status, entry.used) {
+            (ApprovalStatus::Approved, false) => {
+                entry.used = true;
+                Ok(())
+            }
+            (ApprovalStatus::Approved, true) => Err(Error::PermissionDenied(format!("approval '{id}' was already used"))),
+            (ApprovalStatus::Pending, _) => Err(Error::ApprovalRequired {
+                message: format!("approval '{id}' is still pending"),
+                approval_id: id.to_string(),
+            }),
+            (ApprovalStatus::Denied, _) => Err(Error::PermissionDenied(format!("approval '{id}' was refused"))),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<ApprovalInfo> {
