@@ -20,6 +20,7 @@ pub mod vars;
 
 pub use config::Config;
 pub use discovery::{DiscoveryReport, FileReport, Outcome};
+pub use domain::{ApprovalInfo, ApprovalStatus, HostRule, HostVerdict};
 pub use engine::{CallOptions, Engine, ManualSource};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};
