@@ -336,8 +336,8 @@ impl Engine {
         let span = call_span(name, &options);
         async {
             let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
-            self.authorize(&tool, &args, &options, timeout).await?;
-            let started = self.call_started(&tool.name, &options);
+            let policy = self.authorize(&tool, &args, &options, timeout).await?;
+            let started = self.call_started(&tool.name, &options, policy);
             let transports = &self.inner.transports;
             let call = AssertUnwindSafe(Box::pin(transports.call(&tool, &template, args, timeout))).catch_unwind();
             let result = async {
@@ -360,8 +360,8 @@ impl Engine {
     pub async fn call_tool_stream(&self, name: &str, args: Value, options: CallOptions) -> Result<ItemStream> {
         let span = call_span(name, &options);
         let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
-        self.authorize(&tool, &args, &options, timeout).instrument(span.clone()).await?;
-        let started = self.call_started(&tool.name, &options);
+        let policy = self.authorize(&tool, &args, &options, timeout).instrument(span.clone()).await?;
+        let started = self.call_started(&tool.name, &options, policy);
         let transports = &self.inner.transports;
         let open = AssertUnwindSafe(Box::pin(transports.call_stream(&tool, &template, args, timeout))).catch_unwind();
         let stream = async {
@@ -546,9 +546,13 @@ impl Engine {
         self.inner.events.publish(Event::new(kind).data(serde_json::json!({"manual": manual, "tools": tools})));
     }
 
-    /// `tool.called`; returns when the call started.
-    fn call_started(&self, tool: &str, options: &CallOptions) -> Instant {
-        let event = Event::new(kinds::TOOL_CALLED).tool(tool).context(options.tenant.as_deref(), options.session.as_deref());
+    /// `tool.called` with the domain decision that let it run (the audit record of an
+    /// allowed call); returns when the call started.
+    fn call_started(&self, tool: &str, options: &CallOptions, policy: Value) -> Instant {
+        let event = Event::new(kinds::TOOL_CALLED)
+            .tool(tool)
+            .context(options.tenant.as_deref(), options.session.as_deref())
+            .data(policy);
         self.inner.events.publish(event);
         Instant::now()
     }

@@ -15,22 +15,32 @@ impl Engine {
     /// Run the domain checks for a call about to run: decide, wait for (or fail fast
     /// on) an approval when escalated, then take the rate limits. Publishes
     /// `policy.denied`, `approval.requested`, `approval.resolved`, `ratelimit.limited`.
+    /// Returns the decision that let the call through, for its `tool.called` event.
     pub(crate) async fn authorize(
         &self,
         tool: &RegisteredTool,
         params: &Map<String, Value>,
         options: &CallOptions,
         timeout: Duration,
-    ) -> Result<()> {
+    ) -> Result<Value> {
         let domain = self.domain();
         let call = call_of(tool, params, options);
         let decision = domain.decide(&call, jiff::Timestamp::now()).await;
+        let mut audit = Map::new();
+        audit.insert("decision".into(), Value::String(decision.outcome.as_str().into()));
+        audit.insert("security_level".into(), Value::String(decision.level.as_str().into()));
+        if !decision.hits.is_empty() {
+            audit.insert("rules".into(), json!(decision.hits));
+        }
         match decision.outcome {
             Outcome::Allow => {}
             Outcome::Deny => return Err(self.denied(&call, &decision)),
-            Outcome::Escalate => self.escalate(&call, &decision, options, timeout).await?,
+            Outcome::Escalate => {
+                let approval = self.escalate(&call, &decision, options, timeout).await?;
+                audit.insert("approval_id".into(), Value::String(approval));
+            }
         }
-        domain.limits.acquire(&call).map_err(|limited| {
+        domain.limits.acquire(&call).map(|()| Value::Object(audit)).map_err(|limited| {
             self.publish(
                 &call,
                 Event::new(kinds::RATELIMIT_LIMITED)
@@ -53,11 +63,12 @@ impl Engine {
         Error::PermissionDenied(format!("call to '{}' denied: {}", call.tool, decision.reason()))
     }
 
-    async fn escalate(&self, call: &Call<'_>, decision: &Decision, options: &CallOptions, timeout: Duration) -> Result<()> {
+    /// Wait for (or fail fast on) an approval; returns the id of the approval used.
+    async fn escalate(&self, call: &Call<'_>, decision: &Decision, options: &CallOptions, timeout: Duration) -> Result<String> {
         let approvals = &self.domain().approvals;
         // A call retried with an approval granted earlier (fail-fast flow) runs once.
         if let Some(id) = options.approval_id.as_deref() {
-            return approvals.consume(id, call.tool);
+            return approvals.consume(id, call.tool).map(|()| id.to_string());
         }
         let (info, mut rx) = approvals.request(call.tool, call.tenant, call.session, decision.reason());
         let mut data = decision.to_value();
@@ -90,7 +101,7 @@ impl Engine {
             _ = cancelled(options) => return Err(Error::Cancelled(format!("call to '{}' cancelled while waiting for approval '{}'", call.tool, info.id))),
         };
         match waited {
-            Some(ApprovalStatus::Approved) => approvals.consume(&info.id, call.tool),
+            Some(ApprovalStatus::Approved) => approvals.consume(&info.id, call.tool).map(|()| info.id),
             Some(_) => {
                 let why = approvals.get(&info.id).and_then(|a| a.resolution_reason).unwrap_or_else(|| "no reason given".into());
                 Err(Error::PermissionDenied(format!("call to '{}' denied: approval '{}' was refused ({why})", call.tool, info.id)))

@@ -59,6 +59,16 @@ pub enum Outcome {
     Deny,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Escalate => "escalate",
+            Outcome::Deny => "deny",
+        }
+    }
+}
+
 /// One check that did not simply allow.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RuleHit {
