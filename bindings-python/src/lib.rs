@@ -5,17 +5,24 @@
 //! `utp.UtpError` subclasses carrying the stable `.code`; a Rust panic is caught here and
 //! raised as `utp.PanicError` (pyo3's own `PanicException` escapes `except Exception`).
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pyo3::exceptions::PyException;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::PyTraverseError;
 use serde_json::{Map, Number, Value};
-use utp_core::{CallOptions, CancellationToken, Config, Engine as CoreEngine, Error, ErrorCode, ManualSource, NativeHandler};
+use utp_core::events::{Pattern, kinds};
+use utp_core::{
+    CallOptions, CancellationToken, Config, Engine as CoreEngine, Error, ErrorCode, Event, EventHandler, HistoryFilter,
+    HostRule, HostVerdict, ManualSource, NativeHandler, SubscriptionId,
+};
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -64,15 +71,32 @@ fn error_types(py: Python<'_>) -> PyResult<&ErrorTypes> {
             let ty = PyErr::new_type(py, &qualified, None, Some(base.bind(py)), None)?;
             ty.bind(py).setattr("code", code.as_str())?;
             ty.bind(py).setattr("__module__", "utp")?;
+            // Filled in on each instance raised for a core error that carries them.
+            match code {
+                ErrorCode::RateLimited => ty.bind(py).setattr("retry_after", py.None())?,
+                ErrorCode::ApprovalRequired => ty.bind(py).setattr("approval_id", py.None())?,
+                _ => {}
+            }
             by_code.push((code, ty));
         }
         Ok(ErrorTypes { base, by_code })
     })
 }
 
-/// A core error as the matching Python exception.
+/// A core error as the matching Python exception; `RateLimitedError` carries
+/// `retry_after` (seconds) and `ApprovalRequiredError` its `approval_id`.
 fn to_py_err(py: Python<'_>, error: &Error) -> PyErr {
-    raise(py, error.code(), error.to_string())
+    let err = raise(py, error.code(), error.to_string());
+    let value = err.value(py);
+    let set = match (error.retry_after(), error.approval_id()) {
+        (Some(wait), _) => value.setattr("retry_after", wait.as_secs_f64()),
+        (_, Some(id)) => value.setattr("approval_id", id),
+        _ => Ok(()),
+    };
+    match set {
+        Ok(()) => err,
+        Err(e) => e,
+    }
 }
 
 fn raise(py: Python<'_>, code: ErrorCode, message: String) -> PyErr {
@@ -211,20 +235,44 @@ fn path_like(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Str
 /// The core engine and the tokio runtime that drives its async methods.
 struct Running {
     engine: CoreEngine,
-    runtime: tokio::runtime::Runtime,
+    /// `None` only while `Running` is being dropped or shut down.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The last reference may go with the GIL held (at the end of a method, or in
+        // the garbage collector) while a blocking task waits for the GIL: never wait
+        // for the runtime here. `close()` joins it with the GIL released instead.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// How often a blocking call looks for Ctrl-C (signals are only seen on the main thread).
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 impl Running {
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        // Invariant: only `Drop` and `shutdown` (which own `self`) take it out.
+        self.runtime.as_ref().expect("the runtime lives as long as Running")
+    }
+
+    /// Join the runtime's threads (at most `timeout`); call with the GIL released.
+    fn shutdown(mut self, timeout: Duration) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(timeout);
+        }
+    }
+
     /// Block on a core future with the GIL released.
     fn block_on<F>(&self, py: Python<'_>, future: F) -> F::Output
     where
         F: std::future::Future + Send,
         F::Output: Send,
     {
-        py.detach(|| self.runtime.block_on(future))
+        py.detach(|| self.rt().block_on(future))
     }
 
     /// Like `block_on`, but a pending signal (Ctrl-C → KeyboardInterrupt) cancels
@@ -235,7 +283,7 @@ impl Running {
         F::Output: Send,
     {
         py.detach(|| {
-            self.runtime.block_on(async {
+            self.rt().block_on(async {
                 let mut future = std::pin::pin!(future);
                 loop {
                     tokio::select! {
@@ -276,18 +324,250 @@ fn call_python_tool(py: Python<'_>, func: &Py<PyAny>, tool: &str, args: &Value) 
     })
 }
 
+// ---------------------------------------------------------------------------
+// Python callables stored by the engine (tools, business rules, subscribers)
+// ---------------------------------------------------------------------------
+
+/// A Python callable held for the core. The core's closure owns an `Arc` of it and
+/// the engine's registry owns another, which `__traverse__` reports to the garbage
+/// collector; removing the rule / unsubscribing / `close()` / `__clear__` takes the
+/// callable out, so a closure the core still holds afterwards keeps nothing alive.
+struct Callback {
+    func: Mutex<Option<Py<PyAny>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Callback {
+    fn new(func: Py<PyAny>) -> Arc<Callback> {
+        Arc::new(Callback { func: Mutex::new(Some(func)) })
+    }
+
+    /// A new reference to the callable (None once released). The lock is held only
+    /// for the increment: no Python code runs under it.
+    fn get(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        locked(&self.func).as_ref().map(|f| f.clone_ref(py))
+    }
+
+    fn take(&self) -> Option<Py<PyAny>> {
+        locked(&self.func).take()
+    }
+}
+
+/// What a stored callable is registered as, so removing that thing releases it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Slot {
+    Tool(String),
+    Rule(String),
+    Subscription(u64),
+}
+
+/// `"ValueError: boom"` for an exception.
+fn describe(py: Python<'_>, e: &PyErr) -> String {
+    let kind = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
+    format!("{kind}: {}", e.value(py))
+}
+
+/// Call `func(*args)`; when it returns an awaitable (`async def`), run it to the end
+/// with `asyncio.run` on this thread (which has no event loop of its own).
+fn call_maybe_async<'py>(
+    py: Python<'py>,
+    func: &Py<PyAny>,
+    args: impl pyo3::call::PyCallArgs<'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let result = func.bind(py).call1(args)?;
+    let inspect = py.import("inspect")?;
+    if inspect.call_method1("isawaitable", (&result,))?.is_truthy()? {
+        return py.import("asyncio")?.call_method1("run", (result,));
+    }
+    Ok(result)
+}
+
+/// Log `error` with its traceback on the `logging` logger `name` at `level`
+/// (`"warning"`, `"error"`), `%`-style. Logging failures are ignored.
+fn log_exception<'py>(py: Python<'py>, name: &str, level: &str, error: &PyErr, message: &str, args: Vec<Bound<'py, PyAny>>) {
+    let logged = (|| -> PyResult<()> {
+        let logger = py.import("logging")?.call_method1("getLogger", (name,))?;
+        let kwargs = PyDict::new(py);
+        let traceback = error.traceback(py).map(|t| t.into_any()).unwrap_or_else(|| py.None().into_bound(py));
+        kwargs.set_item("exc_info", (error.get_type(py), error.value(py), traceback))?;
+        let mut all = vec![PyString::new(py, message).into_any()];
+        all.extend(args);
+        logger.call_method(level, PyTuple::new(py, all)?, Some(&kwargs))?;
+        Ok(())
+    })();
+    drop(logged);
+}
+
+/// Run a business rule `func(tool, action, params)` on the calling (blocking-pool)
+/// thread. True / `Decision.allow()` allow; False / `Decision.deny()` deny;
+/// `Decision.escalate()` asks for an approval. An exception or any other return
+/// value is an `Err` — the core denies the call with it (fail closed).
+fn run_rule(py: Python<'_>, callback: &Callback, rule: &str, tool: String, action: String, params: Value) -> Result<HostVerdict, String> {
+    let Some(func) = callback.get(py) else {
+        return Err("its Python function was released (engine closed or rule removed)".into());
+    };
+    let raised = |e: PyErr| {
+        let args = [rule, tool.as_str(), action.as_str()].map(|a| PyString::new(py, a).into_any()).to_vec();
+        log_exception(py, "utp.rules", "warning", &e, "business rule %r raised; the call to %s.%s is denied", args);
+        format!("raised {}", describe(py, &e))
+    };
+    let params = to_py(py, &params).map_err(raised)?;
+    let result = call_maybe_async(py, &func, (tool.as_str(), action.as_str(), params)).map_err(raised)?;
+    if let Ok(b) = result.cast::<PyBool>() {
+        return Ok(if b.is_true() { HostVerdict::Allow } else { HostVerdict::Deny(None) });
+    }
+    if let Ok(d) = result.cast::<PyDecision>() {
+        let d = d.get();
+        return Ok(match d.kind {
+            DecisionKind::Allow => HostVerdict::Allow,
+            DecisionKind::Deny => HostVerdict::Deny(d.reason.clone()),
+            DecisionKind::Escalate => HostVerdict::Escalate(d.reason.clone()),
+        });
+    }
+    Err(format!("returned {}, expected a bool or a utp.Decision", type_name(&result)))
+}
+
+/// Deliver one event to a subscriber on its own (library) thread. An exception is
+/// logged on the `utp.events` logger and returned, so the bus counts it.
+fn run_subscriber(py: Python<'_>, callback: &Callback, pattern: &str, event: &Event) -> Result<(), String> {
+    let Some(func) = callback.get(py) else { return Ok(()) };
+    let delivered = to_py(py, &event.to_value()).and_then(|e| call_maybe_async(py, &func, (e,)));
+    match delivered {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            log_exception(
+                py,
+                "utp.events",
+                "error",
+                &e,
+                "event subscriber %r (pattern %r) raised on %s event #%d",
+                vec![
+                    func.bind(py).clone(),
+                    PyString::new(py, pattern).into_any(),
+                    PyString::new(py, event.kind()).into_any(),
+                    event.id.into_pyobject(py).map(|i| i.into_any()).unwrap_or_else(|_| py.None().into_bound(py)),
+                ],
+            );
+            Err(format!("raised {}", describe(py, &e)))
+        }
+    }
+}
+
+/// A pattern or type filter must match at least one event type of design §8, so a
+/// typo (`"tool.sucess"`) is an error instead of a subscription that never fires.
+fn check_pattern(py: Python<'_>, pattern: &str, what: &str) -> PyResult<()> {
+    if pattern.trim().is_empty() {
+        return Err(invalid(py, format!("{what} is empty: use \"*\" for every event, or e.g. \"tool.*\", \"policy.denied\"")));
+    }
+    let compiled = Pattern::new(pattern);
+    if kinds::ALL.iter().any(|k| compiled.matches(k)) {
+        return Ok(());
+    }
+    Err(invalid(py, format!("{what} '{pattern}' matches no event type; the types are: {}", kinds::ALL.join(", "))))
+}
+
+/// A business rule's answer: `Decision.allow()`, `Decision.deny(reason=None)`,
+/// `Decision.escalate(reason=None)` (the call waits for `engine.approve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum DecisionKind {
+    Allow,
+    Deny,
+    Escalate,
+}
+
+impl DecisionKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Allow => "allow",
+            DecisionKind::Deny => "deny",
+            DecisionKind::Escalate => "escalate",
+        }
+    }
+}
+
+/// What a business rule returns when a bool is not enough: `Decision.allow()`,
+/// `Decision.deny(reason=None)` or `Decision.escalate(reason=None)`.
+#[pyclass(module = "utp._utp", name = "Decision", frozen, eq, hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PyDecision {
+    kind: DecisionKind,
+    reason: Option<String>,
+}
+
+#[pymethods]
+impl PyDecision {
+    /// Let the call run (as far as this rule is concerned).
+    #[staticmethod]
+    fn allow() -> PyDecision {
+        PyDecision { kind: DecisionKind::Allow, reason: None }
+    }
+
+    /// Refuse the call; `reason` is shown in the `PermissionDeniedError`.
+    #[staticmethod]
+    #[pyo3(signature = (reason=None))]
+    fn deny(reason: Option<String>) -> PyDecision {
+        PyDecision { kind: DecisionKind::Deny, reason }
+    }
+
+    /// Hold the call for a human approval (`engine.approve(approval_id)`).
+    #[staticmethod]
+    #[pyo3(signature = (reason=None))]
+    fn escalate(reason: Option<String>) -> PyDecision {
+        PyDecision { kind: DecisionKind::Escalate, reason }
+    }
+
+    /// `"allow"`, `"deny"` or `"escalate"`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.kind.as_str()
+    }
+
+    #[getter]
+    fn reason(&self) -> Option<String> {
+        self.reason.clone()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(match &self.reason {
+            None => format!("Decision.{}()", self.kind.as_str()),
+            Some(r) => format!("Decision.{}(reason={})", self.kind.as_str(), PyString::new(py, r).repr()?),
+        })
+    }
+}
+
 /// The runtime engine. `utp.Engine` (Python) subclasses this to add the `*_async`
 /// twins and the context manager.
 #[pyclass(module = "utp._utp", name = "Engine", subclass, frozen)]
 struct PyEngine {
     // `None` once closed. Methods clone the Arc, so `close()` never waits for a call.
     running: Mutex<Option<Arc<Running>>>,
+    /// The Python callables the core holds, visible to the garbage collector.
+    callbacks: Mutex<HashMap<Slot, Arc<Callback>>>,
 }
 
 impl PyEngine {
     fn running(&self, py: Python<'_>) -> PyResult<Arc<Running>> {
         let guard = self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?;
         guard.clone().ok_or_else(|| invalid(py, "engine is closed"))
+    }
+
+    fn keep(&self, slot: Slot, callback: Arc<Callback>) {
+        let old = locked(&self.callbacks).insert(slot, callback);
+        // Dropped here, outside the lock: releasing it may run Python code (`__del__`).
+        drop(old.and_then(|c| c.take()));
+    }
+
+    /// Release the callables of the slots `pick` selects; returns them so the caller
+    /// drops them after every lock is gone.
+    fn release_where(&self, pick: impl Fn(&Slot) -> bool) -> Vec<(Slot, Option<Py<PyAny>>)> {
+        let mut map = locked(&self.callbacks);
+        let slots: Vec<Slot> = map.keys().filter(|s| pick(s)).cloned().collect();
+        let taken: Vec<(Slot, Arc<Callback>)> = slots.into_iter().filter_map(|s| map.remove(&s).map(|c| (s, c))).collect();
+        drop(map);
+        taken.into_iter().map(|(s, c)| (s, c.take())).collect()
     }
 }
 
@@ -341,10 +621,10 @@ impl PyEngine {
                 .enable_all()
                 .build()
                 .map_err(|e| raise(py, ErrorCode::Internal, format!("cannot start the runtime: {e}")))?;
-            let running = Running { engine, runtime };
+            let running = Running { engine, runtime: Some(runtime) };
             let configured = running.engine.clone();
             running.block_on(py, configured.register_configured_manuals()).map_err(|e| to_py_err(py, &e))?;
-            Ok(PyEngine { running: Mutex::new(Some(Arc::new(running))) })
+            Ok(PyEngine { running: Mutex::new(Some(Arc::new(running))), callbacks: Mutex::new(HashMap::new()) })
         })
     }
 
@@ -387,7 +667,14 @@ impl PyEngine {
 
     /// Remove a manual and its tools; False if no manual had that name.
     fn deregister_manual(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
-        guarded(py, || Ok(self.running(py)?.engine.deregister_manual(name)))
+        guarded(py, || {
+            let removed = self.running(py)?.engine.deregister_manual(name);
+            if removed {
+                let prefix = format!("{name}.");
+                drop(self.release_where(|s| matches!(s, Slot::Tool(t) if t.starts_with(&prefix))));
+            }
+            Ok(removed)
+        })
     }
 
     /// Every registered tool as a dict (UTCP tool JSON, `name` = `manual.tool`), by name.
@@ -437,7 +724,14 @@ impl PyEngine {
 
     /// Call a tool with `args` (a dict); returns its result as Python values.
     /// `timeout` is in seconds. Ctrl-C interrupts the call (the tool is cancelled).
-    #[pyo3(signature = (name, args=None, *, tenant=None, session=None, timeout=None))]
+    ///
+    /// The domain layer decides first: a denial raises `PermissionDeniedError`, a
+    /// rate limit `RateLimitedError` (`.retry_after` seconds), and an escalated call
+    /// waits for `approve()` — or, with `fail_fast_on_approval=True`, raises
+    /// `ApprovalRequiredError` (`.approval_id`) at once; call again with
+    /// `approval_id=` once it is approved. `user` is what `per: user` rate limits count.
+    #[pyo3(signature = (name, args=None, *, tenant=None, session=None, timeout=None, user=None, approval_id=None, fail_fast_on_approval=false))]
+    #[allow(clippy::too_many_arguments)]
     fn call_tool<'py>(
         &self,
         py: Python<'py>,
@@ -446,6 +740,9 @@ impl PyEngine {
         tenant: Option<String>,
         session: Option<String>,
         timeout: Option<f64>,
+        user: Option<String>,
+        approval_id: Option<String>,
+        fail_fast_on_approval: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
             let args = match args {
@@ -454,7 +751,15 @@ impl PyEngine {
             };
             let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
             let cancel = CancellationToken::new();
-            let options = CallOptions { timeout, tenant, session, cancel: Some(cancel.clone()), ..CallOptions::default() };
+            let options = CallOptions {
+                timeout,
+                tenant,
+                session,
+                cancel: Some(cancel.clone()),
+                user,
+                fail_fast_on_approval,
+                approval_id,
+            };
             let r = self.running(py)?;
             let result = r.block_on_interruptible(py, r.engine.call_tool(name, args, options), &cancel)?;
             to_py(py, &result.map_err(|e| to_py_err(py, &e))?)
@@ -483,32 +788,263 @@ impl PyEngine {
             }
             let schema = |v: Option<&Bound<'_, PyAny>>| v.filter(|v| !v.is_none()).map(|v| to_json(py, v, 0)).transpose();
             let (inputs, outputs) = (schema(inputs)?, schema(outputs)?);
-            let func = Arc::new(func.unbind());
+            let callback = Callback::new(func.unbind());
+            let held = callback.clone();
             let tool = name.to_string();
             let handler: NativeHandler = Arc::new(move |args: Value| {
-                let (func, tool) = (func.clone(), tool.clone());
+                let (callback, tool) = (held.clone(), tool.clone());
                 Box::pin(async move {
-                    tokio::task::spawn_blocking(move || Python::attach(|py| call_python_tool(py, &func, &tool, &args)))
-                        .await
-                        .map_err(|e| Error::with_code(ErrorCode::Internal, format!("Python tool thread failed: {e}")))?
+                    tokio::task::spawn_blocking(move || {
+                        Python::attach(|py| match callback.get(py) {
+                            Some(func) => call_python_tool(py, &func, &tool, &args),
+                            None => Err(Error::with_code(
+                                ErrorCode::ToolFailed,
+                                format!("tool '{tool}': its Python function was released (engine closed)"),
+                            )),
+                        })
+                    })
+                    .await
+                    .map_err(|e| Error::with_code(ErrorCode::Internal, format!("Python tool thread failed: {e}")))?
                 })
             });
             let r = self.running(py)?;
-            r.engine
+            let full = r
+                .engine
                 .register_tool(name, handler, inputs, outputs, description, tags.unwrap_or_default())
-                .map_err(|e| to_py_err(py, &e))
+                .map_err(|e| to_py_err(py, &e))?;
+            self.keep(Slot::Tool(full.clone()), callback);
+            Ok(full)
         })
     }
 
+    // ----- domain layer (design §6); `utp.DomainLayer` wraps these -----
+
+    /// Add the business rule `name`: `func(tool, action, params)` (sync or
+    /// `async def`) runs on an engine thread before every call and returns a bool
+    /// or a `Decision`. An exception, another return type, or no answer within
+    /// `timeout` seconds denies the call with a message naming the rule.
+    #[pyo3(signature = (name, func, timeout=10.0))]
+    fn _add_business_rule(&self, py: Python<'_>, name: &str, func: Bound<'_, PyAny>, timeout: f64) -> PyResult<()> {
+        guarded(py, || {
+            if !func.is_callable() {
+                return Err(invalid(py, format!("business rule '{name}': fn must be callable, got {}", type_name(&func))));
+            }
+            let limit = seconds(py, timeout, "timeout")?;
+            if limit.is_zero() {
+                return Err(invalid(py, "timeout must be more than 0 seconds"));
+            }
+            let callback = Callback::new(func.unbind());
+            let (held, rule_name) = (callback.clone(), name.to_string());
+            let rule: HostRule = Arc::new(move |tool: String, action: String, params: Value| {
+                let (callback, rule_name) = (held.clone(), rule_name.clone());
+                Box::pin(async move {
+                    let handle = tokio::runtime::Handle::try_current().map_err(|e| format!("no runtime to run it on: {e}"))?;
+                    let task = handle.spawn_blocking(move || {
+                        Python::attach(|py| run_rule(py, &callback, &rule_name, tool, action, params))
+                    });
+                    match tokio::time::timeout(limit, task).await {
+                        Ok(Ok(verdict)) => verdict,
+                        Ok(Err(e)) => Err(format!("its thread failed: {e}")),
+                        Err(_) => Err(format!("it did not answer within {:.3} s", limit.as_secs_f64())),
+                    }
+                })
+            });
+            let r = self.running(py)?;
+            r.engine.add_business_rule(name, rule).map_err(|e| to_py_err(py, &e))?;
+            self.keep(Slot::Rule(name.to_string()), callback);
+            Ok(())
+        })
+    }
+
+    /// Remove a business rule; False when none has that name. Its function is released.
+    fn _remove_business_rule(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        guarded(py, || {
+            let removed = self.running(py)?.engine.remove_business_rule(name);
+            drop(self.release_where(|s| matches!(s, Slot::Rule(n) if n == name)));
+            Ok(removed)
+        })
+    }
+
+    /// Dry run of the domain checks (business rules included) for a call.
+    #[pyo3(signature = (tool_name, args=None, tenant=None))]
+    fn _check<'py>(
+        &self,
+        py: Python<'py>,
+        tool_name: &str,
+        args: Option<&Bound<'py, PyAny>>,
+        tenant: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        guarded(py, || {
+            let args = match args {
+                Some(a) if !a.is_none() => {
+                    if !a.is_instance_of::<PyDict>() {
+                        return Err(invalid(py, format!("args must be a dict or None, got {}", type_name(a))));
+                    }
+                    to_json(py, a, 0)?
+                }
+                _ => Value::Null,
+            };
+            let r = self.running(py)?;
+            let cancel = CancellationToken::new();
+            let checked = r.block_on_interruptible(py, r.engine.check(tool_name, args, tenant.as_deref()), &cancel)?;
+            to_py(py, &checked.map_err(|e| to_py_err(py, &e))?)
+        })
+    }
+
+    // ----- events (design §8); `utp.EventBus` wraps these -----
+
+    /// Subscribe `callback(event: dict)` (sync or `async def`) to the event types
+    /// matching the glob `pattern`; it runs on the subscription's own thread. Returns
+    /// the subscription id.
+    fn _subscribe(&self, py: Python<'_>, pattern: &str, callback: Bound<'_, PyAny>) -> PyResult<u64> {
+        guarded(py, || {
+            if !callback.is_callable() {
+                return Err(invalid(py, format!("callback must be callable, got {}", type_name(&callback))));
+            }
+            check_pattern(py, pattern, "event pattern")?;
+            let stored = Callback::new(callback.unbind());
+            let (held, shown) = (stored.clone(), pattern.trim().to_string());
+            let handler: EventHandler = Arc::new(move |event: Arc<Event>| {
+                Python::attach(|py| run_subscriber(py, &held, &shown, &event))
+            });
+            let r = self.running(py)?;
+            let id = r.engine.subscribe(pattern, handler).map_err(|e| to_py_err(py, &e))?;
+            self.keep(Slot::Subscription(id.0), stored);
+            Ok(id.0)
+        })
+    }
+
+    /// End a subscription; False when the id is unknown or already ended.
+    fn _unsubscribe(&self, py: Python<'_>, id: u64) -> PyResult<bool> {
+        guarded(py, || {
+            let removed = match self.running(py) {
+                Ok(r) => r.engine.unsubscribe(SubscriptionId(id)),
+                Err(_) => false, // closed: every subscription already ended
+            };
+            drop(self.release_where(|s| *s == Slot::Subscription(id)));
+            Ok(removed)
+        })
+    }
+
+    /// Events from the in-memory history, oldest first (the last `limit`; 0 or None: all kept).
+    #[pyo3(signature = (limit=None, r#type=None, execution_id=None, tool=None, tenant=None, since=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn _history<'py>(
+        &self,
+        py: Python<'py>,
+        limit: Option<usize>,
+        r#type: Option<String>,
+        execution_id: Option<String>,
+        tool: Option<String>,
+        tenant: Option<String>,
+        since: Option<u64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        guarded(py, || {
+            if let Some(t) = &r#type {
+                check_pattern(py, t, "type")?;
+            }
+            let filter = HistoryFilter { limit, kind: r#type, execution_id, tool, tenant, since };
+            let r = self.running(py)?;
+            let events = py.detach(|| r.engine.history(&filter));
+            let list = PyList::empty(py);
+            for event in events {
+                list.append(to_py(py, &event.to_value())?)?;
+            }
+            Ok(list)
+        })
+    }
+
+    /// Wait (GIL released) until every subscriber has handled what was published so
+    /// far, at most `timeout` seconds; True when they are all idle.
+    #[pyo3(signature = (timeout=5.0))]
+    fn _flush_events(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        guarded(py, || {
+            let timeout = seconds(py, timeout, "timeout")?;
+            let r = self.running(py)?;
+            Ok(py.detach(|| r.engine.events().flush(timeout)))
+        })
+    }
+
+    // ----- approvals and metrics -----
+
+    /// Approvals of escalated calls, oldest first; `pending_only` keeps those still waiting.
+    #[pyo3(signature = (pending_only=false))]
+    fn approvals<'py>(&self, py: Python<'py>, pending_only: bool) -> PyResult<Bound<'py, PyList>> {
+        guarded(py, || {
+            let list = PyList::empty(py);
+            for info in self.running(py)?.engine.approvals(pending_only) {
+                let value = serde_json::to_value(&info).map_err(|e| raise(py, ErrorCode::Internal, e.to_string()))?;
+                list.append(to_py(py, &value)?)?;
+            }
+            Ok(list)
+        })
+    }
+
+    /// Grant (or with `approved=False` refuse) an approval; the waiting call proceeds
+    /// (or is denied). Returns the approval as a dict.
+    #[pyo3(signature = (approval_id, approved=true, reason=None))]
+    fn approve<'py>(
+        &self,
+        py: Python<'py>,
+        approval_id: &str,
+        approved: bool,
+        reason: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        guarded(py, || {
+            let info = self.running(py)?.engine.approve(approval_id, approved, reason).map_err(|e| to_py_err(py, &e))?;
+            let value = serde_json::to_value(&info).map_err(|e| raise(py, ErrorCode::Internal, e.to_string()))?;
+            to_py(py, &value)
+        })
+    }
+
+    /// Counters and histograms (calls per tool and outcome, denials, rate limits, events).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        guarded(py, || to_py(py, &self.running(py)?.engine.metrics()))
+    }
+
+    /// The metrics in Prometheus text exposition format.
+    fn metrics_text(&self, py: Python<'_>) -> PyResult<String> {
+        guarded(py, || Ok(self.running(py)?.engine.metrics_text()))
+    }
+
+    // ----- garbage collector -----
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Never block here: a lock held elsewhere just hides these edges this round.
+        let Ok(map) = self.callbacks.try_lock() else { return Ok(()) };
+        for callback in map.values() {
+            if let Ok(func) = callback.func.try_lock() {
+                visit.call(&*func)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        // Breaks cycles through the callables (a rule or subscriber that refers to
+        // the engine); the core's closures then hold nothing and rules fail closed.
+        drop(self.release_where(|_| true));
+    }
+
     /// Release the engine; further calls raise `InvalidArgumentError`. Idempotent.
+    /// Subscriptions stop and the stored Python callables are released.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, || {
             let taken = self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?.take();
+            let released = self.release_where(|_| true);
+            if let Some(running) = &taken {
+                for (slot, _) in &released {
+                    if let Slot::Subscription(id) = slot {
+                        running.engine.unsubscribe(SubscriptionId(*id));
+                    }
+                }
+            }
+            drop(released);
             if let Some(running) = taken {
                 // Calls still in flight on other threads hold their own Arc; the last
                 // one shuts the runtime down. Otherwise join the workers now.
                 if let Ok(running) = Arc::try_unwrap(running) {
-                    py.detach(|| running.runtime.shutdown_timeout(Duration::from_secs(10)));
+                    py.detach(|| running.shutdown(Duration::from_secs(10)));
                 }
             }
             Ok(())
@@ -532,6 +1068,7 @@ fn version() -> &'static str {
 fn _utp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyEngine>()?;
+    m.add_class::<PyDecision>()?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add("__version__", utp_core::VERSION)?;
     let types = error_types(py)?;

@@ -7,6 +7,11 @@ grows) call them under policy and run durable workflows, in-process.
         for tool in engine.search_tools("weather forecast", limit=3):
             print(tool["name"], tool["description"])
 
+Business rules and event subscribers are Python functions too::
+
+    engine.domain_layer.add_business_rule("max_bet", lambda tool, action, params: params.get("amount", 0) <= 1000)
+    engine.event_bus.subscribe("policy.*", lambda event: print(event["type"], event["data"]))
+
 Every blocking method releases the GIL while Rust works and has an awaitable twin
 (``discover_async``, ``register_manual_async``...) that runs it on a worker thread.
 Errors are ``utp.UtpError`` subclasses with a stable ``.code`` (``"NOT_FOUND"``...).
@@ -15,7 +20,8 @@ Errors are ``utp.UtpError`` subclasses with a stable ``.code`` (``"NOT_FOUND"``.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union, overload
+from types import TracebackType
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type, TypeVar, Union, overload
 
 from . import _utp
 from ._utp import (
@@ -23,6 +29,7 @@ from ._utp import (
     AlreadyExistsError,
     ApprovalRequiredError,
     CancelledError,
+    Decision,
     InternalError,
     InvalidArgumentError,
     InvalidManualError,
@@ -57,6 +64,142 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     import asyncio
 
     return await asyncio.to_thread(fn, *args)
+
+
+RuleFn = Callable[[str, str, Dict[str, Any]], Any]
+"""``fn(tool, action, params)`` returning a bool or a ``Decision`` (or an awaitable of one)."""
+EventCallback = Callable[[Dict[str, Any]], Any]
+"""``callback(event)``; the event is a dict (design §8 JSON). May be ``async def``."""
+
+
+class DomainLayer:
+    """``engine.domain_layer``: business rules in Python and dry-run checks.
+
+    A rule ``fn(tool, action, params)`` gets ``tool`` = the manual name (``"betfair"``),
+    ``action`` = the tool name without it (``"placeBet"``) and ``params`` = the call's
+    arguments. It returns True (allow), False (deny) or a ``utp.Decision``; it may be
+    ``async def``. It runs on an engine thread before every call; an exception, any
+    other return value, or no answer within ``timeout`` seconds denies the call with a
+    message naming the rule (fail closed). Deny beats escalate beats allow.
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+
+    def add_business_rule(self, name: str, fn: RuleFn, *, timeout: float = 10.0) -> None:
+        """Add the rule ``name``; ``AlreadyExistsError`` if that name is taken."""
+        self._engine._add_business_rule(name, fn, timeout)
+
+    def remove_business_rule(self, name: str) -> bool:
+        """Remove the rule ``name`` (its function is released); False if there was none."""
+        return self._engine._remove_business_rule(name)
+
+    def check(
+        self, tool_name: str, args: Optional[Dict[str, Any]] = None, tenant: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """Dry run for a call: ``{decision, security_level, rules, reason, tool, rate_limited}``.
+
+        Business rules run; nothing is called, no approval is created, and no
+        rate-limit budget is used.
+        """
+        return self._engine._check(tool_name, args, tenant)
+
+    async def check_async(
+        self, tool_name: str, args: Optional[Dict[str, Any]] = None, tenant: Optional[str] = None
+    ) -> Dict[str, Any]:
+        return await _in_thread(self.check, tool_name, args, tenant)
+
+    def __repr__(self) -> str:
+        return f"<utp.DomainLayer of {self._engine!r}>"
+
+
+class Subscription:
+    """A live event subscription; ``unsubscribe()`` ends it (also on leaving a ``with`` block)."""
+
+    __slots__ = ("_bus", "id", "pattern")
+
+    def __init__(self, bus: "EventBus", id: int, pattern: str) -> None:
+        self._bus = bus
+        self.id = id
+        self.pattern = pattern
+
+    def unsubscribe(self) -> bool:
+        """End the subscription and release its callback; False if it had already ended."""
+        return self._bus.unsubscribe(self.id)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.unsubscribe()
+
+    def __repr__(self) -> str:
+        return f"<utp.Subscription id={self.id} pattern={self.pattern!r}>"
+
+
+class EventBus:
+    """``engine.event_bus``: subscribe to events by glob pattern, read the history.
+
+    Patterns: ``"*"`` (every event), ``"tool.*"``, ``"*.failed"``, ``"policy.denied"``;
+    a pattern must match at least one event type of the runtime. A callback runs on
+    its subscription's own thread, one event at a time in order; a slow one never
+    delays a call (its bounded queue drops events, counted in ``metrics()``). An
+    exception in it is counted and logged on the ``utp.events`` logger.
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+
+    def subscribe(self, pattern: str, callback: EventCallback) -> Subscription:
+        """Call ``callback(event: dict)`` (sync or ``async def``) for each matching event."""
+        sub_id = self._engine._subscribe(pattern, callback)
+        return Subscription(self, sub_id, pattern)
+
+    def unsubscribe(self, subscription: Union[Subscription, int]) -> bool:
+        """End a subscription (a ``Subscription`` or its id); False if it had already ended."""
+        if isinstance(subscription, Subscription):
+            sub_id = subscription.id
+        elif isinstance(subscription, int) and not isinstance(subscription, bool):
+            sub_id = subscription
+        else:
+            raise TypeError(f"expected a Subscription or its id, got {type(subscription).__name__}")
+        if sub_id < 0:
+            return False
+        return self._engine._unsubscribe(sub_id)
+
+    def history(
+        self,
+        limit: Optional[int] = 100,
+        type: Optional[str] = None,
+        execution_id: Optional[str] = None,
+        tool: Optional[str] = None,
+        tenant: Optional[str] = None,
+        since: Optional[int] = None,
+    ) -> List[Dict[str, Any]]:
+        """Events kept in memory, oldest first: the last ``limit`` (None or 0: all) that
+        match every filter given. ``type`` is a glob like ``subscribe``'s pattern;
+        ``since`` keeps events with a greater id (for polling)."""
+        return self._engine._history(limit, type, execution_id, tool, tenant, since)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every subscriber has handled the events published so far (at most
+        ``timeout`` seconds); True when all are idle. Do not call it from a subscriber."""
+        return self._engine._flush_events(timeout)
+
+    async def flush_async(self, timeout: float = 5.0) -> bool:
+        return await _in_thread(self.flush, timeout)
+
+    def __repr__(self) -> str:
+        return f"<utp.EventBus of {self._engine!r}>"
 
 
 class Engine(_utp.Engine):
@@ -96,11 +239,38 @@ class Engine(_utp.Engine):
         tenant: Optional[str] = None,
         session: Optional[str] = None,
         timeout: Optional[float] = None,
+        user: Optional[str] = None,
+        approval_id: Optional[str] = None,
+        fail_fast_on_approval: bool = False,
     ) -> Any:
         def call() -> Any:
-            return self.call_tool(name, args, tenant=tenant, session=session, timeout=timeout)
+            return self.call_tool(
+                name,
+                args,
+                tenant=tenant,
+                session=session,
+                timeout=timeout,
+                user=user,
+                approval_id=approval_id,
+                fail_fast_on_approval=fail_fast_on_approval,
+            )
 
         return await _in_thread(call)
+
+    @property
+    def domain_layer(self) -> DomainLayer:
+        """Business rules and dry-run checks (see ``DomainLayer``)."""
+        return DomainLayer(self)
+
+    @property
+    def event_bus(self) -> EventBus:
+        """Event subscriptions and history (see ``EventBus``)."""
+        return EventBus(self)
+
+    async def approve_async(
+        self, approval_id: str, approved: bool = True, reason: Optional[str] = None
+    ) -> Dict[str, Any]:
+        return await _in_thread(self.approve, approval_id, approved, reason)
 
     @overload
     def tool(self, name: str) -> Dict[str, Any]: ...
@@ -169,6 +339,10 @@ class Engine(_utp.Engine):
 
 __all__ = [
     "Engine",
+    "Decision",
+    "DomainLayer",
+    "EventBus",
+    "Subscription",
     "version",
     "__version__",
     "UtpError",
