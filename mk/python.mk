@@ -10,7 +10,9 @@ UTP_PY        := $(UTP_PY_VENV)/bin/python
 UTP_PY_PKG    := $(UTP_PY_ROOT)/bindings-python
 UTP_PY_STAMP  := $(UTP_PY_VENV)/.utp-deps-installed
 
-.PHONY: python-venv python-build test-python
+UTP_PY_EXAMPLES := $(sort $(wildcard $(UTP_PY_ROOT)/examples/python/*.py))
+
+.PHONY: python-venv python-build test-python python-examples
 
 $(UTP_PY_STAMP): $(UTP_PY_PKG)/requirements-dev.txt
 	$(UTP_PY_SYS) -m venv $(UTP_PY_VENV)
@@ -25,7 +27,19 @@ python-build: python-venv
 		maturin develop --quiet
 	$(UTP_PY) -c "import utp; print('utp', utp.__version__, 'installed in', '$(UTP_PY_VENV)')"
 
+# Every examples/python/*.py must run to the end with exit code 0 (stdout hidden).
+define UTP_PY_RUN_EXAMPLES
+	@set -e; for script in $(UTP_PY_EXAMPLES); do \
+		echo "example: $${script#$(UTP_PY_ROOT)/}"; \
+		(cd $(UTP_PY_ROOT) && timeout 120 $(UTP_PY) "$$script" > /dev/null) || { echo "example failed: $$script" >&2; exit 1; }; \
+	done
+endef
+
 test-python: python-build
 	cd $(UTP_PY_PKG) && $(UTP_PY) -m pytest -q tests
 	cd $(UTP_PY_PKG) && $(UTP_PY) -m mypy.stubtest utp._utp
 	cd $(UTP_PY_PKG) && $(UTP_PY) -m mypy --strict python/utp
+	$(UTP_PY_RUN_EXAMPLES)
+
+python-examples: python-build
+	$(UTP_PY_RUN_EXAMPLES)
