@@ -45,7 +45,14 @@ fn main() {
          * Where a C tool callback puts its outcome: utp_tool_result_set_json() on success,\n \
          * utp_tool_result_set_error() on failure. Valid only during the callback.\n \
          */\n\
-         typedef struct utp_tool_result utp_tool_result_t;\n",
+         typedef struct utp_tool_result utp_tool_result_t;\n\
+         \n\
+         /*\n \
+         * Where a C business rule puts its verdict: utp_rule_result_deny() or\n \
+         * utp_rule_result_escalate(); a rule that sets nothing allows the call. Valid only\n \
+         * during the callback.\n \
+         */\n\
+         typedef struct utp_rule_result utp_rule_result_t;\n",
         part("CARGO_PKG_VERSION_MAJOR"),
         part("CARGO_PKG_VERSION_MINOR"),
         part("CARGO_PKG_VERSION_PATCH"),

@@ -18,10 +18,25 @@
  * Threads
  * - Every function is thread-safe. A utp_engine_t may be shared between threads
  *   and used concurrently; it owns a small pool of library threads (its async
- *   runtime), which utp_engine_free() shuts down. Do not call utp_engine_free()
- *   while another thread is still using the engine, and do not call into an
- *   engine from one of its own library threads.
+ *   runtime, with a blocking pool), which utp_engine_free() shuts down. Do not call
+ *   utp_engine_free() while another thread is still using the engine, nor from one
+ *   of its callbacks.
  * - A utp_error_t belongs to the thread that received it until it is freed.
+ *
+ * Callbacks (tools, business rules, event handlers)
+ * - They run on library threads, never on the thread that registered them: tools
+ *   and rules on the engine's blocking pool (several at once for concurrent calls),
+ *   each event subscription on its own thread (one event at a time, in order).
+ *   They must be thread-safe, and must not unwind (C++ exceptions, longjmp) out.
+ * - They may call back into the engine, blocking functions such as utp_call_tool()
+ *   included; only utp_engine_free() (and utp_events_flush() from an event
+ *   handler) is off limits.
+ * - Each registration takes `user_data` and an optional finaliser, called exactly
+ *   once with it: after the last call of the callback has returned, when the
+ *   registration is removed, when the engine is freed, or at once when registering
+ *   fails. utp_remove_business_rule() and utp_unsubscribe() called from a host
+ *   thread return only after that; called from inside a callback they do not wait
+ *   (the finaliser then runs on a library thread).
  */
 
 
@@ -58,6 +73,13 @@ typedef struct utp_error utp_error_t;
  * utp_tool_result_set_error() on failure. Valid only during the callback.
  */
 typedef struct utp_tool_result utp_tool_result_t;
+
+/*
+ * Where a C business rule puts its verdict: utp_rule_result_deny() or
+ * utp_rule_result_escalate(); a rule that sets nothing allows the call. Valid only
+ * during the callback.
+ */
+typedef struct utp_rule_result utp_rule_result_t;
 
 
 /**
@@ -160,8 +182,8 @@ typedef struct utp_tool_result utp_tool_result_t;
  * through `result`. Return 0 on success (the value set with
  * utp_tool_result_set_json(), JSON `null` if none), anything else on failure (the
  * message set with utp_tool_result_set_error()). Called on the engine's library
- * threads, possibly from several at once; it must not call blocking utp_*
- * functions of the same engine.
+ * threads (its blocking pool), possibly on several at once. It may call any utp_*
+ * function (a nested utp_call_tool() included) except utp_engine_free().
  */
 typedef int32_t (*utp_tool_fn)(void *user_data, const char *args_json, utp_tool_result_t *result);
 
@@ -169,6 +191,40 @@ typedef int32_t (*utp_tool_fn)(void *user_data, const char *args_json, utp_tool_
  * Releases `user_data` once the engine no longer needs it.
  */
 typedef void (*utp_free_fn)(void *user_data);
+
+/**
+ * A C business rule: called before a tool call runs (after its arguments were
+ * validated) with `tool` = the manual's name, `action` = the tool's name without the
+ * manual prefix (`"betfair"`, `"placeBet"` for `betfair.placeBet`) and
+ * `params_json` = the call's arguments as a JSON object. The strings are valid only
+ * during the call. The rule allows the call unless it calls
+ * utp_rule_result_deny() or utp_rule_result_escalate() on `result`.
+ *
+ * Threads: runs on the engine's library threads (its blocking pool), possibly on
+ * several at once for concurrent calls, and also for utp_check(). It may call any
+ * utp_* function (including utp_call_tool(), which runs the rules again: beware of
+ * unbounded recursion) except utp_engine_free().
+ */
+typedef void (*utp_rule_fn)(void *user_data,
+                            const char *tool,
+                            const char *action,
+                            const char *params_json,
+                            utp_rule_result_t *result);
+
+/**
+ * A C event handler: gets one event as JSON text, `{"id", "type", "time",
+ * "execution_id"?, "session_id"?, "tenant"?, "workflow"?, "step_id"?, "tool"?,
+ * "data"}`, valid only during the call.
+ *
+ * Threads: each subscription has its own library thread; its handler is called
+ * there, one event at a time, in event id order, never concurrently with itself
+ * (different subscriptions run in parallel). A slow handler never delays a tool call:
+ * events for it wait in a bounded queue (config `events.queue_capacity`, default
+ * 1024) and are dropped (and counted in the metrics) when it is full. The handler
+ * may call any utp_* function (including utp_call_tool() and utp_unsubscribe() of
+ * its own subscription) except utp_events_flush() and utp_engine_free().
+ */
+typedef void (*utp_event_fn)(void *user_data, const char *event_json);
 
 #ifdef __cplusplus
 extern "C" {
@@ -196,6 +252,25 @@ int32_t utp_error_code(const utp_error_t *error);
  * `error` is NULL or an error returned by this library and not yet freed.
  */
 const char *utp_error_message(const utp_error_t *error);
+
+/**
+ * For a UTP_ERR_RATE_LIMITED error: the milliseconds to wait before a call may pass
+ * (rounded up). -1 for every other error and for NULL.
+ *
+ * # Safety
+ * `error` is NULL or an error returned by this library and not yet freed.
+ */
+int64_t utp_error_retry_after_ms(const utp_error_t *error);
+
+/**
+ * For a UTP_ERR_APPROVAL_REQUIRED error: the id of the approval to grant with
+ * utp_approve() (then call again with `{"approval_id": id}` in the options), valid
+ * until utp_error_free(error). NULL for every other error and for NULL. Do not free it.
+ *
+ * # Safety
+ * `error` is NULL or an error returned by this library and not yet freed.
+ */
+const char *utp_error_approval_id(const utp_error_t *error);
 
 /**
  * Free an error. NULL is a no-op.
@@ -228,7 +303,9 @@ utp_error_t *utp_engine_new(const char *config_json, utp_engine_t **out_engine);
 /**
  * Free an engine and shut down its library threads (waits for running work to
  * finish). NULL is a no-op. No other thread may use the engine during or after
- * this call.
+ * this call, and it must not be called from a callback of the engine. Every
+ * finaliser still pending (tools, business rules, subscriptions) has run when it
+ * returns; event callbacks that are running are waited for.
  *
  * # Safety
  * `engine` is NULL or a handle from utp_engine_new(), freed at most once.
@@ -303,9 +380,17 @@ utp_error_t *utp_discover(utp_engine_t *engine, const char *path_or_url, char **
 /**
  * Call a tool. `args_json` (nullable: no arguments) is a JSON object checked
  * against the tool's `inputs`; `options_json` (nullable) is
- * `{"timeout": seconds, "tenant": "...", "session": "..."}`. On success
+ * `{"timeout": seconds, "tenant": "...", "session": "...", "user": "...",
+ * "approval_id": "...", "fail_fast_on_approval": bool}`. On success
  * `*out_result_json` receives the tool's result as JSON; free it with
  * utp_string_free(). Blocks the calling thread until the call ends.
+ *
+ * Before the tool runs, the domain layer decides: a denial is
+ * UTP_ERR_PERMISSION_DENIED (with the reasons), a rate limit UTP_ERR_RATE_LIMITED
+ * (see utp_error_retry_after_ms()). An escalated call waits for utp_approve() (up to
+ * its timeout), or with `fail_fast_on_approval` fails at once with
+ * UTP_ERR_APPROVAL_REQUIRED (see utp_error_approval_id()); once approved, calling
+ * again with that `approval_id` runs it, once.
  *
  * # Safety
  * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
@@ -353,6 +438,191 @@ utp_error_t *utp_tool_result_set_json(utp_tool_result_t *result, const char *jso
  * `result` is the sink passed to the running tool function; `message` is NULL or NUL-terminated.
  */
 utp_error_t *utp_tool_result_set_error(utp_tool_result_t *result, const char *message);
+
+/**
+ * Add a C business rule named `name` (unique per engine). It sees every tool call
+ * (and every utp_check()) of the engine; see utp_rule_fn. Deny beats escalate beats
+ * allow across all rules, so the order of rules does not matter. An escalated call
+ * waits for utp_approve(), or fails at once with UTP_ERR_APPROVAL_REQUIRED when its
+ * options have `"fail_fast_on_approval": true`.
+ *
+ * `free_user_data` (nullable) is called exactly once with `user_data`: when the rule
+ * is removed with utp_remove_business_rule(), when the engine is freed, or at once
+ * when this call fails (a NULL `callback`, a duplicate name: UTP_ERR_ALREADY_EXISTS).
+ *
+ * # Safety
+ * `engine` is a live handle; `name` is NULL or NUL-terminated; `callback` and
+ * `free_user_data` are NULL or valid functions, callable from any thread.
+ */
+utp_error_t *utp_add_business_rule(utp_engine_t *engine,
+                                   const char *name,
+                                   utp_rule_fn callback,
+                                   void *user_data,
+                                   utp_free_fn free_user_data);
+
+/**
+ * Remove the business rule `name`. `*out_removed` is set to true when a rule of that
+ * name was registered, false otherwise (not an error). No call enters the rule after
+ * this returns. Called from a host thread, it also waits until running calls of the
+ * rule have returned and its finaliser has run. Called from inside a callback, it
+ * does not wait: the finaliser then runs on a library thread once the last running
+ * call of the rule has returned (at once if none is running).
+ *
+ * # Safety
+ * `engine` is a live handle; `name` is NULL or NUL-terminated; `out_removed` is valid for writes.
+ */
+utp_error_t *utp_remove_business_rule(utp_engine_t *engine, const char *name, bool *out_removed);
+
+/**
+ * Deny the call being checked, with `reason` (nullable: a default naming the rule),
+ * which the caller sees in the UTP_ERR_PERMISSION_DENIED message and in the
+ * `policy.denied` event. Only valid during the rule callback. Deny beats escalate.
+ * An invalid `reason` (not UTF-8) still denies (with the reason made valid) and
+ * returns an error.
+ *
+ * # Safety
+ * `result` is the sink passed to the running rule; `reason` is NULL or NUL-terminated.
+ */
+utp_error_t *utp_rule_result_deny(utp_rule_result_t *result, const char *reason);
+
+/**
+ * Escalate the call being checked to a human approval, with `reason` (nullable).
+ * Only valid during the rule callback. As utp_rule_result_deny() otherwise.
+ *
+ * # Safety
+ * `result` is the sink passed to the running rule; `reason` is NULL or NUL-terminated.
+ */
+utp_error_t *utp_rule_result_escalate(utp_rule_result_t *result, const char *reason);
+
+/**
+ * Dry run of the domain checks (permissions, security level, rules, business rules)
+ * for calling `tool_name` with `args_json` (nullable: no arguments) for `tenant`
+ * (nullable). Calls nothing, consumes no rate-limit budget, creates no approval.
+ * `*out_decision_json` receives `{"tool", "decision": "allow"|"deny"|"escalate",
+ * "security_level", "rules": [{"rule", "effect", "message"}], "reason",
+ * "rate_limited": null | {"limit", "retry_after_ms"}}`; free it with utp_string_free().
+ * Blocks until the rules have run (C business rules run on library threads).
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_check(utp_engine_t *engine,
+                       const char *tool_name,
+                       const char *args_json,
+                       const char *tenant,
+                       char **out_decision_json);
+
+/**
+ * The approvals of escalated calls, oldest first, as a JSON array of `{"id", "tool",
+ * "tenant", "session", "reason", "status": "pending"|"approved"|"denied", "created",
+ * "resolved", "resolution_reason"}`; with `pending_only`, only those still waiting.
+ * Free `*out_approvals_json` with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; the out-parameter is valid for writes.
+ */
+utp_error_t *utp_approvals(utp_engine_t *engine, bool pending_only, char **out_approvals_json);
+
+/**
+ * Grant (`approved` true) or refuse a pending approval, with `reason` (nullable).
+ * A call waiting for it proceeds (or fails with UTP_ERR_PERMISSION_DENIED); a call
+ * that failed fast may be made again with `{"approval_id": "..."}` in its options,
+ * once. Unknown id: UTP_ERR_NOT_FOUND; already resolved: UTP_ERR_INVALID_ARGUMENT.
+ * `*out_approval_json` (nullable) receives the resolved approval as in
+ * utp_approvals(); free it with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; `out_approval_json`
+ * is NULL or valid for writes.
+ */
+utp_error_t *utp_approve(utp_engine_t *engine,
+                         const char *approval_id,
+                         bool approved,
+                         const char *reason,
+                         char **out_approval_json);
+
+/**
+ * Subscribe `callback` to the events whose type matches the glob `pattern`
+ * (`"*"`, `"tool.*"`, `"policy.denied"`); see utp_event_fn. `*out_subscription_id`
+ * receives the subscription's id (never 0) for utp_unsubscribe().
+ *
+ * `free_user_data` (nullable) is called exactly once with `user_data`: after the
+ * last callback has returned, when the subscription is removed with
+ * utp_unsubscribe() or the engine is freed, or at once when this call fails
+ * (a NULL `callback`, an empty `pattern`).
+ *
+ * # Safety
+ * `engine` is a live handle; `pattern` is NULL or NUL-terminated; `callback` and
+ * `free_user_data` are NULL or valid functions, callable from any thread;
+ * `out_subscription_id` is valid for writes.
+ */
+utp_error_t *utp_subscribe(utp_engine_t *engine,
+                           const char *pattern,
+                           utp_event_fn callback,
+                           void *user_data,
+                           utp_free_fn free_user_data,
+                           uint64_t *out_subscription_id);
+
+/**
+ * Remove a subscription. `*out_removed` is set to true when `subscription_id` was a
+ * live subscription of this engine, false otherwise (an unknown or already removed
+ * id is not an error). Events still queued for it are discarded and its callback is
+ * not called again after this returns. Called from a host thread, it also waits
+ * until a running callback has returned and the finaliser has run; called from
+ * inside a callback (its own included), it does not wait: the finaliser then runs on
+ * a library thread once the running callback has returned.
+ *
+ * # Safety
+ * `engine` is a live handle; `out_removed` is valid for writes.
+ */
+utp_error_t *utp_unsubscribe(utp_engine_t *engine, uint64_t subscription_id, bool *out_removed);
+
+/**
+ * Wait until every subscriber has handled (or dropped) the events published so far,
+ * at most `timeout_ms` milliseconds. `*out_drained` is true when they all did. Use it
+ * before asserting on what a callback saw. Calling it from an event callback is a
+ * UTP_ERR_INVALID_ARGUMENT error (it would wait for itself).
+ *
+ * # Safety
+ * `engine` is a live handle; `out_drained` is valid for writes.
+ */
+utp_error_t *utp_events_flush(utp_engine_t *engine, uint64_t timeout_ms, bool *out_drained);
+
+/**
+ * Events kept in the engine's in-memory history (config `events.history_size`,
+ * default 10,000), in id order, as a JSON array of events (see utp_event_fn).
+ * `filter_json` (nullable) is `{"limit": n, "type": "glob", "execution_id": "...",
+ * "tool": "manual.tool", "tenant": "...", "since": id}`; every field is optional and
+ * all given ones must match. With `since`, the result is the first `limit` events
+ * after that id; without, the last `limit`. Free `*out_events_json` with
+ * utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; `filter_json` is NULL or NUL-terminated; the
+ * out-parameter is valid for writes.
+ */
+utp_error_t *utp_history(utp_engine_t *engine, const char *filter_json, char **out_events_json);
+
+/**
+ * A JSON snapshot of the engine's metrics (calls, errors and latency per tool,
+ * denials, rate-limited calls, event counters). Free `*out_metrics_json` with
+ * utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; the out-parameter is valid for writes.
+ */
+utp_error_t *utp_metrics(utp_engine_t *engine, char **out_metrics_json);
+
+/**
+ * The engine's metrics in the Prometheus text exposition format (e.g.
+ * `utp_policy_denied_total{tool="betfair.placeBet"} 3`). Free `*out_text` with
+ * utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; the out-parameter is valid for writes.
+ */
+utp_error_t *utp_metrics_text(utp_engine_t *engine, char **out_text);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -10,14 +10,19 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_void};
-use std::sync::Arc;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
-use utp_core::{CallOptions, Engine, Error, ErrorCode, ManualSource, NativeHandler};
+use utp_core::{
+    CallOptions, Engine, Error, ErrorCode, Event, EventHandler, HistoryFilter, HostRule, HostVerdict, ManualSource,
+    NativeHandler, SubscriptionId,
+};
 
 // ---------------------------------------------------------------------------
 // Error codes (design §4; stable, append-only). Must equal `utp_core::ErrorCode`.
@@ -71,17 +76,27 @@ pub const UTP_ERR_PANIC: i32 = 19;
 pub struct UtpEngine {
     engine: Engine,
     runtime: Option<tokio::runtime::Runtime>,
+    /// C business rules by name (to retire their callbacks on removal and on free).
+    rules: Mutex<HashMap<String, Arc<Registration>>>,
+    /// C event subscriptions by id (likewise).
+    subscriptions: Mutex<HashMap<u64, Arc<Registration>>>,
 }
 
 impl UtpEngine {
+    /// Run a future to completion on the engine's runtime, blocking this thread.
+    ///
+    /// Allowed from host threads and from inside a C callback (tools and rules run on
+    /// the runtime's blocking pool, where blocking is fine; event callbacks run on
+    /// plain subscriber threads). Refused on any other thread inside a tokio runtime,
+    /// where blocking could stall the runtime's workers.
     fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output, Error> {
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| Error::Internal("engine runtime is already shut down".into()))?;
-        if tokio::runtime::Handle::try_current().is_ok() {
+        if tokio::runtime::Handle::try_current().is_ok() && !CallbackScope::active() {
             return Err(Error::InvalidArgument(
-                "utp functions may not be called from one of the engine's own library threads".into(),
+                "utp functions may not be called from an async task of a tokio runtime".into(),
             ));
         }
         Ok(runtime.block_on(future))
@@ -90,27 +105,51 @@ impl UtpEngine {
 
 impl Drop for UtpEngine {
     fn drop(&mut self) {
+        // Inside one of our own callbacks (freeing the engine from a callback breaks the
+        // documented contract) never wait for that callback to end: it would be ourselves.
+        let wait = !CallbackScope::active();
+        // 1. No event callback runs any more (waits for running ones), so none can use
+        //    the runtime while it shuts down; their finalisers run here.
+        for (id, registration) in std::mem::take(&mut *lock(&self.subscriptions)) {
+            self.engine.unsubscribe(SubscriptionId(id));
+            registration.retire(wait);
+        }
+        // 2. Stop the runtime: cancels running calls, joins the worker and blocking-pool
+        //    threads (so running C tool and rule callbacks have returned).
         if let Some(runtime) = self.runtime.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
                 // Inside a runtime (should not happen from C): never block here.
                 runtime.shutdown_background();
             } else {
-                // Joins the worker and blocking-pool threads so nothing outlives the engine.
                 runtime.shutdown_timeout(Duration::from_secs(10));
             }
         }
+        // 3. Rule finalisers; C tool finalisers run when `engine` is dropped after this.
+        for (name, registration) in std::mem::take(&mut *lock(&self.rules)) {
+            self.engine.remove_business_rule(&name);
+            registration.retire(wait);
+        }
     }
+}
+
+/// Lock a std mutex, ignoring poisoning (our critical sections leave consistent state).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The error handle (`utp_error_t` in C). Opaque to C.
 pub struct UtpError {
     code: i32,
     message: CString,
+    /// RATE_LIMITED: milliseconds until a call may pass (rounded up); -1 otherwise.
+    retry_after_ms: i64,
+    /// APPROVAL_REQUIRED: the approval to grant with utp_approve().
+    approval_id: Option<CString>,
 }
 
 impl UtpError {
     fn new(code: ErrorCode, message: &str) -> UtpError {
-        UtpError { code: code as i32, message: to_cstring_lossy(message) }
+        UtpError { code: code as i32, message: to_cstring_lossy(message), retry_after_ms: -1, approval_id: None }
     }
 
     fn into_raw(self) -> *mut UtpError {
@@ -120,7 +159,13 @@ impl UtpError {
 
 impl From<Error> for UtpError {
     fn from(e: Error) -> UtpError {
-        UtpError::new(e.code(), &e.to_string())
+        let mut error = UtpError::new(e.code(), &e.to_string());
+        if let Some(after) = e.retry_after() {
+            let ms = after.as_nanos().div_ceil(1_000_000);
+            error.retry_after_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        }
+        error.approval_id = e.approval_id().map(to_cstring_lossy);
+        error
     }
 }
 
@@ -278,6 +323,36 @@ pub unsafe extern "C" fn utp_error_message(error: *const UtpError) -> *const c_c
     })
 }
 
+/// For a UTP_ERR_RATE_LIMITED error: the milliseconds to wait before a call may pass
+/// (rounded up). -1 for every other error and for NULL.
+///
+/// # Safety
+/// `error` is NULL or an error returned by this library and not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_error_retry_after_ms(error: *const UtpError) -> i64 {
+    guard_value(-1, || {
+        // SAFETY: NULL or a live error, per the contract; as_ref checks NULL.
+        unsafe { error.as_ref() }.map_or(-1, |e| e.retry_after_ms)
+    })
+}
+
+/// For a UTP_ERR_APPROVAL_REQUIRED error: the id of the approval to grant with
+/// utp_approve() (then call again with `{"approval_id": id}` in the options), valid
+/// until utp_error_free(error). NULL for every other error and for NULL. Do not free it.
+///
+/// # Safety
+/// `error` is NULL or an error returned by this library and not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_error_approval_id(error: *const UtpError) -> *const c_char {
+    guard_value(ptr::null(), || {
+        // SAFETY: NULL or a live error, per the contract; as_ref checks NULL.
+        match unsafe { error.as_ref() }.and_then(|e| e.approval_id.as_ref()) {
+            Some(id) => id.as_ptr(),
+            None => ptr::null(),
+        }
+    })
+}
+
 /// Free an error. NULL is a no-op.
 ///
 /// # Safety
@@ -345,14 +420,21 @@ pub unsafe extern "C" fn utp_engine_new(config_json: *const c_char, out_engine: 
         // Manuals listed in config `manuals` are registered before the handle exists
         // (as in Python and Node), so a bad one fails engine creation visibly.
         runtime.block_on(engine.register_configured_manuals())?;
-        *out = Box::into_raw(Box::new(UtpEngine { engine, runtime: Some(runtime) }));
+        *out = Box::into_raw(Box::new(UtpEngine {
+            engine,
+            runtime: Some(runtime),
+            rules: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashMap::new()),
+        }));
         Ok(())
     })
 }
 
 /// Free an engine and shut down its library threads (waits for running work to
 /// finish). NULL is a no-op. No other thread may use the engine during or after
-/// this call.
+/// this call, and it must not be called from a callback of the engine. Every
+/// finaliser still pending (tools, business rules, subscriptions) has run when it
+/// returns; event callbacks that are running are waited for.
 ///
 /// # Safety
 /// `engine` is NULL or a handle from utp_engine_new(), freed at most once.
@@ -542,9 +624,17 @@ fn call_options(options_json: Option<&str>) -> Result<CallOptions, Error> {
 
 /// Call a tool. `args_json` (nullable: no arguments) is a JSON object checked
 /// against the tool's `inputs`; `options_json` (nullable) is
-/// `{"timeout": seconds, "tenant": "...", "session": "..."}`. On success
+/// `{"timeout": seconds, "tenant": "...", "session": "...", "user": "...",
+/// "approval_id": "...", "fail_fast_on_approval": bool}`. On success
 /// `*out_result_json` receives the tool's result as JSON; free it with
 /// utp_string_free(). Blocks the calling thread until the call ends.
+///
+/// Before the tool runs, the domain layer decides: a denial is
+/// UTP_ERR_PERMISSION_DENIED (with the reasons), a rate limit UTP_ERR_RATE_LIMITED
+/// (see utp_error_retry_after_ms()). An escalated call waits for utp_approve() (up to
+/// its timeout), or with `fail_fast_on_approval` fails at once with
+/// UTP_ERR_APPROVAL_REQUIRED (see utp_error_approval_id()); once approved, calling
+/// again with that `approval_id` runs it, once.
 ///
 /// # Safety
 /// `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
@@ -581,8 +671,8 @@ pub unsafe extern "C" fn utp_call_tool(
 /// through `result`. Return 0 on success (the value set with
 /// utp_tool_result_set_json(), JSON `null` if none), anything else on failure (the
 /// message set with utp_tool_result_set_error()). Called on the engine's library
-/// threads, possibly from several at once; it must not call blocking utp_*
-/// functions of the same engine.
+/// threads (its blocking pool), possibly on several at once. It may call any utp_*
+/// function (a nested utp_call_tool() included) except utp_engine_free().
 pub type UtpToolFn = Option<unsafe extern "C" fn(user_data: *mut c_void, args_json: *const c_char, result: *mut UtpToolResult) -> i32>;
 
 /// Releases `user_data` once the engine no longer needs it.
@@ -620,6 +710,7 @@ impl CTool {
     fn call(&self, tool: &str, args: &Value) -> Result<Value, Error> {
         let args = CString::new(args.to_string()).map_err(|e| Error::Internal(format!("arguments hold a NUL: {e}")))?;
         let mut result = UtpToolResult { value: None, error: None };
+        let _scope = CallbackScope::enter(false);
         // SAFETY: a function pointer registered through utp_register_tool, called with its
         // user_data, a NUL-terminated string and a sink, all alive for the call.
         let status = unsafe { (self.func)(self.user_data, args.as_ptr(), &mut result) };
@@ -737,6 +828,677 @@ pub unsafe extern "C" fn utp_tool_result_set_error(result: *mut UtpToolResult, m
     })
 }
 
+// ---------------------------------------------------------------------------
+// Callback registrations (business rules, event subscriptions)
+// ---------------------------------------------------------------------------
+
+thread_local! {
+    /// How many C callbacks (tools, rules, event handlers) are running on this thread,
+    /// and how many of them are event handlers.
+    static CALLBACK_DEPTH: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+}
+
+/// Marks the current thread as running a C callback for as long as it lives.
+struct CallbackScope {
+    event: bool,
+}
+
+impl CallbackScope {
+    fn enter(event: bool) -> CallbackScope {
+        CALLBACK_DEPTH.with(|d| {
+            let (all, events) = d.get();
+            d.set((all + 1, events + u32::from(event)));
+        });
+        CallbackScope { event }
+    }
+
+    /// True inside any C callback on this thread.
+    fn active() -> bool {
+        CALLBACK_DEPTH.with(|d| d.get().0 > 0)
+    }
+
+    /// True inside an event callback on this thread.
+    fn in_event() -> bool {
+        CALLBACK_DEPTH.with(|d| d.get().1 > 0)
+    }
+}
+
+impl Drop for CallbackScope {
+    fn drop(&mut self) {
+        let event = self.event;
+        CALLBACK_DEPTH.with(|d| {
+            let (all, events) = d.get();
+            d.set((all.saturating_sub(1), events.saturating_sub(u32::from(event))));
+        });
+    }
+}
+
+/// The life of one registered callback's `user_data`: calls enter and leave it, and
+/// once it is retired (removed) no call enters again and the finaliser runs exactly
+/// once, after the last running call has returned. Whoever retires it may wait for
+/// that; a registration dropped without being retired (engine freed, registration
+/// refused) finalises on drop.
+struct Registration {
+    user_data: *mut c_void,
+    state: Mutex<RegistrationState>,
+    idle: Condvar,
+}
+
+struct RegistrationState {
+    running: usize,
+    retired: bool,
+    /// Threads in `retire(true)` waiting for `running` to reach 0; they finalise.
+    waiting: usize,
+    /// The finaliser, taken (so run at most once) when it runs.
+    free: UtpFreeFn,
+}
+
+// SAFETY: utp.h requires callbacks (and their user_data) to be usable from any library
+// thread, concurrently; the pointer is only passed back to the C code.
+unsafe impl Send for Registration {}
+// SAFETY: as above; the mutable state is behind the mutex.
+unsafe impl Sync for Registration {}
+
+/// A call inside a registration (see [`Registration::enter`]).
+struct Running<'a>(&'a Registration);
+
+impl Registration {
+    fn new(user_data: *mut c_void, free: UtpFreeFn) -> Registration {
+        Registration {
+            user_data,
+            state: Mutex::new(RegistrationState { running: 0, retired: false, waiting: 0, free }),
+            idle: Condvar::new(),
+        }
+    }
+
+    /// Start a call, or `None` once the registration is retired.
+    fn enter(&self) -> Option<Running<'_>> {
+        let mut state = lock(&self.state);
+        if state.retired {
+            return None;
+        }
+        state.running += 1;
+        Some(Running(self))
+    }
+
+    /// Stop new calls; finalise now if none is running, else when the last one returns.
+    /// With `wait`, block until no call is running and the finaliser has run.
+    fn retire(&self, wait: bool) {
+        let mut state = lock(&self.state);
+        state.retired = true;
+        if wait {
+            state.waiting += 1;
+            while state.running > 0 {
+                state = self.idle.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            state.waiting -= 1;
+        }
+        let free = if state.running == 0 { state.free.take() } else { None };
+        drop(state);
+        self.finalise(free);
+    }
+
+    fn finalise(&self, free: UtpFreeFn) {
+        if let Some(free) = free {
+            // SAFETY: the finaliser the caller registered, with its own user_data; taken
+            // out of the state under the lock, so it runs once.
+            unsafe { free(self.user_data) };
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let registration = self.0;
+        let mut state = lock(&registration.state);
+        state.running -= 1;
+        let mut free = None;
+        if state.running == 0 {
+            if state.waiting > 0 {
+                registration.idle.notify_all();
+            } else if state.retired {
+                free = state.free.take();
+            }
+        }
+        drop(state);
+        registration.finalise(free);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let free = lock(&self.state).free.take();
+        self.finalise(free);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Business rules
+// ---------------------------------------------------------------------------
+
+/// A C business rule: called before a tool call runs (after its arguments were
+/// validated) with `tool` = the manual's name, `action` = the tool's name without the
+/// manual prefix (`"betfair"`, `"placeBet"` for `betfair.placeBet`) and
+/// `params_json` = the call's arguments as a JSON object. The strings are valid only
+/// during the call. The rule allows the call unless it calls
+/// utp_rule_result_deny() or utp_rule_result_escalate() on `result`.
+///
+/// Threads: runs on the engine's library threads (its blocking pool), possibly on
+/// several at once for concurrent calls, and also for utp_check(). It may call any
+/// utp_* function (including utp_call_tool(), which runs the rules again: beware of
+/// unbounded recursion) except utp_engine_free().
+pub type UtpRuleFn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        tool: *const c_char,
+        action: *const c_char,
+        params_json: *const c_char,
+        result: *mut UtpRuleResult,
+    ),
+>;
+
+/// The verdict sink handed to a C business rule (`utp_rule_result_t`).
+pub struct UtpRuleResult {
+    verdict: HostVerdict,
+}
+
+impl UtpRuleResult {
+    /// Record a verdict; the strongest wins (deny > escalate > allow), and among equals the latest reason.
+    fn set(&mut self, verdict: HostVerdict) {
+        let rank = |v: &HostVerdict| match v {
+            HostVerdict::Allow => 0,
+            HostVerdict::Escalate(_) => 1,
+            HostVerdict::Deny(_) => 2,
+        };
+        if rank(&verdict) > rank(&self.verdict) {
+            self.verdict = verdict;
+        } else if rank(&verdict) == rank(&self.verdict) {
+            match (&mut self.verdict, verdict) {
+                (HostVerdict::Deny(old), HostVerdict::Deny(Some(new)))
+                | (HostVerdict::Escalate(old), HostVerdict::Escalate(Some(new))) => *old = Some(new),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Call a C rule once (on a blocking-pool thread).
+fn call_rule(
+    registration: &Registration,
+    func: unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char, *const c_char, *mut UtpRuleResult),
+    tool: &str,
+    action: &str,
+    params: &Value,
+) -> Result<HostVerdict, String> {
+    // A rule removed while this call was being decided no longer applies.
+    let Some(_running) = registration.enter() else { return Ok(HostVerdict::Allow) };
+    let text = |s: String, what: &str| CString::new(s).map_err(|e| format!("{what} holds a NUL byte: {e}"));
+    let tool = text(tool.to_string(), "the tool name")?;
+    let action = text(action.to_string(), "the action name")?;
+    let params = text(params.to_string(), "the arguments")?;
+    let mut result = UtpRuleResult { verdict: HostVerdict::Allow };
+    let _scope = CallbackScope::enter(false);
+    // SAFETY: a function pointer registered through utp_add_business_rule, called with
+    // its user_data, NUL-terminated strings and a sink, all alive for the call.
+    unsafe { func(registration.user_data, tool.as_ptr(), action.as_ptr(), params.as_ptr(), &mut result) };
+    Ok(result.verdict)
+}
+
+/// Add a C business rule named `name` (unique per engine). It sees every tool call
+/// (and every utp_check()) of the engine; see utp_rule_fn. Deny beats escalate beats
+/// allow across all rules, so the order of rules does not matter. An escalated call
+/// waits for utp_approve(), or fails at once with UTP_ERR_APPROVAL_REQUIRED when its
+/// options have `"fail_fast_on_approval": true`.
+///
+/// `free_user_data` (nullable) is called exactly once with `user_data`: when the rule
+/// is removed with utp_remove_business_rule(), when the engine is freed, or at once
+/// when this call fails (a NULL `callback`, a duplicate name: UTP_ERR_ALREADY_EXISTS).
+///
+/// # Safety
+/// `engine` is a live handle; `name` is NULL or NUL-terminated; `callback` and
+/// `free_user_data` are NULL or valid functions, callable from any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_add_business_rule(
+    engine: *mut UtpEngine,
+    name: *const c_char,
+    callback: UtpRuleFn,
+    user_data: *mut c_void,
+    free_user_data: UtpFreeFn,
+) -> *mut UtpError {
+    // Owned first, so user_data is finalised on every error path too.
+    let registration = Arc::new(Registration::new(user_data, free_user_data));
+    guard(move || {
+        let Some(func) = callback else { return Err(invalid("callback is NULL")) };
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let name = unsafe { required_str(name, "name") }?;
+        let called = registration.clone();
+        let rule: HostRule = Arc::new(move |tool: String, action: String, params: Value| {
+            let registration = called.clone();
+            Box::pin(async move {
+                let run = move || call_rule(&registration, func, &tool, &action, &params);
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return run();
+                }
+                // C code may block: run it on the blocking pool, never on a worker.
+                tokio::task::spawn_blocking(run).await.map_err(|e| format!("the C rule's thread failed: {e}"))?
+            })
+        });
+        let mut rules = lock(&handle.rules);
+        handle.engine.add_business_rule(name, rule)?;
+        rules.insert(name.to_string(), registration);
+        Ok(())
+    })
+}
+
+/// Remove the business rule `name`. `*out_removed` is set to true when a rule of that
+/// name was registered, false otherwise (not an error). No call enters the rule after
+/// this returns. Called from a host thread, it also waits until running calls of the
+/// rule have returned and its finaliser has run. Called from inside a callback, it
+/// does not wait: the finaliser then runs on a library thread once the last running
+/// call of the rule has returned (at once if none is running).
+///
+/// # Safety
+/// `engine` is a live handle; `name` is NULL or NUL-terminated; `out_removed` is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_remove_business_rule(
+    engine: *mut UtpEngine,
+    name: *const c_char,
+    out_removed: *mut bool,
+) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_removed, "out_removed", false) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let name = unsafe { required_str(name, "name") }?;
+        let registration = {
+            let mut rules = lock(&handle.rules);
+            *out = handle.engine.remove_business_rule(name);
+            rules.remove(name)
+        };
+        if let Some(registration) = registration {
+            registration.retire(!CallbackScope::active());
+        }
+        Ok(())
+    })
+}
+
+/// Deny the call being checked, with `reason` (nullable: a default naming the rule),
+/// which the caller sees in the UTP_ERR_PERMISSION_DENIED message and in the
+/// `policy.denied` event. Only valid during the rule callback. Deny beats escalate.
+/// An invalid `reason` (not UTF-8) still denies (with the reason made valid) and
+/// returns an error.
+///
+/// # Safety
+/// `result` is the sink passed to the running rule; `reason` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_rule_result_deny(result: *mut UtpRuleResult, reason: *const c_char) -> *mut UtpError {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { set_rule_result(result, reason, HostVerdict::Deny) }
+}
+
+/// Escalate the call being checked to a human approval, with `reason` (nullable).
+/// Only valid during the rule callback. As utp_rule_result_deny() otherwise.
+///
+/// # Safety
+/// `result` is the sink passed to the running rule; `reason` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_rule_result_escalate(result: *mut UtpRuleResult, reason: *const c_char) -> *mut UtpError {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { set_rule_result(result, reason, HostVerdict::Escalate) }
+}
+
+/// # Safety
+/// As [`utp_rule_result_deny`].
+unsafe fn set_rule_result(
+    result: *mut UtpRuleResult,
+    reason: *const c_char,
+    verdict: fn(Option<String>) -> HostVerdict,
+) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: NULL or the live sink per the contract.
+        let sink = unsafe { result.as_mut() }.ok_or_else(|| invalid("result is NULL"))?;
+        if reason.is_null() {
+            sink.set(verdict(None));
+            return Ok(());
+        }
+        // SAFETY: non-NULL and NUL-terminated per the contract.
+        let bytes = unsafe { CStr::from_ptr(reason) };
+        match bytes.to_str() {
+            Ok(text) => {
+                sink.set(verdict(Some(text.to_string())));
+                Ok(())
+            }
+            Err(e) => {
+                // Fail closed: the verdict stands, with a readable reason.
+                sink.set(verdict(Some(bytes.to_string_lossy().into_owned())));
+                Err(invalid(format!("reason is not valid UTF-8: {e}")))
+            }
+        }
+    })
+}
+
+/// Dry run of the domain checks (permissions, security level, rules, business rules)
+/// for calling `tool_name` with `args_json` (nullable: no arguments) for `tenant`
+/// (nullable). Calls nothing, consumes no rate-limit budget, creates no approval.
+/// `*out_decision_json` receives `{"tool", "decision": "allow"|"deny"|"escalate",
+/// "security_level", "rules": [{"rule", "effect", "message"}], "reason",
+/// "rate_limited": null | {"limit", "retry_after_ms"}}`; free it with utp_string_free().
+/// Blocks until the rules have run (C business rules run on library threads).
+///
+/// # Safety
+/// `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+/// is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_check(
+    engine: *mut UtpEngine,
+    tool_name: *const c_char,
+    args_json: *const c_char,
+    tenant: *const c_char,
+    out_decision_json: *mut *mut c_char,
+) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_decision_json, "out_decision_json", ptr::null_mut()) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let tool_name = unsafe { required_str(tool_name, "tool_name") }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let args = match unsafe { optional_str(args_json, "args_json") }? {
+            None => Value::Null,
+            Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
+        };
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let tenant = unsafe { optional_str(tenant, "tenant") }?;
+        let decision = handle.block_on(handle.engine.check(tool_name, args, tenant))??;
+        *out = json_out(&decision)?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Approvals
+// ---------------------------------------------------------------------------
+
+fn approval_error(e: serde_json::Error) -> Error {
+    Error::Internal(format!("cannot serialise approvals: {e}"))
+}
+
+/// The approvals of escalated calls, oldest first, as a JSON array of `{"id", "tool",
+/// "tenant", "session", "reason", "status": "pending"|"approved"|"denied", "created",
+/// "resolved", "resolution_reason"}`; with `pending_only`, only those still waiting.
+/// Free `*out_approvals_json` with utp_string_free().
+///
+/// # Safety
+/// `engine` is a live handle; the out-parameter is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_approvals(
+    engine: *mut UtpEngine,
+    pending_only: bool,
+    out_approvals_json: *mut *mut c_char,
+) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_approvals_json, "out_approvals_json", ptr::null_mut()) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        *out = json_out(&serde_json::to_value(handle.engine.approvals(pending_only)).map_err(approval_error)?)?;
+        Ok(())
+    })
+}
+
+/// Grant (`approved` true) or refuse a pending approval, with `reason` (nullable).
+/// A call waiting for it proceeds (or fails with UTP_ERR_PERMISSION_DENIED); a call
+/// that failed fast may be made again with `{"approval_id": "..."}` in its options,
+/// once. Unknown id: UTP_ERR_NOT_FOUND; already resolved: UTP_ERR_INVALID_ARGUMENT.
+/// `*out_approval_json` (nullable) receives the resolved approval as in
+/// utp_approvals(); free it with utp_string_free().
+///
+/// # Safety
+/// `engine` is a live handle; strings are NULL or NUL-terminated; `out_approval_json`
+/// is NULL or valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_approve(
+    engine: *mut UtpEngine,
+    approval_id: *const c_char,
+    approved: bool,
+    reason: *const c_char,
+    out_approval_json: *mut *mut c_char,
+) -> *mut UtpError {
+    guard(|| {
+        if !out_approval_json.is_null() {
+            // SAFETY: non-NULL and valid for writes per the contract.
+            unsafe { *out_approval_json = ptr::null_mut() };
+        }
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let id = unsafe { required_str(approval_id, "approval_id") }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let reason = unsafe { optional_str(reason, "reason") }?;
+        let info = handle.engine.approve(id, approved, reason)?;
+        if !out_approval_json.is_null() {
+            let text = json_out(&serde_json::to_value(&info).map_err(approval_error)?)?;
+            // SAFETY: non-NULL and valid for writes per the contract.
+            unsafe { *out_approval_json = text };
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Events and metrics
+// ---------------------------------------------------------------------------
+
+/// A C event handler: gets one event as JSON text, `{"id", "type", "time",
+/// "execution_id"?, "session_id"?, "tenant"?, "workflow"?, "step_id"?, "tool"?,
+/// "data"}`, valid only during the call.
+///
+/// Threads: each subscription has its own library thread; its handler is called
+/// there, one event at a time, in event id order, never concurrently with itself
+/// (different subscriptions run in parallel). A slow handler never delays a tool call:
+/// events for it wait in a bounded queue (config `events.queue_capacity`, default
+/// 1024) and are dropped (and counted in the metrics) when it is full. The handler
+/// may call any utp_* function (including utp_call_tool() and utp_unsubscribe() of
+/// its own subscription) except utp_events_flush() and utp_engine_free().
+pub type UtpEventFn = Option<unsafe extern "C" fn(user_data: *mut c_void, event_json: *const c_char)>;
+
+/// Subscribe `callback` to the events whose type matches the glob `pattern`
+/// (`"*"`, `"tool.*"`, `"policy.denied"`); see utp_event_fn. `*out_subscription_id`
+/// receives the subscription's id (never 0) for utp_unsubscribe().
+///
+/// `free_user_data` (nullable) is called exactly once with `user_data`: after the
+/// last callback has returned, when the subscription is removed with
+/// utp_unsubscribe() or the engine is freed, or at once when this call fails
+/// (a NULL `callback`, an empty `pattern`).
+///
+/// # Safety
+/// `engine` is a live handle; `pattern` is NULL or NUL-terminated; `callback` and
+/// `free_user_data` are NULL or valid functions, callable from any thread;
+/// `out_subscription_id` is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_subscribe(
+    engine: *mut UtpEngine,
+    pattern: *const c_char,
+    callback: UtpEventFn,
+    user_data: *mut c_void,
+    free_user_data: UtpFreeFn,
+    out_subscription_id: *mut u64,
+) -> *mut UtpError {
+    // Owned first, so user_data is finalised on every error path too.
+    let registration = Arc::new(Registration::new(user_data, free_user_data));
+    guard(move || {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_subscription_id, "out_subscription_id", 0) }?;
+        let Some(func) = callback else { return Err(invalid("callback is NULL")) };
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let pattern = unsafe { required_str(pattern, "pattern") }?;
+        let called = registration.clone();
+        let handler: EventHandler = Arc::new(move |event: Arc<Event>| {
+            let Some(_running) = called.enter() else { return Ok(()) };
+            let text = serde_json::to_string(&*event).map_err(|e| format!("cannot serialise the event: {e}"))?;
+            let text = CString::new(text).map_err(|e| format!("the event holds a NUL byte: {e}"))?;
+            let _scope = CallbackScope::enter(true);
+            // SAFETY: a function pointer registered through utp_subscribe, called with its
+            // user_data and a NUL-terminated string alive for the call.
+            unsafe { func(called.user_data, text.as_ptr()) };
+            Ok(())
+        });
+        let mut subscriptions = lock(&handle.subscriptions);
+        let id = handle.engine.subscribe(pattern, handler)?;
+        subscriptions.insert(id.0, registration);
+        *out = id.0;
+        Ok(())
+    })
+}
+
+/// Remove a subscription. `*out_removed` is set to true when `subscription_id` was a
+/// live subscription of this engine, false otherwise (an unknown or already removed
+/// id is not an error). Events still queued for it are discarded and its callback is
+/// not called again after this returns. Called from a host thread, it also waits
+/// until a running callback has returned and the finaliser has run; called from
+/// inside a callback (its own included), it does not wait: the finaliser then runs on
+/// a library thread once the running callback has returned.
+///
+/// # Safety
+/// `engine` is a live handle; `out_removed` is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_unsubscribe(
+    engine: *mut UtpEngine,
+    subscription_id: u64,
+    out_removed: *mut bool,
+) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_removed, "out_removed", false) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        let registration = {
+            let mut subscriptions = lock(&handle.subscriptions);
+            let registration = subscriptions.remove(&subscription_id);
+            if registration.is_some() {
+                handle.engine.unsubscribe(SubscriptionId(subscription_id));
+            }
+            registration
+        };
+        if let Some(registration) = registration {
+            *out = true;
+            registration.retire(!CallbackScope::active());
+        }
+        Ok(())
+    })
+}
+
+/// Wait until every subscriber has handled (or dropped) the events published so far,
+/// at most `timeout_ms` milliseconds. `*out_drained` is true when they all did. Use it
+/// before asserting on what a callback saw. Calling it from an event callback is a
+/// UTP_ERR_INVALID_ARGUMENT error (it would wait for itself).
+///
+/// # Safety
+/// `engine` is a live handle; `out_drained` is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_events_flush(engine: *mut UtpEngine, timeout_ms: u64, out_drained: *mut bool) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_drained, "out_drained", false) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        if CallbackScope::in_event() {
+            return Err(invalid("utp_events_flush cannot be called from an event callback (it would wait for itself)"));
+        }
+        *out = handle.engine.events().flush(Duration::from_millis(timeout_ms));
+        Ok(())
+    })
+}
+
+/// Events kept in the engine's in-memory history (config `events.history_size`,
+/// default 10,000), in id order, as a JSON array of events (see utp_event_fn).
+/// `filter_json` (nullable) is `{"limit": n, "type": "glob", "execution_id": "...",
+/// "tool": "manual.tool", "tenant": "...", "since": id}`; every field is optional and
+/// all given ones must match. With `since`, the result is the first `limit` events
+/// after that id; without, the last `limit`. Free `*out_events_json` with
+/// utp_string_free().
+///
+/// # Safety
+/// `engine` is a live handle; `filter_json` is NULL or NUL-terminated; the
+/// out-parameter is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_history(
+    engine: *mut UtpEngine,
+    filter_json: *const c_char,
+    out_events_json: *mut *mut c_char,
+) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_events_json, "out_events_json", ptr::null_mut()) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let filter = match unsafe { optional_str(filter_json, "filter_json") }? {
+            None => HistoryFilter::default(),
+            Some(text) if text.trim().is_empty() => HistoryFilter::default(),
+            Some(text) => {
+                match serde_json::from_str(text).map_err(|e| invalid(format!("filter_json is not valid JSON: {e}")))? {
+                    Value::Null => HistoryFilter::default(),
+                    value @ Value::Object(_) => serde_json::from_value(value).map_err(|e| {
+                        invalid(format!(
+                            "filter_json: {e} (expected limit, type, execution_id, tool, tenant, since)"
+                        ))
+                    })?,
+                    _ => return Err(invalid("filter_json must be a JSON object (or null)")),
+                }
+            }
+        };
+        let events = handle.engine.history(&filter);
+        let text = serde_json::to_string(&events.iter().map(|e| &**e).collect::<Vec<&Event>>())
+            .map_err(|e| Error::Internal(format!("cannot serialise events: {e}")))?;
+        *out = CString::new(text).map_err(|e| Error::Internal(format!("events hold a NUL byte: {e}")))?.into_raw();
+        Ok(())
+    })
+}
+
+/// A JSON snapshot of the engine's metrics (calls, errors and latency per tool,
+/// denials, rate-limited calls, event counters). Free `*out_metrics_json` with
+/// utp_string_free().
+///
+/// # Safety
+/// `engine` is a live handle; the out-parameter is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_metrics(engine: *mut UtpEngine, out_metrics_json: *mut *mut c_char) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_metrics_json, "out_metrics_json", ptr::null_mut()) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        *out = json_out(&handle.engine.metrics())?;
+        Ok(())
+    })
+}
+
+/// The engine's metrics in the Prometheus text exposition format (e.g.
+/// `utp_policy_denied_total{tool="betfair.placeBet"} 3`). Free `*out_text` with
+/// utp_string_free().
+///
+/// # Safety
+/// `engine` is a live handle; the out-parameter is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_metrics_text(engine: *mut UtpEngine, out_text: *mut *mut c_char) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_text, "out_text", ptr::null_mut()) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        *out = to_cstring_lossy(&handle.engine.metrics_text()).into_raw();
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,6 +1566,80 @@ mod tests {
         assert_eq!(parse_tags(Some(r#"["a","b"]"#)).unwrap(), vec!["a", "b"]);
         assert_eq!(parse_tags(Some("[1]")).unwrap_err().code(), ErrorCode::InvalidArgument);
         assert_eq!(parse_tags(Some("{")).unwrap_err().code(), ErrorCode::InvalidArgument);
+    }
+
+    static FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    unsafe extern "C" fn count_free(user_data: *mut c_void) {
+        assert_eq!(user_data as usize, 7);
+        FREED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[test]
+    fn registrations_finalise_exactly_once() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let data = 7usize as *mut c_void;
+        let before = FREED.load(SeqCst);
+        // Dropped without being retired (engine freed, registration refused).
+        drop(Registration::new(data, Some(count_free)));
+        assert_eq!(FREED.load(SeqCst), before + 1);
+        // Retired while idle, waiting: at once; dropping later does not finalise again.
+        let r = Registration::new(data, Some(count_free));
+        r.retire(true);
+        assert_eq!(FREED.load(SeqCst), before + 2);
+        assert!(r.enter().is_none());
+        drop(r);
+        assert_eq!(FREED.load(SeqCst), before + 2);
+        // Retired without waiting while a call runs: when the call leaves.
+        let r = Registration::new(data, Some(count_free));
+        let running = r.enter().unwrap();
+        r.retire(false);
+        assert_eq!(FREED.load(SeqCst), before + 2);
+        assert!(r.enter().is_none());
+        drop(running);
+        assert_eq!(FREED.load(SeqCst), before + 3);
+        drop(r);
+        assert_eq!(FREED.load(SeqCst), before + 3);
+        // Retired with waiting while another thread's call runs: after it leaves.
+        let r = Arc::new(Registration::new(data, Some(count_free)));
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let worker = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let running = r.enter().unwrap();
+                entered_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                assert_eq!(FREED.load(SeqCst), before + 3);
+                drop(running);
+            })
+        };
+        entered_rx.recv().unwrap();
+        r.retire(true);
+        assert_eq!(FREED.load(SeqCst), before + 4);
+        worker.join().unwrap();
+        drop(r);
+        assert_eq!(FREED.load(SeqCst), before + 4);
+    }
+
+    #[test]
+    fn rule_results_keep_the_strongest_verdict() {
+        let mut r = UtpRuleResult { verdict: HostVerdict::Allow };
+        r.set(HostVerdict::Escalate(Some("e".into())));
+        r.set(HostVerdict::Deny(None));
+        r.set(HostVerdict::Escalate(Some("later".into())));
+        assert_eq!(r.verdict, HostVerdict::Deny(None));
+        r.set(HostVerdict::Deny(Some("why".into())));
+        r.set(HostVerdict::Deny(None));
+        assert_eq!(r.verdict, HostVerdict::Deny(Some("why".into())));
+    }
+
+    #[test]
+    fn errors_carry_retry_after_and_approval_id() {
+        let e = UtpError::from(Error::RateLimited { message: "slow down".into(), retry_after: Duration::from_micros(1500) });
+        assert_eq!((e.code, e.retry_after_ms), (UTP_ERR_RATE_LIMITED, 2));
+        let e = UtpError::from(Error::ApprovalRequired { message: "ask".into(), approval_id: "apr_1".into() });
+        assert_eq!(e.approval_id.as_deref(), Some(c"apr_1"));
+        assert_eq!(e.retry_after_ms, -1);
     }
 
     #[test]
