@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 pub use approvals::{ApprovalInfo, ApprovalStatus, Approvals};
 pub use limits::{Limited, RateLimits};
-use rules::{Condition, Facts, Window};
+use rules::{CelShared, Condition, Facts, Window};
 pub use spec::{DomainSpec, Level};
 
 /// One call as the domain layer sees it. `manual` is the rule's `tool`, `action` the
@@ -157,7 +157,7 @@ impl RuleIndex {
 pub struct Domain {
     permissions: HashMap<String, spec::PermissionSpec>,
     constants: Value,
-    cel_constants: cel::Value,
+    cel: CelShared,
     rules: RuleIndex,
     host_rules: RwLock<Vec<(String, HostRule)>>,
     security: spec::SecuritySpec,
@@ -168,7 +168,7 @@ pub struct Domain {
 impl Domain {
     pub fn new(spec: DomainSpec) -> Result<Domain, String> {
         let constants = Value::Object(spec.business_rules);
-        let cel_constants = cel::to_value(&constants).map_err(|e| format!("business_rules: {e}"))?;
+        let cel = CelShared::new(&constants)?;
         let mut rules = RuleIndex::default();
         let mut names = std::collections::HashSet::new();
         for (i, r) in spec.rules.iter().enumerate() {
@@ -196,7 +196,7 @@ impl Domain {
         Ok(Domain {
             permissions: spec.permissions.into_iter().collect(),
             constants,
-            cel_constants,
+            cel,
             rules,
             host_rules: RwLock::new(Vec::new()),
             security: spec.security,
@@ -240,18 +240,22 @@ impl Domain {
                 message: format!("'{}' is {} and needs an approval", call.tool, level.as_str()),
             });
         }
-        let facts = Facts {
-            tool: call.manual,
-            action: call.action,
-            params: call.params,
-            tenant: call.tenant,
-            session: call.session,
-            now,
-            constants: &self.constants,
-            cel_constants: &self.cel_constants,
-        };
-        for rule in self.rules.matching(call.manual, call.action) {
-            evaluate(rule, &facts, &mut hits);
+        {
+            // Scoped: the CEL values in `facts` are not Send and must not live across the awaits below.
+            let facts = Facts {
+                tool: call.manual,
+                action: call.action,
+                params: call.params,
+                tenant: call.tenant,
+                session: call.session,
+                now,
+                constants: &self.constants,
+                cel: &self.cel,
+                cel_scope: Default::default(),
+            };
+            for rule in self.rules.matching(call.manual, call.action) {
+                evaluate(rule, &facts, &mut hits);
+            }
         }
         let host: Vec<(String, HostRule)> = self.host_rules.read().clone();
         if !host.is_empty() {
