@@ -51,11 +51,14 @@ export declare class Engine {
   /**
    * Call a tool by its full name ("manual.tool") with an arguments object
    * (undefined/null = none). Options: `timeout` (seconds, finite and >= 0; default:
-   * the tool's template timeout, else `calls.default_timeout`), `tenant`, `session`.
+   * the tool's template timeout, else `calls.default_timeout`), `tenant`, `session`,
+   * `user`, `approvalId` (an approval granted with `approve`), `failFastOnApproval`
+   * (reject with APPROVAL_REQUIRED instead of waiting for an approval).
    * Resolves to the tool's result (any JSON value); rejects with NOT_FOUND,
-   * VALIDATION_FAILED (arguments against the tool's `inputs`), TIMEOUT, TOOL_FAILED...
+   * VALIDATION_FAILED (arguments against the tool's `inputs`), PERMISSION_DENIED,
+   * RATE_LIMITED, APPROVAL_REQUIRED, TIMEOUT, TOOL_FAILED...
    */
-  callTool(name: string, args?: Record<string, any> | null, options?: { timeout?: number | null; tenant?: string | null; session?: string | null } | null): Promise<any>
+  callTool(name: string, args?: Record<string, any> | null, options?: { timeout?: number | null; tenant?: string | null; session?: string | null; user?: string | null; approvalId?: string | null; failFastOnApproval?: boolean | null } | null): Promise<any>
   /**
    * Register a JS function as the native tool `name` ("manual.tool"; the manual is
    * created when missing) and return its full name. `fn(args)` runs on the JS
@@ -79,6 +82,61 @@ export declare class Engine {
   close(): void
   /** True once `close()` was called. */
   get closed(): boolean
+  /**
+   * `engine.domainLayer.addBusinessRule(name, fn, { timeout })`: add a JS rule
+   * that sees every call as `fn(tool, action, params)` (tool = manual name, action
+   * = tool name without the manual). It returns (or resolves to) true (allow),
+   * false (deny) or `{ decision: 'allow' | 'deny' | 'escalate', reason? }`.
+   * A throw, a rejection, another value, the event loop being gone or no answer
+   * within `timeout` seconds (default 10) denies the call, naming the rule and the
+   * cause. ALREADY_EXISTS for a name in use, INVALID_ARGUMENT for an empty one.
+   */
+  addBusinessRule(name: string, fn: (tool: string, action: string, params: Record<string, any>) => unknown, options?: { timeout?: number | null } | null): void
+  /** Remove a business rule; false when no rule had that name. */
+  removeBusinessRule(name: string): boolean
+  /**
+   * Dry run of the domain checks for a call of `toolName` with `args`:
+   * `{ tool, decision, security_level, rules: [{ rule, effect, message }], reason,
+   * rate_limited }`. Runs the rules (JS ones too) but consumes no rate-limit
+   * budget, creates no approval and calls nothing. Options: `{ tenant }`.
+   */
+  check(toolName: string, args?: Record<string, any> | null, options?: { tenant?: string | null } | null): Promise<Record<string, any>>
+  /** The approvals of escalated calls, oldest first (`pendingOnly`: those still waiting). */
+  approvals(options?: { pendingOnly?: boolean | null } | null): Array<Record<string, any>>
+  /**
+   * Grant (`approved`, default true) or refuse an approval; returns it resolved.
+   * A call waiting for it proceeds (or is denied); a fail-fast caller calls again
+   * with `{ approvalId }`. NOT_FOUND for an unknown id.
+   */
+  approve(approvalId: string, options?: { approved?: boolean | null; reason?: string | null } | null): Record<string, any>
+  /**
+   * `engine.eventBus.subscribe(pattern, fn)`: call `fn(event)` on the JS thread for
+   * every event whose type matches the glob `pattern`, in id order; returns the
+   * subscription id. `fn` may return a Promise (not awaited before the next
+   * event); throws and rejections are counted in the metrics, never more. At most
+   * `events.queue_capacity` events wait for the function at once; more are dropped
+   * (counted). The function never keeps the process alive.
+   */
+  subscribe(pattern: string, fn: (event: Record<string, any>) => unknown): number
+  /** End a subscription; false when the id is unknown or already ended. */
+  unsubscribe(id: number): boolean
+  /**
+   * Events kept in the in-memory history, in id order (design §8 JSON):
+   * `{ limit (default all kept), type (glob), executionId, tool, tenant, since (id) }`.
+   */
+  history(options?: { limit?: number | null; type?: string | null; executionId?: string | null; tool?: string | null; tenant?: string | null; since?: number | null } | null): Array<Record<string, any>>
+  /**
+   * Resolve to true once every subscriber (JS ones included, their Promises too)
+   * has handled everything published so far; false after `timeout` seconds (default 5).
+   */
+  flush(timeout?: number | null): Promise<boolean>
+  /**
+   * The metrics as JSON: per tool `{ calls, errors, policy_denied, rate_limited,
+   * latency_seconds }`, and `events` (published, dropped, subscriber errors, subscribers).
+   */
+  metrics(): Record<string, any>
+  /** The metrics in Prometheus text exposition format. */
+  metricsText(): string
 }
 export type JsEngine = Engine
 

@@ -15,6 +15,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+mod host;
 mod json;
 
 use std::future::Future;
@@ -30,7 +31,7 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Env, Status, sys};
 use napi_derive::napi;
 use serde_json::Value;
-use utp_core::{CallOptions, Config, ErrorCode, ManualSource, NativeHandler, RegisteredTool};
+use utp_core::{CallOptions, Config, ErrorCode, HistoryFilter, ManualSource, NativeHandler, RegisteredTool};
 
 use crate::json::{JsJson, StrictJson};
 
@@ -46,8 +47,17 @@ fn coded(code: ErrorCode, message: impl std::fmt::Display) -> napi::Error {
     napi::Error::new(Status::GenericFailure, format!("[{}] {message}", code.as_str()))
 }
 
+/// A core error as a napi error. Rate-limit and approval errors carry their extra
+/// field in the prefix (`[RATE_LIMITED retryAfter=0.25] ...`, `[APPROVAL_REQUIRED
+/// approvalId=apr_...] ...`); index.js lifts it to `err.retryAfter` / `err.approvalId`.
 fn core_err(e: utp_core::Error) -> napi::Error {
-    coded(e.code(), &e)
+    let mut extra = String::new();
+    if let Some(after) = e.retry_after() {
+        extra = format!(" retryAfter={}", after.as_secs_f64());
+    } else if let Some(id) = e.approval_id().filter(|id| !id.is_empty() && !id.contains([' ', ']', '='])) {
+        extra = format!(" approvalId={id}");
+    }
+    napi::Error::new(Status::GenericFailure, format!("[{}{extra}] {e}", e.code().as_str()))
 }
 
 fn invalid(message: impl std::fmt::Display) -> napi::Error {
@@ -130,6 +140,8 @@ fn option_map(options: Option<Value>, what: &str, known: &[&str]) -> napi::Resul
 #[napi(js_name = "Engine")]
 pub struct JsEngine {
     inner: RwLock<Option<utp_core::Engine>>,
+    /// The JS event subscribers of this engine (their JS-side counts).
+    subscribers: Arc<host::Subscribers>,
 }
 
 fn check_store(options: Option<Value>) -> napi::Result<()> {
@@ -378,7 +390,7 @@ impl JsEngine {
             // Manuals listed in config `manuals` are registered before the constructor
             // returns (as in Python and C): a bad one fails construction visibly.
             napi::bindgen_prelude::block_on(engine.register_configured_manuals()).map_err(core_err)?;
-            Ok(JsEngine { inner: RwLock::new(Some(engine)) })
+            Ok(JsEngine { inner: RwLock::new(Some(engine)), subscribers: Arc::default() })
         })
     }
 
@@ -475,12 +487,15 @@ impl JsEngine {
 
     /// Call a tool by its full name ("manual.tool") with an arguments object
     /// (undefined/null = none). Options: `timeout` (seconds, finite and >= 0; default:
-    /// the tool's template timeout, else `calls.default_timeout`), `tenant`, `session`.
+    /// the tool's template timeout, else `calls.default_timeout`), `tenant`, `session`,
+    /// `user`, `approvalId` (an approval granted with `approve`), `failFastOnApproval`
+    /// (reject with APPROVAL_REQUIRED instead of waiting for an approval).
     /// Resolves to the tool's result (any JSON value); rejects with NOT_FOUND,
-    /// VALIDATION_FAILED (arguments against the tool's `inputs`), TIMEOUT, TOOL_FAILED...
+    /// VALIDATION_FAILED (arguments against the tool's `inputs`), PERMISSION_DENIED,
+    /// RATE_LIMITED, APPROVAL_REQUIRED, TIMEOUT, TOOL_FAILED...
     #[napi(
         catch_unwind,
-        ts_args_type = "name: string, args?: Record<string, any> | null, options?: { timeout?: number | null; tenant?: string | null; session?: string | null } | null",
+        ts_args_type = "name: string, args?: Record<string, any> | null, options?: { timeout?: number | null; tenant?: string | null; session?: string | null; user?: string | null; approvalId?: string | null; failFastOnApproval?: boolean | null } | null",
         ts_return_type = "Promise<any>"
     )]
     pub fn call_tool(
@@ -551,7 +566,14 @@ impl JsEngine {
     pub fn close(&self) -> napi::Result<()> {
         guard(|| {
             let mut slot = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-            slot.take();
+            // JS subscriptions end with the engine (calls still running keep the core
+            // engine alive, but no JS handler is called any more).
+            if let Some(engine) = slot.take() {
+                for id in self.subscribers.ids() {
+                    engine.unsubscribe(utp_core::SubscriptionId(id));
+                    self.subscribers.remove(id);
+                }
+            }
             Ok(())
         })
     }
@@ -560,5 +582,277 @@ impl JsEngine {
     #[napi(getter, catch_unwind)]
     pub fn closed(&self) -> napi::Result<bool> {
         guard(|| Ok(self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Domain layer, approvals, events and metrics (design §4, §6, §8)
+// ---------------------------------------------------------------------------
+
+/// How long a JS business rule may take to answer when `timeout` is not given.
+const DEFAULT_RULE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `flush()` waits when no timeout is given.
+const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An optional number of seconds (finite, >= 0) as a duration.
+fn optional_seconds(value: Option<&Value>, what: &str) -> napi::Result<Option<Duration>> {
+    let n = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n,
+        Some(other) => {
+            return Err(invalid(format!(
+                "{what} must be a finite non-negative number of seconds, found {}",
+                json_kind(other)
+            )));
+        }
+    };
+    let seconds = n.as_f64().unwrap_or(f64::NAN);
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(invalid(format!("{what} must be a finite non-negative number of seconds, found {n}")));
+    }
+    Duration::try_from_secs_f64(seconds)
+        .map(Some)
+        .map_err(|_| invalid(format!("{what} {n} s is too large to be a duration")))
+}
+
+/// An optional non-negative integer option (`limit`, `since`).
+fn optional_count(value: Option<&Value>, what: &str) -> napi::Result<Option<u64>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Ok(Some(u)),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(u64::MAX)),
+            _ => Err(invalid(format!("{what} must be a non-negative integer, found {n}"))),
+        },
+        Some(other) => Err(invalid(format!("{what} must be a non-negative integer, found {}", json_kind(other)))),
+    }
+}
+
+fn optional_bool(value: Option<&Value>, what: &str, default: bool) -> napi::Result<bool> {
+    match value {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(invalid(format!("{what} must be a boolean, found {}", json_kind(other)))),
+    }
+}
+
+fn to_json(value: &utp_core::ApprovalInfo) -> napi::Result<Value> {
+    serde_json::to_value(value).map_err(|e| coded(ErrorCode::Internal, format!("cannot serialise: {e}")))
+}
+
+/// `{ limit, type, executionId, tool, tenant, since }` of eventBus.history.
+fn history_filter(options: StrictJson) -> napi::Result<HistoryFilter> {
+    let options = option_map(
+        options.0.into_optional("history options").map_err(invalid)?,
+        "history",
+        &["limit", "type", "executionId", "tool", "tenant", "since"],
+    )?;
+    Ok(HistoryFilter {
+        limit: optional_count(options.get("limit"), "limit")?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        kind: optional_string(options.get("type"), "type")?,
+        execution_id: optional_string(options.get("executionId"), "executionId")?,
+        tool: optional_string(options.get("tool"), "tool")?,
+        tenant: optional_string(options.get("tenant"), "tenant")?,
+        since: optional_count(options.get("since"), "since")?,
+    })
+}
+
+#[napi]
+impl JsEngine {
+    /// `engine.domainLayer.addBusinessRule(name, fn, { timeout })`: add a JS rule
+    /// that sees every call as `fn(tool, action, params)` (tool = manual name, action
+    /// = tool name without the manual). It returns (or resolves to) true (allow),
+    /// false (deny) or `{ decision: 'allow' | 'deny' | 'escalate', reason? }`.
+    /// A throw, a rejection, another value, the event loop being gone or no answer
+    /// within `timeout` seconds (default 10) denies the call, naming the rule and the
+    /// cause. ALREADY_EXISTS for a name in use, INVALID_ARGUMENT for an empty one.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "name: string, fn: (tool: string, action: string, params: Record<string, any>) => unknown, options?: { timeout?: number | null } | null"
+    )]
+    pub fn add_business_rule(
+        &self,
+        name: String,
+        callback: Function<'_, host::RuleArgs, ToolReturn>,
+        options: StrictJson,
+    ) -> napi::Result<()> {
+        guard(|| {
+            let engine = self.engine()?;
+            let options = option_map(
+                options.0.into_optional("addBusinessRule options").map_err(invalid)?,
+                "addBusinessRule",
+                &["timeout"],
+            )?;
+            let timeout = optional_seconds(options.get("timeout"), "timeout")?.unwrap_or(DEFAULT_RULE_TIMEOUT);
+            if name.trim().is_empty() {
+                return Err(invalid("a business rule needs a name (found an empty string)"));
+            }
+            let function: host::JsRuleFn = callback
+                .build_threadsafe_function::<host::RuleArgs>()
+                .weak::<true>()
+                .callee_handled::<false>()
+                .build()?;
+            engine.add_business_rule(&name, host::js_rule(Arc::new(function), timeout)).map_err(core_err)
+        })
+    }
+
+    /// Remove a business rule; false when no rule had that name.
+    #[napi(catch_unwind)]
+    pub fn remove_business_rule(&self, name: String) -> napi::Result<bool> {
+        guard(|| Ok(self.engine()?.remove_business_rule(&name)))
+    }
+
+    /// Dry run of the domain checks for a call of `toolName` with `args`:
+    /// `{ tool, decision, security_level, rules: [{ rule, effect, message }], reason,
+    /// rate_limited }`. Runs the rules (JS ones too) but consumes no rate-limit
+    /// budget, creates no approval and calls nothing. Options: `{ tenant }`.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "toolName: string, args?: Record<string, any> | null, options?: { tenant?: string | null } | null",
+        ts_return_type = "Promise<Record<string, any>>"
+    )]
+    pub fn check(
+        &self,
+        env: &Env,
+        tool_name: String,
+        args: JsJson,
+        options: StrictJson,
+    ) -> napi::Result<AsyncBlock<Value>> {
+        guard(|| {
+            let engine = self.engine()?;
+            let args = args.into_optional("args").map_err(invalid)?.unwrap_or(Value::Null);
+            let options = option_map(options.0.into_optional("check options").map_err(invalid)?, "check", &["tenant"])?;
+            let tenant = optional_string(options.get("tenant"), "tenant")?;
+            promise(env, async move { engine.check(&tool_name, args, tenant.as_deref()).await.map_err(core_err) })
+        })
+    }
+
+    /// The approvals of escalated calls, oldest first (`pendingOnly`: those still waiting).
+    #[napi(
+        catch_unwind,
+        ts_args_type = "options?: { pendingOnly?: boolean | null } | null",
+        ts_return_type = "Array<Record<string, any>>"
+    )]
+    pub fn approvals(&self, options: StrictJson) -> napi::Result<Vec<Value>> {
+        guard(|| {
+            let engine = self.engine()?;
+            let options = option_map(
+                options.0.into_optional("approvals options").map_err(invalid)?,
+                "approvals",
+                &["pendingOnly"],
+            )?;
+            let pending_only = optional_bool(options.get("pendingOnly"), "pendingOnly", false)?;
+            engine.approvals(pending_only).iter().map(to_json).collect()
+        })
+    }
+
+    /// Grant (`approved`, default true) or refuse an approval; returns it resolved.
+    /// A call waiting for it proceeds (or is denied); a fail-fast caller calls again
+    /// with `{ approvalId }`. NOT_FOUND for an unknown id.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "approvalId: string, options?: { approved?: boolean | null; reason?: string | null } | null",
+        ts_return_type = "Record<string, any>"
+    )]
+    pub fn approve(&self, approval_id: String, options: StrictJson) -> napi::Result<Value> {
+        guard(|| {
+            let engine = self.engine()?;
+            let options = option_map(
+                options.0.into_optional("approve options").map_err(invalid)?,
+                "approve",
+                &["approved", "reason"],
+            )?;
+            let approved = optional_bool(options.get("approved"), "approved", true)?;
+            let reason = optional_string(options.get("reason"), "reason")?;
+            to_json(&engine.approve(&approval_id, approved, reason.as_deref()).map_err(core_err)?)
+        })
+    }
+
+    /// `engine.eventBus.subscribe(pattern, fn)`: call `fn(event)` on the JS thread for
+    /// every event whose type matches the glob `pattern`, in id order; returns the
+    /// subscription id. `fn` may return a Promise (not awaited before the next
+    /// event); throws and rejections are counted in the metrics, never more. At most
+    /// `events.queue_capacity` events wait for the function at once; more are dropped
+    /// (counted). The function never keeps the process alive.
+    #[napi(catch_unwind, ts_args_type = "pattern: string, fn: (event: Record<string, any>) => unknown")]
+    pub fn subscribe(&self, pattern: String, callback: Function<'_, Value, host::HandlerReturn>) -> napi::Result<i64> {
+        guard(|| {
+            let engine = self.engine()?;
+            let function: host::JsHandlerFn =
+                callback.build_threadsafe_function::<Value>().weak::<true>().callee_handled::<false>().build()?;
+            let capacity = engine.events().config().queue_capacity;
+            let (state, handler) = self.subscribers.handler(capacity, function);
+            let id = engine.subscribe(&pattern, handler).map_err(core_err)?;
+            self.subscribers.insert(id.0, state);
+            i64::try_from(id.0).map_err(|_| coded(ErrorCode::Internal, "subscription id out of range"))
+        })
+    }
+
+    /// End a subscription; false when the id is unknown or already ended.
+    #[napi(catch_unwind)]
+    pub fn unsubscribe(&self, id: f64) -> napi::Result<bool> {
+        guard(|| {
+            let engine = self.engine()?;
+            if !(id.is_finite() && id >= 0.0 && id.fract() == 0.0) {
+                return Err(invalid(format!("a subscription id is a non-negative integer, found {id}")));
+            }
+            let id = id as u64;
+            self.subscribers.remove(id);
+            Ok(engine.unsubscribe(utp_core::SubscriptionId(id)))
+        })
+    }
+
+    /// Events kept in the in-memory history, in id order (design §8 JSON):
+    /// `{ limit (default all kept), type (glob), executionId, tool, tenant, since (id) }`.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "options?: { limit?: number | null; type?: string | null; executionId?: string | null; tool?: string | null; tenant?: string | null; since?: number | null } | null",
+        ts_return_type = "Array<Record<string, any>>"
+    )]
+    pub fn history(&self, options: StrictJson) -> napi::Result<Vec<Value>> {
+        guard(|| {
+            let engine = self.engine()?;
+            let filter = history_filter(options)?;
+            Ok(engine.history(&filter).iter().map(|e| e.to_value()).collect())
+        })
+    }
+
+    /// Resolve to true once every subscriber (JS ones included, their Promises too)
+    /// has handled everything published so far; false after `timeout` seconds (default 5).
+    #[napi(catch_unwind, ts_args_type = "timeout?: number | null", ts_return_type = "Promise<boolean>")]
+    pub fn flush(&self, env: &Env, timeout: StrictJson) -> napi::Result<AsyncBlock<bool>> {
+        guard(|| {
+            let engine = self.engine()?;
+            let timeout = timeout.0.into_optional("timeout").map_err(invalid)?;
+            let timeout = optional_seconds(timeout.as_ref(), "timeout")?.unwrap_or(DEFAULT_FLUSH_TIMEOUT);
+            let subscribers = self.subscribers.clone();
+            promise(env, async move {
+                let deadline = tokio::time::Instant::now() + timeout;
+                loop {
+                    // The core queues first: an event a core thread has handed over
+                    // is already counted in flight on the JS side.
+                    if engine.events().flush(Duration::ZERO) && subscribers.inflight() == 0 {
+                        return Ok(true);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(false);
+                    }
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                }
+            })
+        })
+    }
+
+    /// The metrics as JSON: per tool `{ calls, errors, policy_denied, rate_limited,
+    /// latency_seconds }`, and `events` (published, dropped, subscriber errors, subscribers).
+    #[napi(catch_unwind, ts_return_type = "Record<string, any>")]
+    pub fn metrics(&self) -> napi::Result<Value> {
+        guard(|| Ok(self.subscribers.merge_metrics(self.engine()?.metrics())))
+    }
+
+    /// The metrics in Prometheus text exposition format.
+    #[napi(catch_unwind)]
+    pub fn metrics_text(&self) -> napi::Result<String> {
+        guard(|| Ok(self.subscribers.merge_text(self.engine()?.metrics_text())))
     }
 }
