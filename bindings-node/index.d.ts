@@ -36,12 +36,22 @@ export type ErrorCode = `ERR_UTP_${ErrorCodeName}`
 /** `codes.NOT_FOUND === 'ERR_UTP_NOT_FOUND'`, one entry per stable error code. */
 export declare const codes: { readonly [K in ErrorCodeName]: `ERR_UTP_${K}` }
 
+/** Options of `new UtpError(message, code, options)`. */
+export interface UtpErrorOptions extends ErrorOptions {
+  retryAfter?: number
+  approvalId?: string
+}
+
 /** Every error thrown (or rejected with) by utp-runtime. */
 export declare class UtpError extends Error {
-  constructor(message: string, code?: ErrorCode, options?: ErrorOptions)
+  constructor(message: string, code?: ErrorCode, options?: UtpErrorOptions)
   readonly name: 'UtpError'
   /** `ERR_UTP_<CODE>`, e.g. `ERR_UTP_NOT_FOUND`. */
   code: ErrorCode
+  /** ERR_UTP_RATE_LIMITED: seconds until a call may pass again. */
+  retryAfter?: number
+  /** ERR_UTP_APPROVAL_REQUIRED: the approval to grant with `engine.approve(approvalId)`. */
+  approvalId?: string
   static readonly codes: typeof codes
 }
 
@@ -88,7 +98,53 @@ export interface EngineConfig {
   variables?: Record<string, string>
   /** Manuals (paths, URLs or inline objects) the config names. */
   manuals?: Array<string | JsonObject>
+  /** Per manual: `{ enabled, allowed_actions, tenants }` (design §6). */
+  permissions?: Record<string, PermissionConfig>
+  /** Named constants, visible to rules as `constants` (e.g. `{ max_bet_amount: 1000 }`). */
+  business_rules?: JsonObject
+  /** Declarative rules with CEL conditions. */
+  rules?: RuleConfig[]
+  rate_limits?: RateLimitConfig[]
+  security?: { default?: SecurityLevel; levels?: Record<string, SecurityLevel> }
+  /** `{ history_size, queue_capacity }` of the event bus. */
+  events?: { history_size?: number; queue_capacity?: number }
   [key: string]: unknown
+}
+
+/** Which calls a rule or rate limit applies to: `tool` = manual name, `action` = tool name; absent or `'*'` = any. */
+export interface MatchConfig {
+  tool?: string
+  action?: string
+}
+
+/** `permissions.<manual>` of the config. */
+export interface PermissionConfig {
+  enabled?: boolean
+  /** Actions (tool names without the manual) that may run; absent = all. */
+  allowed_actions?: string[]
+  tenants?: Record<string, { enabled?: boolean; allowed_actions?: string[] }>
+}
+
+/** One entry of the config's `rules`. */
+export interface RuleConfig {
+  name: string
+  match?: MatchConfig
+  /** CEL over `tool, action, params, tenant, session, now, constants`; true denies. */
+  deny_if?: string
+  /** CEL; true asks for an approval. */
+  escalate_if?: string
+  allow_only_during?: { days?: string[]; from: string; to: string; timezone?: string }
+  /** Shown to the caller; `{{constants.x}}` / `{{params.x}}` are filled in. */
+  message?: string
+}
+
+/** One entry of the config's `rate_limits`. */
+export interface RateLimitConfig {
+  match?: MatchConfig
+  per?: 'global' | 'tool' | 'tenant' | 'user' | 'session'
+  limit: number
+  /** `'1s'`, `'500ms'`, `'1m'` or seconds. */
+  window: string | number
 }
 
 /** Options of `new Engine(config, options)`. */
@@ -116,6 +172,15 @@ export interface CallOptions {
   tenant?: string | null
   /** Session the call belongs to. */
   session?: string | null
+  /** User the call is made for (rate limits `per: user`). */
+  user?: string | null
+  /** An approval granted with `engine.approve(id)` (after ERR_UTP_APPROVAL_REQUIRED): lets this call through once. */
+  approvalId?: string | null
+  /**
+   * When the call needs an approval: reject at once with ERR_UTP_APPROVAL_REQUIRED
+   * (`err.approvalId`) instead of waiting (up to the timeout) for `engine.approve`.
+   */
+  failFastOnApproval?: boolean | null
 }
 
 /**
@@ -132,6 +197,231 @@ export interface RegisterToolOptions {
   outputs?: JsonObject | null
   description?: string | null
   tags?: string[] | null
+}
+
+/** What a business rule may answer besides `true` (allow) and `false` (deny). */
+export interface RuleDecision {
+  decision: 'allow' | 'deny' | 'escalate'
+  /** Shown to the caller (and in `policy.denied` / `approval.requested` events). */
+  reason?: string | null
+}
+
+/**
+ * A business rule: `tool` is the manual name (`betfair`), `action` the tool name
+ * without the manual (`placeBet`), `params` the call's arguments. Sync or async.
+ */
+export type BusinessRule = (
+  tool: string,
+  action: string,
+  params: Record<string, any>,
+) => boolean | RuleDecision | PromiseLike<boolean | RuleDecision>
+
+/** Options of `engine.domainLayer.addBusinessRule(name, fn, options)`. */
+export interface BusinessRuleOptions {
+  /** Seconds the rule may take to answer (default 10); a late answer denies the call. */
+  timeout?: number | null
+}
+
+/** A security level (config `security`). */
+export type SecurityLevel = 'safe' | 'moderate' | 'restricted' | 'dangerous'
+
+/** One check that did not simply allow a call. */
+export interface RuleHit {
+  /** The rule's name; `permissions` and `security_level` for those checks. */
+  rule: string
+  effect: 'allow' | 'deny' | 'escalate'
+  message: string
+}
+
+/** The result of `engine.domainLayer.check(toolName, args, options)`. */
+export interface CheckResult {
+  tool: string
+  decision: 'allow' | 'deny' | 'escalate'
+  security_level: SecurityLevel
+  rules: RuleHit[]
+  /** The messages of the deciding rules, or null when nothing objected. */
+  reason: string | null
+  /** Set when a rate limit would refuse the call now. */
+  rate_limited: { limit: string; retry_after_ms: number } | null
+}
+
+/** Options of `engine.domainLayer.check`. */
+export interface CheckOptions {
+  tenant?: string | null
+}
+
+/** `engine.domainLayer`: business rules that see every call, and dry runs. */
+export declare class DomainLayer {
+  private constructor()
+  /**
+   * Add `fn(tool, action, params)` as the business rule `name`; it sees every call.
+   * It returns (or resolves to) `true` (allow), `false` (deny) or a {@link RuleDecision}.
+   * A throw, a rejection, any other value or no answer within `options.timeout` seconds
+   * denies the call (ERR_UTP_PERMISSION_DENIED naming the rule and the cause).
+   * Throws ERR_UTP_ALREADY_EXISTS for a name in use, ERR_UTP_INVALID_ARGUMENT for an
+   * empty name or a `fn` that is not a function. A rule never keeps the process alive.
+   */
+  addBusinessRule(name: string, fn: BusinessRule, options?: BusinessRuleOptions | null): void
+  /** Remove a business rule; false when no rule had that name. */
+  removeBusinessRule(name: string): boolean
+  /**
+   * Dry run of every domain check (permissions, security level, config rules, business
+   * rules, rate limits) for a call of `toolName`; consumes nothing and calls nothing.
+   */
+  check(toolName: string, args?: Record<string, any> | null, options?: CheckOptions | null): Promise<CheckResult>
+  readonly [Symbol.toStringTag]: 'DomainLayer'
+}
+
+/** Event types (design §8); other strings may appear as the runtime grows. */
+export type EventType =
+  | 'workflow.started'
+  | 'workflow.planned'
+  | 'step.started'
+  | 'step.completed'
+  | 'step.failed'
+  | 'step.retrying'
+  | 'step.skipped'
+  | 'workflow.completed'
+  | 'workflow.error'
+  | 'workflow.cancelled'
+  | 'workflow.suspended'
+  | 'workflow.resumed'
+  | 'tool.called'
+  | 'tool.succeeded'
+  | 'tool.failed'
+  | 'policy.denied'
+  | 'approval.requested'
+  | 'approval.resolved'
+  | 'ratelimit.limited'
+  | 'breaker.opened'
+  | 'breaker.closed'
+  | 'manual.registered'
+  | 'manual.deregistered'
+  | (string & {})
+
+/** An event (design §8 JSON); absent fields are left out. */
+export interface UtpEvent {
+  /** Increasing per engine, from 1. */
+  id: number
+  type: EventType
+  /** RFC 3339 UTC with milliseconds. */
+  time: string
+  execution_id?: string
+  session_id?: string
+  tenant?: string
+  workflow?: string
+  step_id?: string
+  /** The full tool name (`manual.tool`). */
+  tool?: string
+  data: Record<string, any>
+}
+
+/** An event subscriber: sync or async; what it returns is not used. */
+export type EventHandler = (event: UtpEvent) => unknown
+
+/** Options of `engine.eventBus.history(options)`. */
+export interface HistoryOptions {
+  /** At most this many events (the newest; with `since`, the first after it). Default: all kept. */
+  limit?: number | null
+  /** Event type glob: `'tool.*'`, `'policy.denied'`, `'*'`. */
+  type?: string | null
+  executionId?: string | null
+  tool?: string | null
+  tenant?: string | null
+  /** Only events with an id greater than this. */
+  since?: number | null
+}
+
+/** A live subscription, from `engine.eventBus.subscribe`. */
+export declare class Subscription {
+  private constructor()
+  readonly id: number
+  readonly pattern: string
+  /** End the subscription; false when it had already ended. */
+  unsubscribe(): boolean
+  [Symbol.dispose](): void
+  readonly [Symbol.toStringTag]: 'Subscription'
+}
+
+/** `engine.eventBus`: subscriptions, the history and flushing. */
+export declare class EventBus {
+  private constructor()
+  /**
+   * Call `fn(event)` on the JS thread for every event whose type matches the glob
+   * `pattern` (`'*'`, `'tool.*'`, `'policy.denied'`), in id order. Throws and rejections
+   * are counted in the metrics (`events.subscriber_errors`) and never affect a call;
+   * events beyond the `events.queue_capacity` waiting for `fn` are dropped (counted).
+   * A subscription never keeps the process alive.
+   */
+  subscribe(pattern: string, fn: EventHandler): Subscription
+  /** End a subscription (or the subscription with this id); false when it had already ended. */
+  unsubscribe(subscription: Subscription | number): boolean
+  /** Events kept in memory, oldest first. */
+  history(options?: HistoryOptions | null): UtpEvent[]
+  /**
+   * Resolves to true once every subscriber has handled everything published so far
+   * (returned Promises included), false after `timeout` seconds (default 5).
+   */
+  flush(timeout?: number | null): Promise<boolean>
+  readonly [Symbol.toStringTag]: 'EventBus'
+}
+
+/** An approval of an escalated call. */
+export interface Approval {
+  id: string
+  /** The full tool name. */
+  tool: string
+  tenant: string | null
+  session: string | null
+  /** Why the call was escalated. */
+  reason: string
+  status: 'pending' | 'approved' | 'denied'
+  created: string
+  resolved: string | null
+  resolution_reason: string | null
+}
+
+/** Options of `engine.approvals(options)`. */
+export interface ApprovalsOptions {
+  /** Only the approvals still waiting. */
+  pendingOnly?: boolean | null
+}
+
+/** Options of `engine.approve(approvalId, options)`. */
+export interface ApproveOptions {
+  /** Default true; false refuses (a waiting call is denied). */
+  approved?: boolean | null
+  reason?: string | null
+}
+
+/** Per-tool metrics. */
+export interface ToolMetrics {
+  calls: { succeeded: number; failed: number }
+  /** Failed calls by error code name. */
+  errors: Partial<Record<ErrorCodeName, number>>
+  policy_denied: number
+  rate_limited: number
+  latency_seconds: { count: number; sum: number; buckets: Array<{ le: number; count: number }> }
+}
+
+/** `engine.metrics()`. */
+export interface Metrics {
+  tools: Record<string, ToolMetrics>
+  events: {
+    published: number
+    dropped: number
+    subscriber_errors: number
+    subscribers: Array<{
+      id: number
+      pattern: string
+      delivered: number
+      dropped: number
+      errors: number
+      queued: number
+      /** JS subscribers: the last throw or rejection, if any. */
+      last_error?: string | null
+    }>
+  }
 }
 
 /**
@@ -181,6 +471,9 @@ export declare class Engine {
   /**
    * Call a tool by its full name (`manual.tool`); resolves to its result (arguments and
    * results cross as JSON values: `undefined` properties are left out, a BigInt is refused).
+   * Every call passes the domain layer first: ERR_UTP_PERMISSION_DENIED (a permission, rule
+   * or business rule denied it), ERR_UTP_RATE_LIMITED (`err.retryAfter` seconds),
+   * ERR_UTP_APPROVAL_REQUIRED (`err.approvalId`, with `failFastOnApproval`).
    * Rejects with ERR_UTP_NOT_FOUND (no such tool), ERR_UTP_VALIDATION_FAILED (arguments
    * against the tool's `inputs`), ERR_UTP_TIMEOUT, ERR_UTP_TOOL_FAILED (the tool failed:
    * a JS tool threw or rejected, an HTTP status...), ERR_UTP_TRANSPORT and the others.
@@ -195,6 +488,22 @@ export declare class Engine {
    * Throws ERR_UTP_ALREADY_EXISTS for a name already registered.
    */
   registerTool(name: string, fn: ToolFunction, options?: RegisterToolOptions | null): string
+  /** Business rules and dry runs (design §4: `engine.domainLayer.addBusinessRule`). */
+  readonly domainLayer: DomainLayer
+  /** Subscriptions, history and flushing (design §4: `engine.eventBus.subscribe`). */
+  readonly eventBus: EventBus
+  /** Approvals of escalated calls, oldest first. */
+  approvals(options?: ApprovalsOptions | null): Approval[]
+  /**
+   * Grant (or with `{ approved: false }` refuse) an approval and return it resolved:
+   * a call waiting for it proceeds (or is denied with ERR_UTP_PERMISSION_DENIED); a caller
+   * that failed fast calls again with `{ approvalId }`. Throws ERR_UTP_NOT_FOUND for an unknown id.
+   */
+  approve(approvalId: string, options?: ApproveOptions | null): Approval
+  /** The metrics as JSON. */
+  metrics(): Metrics
+  /** The metrics in Prometheus text exposition format. */
+  metricsText(): string
   /** Names of the registered manuals, sorted. */
   manuals(): string[]
   /** The namespaced variables a manual or a tool (`manual.tool`) needs, e.g. `weather_WEATHER_API_KEY`. */

@@ -19,15 +19,22 @@ function members(cls) {
   return Object.getOwnPropertyNames(cls.prototype).filter((n) => n !== 'constructor').sort()
 }
 
+// The native Engine's members, as the JS layer exposes them: on the Engine, or
+// grouped as `engine.domainLayer` / `engine.eventBus` (design §4).
+const { DomainLayer, EventBus, Subscription } = require('utp-runtime')
+const grouped = { Engine, DomainLayer, EventBus }
+
 test('the JS Engine wraps every native Engine member', () => {
-  const js = new Set(members(Engine))
-  for (const name of members(native.Engine)) assert.ok(js.has(name), `index.js Engine lacks native member ${name}`)
+  const js = new Set(Object.values(grouped).flatMap(members))
+  for (const name of members(native.Engine)) assert.ok(js.has(name), `index.js lacks native member ${name}`)
 })
 
 test('index.d.ts declares every Engine member and every module export', () => {
-  const engineDecl = /export declare class Engine \{([\s\S]*?)\n\}/.exec(dts)[1]
-  for (const name of members(Engine)) {
-    assert.match(engineDecl, new RegExp(`\\n  (readonly )?${name}[(:]`), `index.d.ts Engine lacks ${name}`)
+  for (const [cls, impl] of Object.entries({ ...grouped, Subscription })) {
+    const decl = new RegExp(`export declare class ${cls} \\{([\\s\\S]*?)\\n\\}`).exec(dts)[1]
+    for (const name of members(impl)) {
+      assert.match(decl, new RegExp(`\\n  (readonly )?${name}[(:]`), `index.d.ts ${cls} lacks ${name}`)
+    }
   }
   for (const name of Object.keys(require('utp-runtime'))) {
     assert.match(dts, new RegExp(`export declare (const|class|function) ${name}\\b`), `index.d.ts lacks export ${name}`)

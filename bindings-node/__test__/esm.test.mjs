@@ -4,6 +4,7 @@ import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 
 import utp, { Engine, UtpError, codes, version } from 'utp-runtime'
+import * as esm from 'utp-runtime'
 
 const require = createRequire(import.meta.url)
 
@@ -14,6 +15,7 @@ test('named and default ESM exports are the CommonJS objects', () => {
   assert.equal(codes, cjs.codes)
   assert.equal(version, cjs.version)
   assert.equal(utp, cjs)
+  for (const name of Object.keys(cjs)) assert.equal(esm[name], cjs[name], `index.mjs lacks the named export ${name}`)
 })
 
 test('an engine works through the ESM entry', async () => {

@@ -8,6 +8,12 @@ import {
   type Tool,
   type DiscoveryReport,
   type ErrorCode,
+  type Approval,
+  type CheckResult,
+  type Metrics,
+  type RuleDecision,
+  type UtpEvent,
+  Subscription,
 } from 'utp-runtime'
 import utpDefault from 'utp-runtime'
 
@@ -38,6 +44,29 @@ async function main(): Promise<void> {
   const options: CallOptions = { timeout: 1 }
   await engine.callTool('math.later', undefined, options)
   await engine.callTool('math.later')
+  await engine.callTool('math.later', {}, { user: 'u', approvalId: 'apr_1', failFastOnApproval: true })
+  engine.domainLayer.addBusinessRule('max', (tool, action, params) => !(params.amount > 1000))
+  engine.domainLayer.addBusinessRule('async', async (): Promise<RuleDecision> => ({ decision: 'escalate', reason: 'r' }), {
+    timeout: 2,
+  })
+  const gone: boolean = engine.domainLayer.removeBusinessRule('max')
+  const verdict: CheckResult = await engine.domainLayer.check('math.add', { a: 1 }, { tenant: 't' })
+  const sub: Subscription = engine.eventBus.subscribe('tool.*', (event: UtpEvent) => console.log(event.type, event.data))
+  engine.eventBus.subscribe('step.completed', async () => {})
+  const ended: boolean = sub.unsubscribe() || engine.eventBus.unsubscribe(sub.id) || engine.eventBus.unsubscribe(sub)
+  const events: UtpEvent[] = engine.eventBus.history({ limit: 10, type: 'policy.*', executionId: null, tool: 'm.t' })
+  const flushed: boolean = await engine.eventBus.flush(2)
+  const pending: Approval[] = engine.approvals({ pendingOnly: true })
+  const granted: Approval = engine.approve('apr_1', { approved: false, reason: 'no' })
+  const metrics: Metrics = engine.metrics()
+  const text: string = engine.metricsText()
+  try {
+    await engine.callTool('math.add')
+  } catch (e) {
+    if (e instanceof UtpError && e.code === codes.RATE_LIMITED) console.log(e.retryAfter?.toFixed(1))
+    if (e instanceof UtpError && e.code === codes.APPROVAL_REQUIRED && e.approvalId) engine.approve(e.approvalId)
+  }
+  console.log(gone, verdict.decision, ended, events, flushed, pending, granted.status, metrics.events.published, text)
   const removed: boolean = engine.deregisterManual('weather')
   const manuals: string[] = engine.manuals()
   const vars: string[] = engine.requiredVariables('weather')
@@ -65,6 +94,12 @@ new Engine().deregisterManual(5)
 new Engine().registerTool('m.t', 'not a function')
 // @ts-expect-error timeout is a number of seconds
 void new Engine().callTool('m.t', {}, { timeout: '1s' })
+// @ts-expect-error a rule is a function
+new Engine().domainLayer.addBusinessRule('r', true)
+// @ts-expect-error a decision is allow, deny or escalate
+new Engine().domainLayer.addBusinessRule('r', () => ({ decision: 'maybe' }))
+// @ts-expect-error subscriptions are made by the engine
+new Subscription()
 // @ts-expect-error codes are a closed set
 const bad: ErrorCode = 'ERR_UTP_NOPE'
 
