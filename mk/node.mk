@@ -1,6 +1,7 @@
 # Node binding (bindings-node/, npm package utp-runtime): install the pinned tools from
 # package-lock.json, build the native addon with `napi build` (debug) into the shared
-# CARGO_TARGET_DIR, and run the `node --test` suite.
+# CARGO_TARGET_DIR, run the `node --test` suite, run every examples/node/*.mjs and
+# type-check the TypeScript examples (examples/node/tsconfig.json) with the pinned tsc.
 # Included by the top-level Makefile; also works alone: `make -f mk/node.mk test-node`.
 #
 # Note: napi-cli always passes `--target <host triple>` to cargo, so the addon and its
@@ -18,7 +19,11 @@ UTP_NODE_NPM_CI_FLAGS ?= --no-audit --no-fund
 # (or node_modules was removed, which removes the stamp with it).
 UTP_NODE_STAMP        := $(UTP_NODE_DIR)/node_modules/.utp-npm-ci.stamp
 
-.PHONY: node-deps node-build test-node
+UTP_NODE_EXAMPLES_DIR := $(UTP_NODE_ROOT)/examples/node
+UTP_NODE_EXAMPLES     := $(sort $(wildcard $(UTP_NODE_EXAMPLES_DIR)/*.mjs))
+UTP_NODE_TSC          := $(UTP_NODE_DIR)/node_modules/typescript/bin/tsc
+
+.PHONY: node-deps node-build test-node node-examples
 
 node-deps: $(UTP_NODE_STAMP)
 
@@ -29,5 +34,23 @@ $(UTP_NODE_STAMP): $(UTP_NODE_DIR)/package-lock.json
 node-build: node-deps
 	cd "$(UTP_NODE_DIR)" && $(UTP_NODE_NPM) run build
 
+# The examples import 'utp-runtime' as users do: examples/node/node_modules/utp-runtime
+# links to bindings-node/ (node_modules/ is ignored by git). Every *.mjs must run to
+# the end with exit code 0 (stdout hidden); the *.ts must type-check (tsc --noEmit).
+define utp_node_run_examples
+	@mkdir -p "$(UTP_NODE_EXAMPLES_DIR)/node_modules"
+	@ln -sfn ../../../bindings-node "$(UTP_NODE_EXAMPLES_DIR)/node_modules/utp-runtime"
+	@for script in $(UTP_NODE_EXAMPLES); do \
+		echo "example: $${script#$(UTP_NODE_ROOT)/}"; \
+		(cd "$(UTP_NODE_ROOT)" && timeout 120 node "$$script" > /dev/null) || { echo "example failed: $$script" >&2; exit 1; }; \
+	done
+	@echo "example: tsc --noEmit -p examples/node"
+	@cd "$(UTP_NODE_ROOT)" && node "$(UTP_NODE_TSC)" --noEmit -p examples/node
+endef
+
 test-node: node-deps node-build
 	cd "$(UTP_NODE_DIR)" && $(UTP_NODE_NPM) test
+	$(utp_node_run_examples)
+
+node-examples: node-build
+	$(utp_node_run_examples)
