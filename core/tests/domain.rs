@@ -293,3 +293,43 @@ async fn check_is_a_dry_run_and_bad_config_is_rejected() {
         assert_eq!(err.code(), ErrorCode::InvalidArgument, "{bad}: {err}");
     }
 }
+
+#[tokio::test]
+async fn slow_host_rules_count_against_the_call_deadline_and_cancellation() {
+    let (e, runs) = betting_engine(json!({}));
+    let slow: HostRule = Arc::new(|_, _, _| {
+        async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(HostVerdict::Allow)
+        }
+        .boxed()
+    });
+    let quick_deny: HostRule = Arc::new(|_, action, _| {
+        async move { Ok(if action == "cashOut" { HostVerdict::Deny(Some("no cash-outs today".into())) } else { HostVerdict::Allow }) }
+            .boxed()
+    });
+    e.add_business_rule("quick", quick_deny).unwrap();
+    e.add_business_rule("slow", slow).unwrap();
+    let options = CallOptions { timeout: Some(Duration::from_millis(100)), ..CallOptions::default() };
+    let started = std::time::Instant::now();
+    let err = e.call_tool("betfair.listMarkets", json!({}), options).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
+    assert!(err.to_string().contains("business rules"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let token = utp_core::CancellationToken::new();
+    let options = CallOptions { cancel: Some(token.clone()), ..CallOptions::default() };
+    let caller = {
+        let e = e.clone();
+        tokio::spawn(async move { e.call_tool("betfair.listMarkets", json!({}), options).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    token.cancel();
+    assert_eq!(caller.await.unwrap().unwrap_err().code(), ErrorCode::Cancelled);
+
+    // Without the slow rule, the quick rule decides and its reason reaches the caller.
+    assert!(e.remove_business_rule("slow"));
+    let err = e.call_tool("betfair.cashOut", json!({}), CallOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("no cash-outs today"), "{err}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}

@@ -25,7 +25,21 @@ impl Engine {
     ) -> Result<Value> {
         let domain = self.domain();
         let call = call_of(tool, params, options);
-        let decision = domain.decide(&call, jiff::Timestamp::now()).await;
+        let decide = domain.decide(&call, jiff::Timestamp::now());
+        let decision = if domain.has_host_rules() {
+            // Host rules may take a while: they count against the call's deadline and
+            // its cancellation, like the tool itself.
+            tokio::select! {
+                decision = tokio::time::timeout(timeout, decide) => decision.map_err(|_| {
+                    Error::Timeout(format!("call to '{}': the business rules did not decide within {timeout:?}", call.tool))
+                })?,
+                _ = cancelled(options) => {
+                    return Err(Error::Cancelled(format!("call to '{}' cancelled while its business rules ran", call.tool)));
+                }
+            }
+        } else {
+            decide.await
+        };
         let mut audit = Map::new();
         audit.insert("decision".into(), Value::String(decision.outcome.as_str().into()));
         audit.insert("security_level".into(), Value::String(decision.level.as_str().into()));

@@ -14,13 +14,14 @@ use parking_lot::Mutex;
 use super::spec::{Per, RateLimitSpec};
 use super::Call;
 
-/// Keys are pruned once the table holds this many (those whose budget is full again).
+/// A limit's keys are pruned once it holds this many (those whose budget is full again).
 const PRUNE_AT: usize = 100_000;
 
 pub struct RateLimits {
     limits: Vec<Limit>,
-    /// (limit index, key) → theoretical arrival time.
-    state: Mutex<HashMap<(usize, String), Instant>>,
+    /// Per limit (same index): key → theoretical arrival time. Looked up by the
+    /// call's borrowed key; a key is allocated only when first committed.
+    state: Mutex<Vec<HashMap<Box<str>, Instant>>>,
 }
 
 struct Limit {
@@ -58,7 +59,8 @@ impl RateLimits {
             );
             limits.push(Limit { tool, action, per: s.per, cost: s.window / s.limit, window: s.window, description });
         }
-        Ok(RateLimits { limits, state: Mutex::new(HashMap::new()) })
+        let state = Mutex::new(limits.iter().map(|_| HashMap::new()).collect());
+        Ok(RateLimits { limits, state })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -81,18 +83,18 @@ impl RateLimits {
         }
         let now = Instant::now();
         let mut state = self.state.lock();
-        let mut updates: Vec<((usize, String), Instant)> = Vec::new();
+        let mut updates: Vec<(usize, &str, Instant)> = Vec::new();
         let mut denied: Option<Limited> = None;
         for (i, limit) in self.limits.iter().enumerate() {
             if limit.tool.as_deref().is_some_and(|t| t != call.manual) || limit.action.as_deref().is_some_and(|a| a != call.action) {
                 continue;
             }
-            let key = (i, limit.key(call));
-            let tat = state.get(&key).copied().unwrap_or(now).max(now);
+            let key = limit.key(call);
+            let tat = state[i].get(key).copied().unwrap_or(now).max(now);
             let next = tat + limit.cost;
             // Allowed while the budget's debt stays within one window.
             if next <= now + limit.window {
-                updates.push((key, next));
+                updates.push((i, key, next));
             } else {
                 let retry_after = next - limit.window - now;
                 if denied.as_ref().is_none_or(|d| retry_after > d.retry_after) {
@@ -104,24 +106,31 @@ impl RateLimits {
             return Err(d);
         }
         if commit {
-            if state.len() >= PRUNE_AT {
-                state.retain(|_, tat| *tat > now);
+            for (i, key, next) in updates {
+                let table = &mut state[i];
+                match table.get_mut(key) {
+                    Some(tat) => *tat = next,
+                    None => {
+                        if table.len() >= PRUNE_AT {
+                            table.retain(|_, tat| *tat > now);
+                        }
+                        table.insert(key.into(), next);
+                    }
+                }
             }
-            state.extend(updates);
         }
         Ok(())
     }
 }
 
 impl Limit {
-    fn key(&self, call: &Call<'_>) -> String {
-        let part = |v: Option<&str>| v.unwrap_or("").to_string();
+    fn key<'c>(&self, call: &Call<'c>) -> &'c str {
         match self.per {
-            Per::Global => String::new(),
-            Per::Tool => call.tool.to_string(),
-            Per::Tenant => part(call.tenant),
-            Per::User => part(call.user),
-            Per::Session => part(call.session),
+            Per::Global => "",
+            Per::Tool => call.tool,
+            Per::Tenant => call.tenant.unwrap_or(""),
+            Per::User => call.user.unwrap_or(""),
+            Per::Session => call.session.unwrap_or(""),
         }
     }
 }

@@ -215,6 +215,10 @@ impl Domain {
         Ok(())
     }
 
+    pub fn has_host_rules(&self) -> bool {
+        !self.host_rules.read().is_empty()
+    }
+
     pub fn remove_business_rule(&self, name: &str) -> bool {
         let mut rules = self.host_rules.write();
         let before = rules.len();
@@ -241,7 +245,7 @@ impl Domain {
             });
         }
         {
-            // Scoped: the CEL values in `facts` are not Send and must not live across the awaits below.
+            // Scoped: `facts` borrows the call only for the declarative rules.
             let facts = Facts {
                 tool: call.manual,
                 action: call.action,
@@ -251,7 +255,7 @@ impl Domain {
                 now,
                 constants: &self.constants,
                 cel: &self.cel,
-                cel_scope: Default::default(),
+                cel_params: Default::default(),
             };
             for rule in self.rules.matching(call.manual, call.action) {
                 evaluate(rule, &facts, &mut hits);
@@ -259,9 +263,13 @@ impl Domain {
         }
         let host: Vec<(String, HostRule)> = self.host_rules.read().clone();
         if !host.is_empty() {
+            // Host rules run concurrently: each may wait on its host (a Python or JS thread).
             let params = Value::Object(call.params.clone());
-            for (name, rule) in host {
-                let verdict = rule(call.manual.to_string(), call.action.to_string(), params.clone()).await;
+            let verdicts = futures_util::future::join_all(
+                host.iter().map(|(_, rule)| rule(call.manual.to_string(), call.action.to_string(), params.clone())),
+            )
+            .await;
+            for ((name, _), verdict) in host.into_iter().zip(verdicts) {
                 let (effect, message) = match verdict {
                     Ok(HostVerdict::Allow) => continue,
                     Ok(HostVerdict::Deny(m)) => (Outcome::Deny, m.unwrap_or_else(|| format!("business rule '{name}' denied the call"))),

@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use jiff::civil::{Time, Weekday};
 use jiff::tz::TimeZone;
+use cel::common::types::{CelNull, CelString};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use serde_json::{Map, Value};
 
 use super::spec::WindowSpec;
@@ -20,14 +23,19 @@ use super::spec::WindowSpec;
 /// cost ~10 µs a rule).
 pub struct CelShared {
     env: Arc<cel::Env>,
-    constants: cel::Value,
+    constants: Box<dyn Val>,
 }
 
 impl CelShared {
     pub fn new(constants: &Value) -> Result<CelShared, String> {
-        let constants = cel::to_value(constants).map_err(|e| format!("business_rules: {e}"))?;
+        let constants = to_val(constants).map_err(|e| format!("business_rules: {e}"))?;
         Ok(CelShared { env: Arc::new(cel::Env::stdlib()), constants })
     }
+}
+
+fn to_val(value: impl serde::Serialize) -> Result<Box<dyn Val>, String> {
+    let value = cel::to_value(value).map_err(|e| e.to_string())?;
+    Box::<dyn Val>::try_from(value).map_err(|e| format!("{e:?}"))
 }
 
 /// What a condition sees of a call.
@@ -40,15 +48,44 @@ pub struct Facts<'a> {
     pub now: jiff::Timestamp,
     pub constants: &'a Value,
     pub cel: &'a CelShared,
-    /// The call's variables as CEL values, converted at the first CEL condition and
+    /// `params` as a CEL value, converted when a CEL condition first reads it and
     /// shared by the call's other CEL conditions.
-    pub cel_scope: std::cell::OnceCell<Result<cel::Context<'static, 'static>, String>>,
+    pub cel_params: std::sync::OnceLock<Option<Box<dyn Val>>>,
+}
+
+/// CEL reads the call's variables straight from the facts, on demand: a condition
+/// converts only what it references.
+impl VariableResolver for Facts<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let text = |s: Option<&'b str>| s.map_or_else(|| CowVal::owned(CelNull), |s| CowVal::owned(CelString::from(s)));
+        Some(match variable {
+            "params" => CowVal::Borrowed(self.cel_params.get_or_init(|| to_val(self.params).ok()).as_deref()?),
+            "constants" => CowVal::Borrowed(&*self.cel.constants),
+            "tool" => text(Some(self.tool)),
+            "action" => text(Some(self.action)),
+            "tenant" => text(self.tenant),
+            "session" => text(self.session),
+            "now" => CowVal::owned(CelString::from(self.now.to_string())),
+            _ => return None,
+        })
+    }
 }
 
 /// A compiled condition.
 pub enum Condition {
-    Compare { left: Operand, op: CmpOp, right: Operand },
+    Native(Native),
     Cel(Arc<cel::Program>),
+}
+
+/// The shapes evaluated without CEL: comparisons, `x in [literals]`, `has(params.x)`,
+/// and `&&` / `||` of those (no parentheses, no negation).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Native {
+    Compare { left: Operand, op: CmpOp, right: Operand },
+    In { item: Operand, list: Vec<Value> },
+    Has { root: Operand, field: String },
+    All(Vec<Native>),
+    Any(Vec<Native>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,8 +111,8 @@ pub enum CmpOp {
 
 impl Condition {
     pub fn compile(source: &str) -> Result<Condition, String> {
-        if let Some((left, op, right)) = simple_comparison(source) {
-            return Ok(Condition::Compare { left, op, right });
+        if let Some(native) = native(source) {
+            return Ok(Condition::Native(native));
         }
         let program = cel::Program::compile(source).map_err(|e| format!("invalid CEL condition `{source}`: {e}"))?;
         Ok(Condition::Cel(Arc::new(program)))
@@ -84,14 +121,122 @@ impl Condition {
     /// True / false, or why it could not be evaluated (which denies the call).
     pub fn eval(&self, facts: &Facts<'_>) -> Result<bool, String> {
         match self {
-            Condition::Compare { left, op, right } => {
-                let l = resolve(left, facts)?;
-                let r = resolve(right, facts)?;
-                compare(&l, *op, &r)
-            }
+            Condition::Native(native) => native.eval(facts),
             Condition::Cel(program) => eval_cel(program, facts),
         }
     }
+}
+
+impl Native {
+    /// `&&` and `||` are commutative as in CEL: a decided result wins over an
+    /// error in another branch; otherwise the error stands (and denies).
+    fn eval(&self, facts: &Facts<'_>) -> Result<bool, String> {
+        match self {
+            Native::Compare { left, op, right } => compare(&*resolve(left, facts)?, *op, &*resolve(right, facts)?),
+            Native::In { item, list } => {
+                let item = resolve(item, facts)?;
+                Ok(list.iter().any(|v| compare(&item, CmpOp::Eq, v).unwrap_or(false)))
+            }
+            Native::Has { root: Operand::Params(path), field } if path.is_empty() => Ok(facts.params.contains_key(field)),
+            Native::Has { root, field } => match resolve(root, facts)?.as_ref() {
+                Value::Object(map) => Ok(map.contains_key(field)),
+                other => Err(format!("has() needs a map, found {}", kind(other))),
+            },
+            Native::All(parts) => combine(parts, facts, false),
+            Native::Any(parts) => combine(parts, facts, true),
+        }
+    }
+}
+
+/// `Any` (decisive = true) or `All` (decisive = false).
+fn combine(parts: &[Native], facts: &Facts<'_>, decisive: bool) -> Result<bool, String> {
+    let mut error = None;
+    for part in parts {
+        match part.eval(facts) {
+            Ok(v) if v == decisive => return Ok(decisive),
+            Ok(_) => {}
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    error.map_or(Ok(!decisive), Err)
+}
+
+/// Parse the native shapes, or None (then CEL compiles it, and reports syntax errors).
+fn native(source: &str) -> Option<Native> {
+    let any = split_top(source, "||")?;
+    let mut alternatives = Vec::with_capacity(any.len());
+    for alternative in any {
+        let all = split_top(alternative, "&&")?;
+        let atoms = all.into_iter().map(atom).collect::<Option<Vec<_>>>()?;
+        alternatives.push(if atoms.len() == 1 { atoms.into_iter().next()? } else { Native::All(atoms) });
+    }
+    Some(if alternatives.len() == 1 { alternatives.into_iter().next()? } else { Native::Any(alternatives) })
+}
+
+fn atom(text: &str) -> Option<Native> {
+    let text = text.trim();
+    if let Some(inner) = text.strip_prefix("has(").and_then(|t| t.strip_suffix(')')) {
+        let (root, field) = inner.trim().rsplit_once('.')?;
+        let root = match root {
+            "params" => Operand::Params(Vec::new()),
+            "constants" => Operand::Constants(Vec::new()),
+            _ => match operand(root)? {
+                op @ (Operand::Params(_) | Operand::Constants(_)) => op,
+                _ => return None,
+            },
+        };
+        let ident = !field.is_empty() && field.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        return ident.then(|| Native::Has { root, field: field.to_string() });
+    }
+    if let [item, list] = split_top(text, " in ")?.as_slice() {
+        let inner = list.trim().strip_prefix('[')?.strip_suffix(']')?;
+        let list = if inner.trim().is_empty() {
+            Vec::new()
+        } else {
+            split_top(inner, ",")?
+                .into_iter()
+                .map(|i| match operand(i.trim())? {
+                    Operand::Literal(v) => Some(v),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?
+        };
+        return Some(Native::In { item: operand(item.trim())?, list });
+    }
+    simple_comparison(text).map(|(left, op, right)| Native::Compare { left, op, right })
+}
+
+/// Split at `sep` outside quotes and brackets; None on escapes (left to CEL).
+fn split_top<'a>(source: &'a str, sep: &str) -> Option<Vec<&'a str>> {
+    let bytes = source.as_bytes();
+    let (mut parts, mut start, mut depth, mut quote, mut i) = (Vec::new(), 0, 0i32, None, 0);
+    while i < bytes.len() {
+        let c = bytes[i];
+        match quote {
+            Some(_) if c == b'\\' => return None,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                b'"' | b'\'' => quote = Some(c),
+                b'[' | b'(' => depth += 1,
+                b']' | b')' => depth -= 1,
+                _ if depth == 0 && source[i..].starts_with(sep) => {
+                    parts.push(&source[start..i]);
+                    i += sep.len();
+                    start = i;
+                    continue;
+                }
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    (quote.is_none() && depth == 0).then(|| {
+        parts.push(&source[start..]);
+        parts
+    })
 }
 
 fn resolve<'a>(operand: &'a Operand, facts: &'a Facts<'a>) -> Result<std::borrow::Cow<'a, Value>, String> {
@@ -108,7 +253,7 @@ fn resolve<'a>(operand: &'a Operand, facts: &'a Facts<'a>) -> Result<std::borrow
         Operand::Params(path) => walk(facts.params.get(&path[0]), &path[1..])
             .map(Cow::Borrowed)
             .ok_or_else(|| format!("no such field: params.{}", path.join("."))),
-        Operand::Constants(path) => walk(facts.constants.get(&path[0]), &path[1..])
+        Operand::Constants(path) => walk(Some(facts.constants), path)
             .map(Cow::Borrowed)
             .ok_or_else(|| format!("no such constant: constants.{}", path.join("."))),
     }
@@ -244,25 +389,13 @@ fn operand(text: &str) -> Option<Operand> {
 }
 
 fn eval_cel(program: &cel::Program, facts: &Facts<'_>) -> Result<bool, String> {
-    let ctx = facts.cel_scope.get_or_init(|| cel_scope(facts)).as_ref().map_err(String::clone)?;
-    match program.execute(ctx) {
+    let mut ctx = cel::Context::with_env(facts.cel.env.clone());
+    ctx.set_variable_resolver(facts);
+    match program.execute(&ctx) {
         Ok(cel::Value::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("condition gave {other:?}, not a boolean")),
         Err(e) => Err(e.to_string()),
     }
-}
-
-fn cel_scope(facts: &Facts<'_>) -> Result<cel::Context<'static, 'static>, String> {
-    let mut ctx = cel::Context::with_env(facts.cel.env.clone());
-    let params = cel::to_value(facts.params).map_err(|e| format!("params: {e}"))?;
-    ctx.add_variable_from_value("params", params);
-    ctx.add_variable_from_value("constants", facts.cel.constants.clone());
-    ctx.add_variable_from_value("tool", facts.tool.to_string());
-    ctx.add_variable_from_value("action", facts.action.to_string());
-    ctx.add_variable_from_value("tenant", facts.tenant.map(str::to_string).map_or(cel::Value::Null, Into::into));
-    ctx.add_variable_from_value("session", facts.session.map(str::to_string).map_or(cel::Value::Null, Into::into));
-    ctx.add_variable_from_value("now", facts.now.to_string());
-    Ok(ctx)
 }
 
 /// A compiled `allow_only_during` window.
@@ -361,7 +494,7 @@ mod tests {
             now: jiff::Timestamp::UNIX_EPOCH,
             constants,
             cel,
-            cel_scope: Default::default(),
+            cel_params: Default::default(),
         }
     }
 
@@ -384,10 +517,56 @@ mod tests {
         ];
         for (src, want) in cases {
             let fast = Condition::compile(src).unwrap();
-            assert!(matches!(fast, Condition::Compare { .. }), "{src} should be native");
+            assert!(matches!(fast, Condition::Native(Native::Compare { .. })), "{src} should be native");
             assert_eq!(fast.eval(&f), Ok(want), "{src}");
             let slow = cel::Program::compile(src).unwrap();
             assert_eq!(eval_cel(&slow, &f), Ok(want), "CEL disagrees on {src}");
+        }
+    }
+
+    #[test]
+    fn in_has_and_boolean_combinations_are_native_and_agree_with_cel() {
+        let params = json!({"amount": 250, "odds": 2.5, "market": "m-42", "side": "back", "inner": {"k": 1}})
+            .as_object()
+            .unwrap()
+            .clone();
+        let constants = json!({"max": 1000, "limits": {"x": 1}});
+        let cel = CelShared::new(&constants).unwrap();
+        let f = facts(&params, &constants, &cel);
+        let cases = [
+            "params.amount > 900 && params.odds > 50.0",
+            "params.amount > 100 && params.odds > 2.0",
+            "params.amount > 900 || params.odds > 2.0",
+            "params.amount > 900 || params.odds > 50.0 || tenant == 'acme'",
+            "params.market in ['x1', 'm-42', 'x3']",
+            "params.market in ['x1', 'x2']",
+            "params.amount in [1, 250.0]",
+            "params.amount in []",
+            "has(params.side) && params.side == 'lay'",
+            "has(params.nope)",
+            "has(params.inner.k)",
+            "has(constants.limits.y)",
+            "has(constants.max)",
+            "params.market == 'a && b' || action == 'placeBet'",
+            "params.missing > 1 || params.amount > 1",
+            "params.amount > 1000 && params.missing > 1",
+        ];
+        for src in cases {
+            let fast = Condition::compile(src).unwrap();
+            assert!(matches!(fast, Condition::Native(_)), "{src} should be native");
+            let slow = cel::Program::compile(src).unwrap();
+            assert_eq!(fast.eval(&f), eval_cel(&slow, &f), "native and CEL disagree on {src}");
+        }
+        // Errors where CEL errors too (fail closed): a missing field decides nothing.
+        for src in ["params.missing > 1 && params.amount > 1", "params.missing > 1 || params.amount > 1000", "has(params.nope.x)"] {
+            let fast = Condition::compile(src).unwrap();
+            assert!(matches!(fast, Condition::Native(_)), "{src} should be native");
+            assert!(fast.eval(&f).is_err(), "{src}");
+            assert!(eval_cel(&cel::Program::compile(src).unwrap(), &f).is_err(), "CEL on {src}");
+        }
+        // Parentheses, negation, arithmetic and functions stay with CEL.
+        for src in ["(params.amount > 1)", "!has(params.side)", "params.amount * 2 > 1", "size(params.market) > 1", "params.market in params.list"] {
+            assert!(matches!(Condition::compile(src).unwrap(), Condition::Cel(_)), "{src}");
         }
     }
 
@@ -397,7 +576,7 @@ mod tests {
         let constants = json!({});
         let cel = CelShared::new(&constants).unwrap();
         let f = facts(&params, &constants, &cel);
-        for (src, want) in [("params.amount > 5 && action == 'placeBet'", true), ("'a' in params.tags", true), ("size(params.tags) == 2", false)] {
+        for (src, want) in [("!(params.amount > 5 && action == 'placeBet')", false), ("'a' in params.tags", true), ("size(params.tags) == 2", false)] {
             let c = Condition::compile(src).unwrap();
             assert!(matches!(c, Condition::Cel(_)), "{src}");
             assert_eq!(c.eval(&f), Ok(want), "{src}");

@@ -51,6 +51,30 @@ fn the_original_utp_example() {
 }
 
 #[test]
+fn cel_conditions_see_every_variable() {
+    let rules = json!({"business_rules": {"limits": {"vip": 5000}}, "rules": [
+        {"name": "vars", "escalate_if":
+            "tool == 'betfair' && action == 'placeBet' && tenant == 'acme' && session == 's1' && now > '2000-01-01' && constants.limits.vip == 5000"},
+        {"name": "sum", "deny_if": "double(params.amount) * params.odds > 10000.0"},
+        {"name": "list", "deny_if": "size(params.tags) > 2"}
+    ]});
+    let d = domain(rules);
+    let now = jiff::Timestamp::now();
+    let p = json!({"amount": 100, "odds": 2.5, "tags": ["a"]}).as_object().unwrap().clone();
+    let decision = block(d.decide(&call("betfair", "placeBet", "betfair.placeBet", &p), now));
+    assert_eq!(decision.outcome, Outcome::Escalate, "{decision:?}");
+    assert_eq!(decision.hits.len(), 1);
+    let big = json!({"amount": 5000, "odds": 2.5, "tags": ["a", "b", "c"]}).as_object().unwrap().clone();
+    let decision = block(d.decide(&call("betfair", "placeBet", "betfair.placeBet", &big), now));
+    let mut rules: Vec<&str> = decision.hits.iter().map(|h| h.rule.as_str()).collect();
+    rules.sort();
+    assert_eq!((decision.outcome, rules), (Outcome::Deny, vec!["list", "sum", "vars"]));
+    // No tenant: `tenant == 'acme'` is false (null), not an error.
+    let anonymous = Call { tenant: None, ..call("betfair", "placeBet", "betfair.placeBet", &p) };
+    assert_eq!(block(d.decide(&anonymous, now)).outcome, Outcome::Allow);
+}
+
+#[test]
 fn tenants_override_permissions_and_security_levels_escalate() {
     let d = domain(json!({
         "permissions": {"bank": {"allowed_actions": ["balance"], "tenants": {"vip": {"allowed_actions": ["balance", "transfer"]}}}},
