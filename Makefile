@@ -10,7 +10,7 @@ UTP := $(CARGO_TARGET_DIR)/debug/utp
 all: build
 
 help:
-	@echo "make demo   run the utp CLI on the bundled example (discovery, search)"
+	@echo "make demo   run the utp CLI on the bundled example (discovery, search, domain rules, events)"
 	@echo "make test   build everything and run the Rust, C, Python and Node suites"
 	@echo "make bench  criterion benchmarks (results go in docs/benchmarks.md)"
 
@@ -34,6 +34,13 @@ demo: build
 	@echo
 	@echo "== utp tools --tag weather"
 	@$(UTP) tools examples/manuals --tag weather
+	@echo
+	@echo "== domain rules (examples/utp.yaml): dry runs with utp check"
+	@$(UTP) --config examples/utp.yaml check shop.getInventory '{"sku": "A1"}' --from examples/manuals
+	@$(UTP) --config examples/utp.yaml check shop.setInventory '{"sku": "A1", "count": 50000}' --from examples/manuals || true
+	@echo
+	@echo "== a denied call, with its events live (--events=policy.*)"
+	@$(UTP) --config examples/utp.yaml --events='policy.*' call shop.queueUpdate '{"sku": "A1"}' --from examples/manuals || true
 
 bench:
 	cargo bench -p utp-core --bench search

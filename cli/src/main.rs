@@ -1,4 +1,4 @@
-//! `utp`: discover, list and search UTCP tools from the command line.
+//! `utp`: discover, search, check and call UTCP tools from the command line.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +13,10 @@ struct Cli {
     /// Config file (utp.yaml or utp.json). Default: ./utp.yaml or ./utp.json if present.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Print this run's events live on stderr, one JSON line each: `--events` for all,
+    /// `--events=PATTERN` for a glob over event types (`tool.*`, `policy.denied`).
+    #[arg(long, global = true, value_name = "PATTERN", num_args = 0..=1, require_equals = true, default_missing_value = "*")]
+    events: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +62,23 @@ enum Command {
         /// Directories, manual files or URLs to load tools from (repeatable).
         #[arg(long = "from")]
         from: Vec<String>,
+        /// Tenant the call is made for (permissions, rules and rate limits per tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Dry run of the domain rules for TOOL with ARGS_JSON: prints the decision and the
+    /// rules behind it, calls nothing. Exit 0 when the call would be allowed, 1 when
+    /// denied, escalated or rate limited.
+    Check {
+        /// Full tool name, `manual.tool`.
+        tool: String,
+        /// Arguments as a JSON object (default `{}`).
+        args: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Directories, manual files or URLs to load tools from (repeatable).
+        #[arg(long = "from")]
+        from: Vec<String>,
     },
 }
 
@@ -75,15 +96,53 @@ fn main() -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(&format!("[{}] {e}", e.code())),
     };
-    runtime.block_on(async {
+    let printer = match cli.events.as_deref().map(|pattern| print_events(&engine, pattern)).transpose() {
+        Ok(id) => id,
+        Err(e) => return fail(&format!("--events: [{}] {e}", e.code())),
+    };
+    let status = runtime.block_on(async {
         match cli.command {
             Command::Discover { targets, json } => discover(&engine, &targets, json).await,
             Command::Tools { paths, search, tags, limit, json } => {
                 tools(&engine, paths, search.as_deref(), &tags, limit, json).await
             }
-            Command::Call { tool, args, timeout, from } => call(&engine, &tool, args.as_deref(), timeout, from).await,
+            Command::Call { tool, args, timeout, from, tenant } => {
+                call(&engine, &tool, args.as_deref(), timeout, from, tenant).await
+            }
+            Command::Check { tool, args, tenant, from } => check(&engine, &tool, args.as_deref(), tenant, from).await,
         }
-    })
+    });
+    if printer.is_some() {
+        settle(&engine);
+    }
+    status
+}
+
+/// Let subscribers (the `--events` printer) catch up, so events come before the result.
+fn settle(engine: &Engine) {
+    engine.events().flush(std::time::Duration::from_secs(2));
+}
+
+/// Subscribe a printer of events (JSON lines on stderr).
+fn print_events(engine: &Engine, pattern: &str) -> utp_core::Result<utp_core::SubscriptionId> {
+    engine.subscribe(
+        pattern,
+        std::sync::Arc::new(|event| {
+            use std::io::Write;
+            let line = serde_json::to_string(&event.to_value()).map_err(|e| e.to_string())?;
+            writeln!(std::io::stderr().lock(), "event {line}").map_err(|e| e.to_string())
+        }),
+    )
+}
+
+fn parse_args(args: Option<&str>) -> Result<Value, ExitCode> {
+    match args.map(serde_json::from_str).transpose() {
+        Ok(v) => Ok(v.unwrap_or(Value::Object(Default::default()))),
+        Err(e) => {
+            eprintln!("utp: [INVALID_ARGUMENT] ARGS_JSON is not valid JSON: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
@@ -162,13 +221,17 @@ async fn load_tools(engine: &Engine, mut paths: Vec<String>) -> Result<(), Strin
 
 /// Exit 0 with the JSON result on stdout; on failure exit 1 (2 for bad usage) with
 /// `utp: [CODE] message` on stderr.
-async fn call(engine: &Engine, tool: &str, args: Option<&str>, timeout: Option<f64>, from: Vec<String>) -> ExitCode {
-    let args: Value = match args.map(serde_json::from_str).transpose() {
-        Ok(v) => v.unwrap_or(Value::Object(Default::default())),
-        Err(e) => {
-            eprintln!("utp: [INVALID_ARGUMENT] ARGS_JSON is not valid JSON: {e}");
-            return ExitCode::from(2);
-        }
+async fn call(
+    engine: &Engine,
+    tool: &str,
+    args: Option<&str>,
+    timeout: Option<f64>,
+    from: Vec<String>,
+    tenant: Option<String>,
+) -> ExitCode {
+    let args = match parse_args(args) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let timeout = match timeout {
         None => None,
@@ -181,10 +244,33 @@ async fn call(engine: &Engine, tool: &str, args: Option<&str>, timeout: Option<f
     if let Err(e) = load_tools(engine, from).await {
         return fail(&e);
     }
-    match engine.call_tool(tool, args, CallOptions { timeout, ..Default::default() }).await {
+    let result = engine.call_tool(tool, args, CallOptions { timeout, tenant, ..Default::default() }).await;
+    settle(engine);
+    match result {
         Ok(result) => {
             println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
             ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("[{}] {e}", e.code())),
+    }
+}
+
+/// Print the dry-run decision as JSON; exit 0 only when the call would run now.
+async fn check(engine: &Engine, tool: &str, args: Option<&str>, tenant: Option<String>, from: Vec<String>) -> ExitCode {
+    let args = match parse_args(args) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if let Err(e) = load_tools(engine, from).await {
+        return fail(&e);
+    }
+    let decision = engine.check(tool, args, tenant.as_deref()).await;
+    settle(engine);
+    match decision {
+        Ok(decision) => {
+            println!("{}", serde_json::to_string_pretty(&decision).unwrap_or_default());
+            let runs = decision["decision"] == "allow" && decision["rate_limited"].is_null();
+            if runs { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Err(e) => fail(&format!("[{}] {e}", e.code())),
     }

@@ -113,3 +113,76 @@ fn call_runs_a_tool_and_reports_errors_with_codes() {
     let (code, _, err) = utp(&["call", "sh.slow", "{}", "--timeout", "-1", "--from", from]);
     assert_eq!(code, 2, "{err}");
 }
+
+const POLICY: &str = r#"{
+    "permissions": {"shop": {"enabled": true, "allowed_actions": ["get", "set"]}},
+    "business_rules": {"max": 10},
+    "rules": [{"name": "max_count", "match": {"tool": "shop", "action": "set"},
+               "deny_if": "params.count > constants.max", "message": "at most {{constants.max}}"}]
+}"#;
+
+const SHOP: &str = r#"{"tools": [
+    {"name": "get", "tool_call_template": {"call_template_type": "text", "content": "42"}},
+    {"name": "set", "inputs": {"type": "object", "properties": {"count": {"type": "integer"}}},
+     "tool_call_template": {"call_template_type": "text", "content": "ok"}},
+    {"name": "drop", "tool_call_template": {"call_template_type": "text", "content": "gone"}}
+]}"#;
+
+#[test]
+fn check_prints_the_decision_and_exits_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("utp.json");
+    std::fs::write(&cfg, POLICY).unwrap();
+    let manuals = dir.path().join("m");
+    std::fs::create_dir(&manuals).unwrap();
+    std::fs::write(manuals.join("shop.utcp.json"), SHOP).unwrap();
+    let (cfg, manuals) = (cfg.to_str().unwrap(), manuals.to_str().unwrap());
+
+    let (code, out, err) = utp(&["--config", cfg, "check", "shop.set", r#"{"count": 5}"#, "--from", manuals]);
+    assert_eq!(code, 0, "{out}{err}");
+    let decision: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(decision["decision"], "allow");
+
+    let (code, out, _) = utp(&["--config", cfg, "check", "shop.set", r#"{"count": 50}"#, "--from", manuals]);
+    assert_eq!(code, 1);
+    let decision: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((decision["decision"].as_str(), decision["rules"][0]["rule"].as_str()), (Some("deny"), Some("max_count")));
+    let (code, out, _) = utp(&["--config", cfg, "check", "shop.drop", "--from", manuals]);
+    assert_eq!(code, 1, "{out}");
+    let (code, _, err) = utp(&["--config", cfg, "check", "shop.nope", "--from", manuals]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+    let (code, _, err) = utp(&["--config", cfg, "check", "shop.set", "{oops", "--from", manuals]);
+    assert_eq!(code, 2);
+    assert!(err.contains("INVALID_ARGUMENT"), "{err}");
+}
+
+#[test]
+fn events_flag_prints_this_runs_events_before_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("utp.json");
+    std::fs::write(&cfg, POLICY).unwrap();
+    let manuals = dir.path().join("m");
+    std::fs::create_dir(&manuals).unwrap();
+    std::fs::write(manuals.join("shop.utcp.json"), SHOP).unwrap();
+    let (cfg, manuals) = (cfg.to_str().unwrap(), manuals.to_str().unwrap());
+
+    let (code, out, err) = utp(&["--config", cfg, "--events", "call", "shop.get", "--from", manuals]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "\"42\"");
+    let kinds: Vec<String> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("event "))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["manual.registered", "tool.called", "tool.succeeded"], "{err}");
+
+    let (code, _, err) = utp(&["--config", cfg, "--events=policy.*", "call", "shop.set", r#"{"count": 99}"#, "--from", manuals]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines[0].starts_with("event ") && lines[0].contains("\"policy.denied\"") && lines[0].contains("max_count"), "{err}");
+    assert!(lines[1].contains("PERMISSION_DENIED") && lines[1].contains("at most 10"), "{err}");
+    assert_eq!(lines.len(), 2, "{err}");
+    let (code, _, err) = utp(&["--events=", "tools", manuals]);
+    assert_eq!(code, 1, "{err}");
+}
