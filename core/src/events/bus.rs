@@ -306,12 +306,21 @@ impl EventBus {
         if capacity == 0 {
             return Err(Error::InvalidArgument("subscriber queue capacity must be at least 1".into()));
         }
+        let pattern = Pattern::new(pattern);
+        // A typo (`tool.sucess`) would otherwise subscribe to nothing, silently.
+        if !super::kinds::ALL.iter().any(|kind| pattern.matches(kind)) {
+            return Err(Error::InvalidArgument(format!(
+                "event pattern '{}' matches no event type (types: {})",
+                pattern.as_str(),
+                super::kinds::ALL.join(", ")
+            )));
+        }
         let mut writer = self.inner.writer.lock();
         *writer += 1;
         let id = *writer;
         let sub = Arc::new(Sub {
             id,
-            pattern: Pattern::new(pattern),
+            pattern,
             capacity,
             handler,
             queue: Mutex::new(Queue { items: VecDeque::new(), sleep: Sleep::Awake, busy: false }),
