@@ -17,6 +17,7 @@ pub mod registry;
 pub mod search;
 pub mod transport;
 pub mod vars;
+pub mod workflow;
 
 pub use config::Config;
 pub use discovery::{DiscoveryReport, FileReport, Outcome};
