@@ -116,10 +116,11 @@ pub enum Error {
     Timeout(String),
     #[error("{0}")]
     Cancelled(String),
-    /// The tool ran and failed: HTTP status outside 2xx (`status` set), non-zero
-    /// exit of a CLI command, or an error raised by a native handler.
+    /// The tool ran and failed: HTTP status outside 2xx (`status` set, with the
+    /// server's `Retry-After` when it sent one), non-zero exit of a CLI command, or an
+    /// error raised by a native handler.
     #[error("{message}")]
-    ToolFailed { message: String, status: Option<u16> },
+    ToolFailed { message: String, status: Option<u16>, retry_after: Option<std::time::Duration> },
     /// A permission or a rule denied the call.
     #[error("{0}")]
     PermissionDenied(String),
@@ -163,14 +164,15 @@ impl Error {
 
     /// A `TOOL_FAILED` error without an HTTP status.
     pub fn tool_failed(message: impl Into<String>) -> Error {
-        Error::ToolFailed { message: message.into(), status: None }
+        Error::ToolFailed { message: message.into(), status: None, retry_after: None }
     }
 
-    /// The HTTP status of a `TOOL_FAILED` error from an HTTP-family tool.
-    /// For `RATE_LIMITED`: how long until a call may pass.
+    /// How long until a call may pass: `RATE_LIMITED`, or a tool's HTTP answer
+    /// with `Retry-After` (429, 503).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            Error::ToolFailed { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -183,6 +185,7 @@ impl Error {
         }
     }
 
+    /// The HTTP status of a `TOOL_FAILED` error from an HTTP-family tool.
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Error::ToolFailed { status, .. } => *status,

@@ -69,6 +69,12 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
     let resp = match path.as_str() {
         "/text" => reply(200, "text/plain; charset=utf-8", "hello text"),
         "/fail" => reply(500, "text/plain", "internal kaboom"),
+        "/busy" => Response::builder().status(429).header("retry-after", "7").body(Full::new(Bytes::new())).unwrap(),
+        "/busy-date" => Response::builder()
+            .status(503)
+            .header("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
         "/missing" => reply(404, "application/json", "{\"error\": \"no such thing\"}"),
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -217,6 +223,8 @@ async fn http_errors_carry_status_and_excerpt_never_secrets() {
             http_tool("fail", json!({"url": format!("{base}/fail"),
                 "auth": {"auth_type": "api_key", "api_key": "${KEY}", "var_name": "key", "location": "query"}})),
             http_tool("missing", json!({"url": format!("{base}/missing")})),
+            http_tool("busy", json!({"url": format!("{base}/busy")})),
+            http_tool("busy_date", json!({"url": format!("{base}/busy-date")})),
             http_tool("slow", json!({"url": format!("{base}/slow")})),
             http_tool("closed", json!({"url": "http://127.0.0.1:1/nothing"})),
             http_tool("plain", json!({"url": "http://example.com/x"})),
@@ -231,9 +239,15 @@ async fn http_errors_carry_status_and_excerpt_never_secrets() {
     let msg = err.to_string();
     assert!(msg.contains("internal kaboom") && msg.contains("500"), "{msg}");
     assert!(!msg.contains("sk-very-secret"), "secret leaked: {msg}");
+    assert_eq!(err.retry_after(), None);
     let err = call(&e, "api.missing", json!({})).await.unwrap_err();
     assert_eq!(err.http_status(), Some(404));
     assert!(err.to_string().contains("no such thing"));
+    // Retry-After is kept for the executor's retries: delta-seconds, or an HTTP date (past → 0).
+    let err = call(&e, "api.busy", json!({})).await.unwrap_err();
+    assert_eq!((err.http_status(), err.retry_after()), (Some(429), Some(Duration::from_secs(7))));
+    let err = call(&e, "api.busy_date", json!({})).await.unwrap_err();
+    assert_eq!((err.http_status(), err.retry_after()), (Some(503), Some(Duration::ZERO)));
     assert_eq!(call(&e, "api.slow", json!({})).await.unwrap_err().code(), ErrorCode::Timeout);
     assert_eq!(call(&e, "api.closed", json!({})).await.unwrap_err().code(), ErrorCode::Transport);
     for t in ["api.plain", "api.meta", "api.private_name"] {

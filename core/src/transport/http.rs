@@ -85,7 +85,9 @@ fn name_tool(tool: &RegisteredTool, e: Error) -> Error {
         Error::Security(m) => Error::Security(format!("{prefix}{m}")),
         Error::Timeout(m) => Error::Timeout(format!("{prefix}{m}")),
         Error::InvalidArgument(m) => Error::InvalidArgument(format!("{prefix}{m}")),
-        Error::ToolFailed { message, status } => Error::ToolFailed { message: format!("{prefix}{message}"), status },
+        Error::ToolFailed { message, status, retry_after } => {
+            Error::ToolFailed { message: format!("{prefix}{message}"), status, retry_after }
+        }
         other => other,
     }
 }
@@ -96,14 +98,33 @@ pub(crate) async fn read_result(t: &Transports, tool: &RegisteredTool, response:
     let status = response.status();
     let content_type = content_type(&response);
     let url = net::redact(response.url());
+    let retry_after = retry_after_header(response.headers());
     let body = read_capped(t, tool, response).await?;
     if !status.is_success() {
-        return Err(failed(tool, status, &url, &body));
+        return Err(failed(tool, status, &url, &body, retry_after));
     }
     Ok(decode(&content_type, body))
 }
 
-pub(crate) fn failed(tool: &RegisteredTool, status: reqwest::StatusCode, url: &str, body: &[u8]) -> Error {
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3); a date in the
+/// past is zero, anything unreadable is ignored.
+pub(crate) fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(seconds));
+    }
+    let at = jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(text).ok()?;
+    let wait = at.duration_since(jiff::Timestamp::now());
+    Some(std::time::Duration::try_from(wait).unwrap_or_default())
+}
+
+pub(crate) fn failed(
+    tool: &RegisteredTool,
+    status: reqwest::StatusCode,
+    url: &str,
+    body: &[u8],
+    retry_after: Option<std::time::Duration>,
+) -> Error {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     let mut message = format!("tool '{}': HTTP {status} from {url}", tool.name);
@@ -111,7 +132,7 @@ pub(crate) fn failed(tool: &RegisteredTool, status: reqwest::StatusCode, url: &s
         message.push_str(": ");
         message.push_str(&excerpt(text, BODY_EXCERPT));
     }
-    Error::ToolFailed { message, status: Some(status.as_u16()) }
+    Error::ToolFailed { message, status: Some(status.as_u16()), retry_after }
 }
 
 pub(crate) fn content_type(response: &reqwest::Response) -> String {
@@ -530,6 +551,7 @@ impl TokenCache {
             return Err(Error::ToolFailed {
                 message: format!("oauth2 token request to {} failed: HTTP {status}", net::redact(&url)),
                 status: Some(status.as_u16()),
+                retry_after: None,
             });
         }
         let v: Value = serde_json::from_slice(&body).map_err(|_| {

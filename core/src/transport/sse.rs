@@ -188,8 +188,9 @@ async fn handshake(
     }
     if !status.is_success() {
         let url = net::redact(response.url());
+        let retry_after = http::retry_after_header(response.headers());
         let body = tokio::time::timeout(timeout, response.bytes()).await.ok().and_then(|r| r.ok()).unwrap_or_default();
-        return Err(http::failed(tool, status, &url, &body[..body.len().min(64 * 1024)]));
+        return Err(http::failed(tool, status, &url, &body[..body.len().min(64 * 1024)], retry_after));
     }
     Ok(response)
 }
