@@ -85,6 +85,7 @@ struct Inner {
     transports: Transports,
     events: EventBus,
     domain: Domain,
+    workflows: crate::workflow::WorkflowRuntime,
 }
 
 #[derive(Clone)]
@@ -111,8 +112,10 @@ impl Engine {
             .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
         let config = Arc::new(config);
         let transports = Transports::new(config.clone());
+        let workflows = crate::workflow::WorkflowRuntime::from_config(&config.other)
+            .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
         let registry = Registry::new();
-        Ok(Engine { inner: Arc::new(Inner { config, vars, registry, transports, events, domain }) })
+        Ok(Engine { inner: Arc::new(Inner { config, vars, registry, transports, events, domain, workflows }) })
     }
 
     /// A new engine from config JSON (`null` or `{}` for defaults).
@@ -126,6 +129,10 @@ impl Engine {
 
     pub fn variables(&self) -> &Variables {
         &self.inner.vars
+    }
+
+    pub(crate) fn workflows(&self) -> &crate::workflow::WorkflowRuntime {
+        &self.inner.workflows
     }
 
     /// The domain layer (permissions, rules, rate limits, approvals).
@@ -712,10 +719,9 @@ fn compile_schema(schema: &Value) -> std::result::Result<jsonschema::Validator, 
 /// At most this many violations are listed in a `VALIDATION_FAILED` message.
 const MAX_VIOLATIONS: usize = 20;
 
-/// Check `args` against the tool's `inputs` (compiled once per tool, with the
-/// manual's shared `$defs` attached). Every violation is listed with its JSON pointer;
-/// values are not echoed (they may be secrets).
-fn validate_args(tool: &RegisteredTool, args: &Map<String, Value>) -> Result<()> {
+/// The tool's compiled `inputs` validator (compiled once per tool, with the manual's
+/// shared `$defs` attached).
+fn tool_validator(tool: &RegisteredTool) -> Result<&jsonschema::Validator> {
     let validator = tool.validator.get_or_init(|| {
         let schema = match &tool.shared_defs {
             Some(defs) => defs.attach(&tool.tool.inputs),
@@ -723,16 +729,22 @@ fn validate_args(tool: &RegisteredTool, args: &Map<String, Value>) -> Result<()>
         };
         compile_schema(&schema).map(Arc::new)
     });
-    let validator = validator.as_ref().map_err(|e| {
+    validator.as_deref().map_err(|e| {
         Error::InvalidManual(format!("tool '{}': its inputs are not a valid JSON Schema: {e}", tool.name))
-    })?;
-    let instance = Value::Object(args.clone());
-    if validator.is_valid(&instance) {
-        return Ok(());
-    }
+    })
+}
+
+/// Violations of `instance` as `<JSON pointer>: <reason>` lines (values masked: they
+/// may be secrets), at most `MAX_VIOLATIONS` plus a count of the rest. `ignore`
+/// drops violations the caller knows about.
+fn violations(
+    validator: &jsonschema::Validator,
+    instance: &Value,
+    ignore: impl Fn(&jsonschema::ValidationError<'_>) -> bool,
+) -> Vec<String> {
     let mut lines = Vec::new();
     let mut total = 0usize;
-    for e in validator.iter_errors(&instance) {
+    for e in validator.iter_errors(instance).filter(|e| !ignore(e)) {
         total += 1;
         if lines.len() < MAX_VIOLATIONS {
             let pointer = e.instance_path().to_string();
@@ -743,11 +755,38 @@ fn validate_args(tool: &RegisteredTool, args: &Map<String, Value>) -> Result<()>
     if total > lines.len() {
         lines.push(format!("... and {} more", total - lines.len()));
     }
+    lines
+}
+
+/// Check `args` against the tool's `inputs`. Every violation is listed with its JSON pointer.
+fn validate_args(tool: &RegisteredTool, args: &Map<String, Value>) -> Result<()> {
+    let validator = tool_validator(tool)?;
+    let instance = Value::Object(args.clone());
+    if validator.is_valid(&instance) {
+        return Ok(());
+    }
+    let lines = violations(validator, &instance, |_| false);
     Err(Error::ValidationFailed(format!(
         "tool '{}': arguments do not match its input schema: {}",
         tool.name,
         lines.join("; ")
     )))
+}
+
+/// Check the literal part of a workflow step's arguments before it runs: `skeleton`
+/// holds the literal values; `computed` names the top-level arguments an expression
+/// fills at run time (their absence is not a violation). Returns the violations.
+pub(crate) fn check_literal_args(tool: &RegisteredTool, skeleton: &Value, computed: &[String]) -> Result<Vec<String>> {
+    let validator = tool_validator(tool)?;
+    if validator.is_valid(skeleton) {
+        return Ok(Vec::new());
+    }
+    Ok(violations(validator, skeleton, |e| match e.kind() {
+        jsonschema::error::ValidationErrorKind::Required { property } => {
+            e.instance_path().to_string().is_empty() && property.as_str().is_some_and(|p| computed.iter().any(|c| c == p))
+        }
+        _ => false,
+    }))
 }
 
 /// Run blocking work off the async threads.

@@ -140,6 +140,11 @@ impl Approvals {
         }
     }
 
+    /// Follow an approval's status (the receiver sees its resolution).
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<ApprovalStatus>> {
+        self.entries.lock().get(id).map(|e| e.tx.subscribe())
+    }
+
     pub fn get(&self, id: &str) -> Option<ApprovalInfo> {
         self.entries.lock().get(id).map(|e| e.info.clone())
     }

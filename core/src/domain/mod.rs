@@ -215,6 +215,11 @@ impl Domain {
         Ok(())
     }
 
+    /// The config's `business_rules` constants (`constants` in expressions).
+    pub fn constants(&self) -> &Value {
+        &self.constants
+    }
+
     pub fn has_host_rules(&self) -> bool {
         !self.host_rules.read().is_empty()
     }

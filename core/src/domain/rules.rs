@@ -33,9 +33,31 @@ impl CelShared {
     }
 }
 
-fn to_val(value: impl serde::Serialize) -> Result<Box<dyn Val>, String> {
-    let value = cel::to_value(value).map_err(|e| e.to_string())?;
-    Box::<dyn Val>::try_from(value).map_err(|e| format!("{e:?}"))
+fn to_val(value: &Value) -> Result<Box<dyn Val>, String> {
+    Box::<dyn Val>::try_from(to_cel(value)).map_err(|e| format!("{e:?}"))
+}
+
+/// JSON → CEL with integers as `int` whenever they fit (`cel::to_value` makes every
+/// non-negative integer a `uint`, and CEL does not mix the two: `params.amount + 1`
+/// would be an error).
+fn to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(map) => object_to_cel(map),
+    }
+}
+
+fn object_to_cel(map: &Map<String, Value>) -> cel::Value {
+    let map: std::collections::HashMap<String, cel::Value> = map.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+    cel::Value::from(map)
 }
 
 /// What a condition sees of a call.
@@ -59,7 +81,9 @@ impl VariableResolver for Facts<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
         let text = |s: Option<&'b str>| s.map_or_else(|| CowVal::owned(CelNull), |s| CowVal::owned(CelString::from(s)));
         Some(match variable {
-            "params" => CowVal::Borrowed(self.cel_params.get_or_init(|| to_val(self.params).ok()).as_deref()?),
+            "params" => CowVal::Borrowed(
+                self.cel_params.get_or_init(|| Box::<dyn Val>::try_from(object_to_cel(self.params)).ok()).as_deref()?,
+            ),
             "constants" => CowVal::Borrowed(&*self.cel.constants),
             "tool" => text(Some(self.tool)),
             "action" => text(Some(self.action)),
@@ -551,6 +575,10 @@ mod tests {
             "params.missing > 1 || params.amount > 1",
             "params.amount > 1000 && params.missing > 1",
         ];
+        // Arithmetic on JSON integers works as users expect (ints, not uints).
+        let sum = Condition::compile("params.amount + 1 == 251 && constants.max - 1 == 999").unwrap();
+        assert!(matches!(sum, Condition::Cel(_)));
+        assert_eq!(sum.eval(&f), Ok(true));
         for src in cases {
             let fast = Condition::compile(src).unwrap();
             assert!(matches!(fast, Condition::Native(_)), "{src} should be native");

@@ -1,6 +1,77 @@
 //! Workflows (design §7): definitions, `${{ }}` expressions, validation, the
 //! executor with retries, timeouts, fallbacks and circuit breakers, sessions.
 
+mod api;
 pub mod breaker;
+pub mod definition;
+pub mod execution;
 pub mod expr;
 pub mod retry;
+mod runner;
+mod sessions;
+
+pub use api::{RunOptions, WorkflowSource};
+pub use definition::Workflow;
+pub use execution::{Execution, ExecutionStatus, StepStatus};
+pub use sessions::Sessions;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+/// What the engine keeps for workflows.
+pub struct WorkflowRuntime {
+    pub executions: Executions,
+    pub sessions: Sessions,
+    pub breakers: breaker::Breakers,
+}
+
+impl WorkflowRuntime {
+    /// From the config's `breakers` section.
+    pub fn from_config(other: &serde_json::Map<String, serde_json::Value>) -> Result<WorkflowRuntime, String> {
+        Ok(WorkflowRuntime {
+            executions: Executions::default(),
+            sessions: Sessions::default(),
+            breakers: breaker::Breakers::from_config(other.get("breakers"))?,
+        })
+    }
+}
+
+/// Finished executions kept in memory (the SQLite store keeps them all).
+const KEEP_FINISHED: usize = 10_000;
+
+/// Executions of this engine, by id; finished ones beyond `KEEP_FINISHED` are forgotten, oldest first.
+#[derive(Default)]
+pub struct Executions {
+    by_id: RwLock<HashMap<String, Arc<Execution>>>,
+    finished: Mutex<VecDeque<String>>,
+}
+
+impl Executions {
+    pub fn insert(&self, exec: Arc<Execution>) {
+        self.by_id.write().insert(exec.id.clone(), exec);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Execution>> {
+        self.by_id.read().get(id).cloned()
+    }
+
+    /// Record that `id` finished; forget the oldest finished ones past the bound.
+    pub fn finished(&self, id: &str) {
+        let mut finished = self.finished.lock();
+        finished.push_back(id.to_string());
+        if finished.len() > KEEP_FINISHED {
+            let excess = finished.len() - KEEP_FINISHED;
+            let drop: Vec<String> = finished.drain(..excess).collect();
+            let mut map = self.by_id.write();
+            for id in drop {
+                map.remove(&id);
+            }
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Execution>> {
+        self.by_id.read().values().cloned().collect()
+    }
+}

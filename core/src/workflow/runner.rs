@@ -1,0 +1,508 @@
+//! The executor: runs one execution's steps as their dependencies finish, up to
+//! `max_parallel` at once, each through the engine's `call_tool` pipeline (policy,
+//! validation, events), with retries, timeouts, fallbacks and circuit breakers.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::{Admission, Transition, outcome_of};
+use super::definition::{OnError, Step};
+use super::execution::{ErrorInfo, Execution, ExecutionStatus, StepStatus};
+use super::expr::Scope;
+use crate::domain::ApprovalStatus;
+use crate::engine::{CallOptions, Engine};
+use crate::error::{Error, Result};
+use crate::events::{Event, kinds};
+
+/// How a step ended, as the scheduler sees it.
+enum StepEnd {
+    Succeeded(Value),
+    /// Failed; `fatal` unless its `on_error` is `continue`.
+    Failed { error: Error, fatal: bool },
+}
+
+/// Run `exec` to its end. Never panics on user input; every outcome is recorded.
+pub async fn run(engine: Engine, exec: Arc<Execution>) {
+    let started = Instant::now();
+    let wf = exec.workflow.clone();
+    exec.with_state(|s| {
+        s.status = ExecutionStatus::Running;
+        Execution::refresh_status(s);
+    });
+    engine.events().publish(event(&exec, kinds::WORKFLOW_STARTED).data(json!({"steps": wf.steps.len()})));
+    let deadline = exec.timeout.map(|t| tokio::time::Instant::now() + t);
+    // Step calls get a child token: failing or timing out the run cancels them too.
+    let calls = exec.cancel.child_token();
+    let mut waiting: Vec<usize> = wf.steps.iter().map(|s| s.deps.len()).collect();
+    let mut ready: std::collections::VecDeque<usize> = (0..wf.steps.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut running = FuturesUnordered::new();
+    let mut suspended = exec.suspended();
+    let mut failure: Option<Error> = None;
+    let mut timed_out = false;
+    loop {
+        let stopping = failure.is_some() || timed_out || exec.cancel.is_cancelled();
+        while !stopping && running.len() < wf.max_parallel && !*suspended.borrow() {
+            let Some(i) = ready.pop_front() else { break };
+            match skip_reason(&engine, &exec, i) {
+                Ok(Some(reason)) => {
+                    skip(&engine, &exec, i, reason);
+                    release(&wf.dependants[i], &mut waiting, &mut ready);
+                }
+                Ok(None) => {
+                    mark_started(&engine, &exec, i);
+                    let (engine, exec, token) = (engine.clone(), exec.clone(), calls.child_token());
+                    running.push(async move { (i, run_step(&engine, &exec, i, deadline, token).await) });
+                }
+                Err(e) => {
+                    // The `if` could not be evaluated: the step fails, as any step error.
+                    let fatal = !matches!(wf.steps[i].on_error, OnError::Continue);
+                    mark_failed(&engine, &exec, i, &e);
+                    if fatal {
+                        failure.get_or_insert(e);
+                    } else {
+                        release(&wf.dependants[i], &mut waiting, &mut ready);
+                    }
+                }
+            }
+        }
+        if running.is_empty() {
+            let paused = *suspended.borrow() && !ready.is_empty();
+            if !paused || failure.is_some() || timed_out || exec.cancel.is_cancelled() {
+                break;
+            }
+        }
+        let deadline_passed = async {
+            match deadline {
+                Some(d) if !timed_out => tokio::time::sleep_until(d).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some((i, end)) = running.next() => match end {
+                StepEnd::Succeeded(output) => {
+                    mark_succeeded(&engine, &exec, i, output);
+                    release(&wf.dependants[i], &mut waiting, &mut ready);
+                }
+                StepEnd::Failed { error, fatal } => {
+                    mark_failed(&engine, &exec, i, &error);
+                    if fatal {
+                        calls.cancel();
+                        failure.get_or_insert(error);
+                    } else {
+                        release(&wf.dependants[i], &mut waiting, &mut ready);
+                    }
+                }
+            },
+            _ = deadline_passed => {
+                timed_out = true;
+                calls.cancel();
+            }
+            _ = exec.cancel.cancelled(), if !calls.is_cancelled() => calls.cancel(),
+            changed = suspended.changed() => {
+                if changed.is_ok() {
+                    let kind = if *suspended.borrow() { kinds::WORKFLOW_SUSPENDED } else { kinds::WORKFLOW_RESUMED };
+                    engine.events().publish(event(&exec, kind));
+                }
+            }
+        }
+    }
+    finish(&engine, &exec, failure, timed_out, started);
+}
+
+fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed_out: bool, started: Instant) {
+    let wf = &exec.workflow;
+    let (status, error) = if exec.cancel.is_cancelled() {
+        (ExecutionStatus::Cancelled, Some(Error::Cancelled(format!("execution '{}' was cancelled", exec.id))))
+    } else if timed_out {
+        let limit = exec.timeout.unwrap_or_default();
+        (ExecutionStatus::Failed, Some(Error::Timeout(format!("workflow '{}' did not finish within {limit:?}", wf.name))))
+    } else if let Some(e) = failure {
+        (ExecutionStatus::Failed, Some(e))
+    } else {
+        (ExecutionStatus::Completed, None)
+    };
+    // Steps that never ran are skipped, with the reason.
+    if let Some(e) = &error {
+        let reason = match status {
+            ExecutionStatus::Cancelled => "not run: the execution was cancelled".to_string(),
+            _ => format!("not run: the execution failed ({})", e.code().as_str()),
+        };
+        exec.with_state(|s| {
+            for rec in s.steps.iter_mut().filter(|r| r.status == StepStatus::Pending) {
+                rec.status = StepStatus::Skipped;
+                rec.note = Some(reason.clone());
+            }
+        });
+    }
+    let outputs = if status == ExecutionStatus::Completed { outputs(engine, exec) } else { Value::Null };
+    let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let info = error.as_ref().map(ErrorInfo::of);
+    let (kind, data) = match (&status, &info) {
+        (ExecutionStatus::Completed, _) => (kinds::WORKFLOW_COMPLETED, json!({"duration_ms": duration_ms})),
+        (ExecutionStatus::Cancelled, _) => (kinds::WORKFLOW_CANCELLED, json!({"duration_ms": duration_ms})),
+        (_, Some(i)) => (kinds::WORKFLOW_ERROR, json!({"duration_ms": duration_ms, "code": i.code.as_str(), "message": i.message})),
+        (_, None) => (kinds::WORKFLOW_ERROR, json!({"duration_ms": duration_ms})),
+    };
+    exec.finish(status, outputs, info);
+    engine.events().publish(event(exec, kind).data(data));
+}
+
+/// The workflow's `outputs`, evaluated over the finished steps. An output that
+/// cannot be evaluated (it reads a skipped step, or a field a fallback did not
+/// produce) is null, and the record's `warnings` say why: the steps did complete.
+fn outputs(engine: &Engine, exec: &Execution) -> Value {
+    let wf = &exec.workflow;
+    if wf.outputs.is_empty() {
+        return Value::Object(Map::new());
+    }
+    let steps = steps_value(exec, None);
+    let state = engine.session_state(exec.tenant.as_deref(), exec.session.as_deref());
+    let execution = execution_value(exec);
+    let scope = Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution);
+    let mut out = Map::new();
+    let mut warnings = Vec::new();
+    for (key, template) in &wf.outputs {
+        let v = template.evaluate(&scope).unwrap_or_else(|e| {
+            warnings.push(e);
+            Value::Null
+        });
+        out.insert(key.clone(), v);
+    }
+    if !warnings.is_empty() {
+        exec.with_state(|s| s.warnings.extend(warnings));
+    }
+    Value::Object(out)
+}
+
+/// Let a step's dependants go once all their dependencies are done.
+fn release(dependants: &[usize], waiting: &mut [usize], ready: &mut std::collections::VecDeque<usize>) {
+    for &d in dependants {
+        waiting[d] -= 1;
+        if waiting[d] == 0 {
+            ready.push_back(d);
+        }
+    }
+}
+
+/// Why step `i` does not run: a dependency was skipped, or its `if` is false.
+fn skip_reason(engine: &Engine, exec: &Execution, i: usize) -> Result<Option<String>> {
+    let step = &exec.workflow.steps[i];
+    let skipped_dep = exec.with_state(|s| {
+        step.deps.iter().find(|&&d| s.steps[d].status == StepStatus::Skipped).map(|&d| exec.workflow.steps[d].id.clone())
+    });
+    if let Some(dep) = skipped_dep {
+        return Ok(Some(format!("dependency '{dep}' was skipped")));
+    }
+    let Some(condition) = &step.condition else { return Ok(None) };
+    let steps = steps_value(exec, Some(&condition.referenced_steps()));
+    let state = engine.session_state(exec.tenant.as_deref(), exec.session.as_deref());
+    let execution = execution_value(exec);
+    let scope = Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution);
+    match condition.evaluate(&scope) {
+        Ok(true) => Ok(None),
+        Ok(false) => Ok(Some("its `if` condition is false".into())),
+        Err(e) => Err(Error::ValidationFailed(e)),
+    }
+}
+
+/// `steps` as expressions see it: `{id: {output, status, error}}`, for the listed
+/// steps only (what an expression references), or all.
+fn steps_value(exec: &Execution, only: Option<&[String]>) -> Value {
+    let wf = &exec.workflow;
+    exec.with_state(|s| {
+        let mut m = Map::new();
+        for (def, rec) in wf.steps.iter().zip(&s.steps) {
+            if only.is_some_and(|ids| !ids.contains(&def.id)) {
+                continue;
+            }
+            m.insert(
+                def.id.clone(),
+                json!({"output": rec.output, "status": rec.status.as_str(),
+                       "error": rec.error.as_ref().map_or(Value::Null, ErrorInfo::to_value)}),
+            );
+        }
+        Value::Object(m)
+    })
+}
+
+fn execution_value(exec: &Execution) -> Value {
+    json!({"id": exec.id, "workflow": exec.workflow.name, "tenant": exec.tenant, "session": exec.session})
+}
+
+fn event(exec: &Execution, kind: &'static str) -> Event {
+    Event::new(kind).execution(exec.id.clone()).workflow(exec.workflow.name.clone()).context(exec.tenant.as_deref(), exec.session.as_deref())
+}
+
+fn step_event(exec: &Execution, i: usize, kind: &'static str) -> Event {
+    let step = &exec.workflow.steps[i];
+    event(exec, kind).step(step.id.clone()).tool(step.tool.clone())
+}
+
+fn mark_started(engine: &Engine, exec: &Execution, i: usize) {
+    exec.with_state(|s| {
+        let rec = &mut s.steps[i];
+        rec.status = StepStatus::Running;
+        rec.started_at = Some(SystemTime::now());
+    });
+    engine.events().publish(step_event(exec, i, kinds::STEP_STARTED));
+}
+
+fn skip(engine: &Engine, exec: &Execution, i: usize, reason: String) {
+    exec.with_state(|s| {
+        let rec = &mut s.steps[i];
+        rec.status = StepStatus::Skipped;
+        rec.note = Some(reason.clone());
+    });
+    engine.events().publish(step_event(exec, i, kinds::STEP_SKIPPED).data(json!({"reason": reason})));
+}
+
+fn mark_succeeded(engine: &Engine, exec: &Execution, i: usize, output: Value) {
+    let step = &exec.workflow.steps[i];
+    let (attempts, duration_ms, fallback) = exec.with_state(|s| {
+        let rec = &mut s.steps[i];
+        rec.status = StepStatus::Succeeded;
+        rec.output = output;
+        let now = SystemTime::now();
+        rec.finished_at = Some(now);
+        let ms = rec.started_at.and_then(|t| now.duration_since(t).ok()).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        (rec.attempts, ms, rec.note.is_some())
+    });
+    // Session state written by the step, now that its output is known.
+    if !step.set_state.is_empty() {
+        if let Err(e) = write_state(engine, exec, i) {
+            tracing::warn!(execution = %exec.id, step = %step.id, "set_state failed: {e}");
+            exec.with_state(|s| s.steps[i].note = Some(format!("set_state failed: {e}")));
+        }
+    }
+    let data = json!({"attempts": attempts, "duration_ms": (duration_ms * 1e3).round() / 1e3, "fallback": fallback});
+    engine.events().publish(step_event(exec, i, kinds::STEP_COMPLETED).data(data));
+}
+
+fn write_state(engine: &Engine, exec: &Execution, i: usize) -> Result<()> {
+    let step = &exec.workflow.steps[i];
+    let steps = steps_value(exec, None);
+    let state = engine.session_state(exec.tenant.as_deref(), exec.session.as_deref());
+    let execution = execution_value(exec);
+    let scope = Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution);
+    let mut values = Vec::with_capacity(step.set_state.len());
+    for (key, template) in &step.set_state {
+        values.push((key.clone(), template.evaluate(&scope).map_err(Error::ValidationFailed)?));
+    }
+    for (key, value) in values {
+        engine.set_session_value(exec.tenant.as_deref(), exec.session.as_deref(), &key, value);
+    }
+    Ok(())
+}
+
+fn mark_failed(engine: &Engine, exec: &Execution, i: usize, error: &Error) {
+    let attempts = exec.with_state(|s| {
+        let rec = &mut s.steps[i];
+        rec.status = StepStatus::Failed;
+        rec.error = Some(ErrorInfo::of(error));
+        rec.finished_at = Some(SystemTime::now());
+        rec.attempts
+    });
+    let data = json!({"code": error.code().as_str(), "message": error.to_string(), "attempts": attempts});
+    engine.events().publish(step_event(exec, i, kinds::STEP_FAILED).data(data));
+}
+
+/// One step: evaluate its arguments, call its tool with retries, fall back if told to.
+async fn run_step(
+    engine: &Engine,
+    exec: &Execution,
+    i: usize,
+    deadline: Option<tokio::time::Instant>,
+    cancel: CancellationToken,
+) -> StepEnd {
+    let step = &exec.workflow.steps[i];
+    let fatal = !matches!(step.on_error, OnError::Continue);
+    let result = match evaluate_args(engine, exec, &step.args.clone(), step) {
+        Ok(args) => call_with_retries(engine, exec, i, &step.tool, args, deadline, &cancel).await,
+        Err(e) => Err(e),
+    };
+    let error = match result {
+        Ok(v) => return StepEnd::Succeeded(v),
+        Err(e) => e,
+    };
+    if let OnError::Fallback { tool, args } = &step.on_error {
+        if !cancel.is_cancelled() && error.code() != crate::ErrorCode::Cancelled {
+            let original = ErrorInfo::of(&error);
+            exec.with_state(|s| s.steps[i].note = Some(format!("fallback '{tool}' after {}: {}", original.code.as_str(), original.message)));
+            let fallback = match evaluate_args(engine, exec, args, step) {
+                Ok(a) => call_once(engine, exec, i, tool, a, deadline, &cancel, None).await,
+                Err(e) => Err(e),
+            };
+            return match fallback {
+                Ok(v) => StepEnd::Succeeded(v),
+                Err(e) => StepEnd::Failed {
+                    error: Error::with_code(
+                        e.code(),
+                        format!("step '{}': fallback '{tool}' failed: {e} (after: {})", step.id, original.message),
+                    ),
+                    fatal,
+                },
+            };
+        }
+    }
+    StepEnd::Failed { error, fatal }
+}
+
+fn evaluate_args(engine: &Engine, exec: &Execution, template: &super::expr::Template, step: &Step) -> Result<Value> {
+    if template.is_literal() {
+        return template.evaluate(&Scope::new(&Value::Null, &Value::Null, &Value::Null, &Value::Null, &Value::Null))
+            .map_err(Error::ValidationFailed);
+    }
+    let refs = template.referenced_steps();
+    let steps = steps_value(exec, Some(&refs));
+    let state = engine.session_state(exec.tenant.as_deref(), exec.session.as_deref());
+    let execution = execution_value(exec);
+    let scope = Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution);
+    template.evaluate(&scope).map_err(|e| Error::ValidationFailed(format!("step '{}': {e}", step.id)))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call_with_retries(
+    engine: &Engine,
+    exec: &Execution,
+    i: usize,
+    tool: &str,
+    args: Value,
+    deadline: Option<tokio::time::Instant>,
+    cancel: &CancellationToken,
+) -> Result<Value> {
+    let step = &exec.workflow.steps[i];
+    let mut attempt = 1u32;
+    loop {
+        let result = call_once(engine, exec, i, tool, args.clone(), deadline, cancel, None).await;
+        let error = match result {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if attempt >= step.retry.max_attempts || cancel.is_cancelled() {
+            return Err(error);
+        }
+        let Some(delay) = step.retry.delay_after(&error, attempt + 1, fastrand::f64()) else { return Err(error) };
+        // A retry that cannot start before the deadline is not made.
+        if deadline.is_some_and(|d| tokio::time::Instant::now() + delay >= d) {
+            return Err(error);
+        }
+        let data = json!({"attempt": attempt, "next_attempt": attempt + 1, "delay_ms": delay.as_millis() as u64,
+                          "code": error.code().as_str(), "message": error.to_string()});
+        engine.events().publish(step_event(exec, i, kinds::STEP_RETRYING).data(data));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return Err(Error::Cancelled(format!("step '{}' cancelled while waiting to retry", step.id))),
+        }
+        attempt += 1;
+    }
+}
+
+/// One attempt: the circuit breaker, then `call_tool` (failing fast on approvals so
+/// the execution can show `waiting_approval`, then calling again once approved).
+#[allow(clippy::too_many_arguments)]
+async fn call_once(
+    engine: &Engine,
+    exec: &Execution,
+    i: usize,
+    tool: &str,
+    args: Value,
+    deadline: Option<tokio::time::Instant>,
+    cancel: &CancellationToken,
+    approval_id: Option<String>,
+) -> Result<Value> {
+    let step = &exec.workflow.steps[i];
+    let breaker = engine.breakers().get(tool);
+    let (admission, transition) = breaker.admit(Instant::now());
+    publish_transition(engine, exec, i, tool, transition);
+    if let Admission::Rejected { retry_in } = admission {
+        exec.with_state(|s| s.steps[i].attempts += 1);
+        return Err(Error::Transport(format!(
+            "tool '{tool}': circuit breaker open after repeated failures; next probe in {:.1} s",
+            retry_in.as_secs_f64()
+        )));
+    }
+    let mut approval_id = approval_id;
+    loop {
+        exec.with_state(|s| s.steps[i].attempts += 1);
+        let timeout = match (step.timeout, deadline) {
+            (t, Some(d)) => {
+                let left = d.saturating_duration_since(tokio::time::Instant::now());
+                Some(t.map_or(left, |t| t.min(left)))
+            }
+            (t, None) => t,
+        };
+        let options = CallOptions {
+            timeout,
+            tenant: exec.tenant.clone(),
+            session: exec.session.clone(),
+            user: exec.user.clone(),
+            cancel: Some(cancel.clone()),
+            fail_fast_on_approval: true,
+            approval_id: approval_id.take(),
+        };
+        let result = engine.call_tool(tool, args.clone(), options).await;
+        if let Err(Error::ApprovalRequired { approval_id: id, .. }) = &result {
+            let id = id.clone();
+            // Attempts count tool runs; asking for an approval is not one.
+            exec.with_state(|s| s.steps[i].attempts -= 1);
+            match wait_for_approval(engine, exec, i, &id, cancel).await {
+                Ok(()) => {
+                    approval_id = Some(id);
+                    continue;
+                }
+                Err(e) => {
+                    // A refused approval is a denial: it says nothing about the tool's health.
+                    breaker.record(Instant::now(), super::breaker::Outcome::Ignored);
+                    return Err(e);
+                }
+            }
+        }
+        let transition = breaker.record(Instant::now(), outcome_of(&result));
+        publish_transition(engine, exec, i, tool, transition);
+        return result;
+    }
+}
+
+/// The execution shows `waiting_approval` until `approve(id)` resolves it (or the run is cancelled).
+async fn wait_for_approval(engine: &Engine, exec: &Execution, i: usize, id: &str, cancel: &CancellationToken) -> Result<()> {
+    let Some(mut rx) = engine.domain().approvals.watch(id) else {
+        return Err(Error::NotFound(format!("approval '{id}' disappeared")));
+    };
+    exec.with_state(|s| {
+        s.steps[i].approval_id = Some(id.to_string());
+        s.waiting_approvals += 1;
+        Execution::refresh_status(s);
+    });
+    let status = tokio::select! {
+        status = rx.wait_for(|s| *s != ApprovalStatus::Pending) => status.map(|s| *s).unwrap_or(ApprovalStatus::Denied),
+        _ = cancel.cancelled() => ApprovalStatus::Pending,
+    };
+    exec.with_state(|s| {
+        s.waiting_approvals -= 1;
+        Execution::refresh_status(s);
+    });
+    let step = &exec.workflow.steps[i].id;
+    match status {
+        ApprovalStatus::Approved => Ok(()),
+        ApprovalStatus::Denied => {
+            let why = engine.domain().approvals.get(id).and_then(|a| a.resolution_reason).unwrap_or_else(|| "no reason given".into());
+            Err(Error::PermissionDenied(format!("step '{step}': approval '{id}' was refused ({why})")))
+        }
+        ApprovalStatus::Pending => Err(Error::Cancelled(format!("step '{step}' cancelled while waiting for approval '{id}'"))),
+    }
+}
+
+fn publish_transition(engine: &Engine, exec: &Execution, i: usize, tool: &str, transition: Option<Transition>) {
+    let kind = match transition {
+        Some(Transition::Opened) => kinds::BREAKER_OPENED,
+        Some(Transition::Closed) => kinds::BREAKER_CLOSED,
+        _ => return,
+    };
+    let event = step_event(exec, i, kind).tool(tool.to_string()).data(json!({"tool": tool}));
+    engine.events().publish(event);
+}
