@@ -295,6 +295,7 @@ fn call_options(options: StrictJson) -> napi::Result<CallOptions> {
         approval_id: optional_string(options.get("approvalId"), "approvalId")?,
         fail_fast_on_approval,
         cancel: None,
+        trace: None,
     })
 }
 

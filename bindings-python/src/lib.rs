@@ -759,6 +759,7 @@ impl PyEngine {
                 user,
                 fail_fast_on_approval,
                 approval_id,
+                trace: None,
             };
             let r = self.running(py)?;
             let result = r.block_on_interruptible(py, r.engine.call_tool(name, args, options), &cancel)?;

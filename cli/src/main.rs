@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use utp_core::workflow::RunOptions;
 use utp_core::{CallOptions, Config, Engine, Outcome, RegisteredTool};
+
+mod run;
 
 #[derive(Parser)]
 #[command(name = "utp", version = utp_core::VERSION, about = "UTP Runtime: discover, search and call UTCP tools")]
@@ -66,6 +69,28 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Run a workflow (YAML/JSON file) with live progress on stderr; prints its outputs
+    /// (or, with --json, the whole execution record). Exit 0 when it completed.
+    Run {
+        /// Workflow file (design §7 format).
+        workflow: String,
+        /// An input as key=value (repeatable); values that parse as JSON are JSON.
+        #[arg(long = "input", short = 'i')]
+        inputs: Vec<String>,
+        /// Directories, manual files or URLs to load tools from (repeatable).
+        #[arg(long = "from")]
+        from: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+        /// Timeout for the whole run, in seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Print the whole execution record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dry run of the domain rules for TOOL with ARGS_JSON: prints the decision and the
     /// rules behind it, calls nothing. Exit 0 when the call would be allowed, 1 when
     /// denied, escalated or rate limited.
@@ -110,6 +135,24 @@ fn main() -> ExitCode {
                 call(&engine, &tool, args.as_deref(), timeout, from, tenant).await
             }
             Command::Check { tool, args, tenant, from } => check(&engine, &tool, args.as_deref(), tenant, from).await,
+            Command::Run { workflow, inputs, from, tenant, session, timeout, json } => {
+                let inputs = match run::parse_inputs(&inputs) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        eprintln!("utp: [INVALID_ARGUMENT] {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let timeout = match parse_timeout(timeout) {
+                    Ok(t) => t,
+                    Err(code) => return code,
+                };
+                if let Err(e) = load_tools(&engine, from).await {
+                    return fail(&e);
+                }
+                let options = RunOptions { tenant, session, timeout, ..RunOptions::default() };
+                run::run(&engine, &workflow, inputs, options, json).await
+            }
         }
     });
     if printer.is_some() {
@@ -233,13 +276,9 @@ async fn call(
         Ok(v) => v,
         Err(code) => return code,
     };
-    let timeout = match timeout {
-        None => None,
-        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Some(std::time::Duration::from_secs_f64(s)),
-        Some(s) => {
-            eprintln!("utp: [INVALID_ARGUMENT] --timeout must be a positive number of seconds, got {s}");
-            return ExitCode::from(2);
-        }
+    let timeout = match parse_timeout(timeout) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     if let Err(e) = load_tools(engine, from).await {
         return fail(&e);
@@ -252,6 +291,17 @@ async fn call(
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("[{}] {e}", e.code())),
+    }
+}
+
+fn parse_timeout(timeout: Option<f64>) -> Result<Option<std::time::Duration>, ExitCode> {
+    match timeout {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(std::time::Duration::from_secs_f64(s))),
+        Some(s) => {
+            eprintln!("utp: [INVALID_ARGUMENT] --timeout must be a positive number of seconds, got {s}");
+            Err(ExitCode::from(2))
+        }
     }
 }
 

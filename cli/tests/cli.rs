@@ -186,3 +186,38 @@ fn events_flag_prints_this_runs_events_before_the_result() {
     let (code, _, err) = utp(&["--events=", "tools", manuals]);
     assert_eq!(code, 1, "{err}");
 }
+
+#[test]
+fn run_shows_progress_and_prints_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let manuals = dir.path().join("m");
+    std::fs::create_dir(&manuals).unwrap();
+    std::fs::write(manuals.join("shop.utcp.json"), SHOP).unwrap();
+    let wf = dir.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "name: w\ninputs: {n: {type: integer}}\nsteps:\n  - id: a\n    tool: shop.get\n  - id: b\n    tool: shop.set\n    depends_on: [a]\n    args: {count: \"${{ inputs.n + 1 }}\"}\n  - id: c\n    tool: shop.get\n    depends_on: [b]\n    if: \"inputs.n > 100\"\noutputs: {first: \"${{ steps.a.output }}\", n: \"${{ inputs.n }}\"}\n",
+    )
+    .unwrap();
+    let (wf, manuals) = (wf.to_str().unwrap(), manuals.to_str().unwrap());
+    let (code, out, err) = utp(&["run", wf, "--from", manuals, "--input", "n=41"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let outputs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outputs, serde_json::json!({"first": "42", "n": 41}));
+    assert!(err.contains("▶ w started") && err.contains("b              succeeded") && err.contains("c              skipped"), "{err}");
+    assert!(err.contains("✔ completed"), "{err}");
+
+    let (code, out, _) = utp(&["run", wf, "--from", manuals, "--input", "n=1", "--json"]);
+    assert_eq!(code, 0);
+    let record: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["steps"]["b"]["status"], "succeeded");
+    // Bad inputs and bad workflows are clear errors.
+    let (code, _, err) = utp(&["run", wf, "--from", manuals, "--input", "n=oops"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("VALIDATION_FAILED"), "{err}");
+    let (code, _, err) = utp(&["run", wf, "--from", manuals, "--input", "novalue"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = utp(&["run", "/nonexistent/wf.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+}

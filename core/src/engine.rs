@@ -46,6 +46,32 @@ pub struct CallOptions {
     pub fail_fast_on_approval: bool,
     /// An approval granted earlier for this tool: the escalated call runs (once).
     pub approval_id: Option<String>,
+    /// The workflow step making this call: its events (`tool.*`, `policy.denied`,
+    /// `approval.*`, `ratelimit.limited`) carry the execution, workflow and step.
+    pub trace: Option<Arc<CallTrace>>,
+}
+
+/// Where a call comes from in a workflow run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallTrace {
+    pub execution_id: String,
+    pub workflow: String,
+    pub step_id: String,
+}
+
+impl CallTrace {
+    /// `event` with the execution, workflow and step set.
+    pub fn stamp(&self, event: Event) -> Event {
+        event.execution(self.execution_id.clone()).workflow(self.workflow.clone()).step(self.step_id.clone())
+    }
+}
+
+/// `event` with the call's trace, when it has one.
+pub(crate) fn traced(event: Event, options: &CallOptions) -> Event {
+    match &options.trace {
+        Some(trace) => trace.stamp(event),
+        None => event,
+    }
 }
 
 /// Where a manual comes from.
@@ -560,7 +586,7 @@ impl Engine {
             .tool(tool)
             .context(options.tenant.as_deref(), options.session.as_deref())
             .data(policy);
-        self.inner.events.publish(event);
+        self.inner.events.publish(traced(event, options));
         Instant::now()
     }
 
@@ -598,7 +624,7 @@ impl Engine {
             data.insert("stream".into(), true.into());
         }
         let event = Event::new(kind).tool(tool).context(options.tenant.as_deref(), options.session.as_deref());
-        events.publish(event.data(Value::Object(data)));
+        events.publish(traced(event, options).data(Value::Object(data)));
     }
 
     /// The policy for fetching manuals: `discovery.allow_insecure_http`, and private

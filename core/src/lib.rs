@@ -22,7 +22,7 @@ pub mod workflow;
 pub use config::Config;
 pub use discovery::{DiscoveryReport, FileReport, Outcome};
 pub use domain::{ApprovalInfo, ApprovalStatus, HostRule, HostVerdict};
-pub use engine::{CallOptions, Engine, ManualSource};
+pub use engine::{CallOptions, CallTrace, Engine, ManualSource};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};
 pub use manual::{Auth, CallTemplate, Manual, Tool};

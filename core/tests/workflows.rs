@@ -332,6 +332,13 @@ async fn policy_denials_are_not_retried_and_fall_back() {
     assert_eq!(update["attempts"], 2, "one denied attempt (never retried) and the fallback");
     assert!(update["note"].as_str().unwrap().contains("PERMISSION_DENIED"), "{update}");
     assert_eq!(*log.lock(), ["get A1", "queue A1", "get note-A1"]);
+    // The denial is audited with the execution and step that made the call.
+    let denied = e.history(&HistoryFilter { kind: Some("policy.denied".into()), ..HistoryFilter::default() });
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].execution_id.as_deref(), r["execution_id"].as_str());
+    assert_eq!((denied[0].step_id.as_deref(), denied[0].workflow.as_deref()), (Some("update"), Some("restock")));
+    let called = e.history(&HistoryFilter { kind: Some("tool.called".into()), ..HistoryFilter::default() });
+    assert!(called.iter().all(|ev| ev.execution_id.as_deref() == r["execution_id"].as_str()));
 
     // on_error: continue records the failure and carries on; fail (default) stops the run.
     wf["steps"][1]["on_error"] = json!("continue");

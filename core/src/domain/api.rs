@@ -48,7 +48,7 @@ impl Engine {
         }
         match decision.outcome {
             Outcome::Allow => {}
-            Outcome::Deny => return Err(self.denied(&call, &decision)),
+            Outcome::Deny => return Err(self.denied(&call, options, &decision)),
             Outcome::Escalate => {
                 let approval = self.escalate(&call, &decision, options, timeout).await?;
                 audit.insert("approval_id".into(), Value::String(approval));
@@ -57,6 +57,7 @@ impl Engine {
         domain.limits.acquire(&call).map(|()| Value::Object(audit)).map_err(|limited| {
             self.publish(
                 &call,
+                options,
                 Event::new(kinds::RATELIMIT_LIMITED)
                     .data(json!({"limit": limited.limit, "retry_after_ms": limited.retry_after.as_millis() as u64})),
             );
@@ -72,8 +73,8 @@ impl Engine {
         })
     }
 
-    fn denied(&self, call: &Call<'_>, decision: &Decision) -> Error {
-        self.publish(call, Event::new(kinds::POLICY_DENIED).data(decision.to_value()));
+    fn denied(&self, call: &Call<'_>, options: &CallOptions, decision: &Decision) -> Error {
+        self.publish(call, options, Event::new(kinds::POLICY_DENIED).data(decision.to_value()));
         Error::PermissionDenied(format!("call to '{}' denied: {}", call.tool, decision.reason()))
     }
 
@@ -87,7 +88,7 @@ impl Engine {
         let (info, mut rx) = approvals.request(call.tool, call.tenant, call.session, decision.reason());
         let mut data = decision.to_value();
         data["approval_id"] = Value::String(info.id.clone());
-        self.publish(call, Event::new(kinds::APPROVAL_REQUESTED).data(data));
+        self.publish(call, options, Event::new(kinds::APPROVAL_REQUESTED).data(data));
         if options.fail_fast_on_approval {
             return Err(Error::ApprovalRequired {
                 message: format!(
@@ -127,8 +128,8 @@ impl Engine {
         }
     }
 
-    fn publish(&self, call: &Call<'_>, mut event: Event) {
-        event = event.tool(call.tool);
+    fn publish(&self, call: &Call<'_>, options: &CallOptions, mut event: Event) {
+        event = crate::engine::traced(event.tool(call.tool), options);
         if let Some(t) = call.tenant {
             event = event.tenant(t);
         }

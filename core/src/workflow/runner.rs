@@ -444,6 +444,11 @@ async fn call_once(
             cancel: Some(cancel.clone()),
             fail_fast_on_approval: true,
             approval_id: approval_id.take(),
+            trace: Some(Arc::new(crate::engine::CallTrace {
+                execution_id: exec.id.clone(),
+                workflow: exec.workflow.name.clone(),
+                step_id: step.id.clone(),
+            })),
         };
         let result = engine.call_tool(tool, args.clone(), options).await;
         if let Err(Error::ApprovalRequired { approval_id: id, .. }) = &result {

@@ -1,0 +1,93 @@
+//! `utp run`: run a workflow with live progress from its events.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use utp_core::workflow::{RunOptions, WorkflowSource};
+use utp_core::{Engine, Event};
+
+/// `k=v` pairs → the inputs object; a value that parses as JSON is JSON (`n=3` is a
+/// number, `tags=["a"]` a list), anything else a string.
+pub fn parse_inputs(pairs: &[String]) -> Result<Value, String> {
+    let mut inputs = Map::new();
+    for pair in pairs {
+        let Some((key, raw)) = pair.split_once('=') else {
+            return Err(format!("--input '{pair}' is not key=value"));
+        };
+        if key.trim().is_empty() {
+            return Err(format!("--input '{pair}' has an empty key"));
+        }
+        let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        inputs.insert(key.trim().to_string(), value);
+    }
+    Ok(Value::Object(inputs))
+}
+
+/// One progress line per workflow or step event, on stderr.
+fn progress(event: &Event) -> Option<String> {
+    let step = event.step_id.as_deref().unwrap_or("");
+    let data = &event.data;
+    let text = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let ms = |k: &str| data.get(k).and_then(Value::as_f64).map(|v| format!("{v:.0} ms")).unwrap_or_default();
+    Some(match event.kind() {
+        "workflow.started" => format!(
+            "▶ {} started ({}, {} steps)",
+            event.workflow.as_deref().unwrap_or(""),
+            event.execution_id.as_deref().unwrap_or(""),
+            data["steps"]
+        ),
+        "step.started" => format!("  {step:<14} started    {}", event.tool.as_deref().unwrap_or("")),
+        "step.retrying" => format!(
+            "  {step:<14} retrying   attempt {} failed [{}]; next in {} ms",
+            data["attempt"],
+            text("code"),
+            data["delay_ms"]
+        ),
+        "step.completed" => {
+            let fallback = if data["fallback"] == true { ", by its fallback" } else { "" };
+            format!("  {step:<14} succeeded  {} attempt(s), {}{fallback}", data["attempts"], ms("duration_ms"))
+        }
+        "step.failed" => format!("  {step:<14} failed     [{}] {}", text("code"), text("message")),
+        "step.skipped" => format!("  {step:<14} skipped    {}", text("reason")),
+        "policy.denied" => format!("  {:<14} denied     {}", step, text("reason")),
+        "breaker.opened" => format!("  circuit breaker opened for {}", text("tool")),
+        "breaker.closed" => format!("  circuit breaker closed for {}", text("tool")),
+        "workflow.suspended" => "⏸ suspended".into(),
+        "workflow.resumed" => "▶ resumed".into(),
+        "workflow.completed" => format!("✔ completed in {}", ms("duration_ms")),
+        "workflow.error" => format!("✘ failed in {}: [{}] {}", ms("duration_ms"), text("code"), text("message")),
+        "workflow.cancelled" => "✘ cancelled".into(),
+        _ => return None,
+    })
+}
+
+/// Run the workflow; print progress on stderr and the outputs (or, with `json`, the
+/// whole record) on stdout. Exit 0 when it completed.
+pub async fn run(engine: &Engine, workflow: &str, inputs: Value, options: RunOptions, json: bool) -> ExitCode {
+    let printer = engine.subscribe(
+        "*",
+        Arc::new(|event| {
+            if let Some(line) = progress(&event) {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+            Ok(())
+        }),
+    );
+    let result = engine.run_workflow(WorkflowSource::from_text(workflow), inputs, options).await;
+    engine.events().flush(std::time::Duration::from_secs(2));
+    if let Ok(id) = printer {
+        engine.unsubscribe(id);
+    }
+    let record = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("utp: [{}] {e}", e.code());
+            return ExitCode::FAILURE;
+        }
+    };
+    let shown = if json { &record } else { &record["outputs"] };
+    println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
+    if record["status"] == "completed" { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
