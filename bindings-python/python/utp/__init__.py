@@ -1,5 +1,5 @@
-"""UTP Runtime: discover UTCP tools, register and search them, and (as the runtime
-grows) call them under policy and run durable workflows, in-process.
+"""UTP Runtime: discover UTCP tools, register and search them, call them under
+policy, and run workflows over them, in-process.
 
     import utp
     with utp.Engine() as engine:
@@ -12,6 +12,12 @@ Business rules and event subscribers are Python functions too::
     engine.domain_layer.add_business_rule("max_bet", lambda tool, action, params: params.get("amount", 0) <= 1000)
     engine.event_bus.subscribe("policy.*", lambda event: print(event["type"], event["data"]))
 
+Workflows (a dict, YAML/JSON text or a file) run their steps as dependencies finish,
+with retries, fallbacks, ``if`` conditions and data between steps::
+
+    record = engine.run_workflow("restock.yaml", {"sku": "A1"}, session="s1")
+    record["status"], record["outputs"], record["steps"]["update"]["attempts"]
+
 Every blocking method releases the GIL while Rust works and has an awaitable twin
 (``discover_async``, ``register_manual_async``...) that runs it on a worker thread.
 Errors are ``utp.UtpError`` subclasses with a stable ``.code`` (``"NOT_FOUND"``...).
@@ -21,9 +27,13 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
+from typing import TYPE_CHECKING
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type, TypeVar, Union, overload
 
 from . import _utp
+
+if TYPE_CHECKING:
+    import asyncio
 from ._utp import (
     ERRORS_BY_CODE,
     AlreadyExistsError,
@@ -53,6 +63,8 @@ from ._utp import (
 __version__: str = _utp.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
+WorkflowLike = Union[Dict[str, Any], str, "os.PathLike[str]"]
+"""A workflow definition (dict), YAML/JSON text, or the path of a workflow file."""
 
 
 T = TypeVar("T")
@@ -257,6 +269,68 @@ class Engine(_utp.Engine):
 
         return await _in_thread(call)
 
+    async def run_workflow_async(
+        self,
+        workflow: WorkflowLike,
+        inputs: Optional[Dict[str, Any]] = None,
+        *,
+        session: Optional[str] = None,
+        tenant: Optional[str] = None,
+        user: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Dict[str, Any]:
+        """``run_workflow`` as an awaitable. Cancelling the awaiting task cancels the run."""
+        execution_id = await self.start_workflow_async(
+            workflow, inputs, session=session, tenant=tenant, user=user, timeout=timeout
+        )
+        try:
+            return await self.wait_execution_async(execution_id)
+        except BaseException:
+            # The awaiting task was cancelled (or the loop is going away): stop the run too.
+            self._cancel_quietly(execution_id)
+            raise
+
+    async def start_workflow_async(
+        self,
+        workflow: WorkflowLike,
+        inputs: Optional[Dict[str, Any]] = None,
+        *,
+        session: Optional[str] = None,
+        tenant: Optional[str] = None,
+        user: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> str:
+        """``start_workflow`` as an awaitable (validation runs on a worker thread)."""
+        import asyncio
+
+        def start() -> str:
+            return self.start_workflow(workflow, inputs, session=session, tenant=tenant, user=user, timeout=timeout)
+
+        started = asyncio.ensure_future(_in_thread(start))
+        try:
+            return await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # Cancelled while validating: a run that starts all the same is cancelled at once.
+            started.add_done_callback(self._cancel_started)
+            raise
+
+    def _cancel_started(self, started: "asyncio.Future[str]") -> None:
+        if not started.cancelled() and started.exception() is None:
+            self._cancel_quietly(started.result())
+
+    def _cancel_quietly(self, execution_id: str) -> None:
+        try:
+            self.cancel(execution_id)
+        except UtpError:
+            pass  # finished, or the engine was closed
+
+    async def wait_execution_async(self, execution_id: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """``wait_execution`` as an awaitable; cancelling it stops the waiting, not the run."""
+        return await _in_thread(self.wait_execution, execution_id, timeout)
+
+    async def validate_workflow_async(self, workflow: WorkflowLike) -> None:
+        await _in_thread(self.validate_workflow, workflow)
+
     @property
     def domain_layer(self) -> DomainLayer:
         """Business rules and dry-run checks (see ``DomainLayer``)."""
@@ -289,7 +363,7 @@ class Engine(_utp.Engine):
         tags: Optional[Sequence[str]] = None,
     ) -> Callable[[ToolFn], ToolFn]: ...
 
-    def tool(self, name: Any = None, **options: Any) -> Any:
+    def tool(self, *args: Any, **options: Any) -> Any:
         """``engine.tool("manual.tool")`` returns a registered tool as a dict.
 
         As a decorator it registers a Python function as a native tool::
@@ -303,12 +377,13 @@ class Engine(_utp.Engine):
         The function gets the arguments as one dict; its docstring is the default
         description.
         """
-        if isinstance(name, str) and not options:
-            return super().tool(name)
-        if callable(name) and not options:
-            return self._register_decorated(name, {})
-        if name is not None:
-            options["name"] = name
+        # Only a positional string is a look-up: ``@engine.tool(name="m.t")`` registers.
+        if len(args) == 1 and isinstance(args[0], str) and not options:
+            return super().tool(args[0])
+        if len(args) == 1 and callable(args[0]) and not options:
+            return self._register_decorated(args[0], {})
+        if args:
+            raise TypeError("engine.tool() takes a tool name to look up, a function to register, or keyword options")
 
         def decorate(fn: ToolFn) -> ToolFn:
             return self._register_decorated(fn, options)
