@@ -394,6 +394,163 @@ export interface ApproveOptions {
   reason?: string | null
 }
 
+/** A duration in a workflow definition: seconds, or text like `'500ms'`, `'30s'`, `'2m'`, `'1h'`. */
+export type WorkflowDuration = number | string
+
+/** `retry:` of a workflow step (exponential backoff with jitter, bounded by the run's deadline). */
+export interface RetryPolicy {
+  /** Total attempts, the first one included (default 3 when `retry` is given; 1 without `retry`). */
+  max_attempts?: number
+  /** Default `'200ms'`. */
+  initial_delay?: WorkflowDuration
+  /** Default 2. */
+  factor?: number
+  /** Default `'30s'`. */
+  max_delay?: WorkflowDuration
+  /** Default `'full'` (a uniform delay in [0, backoff]). */
+  jitter?: 'full' | 'none'
+}
+
+/**
+ * What a failed step does to its run: `'fail'` (the default) fails the run, `'continue'`
+ * records the failure and goes on (dependants see a null `output`), `fallback` calls
+ * another tool whose result becomes the step's output.
+ */
+export type OnError = 'fail' | 'continue' | { fallback: { tool: string; args?: JsonObject } }
+
+/**
+ * One step of a workflow. String values of `args`, `set_state` and the workflow's
+ * `outputs` may hold `${{ expr }}` CEL expressions over `inputs`, `steps.<id>.output`,
+ * `state` (the session state) and `constants`; a string that is exactly one
+ * expression keeps the expression's JSON type.
+ */
+export interface WorkflowStep {
+  /** Unique within the workflow. */
+  id: string
+  /** The full tool name (`manual.tool`); must be registered when the workflow is validated. */
+  tool: string
+  description?: string
+  /** Steps that must finish first (their outputs are readable as `steps.<id>.output`). */
+  depends_on?: string[]
+  /** A CEL condition; when false the step and the steps that depend on it are skipped. */
+  if?: string
+  /** The tool's arguments (literal ones are checked against its `inputs` schema up front). */
+  args?: JsonObject
+  /** Bounds each attempt. */
+  timeout?: WorkflowDuration
+  retry?: RetryPolicy
+  on_error?: OnError
+  /** Session state keys written when the step succeeds. */
+  set_state?: JsonObject
+}
+
+/** A workflow definition (design §7), as an object, or as YAML / JSON text or file. */
+export interface WorkflowDefinition {
+  name: string
+  description?: string
+  /** Input name → JSON Schema of that input; inputs without a `default` are required. */
+  inputs?: Record<string, JsonObject>
+  /** Steps that may run at once (default 8). */
+  max_parallel?: number
+  /** Bounds the whole run (the `timeout` run option wins). */
+  timeout?: WorkflowDuration
+  steps: WorkflowStep[]
+  /** Output name → value (usually a `${{ }}` expression). */
+  outputs?: JsonObject
+}
+
+/** Where `runWorkflow` and friends take a workflow from: a definition, YAML / JSON text, or a file path. */
+export type WorkflowInput = WorkflowDefinition | string
+
+/** The lifecycle of an execution: `created → running → completed | failed | cancelled`. */
+export type ExecutionStatus =
+  | 'created'
+  | 'running'
+  | 'suspended'
+  | 'waiting_approval'
+  | 'completed'
+  | 'failed'
+  | 'cancelled'
+
+/** The lifecycle of a step. */
+export type StepStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'skipped'
+
+/** An error as recorded in an execution: the bare code name and the message. */
+export interface RecordedError {
+  code: ErrorCodeName
+  message: string
+}
+
+/** One step of an execution record. */
+export interface StepRecord {
+  status: StepStatus
+  /** The tool's result (or the fallback's); null until the step succeeds. Absent in `executions()` listings. */
+  output?: any
+  error: RecordedError | null
+  /** Calls made (retries and a fallback included). */
+  attempts: number
+  /** RFC 3339 UTC, or null before the step started. */
+  started_at: string | null
+  finished_at: string | null
+  /** The step's tool. */
+  tool: string
+  /** Why the step was skipped, or that a fallback produced its output. */
+  note?: string
+  /** The approval an escalated step waits for. */
+  approval_id?: string
+}
+
+/** The record of one run (design §7), from `runWorkflow`, `waitExecution` and `execution`. */
+export interface ExecutionRecord {
+  execution_id: string
+  /** The workflow's name. */
+  workflow: string
+  status: ExecutionStatus
+  /** The inputs with defaults applied. */
+  inputs: JsonObject
+  /** The workflow's outputs (null until it completes). */
+  outputs: Record<string, any> | null
+  /** Why the run failed (or was cancelled), else null. */
+  error: RecordedError | null
+  /** Outputs that could not be evaluated (they are null). */
+  warnings?: string[]
+  steps: Record<string, StepRecord>
+  session_id: string | null
+  tenant: string | null
+  created_at: string
+  finished_at: string | null
+}
+
+/** An entry of `executions()`: the record without inputs, outputs and step outputs. */
+export type ExecutionSummary = Omit<ExecutionRecord, 'inputs' | 'outputs'>
+
+/** Options of `engine.startWorkflow(workflow, inputs, options)`. */
+export interface StartWorkflowOptions {
+  /** The session whose state (`state`) the run reads and writes. */
+  session?: string | null
+  tenant?: string | null
+  user?: string | null
+  /** Seconds (finite, >= 0) the whole run may take; wins over the workflow's `timeout`. */
+  timeout?: number | null
+}
+
+/** Options of `engine.runWorkflow(workflow, inputs, options)`. */
+export interface RunWorkflowOptions extends StartWorkflowOptions {
+  /** Aborting it cancels the run (which then resolves with status `'cancelled'`). */
+  signal?: AbortSignal | null
+}
+
+/** Options of `engine.executions(options)`. */
+export interface ExecutionsOptions {
+  status?: ExecutionStatus | null
+  session?: string | null
+}
+
+/** Options of `engine.sessionState` / `engine.setSessionState`. */
+export interface SessionOptions {
+  tenant?: string | null
+}
+
 /** Per-tool metrics. */
 export interface ToolMetrics {
   calls: { succeeded: number; failed: number }
@@ -432,6 +589,8 @@ export interface Metrics {
  * const engine = new Engine()
  * await engine.discover('./tools')
  * engine.searchTools('weather forecast', { limit: 3 })
+ * const run = await engine.runWorkflow('./restock.yaml', { sku: 'A1' }, { session: 's1' })
+ * console.log(run.status, run.outputs)
  * ```
  */
 export declare class Engine {
@@ -488,6 +647,48 @@ export declare class Engine {
    * Throws ERR_UTP_ALREADY_EXISTS for a name already registered.
    */
   registerTool(name: string, fn: ToolFunction, options?: RegisterToolOptions | null): string
+  /**
+   * Run a workflow to its end and resolve to its record. The workflow is a definition
+   * object, YAML / JSON text, or the path of a YAML / JSON file; it is validated against
+   * the registered tools before any step runs. A run that fails or is cancelled still
+   * resolves (`status` `'failed'` / `'cancelled'`, `error`, every step). Rejects with
+   * ERR_UTP_VALIDATION_FAILED (the definition, listing every problem, or the inputs),
+   * ERR_UTP_NOT_FOUND (a missing file), ERR_UTP_INVALID_ARGUMENT (bad arguments or
+   * options), ERR_UTP_CANCELLED (`signal` already aborted).
+   */
+  runWorkflow(
+    workflow: WorkflowInput,
+    inputs?: Record<string, any> | null,
+    options?: RunWorkflowOptions | null,
+  ): Promise<ExecutionRecord>
+  /**
+   * Validate a workflow and start running it; returns the execution id synchronously
+   * (the same errors as {@link runWorkflow}, thrown). Follow it with {@link execution},
+   * {@link waitExecution} and the `workflow.*` / `step.*` events. A started run does not
+   * keep the process alive by itself: await {@link waitExecution} for that.
+   */
+  startWorkflow(workflow: WorkflowInput, inputs?: Record<string, any> | null, options?: StartWorkflowOptions | null): string
+  /** Resolves to an execution's record once it has finished; rejects with ERR_UTP_NOT_FOUND for an unknown id. */
+  waitExecution(executionId: string): Promise<ExecutionRecord>
+  /**
+   * Validate a workflow without running it and return its definition (parsed, for text
+   * and files). Throws ERR_UTP_VALIDATION_FAILED listing every problem.
+   */
+  validateWorkflow(workflow: WorkflowInput): WorkflowDefinition
+  /** An execution's current record; throws ERR_UTP_NOT_FOUND for an unknown id. */
+  execution(executionId: string): ExecutionRecord
+  /** The executions kept by the engine, oldest first, optionally by status and session. */
+  executions(options?: ExecutionsOptions | null): ExecutionSummary[]
+  /** Cancel a run (its running tool calls too); false when it had already finished. */
+  cancel(executionId: string): boolean
+  /** Start no new steps of a run until {@link resume} (running steps finish); false when finished or already suspended. */
+  suspend(executionId: string): boolean
+  /** Let a suspended run go on; false when it was not suspended. */
+  resume(executionId: string): boolean
+  /** A session's state (`state` in workflow expressions), `{}` when empty. */
+  sessionState(session: string, options?: SessionOptions | null): Record<string, any>
+  /** Set one key of a session's state; `null` / `undefined` removes it. */
+  setSessionState(session: string, key: string, value: unknown, options?: SessionOptions | null): void
   /** Business rules and dry runs (design §4: `engine.domainLayer.addBusinessRule`). */
   readonly domainLayer: DomainLayer
   /** Subscriptions, history and flushing (design §4: `engine.eventBus.subscribe`). */

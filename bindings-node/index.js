@@ -6,6 +6,7 @@
 // rate-limit and approval errors also get `err.retryAfter` (seconds) and
 // `err.approvalId` from `key=value` pairs in that prefix. It also groups the domain
 // layer and the event bus as `engine.domainLayer` and `engine.eventBus` (design §4).
+// `runWorkflow` also takes an AbortSignal (`{ signal }`) that cancels the run.
 
 const native = require('./native.js')
 
@@ -341,6 +342,94 @@ class Engine {
     // The native layer awaits real Promises; other thenables are adopted here.
     const tool = (args) => adopt(fn(args))
     return call(() => this.#native.registerTool(name, tool, options))
+  }
+
+  /**
+   * Run a workflow (a definition object, YAML / JSON text or a file path) to its end;
+   * resolves to its record, also when the run failed or was cancelled (see `status`).
+   * `options`: `{ session, tenant, user, timeout (seconds), signal (an AbortSignal
+   * that cancels the run) }`. Rejects with ERR_UTP_VALIDATION_FAILED for a definition
+   * or inputs that do not validate.
+   */
+  runWorkflow(workflow, inputs = undefined, options = undefined) {
+    const signal = options !== null && typeof options === 'object' ? options.signal : undefined
+    if (signal === undefined || signal === null) {
+      return callAsync(() => this.#native.runWorkflow(workflow, inputs, options))
+    }
+    return callAsync(async () => {
+      if (typeof signal.addEventListener !== 'function' || typeof signal.aborted !== 'boolean') {
+        throw new UtpError(`runWorkflow: signal must be an AbortSignal, found ${describe(signal)}`, codes.INVALID_ARGUMENT)
+      }
+      if (signal.aborted) throw new UtpError('runWorkflow: the signal was aborted before the run started', codes.CANCELLED)
+      const { signal: _, ...rest } = options
+      const id = this.#native.startWorkflow(workflow, inputs, rest)
+      const onAbort = () => {
+        try {
+          this.#native.cancel(id)
+        } catch {
+          // The engine was closed: the run ends with it.
+        }
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      try {
+        return await this.#native.waitExecution(id)
+      } finally {
+        signal.removeEventListener('abort', onAbort)
+      }
+    })
+  }
+
+  /**
+   * Validate a workflow and start running it; returns the execution id synchronously
+   * (validation errors are thrown). Options as runWorkflow (without `signal`).
+   */
+  startWorkflow(workflow, inputs = undefined, options = undefined) {
+    return call(() => this.#native.startWorkflow(workflow, inputs, options))
+  }
+
+  /** Resolves to an execution's full record once it has finished. */
+  waitExecution(executionId) {
+    return callAsync(() => this.#native.waitExecution(executionId))
+  }
+
+  /** Validate a workflow without running it; returns the parsed definition or throws ERR_UTP_VALIDATION_FAILED. */
+  validateWorkflow(workflow) {
+    return call(() => this.#native.validateWorkflow(workflow))
+  }
+
+  /** An execution's current record; throws ERR_UTP_NOT_FOUND for an unknown id. */
+  execution(executionId) {
+    return call(() => this.#native.execution(executionId))
+  }
+
+  /** Executions, oldest first, without inputs, outputs and step outputs: `{ status, session }`. */
+  executions(options = undefined) {
+    return call(() => this.#native.executions(options))
+  }
+
+  /** Cancel a run (its running tool calls too); false when it had finished. */
+  cancel(executionId) {
+    return call(() => this.#native.cancel(executionId))
+  }
+
+  /** Start no new steps of a run until resume(); false when finished or already suspended. */
+  suspend(executionId) {
+    return call(() => this.#native.suspend(executionId))
+  }
+
+  /** Let a suspended run go on; false when it was not suspended. */
+  resume(executionId) {
+    return call(() => this.#native.resume(executionId))
+  }
+
+  /** A session's state (`state` in workflow expressions): `{ tenant }`. */
+  sessionState(session, options = undefined) {
+    return call(() => this.#native.sessionState(session, options))
+  }
+
+  /** Set one key of a session's state (null / undefined removes it): `{ tenant }`. */
+  setSessionState(session, key, value, options = undefined) {
+    return call(() => this.#native.setSessionState(session, key, value, options))
   }
 
   /** Names of the registered manuals, sorted. */

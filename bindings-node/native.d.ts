@@ -10,8 +10,8 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 /**
- * A UTP Runtime engine: the registry of manuals and tools (calls, workflows and
- * policy arrive in later releases). Cheap to share; `close()` releases it.
+ * A UTP Runtime engine: the registry of manuals and tools, calls through the
+ * domain layer, events and workflows (src/workflow.rs). `close()` releases it.
  */
 export declare class Engine {
   /**
@@ -137,6 +137,66 @@ export declare class Engine {
   metrics(): Record<string, any>
   /** The metrics in Prometheus text exposition format. */
   metricsText(): string
+  /**
+   * Run a workflow to its end; resolves to its record (design §7):
+   * `{ execution_id, workflow, status, inputs, outputs, error, warnings?, steps,
+   * session_id, tenant, created_at, finished_at }`. A run that fails or is
+   * cancelled still resolves (`status` 'failed' / 'cancelled', `error`); a
+   * definition or inputs that do not validate reject with VALIDATION_FAILED, a
+   * missing file with NOT_FOUND. Options: `session`, `tenant`, `user`, `timeout`
+   * (seconds; wins over the workflow's `timeout`).
+   */
+  runWorkflow(workflow: Record<string, any> | string, inputs?: Record<string, any> | null, options?: { session?: string | null; tenant?: string | null; user?: string | null; timeout?: number | null } | null): Promise<Record<string, any>>
+  /**
+   * Validate a workflow and start running it; returns the execution id at once
+   * (synchronously). Errors as `runWorkflow`, thrown. Follow the run with
+   * `execution(id)`, `waitExecution(id)` and the `workflow.*` / `step.*` events.
+   */
+  startWorkflow(workflow: Record<string, any> | string, inputs?: Record<string, any> | null, options?: { session?: string | null; tenant?: string | null; user?: string | null; timeout?: number | null } | null): string
+  /**
+   * Resolve to an execution's full record once it has finished (at once when it
+   * already has). Rejects with NOT_FOUND for an unknown id.
+   */
+  waitExecution(executionId: string): Promise<Record<string, any>>
+  /**
+   * Validate a workflow against the registered tools without running anything;
+   * returns the definition as parsed (the object a YAML / JSON text or file holds).
+   * Throws VALIDATION_FAILED listing every problem, NOT_FOUND for a missing file.
+   */
+  validateWorkflow(workflow: Record<string, any> | string): Record<string, any>
+  /**
+   * An execution's current record (full: inputs, outputs and step outputs).
+   * NOT_FOUND for an unknown id.
+   */
+  execution(executionId: string): Record<string, any>
+  /**
+   * The executions kept by the engine, oldest first, as records without inputs,
+   * outputs and step outputs. Options: `status` ('created', 'running',
+   * 'suspended', 'waiting_approval', 'completed', 'failed', 'cancelled'), `session`.
+   */
+  executions(options?: { status?: string | null; session?: string | null } | null): Array<Record<string, any>>
+  /**
+   * Cancel a run: its running tool calls are cancelled and it ends as
+   * 'cancelled'. False when it had already finished; NOT_FOUND for an unknown id.
+   */
+  cancel(executionId: string): boolean
+  /**
+   * Start no new steps of a run until `resume` (running steps finish). False when
+   * it had finished or was already suspended; NOT_FOUND for an unknown id.
+   */
+  suspend(executionId: string): boolean
+  /** Let a suspended run go on. False when it was not suspended (or had finished). */
+  resume(executionId: string): boolean
+  /**
+   * A session's state (`{}` when it has none): the `state` workflow expressions
+   * read and steps' `set_state` write. Keyed by (tenant, session); options `{ tenant }`.
+   */
+  sessionState(session: string, options?: { tenant?: string | null } | null): Record<string, any>
+  /**
+   * Set one key of a session's state (`null` / `undefined` removes it); options
+   * `{ tenant }`. Later runs of that session read it as `state.<key>`.
+   */
+  setSessionState(session: string, key: string, value: any, options?: { tenant?: string | null } | null): void
 }
 export type JsEngine = Engine
 

@@ -13,6 +13,12 @@ import {
   type Metrics,
   type RuleDecision,
   type UtpEvent,
+  type WorkflowDefinition,
+  type ExecutionRecord,
+  type ExecutionSummary,
+  type StepRecord,
+  type RunWorkflowOptions,
+  type ExecutionStatus,
   Subscription,
 } from 'utp-runtime'
 import utpDefault from 'utp-runtime'
@@ -67,6 +73,42 @@ async function main(): Promise<void> {
     if (e instanceof UtpError && e.code === codes.APPROVAL_REQUIRED && e.approvalId) engine.approve(e.approvalId)
   }
   console.log(gone, verdict.decision, ended, events, flushed, pending, granted.status, metrics.events.published, text)
+  const wf: WorkflowDefinition = {
+    name: 'restock',
+    inputs: { sku: { type: 'string' }, extra: { type: 'integer', default: 100 } },
+    timeout: '60s',
+    max_parallel: 4,
+    steps: [
+      { id: 'stock', tool: 'shop.getInventory', args: { sku: '${{ inputs.sku }}' }, timeout: 5 },
+      {
+        id: 'update',
+        tool: 'shop.setInventory',
+        depends_on: ['stock'],
+        if: 'steps.stock.output.count < 10',
+        args: { count: '${{ steps.stock.output.count + 100 }}' },
+        retry: { max_attempts: 3, initial_delay: '200ms', factor: 2, max_delay: '5s', jitter: 'full' },
+        on_error: { fallback: { tool: 'shop.queueUpdate', args: { sku: '${{ inputs.sku }}' } } },
+        set_state: { last: '${{ steps.update.output.count }}' },
+      },
+      { id: 'log', tool: 'sheets.appendRow', depends_on: ['update'], on_error: 'continue' },
+    ],
+    outputs: { new_count: '${{ steps.update.output.count }}' },
+  }
+  const runOptions: RunWorkflowOptions = { session: 's', tenant: 't', user: 'u', timeout: 30, signal: new AbortController().signal }
+  const record: ExecutionRecord = await engine.runWorkflow(wf, { sku: 'A1' }, runOptions)
+  await engine.runWorkflow('./restock.yaml')
+  const status: ExecutionStatus = record.status
+  const step: StepRecord | undefined = record.steps['update']
+  if (step?.error) console.log(step.error.code, step.error.message, step.attempts, step.note, step.tool)
+  const id: string = engine.startWorkflow('name: x\nsteps: []', null, { session: 's' })
+  const current: ExecutionRecord = engine.execution(id)
+  const waited: ExecutionRecord = await engine.waitExecution(id)
+  const checked: WorkflowDefinition = engine.validateWorkflow(wf)
+  const listed: ExecutionSummary[] = engine.executions({ status: 'failed', session: 's' })
+  const controlled: boolean = engine.cancel(id) || engine.suspend(id) || engine.resume(id)
+  const state: Record<string, any> = engine.sessionState('s', { tenant: 't' })
+  engine.setSessionState('s', 'k', { any: ['json'] }, { tenant: null })
+  console.log(status, current, waited.outputs?.new_count, checked.steps.length, listed[0]?.steps, controlled, state)
   const removed: boolean = engine.deregisterManual('weather')
   const manuals: string[] = engine.manuals()
   const vars: string[] = engine.requiredVariables('weather')
@@ -100,6 +142,14 @@ new Engine().domainLayer.addBusinessRule('r', true)
 new Engine().domainLayer.addBusinessRule('r', () => ({ decision: 'maybe' }))
 // @ts-expect-error subscriptions are made by the engine
 new Subscription()
+// @ts-expect-error a step needs a tool
+new Engine().validateWorkflow({ name: 'x', steps: [{ id: 'a' }] })
+// @ts-expect-error on_error is fail, continue or a fallback
+void new Engine().runWorkflow({ name: 'x', steps: [{ id: 'a', tool: 'm.t', on_error: 'retry' }] })
+// @ts-expect-error the run timeout is a number of seconds
+new Engine().startWorkflow('wf.yaml', {}, { timeout: '1s' })
+// @ts-expect-error statuses are a closed set
+new Engine().executions({ status: 'done' })
 // @ts-expect-error codes are a closed set
 const bad: ErrorCode = 'ERR_UTP_NOPE'
 

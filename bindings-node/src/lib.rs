@@ -135,8 +135,8 @@ fn option_map(options: Option<Value>, what: &str, known: &[&str]) -> napi::Resul
     Ok(map)
 }
 
-/// A UTP Runtime engine: the registry of manuals and tools (calls, workflows and
-/// policy arrive in later releases). Cheap to share; `close()` releases it.
+/// A UTP Runtime engine: the registry of manuals and tools, calls through the
+/// domain layer, events and workflows (src/workflow.rs). `close()` releases it.
 #[napi(js_name = "Engine")]
 pub struct JsEngine {
     inner: RwLock<Option<utp_core::Engine>>,
@@ -857,3 +857,8 @@ impl JsEngine {
         guard(|| Ok(self.subscribers.merge_text(self.engine()?.metrics_text())))
     }
 }
+
+// Declared after `JsEngine` on purpose: napi-derive names the methods of an `impl`
+// block after the struct's `js_name` only when the struct was expanded first, else
+// they go to a `JsEngine` class in native.d.ts.
+mod workflow;
