@@ -5,7 +5,8 @@
 // An engine with `permissions` and `business_rules` (the constants rules see), a JS
 // function as the tool `betfair.placeBet`, a JS business rule that caps bets at
 // `max_bet_amount`, and event subscribers. One bet is denied, one is placed; then
-// the metrics are printed. (`make test-node` runs this file.)
+// the metrics are printed. Last, the same bets run as workflow steps, watched by a
+// `step.completed` subscriber. (`make test-node` runs this file.)
 import assert from 'node:assert/strict'
 import { Engine, codes } from 'utp-runtime'
 
@@ -72,6 +73,25 @@ try {
   }
   assert.equal(toolMetrics.policy_denied, 1)
   assert.equal(toolMetrics.calls.succeeded, 1)
+
+  // The same rule applies to workflow steps; a `step.completed` subscriber sees them.
+  engine.eventBus.subscribe('step.completed', (event) => {
+    console.log(`  [event] ${event.type} ${event.workflow}/${event.step_id} (${event.tool})`)
+  })
+  const betWorkflow = (amount) => ({
+    name: 'bet',
+    steps: [{ id: 'place', tool: 'betfair.placeBet', args: { market: 'm1', amount } }],
+  })
+  console.log('a bet of 1500 as a workflow step:')
+  const denied = await engine.runWorkflow(betWorkflow(1500))
+  console.log(`  ${denied.status}: ${denied.error.code} ${denied.error.message}`)
+  console.log('a bet of 200 as a workflow step:')
+  const placed = await engine.runWorkflow(betWorkflow(200))
+  await engine.eventBus.flush()
+  console.log(`  ${placed.status}:`, placed.steps.place.output)
+  assert.equal(denied.status, 'failed')
+  assert.equal(denied.error.code, 'PERMISSION_DENIED')
+  assert.equal(placed.status, 'completed')
 } finally {
   engine.close()
 }

@@ -10,8 +10,10 @@ import {
   type CheckResult,
   type EngineConfig,
   type EventHandler,
+  type ExecutionRecord,
   type ToolMetrics,
   type UtpEvent,
+  type WorkflowDefinition,
 } from 'utp-runtime'
 
 const CONFIG = {
@@ -89,6 +91,25 @@ async function main(): Promise<void> {
   }
   denials.unsubscribe()
   if (toolMetrics?.policy_denied !== 1 || toolMetrics.calls.succeeded !== 1) throw new Error('unexpected metrics')
+
+  // The same rule applies to workflow steps; a `step.completed` subscriber sees them.
+  engine.eventBus.subscribe('step.completed', (event: UtpEvent) => {
+    console.log(`  [event] ${event.type} ${event.workflow}/${event.step_id} (${event.tool})`)
+  })
+  const betWorkflow = (amount: number): WorkflowDefinition => ({
+    name: 'bet',
+    steps: [{ id: 'place', tool: 'betfair.placeBet', args: { market: 'm1', amount } }],
+  })
+  console.log('a bet of 1500 as a workflow step:')
+  const denied: ExecutionRecord = await engine.runWorkflow(betWorkflow(1500))
+  console.log(`  ${denied.status}: ${denied.error?.code} ${denied.error?.message}`)
+  console.log('a bet of 200 as a workflow step:')
+  const placed: ExecutionRecord = await engine.runWorkflow(betWorkflow(200))
+  await engine.eventBus.flush()
+  console.log(`  ${placed.status}:`, placed.steps['place']?.output)
+  if (denied.status !== 'failed' || denied.error?.code !== 'PERMISSION_DENIED' || placed.status !== 'completed') {
+    throw new Error('unexpected workflow results')
+  }
 }
 
 main().catch((e: unknown) => {
