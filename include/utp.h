@@ -23,10 +23,12 @@
  *   of its callbacks.
  * - A utp_error_t belongs to the thread that received it until it is freed.
  *
- * Callbacks (tools, business rules, event handlers)
+ * Callbacks (tools, business rules, event handlers, completions)
  * - They run on library threads, never on the thread that registered them: tools
- *   and rules on the engine's blocking pool (several at once for concurrent calls),
- *   each event subscription on its own thread (one event at a time, in order).
+ *   and rules on the engine's blocking pool (several at once for concurrent calls,
+ *   workflow steps included), each event subscription on its own thread (one event
+ *   at a time, in order), the completion of utp_run_workflow_async() on the
+ *   blocking pool, once.
  *   They must be thread-safe, and must not unwind (C++ exceptions, longjmp) out.
  * - They may call back into the engine, blocking functions such as utp_call_tool()
  *   included; only utp_engine_free() (and utp_events_flush() from an event
@@ -34,7 +36,7 @@
  * - Each registration takes `user_data` and an optional finaliser, called exactly
  *   once with it: after the last call of the callback has returned, when the
  *   registration is removed, when the engine is freed, or at once when registering
- *   fails. utp_remove_business_rule() and utp_unsubscribe() called from a host
+ *   fails (for a completion: right after it has run, or at once when starting fails). utp_remove_business_rule() and utp_unsubscribe() called from a host
  *   thread return only after that; called from inside a callback they do not wait
  *   (the finaliser then runs on a library thread).
  */
@@ -225,6 +227,15 @@ typedef void (*utp_rule_fn)(void *user_data,
  * its own subscription) except utp_events_flush() and utp_engine_free().
  */
 typedef void (*utp_event_fn)(void *user_data, const char *event_json);
+
+/**
+ * Called once when an asynchronous operation ends (see utp_run_workflow_async()).
+ * Exactly one of `error` and `result_json` is non-NULL; both are valid only during
+ * the call (do not free them).
+ */
+typedef void (*utp_completion_fn)(void *user_data,
+                                  const utp_error_t *error_or_null,
+                                  const char *result_json_or_null);
 
 #ifdef __cplusplus
 extern "C" {
@@ -623,6 +634,192 @@ utp_error_t *utp_metrics(utp_engine_t *engine, char **out_metrics_json);
  * `engine` is a live handle; the out-parameter is valid for writes.
  */
 utp_error_t *utp_metrics_text(utp_engine_t *engine, char **out_text);
+
+/**
+ * Run a workflow to its end, blocking the calling thread. `workflow` is a YAML or
+ * JSON definition (design §7) or the path of a file holding one; `inputs_json`
+ * (nullable) is a JSON object of inputs (declared defaults fill the gaps);
+ * `options_json` (nullable) is `{"tenant": "...", "session": "...", "user": "...",
+ * "timeout": seconds}` (the timeout bounds the whole run and wins over the
+ * workflow's own `timeout`; the session's state is what `state` reads and
+ * `set_state` writes).
+ *
+ * The definition and the inputs are validated before any step runs: a problem is a
+ * UTP_ERR_VALIDATION_FAILED error whose message names every problem with its step
+ * and field; a missing file is UTP_ERR_NOT_FOUND. Once started, a run that fails or
+ * is cancelled is not an error: `*out_record_json` receives the execution record,
+ * `{"execution_id", "workflow", "status": "completed"|"failed"|"cancelled",
+ * "inputs", "outputs", "error": null | {"code", "message"}, "steps": {"<id>":
+ * {"status", "output", "error", "attempts", "started_at", "finished_at", "tool"}},
+ * "session_id", "tenant", "created_at", "finished_at"}`; free it with
+ * utp_string_free().
+ *
+ * Steps call their tools through the same path as utp_call_tool(): C tools, C
+ * business rules and event subscribers run on library threads as usual. Another
+ * thread may utp_cancel() / utp_suspend() the run meanwhile (see utp_executions()
+ * for its id, or use utp_start_workflow()).
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_run_workflow(utp_engine_t *engine,
+                              const char *workflow,
+                              const char *inputs_json,
+                              const char *options_json,
+                              char **out_record_json);
+
+/**
+ * Validate and start a workflow, returning at once; the run goes on on library
+ * threads. Arguments and validation errors as utp_run_workflow(). On success
+ * `*out_execution_id` receives the execution's id (for utp_execution(),
+ * utp_wait_execution(), utp_cancel(), utp_suspend(), utp_resume()); free it with
+ * utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_start_workflow(utp_engine_t *engine,
+                                const char *workflow,
+                                const char *inputs_json,
+                                const char *options_json,
+                                char **out_execution_id);
+
+/**
+ * Start a workflow like utp_start_workflow() and have `callback` called exactly
+ * once when the run ends, with `error` NULL and `result_json` the execution record
+ * (as utp_run_workflow() returns it; a failed or cancelled run is a record, not an
+ * error). `*out_execution_id` (nullable) receives the execution's id; free it with
+ * utp_string_free(). The callback may run before this function returns.
+ *
+ * Threads: the callback runs on a library thread (the engine's blocking pool),
+ * never on the calling thread, and may call any utp_* function (utp_execution(),
+ * another run...) except utp_engine_free(). Only if the engine is freed before the
+ * run ends is it called during utp_engine_free() instead (on the freeing thread or a
+ * library thread, before utp_engine_free() returns), with a UTP_ERR_CANCELLED error;
+ * it must not use the engine then.
+ *
+ * `free_user_data` (nullable) is called exactly once with `user_data`: right after
+ * the callback has returned, or at once, without the callback, when this call fails
+ * (a NULL `callback`, bad arguments, a workflow that does not validate).
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; `callback` and
+ * `free_user_data` are NULL or valid functions, callable from any thread;
+ * `out_execution_id` is NULL or valid for writes.
+ */
+utp_error_t *utp_run_workflow_async(utp_engine_t *engine,
+                                    const char *workflow,
+                                    const char *inputs_json,
+                                    const char *options_json,
+                                    utp_completion_fn callback,
+                                    void *user_data,
+                                    utp_free_fn free_user_data,
+                                    char **out_execution_id);
+
+/**
+ * An execution's record, as utp_run_workflow() returns it (also while it runs:
+ * `status` "running", steps "pending"/"running"...). Unknown id: UTP_ERR_NOT_FOUND.
+ * Free `*out_record_json` with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; `execution_id` is NULL or NUL-terminated; the
+ * out-parameter is valid for writes.
+ */
+utp_error_t *utp_execution(utp_engine_t *engine, const char *execution_id, char **out_record_json);
+
+/**
+ * The engine's executions, oldest first, as a JSON array of records without step
+ * outputs, inputs and outputs. `status` (nullable) keeps one status ("created",
+ * "running", "suspended", "waiting_approval", "completed", "failed", "cancelled";
+ * another word is UTP_ERR_INVALID_ARGUMENT); `session` (nullable) keeps one
+ * session's runs. Free `*out_records_json` with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_executions(utp_engine_t *engine,
+                            const char *status,
+                            const char *session,
+                            char **out_records_json);
+
+/**
+ * Wait until an execution has finished, at most `timeout_ms` milliseconds (0 waits
+ * for ever), then give its record as utp_execution() does. Still running after the
+ * timeout: UTP_ERR_TIMEOUT (the run goes on). Unknown id: UTP_ERR_NOT_FOUND. Blocks
+ * the calling thread; from inside a C tool of the same run it would wait for itself.
+ *
+ * # Safety
+ * `engine` is a live handle; `execution_id` is NULL or NUL-terminated; the
+ * out-parameter is valid for writes.
+ */
+utp_error_t *utp_wait_execution(utp_engine_t *engine,
+                                const char *execution_id,
+                                uint64_t timeout_ms,
+                                char **out_record_json);
+
+/**
+ * Cancel a run: no new step starts and the running tool calls are cancelled (the
+ * run ends "cancelled" at once; a C tool already running is not interrupted, its
+ * thread finishes the function and its result is discarded). `*out_done` is true
+ * when the run was still going, false when it had already finished. Unknown id:
+ * UTP_ERR_NOT_FOUND.
+ *
+ * # Safety
+ * `engine` is a live handle; `execution_id` is NULL or NUL-terminated; `out_done`
+ * is valid for writes.
+ */
+utp_error_t *utp_cancel(utp_engine_t *engine, const char *execution_id, bool *out_done);
+
+/**
+ * Suspend a run: running steps finish, no new step starts until utp_resume().
+ * `*out_done` is false when the run had finished or was already suspended. Unknown
+ * id: UTP_ERR_NOT_FOUND.
+ *
+ * # Safety
+ * As utp_cancel().
+ */
+utp_error_t *utp_suspend(utp_engine_t *engine, const char *execution_id, bool *out_done);
+
+/**
+ * Resume a suspended run. `*out_done` is false when it was not suspended. Unknown
+ * id: UTP_ERR_NOT_FOUND.
+ *
+ * # Safety
+ * As utp_cancel().
+ */
+utp_error_t *utp_resume(utp_engine_t *engine, const char *execution_id, bool *out_done);
+
+/**
+ * The state of session `session` of `tenant` (nullable: no tenant) as a JSON
+ * object (`{}` when nothing was set). Sessions are shared by the runs given the same
+ * `{"tenant", "session"}` options, which read it as `state` and write it with
+ * `set_state`. Free `*out_state_json` with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_session_state(utp_engine_t *engine,
+                               const char *tenant,
+                               const char *session,
+                               char **out_state_json);
+
+/**
+ * Set key `key` of the state of session `session` of `tenant` (nullable) to the
+ * JSON value `value_json`; JSON `null` removes the key. Later runs of that session
+ * see it as `state.<key>`.
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated.
+ */
+utp_error_t *utp_set_session_state(utp_engine_t *engine,
+                                   const char *tenant,
+                                   const char *session,
+                                   const char *key,
+                                   const char *value_json);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -14,8 +14,13 @@ UTP_C_LIBDIR  := $(CARGO_TARGET_DIR)/debug
 UTP_C_OUT     := $(CARGO_TARGET_DIR)/c-tests
 UTP_C_TESTS   := $(UTP_C_ROOT)/tests/c
 # Each tests/c/<name>.c is a program; it gets MANUALS_DIR as its one argument.
-UTP_C_PROGRAMS := test_basic test_calls test_domain_events
+UTP_C_PROGRAMS := test_basic test_calls test_domain_events test_workflows
 UTP_C_INCLUDE := $(UTP_C_ROOT)/include
+# The must-show examples: examples/c/<name>.c and examples/cpp/<name>.cpp, built with
+# strict flags against both libraries and run (they get MANUALS_DIR too).
+UTP_C_EXAMPLES   := $(UTP_C_ROOT)/examples/c/demo.c $(UTP_C_ROOT)/examples/cpp/demo.cpp
+UTP_C_EX_CFLAGS  ?= -std=c11 -Wall -Wextra -Werror -pedantic
+UTP_C_EX_CXXFLAGS ?= -std=c++17 -Wall -Wextra -Werror -pedantic
 # Optional directory of manuals the test also discovers (may hold zero manuals).
 UTP_C_MANUALS ?= $(wildcard $(UTP_C_ROOT)/examples/manuals)
 UTP_C_VALGRIND := $(shell command -v valgrind 2>/dev/null)
@@ -47,4 +52,18 @@ test-c: build-c-lib
 		else \
 			echo "== valgrind not found: skipping the memory check of $$t"; \
 		fi; \
+	done
+	@for src in $(UTP_C_EXAMPLES); do \
+		case $$src in \
+			*.cpp) cc="$(UTP_C_CXX) $(UTP_C_EX_CXXFLAGS)"; name=$$(basename $$src .cpp)_cpp ;; \
+			*) cc="$(UTP_C_CC) $(UTP_C_EX_CFLAGS)"; name=$$(basename $$src .c)_c ;; \
+		esac; \
+		echo "== example $$src, shared libutp.so"; \
+		$$cc -I$(UTP_C_INCLUDE) $$src -o $(UTP_C_OUT)/$${name}_shared \
+			-L$(UTP_C_LIBDIR) -lutp -Wl,-rpath,$(UTP_C_LIBDIR) -pthread && \
+		$(UTP_C_OUT)/$${name}_shared $(UTP_C_MANUALS) || exit 1; \
+		echo "== example $$src, static libutp.a"; \
+		$$cc -I$(UTP_C_INCLUDE) $$src -o $(UTP_C_OUT)/$${name}_static \
+			$(UTP_C_LIBDIR)/libutp.a -Wl,--gc-sections -lpthread -ldl -lm && \
+		$(UTP_C_OUT)/$${name}_static $(UTP_C_MANUALS) > /dev/null || exit 1; \
 	done
