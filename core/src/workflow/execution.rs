@@ -286,14 +286,16 @@ impl Execution {
         self.suspend.subscribe()
     }
 
+    /// Record the end. Waiters are woken by `notify_finished`, once the final event is out.
     pub fn finish(&self, status: ExecutionStatus, outputs: Value, error: Option<ErrorInfo>) {
-        {
-            let mut s = self.state.lock();
-            s.status = status;
-            s.outputs = outputs;
-            s.error = error;
-            s.finished_at = Some(SystemTime::now());
-        }
+        let mut s = self.state.lock();
+        s.status = status;
+        s.outputs = outputs;
+        s.error = error;
+        s.finished_at = Some(SystemTime::now());
+    }
+
+    pub fn notify_finished(&self) {
         self.done.send_replace(true);
     }
 

@@ -149,7 +149,9 @@ fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed_out: 
         (_, None) => (kinds::WORKFLOW_ERROR, json!({"duration_ms": duration_ms})),
     };
     exec.finish(status, outputs, info);
+    // The final event is in the history before `run_workflow` / `wait` return.
     engine.events().publish(event(exec, kind).data(data));
+    exec.notify_finished();
 }
 
 /// The workflow's `outputs`, evaluated over the finished steps. An output that
