@@ -483,3 +483,42 @@ async fn breakers_open_after_failures_and_close_after_a_probe() {
     let kinds: Vec<&str> = opened.iter().map(|ev| ev.kind()).collect();
     assert_eq!(kinds, ["breaker.opened", "breaker.closed"]);
 }
+
+#[tokio::test]
+async fn intents_route_to_workflows_and_handlers() {
+    use utp_core::workflow::{IntentContext, IntentTarget};
+    let (e, log) = shop(json!({}));
+    e.register_intent_workflow("restock", WorkflowSource::Definition(restock())).unwrap();
+    let handler: utp_core::workflow::IntentHandler = Arc::new(|ctx: IntentContext, params: Value| {
+        async move {
+            if params["fail"] == true {
+                return Err(utp_core::Error::tool_failed("the handler gave up"));
+            }
+            let seen = ctx.state()["count"].as_i64().unwrap_or(0);
+            ctx.set_state("count", json!(seen + 1));
+            let stock = ctx.engine().call_tool("shop.getInventory", json!({"sku": params["sku"]}), Default::default()).await?;
+            Ok(json!({"seen_before": seen, "stock": stock["count"], "execution": ctx.execution_id}))
+        }
+        .boxed()
+    });
+    e.register_intent("lookup", IntentTarget::Handler(handler.clone())).unwrap();
+    assert_eq!(e.register_intent("lookup", IntentTarget::Handler(handler.clone())).unwrap_err().code(), ErrorCode::AlreadyExists);
+    assert_eq!(e.register_intent(" ", IntentTarget::Handler(handler)).unwrap_err().code(), ErrorCode::InvalidArgument);
+    assert_eq!(e.intents(), ["lookup", "restock"]);
+
+    let r = e.submit_intent("restock", json!({"sku": "Q"}), Some("acme"), Some("s9")).await.unwrap();
+    assert_eq!((r["intent"].as_str(), r["status"].as_str(), r["tenant"].as_str()), (Some("restock"), Some("completed"), Some("acme")));
+    let r = e.submit_intent("lookup", json!({"sku": "Q"}), Some("acme"), Some("s9")).await.unwrap();
+    assert_eq!((r["status"].as_str(), r["output"]["seen_before"].as_i64(), r["output"]["stock"].as_i64()), (Some("completed"), Some(0), Some(4)));
+    assert_eq!(r["output"]["execution"], r["execution_id"]);
+    let r = e.submit_intent("lookup", json!({"sku": "Q"}), Some("acme"), Some("s9")).await.unwrap();
+    assert_eq!(r["output"]["seen_before"], 1, "state is shared by the session's requests");
+    let r = e.submit_intent("lookup", json!({"fail": true}), None, None).await.unwrap();
+    assert_eq!((r["status"].as_str(), r["error"]["code"].as_str()), (Some("failed"), Some("TOOL_FAILED")));
+    assert_eq!(e.submit_intent("nope", json!({}), None, None).await.unwrap_err().code(), ErrorCode::NotFound);
+    let err = e.submit_intent("restock", json!({"sku": 1}), None, None).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ValidationFailed);
+    assert!(e.unregister_intent("lookup"));
+    assert!(!e.unregister_intent("lookup"));
+    assert_eq!(log.lock().iter().filter(|l| l.starts_with("get Q")).count(), 3, "one by the workflow, two by the handler");
+}

@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod definition;
 pub mod execution;
 pub mod expr;
+mod intents;
 pub mod retry;
 mod runner;
 mod sessions;
@@ -13,6 +14,7 @@ mod sessions;
 pub use api::{RunOptions, WorkflowSource};
 pub use definition::Workflow;
 pub use execution::{Execution, ExecutionStatus, StepStatus};
+pub use intents::{IntentContext, IntentHandler, IntentTarget};
 pub use sessions::Sessions;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,6 +27,7 @@ pub struct WorkflowRuntime {
     pub executions: Executions,
     pub sessions: Sessions,
     pub breakers: breaker::Breakers,
+    pub intents: intents::Intents,
 }
 
 impl WorkflowRuntime {
@@ -34,6 +37,7 @@ impl WorkflowRuntime {
             executions: Executions::default(),
             sessions: Sessions::default(),
             breakers: breaker::Breakers::from_config(other.get("breakers"))?,
+            intents: intents::Intents::default(),
         })
     }
 }
