@@ -551,6 +551,55 @@ export interface SessionOptions {
   tenant?: string | null
 }
 
+/** What an intent handler knows about the request it serves (a plain object). */
+export interface IntentContext {
+  /** The request's id (`execution_id` of its record). */
+  executionId: string
+  /** The intent type. */
+  intent: string
+  tenant: string | null
+  session: string | null
+  /**
+   * A snapshot of the session's state when the request started (`{}` without a session).
+   * Write it with `engine.setSessionState(ctx.session, key, value, { tenant: ctx.tenant })`.
+   */
+  state: Record<string, any>
+}
+
+/**
+ * An intent handler: gets the context and the request's params (`{}` when none were
+ * given) and returns the output (any JSON value; `null` for none) or a Promise of it.
+ */
+export type IntentHandler = (ctx: IntentContext, params: any) => unknown
+
+/** Where an intent goes: a workflow (definition, YAML / JSON text or file path) or a handler. */
+export type IntentTarget = WorkflowInput | IntentHandler
+
+/** The record of a request served by an intent handler (`submitIntent`). */
+export interface IntentRecord {
+  execution_id: string
+  intent: string
+  status: 'completed' | 'failed'
+  /** The handler's result; null when it failed. */
+  output: any
+  /** Why the handler failed (a throw, a rejection, a result that is not JSON), else null. */
+  error: RecordedError | null
+  tenant: string | null
+  session_id: string | null
+}
+
+/** The record of a workflow intent: the execution record with the intent type. */
+export interface IntentExecutionRecord extends ExecutionRecord {
+  intent: string
+}
+
+/** Options of `engine.submitIntent(intentType, params, options)`. */
+export interface SubmitIntentOptions {
+  tenant?: string | null
+  /** The session whose state the workflow or the handler reads (and writes). */
+  session?: string | null
+}
+
 /** Per-tool metrics. */
 export interface ToolMetrics {
   calls: { succeeded: number; failed: number }
@@ -689,6 +738,35 @@ export declare class Engine {
   sessionState(session: string, options?: SessionOptions | null): Record<string, any>
   /** Set one key of a session's state; `null` / `undefined` removes it. */
   setSessionState(session: string, key: string, value: unknown, options?: SessionOptions | null): void
+  /**
+   * Route the intent `intentType` to a target: a workflow (a definition object, YAML / JSON
+   * text or a file path, validated now against the registered tools) or a handler
+   * `fn(ctx, params)` run on the JS thread, returning a value or a Promise. `ctx.state` is a
+   * snapshot; a handler writes the session's state with {@link setSessionState}
+   * (`engine.setSessionState(ctx.session, key, value, { tenant: ctx.tenant })`).
+   * A registered handler never keeps the process alive.
+   * Throws ERR_UTP_ALREADY_EXISTS for a type already registered, ERR_UTP_VALIDATION_FAILED
+   * for a workflow that does not validate, ERR_UTP_INVALID_ARGUMENT for an empty type or a
+   * target that is neither a workflow nor a function.
+   */
+  registerIntent(intentType: string, target: IntentTarget): void
+  /** Remove an intent; false when none had that type. */
+  unregisterIntent(intentType: string): boolean
+  /** The registered intent types, sorted. */
+  intents(): string[]
+  /**
+   * Handle a request of `intentType` with `params` (default `{}`; a workflow's inputs).
+   * A workflow intent resolves to its execution record with `intent`; a handler intent to an
+   * {@link IntentRecord}, `status` `'failed'` (error code TOOL_FAILED, naming the cause) when
+   * the handler threw, rejected or returned no JSON value (`undefined`: return null instead).
+   * Rejects with ERR_UTP_NOT_FOUND for an unknown intent, ERR_UTP_VALIDATION_FAILED /
+   * ERR_UTP_INVALID_ARGUMENT for params a workflow refuses.
+   */
+  submitIntent(
+    intentType: string,
+    params?: any,
+    options?: SubmitIntentOptions | null,
+  ): Promise<IntentRecord | IntentExecutionRecord>
   /** Business rules and dry runs (design §4: `engine.domainLayer.addBusinessRule`). */
   readonly domainLayer: DomainLayer
   /** Subscriptions, history and flushing (design §4: `engine.eventBus.subscribe`). */

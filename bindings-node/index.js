@@ -432,6 +432,49 @@ class Engine {
     return call(() => this.#native.setSessionState(session, key, value, options))
   }
 
+  /**
+   * Route the intent `intentType` to a target: a workflow (a definition object, YAML /
+   * JSON text or a file path; validated now) or a handler `fn(ctx, params)`, where `ctx`
+   * is `{ executionId, intent, tenant, session, state }` (`state`: a snapshot of the
+   * session's state when the request starts; write it with `setSessionState(ctx.session,
+   * key, value, { tenant: ctx.tenant })`). The handler returns a value, a Promise or any
+   * thenable. Throws ERR_UTP_ALREADY_EXISTS for a type in use, ERR_UTP_INVALID_ARGUMENT
+   * for an empty type or another kind of target. A handler never keeps the process alive.
+   */
+  registerIntent(intentType, target) {
+    if (typeof target === 'function') {
+      const handler = (ctx, params) => adopt(target(ctx, params))
+      return call(() => this.#native.registerIntent(intentType, handler))
+    }
+    if (target === null || (typeof target !== 'object' && typeof target !== 'string') || Array.isArray(target)) {
+      throw new UtpError(
+        `registerIntent: the target of intent '${String(intentType)}' must be a workflow (a definition object, YAML / JSON text or a file path) or a handler function, found ${describe(target)}`,
+        codes.INVALID_ARGUMENT,
+      )
+    }
+    return call(() => this.#native.registerIntent(intentType, target))
+  }
+
+  /** Remove an intent; false when none had that type. */
+  unregisterIntent(intentType) {
+    return call(() => this.#native.unregisterIntent(intentType))
+  }
+
+  /** The registered intent types, sorted. */
+  intents() {
+    return call(() => this.#native.intents())
+  }
+
+  /**
+   * Handle a request: resolves to a workflow intent's execution record (with `intent`) or
+   * a handler intent's `{ execution_id, intent, status, output, error, tenant, session_id }`
+   * (`status` 'failed' with `error` when the handler threw, rejected or returned no JSON).
+   * `options`: `{ tenant, session }`. Rejects with ERR_UTP_NOT_FOUND for an unknown intent.
+   */
+  submitIntent(intentType, params = undefined, options = undefined) {
+    return callAsync(() => this.#native.submitIntent(intentType, params, options))
+  }
+
   /** Names of the registered manuals, sorted. */
   manuals() {
     return call(() => this.#native.manuals())

@@ -138,6 +138,27 @@ export declare class Engine {
   /** The metrics in Prometheus text exposition format. */
   metricsText(): string
   /**
+   * Route the intent `intentType` to a target: a workflow (a definition object,
+   * YAML / JSON text or a file path; validated now) or a function `fn(ctx, params)`
+   * (a value or a Promise of one). ALREADY_EXISTS for a type in use,
+   * VALIDATION_FAILED for a workflow that does not validate, INVALID_ARGUMENT for an
+   * empty type or a target that is neither. A handler never keeps the process alive.
+   */
+  registerIntent(intentType: string, target: Record<string, any> | string | ((ctx: Record<string, any>, params: any) => unknown)): void
+  /** Remove an intent; false when none had that type. */
+  unregisterIntent(intentType: string): boolean
+  /** The registered intent types, sorted. */
+  intents(): Array<string>
+  /**
+   * Handle a request of `intentType` with `params` (undefined / null = `{}`).
+   * A workflow intent resolves to its execution record (with `intent`); a handler
+   * intent to `{ execution_id, intent, status: 'completed' | 'failed', output,
+   * error, tenant, session_id }`. Rejects with NOT_FOUND for an unknown intent and
+   * VALIDATION_FAILED / INVALID_ARGUMENT for params a workflow refuses.
+   * Options: `{ tenant, session }`.
+   */
+  submitIntent(intentType: string, params?: any, options?: { tenant?: string | null; session?: string | null } | null): Promise<Record<string, any>>
+  /**
    * Run a workflow to its end; resolves to its record (design §7):
    * `{ execution_id, workflow, status, inputs, outputs, error, warnings?, steps,
    * session_id, tenant, created_at, finished_at }`. A run that fails or is

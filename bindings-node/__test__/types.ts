@@ -19,6 +19,10 @@ import {
   type StepRecord,
   type RunWorkflowOptions,
   type ExecutionStatus,
+  type IntentContext,
+  type IntentRecord,
+  type IntentExecutionRecord,
+  type SubmitIntentOptions,
   Subscription,
 } from 'utp-runtime'
 import utpDefault from 'utp-runtime'
@@ -108,6 +112,28 @@ async function main(): Promise<void> {
   const controlled: boolean = engine.cancel(id) || engine.suspend(id) || engine.resume(id)
   const state: Record<string, any> = engine.sessionState('s', { tenant: 't' })
   engine.setSessionState('s', 'k', { any: ['json'] }, { tenant: null })
+  engine.registerIntent('restock', wf)
+  engine.registerIntent('restock_yaml', 'name: x\nsteps: []')
+  engine.registerIntent('lookup', async (ctx: IntentContext, params: { sku: string }) => {
+    const seen: number = ctx.state.count ?? 0
+    if (ctx.session) engine.setSessionState(ctx.session, 'count', seen + 1, { tenant: ctx.tenant })
+    return { sku: params.sku, seen, id: ctx.executionId, intent: ctx.intent }
+  })
+  engine.registerIntent('sync', (ctx) => ctx.intent)
+  const submitOptions: SubmitIntentOptions = { tenant: 't', session: 's' }
+  const served = await engine.submitIntent('lookup', { sku: 'A1' }, submitOptions)
+  if ('workflow' in served) {
+    const run: IntentExecutionRecord = served
+    console.log(run.intent, run.outputs)
+  } else {
+    const handled: IntentRecord = served
+    if (handled.status === 'failed') console.log(handled.error?.code, handled.error?.message)
+    console.log(handled.output, handled.session_id)
+  }
+  await engine.submitIntent('sync')
+  const intents: string[] = engine.intents()
+  const unregistered: boolean = engine.unregisterIntent('sync')
+  console.log(intents, unregistered)
   console.log(status, current, waited.outputs?.new_count, checked.steps.length, listed[0]?.steps, controlled, state)
   const removed: boolean = engine.deregisterManual('weather')
   const manuals: string[] = engine.manuals()

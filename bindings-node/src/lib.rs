@@ -861,4 +861,5 @@ impl JsEngine {
 // Declared after `JsEngine` on purpose: napi-derive names the methods of an `impl`
 // block after the struct's `js_name` only when the struct was expanded first, else
 // they go to a `JsEngine` class in native.d.ts.
+mod intent;
 mod workflow;

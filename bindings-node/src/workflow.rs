@@ -21,7 +21,7 @@ use crate::{
 
 /// A workflow argument: an object (the definition), or a string (YAML / JSON text,
 /// or the path of a YAML / JSON file).
-fn workflow_source(workflow: JsJson) -> napi::Result<WorkflowSource> {
+pub(crate) fn workflow_source(workflow: JsJson) -> napi::Result<WorkflowSource> {
     match workflow.into_value("workflow").map_err(invalid)? {
         Value::String(text) => {
             if text.trim().is_empty() {
