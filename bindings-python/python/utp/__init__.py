@@ -18,6 +18,12 @@ with retries, fallbacks, ``if`` conditions and data between steps::
     record = engine.run_workflow("restock.yaml", {"sku": "A1"}, session="s1")
     record["status"], record["outputs"], record["steps"]["update"]["attempts"]
 
+Intents route a named kind of request to a workflow or a Python handler::
+
+    engine.register_intent("restock", "restock.yaml")
+    engine.register_intent("lookup", lambda ctx, params: engine.call_tool("shop.get", params))
+    engine.submit_intent("lookup", {"sku": "A1"}, session="s1")["output"]
+
 Every blocking method releases the GIL while Rust works and has an awaitable twin
 (``discover_async``, ``register_manual_async``...) that runs it on a worker thread.
 Errors are ``utp.UtpError`` subclasses with a stable ``.code`` (``"NOT_FOUND"``...).
@@ -40,6 +46,7 @@ from ._utp import (
     ApprovalRequiredError,
     CancelledError,
     Decision,
+    IntentContext,
     InternalError,
     InvalidArgumentError,
     InvalidManualError,
@@ -331,6 +338,22 @@ class Engine(_utp.Engine):
     async def validate_workflow_async(self, workflow: WorkflowLike) -> None:
         await _in_thread(self.validate_workflow, workflow)
 
+    async def submit_intent_async(
+        self,
+        intent_type: str,
+        params: Optional[Dict[str, Any]] = None,
+        *,
+        tenant: Optional[str] = None,
+        session: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """``submit_intent`` as an awaitable (on a worker thread). Cancelling the
+        awaiting task stops the waiting; the request itself runs to its end."""
+
+        def submit() -> Dict[str, Any]:
+            return self.submit_intent(intent_type, params, tenant=tenant, session=session)
+
+        return await _in_thread(submit)
+
     @property
     def domain_layer(self) -> DomainLayer:
         """Business rules and dry-run checks (see ``DomainLayer``)."""
@@ -416,6 +439,7 @@ __all__ = [
     "Engine",
     "Decision",
     "DomainLayer",
+    "IntentContext",
     "EventBus",
     "Subscription",
     "version",
