@@ -11,7 +11,7 @@ use utp_core::{CallOptions, Config, Engine, Outcome, RegisteredTool};
 mod run;
 
 #[derive(Parser)]
-#[command(name = "utp", version = utp_core::VERSION, about = "UTP Runtime: discover, search and call UTCP tools")]
+#[command(name = "utp", version = utp_core::VERSION, about = "UTP Runtime: discover, search, check and call UTCP tools; run workflows")]
 struct Cli {
     /// Config file (utp.yaml or utp.json). Default: ./utp.yaml or ./utp.json if present.
     #[arg(long, global = true)]
@@ -21,7 +21,22 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATTERN", num_args = 0..=1, require_equals = true, default_missing_value = "*")]
     events: Option<String>,
     #[command(subcommand)]
-    command: Command,
+    command: TopCommand,
+}
+
+#[derive(Subcommand)]
+enum TopCommand {
+    /// Run COMMAND and print the events of its run live on stderr, one JSON line each
+    /// (the same as `--events=PATTERN COMMAND`): `utp events --type 'step.*' run wf.yaml`.
+    Events {
+        /// Glob over event types (`tool.*`, `policy.denied`, `*`).
+        #[arg(long = "type", default_value = "*")]
+        pattern: String,
+        #[command(subcommand)]
+        command: Command,
+    },
+    #[command(flatten)]
+    Other(Command),
 }
 
 #[derive(Subcommand)]
@@ -121,12 +136,16 @@ fn main() -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(&format!("[{}] {e}", e.code())),
     };
-    let printer = match cli.events.as_deref().map(|pattern| print_events(&engine, pattern)).transpose() {
+    let (command, events) = match cli.command {
+        TopCommand::Events { pattern, command } => (command, Some(pattern)),
+        TopCommand::Other(command) => (command, cli.events),
+    };
+    let printer = match events.as_deref().map(|pattern| print_events(&engine, pattern)).transpose() {
         Ok(id) => id,
         Err(e) => return fail(&format!("--events: [{}] {e}", e.code())),
     };
     let status = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Discover { targets, json } => discover(&engine, &targets, json).await,
             Command::Tools { paths, search, tags, limit, json } => {
                 tools(&engine, paths, search.as_deref(), &tags, limit, json).await

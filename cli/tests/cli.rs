@@ -185,6 +185,15 @@ fn events_flag_prints_this_runs_events_before_the_result() {
     assert_eq!(lines.len(), 2, "{err}");
     let (code, _, err) = utp(&["--events=", "tools", manuals]);
     assert_eq!(code, 1, "{err}");
+
+    // `utp events [--type PATTERN] COMMAND` is the same as --events.
+    let (code, out, err) = utp(&["--config", cfg, "events", "--type", "tool.*", "call", "shop.get", "--from", manuals]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "\"42\"");
+    assert_eq!(err.lines().filter(|l| l.starts_with("event ")).count(), 2, "{err}");
+    let (code, _, err) = utp(&["events", "--type", "tool.sucess", "tools", manuals]);
+    assert_eq!(code, 1);
+    assert!(err.contains("matches no event type"), "{err}");
 }
 
 #[test]
