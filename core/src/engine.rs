@@ -66,6 +66,23 @@ impl CallTrace {
     }
 }
 
+/// A workflow step's attempts carry the idempotency key `<execution_id>:<step_id>`
+/// (design §7); an HTTP-family template that names a header for it in
+/// `idempotency_header` (e.g. `Idempotency-Key`) sends it, so a server can
+/// recognise a step re-run after a retry or a crash.
+fn add_idempotency_key(template: &mut CallTemplate, options: &CallOptions) {
+    let Some(trace) = &options.trace else { return };
+    let (extra, request) = match template {
+        CallTemplate::Http(t) => (&t.extra, &mut t.request),
+        CallTemplate::Sse(t) => (&t.extra, &mut t.request),
+        CallTemplate::StreamableHttp(t) => (&t.extra, &mut t.request),
+        _ => return,
+    };
+    let Some(Value::String(header)) = extra.get("idempotency_header") else { return };
+    let key = format!("{}:{}", trace.execution_id, trace.step_id);
+    request.headers.get_or_insert_with(Map::new).insert(header.clone(), Value::String(key));
+}
+
 /// `event` with the call's trace, when it has one.
 pub(crate) fn traced(event: Event, options: &CallOptions) -> Event {
     match &options.trace {
@@ -368,8 +385,9 @@ impl Engine {
     pub async fn call_tool(&self, name: &str, args: Value, options: CallOptions) -> Result<Value> {
         let span = call_span(name, &options);
         async {
-            let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
+            let (tool, mut template, args, timeout) = self.prepare_call(name, args, &options)?;
             let policy = self.authorize(&tool, &args, &options, timeout).await?;
+            add_idempotency_key(&mut template, &options);
             let started = self.call_started(&tool.name, &options, policy);
             let transports = &self.inner.transports;
             let call = AssertUnwindSafe(Box::pin(transports.call(&tool, &template, args, timeout))).catch_unwind();
@@ -392,8 +410,9 @@ impl Engine {
     /// opening the stream; cancelling ends the stream with a `CANCELLED` item.
     pub async fn call_tool_stream(&self, name: &str, args: Value, options: CallOptions) -> Result<ItemStream> {
         let span = call_span(name, &options);
-        let (tool, template, args, timeout) = self.prepare_call(name, args, &options)?;
+        let (tool, mut template, args, timeout) = self.prepare_call(name, args, &options)?;
         let policy = self.authorize(&tool, &args, &options, timeout).instrument(span.clone()).await?;
+        add_idempotency_key(&mut template, &options);
         let started = self.call_started(&tool.name, &options, policy);
         let transports = &self.inner.transports;
         let open = AssertUnwindSafe(Box::pin(transports.call_stream(&tool, &template, args, timeout))).catch_unwind();

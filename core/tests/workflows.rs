@@ -42,7 +42,8 @@ async fn server() -> Server {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let hits = hits.clone();
-                    async move { Ok::<_, Infallible>(answer(&hits, req.uri().path()).await) }
+                    let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+                    async move { Ok::<_, Infallible>(answer(&hits, req.uri().path(), key).await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -52,7 +53,7 @@ async fn server() -> Server {
     Server { port, task }
 }
 
-async fn answer(hits: &Mutex<HashMap<String, usize>>, path: &str) -> Response<Full<Bytes>> {
+async fn answer(hits: &Mutex<HashMap<String, usize>>, path: &str, idempotency_key: Option<String>) -> Response<Full<Bytes>> {
     let reply = |status: u16, body: Value| {
         Response::builder().status(status).header("content-type", "application/json").body(Full::new(Bytes::from(body.to_string()))).unwrap()
     };
@@ -80,6 +81,13 @@ async fn answer(hits: &Mutex<HashMap<String, usize>>, path: &str) -> Response<Fu
             }
         }
         ["down"] => reply(500, json!({"error": "down"})),
+        ["idem", key] => {
+            if count(key) == 1 {
+                reply(503, json!({"error": "again"}))
+            } else {
+                reply(200, json!({"idempotency_key": idempotency_key}))
+            }
+        }
         ["hang"] => {
             tokio::time::sleep(Duration::from_secs(60)).await;
             reply(200, json!({}))
@@ -309,6 +317,16 @@ async fn retries_until_success_and_honour_retry_after() {
     assert!(started.elapsed() >= Duration::from_millis(950), "Retry-After: 1 was honoured ({:?})", started.elapsed());
     let kinds = kinds_for(&e, r["execution_id"].as_str().unwrap());
     assert_eq!(kinds.iter().filter(|k| *k == "step.retrying:flaky").count(), 2, "{kinds:?}");
+
+    // A template that names an idempotency header gets `<execution_id>:<step_id>` on every attempt.
+    let mut idem = http_tool("idem", format!("{base}/idem/k3"));
+    idem["tool_call_template"]["idempotency_header"] = json!("Idempotency-Key");
+    e.register_manual(ManualSource::Inline(json!({"tools": [idem]})), Some("idem")).await.unwrap();
+    let wf = json!({"name": "i", "steps": [{"id": "pay", "tool": "idem.idem", "retry": retry}]});
+    let r = run(&e, wf, json!({})).await;
+    let expected = format!("{}:pay", r["execution_id"].as_str().unwrap());
+    assert_eq!(r["steps"]["pay"]["output"]["idempotency_key"], expected.as_str(), "{r}");
+    assert_eq!(r["steps"]["pay"]["attempts"], 2);
 
     // Out of attempts: the step fails with the last error and the run fails.
     let wf = json!({"name": "r2", "steps": [{"id": "down", "tool": "api.down", "retry": {"max_attempts": 2, "initial_delay": "10ms"}}]});
