@@ -23,12 +23,12 @@
  *   of its callbacks.
  * - A utp_error_t belongs to the thread that received it until it is freed.
  *
- * Callbacks (tools, business rules, event handlers, completions)
- * - They run on library threads, never on the thread that registered them: tools
- *   and rules on the engine's blocking pool (several at once for concurrent calls,
- *   workflow steps included), each event subscription on its own thread (one event
- *   at a time, in order), the completion of utp_run_workflow_async() on the
- *   blocking pool, once.
+ * Callbacks (tools, business rules, intent handlers, event handlers, completions)
+ * - They run on library threads, never on the thread that registered them: tools,
+ *   rules and intent handlers on the engine's blocking pool (several at once for
+ *   concurrent calls, workflow steps included), each event subscription on its
+ *   own thread (one event at a time, in order), the completion of
+ *   utp_run_workflow_async() on the blocking pool, once.
  *   They must be thread-safe, and must not unwind (C++ exceptions, longjmp) out.
  * - They may call back into the engine, blocking functions such as utp_call_tool()
  *   included; only utp_engine_free() (and utp_events_flush() from an event
@@ -36,9 +36,10 @@
  * - Each registration takes `user_data` and an optional finaliser, called exactly
  *   once with it: after the last call of the callback has returned, when the
  *   registration is removed, when the engine is freed, or at once when registering
- *   fails (for a completion: right after it has run, or at once when starting fails). utp_remove_business_rule() and utp_unsubscribe() called from a host
- *   thread return only after that; called from inside a callback they do not wait
- *   (the finaliser then runs on a library thread).
+ *   fails (for a completion: right after it has run, or at once when starting fails).
+ *   utp_remove_business_rule(), utp_unsubscribe() and utp_unregister_intent() called
+ *   from a host thread return only after that; called from inside a callback they do
+ *   not wait (the finaliser then runs on a library thread).
  */
 
 
@@ -237,6 +238,27 @@ typedef void (*utp_completion_fn)(void *user_data,
                                   const utp_error_t *error_or_null,
                                   const char *result_json_or_null);
 
+/**
+ * A C intent handler: serves one request of the intent it was registered for.
+ * `context_json` is `{"execution_id", "intent", "tenant", "session_id"}` (tenant and
+ * session_id null when the request had none) and `params_json` the request's params
+ * (a JSON value, `{}` when none were given); both are valid only during the call.
+ * Report the outcome through `result` as a C tool does: return 0 with the output set
+ * by utp_tool_result_set_json() (JSON `null` if none), or non-zero with a message set
+ * by utp_tool_result_set_error() (the request's record is then "failed" with a
+ * UTP_ERR_TOOL_FAILED error naming the intent and the message).
+ *
+ * Threads: called on the engine's library threads (its blocking pool), possibly on
+ * several at once for concurrent requests. It may call any utp_* function except
+ * utp_engine_free(): utp_session_state() / utp_set_session_state() with the
+ * request's tenant and session (from `context_json`) to keep state across requests,
+ * utp_call_tool() or utp_run_workflow() to do the work.
+ */
+typedef int32_t (*utp_intent_fn)(void *user_data,
+                                 const char *context_json,
+                                 const char *params_json,
+                                 utp_tool_result_t *result);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -315,8 +337,8 @@ utp_error_t *utp_engine_new(const char *config_json, utp_engine_t **out_engine);
  * Free an engine and shut down its library threads (waits for running work to
  * finish). NULL is a no-op. No other thread may use the engine during or after
  * this call, and it must not be called from a callback of the engine. Every
- * finaliser still pending (tools, business rules, subscriptions) has run when it
- * returns; event callbacks that are running are waited for.
+ * finaliser still pending (tools, business rules, subscriptions, intent handlers)
+ * has run when it returns; event callbacks that are running are waited for.
  *
  * # Safety
  * `engine` is NULL or a handle from utp_engine_new(), freed at most once.
@@ -434,7 +456,8 @@ utp_error_t *utp_register_tool(utp_engine_t *engine,
                                char **out_name);
 
 /**
- * Set a C tool's result (JSON text). Only valid during the tool function's call.
+ * Set a C tool's (or C intent handler's) result (JSON text). Only valid during the
+ * callback.
  *
  * # Safety
  * `result` is the sink passed to the running tool function; `json` is NULL or NUL-terminated.
@@ -442,8 +465,9 @@ utp_error_t *utp_register_tool(utp_engine_t *engine,
 utp_error_t *utp_tool_result_set_json(utp_tool_result_t *result, const char *json);
 
 /**
- * Set a C tool's failure message (the call fails with UTP_ERR_TOOL_FAILED naming the
- * tool and this message). Only valid during the tool function's call.
+ * Set a C tool's (or C intent handler's) failure message (the call fails with
+ * UTP_ERR_TOOL_FAILED naming the tool or intent and this message). Only valid during
+ * the callback.
  *
  * # Safety
  * `result` is the sink passed to the running tool function; `message` is NULL or NUL-terminated.
@@ -820,6 +844,96 @@ utp_error_t *utp_set_session_state(utp_engine_t *engine,
                                    const char *session,
                                    const char *key,
                                    const char *value_json);
+
+/**
+ * Route the intent `intent_type` to a workflow: each utp_submit_intent() of it runs
+ * the workflow with the request's params as its inputs. `workflow` is a YAML or
+ * JSON definition or the path of a file holding one, as for utp_run_workflow(); it
+ * is validated now (a problem is UTP_ERR_VALIDATION_FAILED naming every problem, a
+ * missing file UTP_ERR_NOT_FOUND). Intent types are unique per engine (a workflow
+ * or a C handler): a registered one gives UTP_ERR_ALREADY_EXISTS; an empty one
+ * UTP_ERR_INVALID_ARGUMENT.
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated.
+ */
+utp_error_t *utp_register_intent_workflow(utp_engine_t *engine,
+                                          const char *intent_type,
+                                          const char *workflow);
+
+/**
+ * Route the intent `intent_type` to the C handler `callback` (see utp_intent_fn):
+ * each utp_submit_intent() of it calls `callback` with `user_data`, the request's
+ * context and params. Intent types are unique per engine: a registered one gives
+ * UTP_ERR_ALREADY_EXISTS; an empty one UTP_ERR_INVALID_ARGUMENT.
+ *
+ * `free_user_data` (nullable) is called exactly once with `user_data`: after the
+ * last running call has returned, when the intent is removed with
+ * utp_unregister_intent() or the engine is freed, or at once when this call fails
+ * (a NULL `callback`, a bad or duplicate `intent_type`).
+ *
+ * # Safety
+ * `engine` is a live handle; `intent_type` is NULL or NUL-terminated; `callback`
+ * and `free_user_data` are NULL or valid functions, callable from any thread.
+ */
+utp_error_t *utp_register_intent(utp_engine_t *engine,
+                                 const char *intent_type,
+                                 utp_intent_fn callback,
+                                 void *user_data,
+                                 utp_free_fn free_user_data);
+
+/**
+ * Remove the intent `intent_type` (a workflow or a C handler). `*out_removed` is set
+ * to true when it was registered, false otherwise (not an error). No request reaches
+ * a C handler after this returns: later submits are UTP_ERR_NOT_FOUND errors, and a
+ * request that found the handler just before ends "failed" with UTP_ERR_NOT_FOUND.
+ * Called from a host thread, it also waits until running calls of the handler have
+ * returned and its finaliser has run; called from inside a callback, it does not
+ * wait: the finaliser then runs on a library thread once the last running call has
+ * returned (at once if none is running).
+ *
+ * # Safety
+ * `engine` is a live handle; `intent_type` is NULL or NUL-terminated; `out_removed`
+ * is valid for writes.
+ */
+utp_error_t *utp_unregister_intent(utp_engine_t *engine,
+                                   const char *intent_type,
+                                   bool *out_removed);
+
+/**
+ * The registered intent types, sorted, as a JSON array of strings. Free
+ * `*out_json` with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; the out-parameter is valid for writes.
+ */
+utp_error_t *utp_intents(utp_engine_t *engine, char **out_json);
+
+/**
+ * Submit a request of intent `intent_type`, blocking the calling thread until it is
+ * served. `params_json` (nullable: `{}`) is a JSON value (an object for a workflow
+ * intent: its inputs); `tenant` and `session` (nullable) name whose session state
+ * the request reads and writes.
+ *
+ * On success `*out_record_json` receives the request's record; free it with
+ * utp_string_free(). A workflow intent gives the execution record as
+ * utp_run_workflow() does, plus `"intent"`; a C handler intent gives
+ * `{"execution_id", "intent", "status": "completed"|"failed", "output", "error":
+ * null | {"code", "message"}, "tenant", "session_id"}`. A failing handler or run is
+ * a "failed" record, not an error. Errors: an unknown intent is UTP_ERR_NOT_FOUND;
+ * params a workflow refuses are UTP_ERR_VALIDATION_FAILED (or
+ * UTP_ERR_INVALID_ARGUMENT when not an object).
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_submit_intent(utp_engine_t *engine,
+                               const char *intent_type,
+                               const char *params_json,
+                               const char *tenant,
+                               const char *session,
+                               char **out_record_json);
 
 #ifdef __cplusplus
 }  // extern "C"
