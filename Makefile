@@ -22,7 +22,7 @@ build:
 test-rust:
 	cargo test --workspace --exclude utp-node
 
-test: test-rust test-c test-python test-node
+test: test-rust test-c test-install test-python test-node
 	@echo "make test: all suites passed"
 
 demo: build

@@ -23,12 +23,23 @@ UTP_C_EX_CFLAGS  ?= -std=c11 -Wall -Wextra -Werror -pedantic
 UTP_C_EX_CXXFLAGS ?= -std=c++17 -Wall -Wextra -Werror -pedantic
 # Optional directory of manuals the test also discovers (may hold zero manuals).
 UTP_C_MANUALS ?= $(wildcard $(UTP_C_ROOT)/examples/manuals)
-UTP_C_VALGRIND := $(shell command -v valgrind 2>/dev/null)
+# valgrind: installed from the Debian packages when missing and we may (root + apt-get).
+UTP_C_VALGRIND := $(shell command -v valgrind 2>/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq valgrind >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq valgrind >/dev/null 2>&1)) && \
+	  command -v valgrind; } 2>/dev/null)
 # Definite leaks fail; "possibly lost" blocks are process-lifetime statics (schema caches).
 UTP_C_VALGRIND_FLAGS ?= --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-possibly-lost=no
 
-.PHONY: test-c build-c-lib
+# `make install PREFIX=/usr/local` (default PROFILE=release): lib/libutp.{so,a},
+# include/utp.h and lib/pkgconfig/utp.pc (`pkg-config --cflags --libs utp`).
+PREFIX  ?= /usr/local
+PROFILE ?= release
+UTP_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(UTP_C_ROOT)/Cargo.toml | head -n 1)
+
+.PHONY: test-c build-c-lib install test-install
 build-c-lib:
 	cargo build --manifest-path $(UTP_C_ROOT)/Cargo.toml -p utp-ffi
 
@@ -67,3 +78,24 @@ test-c: build-c-lib
 			$(UTP_C_LIBDIR)/libutp.a -Wl,--gc-sections -lpthread -ldl -lm && \
 		$(UTP_C_OUT)/$${name}_static $(UTP_C_MANUALS) > /dev/null || exit 1; \
 	done
+
+install:
+	cargo build --manifest-path $(UTP_C_ROOT)/Cargo.toml -p utp-ffi $(if $(filter release,$(PROFILE)),--release,)
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 644 $(CARGO_TARGET_DIR)/$(PROFILE)/libutp.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(CARGO_TARGET_DIR)/$(PROFILE)/libutp.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(UTP_C_INCLUDE)/utp.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(UTP_VERSION)|' $(UTP_C_ROOT)/ffi/utp.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/utp.pc
+
+# Install the debug build into a scratch prefix and build the C example from it with
+# pkg-config alone, as a user of an installed libutp would.
+test-install: build-c-lib
+	@rm -rf $(UTP_C_OUT)/prefix && mkdir -p $(UTP_C_OUT)
+	@$(MAKE) --no-print-directory -f $(UTP_C_ROOT)/mk/c.mk install PROFILE=debug PREFIX=$(UTP_C_OUT)/prefix > /dev/null
+	@echo "== examples/c/demo.c built with pkg-config from an installed prefix"
+	PKG_CONFIG_PATH=$(UTP_C_OUT)/prefix/lib/pkgconfig sh -c '$(UTP_C_CC) $(UTP_C_EX_CFLAGS) \
+		$(UTP_C_ROOT)/examples/c/demo.c -o $(UTP_C_OUT)/demo_pkgconfig $$(pkg-config --cflags --libs utp) \
+		-Wl,-rpath,$(UTP_C_OUT)/prefix/lib'
+	$(UTP_C_OUT)/demo_pkgconfig $(UTP_C_MANUALS) > /dev/null
+	@PKG_CONFIG_PATH=$(UTP_C_OUT)/prefix/lib/pkgconfig pkg-config --modversion utp
