@@ -509,6 +509,12 @@ impl Engine {
                 Ok(CallTemplate::Cli(cli))
             }
             template => {
+                let literal = *tool.template_is_literal.get_or_init(|| {
+                    serde_json::to_string(template).map(|text| !text.contains('$')).unwrap_or(false)
+                });
+                if literal {
+                    return Ok(template.clone());
+                }
                 let raw = serde_json::to_value(template)
                     .map_err(|e| Error::Internal(format!("tool '{}': cannot serialise its template: {e}", tool.name)))?;
                 let done = vars.substitute(manual, &raw)?;

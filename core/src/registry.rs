@@ -28,6 +28,9 @@ pub struct RegisteredTool {
     pub shared_defs: Option<Arc<SharedDefs>>,
     /// The compiled `inputs` validator, built on the first call (the engine owns its use).
     pub(crate) validator: OnceLock<std::result::Result<Arc<jsonschema::Validator>, String>>,
+    /// Whether the call template holds no `$` at all (so variable substitution can be
+    /// skipped on every call), found on the first call.
+    pub(crate) template_is_literal: OnceLock<bool>,
 }
 
 impl RegisteredTool {
@@ -89,6 +92,7 @@ impl ManualEntry {
                 tool,
                 shared_defs: shared_defs.clone(),
                 validator: OnceLock::new(),
+                template_is_literal: OnceLock::new(),
             }));
         }
         let segment = Segment::build(name, tools.iter().map(|t| &t.tool));
