@@ -162,17 +162,15 @@ fn outputs(engine: &Engine, exec: &Execution) -> Value {
     if wf.outputs.is_empty() {
         return Value::Object(Map::new());
     }
-    let steps = steps_value(exec, None);
-    let state = engine.session_state(exec.tenant.as_deref(), exec.session.as_deref());
-    let execution = execution_value(exec);
-    let scope = Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution);
     let mut out = Map::new();
     let mut warnings = Vec::new();
     for (key, template) in &wf.outputs {
-        let v = template.evaluate(&scope).unwrap_or_else(|e| {
-            warnings.push(e);
-            Value::Null
-        });
+        let refs = template.referenced_steps();
+        let v = with_scope(engine, exec, &template.referenced_variables(), &refs, |scope| template.evaluate(scope))
+            .unwrap_or_else(|e| {
+                warnings.push(e);
+                Value::Null
+            });
         out.insert(key.clone(), v);
     }
     if !warnings.is_empty() {
@@ -201,11 +199,8 @@ fn skip_reason(engine: &Engine, exec: &Execution, i: usize) -> Result<Option<Str
         return Ok(Some(format!("dependency '{dep}' was skipped")));
     }
     let Some(condition) = &step.condition else { return Ok(None) };
-    let steps = steps_value(exec, Some(&condition.referenced_steps()));
-    let state = engine.session_state(exec.tenant.as_deref(), exec.session.as_deref());
-    let execution = execution_value(exec);
-    let scope = Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution);
-    match condition.evaluate(&scope) {
+    let refs = condition.referenced_steps();
+    match with_scope(engine, exec, &condition.referenced_variables(), &refs, |scope| condition.evaluate(scope)) {
         Ok(true) => Ok(None),
         Ok(false) => Ok(Some("its `if` condition is false".into())),
         Err(e) => Err(Error::ValidationFailed(e)),
@@ -213,13 +208,13 @@ fn skip_reason(engine: &Engine, exec: &Execution, i: usize) -> Result<Option<Str
 }
 
 /// `steps` as expressions see it: `{id: {output, status, error}}`, for the listed
-/// steps only (what an expression references), or all.
-fn steps_value(exec: &Execution, only: Option<&[String]>) -> Value {
+/// steps only (what an expression references).
+fn steps_value(exec: &Execution, only: &[String]) -> Value {
     let wf = &exec.workflow;
     exec.with_state(|s| {
         let mut m = Map::new();
         for (def, rec) in wf.steps.iter().zip(&s.steps) {
-            if only.is_some_and(|ids| !ids.contains(&def.id)) {
+            if !only.contains(&def.id) {
                 continue;
             }
             m.insert(
@@ -287,13 +282,11 @@ fn mark_succeeded(engine: &Engine, exec: &Execution, i: usize, output: Value) {
 
 fn write_state(engine: &Engine, exec: &Execution, i: usize) -> Result<()> {
     let step = &exec.workflow.steps[i];
-    let steps = steps_value(exec, None);
-    let state = engine.session_state(exec.tenant.as_deref(), exec.session.as_deref());
-    let execution = execution_value(exec);
-    let scope = Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution);
     let mut values = Vec::with_capacity(step.set_state.len());
     for (key, template) in &step.set_state {
-        values.push((key.clone(), template.evaluate(&scope).map_err(Error::ValidationFailed)?));
+        let refs = template.referenced_steps();
+        let value = with_scope(engine, exec, &template.referenced_variables(), &refs, |scope| template.evaluate(scope));
+        values.push((key.clone(), value.map_err(Error::ValidationFailed)?));
     }
     for (key, value) in values {
         engine.set_session_value(exec.tenant.as_deref(), exec.session.as_deref(), &key, value);
@@ -323,7 +316,7 @@ async fn run_step(
 ) -> StepEnd {
     let step = &exec.workflow.steps[i];
     let fatal = !matches!(step.on_error, OnError::Continue);
-    let result = match evaluate_args(engine, exec, &step.args.clone(), step) {
+    let result = match evaluate_args(engine, exec, &step.args, step) {
         Ok(args) => call_with_retries(engine, exec, i, &step.tool, args, deadline, &cancel).await,
         Err(e) => Err(e),
     };
@@ -355,16 +348,29 @@ async fn run_step(
 }
 
 fn evaluate_args(engine: &Engine, exec: &Execution, template: &super::expr::Template, step: &Step) -> Result<Value> {
-    if template.is_literal() {
-        return template.evaluate(&Scope::new(&Value::Null, &Value::Null, &Value::Null, &Value::Null, &Value::Null))
-            .map_err(Error::ValidationFailed);
-    }
     let refs = template.referenced_steps();
-    let steps = steps_value(exec, Some(&refs));
-    let state = engine.session_state(exec.tenant.as_deref(), exec.session.as_deref());
-    let execution = execution_value(exec);
-    let scope = Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution);
-    template.evaluate(&scope).map_err(|e| Error::ValidationFailed(format!("step '{}': {e}", step.id)))
+    with_scope(engine, exec, &template.referenced_variables(), &refs, |scope| template.evaluate(scope))
+        .map_err(|e| Error::ValidationFailed(format!("step '{}': {e}", step.id)))
+}
+
+/// Run `f` with what an expression of `exec` sees, building only the root
+/// `variables` it references, and of `steps` only the `step_ids` it reads.
+fn with_scope<T>(
+    engine: &Engine,
+    exec: &Execution,
+    variables: &[String],
+    step_ids: &[String],
+    f: impl FnOnce(&Scope<'_>) -> T,
+) -> T {
+    let wants = |name: &str| variables.iter().any(|v| v == name);
+    let steps = if wants("steps") { steps_value(exec, step_ids) } else { Value::Null };
+    let state = if wants("state") {
+        engine.session_state(exec.tenant.as_deref(), exec.session.as_deref())
+    } else {
+        Value::Null
+    };
+    let execution = if wants("execution") { execution_value(exec) } else { Value::Null };
+    f(&Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution))
 }
 
 #[allow(clippy::too_many_arguments)]
