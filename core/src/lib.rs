@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod parse;
 pub mod registry;
 pub mod search;
+pub mod store;
 pub mod transport;
 pub mod vars;
 pub mod workflow;

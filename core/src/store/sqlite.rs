@@ -1,0 +1,905 @@
+//! The SQLite store: bundled SQLite in WAL mode.
+//!
+//! - One writer thread owns the only write connection. Writes are queued; the
+//!   writer takes everything queued (up to [`MAX_BATCH`]) and applies it in ONE
+//!   transaction (group commit), each write inside its own savepoint so that a bad
+//!   write fails alone. If the transaction itself fails (disk full, I/O error) the
+//!   writer retries each write of the batch in a transaction of its own, so every
+//!   [`Commit`] gets its own true answer and nothing is silently lost.
+//! - Readers use their own connections (a small pool); WAL lets them read while
+//!   the writer commits. Every connection has a busy timeout.
+//! - An exclusive `flock` on `<db>.lock` keeps a second engine (another process,
+//!   or another store in this one) from opening the same database: it gets a clear
+//!   STORE error until the first store is dropped. The lock file is left in place
+//!   (removing it would race with the next opener).
+//! - Dropping the store flushes every queued write, joins the writer, then releases the lock.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use super::schema::{open_schema, sql_error};
+use super::{
+    Commit, Durability, EventFilter, ExecutionFilter, ExecutionRow, PreparedApproval, PreparedEvent, PreparedExecution,
+    Responder, StepRow, Store, UNFINISHED_STATUSES, event_range, execution_range, oneshot, parse_time,
+    prepare_approval, prepare_events, prepare_execution, prepare_step, store_error, with_seq,
+};
+use crate::error::{Error, Result};
+
+/// The most writes one transaction takes from the queue.
+const MAX_BATCH: usize = 1024;
+/// Idle reader connections kept for reuse.
+const MAX_IDLE_READERS: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    durability: Durability,
+    instance: i64,
+    migrated_from: u32,
+    tx: Option<mpsc::Sender<Msg>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Mutex<Vec<Connection>>,
+    stats: Arc<Counters>,
+    /// Held (flock) for the store's lifetime; dropped last.
+    _lock: File,
+}
+
+/// What the writer did so far: `writes / transactions` is the group-commit factor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Writes committed (each `put_*` call that resolved Ok).
+    pub writes: u64,
+    /// Write transactions committed.
+    pub transactions: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    transactions: AtomicU64,
+}
+
+enum Op {
+    Execution(Box<PreparedExecution>),
+    Step { step: Box<StepRow>, status: Option<String>, events: Vec<PreparedEvent> },
+    Events(Vec<PreparedEvent>),
+    Approval(PreparedApproval),
+    Session { tenant: String, session: String, state: Value },
+}
+
+enum Msg {
+    Write(Op, Responder<()>),
+    /// One retention batch in its own transaction → (rows deleted, whether the batch was full).
+    Prune {
+        executions: bool,
+        cutoff_us: i64,
+        batch: usize,
+        reply: Responder<(usize, bool)>,
+    },
+    MaxPageCount(u64, Responder<u64>),
+}
+
+fn unfinished_sql() -> String {
+    UNFINISHED_STATUSES.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path`, apply migrations, start the writer.
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore> {
+        let p = path.display();
+        if path.is_dir() {
+            return Err(store_error(format!("store {p}: is a directory, expected a database file path")));
+        }
+        let lock = acquire_lock(path)?;
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_error(path, "opening", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sql_error(path, "setting the busy timeout", e))?;
+        // Connection settings only (nothing is read or written yet): the migration
+        // commit already honours the durability.
+        let sync = match durability {
+            Durability::Sync => "FULL",
+            Durability::Normal => "NORMAL",
+            Durability::Off => "OFF",
+        };
+        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;"))
+            .map_err(|e| sql_error(path, "setting durability", e))?;
+        let (migrated_from, instance) = open_schema(&mut conn, path)?;
+        let reader = open_reader(path)?;
+
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Counters::default());
+        let writer = Writer { conn, path: path.to_path_buf(), instance, stats: stats.clone() };
+        let handle = std::thread::Builder::new()
+            .name("utp-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| store_error(format!("store {p}: cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            durability,
+            instance,
+            migrated_from,
+            tx: Some(tx),
+            writer: Some(handle),
+            readers: Mutex::new(vec![reader]),
+            stats,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// This open's instance number (increases with every open of the file); engine
+    /// event ids are unique per instance.
+    pub fn instance(&self) -> i64 {
+        self.instance
+    }
+
+    /// The schema version found on open (0 for a new file).
+    pub fn migrated_from(&self) -> u32 {
+        self.migrated_from
+    }
+
+    /// Writes and transactions committed by this store's writer.
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            writes: self.stats.writes.load(Ordering::Relaxed),
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Test hook: cap the database size (`PRAGMA max_page_count` on the writer's
+    /// connection) to simulate a full disk. Returns the cap in force.
+    #[doc(hidden)]
+    pub fn set_max_page_count(&self, pages: u64) -> Result<u64> {
+        let (reply, pending) = oneshot();
+        self.send(Msg::MaxPageCount(pages, reply))?;
+        pending.wait_blocking()
+    }
+
+    fn send(&self, msg: Msg) -> Result<()> {
+        let closed = || store_error(format!("store {}: the writer is not running", self.path.display()));
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        tx.send(msg).map_err(|_| closed())
+    }
+
+    fn write(&self, op: Op) -> Commit {
+        let (reply, pending) = oneshot();
+        match self.send(Msg::Write(op, reply)) {
+            Ok(()) => Commit::pending(pending),
+            // The message (and its responder) came back inside the error and was
+            // dropped, which resolved `pending` with an error already.
+            Err(e) => Commit::ready(Err(e)),
+        }
+    }
+
+    fn read<T>(&self, doing: &str, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.readers.lock().pop() {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let out = (|| {
+            // One snapshot for the whole read.
+            let tx = conn.unchecked_transaction().map_err(|e| sql_error(&self.path, doing, e))?;
+            let out = f(&tx)?;
+            drop(tx);
+            Ok(out)
+        })();
+        let mut idle = self.readers.lock();
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    fn steps(&self, conn: &Connection, id: &str) -> Result<Vec<StepRow>> {
+        let err = |e| sql_error(&self.path, "reading steps", e);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT execution_id, step_id, idx, status, output, error, attempts, started_at, finished_at, note, approval_id
+                 FROM steps WHERE execution_id = ?1 ORDER BY idx, step_id",
+            )
+            .map_err(err)?;
+        let rows = stmt.query_map([id], raw_step).map_err(err)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(err)?.into_row(&self.path)?);
+        }
+        Ok(out)
+    }
+
+    fn execution_rows(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<ExecutionRow>> {
+        let err = |e| sql_error(&self.path, "reading executions", e);
+        let mut stmt = conn.prepare_cached(sql).map_err(err)?;
+        let rows = stmt.query_map(params, raw_execution).map_err(err)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(err)?.into_row(&self.path)?);
+        }
+        Ok(out)
+    }
+
+    /// Retention batches, each its own transaction, until a batch comes back short.
+    fn prune_phase(&self, executions: bool, cutoff_us: i64, batch: usize) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let (reply, pending) = oneshot();
+            self.send(Msg::Prune { executions, cutoff_us, batch, reply })?;
+            let (rows, full) = pending.wait_blocking()?;
+            total += rows;
+            if !full {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Readers first, so that the writer's connection is the last one and
+        // checkpoints the WAL into the database as it closes.
+        self.readers.lock().clear();
+        // Closing the queue lets the writer drain and commit what is queued, then exit.
+        drop(self.tx.take());
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn acquire_lock(path: &Path) -> Result<File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(|e| {
+            store_error(format!("store {}: cannot create the lock file {}: {e}", path.display(), lock_path.display()))
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(store_error(format!(
+            "store {}: already open by another engine (it holds {}); close that engine first or use another database",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(e) => Err(store_error(format!("store {}: cannot lock {}: {e}", path.display(), lock_path.display()))),
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| sql_error(path, "opening a reader", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sql_error(path, "setting the busy timeout", e))?;
+    Ok(conn)
+}
+
+// ---------------------------------------------------------------------------------------
+// The writer thread.
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    instance: i64,
+    stats: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut queue = vec![first];
+            while queue.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => queue.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut writes = Vec::new();
+            for msg in queue {
+                match msg {
+                    Msg::Write(op, reply) => writes.push((op, reply)),
+                    other => {
+                        // Keep order: what was queued before a control message commits first.
+                        self.commit_group(std::mem::take(&mut writes));
+                        self.control(other);
+                    }
+                }
+            }
+            self.commit_group(writes);
+        }
+    }
+
+    fn control(&mut self, msg: Msg) {
+        match msg {
+            Msg::Write(op, reply) => self.commit_group(vec![(op, reply)]),
+            Msg::Prune { executions, cutoff_us, batch, reply } => {
+                reply.send(self.prune_batch(executions, cutoff_us, batch))
+            }
+            Msg::MaxPageCount(pages, reply) => reply.send(
+                self.conn
+                    .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| r.get::<_, i64>(0))
+                    .map(|n| n.max(0) as u64)
+                    .map_err(|e| sql_error(&self.path, "setting max_page_count", e)),
+            ),
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<(Op, Responder<()>)>) {
+        if group.is_empty() {
+            return;
+        }
+        let (ops, replies): (Vec<Op>, Vec<Responder<()>>) = group.into_iter().unzip();
+        match self.transaction(&ops) {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    reply.send(r);
+                }
+            }
+            Err(e) if ops.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
+                    reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                // The shared transaction failed as a whole: give each write its own
+                // transaction, hence its own answer.
+                for (op, reply) in ops.iter().zip(replies) {
+                    let r = self.transaction(std::slice::from_ref(op)).and_then(|mut v| v.pop().unwrap_or(Ok(())));
+                    reply.send(r);
+                }
+            }
+        }
+    }
+
+    /// One transaction over `ops`, each in a savepoint: `Ok(per-op results)` once
+    /// committed, `Err` when the transaction itself failed (nothing committed).
+    fn transaction(&mut self, ops: &[Op]) -> Result<Vec<Result<()>>> {
+        let path = self.path.clone();
+        let err = |doing: &'static str| move |e| sql_error(&path, doing, e);
+        self.exec("BEGIN IMMEDIATE").map_err(err("starting a transaction"))?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            self.exec("SAVEPOINT w").map_err(|e| {
+                self.abort();
+                sql_error(&self.path, "starting a savepoint", e)
+            })?;
+            match self.apply(op) {
+                Ok(()) => {
+                    self.exec("RELEASE w").map_err(|e| {
+                        self.abort();
+                        sql_error(&self.path, "releasing a savepoint", e)
+                    })?;
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    if self.conn.is_autocommit() {
+                        // SQLite rolled the whole transaction back (disk full, I/O error).
+                        return Err(e);
+                    }
+                    self.conn.execute_batch("ROLLBACK TO w; RELEASE w").map_err(|e2| {
+                        self.abort();
+                        sql_error(&self.path, "rolling back a savepoint", e2)
+                    })?;
+                    results.push(Err(e));
+                }
+            }
+        }
+        if let Err(e) = self.exec("COMMIT") {
+            self.abort();
+            return Err(sql_error(&self.path, "committing", e));
+        }
+        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+        self.stats.writes.fetch_add(ok, Ordering::Relaxed);
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        Ok(results)
+    }
+
+    /// A statement without results, prepared once.
+    fn exec(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
+    fn abort(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn apply(&self, op: &Op) -> Result<()> {
+        let err = |doing: &'static str| move |e| sql_error(&self.path, doing, e);
+        match op {
+            Op::Execution(e) => {
+                let r = &e.row;
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO executions (id, workflow, definition, status, inputs, outputs, error, warnings,
+                            tenant, session, user, timeout_ms, created_at, created_us, finished_at, finished_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            r.id,
+                            r.workflow,
+                            json(&r.definition),
+                            r.status,
+                            json(&r.inputs),
+                            json(&r.outputs),
+                            json(&r.error),
+                            serde_json::to_string(&r.warnings).unwrap_or_else(|_| "[]".into()),
+                            r.tenant,
+                            r.session,
+                            r.user,
+                            r.timeout_ms.map(|t| t as i64),
+                            r.created_at,
+                            e.created_us,
+                            r.finished_at,
+                            e.finished_us,
+                        ])
+                    })
+                    .map_err(err("writing an execution"))?;
+            }
+            Op::Step { step, status, events } => {
+                let changed = match status {
+                    Some(s) => self
+                        .conn
+                        .prepare_cached("UPDATE executions SET status = ?2 WHERE id = ?1")
+                        .and_then(|mut st| st.execute(params![step.execution_id, s])),
+                    None => self
+                        .conn
+                        .prepare_cached("SELECT count(*) FROM executions WHERE id = ?1")
+                        .and_then(|mut st| st.query_row([&step.execution_id], |r| r.get::<_, i64>(0)))
+                        .map(|n| n as usize),
+                }
+                .map_err(err("writing a step"))?;
+                if changed == 0 {
+                    return Err(Error::NotFound(format!(
+                        "put_step: execution '{}' is not in the store (put_execution first)",
+                        step.execution_id
+                    )));
+                }
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO steps (execution_id, step_id, idx, status, output, error, attempts,
+                            started_at, finished_at, note, approval_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            step.execution_id,
+                            step.step_id,
+                            step.index,
+                            step.status,
+                            json(&step.output),
+                            json(&step.error),
+                            step.attempts,
+                            step.started_at,
+                            step.finished_at,
+                            step.note,
+                            step.approval_id,
+                        ])
+                    })
+                    .map_err(err("writing a step"))?;
+                self.insert_events(events)?;
+            }
+            Op::Events(events) => self.insert_events(events)?,
+            Op::Approval(a) => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO approvals (id, status, created, body) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .and_then(|mut s| s.execute(params![a.id, a.status, a.created, json(&a.body)]))
+                    .map_err(err("writing an approval"))?;
+            }
+            Op::Session { tenant, session, state } => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO session_states (tenant, session, state) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![tenant, session, json(state)]))
+                    .map_err(err("writing session state"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_events(&self, events: &[PreparedEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO events (instance, event_id, type, time_us, execution_id, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(|e| sql_error(&self.path, "writing events", e))?;
+        for e in events {
+            stmt.execute(params![self.instance, e.event_id, e.kind, e.time_us, e.execution_id, json(&e.body)])
+                .map_err(|err| sql_error(&self.path, "writing events", err))?;
+        }
+        Ok(())
+    }
+
+    /// One retention batch in its own transaction.
+    fn prune_batch(&mut self, executions: bool, cutoff_us: i64, batch: usize) -> Result<(usize, bool)> {
+        let path = self.path.clone();
+        let err = move |e| sql_error(&path, "pruning", e);
+        let batch = batch.clamp(1, i64::MAX as usize) as i64;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(&err)?;
+        let unfinished = unfinished_sql();
+        let deleted = if executions {
+            let ids: Vec<String> = {
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "SELECT id FROM executions WHERE status NOT IN ({unfinished})
+                           AND coalesce(finished_us, created_us) < ?1 LIMIT ?2"
+                    ))
+                    .map_err(&err)?;
+                let rows = stmt.query_map(params![cutoff_us, batch], |r| r.get(0)).map_err(&err)?;
+                rows.collect::<rusqlite::Result<_>>().map_err(&err)?
+            };
+            let mut n = 0;
+            for id in &ids {
+                n += tx.execute("DELETE FROM steps WHERE execution_id = ?1", [id]).map_err(&err)?;
+                n += tx.execute("DELETE FROM executions WHERE id = ?1", [id]).map_err(&err)?;
+            }
+            (n, ids.len() as i64 == batch)
+        } else {
+            let n = tx
+                .execute(
+                    &format!(
+                        "DELETE FROM events WHERE seq IN (
+                       SELECT seq FROM events WHERE time_us < ?1
+                         AND (execution_id IS NULL OR execution_id NOT IN
+                              (SELECT id FROM executions WHERE status IN ({unfinished})))
+                       LIMIT ?2)"
+                    ),
+                    params![cutoff_us, batch],
+                )
+                .map_err(&err)?;
+            (n, n as i64 == batch)
+        };
+        tx.commit().map_err(&err)?;
+        Ok(deleted)
+    }
+}
+
+fn json(v: &Value) -> String {
+    // Serialising a Value cannot fail (keys are strings); keep the store panic-free anyway.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading rows: raw columns first, then JSON parsing with STORE errors.
+
+struct RawExecution {
+    id: String,
+    workflow: String,
+    definition: String,
+    status: String,
+    inputs: String,
+    outputs: String,
+    error: String,
+    warnings: String,
+    tenant: Option<String>,
+    session: Option<String>,
+    user: Option<String>,
+    timeout_ms: Option<i64>,
+    created_at: String,
+    finished_at: Option<String>,
+}
+
+const EXECUTION_COLUMNS: &str = "id, workflow, definition, status, inputs, outputs, error, warnings, tenant, session, user, timeout_ms, created_at, finished_at";
+
+fn raw_execution(r: &Row<'_>) -> rusqlite::Result<RawExecution> {
+    Ok(RawExecution {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        definition: r.get(2)?,
+        status: r.get(3)?,
+        inputs: r.get(4)?,
+        outputs: r.get(5)?,
+        error: r.get(6)?,
+        warnings: r.get(7)?,
+        tenant: r.get(8)?,
+        session: r.get(9)?,
+        user: r.get(10)?,
+        timeout_ms: r.get(11)?,
+        created_at: r.get(12)?,
+        finished_at: r.get(13)?,
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| store_error(format!("store {}: {what} holds invalid JSON ({e})", path.display())))
+}
+
+impl RawExecution {
+    fn into_row(self, path: &Path) -> Result<ExecutionRow> {
+        let at = |col: &str| format!("execution '{}' column {col}", self.id);
+        Ok(ExecutionRow {
+            definition: parse_json(path, &at("definition"), &self.definition)?,
+            inputs: parse_json(path, &at("inputs"), &self.inputs)?,
+            outputs: parse_json(path, &at("outputs"), &self.outputs)?,
+            error: parse_json(path, &at("error"), &self.error)?,
+            warnings: parse_json(path, &at("warnings"), &self.warnings)?,
+            timeout_ms: self.timeout_ms.map(|t| t.max(0) as u64),
+            id: self.id,
+            workflow: self.workflow,
+            status: self.status,
+            tenant: self.tenant,
+            session: self.session,
+            user: self.user,
+            created_at: self.created_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+struct RawStep {
+    execution_id: String,
+    step_id: String,
+    index: i64,
+    status: String,
+    output: String,
+    error: String,
+    attempts: i64,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    note: Option<String>,
+    approval_id: Option<String>,
+}
+
+fn raw_step(r: &Row<'_>) -> rusqlite::Result<RawStep> {
+    Ok(RawStep {
+        execution_id: r.get(0)?,
+        step_id: r.get(1)?,
+        index: r.get(2)?,
+        status: r.get(3)?,
+        output: r.get(4)?,
+        error: r.get(5)?,
+        attempts: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        note: r.get(9)?,
+        approval_id: r.get(10)?,
+    })
+}
+
+impl RawStep {
+    fn into_row(self, path: &Path) -> Result<StepRow> {
+        let at = |col: &str| format!("step '{}' of execution '{}' column {col}", self.step_id, self.execution_id);
+        Ok(StepRow {
+            output: parse_json(path, &at("output"), &self.output)?,
+            error: parse_json(path, &at("error"), &self.error)?,
+            index: u32::try_from(self.index).unwrap_or(u32::MAX),
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            execution_id: self.execution_id,
+            step_id: self.step_id,
+            status: self.status,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            note: self.note,
+            approval_id: self.approval_id,
+        })
+    }
+}
+
+/// An event-type pattern as SQL: `=` when literal, GLOB (same `*`/`?` meaning) otherwise.
+fn kind_clause(pattern: &str) -> (&'static str, String) {
+    let p = pattern.trim();
+    if !p.contains(['*', '?']) {
+        return ("type = ?", p.to_string());
+    }
+    // GLOB also knows `[...]`; make `[` literal (`]` alone is already literal).
+    ("type GLOB ?", p.replace('[', "[[]"))
+}
+
+fn limit_of(limit: Option<usize>) -> i64 {
+    limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)).unwrap_or(-1)
+}
+
+impl Store for SqliteStore {
+    fn put_execution(&self, row: ExecutionRow) -> Commit {
+        match prepare_execution(row) {
+            Ok(p) => self.write(Op::Execution(Box::new(p))),
+            Err(e) => Commit::ready(Err(e)),
+        }
+    }
+
+    fn put_step(&self, step: StepRow, execution_status: Option<String>, events: Vec<Value>) -> Commit {
+        if let Err(e) = prepare_step(&step) {
+            return Commit::ready(Err(e));
+        }
+        match prepare_events(events) {
+            Ok(events) => self.write(Op::Step { step: Box::new(step), status: execution_status, events }),
+            Err(e) => Commit::ready(Err(e)),
+        }
+    }
+
+    fn put_events(&self, events: Vec<Value>) -> Commit {
+        match prepare_events(events) {
+            Ok(events) if events.is_empty() => Commit::ready(Ok(())),
+            Ok(events) => self.write(Op::Events(events)),
+            Err(e) => Commit::ready(Err(e)),
+        }
+    }
+
+    fn put_approval(&self, approval: Value) -> Commit {
+        match prepare_approval(approval) {
+            Ok(a) => self.write(Op::Approval(a)),
+            Err(e) => Commit::ready(Err(e)),
+        }
+    }
+
+    fn put_session_state(&self, tenant: &str, session: &str, state: Value) -> Commit {
+        self.write(Op::Session { tenant: tenant.to_string(), session: session.to_string(), state })
+    }
+
+    fn execution(&self, id: &str) -> Result<Option<(ExecutionRow, Vec<StepRow>)>> {
+        self.read("reading an execution", |conn| {
+            let raw = conn
+                .prepare_cached(&format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?1"))
+                .and_then(|mut s| s.query_row([id], raw_execution).optional())
+                .map_err(|e| sql_error(&self.path, "reading an execution", e))?;
+            match raw {
+                None => Ok(None),
+                Some(raw) => {
+                    let row = raw.into_row(&self.path)?;
+                    let steps = self.steps(conn, id)?;
+                    Ok(Some((row, steps)))
+                }
+            }
+        })
+    }
+
+    fn executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>> {
+        let range = execution_range(filter)?;
+        let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE 1");
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        if let Some(s) = &filter.status {
+            sql.push_str(" AND status = ?");
+            args.push(s);
+        }
+        if let Some(s) = &filter.session {
+            sql.push_str(" AND session = ?");
+            args.push(s);
+        }
+        if let Some(t) = &range.after {
+            sql.push_str(" AND created_us > ?");
+            args.push(t);
+        }
+        if let Some(t) = &range.before {
+            sql.push_str(" AND created_us < ?");
+            args.push(t);
+        }
+        let limit = limit_of(filter.limit);
+        sql.push_str(" ORDER BY created_us DESC, id DESC LIMIT ?");
+        args.push(&limit);
+        self.read("reading executions", |conn| self.execution_rows(conn, &sql, &args))
+    }
+
+    fn unfinished(&self) -> Result<Vec<(ExecutionRow, Vec<StepRow>)>> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ({}) ORDER BY created_us, id",
+            unfinished_sql()
+        );
+        self.read("reading unfinished executions", |conn| {
+            let rows = self.execution_rows(conn, &sql, &[])?;
+            rows.into_iter()
+                .map(|row| {
+                    let steps = self.steps(conn, &row.id)?;
+                    Ok((row, steps))
+                })
+                .collect()
+        })
+    }
+
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Value>> {
+        let range = event_range(filter)?;
+        let mut sql = String::from("SELECT seq, body FROM events WHERE seq > ?");
+        let after = filter.after_id.map(|a| i64::try_from(a).unwrap_or(i64::MAX)).unwrap_or(0);
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&after];
+        if let Some(x) = &filter.execution_id {
+            sql.push_str(" AND execution_id = ?");
+            args.push(x);
+        }
+        let kind = filter.kind.as_deref().map(kind_clause);
+        if let Some((clause, value)) = &kind {
+            sql.push_str(" AND ");
+            sql.push_str(clause);
+            args.push(value);
+        }
+        if let Some(t) = &range.after {
+            sql.push_str(" AND time_us >= ?");
+            args.push(t);
+        }
+        if let Some(t) = &range.before {
+            sql.push_str(" AND time_us < ?");
+            args.push(t);
+        }
+        let limit = limit_of(filter.limit);
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        args.push(&limit);
+        self.read("reading events", |conn| {
+            let err = |e| sql_error(&self.path, "reading events", e);
+            let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
+            let rows =
+                stmt.query_map(args.as_slice(), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (seq, body) = r.map_err(err)?;
+                out.push(with_seq(parse_json(&self.path, &format!("event {seq}"), &body)?, seq));
+            }
+            Ok(out)
+        })
+    }
+
+    fn approvals(&self, pending_only: bool) -> Result<Vec<Value>> {
+        let sql = if pending_only {
+            "SELECT id, body FROM approvals WHERE status = 'pending' ORDER BY created, id"
+        } else {
+            "SELECT id, body FROM approvals ORDER BY created, id"
+        };
+        self.read("reading approvals", |conn| {
+            let err = |e| sql_error(&self.path, "reading approvals", e);
+            let mut stmt = conn.prepare_cached(sql).map_err(err)?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (id, body) = r.map_err(err)?;
+                out.push(parse_json(&self.path, &format!("approval '{id}'"), &body)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn session_states(&self) -> Result<Vec<(String, String, Value)>> {
+        self.read("reading session states", |conn| {
+            let err = |e| sql_error(&self.path, "reading session states", e);
+            let mut stmt = conn
+                .prepare_cached("SELECT tenant, session, state FROM session_states ORDER BY tenant, session")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (t, s, state) = r.map_err(err)?;
+                let v = parse_json(&self.path, &format!("session state ({t}, {s})"), &state)?;
+                out.push((t, s, v));
+            }
+            Ok(out)
+        })
+    }
+
+    fn prune(&self, cutoff: &str, batch: usize) -> Result<usize> {
+        let cutoff_us = parse_time("prune cutoff", cutoff)?;
+        let batch = batch.max(1);
+        let executions = self.prune_phase(true, cutoff_us, batch)?;
+        let events = self.prune_phase(false, cutoff_us, batch)?;
+        Ok(executions + events)
+    }
+}
