@@ -181,6 +181,20 @@ typedef struct utp_rule_result utp_rule_result_t;
 #define UTP_ERR_PANIC 19
 
 /**
+ * Called once when an asynchronous operation ends (see utp_run_workflow_async()).
+ * Exactly one of `error` and `result_json` is non-NULL; both are valid only during
+ * the call (do not free them).
+ */
+typedef void (*utp_completion_fn)(void *user_data,
+                                  const utp_error_t *error_or_null,
+                                  const char *result_json_or_null);
+
+/**
+ * Releases `user_data` once the engine no longer needs it.
+ */
+typedef void (*utp_free_fn)(void *user_data);
+
+/**
  * A C tool function: gets the call's arguments as JSON text and reports its outcome
  * through `result`. Return 0 on success (the value set with
  * utp_tool_result_set_json(), JSON `null` if none), anything else on failure (the
@@ -189,11 +203,6 @@ typedef struct utp_rule_result utp_rule_result_t;
  * function (a nested utp_call_tool() included) except utp_engine_free().
  */
 typedef int32_t (*utp_tool_fn)(void *user_data, const char *args_json, utp_tool_result_t *result);
-
-/**
- * Releases `user_data` once the engine no longer needs it.
- */
-typedef void (*utp_free_fn)(void *user_data);
 
 /**
  * A C business rule: called before a tool call runs (after its arguments were
@@ -228,15 +237,6 @@ typedef void (*utp_rule_fn)(void *user_data,
  * its own subscription) except utp_events_flush() and utp_engine_free().
  */
 typedef void (*utp_event_fn)(void *user_data, const char *event_json);
-
-/**
- * Called once when an asynchronous operation ends (see utp_run_workflow_async()).
- * Exactly one of `error` and `result_json` is non-NULL; both are valid only during
- * the call (do not free them).
- */
-typedef void (*utp_completion_fn)(void *user_data,
-                                  const utp_error_t *error_or_null,
-                                  const char *result_json_or_null);
 
 /**
  * A C intent handler: serves one request of the intent it was registered for.
@@ -434,6 +434,30 @@ utp_error_t *utp_call_tool(utp_engine_t *engine,
                            const char *args_json,
                            const char *options_json,
                            char **out_result_json);
+
+/**
+ * Call a tool like utp_call_tool() without blocking the calling thread: `callback`
+ * is called exactly once when the call ends, with `error` NULL and `result_json` the
+ * tool's result as JSON, or with the error (`result_json` NULL). Both are valid only
+ * during the callback. The callback runs on a library thread (the engine's blocking
+ * pool), never on the calling thread, and may call any utp_* function except
+ * utp_engine_free(); if the engine is freed first, it is called during
+ * utp_engine_free() with a UTP_ERR_CANCELLED error and must not use the engine.
+ * `free_user_data` (nullable) is called exactly once with `user_data`: right after
+ * the callback, or at once, without the callback, when this call fails (a NULL
+ * `callback`, bad arguments). Cancel with `"timeout"` in `options_json`.
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; `callback` and
+ * `free_user_data` are NULL or valid functions, callable from any thread.
+ */
+utp_error_t *utp_call_tool_async(utp_engine_t *engine,
+                                 const char *name,
+                                 const char *args_json,
+                                 const char *options_json,
+                                 utp_completion_fn callback,
+                                 void *user_data,
+                                 utp_free_fn free_user_data);
 
 /**
  * Register a C function as the native tool `name` ("manual.tool"; the manual is

@@ -676,6 +676,68 @@ pub unsafe extern "C" fn utp_call_tool(
     })
 }
 
+/// Call a tool like utp_call_tool() without blocking the calling thread: `callback`
+/// is called exactly once when the call ends, with `error` NULL and `result_json` the
+/// tool's result as JSON, or with the error (`result_json` NULL). Both are valid only
+/// during the callback. The callback runs on a library thread (the engine's blocking
+/// pool), never on the calling thread, and may call any utp_* function except
+/// utp_engine_free(); if the engine is freed first, it is called during
+/// utp_engine_free() with a UTP_ERR_CANCELLED error and must not use the engine.
+/// `free_user_data` (nullable) is called exactly once with `user_data`: right after
+/// the callback, or at once, without the callback, when this call fails (a NULL
+/// `callback`, bad arguments). Cancel with `"timeout"` in `options_json`.
+///
+/// # Safety
+/// `engine` is a live handle; strings are NULL or NUL-terminated; `callback` and
+/// `free_user_data` are NULL or valid functions, callable from any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_call_tool_async(
+    engine: *mut UtpEngine,
+    name: *const c_char,
+    args_json: *const c_char,
+    options_json: *const c_char,
+    callback: UtpCompletionFn,
+    user_data: *mut c_void,
+    free_user_data: UtpFreeFn,
+) -> *mut UtpError {
+    // Owned first, so user_data is finalised on every error path too.
+    let mut completion = Completion {
+        func: noop_completion,
+        user_data,
+        free: free_user_data,
+        delivered: true,
+        what: "tool call",
+    };
+    guard(move || {
+        let Some(func) = callback else { return Err(invalid("callback is NULL")) };
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let name = unsafe { required_str(name, "name") }?.to_string();
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let args = match unsafe { optional_str(args_json, "args_json") }? {
+            None => Value::Null,
+            Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
+        };
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let options = call_options(unsafe { optional_str(options_json, "options_json") }?)?;
+        let runtime = handle.runtime()?;
+        let engine = handle.engine.clone();
+        // From here the callback is owed.
+        completion.func = func;
+        completion.delivered = false;
+        runtime.spawn(async move {
+            let outcome = engine.call_tool(&name, args, options).await;
+            // C code may block: run it on the blocking pool, never on a worker.
+            let _ = tokio::task::spawn_blocking(move || completion.deliver(outcome)).await;
+        });
+        Ok(())
+    })
+}
+
+/// Stands in for the callback until a call is accepted (never called: `delivered` is set).
+unsafe extern "C" fn noop_completion(_: *mut c_void, _: *const UtpError, _: *const c_char) {}
+
 /// A C tool function: gets the call's arguments as JSON text and reports its outcome
 /// through `result`. Return 0 on success (the value set with
 /// utp_tool_result_set_json(), JSON `null` if none), anything else on failure (the
@@ -1676,6 +1738,8 @@ struct Completion {
     user_data: *mut c_void,
     free: UtpFreeFn,
     delivered: bool,
+    /// What the callback is owed, for the message when the engine is freed first.
+    what: &'static str,
 }
 
 // SAFETY: utp.h requires the completion callback (and its user_data) to be callable
@@ -1712,7 +1776,7 @@ impl Drop for Completion {
     fn drop(&mut self) {
         // Owed but never delivered: the task was dropped (the engine is being freed).
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            self.deliver(Err(Error::Cancelled("the engine was freed before the workflow run finished".into())))
+            self.deliver(Err(Error::Cancelled(format!("the engine was freed before the {} finished", self.what))))
         }));
         if let Some(free) = self.free.take() {
             // SAFETY: the finaliser the caller registered, called once, with its own user_data.
@@ -1782,7 +1846,7 @@ pub unsafe extern "C" fn utp_run_workflow_async(
         let id = exec.id.clone();
         // From here the callback is owed: the completion owns user_data.
         let mut completion =
-            Completion { func, user_data: finaliser.0, free: finaliser.1.take(), delivered: false };
+            Completion { func, user_data: finaliser.0, free: finaliser.1.take(), delivered: false, what: "workflow run" };
         runtime.spawn(async move {
             exec.wait().await;
             let record = exec.to_value(true);

@@ -1,7 +1,7 @@
 /*
  * C ABI tests for calling tools: utp_call_tool on C tools (utp_register_tool) and a
  * text tool, argument validation, tool failures, timeouts, bad arguments, the
- * user_data finaliser, and 16 threads calling at once.
+ * user_data finaliser, 16 threads calling at once, and utp_call_tool_async completions.
  *
  * Prints "N passed, M failed" last and exits non-zero on any failure.
  */
@@ -191,6 +191,97 @@ static void test_threads(utp_engine_t *engine, struct echo_state *state) {
     CHECK(__atomic_load_n(&state->calls, __ATOMIC_SEQ_CST) - before == THREADS * ROUNDS, "call count");
 }
 
+/* What an async completion saw: set once by the callback, read after waiting. */
+struct completion {
+    pthread_mutex_t lock;
+    pthread_cond_t done_cond;
+    int calls;
+    int freed;
+    int32_t code; /* 0: success */
+    char result[256];
+    pthread_t thread;
+};
+
+static void on_complete(void *user_data, const utp_error_t *error, const char *result_json) {
+    struct completion *c = user_data;
+    pthread_mutex_lock(&c->lock);
+    c->calls++;
+    c->code = error ? utp_error_code(error) : 0;
+    snprintf(c->result, sizeof c->result, "%s", result_json ? result_json : "");
+    c->thread = pthread_self();
+    pthread_cond_broadcast(&c->done_cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void on_complete_free(void *user_data) {
+    struct completion *c = user_data;
+    pthread_mutex_lock(&c->lock);
+    c->freed++;
+    pthread_cond_broadcast(&c->done_cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Wait until the finaliser ran (it runs after the callback). */
+static void wait_freed(struct completion *c) {
+    pthread_mutex_lock(&c->lock);
+    while (c->freed == 0) pthread_cond_wait(&c->done_cond, &c->lock);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void completion_init(struct completion *c) {
+    memset(c, 0, sizeof *c);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->done_cond, NULL);
+}
+
+static void completion_destroy(struct completion *c) {
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->done_cond);
+}
+
+static void test_async_calls(utp_engine_t *engine) {
+    struct completion c;
+    completion_init(&c);
+    ok(utp_call_tool_async(engine, "c.echo", "{\"x\": 5}", NULL, on_complete, &c, on_complete_free), "async echo");
+    wait_freed(&c);
+    CHECK(c.calls == 1 && c.freed == 1, "callback %d times, finaliser %d times", c.calls, c.freed);
+    CHECK(c.code == 0 && strstr(c.result, "\"x\":5") != NULL, "async result %d %s", (int)c.code, c.result);
+    CHECK(!pthread_equal(c.thread, pthread_self()), "the callback ran on the calling thread");
+    completion_destroy(&c);
+
+    /* A failing call delivers its error; a timeout delivers TIMEOUT. */
+    completion_init(&c);
+    ok(utp_call_tool_async(engine, "c.fail", NULL, NULL, on_complete, &c, on_complete_free), "async fail");
+    wait_freed(&c);
+    CHECK(c.calls == 1 && c.code == UTP_ERR_TOOL_FAILED && c.result[0] == 0, "async failure %d", (int)c.code);
+    completion_destroy(&c);
+    completion_init(&c);
+    ok(utp_call_tool_async(engine, "c.slow", NULL, "{\"timeout\": 0.05}", on_complete, &c, on_complete_free),
+       "async slow");
+    wait_freed(&c);
+    CHECK(c.calls == 1 && c.code == UTP_ERR_TIMEOUT, "async timeout %d", (int)c.code);
+    completion_destroy(&c);
+
+    /* Refused at once: no callback, the finaliser runs before the call returns. */
+    completion_init(&c);
+    expect_code(utp_call_tool_async(engine, NULL, NULL, NULL, on_complete, &c, on_complete_free),
+                UTP_ERR_INVALID_ARGUMENT, "async NULL name");
+    expect_code(utp_call_tool_async(engine, "c.echo", "{oops", NULL, on_complete, &c, on_complete_free),
+                UTP_ERR_INVALID_ARGUMENT, "async bad JSON");
+    expect_code(utp_call_tool_async(engine, "c.echo", NULL, NULL, NULL, &c, on_complete_free),
+                UTP_ERR_INVALID_ARGUMENT, "async NULL callback");
+    expect_code(utp_call_tool_async(NULL, "c.echo", NULL, NULL, on_complete, &c, on_complete_free),
+                UTP_ERR_INVALID_ARGUMENT, "async NULL engine");
+    CHECK(c.calls == 0 && c.freed == 4, "refused calls: callback %d, finaliser %d", c.calls, c.freed);
+    completion_destroy(&c);
+    /* An unknown tool is an error delivered to the callback (the call was accepted). */
+    completion_init(&c);
+    ok(utp_call_tool_async(engine, "c.nope", NULL, NULL, on_complete, &c, on_complete_free), "async unknown");
+    wait_freed(&c);
+    CHECK(c.calls == 1 && c.code == UTP_ERR_NOT_FOUND, "async unknown tool %d", (int)c.code);
+    completion_destroy(&c);
+}
+
 int main(void) {
     struct echo_state state = {0, 0};
     utp_engine_t *engine = NULL;
@@ -199,6 +290,7 @@ int main(void) {
         test_text_tool(engine);
         test_bad_arguments(engine);
         test_threads(engine, &state);
+        test_async_calls(engine);
         /* Deregistering the manual drops the tool and finalises its user_data. */
         bool removed = false;
         ok(utp_deregister_manual(engine, "c", &removed), "deregister c");
