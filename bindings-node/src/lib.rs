@@ -23,7 +23,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use napi::bindgen_prelude::{AsyncBlock, AsyncBlockBuilder, FromNapiValue, Function, Promise, ToNapiValue};
@@ -87,6 +87,69 @@ impl<T, F: Future<Output = napi::Result<T>>> Future for CatchUnwind<F> {
             Ok(poll) => poll,
             Err(payload) => Poll::Ready(Err(panic_error(payload.as_ref()))),
         }
+    }
+}
+
+/// What `callTool` returns: a Promise either way.
+pub enum CallPromise {
+    /// The call finished in its first poll on the JS thread: an already settled Promise.
+    Settled(napi::Result<Value>),
+    /// The call waits for something: its future runs on napi's tokio runtime (as [`promise`]).
+    Spawned(AsyncBlock<Value>),
+}
+
+impl ToNapiValue for CallPromise {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        match val {
+            CallPromise::Spawned(block) => unsafe { AsyncBlock::to_napi_value(env, block) },
+            CallPromise::Settled(result) => unsafe { settled_promise(env, result) },
+        }
+    }
+}
+
+/// A Promise settled with `result`, converted as napi's own deferred settles an
+/// AsyncBlock (`ToNapiValue` of the value, or of the `napi::Error`; a value that cannot
+/// be converted rejects with the conversion error).
+unsafe fn settled_promise(env: sys::napi_env, result: napi::Result<Value>) -> napi::Result<sys::napi_value> {
+    let settle = match result.and_then(|value| unsafe { Value::to_napi_value(env, value) }) {
+        Ok(value) => Ok(value),
+        Err(error) => Err(unsafe { napi::Error::to_napi_value(env, error) }?),
+    };
+    let mut deferred = std::ptr::null_mut();
+    let mut promise = std::ptr::null_mut();
+    let status = unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) };
+    napi::check_status!(status, "cannot create a promise")?;
+    let status = match settle {
+        Ok(value) => unsafe { sys::napi_resolve_deferred(env, deferred, value) },
+        Err(error) => unsafe { sys::napi_reject_deferred(env, deferred, error) },
+    };
+    napi::check_status!(status, "cannot settle a promise")?;
+    Ok(promise)
+}
+
+/// Like [`promise`], with a fast path: the future is polled once right here, on the JS
+/// thread, inside the context of napi's tokio runtime (so tokio timers and `spawn`
+/// work) with a no-op waker. A call that completes without waiting (a `text` tool, a
+/// policy denial, a validation error...) becomes an already settled Promise: no thread
+/// hop at all. One that is Pending is handed, as is, to the runtime, whose first poll
+/// replaces the no-op waker (a wake-up lost in between is harmless: a spawned task is
+/// always polled). The poll never runs JS: JS tools, business rules and subscribers are
+/// reached through ThreadsafeFunctions, which queue their calls on the event loop. A
+/// panic in the poll rejects the Promise with a `[PANIC]` error, as on the runtime.
+fn call_promise<F>(env: &Env, future: F) -> napi::Result<CallPromise>
+where
+    F: Future<Output = napi::Result<Value>> + Send + 'static,
+{
+    let mut future = CatchUnwind { inner: Box::pin(future) };
+    // The handle only: napi's runtime lock is not held while the engine runs.
+    let handle = napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
+    let first = {
+        let _context = handle.enter();
+        Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop()))
+    };
+    match first {
+        Poll::Ready(result) => Ok(CallPromise::Settled(result)),
+        Poll::Pending => Ok(CallPromise::Spawned(AsyncBlockBuilder::new(future).build(env)?)),
     }
 }
 
@@ -505,12 +568,12 @@ impl JsEngine {
         name: String,
         args: JsJson,
         options: StrictJson,
-    ) -> napi::Result<AsyncBlock<Value>> {
+    ) -> napi::Result<CallPromise> {
         guard(|| {
             let engine = self.engine()?;
             let args = args.into_optional("args").map_err(invalid)?.unwrap_or(Value::Null);
             let options = call_options(options)?;
-            promise(env, async move { engine.call_tool(&name, args, options).await.map_err(core_err) })
+            call_promise(env, async move { engine.call_tool(&name, args, options).await.map_err(core_err) })
         })
     }
 
