@@ -326,6 +326,95 @@ fn call_python_tool(py: Python<'_>, func: &Py<PyAny>, tool: &str, args: &Value) 
 }
 
 // ---------------------------------------------------------------------------
+// call_tool_async: a call started on the runtime, settled through a Python callback
+// ---------------------------------------------------------------------------
+
+/// A call started by `_call_tool_start` that did not finish at once; `cancel()` cancels
+/// it (a CLI tool's process is killed, a Python tool's result is dropped). Its `done`
+/// callback still runs once, with the `CancelledError`.
+#[pyclass(module = "utp._utp", name = "_PendingCall", frozen)]
+struct PyPendingCall {
+    cancel: CancellationToken,
+}
+
+#[pymethods]
+impl PyPendingCall {
+    /// Cancel the call; a no-op once it has finished.
+    fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// True once `cancel()` was called.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// `done(ok, value)`: the result as Python values (ok=True) or the error as its
+/// `utp.UtpError` instance (ok=False). What `done` raises is reported as unraisable.
+fn settle(py: Python<'_>, done: &Py<PyAny>, result: Result<Value, Error>) {
+    let (ok, value) = match result.as_ref().map_err(|e| to_py_err(py, e)).and_then(|v| to_py(py, v)) {
+        Ok(value) => (true, value),
+        Err(err) => (false, err.into_value(py).into_bound(py).into_any()),
+    };
+    if let Err(e) = done.call1(py, (ok, value)) {
+        e.write_unraisable(py, Some(done.bind(py)));
+    }
+}
+
+/// The completion side of a spawned call: `send` hands the result to `done` on a
+/// blocking-pool thread, which takes the GIL there (never a runtime worker, never the
+/// event loop's thread). Dropped without `send` (the task panicked, or its runtime
+/// went away), it settles `done` with an error from a thread of its own, so an
+/// awaiting coroutine never hangs.
+struct Delivery {
+    done: Option<Py<PyAny>>,
+    /// Keeps the runtime (and engine) alive until `done` ran, even after `close()`.
+    running: Option<Arc<Running>>,
+}
+
+impl Delivery {
+    fn send(mut self, result: Result<Value, Error>) {
+        let (done, running) = (self.done.take(), self.running.take());
+        let Some(done) = done else { return };
+        let handoff = move || {
+            Python::attach(|py| {
+                settle(py, &done, result);
+                drop(done);
+            });
+            // Outside the GIL: the last reference shuts the runtime down (without waiting).
+            drop(running);
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            drop(handle.spawn_blocking(handoff));
+        } else {
+            std::thread::spawn(handoff);
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let Some(done) = self.done.take() else { return };
+        let running = self.running.take();
+        let error = if std::thread::panicking() {
+            Error::with_code(ErrorCode::Panic, "panic in utp: the call's task panicked")
+        } else {
+            Error::with_code(ErrorCode::Cancelled, "the call was dropped before it finished (runtime shut down)")
+        };
+        // A thread of its own: this may run inside the runtime's shutdown or a panic.
+        std::thread::spawn(move || {
+            Python::attach(|py| {
+                settle(py, &done, Err(error));
+                drop(done);
+            });
+            drop(running);
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Python callables stored by the engine (tools, business rules, subscribers)
 // ---------------------------------------------------------------------------
 
@@ -949,6 +1038,75 @@ impl PyEngine {
         })
     }
 
+    /// The native half of `Engine.call_tool_async`: converts the arguments here (as
+    /// `call_tool`), then polls the call once on this thread with the GIL released,
+    /// inside the runtime's context. A call that finished in that poll (a `text` tool,
+    /// a denial, an unknown tool...) returns its result or raises its error at once;
+    /// one that waits (I/O, a Python tool, an approval...) is spawned on the runtime
+    /// and a `_PendingCall` is returned: `done(ok, value)` is then called exactly once
+    /// from a blocking-pool thread under the GIL, with the result or the error instance.
+    #[pyo3(signature = (name, args, tenant, session, timeout, user, approval_id, fail_fast_on_approval, done))]
+    #[allow(clippy::too_many_arguments)]
+    fn _call_tool_start<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        args: Option<&Bound<'py, PyAny>>,
+        tenant: Option<String>,
+        session: Option<String>,
+        timeout: Option<f64>,
+        user: Option<String>,
+        approval_id: Option<String>,
+        fail_fast_on_approval: bool,
+        done: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        guarded(py, || {
+            if !done.is_callable() {
+                return Err(invalid(py, format!("done must be callable, got {}", type_name(&done))));
+            }
+            let args = match args {
+                Some(a) if !a.is_none() => to_json(py, a, 0)?,
+                _ => Value::Null,
+            };
+            let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
+            let cancel = CancellationToken::new();
+            let options = CallOptions {
+                timeout,
+                tenant,
+                session,
+                cancel: Some(cancel.clone()),
+                user,
+                fail_fast_on_approval,
+                approval_id,
+                trace: None,
+            };
+            let r = self.running(py)?;
+            let held = r.clone();
+            let mut call = Box::pin(async move { held.engine.call_tool(&name, args, options).await });
+            // First poll: no thread hop for a call that does not wait. A Python tool or
+            // rule is only queued on the blocking pool here (never run inline), so
+            // holding nothing the GIL-taking threads need, this cannot deadlock.
+            let first = py.detach(|| {
+                let _context = r.rt().enter();
+                call.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+            });
+            match first {
+                Poll::Ready(result) => to_py(py, &result.map_err(|e| to_py_err(py, &e))?),
+                Poll::Pending => {
+                    let delivery = Delivery { done: Some(done.unbind()), running: Some(r.clone()) };
+                    // The task's first poll replaces the no-op waker.
+                    drop(r.rt().spawn(async move {
+                        let result = call.await;
+                        delivery.send(result);
+                    }));
+                    Ok(Bound::new(py, PyPendingCall { cancel })?.into_any())
+                }
+            }
+        })
+    }
+
     /// Register a Python function as the native tool `name` ("manual.tool"; the
     /// manual is created when missing). `func(args: dict)` may be sync or `async def`
     /// and runs on an engine thread; what it raises fails the call with
@@ -1499,6 +1657,7 @@ fn _utp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<PyDecision>()?;
     m.add_class::<PyIntentContext>()?;
+    m.add_class::<PyPendingCall>()?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add("__version__", utp_core::VERSION)?;
     let types = error_types(py)?;

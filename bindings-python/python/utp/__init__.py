@@ -25,7 +25,8 @@ Intents route a named kind of request to a workflow or a Python handler::
     engine.submit_intent("lookup", {"sku": "A1"}, session="s1")["output"]
 
 Every blocking method releases the GIL while Rust works and has an awaitable twin
-(``discover_async``, ``register_manual_async``...) that runs it on a worker thread.
+(``discover_async``, ``register_manual_async``...) that runs it on a worker thread;
+``call_tool_async`` is native: the call runs on the engine's own runtime.
 Errors are ``utp.UtpError`` subclasses with a stable ``.code`` (``"NOT_FOUND"``...).
 """
 
@@ -83,6 +84,16 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     import asyncio
 
     return await asyncio.to_thread(fn, *args)
+
+
+def _settle(fut: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
+    """Settle ``fut`` on its loop's thread, unless it was cancelled meanwhile."""
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
 
 
 RuleFn = Callable[[str, str, Dict[str, Any]], Any]
@@ -262,19 +273,32 @@ class Engine(_utp.Engine):
         approval_id: Optional[str] = None,
         fail_fast_on_approval: bool = False,
     ) -> Any:
-        def call() -> Any:
-            return self.call_tool(
-                name,
-                args,
-                tenant=tenant,
-                session=session,
-                timeout=timeout,
-                user=user,
-                approval_id=approval_id,
-                fail_fast_on_approval=fail_fast_on_approval,
-            )
+        """``call_tool`` as a native awaitable: the call runs on the engine's runtime,
+        not on a thread of asyncio's pool, so any number can be in flight. Cancelling
+        the awaiting task cancels the call (a CLI tool's process is killed, a Python
+        tool's result is dropped)."""
+        import asyncio
 
-        return await _in_thread(call)
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[Any]" = loop.create_future()
+
+        def done(ok: bool, value: Any) -> None:
+            # A blocking-pool thread of the engine, with the GIL: hand over to the loop.
+            try:
+                loop.call_soon_threadsafe(_settle, fut, ok, value)
+            except RuntimeError:
+                pass  # the loop was closed meanwhile: nobody awaits the result
+
+        pending = self._call_tool_start(
+            name, args, tenant, session, timeout, user, approval_id, fail_fast_on_approval, done
+        )
+        if not isinstance(pending, _utp._PendingCall):
+            return pending  # finished in its first poll (no I/O, no Python tool)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
 
     async def run_workflow_async(
         self,

@@ -9,6 +9,7 @@ __all__ = [
     "Engine",
     "Decision",
     "IntentContext",
+    "_PendingCall",
     "version",
     "__version__",
     "UtpError",
@@ -102,6 +103,14 @@ class IntentContext:
     def set_state(self, key: str, value: Any) -> bool: ...
     def to_dict(self) -> Dict[str, Any]: ...
 
+@final
+class _PendingCall:
+    """A call started by ``Engine._call_tool_start`` that did not finish at once."""
+
+    @property
+    def cancelled(self) -> bool: ...
+    def cancel(self) -> None: ...
+
 @disjoint_base
 class Engine:
     def __new__(
@@ -135,6 +144,18 @@ class Engine:
         user: Optional[str] = None,
         approval_id: Optional[str] = None,
         fail_fast_on_approval: bool = False,
+    ) -> Any: ...
+    def _call_tool_start(
+        self,
+        name: str,
+        args: Optional[Dict[str, Any]],
+        tenant: Optional[str],
+        session: Optional[str],
+        timeout: Optional[float],
+        user: Optional[str],
+        approval_id: Optional[str],
+        fail_fast_on_approval: bool,
+        done: Callable[[bool, Any], None],
     ) -> Any: ...
     def register_tool(
         self,
