@@ -7,8 +7,8 @@ Registers the manual served at BASE_URL/utcp (bench/calls' server: one http tool
 - sequentially: SEQ_N `engine.call_tool(...)` (the GIL is released while Rust works);
 - threads: CONC_N calls from CONC Python threads, each looping on `engine.call_tool`;
 - asyncio: CONC_N `await engine.call_tool_async(...)` through asyncio.gather with a
-  semaphore of CONC (call_tool_async runs call_tool on asyncio's default thread pool,
-  min(32, cpus + 4) threads, so that is how many calls are really in flight).
+  semaphore of CONC (call_tool_async is a native awaitable: the call runs on the
+  engine's runtime and settles an asyncio future, so all CONC calls are in flight).
 Prints one JSON line in the shape of bench/calls/python_utcp_calls.py (seq_calls_per_s,
 conc_calls_per_s = the threads figure) plus async_calls_per_s."""
 import asyncio
