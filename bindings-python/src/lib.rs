@@ -1016,22 +1016,8 @@ impl PyEngine {
         fail_fast_on_approval: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
-            let args = match args {
-                Some(a) if !a.is_none() => to_json(py, a, 0)?,
-                _ => Value::Null,
-            };
-            let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
-            let cancel = CancellationToken::new();
-            let options = CallOptions {
-                timeout,
-                tenant,
-                session,
-                cancel: Some(cancel.clone()),
-                user,
-                fail_fast_on_approval,
-                approval_id,
-                trace: None,
-            };
+            let (args, options, cancel) =
+                call_request(py, args, timeout, tenant, session, user, approval_id, fail_fast_on_approval)?;
             let r = self.running(py)?;
             let result = r.block_on_interruptible(py, r.engine.call_tool(name, args, options), &cancel)?;
             to_py(py, &result.map_err(|e| to_py_err(py, &e))?)
@@ -1066,22 +1052,8 @@ impl PyEngine {
             if !done.is_callable() {
                 return Err(invalid(py, format!("done must be callable, got {}", type_name(&done))));
             }
-            let args = match args {
-                Some(a) if !a.is_none() => to_json(py, a, 0)?,
-                _ => Value::Null,
-            };
-            let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
-            let cancel = CancellationToken::new();
-            let options = CallOptions {
-                timeout,
-                tenant,
-                session,
-                cancel: Some(cancel.clone()),
-                user,
-                fail_fast_on_approval,
-                approval_id,
-                trace: None,
-            };
+            let (args, options, cancel) =
+                call_request(py, args, timeout, tenant, session, user, approval_id, fail_fast_on_approval)?;
             let r = self.running(py)?;
             let held = r.clone();
             let mut call = Box::pin(async move { held.engine.call_tool(&name, args, options).await });
@@ -1669,4 +1641,36 @@ fn _utp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add("ERRORS_BY_CODE", codes)?;
     Ok(())
+}
+
+/// The arguments and options of one `call_tool` / `call_tool_async`, converted while
+/// the GIL is held; the token cancels the call.
+#[allow(clippy::too_many_arguments)]
+fn call_request(
+    py: Python<'_>,
+    args: Option<&Bound<'_, PyAny>>,
+    timeout: Option<f64>,
+    tenant: Option<String>,
+    session: Option<String>,
+    user: Option<String>,
+    approval_id: Option<String>,
+    fail_fast_on_approval: bool,
+) -> PyResult<(Value, CallOptions, CancellationToken)> {
+    let args = match args {
+        Some(a) if !a.is_none() => to_json(py, a, 0)?,
+        _ => Value::Null,
+    };
+    let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
+    let cancel = CancellationToken::new();
+    let options = CallOptions {
+        timeout,
+        tenant,
+        session,
+        cancel: Some(cancel.clone()),
+        user,
+        fail_fast_on_approval,
+        approval_id,
+        trace: None,
+    };
+    Ok((args, options, cancel))
 }
