@@ -7,17 +7,7 @@ import http from 'node:http'
 import { spawnSync } from 'node:child_process'
 
 import { Engine, UtpError, codes } from 'utp-runtime'
-import { packageDir } from './helpers.mjs'
-
-/** `promise` rejects with a UtpError of `code` whose message matches `pattern`. */
-async function rejectsWith(promise, code, pattern = /./) {
-  await assert.rejects(promise, (e) => {
-    assert.ok(e instanceof UtpError, `not a UtpError: ${e}`)
-    assert.equal(e.code, code, e.message)
-    assert.match(e.message, pattern)
-    return true
-  })
-}
+import { packageDir, rejectsWith } from './helpers.mjs'
 
 const addInputs = {
   type: 'object',

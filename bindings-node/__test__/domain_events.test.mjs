@@ -6,9 +6,7 @@ import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 
 import { Engine, Subscription, UtpError, codes } from 'utp-runtime'
-import { packageDir } from './helpers.mjs'
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+import { packageDir, sleep, rejectsWith, throwsWith } from './helpers.mjs'
 
 /** The original UTP config shape (design §6), without the trading-hours window. */
 function bettingConfig(extra = {}) {
@@ -38,31 +36,6 @@ function bettingEngine(config = undefined) {
   engine.registerTool('betfair.getOdds', () => ({ odds: 2.5 }))
   engine.registerTool('betfair.cancelBet', () => ({ cancelled: true }))
   return { engine, placed }
-}
-
-/** Assert that `promise` rejects with a UtpError of `code` whose message matches every pattern. */
-async function rejectsWith(promise, code, ...patterns) {
-  const error = await promise.then(
-    (value) => assert.fail(`expected ${code}, resolved with ${JSON.stringify(value)}`),
-    (e) => e,
-  )
-  assert.ok(error instanceof UtpError, `not a UtpError: ${error}`)
-  assert.equal(error.code, code, error.message)
-  for (const p of patterns) assert.match(error.message, p)
-  return error
-}
-
-function throwsWith(fn, code, ...patterns) {
-  let error
-  try {
-    fn()
-  } catch (e) {
-    error = e
-  }
-  assert.ok(error instanceof UtpError, `expected ${code}, got ${error}`)
-  assert.equal(error.code, code, error.message)
-  for (const p of patterns) assert.match(error.message, p)
-  return error
 }
 
 // ---------------------------------------------------------------------------

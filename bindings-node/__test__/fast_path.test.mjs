@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 
 import { Engine, UtpError, codes } from 'utp-runtime'
+import { rejectsWith } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const native = require('../native.js')
@@ -43,16 +44,6 @@ async function settlesWithoutEventLoop(promise, ticks = 50) {
   )
   for (let i = 0; i < ticks && !settled; i++) await null
   return settled
-}
-
-/** `promise` rejects with a UtpError of `code` whose message matches `pattern`. */
-async function rejectsWith(promise, code, pattern = /./) {
-  await assert.rejects(promise, (e) => {
-    assert.ok(e instanceof UtpError, `not a UtpError: ${e}`)
-    assert.equal(e.code, code, e.message)
-    assert.match(e.message, pattern)
-    return true
-  })
 }
 
 test('fast path: a text tool resolves without a turn of the event loop', async () => {

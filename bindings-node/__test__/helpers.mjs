@@ -1,6 +1,8 @@
 // Shared fixtures of the utp-runtime tests.
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
+import assert from 'node:assert/strict'
+import { UtpError } from 'utp-runtime'
 
 export const here = path.dirname(fileURLToPath(import.meta.url))
 export const packageDir = path.resolve(here, '..')
@@ -57,4 +59,33 @@ export function bulkManual(n) {
       tool_call_template: { call_template_type: 'native' },
     })),
   }
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Assert that `promise` rejects with a UtpError of `code` whose message matches every
+ * pattern (with none, that it has a message). Returns the error. */
+export async function rejectsWith(promise, code, ...patterns) {
+  const error = await promise.then(
+    (value) => assert.fail(`expected ${code}, resolved with ${JSON.stringify(value)}`),
+    (e) => e,
+  )
+  assert.ok(error instanceof UtpError, `not a UtpError: ${error}`)
+  assert.equal(error.code, code, error.message)
+  for (const p of patterns.length ? patterns : [/./]) assert.match(error.message, p)
+  return error
+}
+
+/** Assert that `fn()` throws a UtpError of `code` whose message matches every pattern. */
+export function throwsWith(fn, code, ...patterns) {
+  let error
+  try {
+    fn()
+  } catch (e) {
+    error = e
+  }
+  assert.ok(error instanceof UtpError, `expected a UtpError ${code}, got ${error}`)
+  assert.equal(error.code, code, error.message)
+  for (const p of patterns.length ? patterns : [/./]) assert.match(error.message, p)
+  return error
 }

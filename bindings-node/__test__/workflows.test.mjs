@@ -11,34 +11,7 @@ import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 
 import { Engine, UtpError, codes } from 'utp-runtime'
-import { packageDir } from './helpers.mjs'
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Assert that `promise` rejects with a UtpError of `code` whose message matches every pattern. */
-async function rejectsWith(promise, code, ...patterns) {
-  const error = await promise.then(
-    (value) => assert.fail(`expected ${code}, resolved with ${JSON.stringify(value)}`),
-    (e) => e,
-  )
-  assert.ok(error instanceof UtpError, `not a UtpError: ${error}`)
-  assert.equal(error.code, code, error.message)
-  for (const p of patterns) assert.match(error.message, p)
-  return error
-}
-
-function throwsWith(fn, code, ...patterns) {
-  let error
-  try {
-    fn()
-  } catch (e) {
-    error = e
-  }
-  assert.ok(error instanceof UtpError, `expected a UtpError ${code}, got ${error}`)
-  assert.equal(error.code, code, error.message)
-  for (const p of patterns) assert.match(error.message, p)
-  return error
-}
+import { packageDir, sleep, rejectsWith, throwsWith } from './helpers.mjs'
 
 /** A promise that `release()` resolves, for tools that wait. */
 function gate() {
