@@ -56,12 +56,18 @@ impl Inner {
 }
 
 impl Store for MemoryStore {
-    fn put_execution(&self, row: ExecutionRow) -> Commit {
+    fn put_execution_with_events(&self, row: ExecutionRow, events: Vec<Value>) -> Commit {
         let prepared = match prepare_execution(row) {
             Ok(p) => p,
             Err(e) => return Commit::ready(Err(e)),
         };
-        self.inner.lock().executions.insert(prepared.row.id.clone(), prepared);
+        let events = match prepare_events(events) {
+            Ok(e) => e,
+            Err(e) => return Commit::ready(Err(e)),
+        };
+        let mut inner = self.inner.lock();
+        inner.executions.insert(prepared.row.id.clone(), prepared);
+        inner.append_events(events);
         Commit::ready(Ok(()))
     }
 

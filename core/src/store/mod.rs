@@ -163,7 +163,12 @@ pub fn is_unfinished(status: &str) -> bool {
 /// Persistence for the engine. Writes return a [`Commit`]; reads see every resolved commit.
 pub trait Store: Send + Sync + 'static {
     /// Insert or replace an execution's header.
-    fn put_execution(&self, row: ExecutionRow) -> Commit;
+    fn put_execution(&self, row: ExecutionRow) -> Commit {
+        self.put_execution_with_events(row, Vec::new())
+    }
+    /// An execution's header and the events of that transition (its start or its
+    /// end), in ONE transaction.
+    fn put_execution_with_events(&self, row: ExecutionRow, events: Vec<Value>) -> Commit;
     /// One step's record, the execution's new status and the events of that
     /// transition, in ONE transaction (one commit per step completion).
     fn put_step(&self, step: StepRow, execution_status: Option<String>, events: Vec<Value>) -> Commit;

@@ -69,7 +69,7 @@ struct Counters {
 }
 
 enum Op {
-    Execution(Box<PreparedExecution>),
+    Execution { execution: Box<PreparedExecution>, events: Vec<PreparedEvent> },
     Step { step: Box<StepRow>, status: Option<String>, events: Vec<PreparedEvent> },
     Events(Vec<PreparedEvent>),
     Approval(PreparedApproval),
@@ -429,7 +429,7 @@ impl Writer {
     fn apply(&self, op: &Op) -> Result<()> {
         let err = |doing: &'static str| move |e| sql_error(&self.path, doing, e);
         match op {
-            Op::Execution(e) => {
+            Op::Execution { execution: e, events } => {
                 let r = &e.row;
                 self.conn
                     .prepare_cached(
@@ -458,6 +458,7 @@ impl Writer {
                         ])
                     })
                     .map_err(err("writing an execution"))?;
+                self.insert_events(events)?;
             }
             Op::Step { step, status, events } => {
                 let changed = match status {
@@ -722,9 +723,9 @@ fn limit_of(limit: Option<usize>) -> i64 {
 }
 
 impl Store for SqliteStore {
-    fn put_execution(&self, row: ExecutionRow) -> Commit {
-        match prepare_execution(row) {
-            Ok(p) => self.write(Op::Execution(Box::new(p))),
+    fn put_execution_with_events(&self, row: ExecutionRow, events: Vec<Value>) -> Commit {
+        match prepare_execution(row).and_then(|p| Ok((p, prepare_events(events)?))) {
+            Ok((p, events)) => self.write(Op::Execution { execution: Box::new(p), events }),
             Err(e) => Commit::ready(Err(e)),
         }
     }
