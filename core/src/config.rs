@@ -155,7 +155,7 @@ impl PostProcessorScope {
     }
 }
 
-/// A duration from seconds (number) or text: "250ms", "5s", "2m", "1h", "1.5".
+/// A duration from seconds (number) or text: "250ms", "5s", "2m", "1h", "30d", "1.5".
 pub fn parse_duration(value: &Value) -> std::result::Result<std::time::Duration, String> {
     let secs = match value {
         Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a duration"))?,
@@ -169,12 +169,16 @@ pub fn parse_duration(value: &Value) -> std::result::Result<std::time::Duration,
                 (v, 60.0)
             } else if let Some(v) = t.strip_suffix('h') {
                 (v, 3600.0)
+            } else if let Some(v) = t.strip_suffix('d') {
+                (v, 86400.0)
             } else {
                 (t, 1.0)
             };
             num.trim().parse::<f64>().map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m)"))? * scale
         }
-        other => return Err(format!("{other} is not a duration (seconds, or text like 500ms, 30s, 2m)")),
+        other => {
+            return Err(format!("{other} is not a duration (seconds, or text like 500ms, 30s, 2m)"));
+        }
     };
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("{value} is not a valid duration (must be 0 or more seconds)"));

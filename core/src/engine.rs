@@ -78,7 +78,9 @@ fn add_idempotency_key(template: &mut CallTemplate, options: &CallOptions) {
         CallTemplate::StreamableHttp(t) => (&t.extra, &mut t.request),
         _ => return,
     };
-    let Some(Value::String(header)) = extra.get("idempotency_header") else { return };
+    let Some(Value::String(header)) = extra.get("idempotency_header") else {
+        return;
+    };
     let key = format!("{}:{}", trace.execution_id, trace.step_id);
     request.headers.get_or_insert_with(Map::new).insert(header.clone(), Value::String(key));
 }
@@ -129,6 +131,8 @@ struct Inner {
     events: EventBus,
     domain: Domain,
     workflows: crate::workflow::WorkflowRuntime,
+    /// The SQLite store, when the config names one (`None`: memory).
+    durable: Option<crate::durable::Durable>,
 }
 
 #[derive(Clone)]
@@ -158,7 +162,40 @@ impl Engine {
         let workflows = crate::workflow::WorkflowRuntime::from_config(&config.other)
             .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
         let registry = Registry::new();
-        Ok(Engine { inner: Arc::new(Inner { config, vars, registry, transports, events, domain, workflows }) })
+        let durable = crate::durable::Durable::open(crate::durable::StoreConfig::from_config(&config)?, &events)?;
+        let engine = Engine {
+            inner: Arc::new(Inner { config, vars, registry, transports, events, domain, workflows, durable }),
+        };
+        engine.load_from_store()?;
+        Ok(engine)
+    }
+
+    /// A ready engine: [`Engine::new`], the config's `manuals` registered, and (with a
+    /// store whose `recover` is on, the default) the executions a previous process
+    /// left unfinished resumed on the current tokio runtime. What the bindings and the CLI open.
+    pub async fn open(config: Config) -> Result<Engine> {
+        let engine = Engine::new(config)?;
+        engine.register_configured_manuals().await?;
+        if engine.durable().is_some_and(|d| d.config.recover) {
+            engine.recover().await?;
+        }
+        Ok(engine)
+    }
+
+    /// The store executions and events are persisted in (`None` with `store: memory`).
+    pub fn store(&self) -> Option<&Arc<dyn crate::store::Store>> {
+        self.inner.durable.as_ref().map(|d| &d.store)
+    }
+
+    pub(crate) fn durable(&self) -> Option<&crate::durable::Durable> {
+        self.inner.durable.as_ref()
+    }
+
+    /// Retention now: delete finished executions (with their steps) and events
+    /// older than `age` from the store, never touching unfinished executions.
+    /// Rows deleted; 0 without a store.
+    pub fn prune_store(&self, age: Duration) -> Result<usize> {
+        self.durable().map_or(Ok(0), |d| d.prune(age))
     }
 
     /// A new engine from config JSON (`null` or `{}` for defaults).

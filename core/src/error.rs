@@ -79,6 +79,11 @@ impl ErrorCode {
     pub fn from_i32(value: i32) -> Option<ErrorCode> {
         ErrorCode::ALL.iter().copied().find(|c| *c as i32 == value)
     }
+
+    /// The code named `name` (as [`ErrorCode::as_str`] spells it).
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == name)
+    }
 }
 
 impl fmt::Display for ErrorCode {

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod discovery;
 pub mod domain;
+mod durable;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -23,6 +24,7 @@ pub mod workflow;
 pub use config::Config;
 pub use discovery::{DiscoveryReport, FileReport, Outcome};
 pub use domain::{ApprovalInfo, ApprovalStatus, HostRule, HostVerdict};
+pub use durable::StoreConfig;
 pub use engine::{CallOptions, CallTrace, Engine, ManualSource};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};

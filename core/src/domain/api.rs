@@ -86,6 +86,10 @@ impl Engine {
             return approvals.consume(id, call.tool).map(|()| id.to_string());
         }
         let (info, mut rx) = approvals.request(call.tool, call.tenant, call.session, decision.reason());
+        if let Some(commit) = self.persist_approval(&info) {
+            // Recorded before anyone is told of it, so an approval id never outlives a crash unknown.
+            commit.wait().await?;
+        }
         let mut data = decision.to_value();
         data["approval_id"] = Value::String(info.id.clone());
         self.publish(call, options, Event::new(kinds::APPROVAL_REQUESTED).data(data));
@@ -147,7 +151,9 @@ impl Engine {
         let params = match args {
             Value::Null => Map::new(),
             Value::Object(m) => m,
-            _ => return Err(Error::InvalidArgument("args must be an object (or null)".into())),
+            _ => {
+                return Err(Error::InvalidArgument("args must be an object (or null)".into()));
+            }
         };
         let options = CallOptions { tenant: tenant.map(str::to_string), ..CallOptions::default() };
         let call = call_of(&tool, &params, &options);
@@ -183,6 +189,9 @@ impl Engine {
     /// fail-fast caller may call again with `CallOptions::approval_id`.
     pub fn approve(&self, approval_id: &str, approved: bool, reason: Option<&str>) -> Result<ApprovalInfo> {
         let info = self.domain().approvals.resolve(approval_id, approved, reason)?;
+        if let Some(commit) = self.persist_approval(&info) {
+            commit.wait_blocking()?;
+        }
         let mut event = Event::new(kinds::APPROVAL_RESOLVED)
             .tool(info.tool.clone())
             .data(json!({"approval_id": info.id, "approved": approved, "reason": reason}));

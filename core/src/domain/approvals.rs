@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// Resolved approvals kept for listing; older ones are dropped past this count.
 const KEEP_RESOLVED: usize = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalStatus {
     Pending,
@@ -21,7 +21,7 @@ pub enum ApprovalStatus {
     Denied,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApprovalInfo {
     pub id: String,
     pub tool: String,
@@ -86,6 +86,15 @@ impl Approvals {
         }
         entries.insert(id, Entry { info: info.clone(), seq, used: false, tx });
         (info, rx)
+    }
+
+    /// Take back an approval a previous process recorded (the store): it keeps its
+    /// id and status; an approved one lets one call through again, since the call
+    /// it was granted for may not have run before that process stopped.
+    pub fn restore(&self, info: ApprovalInfo) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, _) = watch::channel(info.status);
+        self.entries.lock().entry(info.id.clone()).or_insert(Entry { info, seq, used: false, tx });
     }
 
     /// Approve or deny a pending approval.

@@ -197,7 +197,13 @@ struct Inner {
     /// Serialises subscribe/unsubscribe (publishers never take it).
     writer: Mutex<u64>,
     metrics: Arc<Metrics>,
+    /// Sees every event, in id order, as it is published (the store's audit log).
+    sink: std::sync::OnceLock<EventSink>,
 }
+
+/// Called with every published event, in id order, under the publish lock: it must
+/// not block (the store's sink only queues the event for its writer).
+pub type EventSink = Box<dyn Fn(&Arc<Event>) + Send + Sync>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -237,6 +243,7 @@ impl EventBus {
                 subs: ArcSwap::from_pointee(Vec::new()),
                 writer: Mutex::new(0),
                 metrics: Arc::new(Metrics::default()),
+                sink: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -251,26 +258,39 @@ impl EventBus {
     ///
     /// `policy.denied` and `ratelimit.limited` events also count in the metrics
     /// (per `tool`), so the domain layer only publishes.
-    pub fn publish(&self, mut event: Event) -> u64 {
+    pub fn publish(&self, event: Event) -> u64 {
+        self.publish_shared(event).id
+    }
+
+    /// As [`EventBus::publish`], returning the event as published (with its id).
+    pub fn publish_shared(&self, mut event: Event) -> Arc<Event> {
         self.observe(&event);
         let inner = &*self.inner;
         let subs = inner.subs.load();
-        let id = {
+        let event = {
             let mut guard = inner.history.lock();
             let (next, history) = &mut *guard;
             *next += 1;
             event.id = *next;
             let event = Arc::new(event);
             history.push(&event);
+            if let Some(sink) = inner.sink.get() {
+                sink(&event);
+            }
             for s in subs.iter() {
                 if s.pattern.matches(&event.kind) {
                     s.offer(&event, &inner.metrics);
                 }
             }
-            event.id
+            event
         };
         inner.metrics.published.fetch_add(1, Relaxed);
-        id
+        event
+    }
+
+    /// Install the sink that sees every event from now on (once per bus; false if one is set).
+    pub fn set_sink(&self, sink: EventSink) -> bool {
+        self.inner.sink.set(sink).is_ok()
     }
 
     /// The metrics derived from events: `policy.denied` and `ratelimit.limited`

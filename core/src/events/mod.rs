@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-pub use bus::{EventBus, EventHandler, SubscriptionId, SubscriptionInfo};
+pub use bus::{EventBus, EventHandler, EventSink, SubscriptionId, SubscriptionInfo};
 pub use glob::Pattern;
 pub use history::HistoryFilter;
 pub use metrics::{LATENCY_BUCKETS, Metrics};

@@ -100,26 +100,92 @@ impl Engine {
             options.timeout,
             options.cancel.unwrap_or_default(),
         ));
+        self.spawn_execution(exec.clone(), false, &runtime);
+        Ok(exec)
+    }
+
+    fn spawn_execution(&self, exec: Arc<Execution>, recovered: bool, runtime: &tokio::runtime::Handle) {
         self.workflows().executions.insert(exec.clone());
-        let (engine, run) = (self.clone(), exec.clone());
+        let engine = self.clone();
         runtime.spawn(async move {
-            let id = run.id.clone();
-            super::runner::run(engine.clone(), run).await;
+            let id = exec.id.clone();
+            super::runner::run(engine.clone(), exec, recovered).await;
             engine.workflows().executions.finished(&id);
         });
-        Ok(exec)
+    }
+
+    /// Resume the executions a previous process left unfinished in the store, on the
+    /// current tokio runtime: steps it committed keep their results and never run
+    /// again; the rest run now. An execution whose workflow no longer validates (a
+    /// tool it uses is not registered yet) stays in the store, untouched, for a later
+    /// call (after the host registers its tools). Returns the ids resumed; without a
+    /// store, none. [`Engine::open`] calls this.
+    pub async fn recover(&self) -> Result<Vec<String>> {
+        let Some(durable) = self.durable() else {
+            return Ok(Vec::new());
+        };
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Internal("recover needs a tokio runtime".into()))?;
+        let store = durable.store.clone();
+        let unfinished = tokio::task::spawn_blocking(move || store.unfinished())
+            .await
+            .map_err(|e| Error::Internal(format!("reading unfinished executions: {e}")))??;
+        let mut resumed = Vec::new();
+        for (row, steps) in unfinished {
+            if self.workflows().executions.get(&row.id).is_some() {
+                continue; // already running in this engine
+            }
+            let workflow = match Workflow::compile(row.definition.clone(), self) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(execution = %row.id, "not resumed (call recover again once its tools are registered): {e}");
+                    continue;
+                }
+            };
+            let mut records = vec![super::execution::StepRecord::default(); workflow.steps.len()];
+            for step in &steps {
+                if let Some(i) = workflow.steps.iter().position(|s| s.id == step.step_id) {
+                    records[i] = crate::durable::step_record(step);
+                }
+            }
+            let exec = Arc::new(Execution::restore(
+                row.id.clone(),
+                workflow,
+                row.inputs.clone(),
+                row.tenant.clone(),
+                row.session.clone(),
+                row.user.clone(),
+                row.timeout_ms.map(Duration::from_millis),
+                crate::durable::created_at(&row),
+                records,
+                row.status == "suspended",
+            ));
+            self.spawn_execution(exec, true, &runtime);
+            resumed.push(row.id);
+        }
+        Ok(resumed)
     }
 
     fn execution_handle(&self, id: &str) -> Result<Arc<Execution>> {
         self.workflows().executions.get(id).ok_or_else(|| Error::NotFound(format!("no execution with id '{id}'")))
     }
 
-    /// An execution's full record.
+    /// An execution's full record: a live one of this engine, else (with a store)
+    /// one a previous process recorded.
     pub fn execution(&self, id: &str) -> Result<Value> {
-        Ok(self.execution_handle(id)?.to_value(true))
+        if let Some(exec) = self.workflows().executions.get(id) {
+            return Ok(exec.to_value(true));
+        }
+        if let Some(store) = self.store() {
+            if let Some((row, steps)) = store.execution(id)? {
+                return Ok(crate::durable::record_from_rows(&row, &steps, true));
+            }
+        }
+        Err(Error::NotFound(format!("no execution with id '{id}'")))
     }
 
-    /// Executions (without step outputs), oldest first, optionally by status and session.
+    /// Executions (without step outputs), oldest first, optionally by status and
+    /// session. With a store: every execution it holds, live ones as they stand now.
     pub fn executions(&self, status: Option<&str>, session: Option<&str>) -> Result<Vec<Value>> {
         let status = match status {
             None => None,
@@ -129,21 +195,56 @@ impl Engine {
                 ))
             })?),
         };
-        let mut list: Vec<Arc<Execution>> = self
+        let mut list: Vec<(String, Value)> = self
             .workflows()
             .executions
             .all()
             .into_iter()
             .filter(|e| status.is_none_or(|s| e.status() == s))
             .filter(|e| session.is_none_or(|s| e.session.as_deref() == Some(s)))
+            .map(|e| (e.id.clone(), e.to_value(false)))
             .collect();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(list.iter().map(|e| e.to_value(false)).collect())
+        if let Some(store) = self.store() {
+            let live: std::collections::HashSet<String> = list.iter().map(|(id, _)| id.clone()).collect();
+            let filter = crate::store::ExecutionFilter {
+                status: status.map(|s| s.as_str().to_string()),
+                session: session.map(str::to_string),
+                ..Default::default()
+            };
+            for row in store.executions(&filter)? {
+                // A live execution's own record wins (its status may be newer than its last commit).
+                if live.contains(&row.id) || self.workflows().executions.get(&row.id).is_some() {
+                    continue;
+                }
+                let steps = store.execution(&row.id)?.map(|(_, steps)| steps).unwrap_or_default();
+                list.push((row.id.clone(), crate::durable::record_from_rows(&row, &steps, false)));
+            }
+        }
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(list.into_iter().map(|(_, v)| v).collect())
     }
 
-    /// Wait for an execution to finish; its full record.
+    /// Events from the store's audit log (every process that used it), in store
+    /// order; without a store, this engine's in-memory history in the same shape.
+    pub fn stored_events(&self, filter: &crate::store::EventFilter) -> Result<Vec<Value>> {
+        if let Some(store) = self.store() {
+            return store.events(filter);
+        }
+        let history = crate::events::HistoryFilter {
+            kind: filter.kind.clone(),
+            execution_id: filter.execution_id.clone(),
+            since: filter.after_id,
+            limit: filter.limit,
+            ..Default::default()
+        };
+        Ok(self.history(&history).iter().map(|e| e.to_value()).collect())
+    }
+
+    /// Wait for an execution to finish; its full record (one only in the store has finished, or will not run here).
     pub async fn wait_execution(&self, id: &str) -> Result<Value> {
-        let exec = self.execution_handle(id)?;
+        let Some(exec) = self.workflows().executions.get(id) else {
+            return self.execution(id);
+        };
         exec.wait().await;
         Ok(exec.to_value(true))
     }
@@ -178,7 +279,16 @@ impl Engine {
 
     /// Set one key of a session's state (`null` removes it). False without a session.
     pub fn set_session_value(&self, tenant: Option<&str>, session: Option<&str>, key: &str, value: Value) -> bool {
-        self.workflows().sessions.set(tenant, session, key, value)
+        let set = self.workflows().sessions.set(tenant, session, key, value);
+        if set {
+            if let Some(commit) = self.persist_session(tenant, session) {
+                // A step's writes are covered by its own commit (FIFO writer); an API call's is waited for.
+                if let Err(e) = commit.wait_blocking() {
+                    tracing::warn!("session state not persisted: {e}");
+                }
+            }
+        }
+        set
     }
 
     /// The circuit breakers, one per tool.

@@ -245,6 +245,49 @@ impl Execution {
         self.state.lock().clone()
     }
 
+    /// The state without its steps (what an execution's header row holds).
+    pub fn snapshot_header(&self) -> ExecutionState {
+        let s = self.state.lock();
+        ExecutionState {
+            status: s.status,
+            steps: Vec::new(),
+            outputs: s.outputs.clone(),
+            error: s.error.clone(),
+            created_at: s.created_at,
+            finished_at: s.finished_at,
+            waiting_approvals: s.waiting_approvals,
+            suspended: s.suspended,
+            warnings: s.warnings.clone(),
+        }
+    }
+
+    /// An execution a previous process left unfinished, with the steps it committed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        id: String,
+        workflow: Arc<Workflow>,
+        inputs: Value,
+        tenant: Option<String>,
+        session: Option<String>,
+        user: Option<String>,
+        timeout: Option<std::time::Duration>,
+        created_at: SystemTime,
+        steps: Vec<StepRecord>,
+        suspended: bool,
+    ) -> Execution {
+        let exec = Execution::new(id, workflow, inputs, tenant, session, user, timeout, CancellationToken::new());
+        {
+            let mut s = exec.state.lock();
+            s.created_at = created_at;
+            for (slot, rec) in s.steps.iter_mut().zip(steps) {
+                *slot = rec;
+            }
+            s.suspended = suspended;
+        }
+        exec.suspend.send_replace(suspended);
+        exec
+    }
+
     /// The live status, derived from the flags the runner and the API set.
     pub fn refresh_status(state: &mut ExecutionState) {
         if state.status.is_finished() || state.status == ExecutionStatus::Created {

@@ -26,23 +26,35 @@ enum StepEnd {
     Failed { error: Error, fatal: bool },
 }
 
-/// Run `exec` to its end. Never panics on user input; every outcome is recorded.
-pub async fn run(engine: Engine, exec: Arc<Execution>) {
+/// Run `exec` to its end. Never panics on user input; every outcome is recorded
+/// (and, with a store, committed: each step before its dependants start).
+///
+/// A `recovered` execution was left unfinished by a previous process: the steps it
+/// committed keep their records and never run again; the others (including one
+/// that was running) run now, with the same idempotency keys.
+pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
     let started = Instant::now();
     let wf = exec.workflow.clone();
     exec.with_state(|s| {
         s.status = ExecutionStatus::Running;
         Execution::refresh_status(s);
     });
-    engine.events().publish(event(&exec, kinds::WORKFLOW_STARTED).data(json!({"steps": wf.steps.len()})));
+    let start = if recovered {
+        engine.events().publish(event(&exec, kinds::WORKFLOW_RESUMED).data(json!({"recovered": true})));
+        engine.persist_header(&exec, None).await
+    } else {
+        let started = engine
+            .events()
+            .publish_shared(event(&exec, kinds::WORKFLOW_STARTED).data(json!({"steps": wf.steps.len()})));
+        engine.persist_header(&exec, Some(&started)).await
+    };
     let deadline = exec.timeout.map(|t| tokio::time::Instant::now() + t);
     // Step calls get a child token: failing or timing out the run cancels them too.
     let calls = exec.cancel.child_token();
-    let mut waiting: Vec<usize> = wf.steps.iter().map(|s| s.deps.len()).collect();
-    let mut ready: std::collections::VecDeque<usize> = (0..wf.steps.len()).filter(|&i| waiting[i] == 0).collect();
+    let (mut waiting, mut ready, earlier_failure) = schedule(&exec);
     let mut running = FuturesUnordered::new();
     let mut suspended = exec.suspended();
-    let mut failure: Option<Error> = None;
+    let mut failure: Option<Error> = start.err().or(earlier_failure);
     let mut timed_out = false;
     loop {
         let stopping = failure.is_some() || timed_out || exec.cancel.is_cancelled();
@@ -50,7 +62,10 @@ pub async fn run(engine: Engine, exec: Arc<Execution>) {
             let Some(i) = ready.pop_front() else { break };
             match skip_reason(&engine, &exec, i) {
                 Ok(Some(reason)) => {
-                    skip(&engine, &exec, i, reason);
+                    let skipped = skip(&engine, &exec, i, reason);
+                    if let Err(e) = engine.persist_step(&exec, i, Some(&skipped)).await {
+                        failure.get_or_insert(e);
+                    }
                     release(&wf.dependants[i], &mut waiting, &mut ready);
                 }
                 Ok(None) => {
@@ -61,7 +76,10 @@ pub async fn run(engine: Engine, exec: Arc<Execution>) {
                 Err(e) => {
                     // The `if` could not be evaluated: the step fails, as any step error.
                     let fatal = !matches!(wf.steps[i].on_error, OnError::Continue);
-                    mark_failed(&engine, &exec, i, &e);
+                    let failed = mark_failed(&engine, &exec, i, &e);
+                    if let Err(e) = engine.persist_step(&exec, i, Some(&failed)).await {
+                        failure.get_or_insert(e);
+                    }
                     if fatal {
                         failure.get_or_insert(e);
                     } else {
@@ -85,11 +103,20 @@ pub async fn run(engine: Engine, exec: Arc<Execution>) {
         tokio::select! {
             Some((i, end)) = running.next() => match end {
                 StepEnd::Succeeded(output) => {
-                    mark_succeeded(&engine, &exec, i, output);
+                    let completed = mark_succeeded(&engine, &exec, i, output);
+                    // Committed before any dependant starts: a completed step never runs twice.
+                    if let Err(e) = engine.persist_step(&exec, i, Some(&completed)).await {
+                        calls.cancel();
+                        failure.get_or_insert(e);
+                    }
                     release(&wf.dependants[i], &mut waiting, &mut ready);
                 }
                 StepEnd::Failed { error, fatal } => {
-                    mark_failed(&engine, &exec, i, &error);
+                    let failed = mark_failed(&engine, &exec, i, &error);
+                    if let Err(e) = engine.persist_step(&exec, i, Some(&failed)).await {
+                        calls.cancel();
+                        failure.get_or_insert(e);
+                    }
                     if fatal {
                         calls.cancel();
                         failure.get_or_insert(error);
@@ -107,14 +134,38 @@ pub async fn run(engine: Engine, exec: Arc<Execution>) {
                 if changed.is_ok() {
                     let kind = if *suspended.borrow() { kinds::WORKFLOW_SUSPENDED } else { kinds::WORKFLOW_RESUMED };
                     engine.events().publish(event(&exec, kind));
+                    if let Err(e) = engine.persist_header(&exec, None).await {
+                        failure.get_or_insert(e);
+                    }
                 }
             }
         }
     }
-    finish(&engine, &exec, failure, timed_out, started);
+    finish(&engine, &exec, failure, timed_out, started).await;
 }
 
-fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed_out: bool, started: Instant) {
+/// Where a run starts: how many unfinished dependencies each step waits for, the
+/// steps ready now, and the failure a previous process already committed (a failed
+/// step whose `on_error` is not `continue`). For a new execution: every step pending.
+fn schedule(exec: &Execution) -> (Vec<usize>, std::collections::VecDeque<usize>, Option<Error>) {
+    let wf = &exec.workflow;
+    exec.with_state(|s| {
+        let done = |d: usize| s.steps[d].status != StepStatus::Pending;
+        let waiting: Vec<usize> = wf.steps.iter().map(|step| step.deps.iter().filter(|&&d| !done(d)).count()).collect();
+        let ready = (0..wf.steps.len()).filter(|&i| !done(i) && waiting[i] == 0).collect();
+        let failure = wf.steps.iter().zip(&s.steps).find_map(|(step, rec)| {
+            let fatal = !matches!(step.on_error, OnError::Continue);
+            (fatal && rec.status == StepStatus::Failed).then(|| {
+                rec.error
+                    .as_ref()
+                    .map_or_else(|| Error::Internal(format!("step '{}' failed", step.id)), ErrorInfo::to_error)
+            })
+        });
+        (waiting, ready, failure)
+    })
+}
+
+async fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed_out: bool, started: Instant) {
     let wf = &exec.workflow;
     let (status, error) = if exec.cancel.is_cancelled() {
         (ExecutionStatus::Cancelled, Some(Error::Cancelled(format!("execution '{}' was cancelled", exec.id))))
@@ -132,12 +183,20 @@ fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed_out: 
             ExecutionStatus::Cancelled => "not run: the execution was cancelled".to_string(),
             _ => format!("not run: the execution failed ({})", e.code().as_str()),
         };
-        exec.with_state(|s| {
-            for rec in s.steps.iter_mut().filter(|r| r.status == StepStatus::Pending) {
+        let not_run: Vec<usize> = exec.with_state(|s| {
+            let mut not_run = Vec::new();
+            for (i, rec) in s.steps.iter_mut().enumerate().filter(|(_, r)| r.status == StepStatus::Pending) {
                 rec.status = StepStatus::Skipped;
                 rec.note = Some(reason.clone());
+                not_run.push(i);
             }
+            not_run
         });
+        for i in not_run {
+            if let Err(e) = engine.persist_step(exec, i, None).await {
+                tracing::warn!(execution = %exec.id, "step not persisted: {e}");
+            }
+        }
     }
     let outputs = if status == ExecutionStatus::Completed { outputs(engine, exec) } else { Value::Null };
     let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
@@ -149,8 +208,14 @@ fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed_out: 
         (_, None) => (kinds::WORKFLOW_ERROR, json!({"duration_ms": duration_ms})),
     };
     exec.finish(status, outputs, info);
-    // The final event is in the history before `run_workflow` / `wait` return.
-    engine.events().publish(event(exec, kind).data(data));
+    // The final event is in the history (and committed with the final state) before
+    // `run_workflow` / `wait` return.
+    let last = engine.events().publish_shared(event(exec, kind).data(data));
+    if let Err(e) = engine.persist_header(exec, Some(&last)).await {
+        // The run ended but its end is not recorded: say so rather than report success.
+        tracing::warn!(execution = %exec.id, "final state not persisted: {e}");
+        exec.finish(ExecutionStatus::Failed, Value::Null, Some(ErrorInfo::of(&e)));
+    }
     exec.notify_finished();
 }
 
@@ -198,7 +263,9 @@ fn skip_reason(engine: &Engine, exec: &Execution, i: usize) -> Result<Option<Str
     if let Some(dep) = skipped_dep {
         return Ok(Some(format!("dependency '{dep}' was skipped")));
     }
-    let Some(condition) = &step.condition else { return Ok(None) };
+    let Some(condition) = &step.condition else {
+        return Ok(None);
+    };
     let refs = condition.referenced_steps();
     match with_scope(engine, exec, &condition.referenced_variables(), &refs, |scope| condition.evaluate(scope)) {
         Ok(true) => Ok(None),
@@ -249,16 +316,16 @@ fn mark_started(engine: &Engine, exec: &Execution, i: usize) {
     engine.events().publish(step_event(exec, i, kinds::STEP_STARTED));
 }
 
-fn skip(engine: &Engine, exec: &Execution, i: usize, reason: String) {
+fn skip(engine: &Engine, exec: &Execution, i: usize, reason: String) -> Arc<Event> {
     exec.with_state(|s| {
         let rec = &mut s.steps[i];
         rec.status = StepStatus::Skipped;
         rec.note = Some(reason.clone());
     });
-    engine.events().publish(step_event(exec, i, kinds::STEP_SKIPPED).data(json!({"reason": reason})));
+    engine.events().publish_shared(step_event(exec, i, kinds::STEP_SKIPPED).data(json!({"reason": reason})))
 }
 
-fn mark_succeeded(engine: &Engine, exec: &Execution, i: usize, output: Value) {
+fn mark_succeeded(engine: &Engine, exec: &Execution, i: usize, output: Value) -> Arc<Event> {
     let step = &exec.workflow.steps[i];
     let (attempts, duration_ms, fallback) = exec.with_state(|s| {
         let rec = &mut s.steps[i];
@@ -277,7 +344,7 @@ fn mark_succeeded(engine: &Engine, exec: &Execution, i: usize, output: Value) {
         }
     }
     let data = json!({"attempts": attempts, "duration_ms": (duration_ms * 1e3).round() / 1e3, "fallback": fallback});
-    engine.events().publish(step_event(exec, i, kinds::STEP_COMPLETED).data(data));
+    engine.events().publish_shared(step_event(exec, i, kinds::STEP_COMPLETED).data(data))
 }
 
 fn write_state(engine: &Engine, exec: &Execution, i: usize) -> Result<()> {
@@ -288,13 +355,16 @@ fn write_state(engine: &Engine, exec: &Execution, i: usize) -> Result<()> {
         let value = with_scope(engine, exec, &template.referenced_variables(), &refs, |scope| template.evaluate(scope));
         values.push((key.clone(), value.map_err(Error::ValidationFailed)?));
     }
+    let (tenant, session) = (exec.tenant.as_deref(), exec.session.as_deref());
     for (key, value) in values {
-        engine.set_session_value(exec.tenant.as_deref(), exec.session.as_deref(), &key, value);
+        engine.workflows().sessions.set(tenant, session, &key, value);
     }
+    // Not awaited: the step's own commit, queued after it, covers it.
+    drop(engine.persist_session(tenant, session));
     Ok(())
 }
 
-fn mark_failed(engine: &Engine, exec: &Execution, i: usize, error: &Error) {
+fn mark_failed(engine: &Engine, exec: &Execution, i: usize, error: &Error) -> Arc<Event> {
     let attempts = exec.with_state(|s| {
         let rec = &mut s.steps[i];
         rec.status = StepStatus::Failed;
@@ -303,7 +373,7 @@ fn mark_failed(engine: &Engine, exec: &Execution, i: usize, error: &Error) {
         rec.attempts
     });
     let data = json!({"code": error.code().as_str(), "message": error.to_string(), "attempts": attempts});
-    engine.events().publish(step_event(exec, i, kinds::STEP_FAILED).data(data));
+    engine.events().publish_shared(step_event(exec, i, kinds::STEP_FAILED).data(data))
 }
 
 /// One step: evaluate its arguments, call its tool with retries, fall back if told to.
@@ -385,8 +455,11 @@ async fn call_with_retries(
 ) -> Result<Value> {
     let step = &exec.workflow.steps[i];
     let mut attempt = 1u32;
+    // A step recovered while it waited for an approval waits for that same approval.
+    let mut approval =
+        exec.with_state(|s| s.steps[i].approval_id.clone()).filter(|id| engine.domain().approvals.get(id).is_some());
     loop {
-        let result = call_once(engine, exec, i, tool, args.clone(), deadline, cancel, None).await;
+        let result = call_once(engine, exec, i, tool, args.clone(), deadline, cancel, approval.take()).await;
         let error = match result {
             Ok(v) => return Ok(v),
             Err(e) => e,
@@ -394,7 +467,9 @@ async fn call_with_retries(
         if attempt >= step.retry.max_attempts || cancel.is_cancelled() {
             return Err(error);
         }
-        let Some(delay) = step.retry.delay_after(&error, attempt + 1, fastrand::f64()) else { return Err(error) };
+        let Some(delay) = step.retry.delay_after(&error, attempt + 1, fastrand::f64()) else {
+            return Err(error);
+        };
         // A retry that cannot start before the deadline is not made.
         if deadline.is_some_and(|d| tokio::time::Instant::now() + delay >= d) {
             return Err(error);
@@ -491,6 +566,8 @@ async fn wait_for_approval(engine: &Engine, exec: &Execution, i: usize, id: &str
         s.waiting_approvals += 1;
         Execution::refresh_status(s);
     });
+    // A process that stops now leaves the approval id with the step: the next one waits for it.
+    engine.persist_step(exec, i, None).await?;
     let status = tokio::select! {
         status = rx.wait_for(|s| *s != ApprovalStatus::Pending) => status.map(|s| *s).unwrap_or(ApprovalStatus::Denied),
         _ = cancel.cancelled() => ApprovalStatus::Pending,
