@@ -19,6 +19,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyT
 use pyo3::PyTraverseError;
 use serde_json::{Map, Number, Value};
 use utp_core::events::{Pattern, kinds};
+use utp_core::store::EventFilter;
 use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, RunOptions, WorkflowSource};
 use utp_core::{
     CallOptions, CancellationToken, Config, Engine as CoreEngine, Error, ErrorCode, Event, EventHandler, HistoryFilter,
@@ -800,15 +801,54 @@ fn load_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Co
     Config::load(std::path::Path::new(&path)).map_err(|e| to_py_err(py, &e))
 }
 
-fn check_store(py: Python<'_>, store: &str) -> PyResult<()> {
-    match store {
-        "memory" => Ok(()),
-        s if s.starts_with("sqlite:") => Err(invalid(
-            py,
-            format!("store '{s}': the SQLite store is not available in this version yet; use store=\"memory\""),
-        )),
-        s => Err(invalid(py, format!("store must be \"memory\" or \"sqlite:PATH\", got '{s}'"))),
+/// The `store=` argument: "memory" (the default) keeps the config's store (memory
+/// unless the config names one); "sqlite:PATH" replaces the config's store url and
+/// keeps the rest of its `store` mapping (durability, retention, recover). A relative
+/// PATH is relative to the working directory (not to the config file's folder).
+fn apply_store(py: Python<'_>, config: &mut Config, store: &str) -> PyResult<()> {
+    let store = store.trim();
+    if store == "memory" {
+        return Ok(());
     }
+    let Some(path) = store.strip_prefix("sqlite:") else {
+        return Err(invalid(py, format!("store must be \"memory\" or \"sqlite:PATH\", got '{store}'")));
+    };
+    if path.trim().is_empty() {
+        return Err(invalid(py, "store 'sqlite:' needs a database path after 'sqlite:' (e.g. \"sqlite:utp.db\")"));
+    }
+    let mut path = PathBuf::from(path);
+    if path.is_relative() {
+        let cwd = std::env::current_dir()
+            .map_err(|e| invalid(py, format!("store '{store}': cannot resolve the relative path: {e}")))?;
+        path = cwd.join(path);
+    }
+    let url = Value::String(format!("sqlite:{}", path.to_string_lossy()));
+    match config.other.get_mut("store") {
+        Some(Value::Object(section)) => {
+            section.remove("path");
+            section.insert("url".into(), url);
+        }
+        _ => {
+            config.other.insert("store".into(), url);
+        }
+    }
+    Ok(())
+}
+
+/// `older_than` of `prune`: seconds (int or float) or text like "30d", "12h", "90s".
+fn age(py: Python<'_>, older_than: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    if older_than.is_instance_of::<PyBool>()
+        || !(older_than.is_instance_of::<PyInt>()
+            || older_than.is_instance_of::<PyFloat>()
+            || older_than.is_instance_of::<PyString>())
+    {
+        return Err(invalid(
+            py,
+            format!("older_than must be seconds (int or float) or text like \"30d\", got {}", type_name(older_than)),
+        ));
+    }
+    let value = to_json(py, older_than, 0)?;
+    utp_core::config::parse_duration(&value).map_err(|e| invalid(py, format!("older_than: {e}")))
 }
 
 /// A workflow argument: a dict (the definition), a `str` (a path when it names a
@@ -877,25 +917,36 @@ fn tool_values<'py>(py: Python<'py>, tools: &[Arc<utp_core::RegisteredTool>]) ->
 #[pymethods]
 impl PyEngine {
     /// `Engine(config=None, store="memory")`: `config` is a dict, a path to
-    /// `utp.yaml`/`utp.json`, or None for defaults. Manuals listed in the config's
-    /// `manuals` are registered before the constructor returns.
+    /// `utp.yaml`/`utp.json`, or None for defaults; `store` is "memory" or
+    /// "sqlite:PATH" (which wins over the config's `store` url). Manuals listed in the
+    /// config's `manuals` are registered, and with a SQLite store the executions a
+    /// previous process left unfinished are resumed (those whose tools are registered
+    /// by then; call `recover()` after `register_tool` for the others), before the
+    /// constructor returns. A store that cannot be opened (locked by another engine,
+    /// not a database) raises `StoreError`.
     #[new]
     #[pyo3(signature = (config=None, store="memory"))]
     fn new(py: Python<'_>, config: Option<&Bound<'_, PyAny>>, store: &str) -> PyResult<Self> {
         guarded(py, || {
-            check_store(py, store)?;
-            let config = load_config(py, config)?;
-            let engine = CoreEngine::new(config).map_err(|e| to_py_err(py, &e))?;
+            let mut config = load_config(py, config)?;
+            apply_store(py, &mut config, store)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("utp-worker")
                 .enable_all()
                 .build()
                 .map_err(|e| raise(py, ErrorCode::Internal, format!("cannot start the runtime: {e}")))?;
-            let running = Running { engine, runtime: Some(runtime) };
-            let configured = running.engine.clone();
-            running.block_on(py, configured.register_configured_manuals()).map_err(|e| to_py_err(py, &e))?;
-            Ok(PyEngine { running: Mutex::new(Some(Arc::new(running))), callbacks: Mutex::new(HashMap::new()) })
+            // On the engine's own runtime: executions resumed here keep running on it.
+            match py.detach(|| runtime.block_on(CoreEngine::open(config))) {
+                Ok(engine) => {
+                    let running = Running { engine, runtime: Some(runtime) };
+                    Ok(PyEngine { running: Mutex::new(Some(Arc::new(running))), callbacks: Mutex::new(HashMap::new()) })
+                }
+                Err(e) => {
+                    runtime.shutdown_background();
+                    Err(to_py_err(py, &e))
+                }
+            }
         })
     }
 
@@ -1441,6 +1492,60 @@ impl PyEngine {
             } else {
                 Err(invalid(py, format!("session state of '{session}' could not be set")))
             }
+        })
+    }
+
+    // ----- store (design §9) -----
+
+    /// Resume the executions a previous process left unfinished in the store (the
+    /// constructor already did this for those whose tools were registered then): steps
+    /// it committed keep their results and never run again, the rest run now, in the
+    /// background. Executions using a tool that is still not registered stay in the
+    /// store for a later call. Returns the ids resumed (none with `store="memory"`).
+    fn recover(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        guarded(py, || {
+            let r = self.running(py)?;
+            r.block_on(py, r.engine.recover()).map_err(|e| to_py_err(py, &e))
+        })
+    }
+
+    /// Events from the store's audit log (every process that used the store), in
+    /// store order, each with its store sequence number `seq`; with `store="memory"`,
+    /// this engine's in-memory history. Filters: `execution_id`, `type` (a glob as in
+    /// `subscribe`), `after` (events with a greater `seq`, for paging), `limit`, and
+    /// `since` / `until` (RFC 3339 times, `since` inclusive, `until` exclusive).
+    #[pyo3(signature = (execution_id=None, r#type=None, after=None, limit=None, since=None, until=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn stored_events<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: Option<String>,
+        r#type: Option<String>,
+        after: Option<u64>,
+        limit: Option<usize>,
+        since: Option<String>,
+        until: Option<String>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        guarded(py, || {
+            if let Some(t) = &r#type {
+                check_pattern(py, t, "type")?;
+            }
+            let filter = EventFilter { execution_id, kind: r#type, after_id: after, since, until, limit };
+            let r = self.running(py)?;
+            let events = py.detach(|| r.engine.stored_events(&filter)).map_err(|e| to_py_err(py, &e))?;
+            value_list(py, &events)
+        })
+    }
+
+    /// Delete finished executions (with their steps) and events older than
+    /// `older_than` (seconds, or text like "30d", "12h") from the store now; running
+    /// and suspended executions are never touched. Returns the rows deleted (0 with
+    /// `store="memory"`). Config `store.retention` does this periodically.
+    fn prune(&self, py: Python<'_>, older_than: &Bound<'_, PyAny>) -> PyResult<usize> {
+        guarded(py, || {
+            let age = age(py, older_than)?;
+            let r = self.running(py)?;
+            py.detach(|| r.engine.prune_store(age)).map_err(|e| to_py_err(py, &e))
         })
     }
 

@@ -77,11 +77,12 @@ def test_bad_config():
         utp.Engine({"variables": "not a map"})
 
 
-def test_store_argument():
+def test_store_argument(tmp_path):
     with pytest.raises(utp.InvalidArgumentError, match="memory"):
         utp.Engine(store="redis://x")
-    with pytest.raises(utp.InvalidArgumentError, match="SQLite"):
-        utp.Engine(store="sqlite:/tmp/x.db")
+    with pytest.raises(utp.InvalidArgumentError, match="path"):
+        utp.Engine(store="sqlite:")
+    utp.Engine(store=f"sqlite:{tmp_path}/x.db").close()
 
 
 def test_wrong_argument_types_are_type_errors_not_crashes(engine):

@@ -18,6 +18,15 @@ with retries, fallbacks, ``if`` conditions and data between steps::
     record = engine.run_workflow("restock.yaml", {"sku": "A1"}, session="s1")
     record["status"], record["outputs"], record["steps"]["update"]["attempts"]
 
+With ``store="sqlite:PATH"`` executions, events, approvals and session state are
+durable: a new engine on the same file reads them and resumes what a crashed
+process left unfinished::
+
+    engine = utp.Engine(store="sqlite:utp.db")
+    engine.register_tool("shop.update", update)
+    engine.recover()                                  # ids resumed
+    engine.stored_events(execution_id=record["execution_id"])
+
 Intents route a named kind of request to a workflow or a Python handler::
 
     engine.register_intent("restock", "restock.yaml")
@@ -236,7 +245,15 @@ class Engine(_utp.Engine):
     """The runtime engine: ``Engine(config=None, store="memory")``.
 
     ``config`` is a dict, a path to ``utp.yaml`` / ``utp.json``, or None.
-    Use it as a context manager, or call ``close()`` when done.
+    ``store`` is ``"memory"`` (nothing outlives the engine) or ``"sqlite:PATH"``:
+    executions, their steps, the event audit log, approvals and session state are
+    committed to that SQLite file, and a new engine on it sees them (``execution``,
+    ``executions``, ``stored_events``) and resumes the executions a crashed process
+    left unfinished (``recover``; steps already committed never run again). One
+    engine at a time per file: a second one raises ``StoreError``. ``store`` wins
+    over the config's ``store`` url; the config may also set ``durability``
+    (``sync`` / ``normal`` / ``off``), ``retention`` (``"30d"``) and ``recover``.
+    Use it as a context manager, or call ``close()`` when done (which releases the file).
     """
 
     def __enter__(self) -> "Engine":
@@ -387,6 +404,26 @@ class Engine(_utp.Engine):
     def event_bus(self) -> EventBus:
         """Event subscriptions and history (see ``EventBus``)."""
         return EventBus(self)
+
+    async def recover_async(self) -> List[str]:
+        """``recover`` as an awaitable (on a worker thread)."""
+        return await _in_thread(self.recover)
+
+    async def stored_events_async(
+        self,
+        execution_id: Optional[str] = None,
+        type: Optional[str] = None,
+        after: Optional[int] = None,
+        limit: Optional[int] = None,
+        since: Optional[str] = None,
+        until: Optional[str] = None,
+    ) -> List[Dict[str, Any]]:
+        """``stored_events`` as an awaitable (on a worker thread)."""
+        return await _in_thread(self.stored_events, execution_id, type, after, limit, since, until)
+
+    async def prune_async(self, older_than: Union[float, str]) -> int:
+        """``prune`` as an awaitable (on a worker thread)."""
+        return await _in_thread(self.prune, older_than)
 
     async def approve_async(
         self, approval_id: str, approved: bool = True, reason: Optional[str] = None

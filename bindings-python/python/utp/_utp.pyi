@@ -214,6 +214,20 @@ class Engine:
     ) -> Dict[str, Any]: ...
     def session_state(self, session: str, tenant: Optional[str] = None) -> Dict[str, Any]: ...
     def set_session_state(self, session: str, key: str, value: Any, tenant: Optional[str] = None) -> None: ...
+    def recover(self) -> List[str]:
+        """Resume executions a previous process left unfinished in the store; the ids resumed."""
+    def stored_events(
+        self,
+        execution_id: Optional[str] = None,
+        type: Optional[str] = None,
+        after: Optional[int] = None,
+        limit: Optional[int] = None,
+        since: Optional[str] = None,
+        until: Optional[str] = None,
+    ) -> List[Dict[str, Any]]:
+        """Events from the store's audit log, in store order (each with ``seq``)."""
+    def prune(self, older_than: Union[float, str]) -> int:
+        """Delete finished executions and events older than ``older_than``; rows deleted."""
     def _add_business_rule(
         self, name: str, func: Callable[[str, str, Dict[str, Any]], Any], timeout: float = 10.0
     ) -> None: ...
