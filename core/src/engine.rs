@@ -131,8 +131,8 @@ struct Inner {
     events: EventBus,
     domain: Domain,
     workflows: crate::workflow::WorkflowRuntime,
-    /// The SQLite store, when the config names one (`None`: memory).
-    durable: Option<crate::durable::Durable>,
+    /// The SQLite store, when the config names one (`None`: memory, or closed).
+    durable: arc_swap::ArcSwapOption<crate::durable::Durable>,
 }
 
 #[derive(Clone)]
@@ -163,6 +163,7 @@ impl Engine {
             .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
         let registry = Registry::new();
         let durable = crate::durable::Durable::open(crate::durable::StoreConfig::from_config(&config)?, &events)?;
+        let durable = arc_swap::ArcSwapOption::new(durable.map(Arc::new));
         let engine = Engine {
             inner: Arc::new(Inner { config, vars, registry, transports, events, domain, workflows, durable }),
         };
@@ -182,13 +183,33 @@ impl Engine {
         Ok(engine)
     }
 
-    /// The store executions and events are persisted in (`None` with `store: memory`).
-    pub fn store(&self) -> Option<&Arc<dyn crate::store::Store>> {
-        self.inner.durable.as_ref().map(|d| &d.store)
+    /// The store executions and events are persisted in (`None` with `store: memory`, or once closed).
+    pub fn store(&self) -> Option<Arc<dyn crate::store::Store>> {
+        self.inner.durable.load().as_ref().map(|d| d.store.clone())
     }
 
-    pub(crate) fn durable(&self) -> Option<&crate::durable::Durable> {
-        self.inner.durable.as_ref()
+    pub(crate) fn durable(&self) -> Option<Arc<crate::durable::Durable>> {
+        self.inner.durable.load_full()
+    }
+
+    /// Stop: running executions stop where they are, without being recorded as
+    /// finished (with a store they stay unfinished, and the next engine on it resumes
+    /// them; their waiters get `CANCELLED`), no new execution starts, and the store is
+    /// flushed and its file released before this returns (waiting at most `grace`
+    /// for executions in the middle of a commit). Calling it again does nothing.
+    pub fn close(&self, grace: Duration) {
+        self.workflows().shutdown.cancel();
+        let Some(durable) = self.inner.durable.swap(None) else { return };
+        let deadline = Instant::now() + grace;
+        // Executions hold the store only while they commit; once they let go, dropping it here
+        // flushes the writer and releases the file.
+        while Arc::strong_count(&durable) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if Arc::strong_count(&durable) > 1 {
+            tracing::warn!("close: an execution still holds the store after {grace:?}; it is released when that commit ends");
+        }
+        drop(durable);
     }
 
     /// Retention now: delete finished executions (with their steps) and events

@@ -402,3 +402,49 @@ async fn a_full_disk_fails_the_run_with_a_store_error() {
         assert!(steps.iter().any(|s| s.status == "succeeded"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_runs_where_they_are_and_releases_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("utp.db");
+    let (e, calls) = engine(&db, json!({}));
+    // s1 blocks until released: close finds the run in the middle of it.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let blocked = gate.clone();
+    let handler: NativeHandler = Arc::new(move |_| {
+        let blocked = blocked.clone();
+        async move {
+            blocked.notified().await;
+            Ok(json!({"n": 100}))
+        }
+        .boxed()
+    });
+    e.register_tool("t.block", handler, None, None, "", vec![]).unwrap();
+    let mut wf = chain(3);
+    wf["steps"][1]["tool"] = json!("t.block");
+    let exec = e.start_workflow(WorkflowSource::Definition(wf.clone()), json!({}), RunOptions::default()).unwrap();
+    for _ in 0..500 {
+        if e.execution(&exec.id).unwrap()["steps"]["s1"]["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    e.close(Duration::from_secs(5));
+    let record = e.wait_execution(&exec.id).await.unwrap();
+    assert_eq!(record["error"]["code"], "CANCELLED", "{record:#}");
+    assert!(
+        e.start_workflow(WorkflowSource::Definition(wf.clone()), json!({}), RunOptions::default()).is_err(),
+        "a closed engine starts nothing"
+    );
+    assert_eq!(calls.lock().len(), 1, "s0 ran");
+    // The file is free at once; the next engine resumes from s1 (s0 is not called again).
+    let (e2, calls2) = engine(&db, json!({}));
+    let handler: NativeHandler = Arc::new(|_| async { Ok(json!({"n": 100})) }.boxed());
+    e2.register_tool("t.block", handler, None, None, "", vec![]).unwrap();
+    assert_eq!(e2.recover().await.unwrap(), vec![exec.id.clone()]);
+    let record = e2.wait_execution(&exec.id).await.unwrap();
+    assert_eq!(record["status"], "completed", "{record:#}");
+    assert_eq!(record["outputs"]["last"], 101);
+    assert_eq!(calls2.lock().len(), 1, "only s2 ran again: {:?}", calls2.lock());
+    drop(gate);
+}

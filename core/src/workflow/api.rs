@@ -86,6 +86,9 @@ impl Engine {
 
     /// Validate and start a workflow on the current tokio runtime; returns at once.
     pub fn start_workflow(&self, source: WorkflowSource, inputs: Value, options: RunOptions) -> Result<Arc<Execution>> {
+        if self.workflows().shutdown.is_cancelled() {
+            return Err(Error::InvalidArgument("the engine is closed".into()));
+        }
         let workflow = self.workflow(source)?;
         let inputs = workflow.resolve_inputs(inputs)?;
         let runtime = tokio::runtime::Handle::try_current()

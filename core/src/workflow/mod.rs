@@ -28,6 +28,8 @@ pub struct WorkflowRuntime {
     pub sessions: Sessions,
     pub breakers: breaker::Breakers,
     pub intents: intents::Intents,
+    /// Cancelled by `Engine::close`: runs stop where they are, none starts.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl WorkflowRuntime {
@@ -38,6 +40,7 @@ impl WorkflowRuntime {
             sessions: Sessions::default(),
             breakers: breaker::Breakers::from_config(other.get("breakers"))?,
             intents: intents::Intents::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         })
     }
 }

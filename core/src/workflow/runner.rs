@@ -56,6 +56,7 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
     let mut suspended = exec.suspended();
     let mut failure: Option<Error> = start.err().or(earlier_failure);
     let mut timed_out = false;
+    let shutdown = engine.workflows().shutdown.clone();
     loop {
         let stopping = failure.is_some() || timed_out || exec.cancel.is_cancelled();
         while !stopping && running.len() < wf.max_parallel && !*suspended.borrow() {
@@ -130,6 +131,15 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
                 calls.cancel();
             }
             _ = exec.cancel.cancelled(), if !calls.is_cancelled() => calls.cancel(),
+            _ = shutdown.cancelled() => {
+                // The engine is closing: stop here, record nothing more. Running calls are
+                // dropped; with a store, the next engine resumes from the last commit.
+                calls.cancel();
+                let e = Error::Cancelled(format!("execution '{}' stopped: the engine was closed", exec.id));
+                exec.finish(ExecutionStatus::Cancelled, Value::Null, Some(ErrorInfo::of(&e)));
+                exec.notify_finished();
+                return;
+            }
             changed = suspended.changed() => {
                 if changed.is_ok() {
                     let kind = if *suspended.borrow() { kinds::WORKFLOW_SUSPENDED } else { kinds::WORKFLOW_RESUMED };
