@@ -108,6 +108,8 @@ export interface EngineConfig {
   security?: { default?: SecurityLevel; levels?: Record<string, SecurityLevel> }
   /** `{ history_size, queue_capacity }` of the event bus. */
   events?: { history_size?: number; queue_capacity?: number }
+  /** Where executions, events, approvals and session state are kept (design §9). */
+  store?: StoreConfig
   [key: string]: unknown
 }
 
@@ -149,8 +151,50 @@ export interface RateLimitConfig {
 
 /** Options of `new Engine(config, options)`. */
 export interface EngineOptions {
-  /** `'memory'` (the default). `'sqlite:PATH'` is not available yet: it throws ERR_UTP_INVALID_ARGUMENT. */
+  /**
+   * `'memory'` (the default: nothing outlives the engine) or `'sqlite:PATH'` (a relative
+   * PATH is relative to the working directory): executions, steps, events, approvals and
+   * session state are committed there. Wins over the config's `store` url (its
+   * `durability`, `retention` and `recover` stay). A file another engine has open, or one
+   * that is not a database, throws ERR_UTP_STORE.
+   */
   store?: 'memory' | `sqlite:${string}` | (string & {}) | null
+}
+
+/** The config's `store`: `'memory'`, `'sqlite:PATH'`, or a mapping. */
+export type StoreConfig =
+  | 'memory'
+  | `sqlite:${string}`
+  | {
+      /** `'sqlite:PATH'` (or `path: PATH`). */
+      url?: string
+      path?: string
+      /** `'sync'` (fsync each commit), `'normal'` (the default: survives a process crash), `'off'`. */
+      durability?: 'sync' | 'normal' | 'off'
+      /** Finished executions and events older than this are deleted, e.g. `'30d'` or seconds. */
+      retention?: string | number
+      /** Resume unfinished executions when the engine opens (default true). */
+      recover?: boolean
+    }
+
+/** Options of `engine.storedEvents(options)`. */
+export interface StoredEventsOptions {
+  executionId?: string | null
+  /** Event type glob: `'workflow.*'`, `'step.completed'`, `'*'`. */
+  type?: string | null
+  /** Only events whose `seq` is greater than this (paging). */
+  after?: number | null
+  limit?: number | null
+  /** RFC 3339: events at or after this time. */
+  since?: string | null
+  /** RFC 3339: events before this time. */
+  until?: string | null
+}
+
+/** An event as the store keeps it: the event with the store's own increasing `seq`. */
+export interface StoredEvent extends UtpEvent {
+  /** The store's sequence number (increasing across every process that used the store). */
+  seq?: number
 }
 
 /** Options of `engine.searchTools(query, options)`. */
@@ -645,7 +689,9 @@ export interface Metrics {
 export declare class Engine {
   /**
    * @param config an object, the path of a `utp.yaml` / `utp.json` file, or null/undefined for defaults
-   * @param options `{ store: 'memory' }` (the default)
+   * @param options `{ store: 'memory' }` (the default) or `{ store: 'sqlite:PATH' }`.
+   * The config's manuals are registered and (with a store) the executions a previous
+   * process left unfinished are resumed before it returns.
    */
   constructor(config?: EngineConfig | string | null, options?: EngineOptions | null)
   /**
@@ -724,9 +770,15 @@ export declare class Engine {
    * and files). Throws ERR_UTP_VALIDATION_FAILED listing every problem.
    */
   validateWorkflow(workflow: WorkflowInput): WorkflowDefinition
-  /** An execution's current record; throws ERR_UTP_NOT_FOUND for an unknown id. */
+  /**
+   * An execution's current record (with a store, also one a previous process recorded);
+   * throws ERR_UTP_NOT_FOUND for an unknown id.
+   */
   execution(executionId: string): ExecutionRecord
-  /** The executions kept by the engine, oldest first, optionally by status and session. */
+  /**
+   * The executions kept by the engine (with a store, every one it holds), oldest first,
+   * optionally by status and session.
+   */
   executions(options?: ExecutionsOptions | null): ExecutionSummary[]
   /** Cancel a run (its running tool calls too); false when it had already finished. */
   cancel(executionId: string): boolean
@@ -783,6 +835,26 @@ export declare class Engine {
   metrics(): Metrics
   /** The metrics in Prometheus text exposition format. */
   metricsText(): string
+  /**
+   * Resume the executions a previous process left unfinished in the store: steps it
+   * committed keep their results and never run again, the rest run now. The constructor
+   * already resumed those whose tools were registered then; call this after
+   * {@link registerTool} for the others (executions whose tools are still missing stay in
+   * the store). Resolves to the ids resumed (none with the memory store).
+   */
+  recover(): Promise<string[]>
+  /**
+   * Events from the store's audit log (every process that used the store), in store
+   * order, each with `seq`; with the memory store, this engine's in-memory history.
+   * Throws ERR_UTP_INVALID_ARGUMENT for a `type` that matches no event type.
+   */
+  storedEvents(options?: StoredEventsOptions | null): StoredEvent[]
+  /**
+   * Delete finished executions (with their steps) and events older than `olderThan`
+   * (seconds, or text like `'30d'`, `'12h'`) from the store; running and suspended
+   * executions are never touched. Resolves to the rows deleted (0 with the memory store).
+   */
+  prune(olderThan: number | string): Promise<number>
   /** Names of the registered manuals, sorted. */
   manuals(): string[]
   /** The namespaced variables a manual or a tool (`manual.tool`) needs, e.g. `weather_WEATHER_API_KEY`. */

@@ -244,7 +244,11 @@ class EventBus {
 /**
  * A UTP Runtime engine: `new Engine(config?, { store? })`.
  * `config` is an object, the path of a utp.yaml / utp.json file, or omitted.
- * `store` is 'memory' (the default); 'sqlite:PATH' is not available yet.
+ * `store` is 'memory' (the default) or 'sqlite:PATH': executions, their steps, the
+ * event audit log, approvals and session state are committed to that SQLite file; a
+ * new engine on it reads them and resumes the executions a crashed process left
+ * unfinished (`recover()`). It wins over the config's `store` url. One engine at a
+ * time per file: a second one throws ERR_UTP_STORE; close() releases the file.
  */
 class Engine {
   #native
@@ -473,6 +477,32 @@ class Engine {
    */
   submitIntent(intentType, params = undefined, options = undefined) {
     return callAsync(() => this.#native.submitIntent(intentType, params, options))
+  }
+
+  /**
+   * Resume the executions a previous process left unfinished in the store (those whose
+   * tools were registered when the engine was created already are); call it after
+   * registerTool(). Resolves to the ids resumed; committed steps never run again.
+   */
+  recover() {
+    return callAsync(() => this.#native.recover())
+  }
+
+  /**
+   * Events from the store's audit log, in store order (each with `seq`):
+   * `{ executionId, type, after (a seq), limit, since, until }`. With the memory store,
+   * the in-memory history.
+   */
+  storedEvents(options = undefined) {
+    return call(() => this.#native.storedEvents(options))
+  }
+
+  /**
+   * Delete finished executions and events older than `olderThan` (seconds, or text like
+   * '30d') from the store; resolves to the rows deleted.
+   */
+  prune(olderThan) {
+    return callAsync(() => this.#native.prune(olderThan))
   }
 
   /** Names of the registered manuals, sorted. */

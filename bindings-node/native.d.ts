@@ -16,7 +16,8 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class Engine {
   /**
    * `new Engine(config?, { store? })`: `config` is an object, the path of a
-   * `utp.yaml` / `utp.json` file, or null/undefined for defaults.
+   * `utp.yaml` / `utp.json` file, or null/undefined for defaults; `store` is
+   * 'memory' or 'sqlite:PATH' (which wins over the config's `store` url).
    */
   constructor(config?: Record<string, unknown> | string | null, options?: { store?: string | null } | null)
   /**
@@ -158,6 +159,30 @@ export declare class Engine {
    * Options: `{ tenant, session }`.
    */
   submitIntent(intentType: string, params?: any, options?: { tenant?: string | null; session?: string | null } | null): Promise<Record<string, any>>
+  /**
+   * Resume the executions a previous process left unfinished in the store (the
+   * constructor already did for those whose tools were registered then): steps it
+   * committed keep their results and never run again, the rest run now. Executions
+   * using a tool that is still not registered stay in the store for a later call,
+   * so call it after `registerTool`. Resolves to the ids resumed (none with the
+   * memory store); follow them with `waitExecution(id)`.
+   */
+  recover(): Promise<string[]>
+  /**
+   * Events from the store's audit log (every process that used the store), in
+   * store order, each with its store sequence number `seq`; with the memory store,
+   * this engine's in-memory history. Options: `executionId`, `type` (a glob as in
+   * `subscribe`), `after` (events with a greater `seq`, for paging), `limit`,
+   * `since` / `until` (RFC 3339 times; `since` inclusive, `until` exclusive).
+   */
+  storedEvents(options?: { executionId?: string | null; type?: string | null; after?: number | null; limit?: number | null; since?: string | null; until?: string | null } | null): Array<Record<string, any>>
+  /**
+   * Delete finished executions (with their steps) and events older than
+   * `olderThan` (seconds, or text like '30d', '12h') from the store; running and
+   * suspended executions are never touched. Resolves to the rows deleted (0 with
+   * the memory store). Config `store.retention` does this periodically.
+   */
+  prune(olderThan: number | string): Promise<number>
   /**
    * Run a workflow to its end; resolves to its record (design §7):
    * `{ execution_id, workflow, status, inputs, outputs, error, warnings?, steps,

@@ -23,6 +23,8 @@ import {
   type IntentRecord,
   type IntentExecutionRecord,
   type SubmitIntentOptions,
+  type StoredEvent,
+  type StoredEventsOptions,
   Subscription,
 } from 'utp-runtime'
 import utpDefault from 'utp-runtime'
@@ -111,6 +113,13 @@ async function main(): Promise<void> {
   const listed: ExecutionSummary[] = engine.executions({ status: 'failed', session: 's' })
   const controlled: boolean = engine.cancel(id) || engine.suspend(id) || engine.resume(id)
   const state: Record<string, any> = engine.sessionState('s', { tenant: 't' })
+  const durable = new Engine({ store: { url: 'sqlite:utp.db', durability: 'sync', retention: '30d' } }, { store: 'sqlite:other.db' })
+  const resumed: string[] = await durable.recover()
+  const eventsOptions: StoredEventsOptions = { executionId: id, type: 'workflow.*', after: 3, limit: 10, since: null }
+  const stored: StoredEvent[] = durable.storedEvents(eventsOptions)
+  const seq: number | undefined = stored[0]?.seq
+  const pruned: number = (await durable.prune('30d')) + (await durable.prune(3600))
+  console.log(resumed, seq, pruned)
   engine.setSessionState('s', 'k', { any: ['json'] }, { tenant: null })
   engine.registerIntent('restock', wf)
   engine.registerIntent('restock_yaml', 'name: x\nsteps: []')
@@ -176,6 +185,10 @@ void new Engine().runWorkflow({ name: 'x', steps: [{ id: 'a', tool: 'm.t', on_er
 new Engine().startWorkflow('wf.yaml', {}, { timeout: '1s' })
 // @ts-expect-error statuses are a closed set
 new Engine().executions({ status: 'done' })
+// @ts-expect-error olderThan is seconds or text
+void new Engine().prune(null)
+// @ts-expect-error durability is sync, normal or off
+new Engine({ store: { url: 'sqlite:x.db', durability: 'fast' } })
 // @ts-expect-error codes are a closed set
 const bad: ErrorCode = 'ERR_UTP_NOPE'
 

@@ -207,20 +207,43 @@ pub struct JsEngine {
     subscribers: Arc<host::Subscribers>,
 }
 
-fn check_store(options: Option<Value>) -> napi::Result<()> {
+/// `{ store }` of the constructor: 'memory' (the default) keeps the config's store
+/// (memory unless the config names one); 'sqlite:PATH' replaces the config's store url
+/// and keeps the rest of its `store` mapping (durability, retention, recover). A
+/// relative PATH is relative to the working directory (not to the config file's folder).
+fn apply_store(options: Option<Value>, config: &mut Config) -> napi::Result<()> {
     let options = option_map(options, "Engine", &["store"])?;
     let store = match options.get("store") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.trim()),
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::String(s)) => s.trim(),
         Some(other) => return Err(invalid(format!("store must be a string, found {}", json_kind(other)))),
     };
-    match store {
-        None | Some("memory") => Ok(()),
-        Some(s) if s.starts_with("sqlite:") || s == "sqlite" => Err(invalid(format!(
-            "store '{s}': the SQLite store is not available yet in this release; use store 'memory' (the default)"
-        ))),
-        Some(s) => Err(invalid(format!("unknown store '{s}': expected 'memory' or 'sqlite:PATH'"))),
+    if store == "memory" {
+        return Ok(());
     }
+    let Some(path) = store.strip_prefix("sqlite:") else {
+        return Err(invalid(format!("unknown store '{store}': expected 'memory' or 'sqlite:PATH'")));
+    };
+    if path.trim().is_empty() {
+        return Err(invalid("store 'sqlite:' needs a database path after 'sqlite:' (e.g. 'sqlite:utp.db')"));
+    }
+    let mut path = std::path::PathBuf::from(path);
+    if path.is_relative() {
+        let cwd = std::env::current_dir()
+            .map_err(|e| invalid(format!("store '{store}': cannot resolve the relative path: {e}")))?;
+        path = cwd.join(path);
+    }
+    let url = Value::String(format!("sqlite:{}", path.to_string_lossy()));
+    match config.other.get_mut("store") {
+        Some(Value::Object(section)) => {
+            section.remove("path");
+            section.insert("url".into(), url);
+        }
+        _ => {
+            config.other.insert("store".into(), url);
+        }
+    }
+    Ok(())
 }
 
 fn config_from(config: Option<Value>) -> napi::Result<Config> {
@@ -441,7 +464,8 @@ fn js_handler(name: Arc<str>, function: Arc<JsToolFn>) -> NativeHandler {
 #[napi]
 impl JsEngine {
     /// `new Engine(config?, { store? })`: `config` is an object, the path of a
-    /// `utp.yaml` / `utp.json` file, or null/undefined for defaults.
+    /// `utp.yaml` / `utp.json` file, or null/undefined for defaults; `store` is
+    /// 'memory' or 'sqlite:PATH' (which wins over the config's `store` url).
     #[napi(
         constructor,
         catch_unwind,
@@ -449,11 +473,14 @@ impl JsEngine {
     )]
     pub fn new(config: Option<Value>, options: Option<Value>) -> napi::Result<Self> {
         guard(|| {
-            check_store(options)?;
-            let engine = utp_core::Engine::new(config_from(config)?).map_err(core_err)?;
-            // Manuals listed in config `manuals` are registered before the constructor
-            // returns (as in Python and C): a bad one fails construction visibly.
-            napi::bindgen_prelude::block_on(engine.register_configured_manuals()).map_err(core_err)?;
+            let mut config = config_from(config)?;
+            apply_store(options, &mut config)?;
+            // Manuals listed in config `manuals` are registered, and with a store the
+            // executions a previous process left unfinished resumed, before the
+            // constructor returns (as in Python and C): a bad manual or a store that
+            // cannot be opened fails construction visibly. Inside napi's tokio runtime,
+            // which lives as long as the process: resumed executions keep running on it.
+            let engine = napi::bindgen_prelude::block_on(utp_core::Engine::open(config)).map_err(core_err)?;
             Ok(JsEngine { inner: RwLock::new(Some(engine)), subscribers: Arc::default() })
         })
     }
@@ -925,4 +952,5 @@ impl JsEngine {
 // block after the struct's `js_name` only when the struct was expanded first, else
 // they go to a `JsEngine` class in native.d.ts.
 mod intent;
+mod store;
 mod workflow;
