@@ -1,7 +1,7 @@
 //! The storage layer (design §9): one test body per behaviour, run against both
 //! `MemoryStore` and `SqliteStore`, then what only SQLite has: reopening, group
 //! commit, migrations, refusing corrupt/foreign/newer files, read-only places,
-//! a full disk, the single-opener lock, open times.
+//! a full disk, the single-opener lock, open times, read-only opens for inspection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use utp_core::ErrorCode;
 use utp_core::store::{
     Durability, EventFilter, ExecutionFilter, ExecutionRow, MemoryStore, SCHEMA_VERSION, SqliteStore, StepRow, Store,
-    open_store,
+    open_store, open_store_read_only,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -884,4 +884,216 @@ fn memory_store_is_the_same_type_of_thing() {
     let s2 = s.clone();
     std::thread::spawn(move || s2.put_session_state("a", "b", json!(1)).wait_blocking().unwrap()).join().unwrap();
     assert_eq!(s.session_states().unwrap().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Read-only opens (inspection while an engine holds the database).
+
+/// A read-only store reads while a writer store in the same process holds the
+/// lock and keeps writing; it takes no lock itself.
+#[test]
+fn read_only_reads_while_a_writer_holds_the_lock_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let w = Arc::new(sqlite(&path));
+    w.put_execution(exec("x", "running", 1)).wait_blocking().unwrap();
+    w.put_approval(json!({"id": "apr-1", "status": "pending", "created": ts(1)})).wait_blocking().unwrap();
+    w.put_session_state("t", "s", json!({"k": 1})).wait_blocking().unwrap();
+
+    // The writer holds the lock: a second writer is refused, a reader is not.
+    assert!(SqliteStore::open(&path, Durability::Normal).err().unwrap().to_string().contains("already open"));
+    let r = SqliteStore::open_read_only(&path).unwrap();
+    assert!(r.is_read_only() && !w.is_read_only());
+    assert_eq!(r.migrated_from(), SCHEMA_VERSION);
+    let spec = open_store_read_only(&format!("sqlite:{}", path.display())).unwrap();
+    assert_eq!(r.execution("x").unwrap().unwrap().0, exec("x", "running", 1));
+    assert_eq!(spec.executions(&ExecutionFilter::default()).unwrap().len(), 1);
+    assert_eq!(r.approvals(true).unwrap().len(), 1);
+    assert_eq!(r.session_states().unwrap(), vec![("t".into(), "s".into(), json!({"k": 1}))]);
+
+    // The writer goes on writing; the reader sees every resolved commit, and each
+    // step with its status and its event (one transaction).
+    const N: u32 = 200;
+    let writer = {
+        let w = w.clone();
+        std::thread::spawn(move || {
+            for k in 0..N {
+                w.put_step(
+                    step("x", &format!("s{k:04}"), k, "succeeded"),
+                    Some(format!("running-{k}")),
+                    vec![event(k as u64 + 1, "step.completed", Some("x"), 2)],
+                )
+                .wait_blocking()
+                .unwrap();
+            }
+        })
+    };
+    let mut observations = 0;
+    loop {
+        let events = r.events(&EventFilter { execution_id: Some("x".into()), ..Default::default() }).unwrap();
+        let (row, steps) = r.execution("x").unwrap().unwrap();
+        assert!(steps.len() >= events.len(), "{} steps, {} events", steps.len(), events.len());
+        if let Some(last) = steps.last() {
+            assert_eq!(row.status, format!("running-{}", last.index));
+        }
+        observations += 1;
+        if steps.len() as u32 == N {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(spec.events(&EventFilter::default()).unwrap().len(), N as usize);
+    assert_eq!(r.execution("x").unwrap().unwrap().0.status, format!("running-{}", N - 1));
+    eprintln!("read-only: {observations} observations while the writer wrote");
+
+    // No lock taken: with the readers still open, the writer can be replaced.
+    drop(w);
+    let w2 = sqlite(&path);
+    w2.put_execution(exec("y", "completed", 2)).wait_blocking().unwrap();
+    assert_eq!(ids(&r.executions(&ExecutionFilter::default()).unwrap()), vec!["y", "x"]);
+    drop(w2);
+    // And it still reads once no writer is left (the WAL was checkpointed away).
+    assert_eq!(r.executions(&ExecutionFilter::default()).unwrap().len(), 2);
+    assert_eq!(spec.execution("x").unwrap().unwrap().1.len(), N as usize);
+}
+
+#[test]
+fn read_only_refuses_missing_old_new_foreign_and_corrupt_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |path: &Path, wants: &[&str]| {
+        let e = SqliteStore::open_read_only(path).err().expect("opened");
+        assert_eq!(e.code(), ErrorCode::Store, "{e}");
+        let msg = e.to_string();
+        for w in wants {
+            assert!(msg.contains(w), "{msg:?} does not say {w:?}");
+        }
+        let e = open_store_read_only(&format!("sqlite:{}", path.display())).err().expect("opened");
+        assert_eq!(e.code(), ErrorCode::Store, "{e}");
+        msg
+    };
+
+    // Missing: the message names the path, and nothing is created.
+    let missing = dir.path().join("nope.db");
+    let shown = missing.display().to_string();
+    eprintln!("missing: {}", refused(&missing, &[&shown, "not found"]));
+    assert!(!missing.exists() && !Path::new(&format!("{shown}-wal")).exists());
+    // A directory.
+    refused(dir.path(), &["directory"]);
+
+    // Newer: as open refuses it; the file is unchanged.
+    let newer = dir.path().join("newer.db");
+    drop(sqlite(&newer));
+    {
+        let conn = rusqlite::Connection::open(&newer).unwrap();
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+    }
+    let before = std::fs::read(&newer).unwrap();
+    refused(&newer, &["99", &format!("runtime's {SCHEMA_VERSION}"), "newer"]);
+    assert_eq!(std::fs::read(&newer).unwrap(), before);
+
+    // Older: not migrated (that needs a write), the message says how.
+    let older = dir.path().join("older.db");
+    drop(sqlite(&older));
+    {
+        let conn = rusqlite::Connection::open(&older).unwrap();
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'", []).unwrap();
+    }
+    let before = std::fs::read(&older).unwrap();
+    eprintln!("older: {}", refused(&older, &["older", "opens it for writing to migrate"]));
+    assert_eq!(std::fs::read(&older).unwrap(), before, "a read-only open changed an old database");
+    // A UTP store without its meta table is older too.
+    {
+        let conn = rusqlite::Connection::open(&older).unwrap();
+        conn.execute_batch("DROP TABLE meta").unwrap();
+    }
+    refused(&older, &["schema version 0", "older"]);
+
+    // An empty file: no schema, nothing to read.
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    refused(&empty, &["empty"]);
+    assert_eq!(std::fs::read(&empty).unwrap(), b"");
+
+    // A foreign SQLite database, untouched.
+    let foreign = dir.path().join("foreign.db");
+    {
+        let conn = rusqlite::Connection::open(&foreign).unwrap();
+        conn.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);").unwrap();
+    }
+    let before = std::fs::read(&foreign).unwrap();
+    refused(&foreign, &["not a UTP store", "customers"]);
+    assert_eq!(std::fs::read(&foreign).unwrap(), before);
+
+    // Random bytes and text.
+    let corrupt = dir.path().join("corrupt.db");
+    let mut bytes = vec![0u8; 8192];
+    let mut x: u32 = 0x9e37_79b9;
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(&corrupt, &bytes).unwrap();
+    refused(&corrupt, &["not a SQLite database"]);
+    assert_eq!(std::fs::read(&corrupt).unwrap(), bytes);
+    std::fs::write(&corrupt, "name: restock\nsteps: []\n".repeat(100)).unwrap();
+    refused(&corrupt, &[]);
+
+    // Specs: only "sqlite:PATH" can be read.
+    let e = open_store_read_only("memory").err().unwrap();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(e.to_string().contains("nothing to read"), "{e}");
+    for bad in ["", "sqlite:", "postgres://x"] {
+        assert_eq!(code(open_store_read_only(bad)), ErrorCode::InvalidArgument, "{bad}");
+    }
+}
+
+#[test]
+fn read_only_refuses_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    {
+        let w = sqlite(&path);
+        w.put_execution(exec("x", "completed", 1)).wait_blocking().unwrap();
+        w.put_events(vec![event(1, "workflow.started", Some("x"), 1)]).wait_blocking().unwrap();
+    }
+    let r = SqliteStore::open_read_only(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let refused = |what: &str, result: utp_core::Result<()>| {
+        let e = result.err().unwrap_or_else(|| panic!("{what} was accepted"));
+        assert_eq!(e.code(), ErrorCode::Store, "{what}: {e}");
+        assert!(e.to_string().contains("opened read-only"), "{what}: {e}");
+    };
+    refused("put_execution", r.put_execution(exec("y", "running", 2)).wait_blocking());
+    refused(
+        "put_execution_with_events",
+        r.put_execution_with_events(exec("y", "running", 2), vec![event(2, "workflow.started", Some("y"), 2)])
+            .wait_blocking(),
+    );
+    // Even an invalid write gets the read-only answer.
+    refused("put_execution (invalid)", r.put_execution(exec("", "running", 2)).wait_blocking());
+    refused("put_step", r.put_step(step("x", "a", 0, "succeeded"), None, vec![]).wait_blocking());
+    refused("put_events", r.put_events(vec![event(3, "x.y", None, 3)]).wait_blocking());
+    refused("put_events (none)", r.put_events(vec![]).wait_blocking());
+    refused("put_approval", r.put_approval(json!({"id": "a", "status": "pending"})).wait_blocking());
+    refused("put_session_state", r.put_session_state("t", "s", json!(1)).wait_blocking());
+    refused("prune", r.prune(&ts(100_000), 10).map(|_| ()));
+    refused("set_max_page_count", r.set_max_page_count(10).map(|_| ()));
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    refused("put_session_state (async)", rt.block_on(r.put_session_state("t", "s", json!(1)).wait()));
+    // Through the trait object too.
+    let dynr = open_store_read_only(&format!("sqlite:{}", path.display())).unwrap();
+    refused("dyn put_execution", dynr.put_execution(exec("z", "running", 3)).wait_blocking());
+
+    // Nothing changed; the reads still work.
+    assert_eq!(r.writer_stats().writes, 0);
+    assert_eq!(r.instance(), 0);
+    assert_eq!(ids(&r.executions(&ExecutionFilter::default()).unwrap()), vec!["x"]);
+    assert_eq!(r.events(&EventFilter::default()).unwrap().len(), 1);
+    assert!(r.session_states().unwrap().is_empty());
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    drop((r, dynr));
+    let w = sqlite(&path);
+    assert_eq!(w.executions(&ExecutionFilter::default()).unwrap().len(), 1);
 }

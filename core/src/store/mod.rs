@@ -215,6 +215,24 @@ pub fn open_store(spec: &str, durability: Durability) -> Result<Arc<dyn Store>> 
     Err(Error::InvalidArgument(format!("store: expected \"memory\" or \"sqlite:PATH\", found \"{spec}\"")))
 }
 
+/// "sqlite:PATH" opened for inspection only ([`SqliteStore::open_read_only`]):
+/// works while another engine holds the database; every write is refused.
+pub fn open_store_read_only(spec: &str) -> Result<Arc<dyn Store>> {
+    let spec = spec.trim();
+    if spec == "memory" {
+        return Err(Error::InvalidArgument(
+            "store \"memory\": a memory store lives only inside the engine that created it, there is nothing to read; use \"sqlite:PATH\"".into(),
+        ));
+    }
+    match spec.strip_prefix("sqlite:") {
+        Some("") => {
+            Err(Error::InvalidArgument("store \"sqlite:\": expected a database path after \"sqlite:\"".into()))
+        }
+        Some(path) => Ok(Arc::new(SqliteStore::open_read_only(std::path::Path::new(path))?)),
+        None => Err(Error::InvalidArgument(format!("store: expected \"sqlite:PATH\" to read, found \"{spec}\""))),
+    }
+}
+
 pub(crate) fn store_error(message: impl Into<String>) -> Error {
     Error::with_code(ErrorCode::Store, message)
 }

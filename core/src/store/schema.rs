@@ -123,11 +123,16 @@ fn on<'a>(path: &'a Path, doing: &'a str) -> impl FnOnce(rusqlite::Error) -> Err
     move |e| sql_error(path, doing, e)
 }
 
-/// Recognise the file, refuse what is not ours, apply the missing migrations and
-/// start a new engine instance (returned: it scopes engine event ids).
-pub(crate) fn open_schema(conn: &mut Connection, path: &Path) -> Result<(u32, i64)> {
+/// What the header and the schema say: the application id and the user tables.
+struct Header {
+    app_id: i32,
+    tables: Vec<String>,
+}
+
+/// Read the header (random bytes fail here: it is the first access) and refuse
+/// a database that is not ours, before anything in it is read further or changed.
+fn recognise(conn: &Connection, path: &Path) -> Result<Header> {
     let p = path.display();
-    // Reading the header is the first access: random bytes fail here.
     let app_id: i32 =
         conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(on(path, "reading the header"))?;
     let tables: Vec<String> = {
@@ -145,25 +150,21 @@ pub(crate) fn open_schema(conn: &mut Connection, path: &Path) -> Result<(u32, i6
             if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
         )));
     }
-    let mode: String =
-        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(on(path, "enabling WAL"))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(store_error(format!(
-            "store {p}: the filesystem refused WAL mode (journal_mode is {mode}); put the database on a local disk"
-        )));
-    }
+    Ok(Header { app_id, tables })
+}
 
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(on(path, "starting the migration transaction"))?;
-    let has_meta: bool = tx
+/// The schema version recorded in `meta` (0 without a meta table); a version
+/// newer than this build's is refused.
+fn schema_version(conn: &Connection, path: &Path) -> Result<u32> {
+    let p = path.display();
+    let has_meta: bool = conn
         .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'meta'", [], |r| {
             r.get::<_, i64>(0)
         })
         .map_err(on(path, "reading the schema"))?
         > 0;
     let current: u32 = if has_meta {
-        let text: Option<String> = tx
+        let text: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .optional()
             .map_err(on(path, "reading the schema version"))?;
@@ -179,6 +180,47 @@ pub(crate) fn open_schema(conn: &mut Connection, path: &Path) -> Result<(u32, i6
             "store {p}: the database has schema version {current}, newer than this runtime's {SCHEMA_VERSION}; open it with a newer UTP Runtime"
         )));
     }
+    Ok(current)
+}
+
+/// For a read-only open: recognise the file and check, without changing
+/// anything, that its schema is exactly this build's (a read-only open cannot
+/// migrate). Reads in one snapshot.
+pub(crate) fn check_schema_read_only(conn: &Connection, path: &Path) -> Result<()> {
+    let p = path.display();
+    let tx = conn.unchecked_transaction().map_err(on(path, "starting a read"))?;
+    let header = recognise(&tx, path)?;
+    if header.app_id == 0 && header.tables.is_empty() {
+        return Err(store_error(format!(
+            "store {p}: the database is empty (no UTP schema yet), there is nothing to read; a command that opens it for writing creates the schema"
+        )));
+    }
+    let current = schema_version(&tx, path)?;
+    if current < SCHEMA_VERSION {
+        return Err(store_error(format!(
+            "store {p}: the database has schema version {current}, older than this runtime's {SCHEMA_VERSION}, and a read-only open cannot migrate it; run a command that opens it for writing to migrate it (this needs the engine that holds it, if any, to be closed)"
+        )));
+    }
+    Ok(())
+}
+
+/// Recognise the file, refuse what is not ours, apply the missing migrations and
+/// start a new engine instance (returned: it scopes engine event ids).
+pub(crate) fn open_schema(conn: &mut Connection, path: &Path) -> Result<(u32, i64)> {
+    let p = path.display();
+    recognise(conn, path)?;
+    let mode: String =
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(on(path, "enabling WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(store_error(format!(
+            "store {p}: the filesystem refused WAL mode (journal_mode is {mode}); put the database on a local disk"
+        )));
+    }
+
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(on(path, "starting the migration transaction"))?;
+    let current = schema_version(&tx, path)?;
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         tx.execute_batch(sql).map_err(on(path, &format!("applying migration {version}")))?;
     }

@@ -13,6 +13,9 @@
 //!   STORE error until the first store is dropped. The lock file is left in place
 //!   (removing it would race with the next opener).
 //! - Dropping the store flushes every queued write, joins the writer, then releases the lock.
+//! - [`SqliteStore::open_read_only`] opens for inspection only (`utp executions`,
+//!   `utp show`, `utp events`) while another engine may hold the database: no lock,
+//!   no writer, no migration; every write is refused.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -25,7 +28,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::Value;
 
-use super::schema::{open_schema, sql_error};
+use super::schema::{check_schema_read_only, open_schema, sql_error};
 use super::{
     Commit, Durability, EventFilter, ExecutionFilter, ExecutionRow, PreparedApproval, PreparedEvent, PreparedExecution,
     Responder, StepRow, Store, UNFINISHED_STATUSES, event_range, execution_range, oneshot, parse_time,
@@ -45,12 +48,14 @@ pub struct SqliteStore {
     durability: Durability,
     instance: i64,
     migrated_from: u32,
+    /// Opened with [`SqliteStore::open_read_only`]: no writer, no lock, writes refused.
+    read_only: bool,
     tx: Option<mpsc::Sender<Msg>>,
     writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
     stats: Arc<Counters>,
-    /// Held (flock) for the store's lifetime; dropped last.
-    _lock: File,
+    /// Held (flock) for the store's lifetime; dropped last. `None` when read-only.
+    _lock: Option<File>,
 }
 
 /// What the writer did so far: `writes / transactions` is the group-commit factor.
@@ -130,29 +135,87 @@ impl SqliteStore {
             durability,
             instance,
             migrated_from,
+            read_only: false,
             tx: Some(tx),
             writer: Some(handle),
             readers: Mutex::new(vec![reader]),
             stats,
-            _lock: lock,
+            _lock: Some(lock),
         })
+    }
+
+    /// Open an existing database for reading only, for inspection while another
+    /// engine (another process, or another store in this one) may hold it: takes
+    /// no lock, starts no writer, applies no migration, changes nothing. Reads see
+    /// what that engine has committed (WAL). Refused with a STORE error: a missing
+    /// file, a file that is not a UTP store, and a schema version other than
+    /// [`SCHEMA_VERSION`](super::SCHEMA_VERSION) (an older one must first be
+    /// migrated by an open for writing). Every write (`put_*`, `prune`) resolves
+    /// with a STORE error.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore> {
+        let p = path.display();
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(store_error(format!("store {p}: is a directory, expected a database file path")));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(store_error(format!(
+                    "store {p}: not found, there is no database at this path to read (check the path; a command that opens it for writing creates it)"
+                )));
+            }
+            Err(e) => return Err(store_error(format!("store {p}: cannot read the database file: {e}"))),
+        }
+        let reader = open_reader(path)?;
+        check_schema_read_only(&reader, path)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            durability: Durability::default(),
+            instance: 0,
+            migrated_from: super::SCHEMA_VERSION,
+            read_only: true,
+            tx: None,
+            writer: None,
+            readers: Mutex::new(vec![reader]),
+            stats: Arc::new(Counters::default()),
+            _lock: None,
+        })
+    }
+
+    /// Whether this store was opened with [`SqliteStore::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The error of every write on a read-only store.
+    fn read_only_error(&self) -> Error {
+        store_error(format!(
+            "store {}: opened read-only (for inspection), writes are refused; open it for writing to change it",
+            self.path.display()
+        ))
+    }
+
+    /// `Some(refused commit)` when read-only.
+    fn refuse_write(&self) -> Option<Commit> {
+        self.read_only.then(|| Commit::ready(Err(self.read_only_error())))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The durability of writes (the default for a read-only store, which writes nothing).
     pub fn durability(&self) -> Durability {
         self.durability
     }
 
     /// This open's instance number (increases with every open of the file); engine
-    /// event ids are unique per instance.
+    /// event ids are unique per instance. 0 for a read-only open, which starts none.
     pub fn instance(&self) -> i64 {
         self.instance
     }
 
-    /// The schema version found on open (0 for a new file).
+    /// The schema version found on open (0 for a new file; the current version when read-only).
     pub fn migrated_from(&self) -> u32 {
         self.migrated_from
     }
@@ -175,6 +238,9 @@ impl SqliteStore {
     }
 
     fn send(&self, msg: Msg) -> Result<()> {
+        if self.read_only {
+            return Err(self.read_only_error());
+        }
         let closed = || store_error(format!("store {}: the writer is not running", self.path.display()));
         let tx = self.tx.as_ref().ok_or_else(closed)?;
         tx.send(msg).map_err(|_| closed())
@@ -724,6 +790,9 @@ fn limit_of(limit: Option<usize>) -> i64 {
 
 impl Store for SqliteStore {
     fn put_execution_with_events(&self, row: ExecutionRow, events: Vec<Value>) -> Commit {
+        if let Some(refused) = self.refuse_write() {
+            return refused;
+        }
         match prepare_execution(row).and_then(|p| Ok((p, prepare_events(events)?))) {
             Ok((p, events)) => self.write(Op::Execution { execution: Box::new(p), events }),
             Err(e) => Commit::ready(Err(e)),
@@ -731,6 +800,9 @@ impl Store for SqliteStore {
     }
 
     fn put_step(&self, step: StepRow, execution_status: Option<String>, events: Vec<Value>) -> Commit {
+        if let Some(refused) = self.refuse_write() {
+            return refused;
+        }
         if let Err(e) = prepare_step(&step) {
             return Commit::ready(Err(e));
         }
@@ -741,6 +813,9 @@ impl Store for SqliteStore {
     }
 
     fn put_events(&self, events: Vec<Value>) -> Commit {
+        if let Some(refused) = self.refuse_write() {
+            return refused;
+        }
         match prepare_events(events) {
             Ok(events) if events.is_empty() => Commit::ready(Ok(())),
             Ok(events) => self.write(Op::Events(events)),
@@ -749,6 +824,9 @@ impl Store for SqliteStore {
     }
 
     fn put_approval(&self, approval: Value) -> Commit {
+        if let Some(refused) = self.refuse_write() {
+            return refused;
+        }
         match prepare_approval(approval) {
             Ok(a) => self.write(Op::Approval(a)),
             Err(e) => Commit::ready(Err(e)),
@@ -756,6 +834,9 @@ impl Store for SqliteStore {
     }
 
     fn put_session_state(&self, tenant: &str, session: &str, state: Value) -> Commit {
+        if let Some(refused) = self.refuse_write() {
+            return refused;
+        }
         self.write(Op::Session { tenant: tenant.to_string(), session: session.to_string(), state })
     }
 
@@ -897,6 +978,9 @@ impl Store for SqliteStore {
     }
 
     fn prune(&self, cutoff: &str, batch: usize) -> Result<usize> {
+        if self.read_only {
+            return Err(self.read_only_error());
+        }
         let cutoff_us = parse_time("prune cutoff", cutoff)?;
         let batch = batch.max(1);
         let executions = self.prune_phase(true, cutoff_us, batch)?;
