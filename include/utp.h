@@ -325,8 +325,16 @@ void utp_string_free(char *s);
 /**
  * Create an engine. `config_json` is a JSON object with the engine configuration
  * ("{}" or NULL for defaults); manuals listed in its "manuals" are registered before
- * it returns. On success `*out_engine` receives the handle, which
- * is released with utp_engine_free(); on error it is set to NULL.
+ * it returns. With a store (`"store": "sqlite:PATH"`, or `{"url": "sqlite:PATH",
+ * "durability": "sync" | "normal" | "off", "retention": "30d", "recover": true}`; a
+ * relative PATH is relative to the working directory) executions, their steps, the
+ * event audit log, approvals and session state are committed to that SQLite file,
+ * and the executions a previous process left unfinished are resumed before it
+ * returns (those whose tools are registered by then: call utp_recover() after
+ * utp_register_tool() for the others). A file another engine has open, or one that
+ * is not a database, gives UTP_ERR_STORE. On success `*out_engine` receives the
+ * handle, which is released with utp_engine_free() (which also releases the store
+ * file); on error it is set to NULL.
  *
  * # Safety
  * `config_json` is NULL or a NUL-terminated string; `out_engine` is valid for writes.
@@ -868,6 +876,50 @@ utp_error_t *utp_set_session_state(utp_engine_t *engine,
                                    const char *session,
                                    const char *key,
                                    const char *value_json);
+
+/**
+ * Resume the executions a previous process left unfinished in the engine's store
+ * (utp_engine_new() already resumed those whose tools were registered then): steps
+ * it committed keep their results and never run again, the rest run now on the
+ * engine's library threads. Executions using a tool that is still not registered
+ * stay in the store for a later call, so call it after utp_register_tool().
+ * `*out_ids_json` receives a JSON array of the ids resumed (`[]` without a store);
+ * follow them with utp_wait_execution(). Free it with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; `out_ids_json` is valid for writes.
+ */
+utp_error_t *utp_recover(utp_engine_t *engine, char **out_ids_json);
+
+/**
+ * Events from the store's audit log (every process that used the store), in store
+ * order, as a JSON array of events (see utp_event_fn) each with `seq`, the store's
+ * increasing sequence number; without a store, the engine's in-memory history in the
+ * same shape. `filter_json` (nullable) is `{"execution_id": "...", "type": "glob",
+ * "after": seq, "limit": n, "since": "RFC 3339", "until": "RFC 3339"}`; every field
+ * is optional and all given ones must match (`after`: events with a greater `seq`,
+ * for paging; `since` inclusive, `until` exclusive). An unknown key, or a `type`
+ * that matches no event type, is UTP_ERR_INVALID_ARGUMENT. Free `*out_events_json`
+ * with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; `filter_json` is NULL or NUL-terminated; the
+ * out-parameter is valid for writes.
+ */
+utp_error_t *utp_stored_events(utp_engine_t *engine,
+                               const char *filter_json,
+                               char **out_events_json);
+
+/**
+ * Delete finished executions (with their steps) and events older than
+ * `older_than_ms` milliseconds from the engine's store now; running and suspended
+ * executions are never touched. `*out_deleted` receives the number of rows deleted
+ * (0 without a store). Config `store.retention` does this periodically.
+ *
+ * # Safety
+ * `engine` is a live handle; `out_deleted` is valid for writes.
+ */
+utp_error_t *utp_prune(utp_engine_t *engine, uint64_t older_than_ms, uint64_t *out_deleted);
 
 /**
  * Route the intent `intent_type` to a workflow: each utp_submit_intent() of it runs

@@ -20,9 +20,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use utp_core::{
-    CallOptions, Engine, Error, ErrorCode, Event, EventHandler, HistoryFilter, HostRule, HostVerdict, ManualSource,
+    CallOptions, Config, Engine, Error, ErrorCode, Event, EventHandler, HistoryFilter, HostRule, HostVerdict, ManualSource,
     NativeHandler, SubscriptionId,
 };
+use utp_core::events::{Pattern, kinds};
+use utp_core::store::EventFilter;
 use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, RunOptions, WorkflowSource};
 
 // ---------------------------------------------------------------------------
@@ -396,8 +398,16 @@ pub unsafe extern "C" fn utp_string_free(s: *mut c_char) {
 
 /// Create an engine. `config_json` is a JSON object with the engine configuration
 /// ("{}" or NULL for defaults); manuals listed in its "manuals" are registered before
-/// it returns. On success `*out_engine` receives the handle, which
-/// is released with utp_engine_free(); on error it is set to NULL.
+/// it returns. With a store (`"store": "sqlite:PATH"`, or `{"url": "sqlite:PATH",
+/// "durability": "sync" | "normal" | "off", "retention": "30d", "recover": true}`; a
+/// relative PATH is relative to the working directory) executions, their steps, the
+/// event audit log, approvals and session state are committed to that SQLite file,
+/// and the executions a previous process left unfinished are resumed before it
+/// returns (those whose tools are registered by then: call utp_recover() after
+/// utp_register_tool() for the others). A file another engine has open, or one that
+/// is not a database, gives UTP_ERR_STORE. On success `*out_engine` receives the
+/// handle, which is released with utp_engine_free() (which also releases the store
+/// file); on error it is set to NULL.
 ///
 /// # Safety
 /// `config_json` is NULL or a NUL-terminated string; `out_engine` is valid for writes.
@@ -421,13 +431,11 @@ pub unsafe extern "C" fn utp_engine_new(config_json: *const c_char, out_engine: 
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the engine runtime: {e}")))?;
-        let engine = {
-            let _ctx = runtime.enter();
-            Engine::from_json(config)?
-        };
+        let config = Config::from_value(config)?;
         // Manuals listed in config `manuals` are registered before the handle exists
-        // (as in Python and Node), so a bad one fails engine creation visibly.
-        runtime.block_on(engine.register_configured_manuals())?;
+        // (as in Python and Node), so a bad one fails engine creation visibly; with a
+        // store, unfinished executions are resumed on this engine's own runtime.
+        let engine = runtime.block_on(Engine::open(config))?;
         *out = Box::into_raw(Box::new(UtpEngine {
             engine,
             runtime: Some(runtime),
@@ -2075,6 +2083,129 @@ pub unsafe extern "C" fn utp_set_session_state(
         if !handle.engine.set_session_value(tenant, Some(session), key, value) {
             return Err(invalid("session state needs a session"));
         }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Store
+// ---------------------------------------------------------------------------
+
+/// Resume the executions a previous process left unfinished in the engine's store
+/// (utp_engine_new() already resumed those whose tools were registered then): steps
+/// it committed keep their results and never run again, the rest run now on the
+/// engine's library threads. Executions using a tool that is still not registered
+/// stay in the store for a later call, so call it after utp_register_tool().
+/// `*out_ids_json` receives a JSON array of the ids resumed (`[]` without a store);
+/// follow them with utp_wait_execution(). Free it with utp_string_free().
+///
+/// # Safety
+/// `engine` is a live handle; `out_ids_json` is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_recover(engine: *mut UtpEngine, out_ids_json: *mut *mut c_char) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_ids_json, "out_ids_json", ptr::null_mut()) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        let ids = handle.block_on(handle.engine.recover())??;
+        *out = json_out(&Value::from(ids))?;
+        Ok(())
+    })
+}
+
+/// The keys of utp_stored_events()' filter.
+const STORED_EVENTS_KEYS: &str = "execution_id, type, after, limit, since, until";
+
+/// `filter_json` of utp_stored_events() as a store filter.
+fn event_filter(text: Option<&str>) -> Result<EventFilter, Error> {
+    let mut filter = EventFilter::default();
+    let Some(text) = text.filter(|t| !t.trim().is_empty()) else { return Ok(filter) };
+    let map = match serde_json::from_str(text).map_err(|e| invalid(format!("filter_json is not valid JSON: {e}")))? {
+        Value::Null => return Ok(filter),
+        Value::Object(map) => map,
+        _ => return Err(invalid("filter_json must be a JSON object (or null)")),
+    };
+    let string = |key: &str, value: &Value| match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        other => Err(invalid(format!("filter_json: {key} must be a string, found {other}"))),
+    };
+    let count = |key: &str, value: &Value| match value {
+        Value::Null => Ok(None),
+        Value::Number(n) if n.as_u64().is_some() => Ok(n.as_u64()),
+        other => Err(invalid(format!("filter_json: {key} must be a non-negative integer, found {other}"))),
+    };
+    for (key, value) in &map {
+        match key.as_str() {
+            "execution_id" => filter.execution_id = string(key, value)?,
+            "type" => filter.kind = string(key, value)?,
+            "since" => filter.since = string(key, value)?,
+            "until" => filter.until = string(key, value)?,
+            "after" => filter.after_id = count(key, value)?,
+            "limit" => filter.limit = count(key, value)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            _ => return Err(invalid(format!("filter_json: unknown key '{key}' (expected {STORED_EVENTS_KEYS})"))),
+        }
+    }
+    if let Some(pattern) = &filter.kind {
+        let compiled = Pattern::new(pattern);
+        if pattern.trim().is_empty() || !kinds::ALL.iter().any(|k| compiled.matches(k)) {
+            return Err(invalid(format!(
+                "filter_json: type '{pattern}' matches no event type; the types are: {}",
+                kinds::ALL.join(", ")
+            )));
+        }
+    }
+    Ok(filter)
+}
+
+/// Events from the store's audit log (every process that used the store), in store
+/// order, as a JSON array of events (see utp_event_fn) each with `seq`, the store's
+/// increasing sequence number; without a store, the engine's in-memory history in the
+/// same shape. `filter_json` (nullable) is `{"execution_id": "...", "type": "glob",
+/// "after": seq, "limit": n, "since": "RFC 3339", "until": "RFC 3339"}`; every field
+/// is optional and all given ones must match (`after`: events with a greater `seq`,
+/// for paging; `since` inclusive, `until` exclusive). An unknown key, or a `type`
+/// that matches no event type, is UTP_ERR_INVALID_ARGUMENT. Free `*out_events_json`
+/// with utp_string_free().
+///
+/// # Safety
+/// `engine` is a live handle; `filter_json` is NULL or NUL-terminated; the
+/// out-parameter is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_stored_events(
+    engine: *mut UtpEngine,
+    filter_json: *const c_char,
+    out_events_json: *mut *mut c_char,
+) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_events_json, "out_events_json", ptr::null_mut()) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let filter = event_filter(unsafe { optional_str(filter_json, "filter_json") }?)?;
+        *out = json_out(&Value::Array(handle.engine.stored_events(&filter)?))?;
+        Ok(())
+    })
+}
+
+/// Delete finished executions (with their steps) and events older than
+/// `older_than_ms` milliseconds from the engine's store now; running and suspended
+/// executions are never touched. `*out_deleted` receives the number of rows deleted
+/// (0 without a store). Config `store.retention` does this periodically.
+///
+/// # Safety
+/// `engine` is a live handle; `out_deleted` is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_prune(engine: *mut UtpEngine, older_than_ms: u64, out_deleted: *mut u64) -> *mut UtpError {
+    guard(|| {
+        // SAFETY: valid for writes per the contract (NULL is checked).
+        let out = unsafe { out_param(out_deleted, "out_deleted", 0) }?;
+        // SAFETY: NULL or a live handle per the contract.
+        let handle = unsafe { engine_ref(engine) }?;
+        let deleted = handle.engine.prune_store(Duration::from_millis(older_than_ms))?;
+        *out = u64::try_from(deleted).unwrap_or(u64::MAX);
         Ok(())
     })
 }

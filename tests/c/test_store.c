@@ -1,0 +1,459 @@
+/*
+ * C ABI tests for the SQLite store (design §9): utp_engine_new() with "store" in the
+ * config (a string and a mapping), a run committed by one engine and read back by
+ * the next (utp_execution, utp_executions, utp_stored_events with its filters),
+ * UTP_ERR_STORE for a second engine on a file another one has open and for a file
+ * that is not a database, recovery of a run whose process was killed with SIGKILL
+ * (a forked child; the steps it committed are not called again, utp_recover()
+ * resumes the run once its tool is registered), session state across engines,
+ * utp_prune(), the memory store's answers, and misuse (NULLs, invalid UTF-8, bad
+ * filters).
+ *
+ * Prints "N passed, M failed" last and exits non-zero on any failure.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+static char dir[64];        /* the scratch folder of this run */
+static char db[128];        /* dir/utp.db */
+static char calls_path[128]; /* dir/calls.txt: one step name per tool call */
+
+static void sleep_ms(long ms) {
+    struct timespec pause = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
+}
+
+/* Occurrences of `needle` in `hay`. */
+static int count_of(const char *hay, const char *needle) {
+    int n = 0;
+    size_t len = strlen(needle);
+    for (const char *p = hay ? strstr(hay, needle) : NULL; p != NULL; p = strstr(p + len, needle)) n++;
+    return n;
+}
+
+/* Copy the string value of "key":"..." in compact JSON into buf (empty if absent). */
+static const char *json_str(const char *json, const char *key, char *buf, size_t size) {
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\"%s\":\"", key);
+    buf[0] = '\0';
+    const char *p = json ? strstr(json, pattern) : NULL;
+    if (p == NULL) return buf;
+    p += strlen(pattern);
+    size_t n = 0;
+    while (p[n] != '\0' && p[n] != '"' && n + 1 < size) n++;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* The number after "key": in compact JSON; -1 if absent. */
+static long json_num(const char *json, const char *key) {
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    const char *p = json ? strstr(json, pattern) : NULL;
+    return p ? strtol(p + strlen(pattern), NULL, 10) : -1;
+}
+
+/* The calls file as one string ("s0 s1 s2 "), in buf. */
+static const char *calls(char *buf, size_t size) {
+    buf[0] = '\0';
+    FILE *f = fopen(calls_path, "r");
+    if (f == NULL) return buf;
+    char line[32];
+    size_t used = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        int n = snprintf(buf + used, size - used, "%s ", line);
+        if (n < 0 || (size_t)n >= size - used) break;
+        used += (size_t)n;
+    }
+    fclose(f);
+    return buf;
+}
+
+/* An engine on `store_json` (the value of "store"), or NULL (the error is counted). */
+static utp_engine_t *open_engine(const char *store_json, const char *what) {
+    char config[512];
+    snprintf(config, sizeof config, "{\"store\": %s}", store_json);
+    utp_engine_t *engine = NULL;
+    if (!ok(utp_engine_new(config, &engine), what)) return NULL;
+    return engine;
+}
+
+static utp_engine_t *open_db(const char *what) {
+    char store[192];
+    snprintf(store, sizeof store, "\"sqlite:%s\"", db);
+    return open_engine(store, what);
+}
+
+/* ------------------------------------------------------------------ tools */
+
+/* t.step {name, n} -> {"n": n}; appends `name` to the calls file. With user_data
+ * non-NULL (the crashing child) it hangs in step s2 until the process is killed. */
+static int32_t step_tool(void *user_data, const char *args_json, utp_tool_result_t *result) {
+    char name[32];
+    json_str(args_json, "name", name, sizeof name);
+    FILE *f = fopen(calls_path, "a");
+    if (f != NULL) {
+        fprintf(f, "%s\n", name);
+        fclose(f);
+    }
+    if (user_data != NULL && strcmp(name, "s2") == 0) {
+        for (;;) sleep_ms(50); /* killed here, with SIGKILL, by the test */
+    }
+    char out[64];
+    snprintf(out, sizeof out, "{\"n\": %ld}", json_num(args_json, "n"));
+    utp_error_t *err = utp_tool_result_set_json(result, out);
+    int32_t status = err != NULL;
+    utp_error_free(err);
+    return status;
+}
+
+static const char *STEP_SPEC = "{\"inputs\": {\"type\": \"object\"}}";
+
+/* A chain of 4 steps: each gets its name and the previous output + 1. */
+static const char *CHAIN =
+    "{\"name\": \"chain\", \"steps\": ["
+    "{\"id\": \"s0\", \"tool\": \"t.step\", \"args\": {\"name\": \"s0\", \"n\": 0}},"
+    "{\"id\": \"s1\", \"tool\": \"t.step\", \"depends_on\": [\"s0\"],"
+    " \"args\": {\"name\": \"s1\", \"n\": \"${{ steps.s0.output.n + 1 }}\"}},"
+    "{\"id\": \"s2\", \"tool\": \"t.step\", \"depends_on\": [\"s1\"],"
+    " \"args\": {\"name\": \"s2\", \"n\": \"${{ steps.s1.output.n + 1 }}\"}},"
+    "{\"id\": \"s3\", \"tool\": \"t.step\", \"depends_on\": [\"s2\"],"
+    " \"args\": {\"name\": \"s3\", \"n\": \"${{ steps.s2.output.n + 1 }}\"}}"
+    "], \"outputs\": {\"last\": \"${{ steps.s3.output.n }}\"}}";
+
+/* ------------------------------------------------------------------ tests */
+
+/* The child of test_crash_and_recover: starts CHAIN and hangs in s2. Never returns. */
+static void crashing_child(int out_fd) {
+    utp_engine_t *engine = NULL;
+    char config[256];
+    snprintf(config, sizeof config, "{\"store\": \"sqlite:%s\"}", db);
+    if (utp_engine_new(config, &engine) != NULL) _exit(2);
+    if (utp_register_tool(engine, "t.step", STEP_SPEC, step_tool, (void *)1, NULL, NULL) != NULL) _exit(3);
+    char *id = NULL;
+    if (utp_start_workflow(engine, CHAIN, NULL, "{\"session\": \"crash\"}", &id) != NULL) _exit(4);
+    size_t len = strlen(id);
+    if (write(out_fd, id, len) != (ssize_t)len) _exit(5);
+    close(out_fd);
+    for (;;) sleep_ms(1000);
+}
+
+/* First, while this process has no library threads yet (so fork() is safe). */
+static void test_crash_and_recover(void) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+        CHECK(0, "pipe failed");
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        crashing_child(fds[1]);
+    }
+    close(fds[1]);
+    CHECK(pid > 0, "fork failed");
+    if (pid <= 0) return;
+    char id[64] = {0};
+    ssize_t got = 0;
+    while (got < (ssize_t)sizeof id - 1) {
+        ssize_t n = read(fds[0], id + got, sizeof id - 1 - (size_t)got);
+        if (n <= 0) break;
+        got += n;
+    }
+    close(fds[0]);
+    CHECK(got > 0, "the child sent no execution id");
+    char seen[256];
+    int started = 0;
+    for (int waited = 0; waited < 120000 && !started; waited += 20) {
+        started = strstr(calls(seen, sizeof seen), "s2") != NULL;
+        if (!started) sleep_ms(20);
+    }
+    CHECK(started, "step s2 never started (calls: %s)", seen);
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child status %d", status);
+    CHECK(strcmp(calls(seen, sizeof seen), "s0 s1 s2 ") == 0, "calls before recovery: %s", seen);
+    if (got <= 0) return;
+
+    utp_engine_t *engine = open_db("engine after the crash");
+    if (engine == NULL) return;
+    /* Its tool is not registered yet: the run is left in the store as it was. */
+    char *record = NULL, *ids = NULL, *events = NULL;
+    if (ok(utp_execution(engine, id, &record), "execution after the crash")) {
+        char status_text[32];
+        CHECK(strcmp(json_str(record, "status", status_text, sizeof status_text), "running") == 0, "%s", record);
+        CHECK(count_of(record, "\"status\":\"succeeded\"") == 2, "two steps committed: %s", record);
+        utp_string_free(record);
+    }
+    if (ok(utp_executions(engine, "running", NULL, &record), "running executions")) {
+        CHECK(find(record, id) >= 0, "%s", record);
+        utp_string_free(record);
+    }
+    if (ok(utp_recover(engine, &ids), "recover without the tool")) {
+        CHECK(strcmp(ids, "[]") == 0, "%s", ids);
+        utp_string_free(ids);
+    }
+
+    ok(utp_register_tool(engine, "t.step", STEP_SPEC, step_tool, NULL, NULL, NULL), "register t.step");
+    if (ok(utp_recover(engine, &ids), "recover")) {
+        char expected[96];
+        snprintf(expected, sizeof expected, "[\"%s\"]", id);
+        CHECK(strcmp(ids, expected) == 0, "recovered %s, expected %s", ids, expected);
+        utp_string_free(ids);
+    }
+    if (ok(utp_recover(engine, &ids), "recover again")) {
+        CHECK(strcmp(ids, "[]") == 0, "already running here: %s", ids);
+        utp_string_free(ids);
+    }
+    if (ok(utp_wait_execution(engine, id, 60000, &record), "wait for the resumed run")) {
+        char status_text[32];
+        CHECK(strcmp(json_str(record, "status", status_text, sizeof status_text), "completed") == 0, "%s", record);
+        CHECK(find(record, "\"last\":3") >= 0, "outputs: %s", record);
+        CHECK(find(record, "\"session_id\":\"crash\"") >= 0, "%s", record);
+        utp_string_free(record);
+    }
+    char filter[160];
+    snprintf(filter, sizeof filter, "{\"execution_id\": \"%s\"}", id);
+    if (ok(utp_stored_events(engine, filter, &events), "stored events of the resumed run")) {
+        CHECK(count_of(events, "\"type\":\"workflow.started\"") == 1, "%s", events);
+        CHECK(count_of(events, "\"type\":\"workflow.completed\"") == 1, "%s", events);
+        CHECK(count_of(events, "\"type\":\"step.completed\"") == 4, "%s", events);
+        utp_string_free(events);
+    }
+    utp_engine_free(engine);
+    /* s0 and s1 were committed before the kill: never called again; s2 ran again. */
+    CHECK(strcmp(calls(seen, sizeof seen), "s0 s1 s2 s2 s3 ") == 0, "calls after recovery: %s", seen);
+
+    engine = open_db("engine after recovery");
+    if (engine == NULL) return;
+    if (ok(utp_execution(engine, id, &record), "execution after recovery")) {
+        char status_text[32];
+        CHECK(strcmp(json_str(record, "status", status_text, sizeof status_text), "completed") == 0, "%s", record);
+        utp_string_free(record);
+    }
+    if (ok(utp_recover(engine, &ids), "nothing left to recover")) {
+        CHECK(strcmp(ids, "[]") == 0, "%s", ids);
+        utp_string_free(ids);
+    }
+    utp_engine_free(engine);
+}
+
+/* A run committed by one engine, read back (and pruned) by the next. */
+static void test_reopen(void) {
+    char store[256];
+    snprintf(store, sizeof store, "{\"url\": \"sqlite:%s/reopen.db\", \"durability\": \"sync\", \"retention\": \"30d\"}",
+             dir);
+    utp_engine_t *engine = open_engine(store, "engine with a store mapping");
+    if (engine == NULL) return;
+    ok(utp_register_tool(engine, "t.step", STEP_SPEC, step_tool, NULL, NULL, NULL), "register t.step");
+    char *record = NULL, *text = NULL;
+    char id[64] = {0};
+    if (ok(utp_run_workflow(engine, CHAIN, NULL, "{\"session\": \"s1\"}", &record), "run")) {
+        json_str(record, "execution_id", id, sizeof id);
+        CHECK(find(record, "\"last\":3") >= 0, "%s", record);
+        utp_string_free(record);
+    }
+    ok(utp_set_session_state(engine, "acme", "s1", "cart", "[\"a\", \"b\"]"), "set session state");
+    utp_engine_free(engine);
+
+    engine = open_engine(store, "engine reopened");
+    if (engine == NULL) return;
+    /* No tool registered here: the record comes from the store. */
+    if (ok(utp_execution(engine, id, &record), "execution from the store")) {
+        char status_text[32];
+        CHECK(strcmp(json_str(record, "status", status_text, sizeof status_text), "completed") == 0, "%s", record);
+        CHECK(find(record, "\"last\":3") >= 0, "%s", record);
+        CHECK(count_of(record, "\"status\":\"succeeded\"") == 4, "%s", record);
+        utp_string_free(record);
+    }
+    if (ok(utp_executions(engine, NULL, NULL, &text), "executions from the store")) {
+        CHECK(find(text, id) >= 0 && count_of(text, "\"execution_id\"") == 1, "%s", text);
+        utp_string_free(text);
+    }
+    if (ok(utp_executions(engine, "completed", "s1", &text), "executions by status and session")) {
+        CHECK(find(text, id) >= 0, "%s", text);
+        utp_string_free(text);
+    }
+    if (ok(utp_session_state(engine, "acme", "s1", &text), "session state from the store")) {
+        CHECK(strcmp(text, "{\"cart\":[\"a\",\"b\"]}") == 0, "%s", text);
+        utp_string_free(text);
+    }
+
+    char filter[200];
+    snprintf(filter, sizeof filter, "{\"execution_id\": \"%s\"}", id);
+    if (ok(utp_stored_events(engine, filter, &text), "stored events")) {
+        CHECK(count_of(text, "\"type\":\"workflow.started\"") == 1, "%s", text);
+        CHECK(count_of(text, "\"type\":\"workflow.completed\"") == 1, "%s", text);
+        CHECK(count_of(text, "\"type\":\"step.completed\"") == 4, "%s", text);
+        CHECK(find(text, "\"type\":\"workflow.started\"") < find(text, "\"type\":\"workflow.completed\""), "order");
+        CHECK(count_of(text, "\"seq\":") == count_of(text, "\"type\":"), "every event has its seq");
+        utp_string_free(text);
+    }
+    snprintf(filter, sizeof filter, "{\"execution_id\": \"%s\", \"type\": \"step.*\", \"limit\": 2}", id);
+    if (ok(utp_stored_events(engine, filter, &text), "stored events by type, limited")) {
+        CHECK(count_of(text, "\"type\":\"step.") == 2 && count_of(text, "\"type\":") == 2, "%s", text);
+        utp_string_free(text);
+    }
+    if (ok(utp_stored_events(engine, "{\"after\": 1, \"limit\": 1}", &text), "stored events after seq 1")) {
+        CHECK(json_num(text, "seq") == 2, "%s", text);
+        utp_string_free(text);
+    }
+    if (ok(utp_stored_events(engine, "{\"since\": \"2100-01-01T00:00:00Z\"}", &text), "stored events since")) {
+        CHECK(strcmp(text, "[]") == 0, "%s", text);
+        utp_string_free(text);
+    }
+    if (ok(utp_stored_events(engine, NULL, &text), "stored events, no filter")) {
+        CHECK(count_of(text, "\"type\":\"workflow.completed\"") == 1, "%s", text);
+        utp_string_free(text);
+    }
+
+    /* A second engine on the same file while this one is open. */
+    utp_engine_t *second = (utp_engine_t *)&second; /* not NULL: the call must reset it */
+    char config[320];
+    snprintf(config, sizeof config, "{\"store\": %s}", store);
+    utp_error_t *err = utp_engine_new(config, &second);
+    CHECK(err != NULL && utp_error_code(err) == UTP_ERR_STORE, "second engine: %s", utp_error_message(err));
+    CHECK(err != NULL && find(utp_error_message(err), "reopen.db") >= 0, "the message names the file: %s",
+          utp_error_message(err));
+    CHECK(second == NULL, "out_engine reset on error");
+    utp_error_free(err);
+
+    uint64_t deleted = 99;
+    ok(utp_prune(engine, 3600000, &deleted), "prune an hour");
+    CHECK(deleted == 0, "deleted %llu", (unsigned long long)deleted);
+    sleep_ms(50);
+    ok(utp_prune(engine, 10, &deleted), "prune 10 ms");
+    CHECK(deleted > 0, "deleted %llu", (unsigned long long)deleted);
+    expect_code(utp_execution(engine, id, &record), UTP_ERR_NOT_FOUND, "a pruned execution");
+    CHECK(record == NULL, "out reset");
+    if (ok(utp_stored_events(engine, filter, &text), "events of a pruned execution")) {
+        CHECK(strcmp(text, "[]") == 0, "%s", text);
+        utp_string_free(text);
+    }
+    utp_engine_free(engine);
+
+    /* Freed: the file is free again. */
+    engine = open_engine(store, "engine after free");
+    utp_engine_free(engine);
+}
+
+static void test_store_errors(void) {
+    char path[160];
+    snprintf(path, sizeof path, "%s/corrupt.db", dir);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "cannot write %s", path);
+    if (f != NULL) {
+        for (int i = 0; i < 200; i++) fputs("this is not a SQLite database, just text\n", f);
+        fclose(f);
+    }
+    char config[256];
+    snprintf(config, sizeof config, "{\"store\": \"sqlite:%s\"}", path);
+    utp_engine_t *engine = NULL;
+    expect_code(utp_engine_new(config, &engine), UTP_ERR_STORE, "a file that is not a database");
+    CHECK(engine == NULL, "out_engine reset");
+    expect_code(utp_engine_new("{\"store\": \"postgres://x\"}", &engine), UTP_ERR_INVALID_ARGUMENT, "unknown store");
+    expect_code(utp_engine_new("{\"store\": \"sqlite:\"}", &engine), UTP_ERR_INVALID_ARGUMENT, "no path");
+    snprintf(config, sizeof config, "{\"store\": {\"url\": \"sqlite:%s/x.db\", \"durability\": \"fast\"}}", dir);
+    expect_code(utp_engine_new(config, &engine), UTP_ERR_INVALID_ARGUMENT, "bad durability");
+    snprintf(config, sizeof config, "{\"store\": {\"url\": \"sqlite:%s/x.db\", \"colour\": 1}}", dir);
+    expect_code(utp_engine_new(config, &engine), UTP_ERR_INVALID_ARGUMENT, "unknown store key");
+    CHECK(engine == NULL, "out_engine reset");
+}
+
+/* Without a store: recover resumes nothing, prune deletes nothing, stored events are the history. */
+static void test_memory(void) {
+    utp_engine_t *engine = NULL;
+    if (!ok(utp_engine_new("{}", &engine), "memory engine")) return;
+    ok(utp_register_tool(engine, "t.step", STEP_SPEC, step_tool, NULL, NULL, NULL), "register t.step");
+    char *record = NULL, *text = NULL;
+    char id[64] = {0};
+    if (ok(utp_run_workflow(engine, CHAIN, NULL, NULL, &record), "run in memory")) {
+        json_str(record, "execution_id", id, sizeof id);
+        utp_string_free(record);
+    }
+    char filter[160];
+    snprintf(filter, sizeof filter, "{\"execution_id\": \"%s\", \"type\": \"workflow.*\"}", id);
+    if (ok(utp_stored_events(engine, filter, &text), "memory stored events")) {
+        CHECK(count_of(text, "\"type\":\"workflow.started\"") == 1, "%s", text);
+        CHECK(count_of(text, "\"type\":\"workflow.completed\"") == 1, "%s", text);
+        CHECK(count_of(text, "\"type\":\"step.") == 0, "%s", text);
+        utp_string_free(text);
+    }
+    if (ok(utp_recover(engine, &text), "memory recover")) {
+        CHECK(strcmp(text, "[]") == 0, "%s", text);
+        utp_string_free(text);
+    }
+    uint64_t deleted = 99;
+    ok(utp_prune(engine, 0, &deleted), "memory prune");
+    CHECK(deleted == 0, "deleted %llu", (unsigned long long)deleted);
+    utp_engine_free(engine);
+}
+
+static void test_misuse(void) {
+    utp_engine_t *engine = NULL;
+    if (!ok(utp_engine_new(NULL, &engine), "engine")) return;
+    char *out = (char *)"untouched";
+    uint64_t deleted = 7;
+    expect_code(utp_recover(NULL, &out), UTP_ERR_INVALID_ARGUMENT, "recover NULL engine");
+    CHECK(out == NULL, "out reset");
+    expect_code(utp_recover(engine, NULL), UTP_ERR_INVALID_ARGUMENT, "recover NULL out");
+    expect_code(utp_stored_events(NULL, NULL, &out), UTP_ERR_INVALID_ARGUMENT, "stored events NULL engine");
+    expect_code(utp_stored_events(engine, NULL, NULL), UTP_ERR_INVALID_ARGUMENT, "stored events NULL out");
+    expect_code(utp_stored_events(engine, "{not json", &out), UTP_ERR_INVALID_ARGUMENT, "bad filter JSON");
+    expect_code(utp_stored_events(engine, "[1]", &out), UTP_ERR_INVALID_ARGUMENT, "filter not an object");
+    expect_code(utp_stored_events(engine, "{\"executionId\": \"x\"}", &out), UTP_ERR_INVALID_ARGUMENT, "unknown key");
+    expect_code(utp_stored_events(engine, "{\"type\": \"workflow.finished\"}", &out), UTP_ERR_INVALID_ARGUMENT,
+                "type matching nothing");
+    expect_code(utp_stored_events(engine, "{\"after\": -1}", &out), UTP_ERR_INVALID_ARGUMENT, "negative after");
+    expect_code(utp_stored_events(engine, "{\"limit\": \"3\"}", &out), UTP_ERR_INVALID_ARGUMENT, "limit a string");
+    expect_code(utp_stored_events(engine, "{\"execution_id\": 5}", &out), UTP_ERR_INVALID_ARGUMENT, "id a number");
+    expect_code(utp_stored_events(engine, "{\"type\": \"\xff\"}", &out), UTP_ERR_INVALID_ARGUMENT, "invalid UTF-8");
+    CHECK(out == NULL, "out reset");
+    if (ok(utp_stored_events(engine, "null", &out), "null filter")) utp_string_free(out);
+    if (ok(utp_stored_events(engine, "  ", &out), "blank filter")) utp_string_free(out);
+    expect_code(utp_prune(NULL, 0, &deleted), UTP_ERR_INVALID_ARGUMENT, "prune NULL engine");
+    CHECK(deleted == 0, "out reset");
+    expect_code(utp_prune(engine, 0, NULL), UTP_ERR_INVALID_ARGUMENT, "prune NULL out");
+    utp_engine_free(engine);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    snprintf(dir, sizeof dir, "/tmp/utp-c-store-XXXXXX");
+    if (mkdtemp(dir) == NULL) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(db, sizeof db, "%s/utp.db", dir);
+    snprintf(calls_path, sizeof calls_path, "%s/calls.txt", dir);
+
+    test_crash_and_recover();
+    remove(calls_path);
+    test_reopen();
+    test_store_errors();
+    test_memory();
+    test_misuse();
+
+    char cleanup[128];
+    snprintf(cleanup, sizeof cleanup, "rm -rf '%s'", dir);
+    if (system(cleanup) != 0) fprintf(stderr, "could not remove %s\n", dir);
+
+    printf("test_store: %d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
