@@ -6,13 +6,14 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 UTP := $(CARGO_TARGET_DIR)/debug/utp
 
-.PHONY: all build test test-rust demo clean bench bench-openapi bench-calls help
+.PHONY: all build test test-rust demo clean bench bench-openapi bench-calls bench-store help
 all: build
 
 help:
 	@echo "make demo   run the utp CLI on the bundled example (discovery, search, domain rules, a workflow, live events)"
 	@echo "make test   build everything and run the Rust, C, Python and Node suites"
 	@echo "make bench  criterion benchmarks (results go in docs/benchmarks.md)"
+	@echo "make bench-store  durable 10-step workflows: UTP vs DBOS vs LangGraph on SQLite (bench/store/run.py)"
 
 include mk/c.mk mk/python.mk mk/node.mk
 
@@ -65,3 +66,8 @@ bench-openapi:
 # cargo bench -p utp-core --bench calls
 bench-calls:
 	python3 bench/calls/run.py
+
+# Durable 10-step workflows on SQLite side by side with DBOS and LangGraph: sequential
+# and 8 in flight, durability normal and sync, same run (bench/store/run.py).
+bench-store:
+	python3 bench/store/run.py
