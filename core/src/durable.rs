@@ -27,7 +27,7 @@ use crate::store::{Durability, ExecutionRow, StepRow, Store, open_store};
 use crate::workflow::execution::{ErrorInfo, Execution, StepRecord, StepStatus};
 
 /// The `store` section: `"sqlite:PATH"` / `"memory"`, or
-/// `{url, durability: sync|normal|off, retention: 30d, recover: true}`.
+/// `{url, durability: sync|normal|off, retention: 30d, recover: true, read_only: false}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub url: String,
@@ -36,11 +36,21 @@ pub struct StoreConfig {
     pub retention: Option<Duration>,
     /// Resume executions left unfinished by a previous process when the engine opens.
     pub recover: bool,
+    /// Inspection only ([`crate::store::open_store_read_only`]): no lock (works while
+    /// another engine holds the file), nothing written, nothing resumed (`recover` is
+    /// off), no retention; the database must exist. `utp executions` / `show` / `events`.
+    pub read_only: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { url: "memory".into(), durability: Durability::Normal, retention: None, recover: true }
+        StoreConfig {
+            url: "memory".into(),
+            durability: Durability::Normal,
+            retention: None,
+            recover: true,
+            read_only: false,
+        }
     }
 }
 
@@ -67,9 +77,10 @@ impl StoreConfig {
                             )
                         }
                         "recover" => out.recover = value.as_bool().ok_or_else(|| bad("true or false"))?,
+                        "read_only" => out.read_only = value.as_bool().ok_or_else(|| bad("true or false"))?,
                         _ => {
                             return Err(Error::InvalidArgument(format!(
-                                "config store: unknown key '{key}' (url, durability, retention, recover)"
+                                "config store: unknown key '{key}' (url, durability, retention, recover, read_only)"
                             )));
                         }
                     }
@@ -87,6 +98,10 @@ impl StoreConfig {
         if let Some(path) = out.url.strip_prefix("sqlite:") {
             let resolved = config.resolve_path(std::path::Path::new(path));
             out.url = format!("sqlite:{}", resolved.display());
+        }
+        if out.read_only {
+            out.recover = false;
+            out.retention = None;
         }
         Ok(out)
     }
@@ -132,6 +147,11 @@ impl Durable {
     pub fn open(config: StoreConfig, events: &EventBus) -> Result<Option<Durable>> {
         if config.is_memory() {
             return Ok(None);
+        }
+        if config.read_only {
+            // Nothing to write: no folder, no sink for this engine's events, no retention.
+            let store = crate::store::open_store_read_only(&config.url)?;
+            return Ok(Some(Durable { store, config, _retention: None }));
         }
         if let Some(path) = config.url.trim().strip_prefix("sqlite:") {
             if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -468,7 +488,17 @@ mod tests {
         assert!(!c.recover);
         let c = StoreConfig::from_config(&config(json!({"path": "/tmp/z.db"}))).unwrap();
         assert_eq!(c.url, "sqlite:/tmp/z.db");
-        for bad in [json!({"durability": "fast"}), json!({"colour": 1}), json!(7), json!({"retention": "soon"})] {
+        assert!(!c.read_only);
+        let c = StoreConfig::from_config(&config(json!({"url": "sqlite:/tmp/z.db", "read_only": true, "retention": "1d"})))
+            .unwrap();
+        assert!(c.read_only && !c.recover && c.retention.is_none(), "{c:?}");
+        for bad in [
+            json!({"durability": "fast"}),
+            json!({"colour": 1}),
+            json!(7),
+            json!({"retention": "soon"}),
+            json!({"read_only": "yes"}),
+        ] {
             let e = StoreConfig::from_config(&config(bad.clone())).unwrap_err();
             assert_eq!(e.code(), crate::ErrorCode::InvalidArgument, "{bad}");
         }
