@@ -8,14 +8,36 @@ use serde_json::Value;
 use utp_core::workflow::RunOptions;
 use utp_core::{CallOptions, Config, Engine, Outcome, RegisteredTool};
 
+mod db;
+mod history;
+mod resume;
 mod run;
 
 #[derive(Parser)]
-#[command(name = "utp", version = utp_core::VERSION, about = "UTP Runtime: discover, search, check and call UTCP tools; run workflows")]
+#[command(
+    name = "utp",
+    version = utp_core::VERSION,
+    about = "UTP Runtime: discover, search, check and call UTCP tools; run workflows",
+    after_help = "\
+History: `call`, `run`, `approve` and `resume` record what they run in a SQLite database
+(--db, default .utp/utp.db); `executions`, `show`, `events` and `approvals` read it.
+Only `resume` and `approve` continue executions a previous process left unfinished.
+
+Exit codes: 0 success; 1 an error (`utp: [CODE] message` on stderr; codes are stable:
+NOT_FOUND, STORE, VALIDATION_FAILED, ...) or a run that failed; 2 bad usage;
+3 a run waits for an approval (it is saved; `utp approve ID` continues it)."
+)]
 struct Cli {
     /// Config file (utp.yaml or utp.json). Default: ./utp.yaml or ./utp.json if present.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// SQLite database that records runs (executions, steps, events, approvals) and
+    /// that the history commands read; relative to the working directory, its folder
+    /// is created. `--db memory`: record nothing. Default: the config's `store` when it
+    /// has one, else .utp/utp.db; an explicit --db wins over the config's `store`
+    /// (keeping its durability and retention).
+    #[arg(long, global = true, value_name = "PATH|memory")]
+    db: Option<String>,
     /// Print this run's events live on stderr, one JSON line each: `--events` for all,
     /// `--events=PATTERN` for a glob over event types (`tool.*`, `policy.denied`).
     #[arg(long, global = true, value_name = "PATTERN", num_args = 0..=1, require_equals = true, default_missing_value = "*")]
@@ -26,17 +48,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum TopCommand {
-    /// Run COMMAND and print the events of its run live on stderr, one JSON line each
-    /// (the same as `--events=PATTERN COMMAND`): `utp events --type 'step.*' run wf.yaml`.
-    Events {
-        /// Glob over event types (`tool.*`, `policy.denied`, `*`).
-        #[arg(long = "type", default_value = "*")]
-        pattern: String,
-        #[command(subcommand)]
-        command: Command,
-    },
+    /// Read the audit log of the database (every process that used it), oldest first;
+    /// or, followed by a COMMAND, run it and print its events live on stderr, one JSON
+    /// line each (the same as `--events=PATTERN COMMAND`): `utp events --type 'step.*' run wf.yaml`.
+    Events(EventsArgs),
     #[command(flatten)]
     Other(Command),
+}
+
+#[derive(clap::Args)]
+struct EventsArgs {
+    /// Glob over event types (`tool.*`, `policy.denied`, `*`).
+    #[arg(long = "type")]
+    pattern: Option<String>,
+    /// Only the events of this execution.
+    #[arg(long)]
+    execution: Option<String>,
+    /// Only events after this store sequence number (the SEQ column; for paging).
+    #[arg(long, value_name = "SEQ")]
+    after: Option<u64>,
+    /// At most this many events (the oldest matching ones; page on with --after).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// One JSON object per line (design §8 event JSON plus the store's `seq`).
+    #[arg(long)]
+    json: bool,
+    /// A command to run with its events printed live.
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -83,9 +122,14 @@ enum Command {
         /// Tenant the call is made for (permissions, rules and rate limits per tenant).
         #[arg(long)]
         tenant: Option<String>,
+        /// An approval granted for this escalated call (`utp approve ID`). Without it an
+        /// escalated call fails at once with APPROVAL_REQUIRED and the approval's id.
+        #[arg(long)]
+        approval: Option<String>,
     },
     /// Run a workflow (YAML/JSON file) with live progress on stderr; prints its outputs
-    /// (or, with --json, the whole execution record). Exit 0 when it completed.
+    /// (or, with --json, the whole execution record). Exit 0 when it completed, 1 when
+    /// it failed, 3 when it waits for an approval (saved; `utp approve ID` continues it).
     Run {
         /// Workflow file (design §7 format).
         workflow: String,
@@ -102,7 +146,78 @@ enum Command {
         /// Timeout for the whole run, in seconds.
         #[arg(long)]
         timeout: Option<f64>,
+        /// Run N copies at once (same inputs); prints a list of N results.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=10000))]
+        repeat: u16,
         /// Print the whole execution record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Executions recorded in the database, newest first: id, workflow, status,
+    /// created, finished, steps done/total.
+    Executions {
+        /// Only this status: created, running, suspended, waiting_approval,
+        /// completed, failed, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// At most this many (the newest; 0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// The records as a JSON list (design §7, without step outputs).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One execution with its steps (status, attempts, output excerpt, error).
+    Show {
+        /// Execution id (`exe_...`, see `utp executions`).
+        id: String,
+        /// The whole design §7 record as JSON, step outputs included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approvals recorded in the database (escalated calls), oldest first.
+    Approvals {
+        /// Only those still waiting.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant (or, with --deny, refuse) approval ID; then resume the unfinished
+    /// executions, those waiting for it included, and wait for them. Exit 0 when
+    /// they completed (with --deny, its waiters' failure is expected), 1 on an error
+    /// or a failure, 3 when one waits for another approval.
+    Approve {
+        /// Approval id (`utp approvals --pending`, or the step's `approval_id` in `utp show`).
+        id: String,
+        /// Refuse instead of granting: the waiting step fails with PERMISSION_DENIED.
+        #[arg(long)]
+        deny: bool,
+        /// Why (recorded with the approval).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only record the decision; `utp resume` continues the executions later.
+        #[arg(long)]
+        no_wait: bool,
+        /// Directories, manual files or URLs with the tools the executions use (repeatable).
+        #[arg(long = "from")]
+        from: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume every execution a previous process left unfinished in the database
+    /// (steps it committed never run again; the one in flight re-runs with the same
+    /// idempotency key) and wait for them; print each id and final status. Exit 0
+    /// when all completed (or there was none), 1 on an error or when one failed or
+    /// could not be resumed (its tools are not registered), 3 when one waits for an approval.
+    Resume {
+        /// Directories, manual files or URLs with the tools the executions use (repeatable).
+        #[arg(long = "from")]
+        from: Vec<String>,
+        /// A JSON list: {execution_id, workflow, status, outputs, error, waiting_for?, not_resumed?}.
         #[arg(long)]
         json: bool,
     },
@@ -122,23 +237,83 @@ enum Command {
     },
 }
 
+impl Command {
+    /// What the command does with the database.
+    fn access(&self) -> db::Access {
+        match self {
+            Command::Discover { .. } | Command::Tools { .. } | Command::Check { .. } => db::Access::None,
+            Command::Call { .. } | Command::Run { .. } | Command::Approve { .. } | Command::Resume { .. } => {
+                db::Access::ReadWrite
+            }
+            Command::Executions { .. } | Command::Show { .. } | Command::Approvals { .. } => db::Access::ReadOnly,
+        }
+    }
+}
+
+/// What `main` runs: a command (with live events when `events` is set), or a read of
+/// the stored audit log.
+enum Job {
+    Command(Command, Option<String>),
+    StoredEvents(utp_core::store::EventFilter, bool),
+}
+
+fn job(cli_events: Option<String>, top: TopCommand) -> Result<Job, ExitCode> {
+    match top {
+        TopCommand::Other(command) => Ok(Job::Command(command, cli_events)),
+        TopCommand::Events(args) => match args.command {
+            Some(command) => {
+                if args.execution.is_some() || args.after.is_some() || args.limit.is_some() || args.json {
+                    eprintln!(
+                        "utp: [INVALID_ARGUMENT] --execution, --after, --limit and --json read the stored log; \
+                         with a COMMAND, `utp events` prints its live events (only --type applies)"
+                    );
+                    return Err(ExitCode::from(2));
+                }
+                Ok(Job::Command(command, Some(args.pattern.unwrap_or_else(|| "*".into()))))
+            }
+            None => Ok(Job::StoredEvents(
+                utp_core::store::EventFilter {
+                    execution_id: args.execution,
+                    kind: args.pattern,
+                    after_id: args.after,
+                    limit: args.limit,
+                    ..Default::default()
+                },
+                args.json,
+            )),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let job = match job(cli.events, cli.command) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    let config = match load_config(cli.config.as_deref()) {
+    let mut config = match load_config(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let engine = match Engine::new(config) {
-        Ok(e) => e,
-        Err(e) => return fail(&format!("[{}] {e}", e.code())),
+    let access = match &job {
+        Job::Command(command, _) => command.access(),
+        Job::StoredEvents(..) => db::Access::ReadOnly,
     };
-    let (command, events) = match cli.command {
-        TopCommand::Events { pattern, command } => (command, Some(pattern)),
-        TopCommand::Other(command) => (command, cli.events),
+    let mut db = match db::choose(&mut config, cli.db.as_deref(), access) {
+        Ok(db) => db,
+        Err(e) => return fail(&e),
+    };
+    let engine = match db::engine(config, &mut db) {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
+    let (command, events) = match job {
+        Job::StoredEvents(filter, json) => return history::events(&engine, &filter, json),
+        Job::Command(command, events) => (command, events),
     };
     let printer = match events.as_deref().map(|pattern| print_events(&engine, pattern)).transpose() {
         Ok(id) => id,
@@ -150,11 +325,11 @@ fn main() -> ExitCode {
             Command::Tools { paths, search, tags, limit, json } => {
                 tools(&engine, paths, search.as_deref(), &tags, limit, json).await
             }
-            Command::Call { tool, args, timeout, from, tenant } => {
-                call(&engine, &tool, args.as_deref(), timeout, from, tenant).await
+            Command::Call { tool, args, timeout, from, tenant, approval } => {
+                call(&engine, &tool, args.as_deref(), timeout, from, tenant, approval).await
             }
             Command::Check { tool, args, tenant, from } => check(&engine, &tool, args.as_deref(), tenant, from).await,
-            Command::Run { workflow, inputs, from, tenant, session, timeout, json } => {
+            Command::Run { workflow, inputs, from, tenant, session, timeout, repeat, json } => {
                 let inputs = match run::parse_inputs(&inputs) {
                     Ok(v) => v,
                     Err(e) => {
@@ -170,13 +345,25 @@ fn main() -> ExitCode {
                     return fail(&e);
                 }
                 let options = RunOptions { tenant, session, timeout, ..RunOptions::default() };
-                run::run(&engine, &workflow, inputs, options, json).await
+                run::run(&engine, &workflow, inputs, options, usize::from(repeat), json).await
             }
+            Command::Executions { status, session, limit, json } => {
+                history::executions(&engine, &db, status.as_deref(), session.as_deref(), limit, json)
+            }
+            Command::Show { id, json } => history::show(&engine, &db, &id, json),
+            Command::Approvals { pending, json } => history::approvals(&engine, pending, json),
+            Command::Approve { id, deny, reason, no_wait, from, json } => {
+                resume::approve(&engine, &db, &id, !deny, reason.as_deref(), no_wait, from, json).await
+            }
+            Command::Resume { from, json } => resume::resume(&engine, &db, from, json).await,
         }
     });
     if printer.is_some() {
         settle(&engine);
     }
+    // Executions still running here (parked on an approval) stop where they are, left
+    // unfinished for `utp approve` / `utp resume`; the store is flushed and released.
+    engine.close(std::time::Duration::from_secs(5));
     status
 }
 
@@ -290,6 +477,7 @@ async fn call(
     timeout: Option<f64>,
     from: Vec<String>,
     tenant: Option<String>,
+    approval: Option<String>,
 ) -> ExitCode {
     let args = match parse_args(args) {
         Ok(v) => v,
@@ -302,13 +490,20 @@ async fn call(
     if let Err(e) = load_tools(engine, from).await {
         return fail(&e);
     }
-    let result = engine.call_tool(tool, args, CallOptions { timeout, tenant, ..Default::default() }).await;
+    // An escalated call fails at once with the approval's id (nothing else could
+    // approve it while this process waits): `utp approve ID`, then `--approval ID`.
+    let options =
+        CallOptions { timeout, tenant, fail_fast_on_approval: true, approval_id: approval, ..Default::default() };
+    let result = engine.call_tool(tool, args, options).await;
     settle(engine);
     match result {
         Ok(result) => {
             println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
             ExitCode::SUCCESS
         }
+        Err(utp_core::Error::ApprovalRequired { message, approval_id }) => fail(&format!(
+            "[APPROVAL_REQUIRED] {message} (`utp approve {approval_id}`, then call again with --approval {approval_id})"
+        )),
         Err(e) => fail(&format!("[{}] {e}", e.code())),
     }
 }

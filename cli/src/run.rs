@@ -63,31 +63,82 @@ fn progress(event: &Event) -> Option<String> {
     })
 }
 
-/// Run the workflow; print progress on stderr and the outputs (or, with `json`, the
-/// whole record) on stdout. Exit 0 when it completed.
-pub async fn run(engine: &Engine, workflow: &str, inputs: Value, options: RunOptions, json: bool) -> ExitCode {
-    let printer = engine.subscribe(
-        "*",
-        Arc::new(|event| {
-            if let Some(line) = progress(&event) {
-                let _ = writeln!(std::io::stderr().lock(), "{line}");
-            }
-            Ok(())
-        }),
-    );
-    let result = engine.run_workflow(WorkflowSource::from_text(workflow), inputs, options).await;
-    engine.events().flush(std::time::Duration::from_secs(2));
-    if let Ok(id) = printer {
-        engine.unsubscribe(id);
-    }
-    let record = match result {
-        Ok(r) => r,
+/// Print workflow and step events as progress lines on stderr; with `prefix`, each
+/// line starts with its execution id (several executions at once).
+pub fn subscribe_progress(engine: &Engine, prefix: bool) -> Option<utp_core::SubscriptionId> {
+    engine
+        .subscribe(
+            "*",
+            Arc::new(move |event| {
+                if let Some(line) = progress(&event) {
+                    let id = event.execution_id.as_deref().filter(|_| prefix);
+                    let _ = match id {
+                        Some(id) => writeln!(std::io::stderr().lock(), "{id} {line}"),
+                        None => writeln!(std::io::stderr().lock(), "{line}"),
+                    };
+                }
+                Ok(())
+            }),
+        )
+        .ok()
+}
+
+/// Run the workflow (`repeat` copies at once); print progress on stderr and the
+/// outputs (or, with `json`, the whole record) on stdout, a list of them when
+/// `repeat > 1`. With a store, a run that waits for an approval is left saved and
+/// the command exits 3 (`utp approve ID` continues it). Exit 0 when all completed.
+pub async fn run(engine: &Engine, workflow: &str, inputs: Value, options: RunOptions, repeat: usize, json: bool) -> ExitCode {
+    let compiled = match engine.workflow(WorkflowSource::from_text(workflow)) {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("utp: [{}] {e}", e.code());
             return ExitCode::FAILURE;
         }
     };
-    let shown = if json { &record } else { &record["outputs"] };
-    println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
-    if record["status"] == "completed" { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    let printer = subscribe_progress(engine, repeat > 1);
+    let mut ids = Vec::new();
+    let mut failure = None;
+    for _ in 0..repeat.max(1) {
+        match engine.start_workflow(WorkflowSource::Compiled(compiled.clone()), inputs.clone(), options.clone()) {
+            Ok(exec) => ids.push(exec.id.clone()),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let mut records = Vec::new();
+    for id in &ids {
+        records.push(crate::resume::settle(engine, id).await);
+    }
+    engine.events().flush(std::time::Duration::from_secs(2));
+    if let Some(id) = printer {
+        engine.unsubscribe(id);
+    }
+    if let Some(e) = failure {
+        eprintln!("utp: [{}] {e}", e.code());
+        return ExitCode::FAILURE;
+    }
+    for record in &records {
+        if let Some(approval) = crate::resume::waiting_for(record) {
+            eprintln!(
+                "⏸ {} waits for approval {approval}: `utp approve {approval}` continues it (`--deny` refuses)",
+                record["execution_id"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    let shown: Vec<&Value> = records.iter().map(|r| if json { r } else { &r["outputs"] }).collect();
+    let text = match shown.as_slice() {
+        [one] => serde_json::to_string_pretty(one),
+        many => serde_json::to_string_pretty(many),
+    };
+    println!("{}", text.unwrap_or_default());
+    let status = |s: &str| records.iter().any(|r| r["status"] == s);
+    if records.iter().all(|r| r["status"] == "completed") {
+        ExitCode::SUCCESS
+    } else if status("failed") || status("cancelled") || records.iter().any(|r| r["status"].is_null()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::from(crate::resume::WAITING)
+    }
 }

@@ -2,8 +2,11 @@
 
 use std::process::Command;
 
+/// Each run in a fresh working directory: commands that record runs create their
+/// default database (.utp/utp.db) there, not in the source tree.
 fn utp(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_utp")).args(args).output().expect("run utp");
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_utp")).args(args).current_dir(cwd.path()).output().expect("run utp");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
