@@ -113,9 +113,9 @@ impl Outcome {
 
 /// 0 all completed, 3 some wait for an approval, 1 otherwise.
 fn exit_code(outcomes: &[Outcome]) -> ExitCode {
-    let failed = outcomes
-        .iter()
-        .any(|o| o.not_resumed.is_some() || (!o.denied_waiter && matches!(o.status(), "failed" | "cancelled" | "unknown")));
+    let failed = outcomes.iter().any(|o| {
+        o.not_resumed.is_some() || (!o.denied_waiter && matches!(o.status(), "failed" | "cancelled" | "unknown"))
+    });
     if failed {
         return ExitCode::FAILURE;
     }
@@ -245,11 +245,7 @@ pub async fn approve(
         Err(e) => return fail(&format!("[{}] {e}", e.code())),
     };
     let verb = if approved { "approved" } else { "denied" };
-    let waiting = if waiters.is_empty() {
-        String::new()
-    } else {
-        format!("; waiting on it: {}", waiters.join(", "))
-    };
+    let waiting = if waiters.is_empty() { String::new() } else { format!("; waiting on it: {}", waiters.join(", ")) };
     eprintln!("utp: approval {id} {verb} ({}){waiting}", info.tool);
     if no_wait {
         if !waiters.is_empty() {

@@ -11,7 +11,11 @@ use serde_json::{Value, json};
 /// `utp ARGS` in `cwd`.
 fn utp_in(cwd: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_utp")).args(args).current_dir(cwd).output().expect("run utp");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn json_out(cwd: &Path, args: &[&str]) -> Value {
@@ -92,7 +96,10 @@ fn runs_are_recorded_and_the_history_commands_read_them() {
     assert_eq!(code, 0);
     assert!(out.contains(&format!("execution  {id}")) && out.contains("status     completed"), "{out}");
     assert!(out.contains("outputs    {\"n\":5,\"b\":\"ok\"}"), "{out}");
-    assert!(out.lines().any(|l| l.trim_start().starts_with("a ") && l.contains("succeeded") && l.ends_with("42")), "{out}");
+    assert!(
+        out.lines().any(|l| l.trim_start().starts_with("a ") && l.contains("succeeded") && l.ends_with("42")),
+        "{out}"
+    );
     let (code, _, err) = utp_in(cwd, &["show", "exe_nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("[NOT_FOUND]") && err.contains("exe_nope") && err.contains("utp.db"), "{err}");
@@ -132,13 +139,15 @@ fn db_flag_config_store_and_memory() {
     let dir = project();
     let cwd = dir.path();
     // The config's store is used when --db is not given...
-    std::fs::write(cwd.join("store.json"), r#"{"store": {"url": "sqlite:data/cfg.db", "durability": "sync"}}"#).unwrap();
+    std::fs::write(cwd.join("store.json"), r#"{"store": {"url": "sqlite:data/cfg.db", "durability": "sync"}}"#)
+        .unwrap();
     let (code, _, err) = utp_in(cwd, &["--config", "store.json", "run", "wf.yaml", "--from", "m", "--input", "n=1"]);
     assert_eq!(code, 0, "{err}");
     assert!(cwd.join("data/cfg.db").is_file() && !cwd.join(".utp").exists());
     assert_eq!(json_out(cwd, &["--db", "data/cfg.db", "executions", "--json"]).as_array().unwrap().len(), 1);
     // ...an explicit --db wins.
-    let (code, _, err) = utp_in(cwd, &["--config", "store.json", "--db", "other.db", "run", "wf.yaml", "--from", "m", "--input", "n=2"]);
+    let (code, _, err) =
+        utp_in(cwd, &["--config", "store.json", "--db", "other.db", "run", "wf.yaml", "--from", "m", "--input", "n=2"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json_out(cwd, &["--db", "other.db", "executions", "--json"]).as_array().unwrap().len(), 1);
     assert_eq!(json_out(cwd, &["--config", "store.json", "executions", "--json"]).as_array().unwrap().len(), 1);
@@ -194,7 +203,9 @@ fn locked_and_corrupt_databases_are_store_errors() {
     assert_eq!(json_out(cwd, &["--db", "busy.db", "executions", "--json"]).as_array().unwrap().len(), 1);
 
     std::fs::write(cwd.join("bad.db"), vec![0x5a; 8192]).unwrap();
-    for args in [&["executions"][..], &["show", "exe_x"], &["events"], &["resume"], &["call", "shop.get", "--from", "m"]] {
+    for args in
+        [&["executions"][..], &["show", "exe_x"], &["events"], &["resume"], &["call", "shop.get", "--from", "m"]]
+    {
         let mut all = vec!["--db", "bad.db"];
         all.extend_from_slice(args);
         let (code, _, err) = utp_in(cwd, &all);
@@ -231,7 +242,10 @@ fn a_run_that_needs_an_approval_is_saved_and_approve_continues_it() {
     let (code, out, err) = utp_in(cwd, &["resume", "--from", "m", "--json"]);
     assert_eq!(code, 3, "{out}{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((report[0]["status"].as_str(), report[0]["waiting_for"].as_str()), (Some("waiting_approval"), Some(&*approval)));
+    assert_eq!(
+        (report[0]["status"].as_str(), report[0]["waiting_for"].as_str()),
+        (Some("waiting_approval"), Some(&*approval))
+    );
 
     // approve: the approval is recorded, the execution goes on to the end.
     let (code, out, err) = utp_in(cwd, &["approve", &approval, "--reason", "ok", "--from", "m", "--json"]);
@@ -245,7 +259,10 @@ fn a_run_that_needs_an_approval_is_saved_and_approve_continues_it() {
     assert_eq!(record["status"], "completed");
     assert_eq!(record["steps"]["a"]["attempts"], 1, "the step committed before the approval did not run again");
     let approvals = json_out(cwd, &["approvals", "--json"]);
-    assert_eq!((approvals[0]["status"].as_str(), approvals[0]["resolution_reason"].as_str()), (Some("approved"), Some("ok")));
+    assert_eq!(
+        (approvals[0]["status"].as_str(), approvals[0]["resolution_reason"].as_str()),
+        (Some("approved"), Some("ok"))
+    );
     let (code, _, err) = utp_in(cwd, &["approve", &approval]);
     assert_eq!(code, 1);
     assert!(err.contains("[INVALID_ARGUMENT]") && err.contains("already approved"), "{err}");
@@ -292,7 +309,8 @@ fn an_escalated_call_fails_fast_and_runs_with_its_approval() {
     let approval = json_out(cwd, &["approvals", "--pending", "--json"])[0]["id"].as_str().unwrap().to_string();
     let (code, _, err) = utp_in(cwd, &["approve", &approval]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = utp_in(cwd, &["call", "shop.set", r#"{"count": 0}"#, "--from", "m", "--approval", &approval]);
+    let (code, out, err) =
+        utp_in(cwd, &["call", "shop.set", r#"{"count": 0}"#, "--from", "m", "--approval", &approval]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "\"ok\"");
 }
@@ -303,7 +321,10 @@ fn run_repeat_runs_copies_at_once() {
     let cwd = dir.path();
     let (code, out, err) = utp_in(cwd, &["run", "wf.yaml", "--from", "m", "--input", "n=4", "--repeat", "3"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([{"n": 4, "b": "ok"}, {"n": 4, "b": "ok"}, {"n": 4, "b": "ok"}]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!([{"n": 4, "b": "ok"}, {"n": 4, "b": "ok"}, {"n": 4, "b": "ok"}])
+    );
     assert_eq!(err.matches("✔ completed").count(), 3, "{err}");
     assert!(err.lines().all(|l| l.starts_with("exe_")), "progress lines carry their execution id: {err}");
     assert_eq!(json_out(cwd, &["executions", "--json"]).as_array().unwrap().len(), 3);
