@@ -10,7 +10,7 @@ UTP := $(CARGO_TARGET_DIR)/debug/utp
 all: build
 
 help:
-	@echo "make demo   run the utp CLI on the bundled example (discovery, search, domain rules, a workflow, live events)"
+	@echo "make demo   run the utp CLI on the bundled example (discovery, search, domain rules, a workflow, live events, its recorded history)"
 	@echo "make test   build everything and run the Rust, C, Python and Node suites"
 	@echo "make bench  criterion benchmarks (results go in docs/benchmarks.md)"
 	@echo "make bench-store  durable 10-step workflows: UTP vs DBOS vs LangGraph on SQLite (bench/store/run.py)"
@@ -26,7 +26,11 @@ test-rust:
 test: test-rust test-c test-install test-python test-node
 	@echo "make test: all suites passed"
 
+# The demo records its calls and runs in a fresh SQLite database, then shows the history.
+DEMO_DB := .utp/demo.db
+
 demo: build
+	@rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm $(DEMO_DB).lock
 	@echo "== utp discover examples/manuals"
 	@$(UTP) discover examples/manuals
 	@echo
@@ -41,13 +45,15 @@ demo: build
 	@$(UTP) --config examples/utp.yaml check shop.setInventory '{"sku": "A1", "count": 50000}' --from examples/manuals || true
 	@echo
 	@echo "== a denied call, with its events live (--events=policy.*)"
-	@$(UTP) --config examples/utp.yaml --events='policy.*' call shop.setInventory '{"sku": "A1", "count": 50000}' --from examples/manuals || true
+	@$(UTP) --config examples/utp.yaml --db $(DEMO_DB) --events='policy.*' call shop.setInventory '{"sku": "A1", "count": 50000}' --from examples/manuals || true
 	@echo
-	@echo "== utp run examples/demo/restock.yaml: parallel steps, a retry, a policy denial handled by a fallback"
+	@echo "== utp run examples/demo/restock.yaml: parallel steps, a retry, a policy denial handled by a fallback (recorded in $(DEMO_DB))"
 	@python3 examples/demo/server.py --port 8765 & pid=$$!; \
 	  trap 'kill $$pid 2>/dev/null' EXIT; \
 	  for i in 1 2 3 4 5 6 7 8 9 10; do python3 -c 'import socket; socket.create_connection(("127.0.0.1", 8765), 0.2)' 2>/dev/null && break; sleep 0.2; done; \
-	  $(UTP) --config examples/utp.yaml run examples/demo/restock.yaml --from examples/manuals --input sku=A1 --input order=50000
+	  $(UTP) --config examples/utp.yaml --db $(DEMO_DB) run examples/demo/restock.yaml --from examples/manuals --input sku=A1 --input order=50000
+	@echo
+	@sh examples/demo/history.sh $(UTP) $(DEMO_DB)
 
 bench:
 	cargo bench -p utp-core --bench search
