@@ -1,10 +1,13 @@
 """The SQLite store from Python (design §9): a run committed and read back by a new
 engine, the event audit log, STORE errors (a file locked by another engine, a file
 that is not a database), recovery of a run whose process was killed with SIGKILL
-(steps committed before the kill are not called again), session state across
-engines, retention (`prune`), and `store=` against the config's `store`."""
+(steps committed before the kill are not called again), a run whose tools the
+config names resumed by the constructor itself and finishing on the engine's
+runtime, session state across engines, retention (`prune`), and `store=` against
+the config's `store`."""
 
 import asyncio
+import json
 import os
 import pathlib
 import signal
@@ -292,3 +295,70 @@ def test_recover_async_and_a_closed_engine(db):
     for call in (engine.recover, engine.stored_events, lambda: engine.prune(1)):
         with pytest.raises(utp.InvalidArgumentError, match="closed"):
             call()
+
+
+def shell_manual(log, gate):
+    """Tools s0, s1, s2 (CLI, so a config can name them): each appends its name to
+    `log`; s1 then waits until the file `gate` exists."""
+
+    def tool(name, extra=""):
+        script = f"echo {name} >> {log}{extra}"
+        template = {"call_template_type": "cli", "commands": [{"command": f"sh -c '{script}'"}]}
+        return {"name": name, "tool_call_template": template}
+
+    wait = f"; while [ ! -f {gate} ]; do sleep 0.05; done"
+    return {"name": "sh", "tools": [tool("s0"), tool("s1", wait), tool("s2")]}
+
+
+SHELL_CHAIN = {
+    "name": "shell",
+    "steps": [
+        {"id": "a", "tool": "sh.s0"},
+        {"id": "b", "tool": "sh.s1", "depends_on": ["a"]},
+        {"id": "c", "tool": "sh.s2", "depends_on": ["b"]},
+    ],
+}
+
+
+def test_the_constructor_resumes_runs_whose_tools_the_config_names(db, tmp_path):
+    """Recovery inside `Engine(...)` runs on the engine's own runtime: the resumed run
+    goes on after the constructor returned, with no further call."""
+    log, gate = tmp_path / "calls.txt", tmp_path / "gate"
+    config = {"manuals": [shell_manual(log, gate)], "store": f"sqlite:{db}"}
+    script = tmp_path / "child.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys, utp
+            engine = utp.Engine(json.loads({json.dumps(json.dumps(config))}))
+            exec_id = engine.start_workflow(json.loads({json.dumps(json.dumps(SHELL_CHAIN))}))
+            print(exec_id, flush=True)
+            engine.wait_execution(exec_id)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        exec_id = proc.stdout.readline().strip()
+        deadline = time.monotonic() + 30
+        while "s1" not in calls(log):
+            assert proc.poll() is None, "the child exited before step b"
+            assert time.monotonic() < deadline, "step b never started"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        with utp.Engine(config) as engine:
+            # Resumed by the constructor: running already, nothing left for recover().
+            assert engine.recover() == []
+            assert engine.execution(exec_id)["status"] == "running"
+            gate.touch()  # lets step b (and the killed child's orphaned shell) finish
+            record = engine.wait_execution(exec_id, timeout=30)
+            assert record["status"] == "completed", record
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    # Step a was committed before the kill: not run again; b ran twice (killed, resumed).
+    assert calls(log) == ["s0", "s1", "s1", "s2"]
