@@ -1,8 +1,9 @@
 // The SQLite store from JS (design §9): a run committed and read back by a new
 // engine, the event audit log, ERR_UTP_STORE for a file another engine has open or a
 // file that is not a database, recovery of a run whose process was killed with
-// SIGKILL (steps committed before the kill are not called again), session state
-// across engines, prune, and `{ store }` against the config's `store`.
+// SIGKILL (steps committed before the kill are not called again), a run whose tools
+// the config names resumed by the constructor itself and finishing on napi's runtime,
+// session state across engines, prune, and `{ store }` against the config's `store`.
 import test from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
@@ -304,6 +305,84 @@ test('a run killed with SIGKILL is resumed by a new engine; committed steps are 
   assert.equal(engine.execution(id).status, 'completed')
   assert.deepEqual(await engine.recover(), [])
   engine.close()
+})
+
+/** CLI tools s0, s1, s2 (so a config can name them): each appends its name to `log`;
+ * s1 then waits until the file `gate` exists. */
+function shellManual(log, gate) {
+  const tool = (name, extra = '') => ({
+    name,
+    tool_call_template: { call_template_type: 'cli', commands: [{ command: `sh -c 'echo ${name} >> ${log}${extra}'` }] },
+  })
+  return { name: 'sh', tools: [tool('s0'), tool('s1', `; while [ ! -f ${gate} ]; do sleep 0.05; done`), tool('s2')] }
+}
+
+const SHELL_CHAIN = {
+  name: 'shell',
+  steps: [
+    { id: 'a', tool: 'sh.s0' },
+    { id: 'b', tool: 'sh.s1', depends_on: ['a'] },
+    { id: 'c', tool: 'sh.s2', depends_on: ['b'] },
+  ],
+}
+
+const SHELL_CHILD = `
+const { Engine } = require(process.env.UTP_INDEX)
+const engine = new Engine(JSON.parse(process.env.UTP_CONFIG))
+setInterval(() => {}, 1000)
+process.stdout.write(engine.startWorkflow(JSON.parse(process.env.UTP_WORKFLOW)) + '\\n')
+`
+
+test('the constructor resumes runs whose tools the config names; they finish on their own', async (t) => {
+  const dir = scratch(t)
+  const log = path.join(dir, 'calls.txt')
+  const gate = path.join(dir, 'gate')
+  const config = { manuals: [shellManual(log, gate)], store: `sqlite:${path.join(dir, 'utp.db')}` }
+  const script = path.join(dir, 'child.cjs')
+  fs.writeFileSync(script, SHELL_CHILD)
+  const child = spawn(process.execPath, [script], {
+    env: {
+      ...process.env,
+      UTP_INDEX: path.join(packageDir, 'index.js'),
+      UTP_CONFIG: JSON.stringify(config),
+      UTP_WORKFLOW: JSON.stringify(SHELL_CHAIN),
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  let out = ''
+  child.stdout.on('data', (chunk) => {
+    out += chunk
+  })
+  try {
+    const deadline = Date.now() + 30_000
+    while (!calls(log).includes('s1')) {
+      assert.equal(child.exitCode, null, 'the child exited before step b')
+      assert.ok(Date.now() < deadline, 'step b never started')
+      await sleep(20)
+    }
+    const exited = once(child, 'exit')
+    child.kill('SIGKILL')
+    await exited
+    const id = out.trim()
+
+    const engine = new Engine(config)
+    try {
+      // Resumed by the constructor: running already, nothing left for recover().
+      assert.deepEqual(await engine.recover(), [])
+      assert.equal(engine.execution(id).status, 'running')
+      fs.writeFileSync(gate, '')
+      const record = await engine.waitExecution(id)
+      assert.equal(record.status, 'completed', JSON.stringify(record.error))
+    } finally {
+      engine.close()
+    }
+    // Step a was committed before the kill: not run again; b ran twice (killed, resumed).
+    assert.deepEqual(calls(log), ['s0', 's1', 's1', 's2'])
+  } finally {
+    // Always let the shells go (the killed child's orphaned one too), before the folder goes.
+    fs.writeFileSync(gate, '')
+    child.kill('SIGKILL')
+  }
 })
 
 test('a closed engine refuses the store methods', async () => {
