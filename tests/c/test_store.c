@@ -5,7 +5,9 @@
  * UTP_ERR_STORE for a second engine on a file another one has open and for a file
  * that is not a database, recovery of a run whose process was killed with SIGKILL
  * (a forked child; the steps it committed are not called again, utp_recover()
- * resumes the run once its tool is registered), session state across engines,
+ * resumes the run once its tool is registered), a run whose tools the config names
+ * resumed by utp_engine_new() itself and finishing on the engine's threads, session
+ * state across engines,
  * utp_prune(), the memory store's answers, and misuse (NULLs, invalid UTF-8, bad
  * filters).
  *
@@ -137,8 +139,67 @@ static const char *CHAIN =
 
 /* ------------------------------------------------------------------ tests */
 
-/* The child of test_crash_and_recover: starts CHAIN and hangs in s2. Never returns. */
-static void crashing_child(int out_fd) {
+/* A forked child that crashes mid-run: its pid and the execution id it sent. */
+struct child {
+    pid_t pid;
+    int fd;
+    char id[64];
+};
+
+/* Fork `body(fd)` (which writes an execution id to fd, then hangs). Called before this
+ * process has any library threads, so that fork() is safe. */
+static void start_child(struct child *c, void (*body)(int fd)) {
+    int fds[2];
+    c->pid = -1;
+    c->fd = -1;
+    c->id[0] = '\0';
+    if (pipe(fds) != 0) return;
+    c->pid = fork();
+    if (c->pid == 0) {
+        close(fds[0]);
+        body(fds[1]);
+        _exit(0);
+    }
+    close(fds[1]);
+    c->fd = fds[0];
+}
+
+/* Read the child's execution id, wait until `path` (a calls file) shows `step`, then
+ * kill the child with SIGKILL. 1 when all of that went as planned. */
+static int crash_child(struct child *c, const char *path, const char *step) {
+    CHECK(c->pid > 0, "fork failed");
+    if (c->pid <= 0) return 0;
+    ssize_t got = 0;
+    while (got < (ssize_t)sizeof c->id - 1) {
+        ssize_t n = read(c->fd, c->id + got, sizeof c->id - 1 - (size_t)got);
+        if (n <= 0) break;
+        got += n;
+    }
+    c->id[got > 0 ? got : 0] = '\0';
+    close(c->fd);
+    CHECK(got > 0, "the child sent no execution id");
+    int started = 0;
+    for (int waited = 0; waited < 120000 && !started; waited += 20) {
+        FILE *f = fopen(path, "r");
+        char text[256] = {0};
+        if (f != NULL) {
+            size_t n = fread(text, 1, sizeof text - 1, f);
+            text[n] = '\0';
+            fclose(f);
+        }
+        started = strstr(text, step) != NULL;
+        if (!started) sleep_ms(20);
+    }
+    CHECK(started, "step %s never started in the child", step);
+    kill(c->pid, SIGKILL);
+    int status = 0;
+    waitpid(c->pid, &status, 0);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child status %d", status);
+    return got > 0 && started;
+}
+
+/* Child of test_crash_and_recover: starts CHAIN over a C tool and hangs in s2. */
+static void tool_child(int out_fd) {
     utp_engine_t *engine = NULL;
     char config[256];
     snprintf(config, sizeof config, "{\"store\": \"sqlite:%s\"}", db);
@@ -152,43 +213,46 @@ static void crashing_child(int out_fd) {
     for (;;) sleep_ms(1000);
 }
 
-/* First, while this process has no library threads yet (so fork() is safe). */
-static void test_crash_and_recover(void) {
-    int fds[2];
-    if (pipe(fds) != 0) {
-        CHECK(0, "pipe failed");
-        return;
-    }
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        crashing_child(fds[1]);
-    }
-    close(fds[1]);
-    CHECK(pid > 0, "fork failed");
-    if (pid <= 0) return;
-    char id[64] = {0};
-    ssize_t got = 0;
-    while (got < (ssize_t)sizeof id - 1) {
-        ssize_t n = read(fds[0], id + got, sizeof id - 1 - (size_t)got);
-        if (n <= 0) break;
-        got += n;
-    }
-    close(fds[0]);
-    CHECK(got > 0, "the child sent no execution id");
+/* The config of test_open_resumes: CLI tools s0, s1, s2 that append their names to
+ * dir/shell_calls.txt (s1 then waits for the file dir/gate), on dir/shell.db. */
+static void shell_config(char *buf, size_t size) {
+    snprintf(buf, size,
+             "{\"store\": \"sqlite:%s/shell.db\", \"manuals\": [{\"name\": \"sh\", \"tools\": ["
+             "{\"name\": \"s0\", \"tool_call_template\": {\"call_template_type\": \"cli\", \"commands\": "
+             "[{\"command\": \"sh -c 'echo s0 >> %s/shell_calls.txt'\"}]}},"
+             "{\"name\": \"s1\", \"tool_call_template\": {\"call_template_type\": \"cli\", \"commands\": "
+             "[{\"command\": \"sh -c 'echo s1 >> %s/shell_calls.txt; while [ ! -f %s/gate ]; do sleep 0.05; done'\"}]}},"
+             "{\"name\": \"s2\", \"tool_call_template\": {\"call_template_type\": \"cli\", \"commands\": "
+             "[{\"command\": \"sh -c 'echo s2 >> %s/shell_calls.txt'\"}]}}]}]}",
+             dir, dir, dir, dir, dir);
+}
+
+static const char *SHELL_CHAIN =
+    "{\"name\": \"shell\", \"steps\": [{\"id\": \"a\", \"tool\": \"sh.s0\"},"
+    "{\"id\": \"b\", \"tool\": \"sh.s1\", \"depends_on\": [\"a\"]},"
+    "{\"id\": \"c\", \"tool\": \"sh.s2\", \"depends_on\": [\"b\"]}]}";
+
+/* Child of test_open_resumes: starts SHELL_CHAIN and hangs in step b. */
+static void shell_child(int out_fd) {
+    char config[2048];
+    shell_config(config, sizeof config);
+    utp_engine_t *engine = NULL;
+    if (utp_engine_new(config, &engine) != NULL) _exit(2);
+    char *id = NULL;
+    if (utp_start_workflow(engine, SHELL_CHAIN, NULL, NULL, &id) != NULL) _exit(4);
+    size_t len = strlen(id);
+    if (write(out_fd, id, len) != (ssize_t)len) _exit(5);
+    close(out_fd);
+    for (;;) sleep_ms(1000);
+}
+
+/* A run over a C tool, killed mid-run: a new engine resumes it once the tool is registered. */
+static void test_crash_and_recover(struct child *child) {
+    int crashed = crash_child(child, calls_path, "s2");
+    const char *id = child->id;
     char seen[256];
-    int started = 0;
-    for (int waited = 0; waited < 120000 && !started; waited += 20) {
-        started = strstr(calls(seen, sizeof seen), "s2") != NULL;
-        if (!started) sleep_ms(20);
-    }
-    CHECK(started, "step s2 never started (calls: %s)", seen);
-    kill(pid, SIGKILL);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child status %d", status);
     CHECK(strcmp(calls(seen, sizeof seen), "s0 s1 s2 ") == 0, "calls before recovery: %s", seen);
-    if (got <= 0) return;
+    if (!crashed) return;
 
     utp_engine_t *engine = open_db("engine after the crash");
     if (engine == NULL) return;
@@ -251,6 +315,49 @@ static void test_crash_and_recover(void) {
         utp_string_free(ids);
     }
     utp_engine_free(engine);
+}
+
+/* A run whose tools the config names is resumed by utp_engine_new() itself, on the
+ * engine's own threads: it finishes with no further call. */
+static void test_open_resumes(struct child *child) {
+    char shell_calls[160], gate[160], text[256] = {0};
+    snprintf(shell_calls, sizeof shell_calls, "%s/shell_calls.txt", dir);
+    snprintf(gate, sizeof gate, "%s/gate", dir);
+    int crashed = crash_child(child, shell_calls, "s1");
+    char config[2048];
+    shell_config(config, sizeof config);
+    utp_engine_t *engine = NULL;
+    if (crashed && ok(utp_engine_new(config, &engine), "engine resuming the shell run")) {
+        char *out = NULL;
+        if (ok(utp_recover(engine, &out), "recover after open")) {
+            CHECK(strcmp(out, "[]") == 0, "already resumed by utp_engine_new: %s", out);
+            utp_string_free(out);
+        }
+        if (ok(utp_execution(engine, child->id, &out), "resumed execution")) {
+            char status_text[32];
+            CHECK(strcmp(json_str(out, "status", status_text, sizeof status_text), "running") == 0, "%s", out);
+            utp_string_free(out);
+        }
+        FILE *g = fopen(gate, "w");
+        if (g != NULL) fclose(g);
+        if (ok(utp_wait_execution(engine, child->id, 60000, &out), "wait for the shell run")) {
+            char status_text[32];
+            CHECK(strcmp(json_str(out, "status", status_text, sizeof status_text), "completed") == 0, "%s", out);
+            utp_string_free(out);
+        }
+        utp_engine_free(engine);
+    }
+    /* Let the shells go (the killed child's orphaned one too) in every case. */
+    FILE *g = fopen(gate, "w");
+    if (g != NULL) fclose(g);
+    FILE *f = fopen(shell_calls, "r");
+    if (f != NULL) {
+        size_t n = fread(text, 1, sizeof text - 1, f);
+        text[n] = '\0';
+        fclose(f);
+    }
+    /* Step a was committed before the kill: not run again; b ran twice (killed, resumed). */
+    CHECK(strcmp(text, "s0\ns1\ns1\ns2\n") == 0, "shell calls: %s", text);
 }
 
 /* A run committed by one engine, read back (and pruned) by the next. */
@@ -443,7 +550,12 @@ int main(int argc, char **argv) {
     snprintf(db, sizeof db, "%s/utp.db", dir);
     snprintf(calls_path, sizeof calls_path, "%s/calls.txt", dir);
 
-    test_crash_and_recover();
+    /* Both children are forked first, while this process has no library threads. */
+    struct child tool_crash, shell_crash;
+    start_child(&tool_crash, tool_child);
+    start_child(&shell_crash, shell_child);
+    test_crash_and_recover(&tool_crash);
+    test_open_resumes(&shell_crash);
     remove(calls_path);
     test_reopen();
     test_store_errors();
