@@ -23,7 +23,11 @@ pub fn executions(
         Ok(l) => l,
         Err(e) => return fail(&format!("[{}] {e}", e.code())),
     };
-    list.reverse(); // ids sort by creation time; the engine lists oldest first
+    // Newest first (the engine lists oldest first, by id).
+    list.sort_by(|a, b| {
+        let key = |e: &Value| (e["created_at"].as_str().unwrap_or_default().to_string(), text(&e["execution_id"]));
+        key(b).cmp(&key(a))
+    });
     if limit > 0 {
         list.truncate(limit);
     }
