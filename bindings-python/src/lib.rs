@@ -252,6 +252,9 @@ impl Drop for Running {
     }
 }
 
+/// How long `close()` waits for runs in the middle of a store commit.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// How often a blocking call looks for Ctrl-C (signals are only seen on the main thread).
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -1691,10 +1694,16 @@ impl PyEngine {
     }
 
     /// Release the engine; further calls raise `InvalidArgumentError`. Idempotent.
-    /// Subscriptions stop and the stored Python callables are released.
+    /// Subscriptions stop and the stored Python callables are released. Workflow runs
+    /// still going stop where they are (`wait_execution` returns their record with
+    /// status "cancelled"); with a store they stay unfinished there, for the next
+    /// engine on it to resume, and the store's file is released before `close()` returns.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, || {
             let taken = self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?.take();
+            if let Some(running) = &taken {
+                py.detach(|| running.engine.close(CLOSE_GRACE));
+            }
             let released = self.release_where(|_| true);
             if let Some(running) = &taken {
                 for (slot, _) in &released {
