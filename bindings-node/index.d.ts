@@ -859,7 +859,12 @@ export declare class Engine {
   manuals(): string[]
   /** The namespaced variables a manual or a tool (`manual.tool`) needs, e.g. `weather_WEATHER_API_KEY`. */
   requiredVariables(name: string): string[]
-  /** Release the engine (idempotent). Afterwards every method throws ERR_UTP_INVALID_ARGUMENT. */
+  /**
+   * Release the engine (idempotent). Afterwards every method throws ERR_UTP_INVALID_ARGUMENT.
+   * Workflow runs still going stop where they are ({@link waitExecution} resolves with status
+   * `'cancelled'`); with a store they stay unfinished there, for the next engine on it to
+   * resume, and the store's file is released before `close()` returns.
+   */
   close(): void
   /** True once {@link close} was called. */
   readonly closed: boolean

@@ -79,6 +79,9 @@ export declare class Engine {
   /**
    * Release the engine. Idempotent; afterwards every method fails with
    * INVALID_ARGUMENT ("the engine is closed"). Calls already running finish.
+   * Workflow runs still going stop where they are (`waitExecution` resolves with
+   * status 'cancelled'); with a store they stay unfinished there, for the next
+   * engine on it to resume, and the store's file is released before `close()` returns.
    */
   close(): void
   /** True once `close()` was called. */

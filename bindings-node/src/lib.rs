@@ -35,6 +35,9 @@ use utp_core::{CallOptions, Config, ErrorCode, HistoryFilter, ManualSource, Nati
 
 use crate::json::{JsJson, StrictJson};
 
+/// How long `close()` waits for runs in the middle of a store commit.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Search results returned when `limit` is not given (design §4: `limit=10`).
 const DEFAULT_SEARCH_LIMIT: usize = 10;
 
@@ -653,13 +656,17 @@ impl JsEngine {
 
     /// Release the engine. Idempotent; afterwards every method fails with
     /// INVALID_ARGUMENT ("the engine is closed"). Calls already running finish.
+    /// Workflow runs still going stop where they are (`waitExecution` resolves with
+    /// status 'cancelled'); with a store they stay unfinished there, for the next
+    /// engine on it to resume, and the store's file is released before `close()` returns.
     #[napi(catch_unwind)]
     pub fn close(&self) -> napi::Result<()> {
         guard(|| {
-            let mut slot = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let taken = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
             // JS subscriptions end with the engine (calls still running keep the core
             // engine alive, but no JS handler is called any more).
-            if let Some(engine) = slot.take() {
+            if let Some(engine) = taken {
+                engine.close(CLOSE_GRACE);
                 for id in self.subscribers.ids() {
                     engine.unsubscribe(utp_core::SubscriptionId(id));
                     self.subscribers.remove(id);
