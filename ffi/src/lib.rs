@@ -452,6 +452,9 @@ pub unsafe extern "C" fn utp_engine_new(config_json: *const c_char, out_engine: 
 /// this call, and it must not be called from a callback of the engine. Every
 /// finaliser still pending (tools, business rules, subscriptions, intent handlers)
 /// has run when it returns; event callbacks that are running are waited for.
+/// Workflow runs still going stop where they are (their tasks are dropped with the
+/// engine's runtime): with a store they stay unfinished there, for the next engine on
+/// it to resume, and the store's file is released before this returns.
 ///
 /// # Safety
 /// `engine` is NULL or a handle from utp_engine_new(), freed at most once.

@@ -6,7 +6,8 @@
  * that is not a database, recovery of a run whose process was killed with SIGKILL
  * (a forked child; the steps it committed are not called again, utp_recover()
  * resumes the run once its tool is registered), a run whose tools the config names
- * resumed by utp_engine_new() itself and finishing on the engine's threads, session
+ * resumed by utp_engine_new() itself and finishing on the engine's threads, a run
+ * left by utp_engine_free() mid-run resumed by the next engine on the file, session
  * state across engines,
  * utp_prune(), the memory store's answers, and misuse (NULLs, invalid UTF-8, bad
  * filters).
@@ -15,6 +16,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,6 +156,10 @@ static void start_child(struct child *c, void (*body)(int fd)) {
     c->fd = -1;
     c->id[0] = '\0';
     if (pipe(fds) != 0) return;
+    /* Not inherited by the programs the child's engine runs (CLI tools): the pipe must
+     * reach EOF when the child dies. */
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
     c->pid = fork();
     if (c->pid == 0) {
         close(fds[0]);
@@ -169,12 +175,13 @@ static void start_child(struct child *c, void (*body)(int fd)) {
 static int crash_child(struct child *c, const char *path, const char *step) {
     CHECK(c->pid > 0, "fork failed");
     if (c->pid <= 0) return 0;
-    ssize_t got = 0;
-    while (got < (ssize_t)sizeof c->id - 1) {
+    ssize_t got = 0; /* up to the newline after the id */
+    while (got < (ssize_t)sizeof c->id - 1 && (got == 0 || c->id[got - 1] != '\n')) {
         ssize_t n = read(c->fd, c->id + got, sizeof c->id - 1 - (size_t)got);
         if (n <= 0) break;
         got += n;
     }
+    if (got > 0 && c->id[got - 1] == '\n') got--;
     c->id[got > 0 ? got : 0] = '\0';
     close(c->fd);
     CHECK(got > 0, "the child sent no execution id");
@@ -207,24 +214,49 @@ static void tool_child(int out_fd) {
     if (utp_register_tool(engine, "t.step", STEP_SPEC, step_tool, (void *)1, NULL, NULL) != NULL) _exit(3);
     char *id = NULL;
     if (utp_start_workflow(engine, CHAIN, NULL, "{\"session\": \"crash\"}", &id) != NULL) _exit(4);
-    size_t len = strlen(id);
-    if (write(out_fd, id, len) != (ssize_t)len) _exit(5);
+    char line[96];
+    snprintf(line, sizeof line, "%s\n", id);
+    size_t len = strlen(line);
+    if (write(out_fd, line, len) != (ssize_t)len) _exit(5);
     close(out_fd);
     for (;;) sleep_ms(1000);
 }
 
-/* The config of test_open_resumes: CLI tools s0, s1, s2 that append their names to
- * dir/shell_calls.txt (s1 then waits for the file dir/gate), on dir/shell.db. */
-static void shell_config(char *buf, size_t size) {
+/* A config with CLI tools s0, s1, s2 that append their names to dir/<tag>_calls.txt
+ * (s1 then waits for the file dir/<tag>_gate, or for dir to be removed), on the
+ * store dir/<tag>.db. */
+static void shell_config(char *buf, size_t size, const char *tag) {
     snprintf(buf, size,
-             "{\"store\": \"sqlite:%s/shell.db\", \"manuals\": [{\"name\": \"sh\", \"tools\": ["
+             "{\"store\": \"sqlite:%s/%s.db\", \"manuals\": [{\"name\": \"sh\", \"tools\": ["
              "{\"name\": \"s0\", \"tool_call_template\": {\"call_template_type\": \"cli\", \"commands\": "
-             "[{\"command\": \"sh -c 'echo s0 >> %s/shell_calls.txt'\"}]}},"
+             "[{\"command\": \"sh -c 'echo s0 >> %s/%s_calls.txt'\"}]}},"
              "{\"name\": \"s1\", \"tool_call_template\": {\"call_template_type\": \"cli\", \"commands\": "
-             "[{\"command\": \"sh -c 'echo s1 >> %s/shell_calls.txt; while [ ! -f %s/gate ]; do sleep 0.05; done'\"}]}},"
+             "[{\"command\": \"sh -c 'echo s1 >> %s/%s_calls.txt; while [ ! -f %s/%s_gate ] && [ -d %s ]; do sleep 0.05; done'\"}]}},"
              "{\"name\": \"s2\", \"tool_call_template\": {\"call_template_type\": \"cli\", \"commands\": "
-             "[{\"command\": \"sh -c 'echo s2 >> %s/shell_calls.txt'\"}]}}]}]}",
-             dir, dir, dir, dir, dir);
+             "[{\"command\": \"sh -c 'echo s2 >> %s/%s_calls.txt'\"}]}}]}]}",
+             dir, tag, dir, tag, dir, tag, dir, tag, dir, dir, tag);
+}
+
+/* The contents of dir/<tag>_calls.txt, in buf. */
+static const char *shell_calls(const char *tag, char *buf, size_t size) {
+    char path[160];
+    snprintf(path, sizeof path, "%s/%s_calls.txt", dir, tag);
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f != NULL) {
+        size_t n = fread(buf, 1, size - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+    }
+    return buf;
+}
+
+/* Create dir/<tag>_gate: step s1 (and any orphaned shell of it) finishes. */
+static void open_gate(const char *tag) {
+    char path[160];
+    snprintf(path, sizeof path, "%s/%s_gate", dir, tag);
+    FILE *f = fopen(path, "w");
+    if (f != NULL) fclose(f);
 }
 
 static const char *SHELL_CHAIN =
@@ -235,13 +267,15 @@ static const char *SHELL_CHAIN =
 /* Child of test_open_resumes: starts SHELL_CHAIN and hangs in step b. */
 static void shell_child(int out_fd) {
     char config[2048];
-    shell_config(config, sizeof config);
+    shell_config(config, sizeof config, "shell");
     utp_engine_t *engine = NULL;
     if (utp_engine_new(config, &engine) != NULL) _exit(2);
     char *id = NULL;
     if (utp_start_workflow(engine, SHELL_CHAIN, NULL, NULL, &id) != NULL) _exit(4);
-    size_t len = strlen(id);
-    if (write(out_fd, id, len) != (ssize_t)len) _exit(5);
+    char line[96];
+    snprintf(line, sizeof line, "%s\n", id);
+    size_t len = strlen(line);
+    if (write(out_fd, line, len) != (ssize_t)len) _exit(5);
     close(out_fd);
     for (;;) sleep_ms(1000);
 }
@@ -320,12 +354,11 @@ static void test_crash_and_recover(struct child *child) {
 /* A run whose tools the config names is resumed by utp_engine_new() itself, on the
  * engine's own threads: it finishes with no further call. */
 static void test_open_resumes(struct child *child) {
-    char shell_calls[160], gate[160], text[256] = {0};
-    snprintf(shell_calls, sizeof shell_calls, "%s/shell_calls.txt", dir);
-    snprintf(gate, sizeof gate, "%s/gate", dir);
-    int crashed = crash_child(child, shell_calls, "s1");
+    char path[160], text[256];
+    snprintf(path, sizeof path, "%s/shell_calls.txt", dir);
+    int crashed = crash_child(child, path, "s1");
     char config[2048];
-    shell_config(config, sizeof config);
+    shell_config(config, sizeof config, "shell");
     utp_engine_t *engine = NULL;
     if (crashed && ok(utp_engine_new(config, &engine), "engine resuming the shell run")) {
         char *out = NULL;
@@ -335,11 +368,12 @@ static void test_open_resumes(struct child *child) {
         }
         if (ok(utp_execution(engine, child->id, &out), "resumed execution")) {
             char status_text[32];
-            CHECK(strcmp(json_str(out, "status", status_text, sizeof status_text), "running") == 0, "%s", out);
+            json_str(out, "status", status_text, sizeof status_text);
+            /* "created" until its task first runs on the engine's threads */
+            CHECK(strcmp(status_text, "running") == 0 || strcmp(status_text, "created") == 0, "%s", out);
             utp_string_free(out);
         }
-        FILE *g = fopen(gate, "w");
-        if (g != NULL) fclose(g);
+        open_gate("shell");
         if (ok(utp_wait_execution(engine, child->id, 60000, &out), "wait for the shell run")) {
             char status_text[32];
             CHECK(strcmp(json_str(out, "status", status_text, sizeof status_text), "completed") == 0, "%s", out);
@@ -347,17 +381,49 @@ static void test_open_resumes(struct child *child) {
         }
         utp_engine_free(engine);
     }
-    /* Let the shells go (the killed child's orphaned one too) in every case. */
-    FILE *g = fopen(gate, "w");
-    if (g != NULL) fclose(g);
-    FILE *f = fopen(shell_calls, "r");
-    if (f != NULL) {
-        size_t n = fread(text, 1, sizeof text - 1, f);
-        text[n] = '\0';
-        fclose(f);
-    }
+    open_gate("shell"); /* in every case: the killed child's orphaned shell waits for it */
     /* Step a was committed before the kill: not run again; b ran twice (killed, resumed). */
-    CHECK(strcmp(text, "s0\ns1\ns1\ns2\n") == 0, "shell calls: %s", text);
+    CHECK(strcmp(shell_calls("shell", text, sizeof text), "s0\ns1\ns1\ns2\n") == 0, "shell calls: %s", text);
+}
+
+/* utp_engine_free() in the middle of a run: the file is free at once and the next
+ * engine on it resumes the run where it stopped. */
+static void test_free_mid_run(void) {
+    char config[2048], text[256];
+    shell_config(config, sizeof config, "free");
+    utp_engine_t *engine = NULL;
+    if (!ok(utp_engine_new(config, &engine), "engine for free mid-run")) return;
+    char *id = NULL;
+    if (!ok(utp_start_workflow(engine, SHELL_CHAIN, NULL, NULL, &id), "start the shell run")) {
+        utp_engine_free(engine);
+        return;
+    }
+    int started = 0;
+    for (int waited = 0; waited < 60000 && !started; waited += 10) {
+        started = strstr(shell_calls("free", text, sizeof text), "s1") != NULL;
+        if (!started) sleep_ms(10);
+    }
+    CHECK(started, "step b never started");
+    utp_engine_free(engine);
+
+    engine = NULL;
+    if (ok(utp_engine_new(config, &engine), "engine on the freed file")) {
+        char *out = NULL;
+        if (ok(utp_recover(engine, &out), "recover after free")) {
+            CHECK(strcmp(out, "[]") == 0, "already resumed by utp_engine_new: %s", out);
+            utp_string_free(out);
+        }
+        open_gate("free");
+        if (ok(utp_wait_execution(engine, id, 60000, &out), "wait for the resumed run")) {
+            char status_text[32];
+            CHECK(strcmp(json_str(out, "status", status_text, sizeof status_text), "completed") == 0, "%s", out);
+            utp_string_free(out);
+        }
+        utp_engine_free(engine);
+    }
+    open_gate("free");
+    utp_string_free(id);
+    CHECK(strcmp(shell_calls("free", text, sizeof text), "s0\ns1\ns1\ns2\n") == 0, "calls: %s", text);
 }
 
 /* A run committed by one engine, read back (and pruned) by the next. */
@@ -556,6 +622,7 @@ int main(int argc, char **argv) {
     start_child(&shell_crash, shell_child);
     test_crash_and_recover(&tool_crash);
     test_open_resumes(&shell_crash);
+    test_free_mid_run();
     remove(calls_path);
     test_reopen();
     test_store_errors();
