@@ -283,6 +283,9 @@ impl Execution {
                 *slot = rec;
             }
             s.suspended = suspended;
+            // It was running before: it does not go back to `created` while its task starts.
+            s.status = ExecutionStatus::Running;
+            Execution::refresh_status(&mut s);
         }
         exec.suspend.send_replace(suspended);
         exec
