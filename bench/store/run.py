@@ -29,7 +29,8 @@ N_CONC (default 100 / 200) for DBOS and LangGraph; WARMUP (default 10) untimed w
 first in every process. A full run takes ~5 minutes on 2 cores (plus the wheel build).
 SYSTEMS=utp,dbos,langgraph and DURABILITY=normal,sync select cells. UTP_STORE=memory runs
 UTP without a store (harness check only). SKIP_BUILD=1 reuses the wheel in
-bench/store/.build/wheels.
+bench/store/.build/wheels; UTP_REV=HEAD builds it from the last commit rather than the
+working tree (other sessions' uncommitted edits left out).
 
 Setup, all under bench/ (the repo's .venv is never touched): bench/.venv-store, created
 if missing, with PEERS from PyPI and maturin; a release wheel of bindings-python built
@@ -76,14 +77,27 @@ def setup_venv() -> None:
 
 def install_utp() -> dict:
     """A release wheel of bindings-python from the shared target dir, installed (not editable) into the venv.
-    Returns what it was built from (kept next to the wheel for SKIP_BUILD=1)."""
+    Built from the working tree, or with UTP_REV=<commit> from that commit exported (git archive) into
+    bench/store/.build/src, so other sessions' uncommitted edits stay out. Returns what it was built
+    from (kept next to the wheel for SKIP_BUILD=1)."""
     wheels = BUILD_DIR / "wheels"
     if os.environ.get("SKIP_BUILD") != "1" or not list(wheels.glob("*.whl")):
         shutil.rmtree(wheels, ignore_errors=True)
-        built_from = tree()
+        rev = os.environ.get("UTP_REV")
+        src = ROOT
+        if rev:
+            src = BUILD_DIR / "src"
+            shutil.rmtree(src, ignore_errors=True)
+            src.mkdir(parents=True)
+            archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+            built_from = {"head": subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
+                                                 capture_output=True, text=True).stdout.strip(), "uncommitted": []}
+        else:
+            built_from = tree()
         subprocess.run([str(VENV / "bin" / "maturin"), "build", "--release", "--quiet", "-m",
-                        str(ROOT / "bindings-python" / "Cargo.toml"), "-o", str(wheels)],
-                       cwd=ROOT, env=CARGO_ENV, check=True)
+                        str(src / "bindings-python" / "Cargo.toml"), "-o", str(wheels)],
+                       cwd=src, env=CARGO_ENV, check=True)
         (wheels / "tree.json").write_text(json.dumps(built_from))
     (wheel,) = wheels.glob("*.whl")
     subprocess.run([str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall",

@@ -246,6 +246,7 @@ def db_contents(db: str) -> dict:
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         out["rows"] = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+        out["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchone()[0]  # WAL is a property of the file
     finally:
         conn.close()
     return out
