@@ -1,8 +1,10 @@
-/* Test helpers shared by the C tests: counters, CHECK, ok(), expect_code(), find(). */
+/* Test helpers shared by the C tests: counters, CHECK, ok(), expect_code(), find(), and
+ * count_of(), json_str(), json_num() for reading compact JSON results. */
 #ifndef UTP_TEST_CHECK_H
 #define UTP_TEST_CHECK_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "utp.h"
@@ -55,6 +57,37 @@ static void expect_code(utp_error_t *err, int32_t code, const char *what) {
 static long find(const char *hay, const char *needle) {
     const char *p = (hay != NULL) ? strstr(hay, needle) : NULL;
     return p ? (long)(p - hay) : -1;
+}
+
+/* Occurrences of `needle` in `hay` (0 when `hay` is NULL). */
+static inline int count_of(const char *hay, const char *needle) {
+    int n = 0;
+    size_t len = strlen(needle);
+    for (const char *p = hay ? strstr(hay, needle) : NULL; p != NULL; p = strstr(p + len, needle)) n++;
+    return n;
+}
+
+/* Copy the string value of "key":"..." in compact JSON into buf (empty if absent or null). */
+static inline const char *json_str(const char *json, const char *key, char *buf, size_t size) {
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\"%s\":\"", key);
+    buf[0] = '\0';
+    const char *p = json ? strstr(json, pattern) : NULL;
+    if (p == NULL) return buf;
+    p += strlen(pattern);
+    size_t n = 0;
+    while (p[n] != '\0' && p[n] != '"' && n + 1 < size) n++;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* The number after "key": in compact JSON; -1 if absent. */
+static inline long json_num(const char *json, const char *key) {
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    const char *p = json ? strstr(json, pattern) : NULL;
+    return p ? strtol(p + strlen(pattern), NULL, 10) : -1;
 }
 
 #endif

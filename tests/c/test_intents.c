@@ -39,29 +39,6 @@ static int wait_at_least(const int *p, int want, long ms) {
     return load(p) >= want;
 }
 
-/* Copy the string value of "key":"..." in compact JSON into buf (empty if absent or null). */
-static const char *json_str(const char *json, const char *key, char *buf, size_t size) {
-    char pattern[64];
-    snprintf(pattern, sizeof pattern, "\"%s\":\"", key);
-    buf[0] = '\0';
-    const char *p = json ? strstr(json, pattern) : NULL;
-    if (p == NULL) return buf;
-    p += strlen(pattern);
-    size_t n = 0;
-    while (p[n] != '\0' && p[n] != '"' && n + 1 < size) n++;
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-    return buf;
-}
-
-/* The number after "key": in compact JSON; -1 if absent. */
-static long json_num(const char *json, const char *key) {
-    char pattern[64];
-    snprintf(pattern, sizeof pattern, "\"%s\":", key);
-    const char *p = json ? strstr(json, pattern) : NULL;
-    return p ? strtol(p + strlen(pattern), NULL, 10) : -1;
-}
-
 static int32_t set_result(utp_tool_result_t *result, const char *json) {
     utp_error_t *err = utp_tool_result_set_json(result, json);
     int32_t status = err != NULL;

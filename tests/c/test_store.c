@@ -39,37 +39,6 @@ static void sleep_ms(long ms) {
     nanosleep(&pause, NULL);
 }
 
-/* Occurrences of `needle` in `hay`. */
-static int count_of(const char *hay, const char *needle) {
-    int n = 0;
-    size_t len = strlen(needle);
-    for (const char *p = hay ? strstr(hay, needle) : NULL; p != NULL; p = strstr(p + len, needle)) n++;
-    return n;
-}
-
-/* Copy the string value of "key":"..." in compact JSON into buf (empty if absent). */
-static const char *json_str(const char *json, const char *key, char *buf, size_t size) {
-    char pattern[64];
-    snprintf(pattern, sizeof pattern, "\"%s\":\"", key);
-    buf[0] = '\0';
-    const char *p = json ? strstr(json, pattern) : NULL;
-    if (p == NULL) return buf;
-    p += strlen(pattern);
-    size_t n = 0;
-    while (p[n] != '\0' && p[n] != '"' && n + 1 < size) n++;
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-    return buf;
-}
-
-/* The number after "key": in compact JSON; -1 if absent. */
-static long json_num(const char *json, const char *key) {
-    char pattern[64];
-    snprintf(pattern, sizeof pattern, "\"%s\":", key);
-    const char *p = json ? strstr(json, pattern) : NULL;
-    return p ? strtol(p + strlen(pattern), NULL, 10) : -1;
-}
-
 /* The calls file as one string ("s0 s1 s2 "), in buf. */
 static const char *calls(char *buf, size_t size) {
     buf[0] = '\0';
