@@ -3,6 +3,18 @@
 //! header) sequentially and from 8 threads, per durability. The storage layer
 //! alone: no engine, no tools.
 //! Run: cargo bench -p utp-core --bench store
+//!
+//! Where a commit's time goes (writer timings, 2-core VM, normal, sequential):
+//! ~40 µs in COMMIT (about 7 WAL frames, two pwrites each), ~11 µs applying the
+//! write, ~5 µs BEGIN, ~10 µs waking the caller, and the wait for the caller's
+//! next write. SQLite's automatic checkpoint (every 1000 frames, two fsyncs, on the
+//! writer) was the largest cost before, and dominated when fsyncs were slow: it now
+//! runs on a checkpointer thread. Medians per 10-step workflow (12 commits), before
+//! -> after, same machine and load, alternating runs (3 rounds):
+//!   normal/1 1.28-1.68 ms -> 0.92-1.12 ms; normal/8 0.56-0.68 ms -> 0.48-0.52 ms;
+//!   sync/1 and sync/8 unchanged (fsync-bound, 2.5-3.3 ms and 0.83-1.01 ms).
+//! With slow fsyncs (~3 ms each) the first comparison gave normal/1 3.23 -> 1.71 ms,
+//! normal/8 1.21 -> 0.95 ms, sync/8 3.35 -> 1.01 ms.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

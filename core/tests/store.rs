@@ -177,8 +177,12 @@ fn put_step_round_trip_and_atomic_failure(s: &dyn Store) {
     s.put_step(b2.clone(), None, vec![]).wait_blocking().unwrap();
     let (row, steps) = s.execution("x1").unwrap().unwrap();
     assert_eq!(row.status, "running");
-    assert_eq!(steps, vec![a, b2]);
+    assert_eq!(steps, vec![a.clone(), b2.clone()]);
     assert_eq!(s.events(&EventFilter::default()).unwrap().len(), 2);
+    // The same status again: the step is written, the status is unchanged.
+    s.put_step(b2.clone(), Some("running".into()), vec![]).wait_blocking().unwrap();
+    let (row, steps) = s.execution("x1").unwrap().unwrap();
+    assert_eq!((row.status.as_str(), steps), ("running", vec![a, b2]));
 
     // An unknown execution: NOT_FOUND, and none of the write lands (no event either).
     let e = s
@@ -611,6 +615,110 @@ fn put_step_is_atomic_for_readers() {
     }
     writer.join().unwrap();
     eprintln!("atomicity: {observations} observations");
+}
+
+/// In transactions shared by several writers, a failing write (unknown
+/// execution) fails alone: every other write of its transaction commits.
+#[test]
+fn a_failing_write_in_a_shared_transaction_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // `sync` makes commits slow, so that writes share transactions.
+    let s = Arc::new(SqliteStore::open(&db(&dir), Durability::Sync).unwrap());
+    for t in 0..8 {
+        s.put_execution(exec(&format!("x{t}"), "running", 1)).wait_blocking().unwrap();
+    }
+    let before = s.writer_stats();
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let s = s.clone();
+            scope.spawn(move || {
+                for i in 0..30u32 {
+                    let (x, ok) = if i % 3 == 2 { (format!("missing{t}"), false) } else { (format!("x{t}"), true) };
+                    let r = s
+                        .put_step(
+                            step(&x, &format!("s{i:02}"), i, "succeeded"),
+                            Some("running".into()),
+                            vec![event(1000 * t + i as u64, "step.completed", Some(&x), 2)],
+                        )
+                        .wait_blocking();
+                    match r {
+                        Ok(()) => assert!(ok, "a write to {x} succeeded"),
+                        Err(e) => {
+                            assert!(!ok, "{x}: {e}");
+                            assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let stats = s.writer_stats();
+    let (writes, txs) = (stats.writes - before.writes, stats.transactions - before.transactions);
+    assert_eq!(writes, 8 * 20);
+    assert!(txs < writes, "no write shared a transaction: {txs} transactions for {writes} writes");
+    for t in 0..8 {
+        assert_eq!(s.execution(&format!("x{t}")).unwrap().unwrap().1.len(), 20);
+        assert!(s.execution(&format!("missing{t}")).unwrap().is_none());
+    }
+    assert_eq!(s.events(&EventFilter::default()).unwrap().len(), 8 * 20);
+}
+
+/// `(frames in the WAL, frames copied into the database)`, from a connection of
+/// its own, checkpointing nothing.
+fn wal_frames(path: &Path) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(NOOP)", [], |r| Ok((r.get(1)?, r.get(2)?))).unwrap()
+}
+
+/// Checkpoints run beside the writer: sustained writes do not grow the WAL without
+/// bound (it starts over), and once the writer is idle everything is copied into
+/// the database file.
+#[test]
+fn checkpoints_keep_the_wal_bounded_and_catch_up_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let s = sqlite(&path);
+    s.put_execution(exec("x", "running", 1)).wait_blocking().unwrap();
+    // About 30k WAL frames of step commits, each waited on.
+    const N: u32 = 5000;
+    let mut longest = 0;
+    for k in 0..N {
+        s.put_step(
+            step("x", &format!("s{k:05}"), k, "succeeded"),
+            Some("running".into()),
+            vec![event(k as u64 + 1, "step.completed", Some("x"), 2)],
+        )
+        .wait_blocking()
+        .unwrap();
+        if k % 100 == 0 {
+            longest = longest.max(wal_frames(&path).0);
+        }
+    }
+    let wal = std::fs::metadata(format!("{}-wal", path.display())).unwrap().len();
+    eprintln!("wal: longest {longest} frames, file {} KiB", wal / 1024);
+    // The writer starts the WAL over at 8192 frames (16384 at most, while a
+    // checkpoint runs); without that it would hold every frame written (> 25000).
+    assert!(longest < 17_000, "the WAL reached {longest} frames");
+    assert!(wal < 17_000 * 4120, "the WAL file is {wal} bytes");
+
+    // Idle: the checkpointer copies the rest.
+    let t = Instant::now();
+    loop {
+        let (log, copied) = wal_frames(&path);
+        if log == copied {
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 10, "still {} of {log} frames not copied", log - copied);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!("idle checkpoint after {:?}", t.elapsed());
+    assert_eq!(s.execution("x").unwrap().unwrap().1.len(), N as usize);
+    drop(s);
+    // Closing removes the WAL; everything is in the database.
+    assert!(!Path::new(&format!("{}-wal", path.display())).exists());
+    let s = sqlite(&path);
+    assert_eq!(s.execution("x").unwrap().unwrap().1.len(), N as usize);
+    assert_eq!(s.events(&EventFilter::default()).unwrap().len(), N as usize);
 }
 
 #[test]

@@ -6,6 +6,13 @@
 //!   write fails alone. If the transaction itself fails (disk full, I/O error) the
 //!   writer retries each write of the batch in a transaction of its own, so every
 //!   [`Commit`] gets its own true answer and nothing is silently lost.
+//! - Checkpoints (copying committed pages from the WAL into the database file, two
+//!   fsyncs each) are kept off the writer's path: its connection never checkpoints
+//!   on commit; a checkpointer thread with its own connection runs PASSIVE
+//!   checkpoints (which never block the writer) once enough of the WAL is not yet
+//!   copied, or when the writer has been idle for a moment. Only when the WAL grows
+//!   long under sustained writes does the writer catch up itself, so that SQLite
+//!   can start the WAL over. A commit's durability does not depend on checkpoints.
 //! - Readers use their own connections (a small pool); WAL lets them read while
 //!   the writer commits. Every connection has a busy timeout.
 //! - An exclusive `flock` on `<db>.lock` keeps a second engine (another process,
@@ -21,10 +28,11 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
+use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::Value;
 
@@ -41,6 +49,22 @@ const MAX_BATCH: usize = 1024;
 /// Idle reader connections kept for reuse.
 const MAX_IDLE_READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// WAL frames not yet copied into the database that wake the checkpointer
+/// (SQLite's own autocheckpoint default).
+const CHECKPOINT_FRAMES: i64 = 1000;
+/// A WAL this long (frames, about 4 KiB each) is restarted by the writer itself:
+/// SQLite starts a WAL over only when a write begins with all of it copied, which
+/// background checkpoints alone never reach under sustained writes.
+const RESTART_FRAMES: i64 = 8192;
+/// The writer idle this long with WAL frames not copied wakes the checkpointer
+/// (so at most 10 idle checkpoints a second, each two fsyncs off the writer's path).
+const IDLE_CHECKPOINT: Duration = Duration::from_millis(100);
+/// After a commit the writer polls the queue this long (yielding the CPU between
+/// polls) before it parks: a caller that waited on its commit usually sends its
+/// next write within it, which then costs no wake-up of the writer.
+const POLL_BEFORE_PARK: Duration = Duration::from_micros(20);
+/// `journal_size_limit`: the WAL file is cut back to this after a burst.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -113,19 +137,30 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sql_error(path, "setting the busy timeout", e))?;
         // Connection settings only (nothing is read or written yet): the migration
         // commit already honours the durability.
-        let sync = match durability {
-            Durability::Sync => "FULL",
-            Durability::Normal => "NORMAL",
-            Durability::Off => "OFF",
-        };
-        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;"))
-            .map_err(|e| sql_error(path, "setting durability", e))?;
+        let sync = synchronous(durability);
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 0;
+             PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}; PRAGMA temp_store = MEMORY;"
+        ))
+        .map_err(|e| sql_error(path, "setting durability", e))?;
+        conn.set_prepared_statement_cache_capacity(32);
         let (migrated_from, instance) = open_schema(&mut conn, path)?;
         let reader = open_reader(path)?;
+        // Without its own connection there is no background checkpointing: the
+        // writer then checkpoints as SQLite would on its own.
+        let checkpointer = Checkpointer::start(path, durability);
 
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Counters::default());
-        let writer = Writer { conn, path: path.to_path_buf(), instance, stats: stats.clone() };
+        let writer = Writer {
+            conn,
+            path: path.to_path_buf(),
+            instance,
+            stats: stats.clone(),
+            checkpointer,
+            restart_at: RESTART_FRAMES,
+            uncopied: false,
+        };
         let handle = std::thread::Builder::new()
             .name("utp-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -354,6 +389,14 @@ fn acquire_lock(path: &Path) -> Result<File> {
     }
 }
 
+fn synchronous(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Sync => "FULL",
+        Durability::Normal => "NORMAL",
+        Durability::Off => "OFF",
+    }
+}
+
 fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| sql_error(path, "opening a reader", e))?;
@@ -369,11 +412,37 @@ struct Writer {
     path: PathBuf,
     instance: i64,
     stats: Arc<Counters>,
+    checkpointer: Option<Checkpointer>,
+    /// WAL length (frames) at which the writer catches up and restarts it.
+    restart_at: i64,
+    /// Whether the writer committed since it was last idle (when idle, it then
+    /// wakes the checkpointer).
+    uncopied: bool,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if let Some(m) = poll(&rx, POLL_BEFORE_PARK) {
+                m
+            } else if self.uncopied {
+                match rx.recv_timeout(IDLE_CHECKPOINT) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.uncopied = false;
+                        if self.wal_frames().is_some_and(|(log, copied)| copied < log) {
+                            self.checkpoint_in_background();
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            };
             let mut queue = vec![first];
             while queue.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -393,7 +462,58 @@ impl Writer {
                 }
             }
             self.commit_group(writes);
+            self.after_commits();
         }
+        // Closing: the checkpointer's connection closes first, so that the writer's
+        // is the last one and checkpoints the WAL into the database as it closes.
+        drop(self.checkpointer.take());
+    }
+
+    /// `(frames in the WAL, frames already copied into the database)`, read
+    /// without checkpointing anything.
+    fn wal_frames(&self) -> Option<(i64, i64)> {
+        self.conn
+            .prepare_cached("PRAGMA wal_checkpoint(NOOP)")
+            .and_then(|mut s| s.query_row([], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))))
+            .ok()
+            .filter(|(log, _)| *log >= 0)
+    }
+
+    /// After a batch: wake the checkpointer when enough of the WAL is not copied,
+    /// or catch up here when the WAL has grown long.
+    fn after_commits(&mut self) {
+        self.uncopied = true;
+        let Some((log, copied)) = self.wal_frames() else { return };
+        if log < RESTART_FRAMES {
+            self.restart_at = RESTART_FRAMES;
+        }
+        let busy = self.checkpointer.as_ref().is_some_and(Checkpointer::busy);
+        // While the checkpointer copies, the writer goes on (up to twice the length).
+        if log >= self.restart_at && (!busy || log >= self.restart_at + RESTART_FRAMES) {
+            // Copy what is left (little, the checkpointer kept up): the next write
+            // then starts the WAL over. If a reader still uses the WAL, that waits
+            // until the WAL has grown by RESTART_FRAMES again.
+            self.checkpoint_here();
+            self.restart_at = log + RESTART_FRAMES;
+        } else if log - copied >= CHECKPOINT_FRAMES {
+            self.checkpoint_in_background();
+        }
+    }
+
+    fn checkpoint_in_background(&mut self) {
+        if !self.checkpointer.as_ref().is_some_and(Checkpointer::request) {
+            self.checkpoint_here();
+        }
+    }
+
+    /// A PASSIVE checkpoint on the writer's connection, after any running in the
+    /// background (two checkpoints cannot run at once). A failure leaves the frames
+    /// in the WAL, where they are as durable; the next checkpoint retries.
+    fn checkpoint_here(&mut self) {
+        if let Some(c) = &self.checkpointer {
+            c.wait_idle();
+        }
+        let _ = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     }
 
     fn control(&mut self, msg: Msg) {
@@ -444,24 +564,35 @@ impl Writer {
         let path = self.path.clone();
         let err = |doing: &'static str| move |e| sql_error(&path, doing, e);
         self.exec("BEGIN IMMEDIATE").map_err(err("starting a transaction"))?;
+        // A write alone in its transaction needs no savepoint: if it fails, the
+        // whole transaction is rolled back.
+        let alone = ops.len() == 1;
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            self.exec("SAVEPOINT w").map_err(|e| {
-                self.abort();
-                sql_error(&self.path, "starting a savepoint", e)
-            })?;
+            if !alone {
+                self.exec("SAVEPOINT w").map_err(|e| {
+                    self.abort();
+                    sql_error(&self.path, "starting a savepoint", e)
+                })?;
+            }
             match self.apply(op) {
                 Ok(()) => {
-                    self.exec("RELEASE w").map_err(|e| {
-                        self.abort();
-                        sql_error(&self.path, "releasing a savepoint", e)
-                    })?;
+                    if !alone {
+                        self.exec("RELEASE w").map_err(|e| {
+                            self.abort();
+                            sql_error(&self.path, "releasing a savepoint", e)
+                        })?;
+                    }
                     results.push(Ok(()));
                 }
                 Err(e) => {
                     if self.conn.is_autocommit() {
                         // SQLite rolled the whole transaction back (disk full, I/O error).
                         return Err(e);
+                    }
+                    if alone {
+                        self.abort();
+                        return Ok(vec![Err(e)]);
                     }
                     self.conn.execute_batch("ROLLBACK TO w; RELEASE w").map_err(|e2| {
                         self.abort();
@@ -527,17 +658,23 @@ impl Writer {
                 self.insert_events(events)?;
             }
             Op::Step { step, status, events } => {
+                // The status is rewritten only when it changes (it mostly does not):
+                // an unchanged row and index cost no pages in the WAL.
                 let changed = match status {
                     Some(s) => self
                         .conn
-                        .prepare_cached("UPDATE executions SET status = ?2 WHERE id = ?1")
+                        .prepare_cached("UPDATE executions SET status = ?2 WHERE id = ?1 AND status IS NOT ?2")
                         .and_then(|mut st| st.execute(params![step.execution_id, s])),
-                    None => self
+                    None => Ok(0),
+                }
+                .and_then(|n| match n {
+                    0 => self
                         .conn
                         .prepare_cached("SELECT count(*) FROM executions WHERE id = ?1")
                         .and_then(|mut st| st.query_row([&step.execution_id], |r| r.get::<_, i64>(0)))
                         .map(|n| n as usize),
-                }
+                    n => Ok(n),
+                })
                 .map_err(err("writing a step"))?;
                 if changed == 0 {
                     return Err(Error::NotFound(format!(
@@ -649,6 +786,121 @@ impl Writer {
         };
         tx.commit().map_err(&err)?;
         Ok(deleted)
+    }
+}
+
+/// A message that arrives within `window`, polling without parking.
+fn poll(rx: &mpsc::Receiver<Msg>, window: Duration) -> Option<Msg> {
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(m) => return Some(m),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if start.elapsed() >= window => return None,
+            Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The checkpointer thread.
+
+/// Runs PASSIVE checkpoints on its own connection when the writer asks.
+struct Checkpointer {
+    shared: Arc<CheckpointShared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct CheckpointShared {
+    state: Mutex<CheckpointState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct CheckpointState {
+    wanted: bool,
+    running: bool,
+    stop: bool,
+}
+
+impl Checkpointer {
+    /// `None` when its connection or thread cannot be had.
+    fn start(path: &Path, durability: Durability) -> Option<Checkpointer> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).ok()?;
+        conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+        // A checkpoint syncs per its connection's setting: the same as the writer's.
+        let sync = synchronous(durability);
+        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = 0;")).ok()?;
+        let shared = Arc::new(CheckpointShared::default());
+        let handle = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("utp-store-checkpoint".into())
+                .spawn(move || checkpoints(conn, &shared))
+                .ok()?
+        };
+        Some(Checkpointer { shared, handle: Some(handle) })
+    }
+
+    /// Ask for a checkpoint (one pending at most); false if the thread is gone.
+    fn request(&self) -> bool {
+        let alive = self.handle.as_ref().is_some_and(|h| !h.is_finished());
+        if alive {
+            let mut state = self.shared.state.lock();
+            if !state.wanted {
+                state.wanted = true;
+                self.shared.changed.notify_all();
+            }
+        }
+        alive
+    }
+
+    /// Whether a checkpoint runs or is pending.
+    fn busy(&self) -> bool {
+        let state = self.shared.state.lock();
+        state.wanted || state.running
+    }
+
+    /// Until no checkpoint runs or is pending.
+    fn wait_idle(&self) {
+        let mut state = self.shared.state.lock();
+        while (state.wanted || state.running) && self.handle.as_ref().is_some_and(|h| !h.is_finished()) {
+            self.shared.changed.wait_for(&mut state, Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Stops the thread (after the checkpoint it may be running) and closes its connection.
+    fn drop(&mut self) {
+        self.shared.state.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn checkpoints(conn: Connection, shared: &CheckpointShared) {
+    loop {
+        {
+            let mut state = shared.state.lock();
+            while !state.wanted && !state.stop {
+                shared.changed.wait(&mut state);
+            }
+            if state.stop {
+                return;
+            }
+            state.wanted = false;
+            state.running = true;
+        }
+        // Never blocks the writer; copies what no reader still needs. A failure
+        // leaves the frames in the WAL (as durable there); the next one retries.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        shared.state.lock().running = false;
+        shared.changed.notify_all();
     }
 }
 
