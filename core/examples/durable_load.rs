@@ -25,6 +25,12 @@ fn chain() -> Value {
     json!({"name": "ten_steps", "steps": steps})
 }
 
+/// Bytes this process has written so far (Linux `/proc/self/io`, `wchar`: every write call, page cache or not).
+fn written_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 fn engine(db: &std::path::Path, durability: &str) -> Result<Engine, Box<dyn std::error::Error>> {
     let engine = Engine::from_json(json!({"store": {"url": format!("sqlite:{}", db.display()), "durability": durability}}))?;
     let step: utp_core::NativeHandler = Arc::new(|args: Value| async move { Ok(json!({"ok": true, "n": args["n"]})) }.boxed());
@@ -54,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let engine = engine(&db, durability)?;
             let wf = engine.workflow(WorkflowSource::Definition(chain()))?;
             let t = Instant::now();
+            let written = written_bytes();
             let failed = rt.block_on(async {
                 let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let mut tasks = Vec::new();
@@ -78,8 +85,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 failed
             });
             let secs = t.elapsed().as_secs_f64();
+            let kib = (written_bytes() - written) as f64 / 1024.0 / workflows as f64;
             println!(
-                "durability {durability:6} {label:10} ({in_flight} in flight): {:8.0} workflows/s ({workflows} in {secs:.2} s, {failed} failed)",
+                "durability {durability:6} {label:10} ({in_flight} in flight): {:8.0} workflows/s ({workflows} in {secs:.2} s, {failed} failed, {kib:.0} KiB written per workflow)",
                 workflows as f64 / secs
             );
         }

@@ -722,6 +722,40 @@ fn checkpoints_keep_the_wal_bounded_and_catch_up_when_idle() {
 }
 
 #[test]
+fn a_version_1_database_is_migrated_keeping_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    {
+        let s = sqlite(&path);
+        s.put_execution(exec("x1", "completed", 1)).wait_blocking().unwrap();
+        s.put_events(vec![json!({"id": 1, "type": "tool.called", "time": "2024-01-01T00:00:00Z", "execution_id": "x1"})])
+            .wait_blocking()
+            .unwrap();
+    }
+    {
+        // What version 1 left: its schema_version and the index version 2 drops.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "UPDATE meta SET value = '1' WHERE key = 'schema_version';
+             CREATE INDEX events_by_type ON events (type, seq);",
+        )
+        .unwrap();
+    }
+    let s = sqlite(&path);
+    assert_eq!(s.migrated_from(), 1);
+    assert_eq!(s.execution("x1").unwrap().unwrap().0.status, "completed");
+    let by_type = s.events(&EventFilter { kind: Some("tool.*".into()), ..Default::default() }).unwrap();
+    assert_eq!(by_type.len(), 1);
+    drop(s);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let indexes: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'events_by_type'", [], |r| r.get(0)).unwrap();
+    assert_eq!(indexes, 0);
+    let v: String = conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, SCHEMA_VERSION.to_string());
+}
+
+#[test]
 fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);

@@ -14,15 +14,16 @@ use super::store_error;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `PRAGMA application_id` of a UTP store: "UTPR".
 pub(crate) const APPLICATION_ID: i32 = 0x5554_5052;
 
 /// Migration `n` takes the schema from version `n - 1` to `n`. Append only.
-const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -94,7 +95,13 @@ CREATE TABLE session_states (
     PRIMARY KEY (tenant, session)
 ) WITHOUT ROWID;
 "#,
-)];
+    ),
+    // Every step commit inserted its events into as many places of this index as they
+    // had types (step.started, tool.called, ... each in its own run of leaves): a third
+    // of the pages a workflow wrote. Queries by type alone now scan in store order;
+    // by execution and type they use events_by_execution.
+    (2, "DROP INDEX events_by_type;"),
+];
 
 /// A rusqlite error as a STORE error about `path`.
 pub(crate) fn sql_error(path: &Path, doing: &str, e: rusqlite::Error) -> Error {
