@@ -337,7 +337,16 @@ async fn bad_databases_are_clear_store_errors() {
         let e = Engine::from_json(json!({ "store": bad })).unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
     }
-    // A folder that cannot be written (root ignores permissions, so only as another user).
+    // A folder that cannot be written: a read-only mount where this process may mount
+    // one (root ignores permission bits), else permission bits.
+    let ro_mount = dir.path().join("ro_mount");
+    std::fs::create_dir(&ro_mount).unwrap();
+    if mount_tmpfs(&ro_mount, "ro,size=64k") {
+        let _unmount = Unmount(&ro_mount);
+        let e = Engine::from_json(json!({"store": format!("sqlite:{}/utp.db", ro_mount.display())})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Store, "{e}");
+        assert!(e.to_string().contains("ro_mount"), "{e}");
+    }
     #[cfg(unix)]
     if rustix::process::geteuid().as_raw() != 0 {
         use std::os::unix::fs::PermissionsExt;
@@ -349,6 +358,25 @@ async fn bad_databases_are_clear_store_errors() {
     }
 }
 
+/// Mount a small tmpfs on `dir` with `options`; false where this process may not.
+fn mount_tmpfs(dir: &Path, options: &str) -> bool {
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Unmounts on drop.
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
+}
+
 /// A store on a full disk (a 1 MB tmpfs, when this process may mount one): the run
 /// fails with STORE, and what was committed before stays readable.
 #[tokio::test]
@@ -356,21 +384,9 @@ async fn a_full_disk_fails_the_run_with_a_store_error() {
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("small");
     std::fs::create_dir(&mount).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mount)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    if !mount_tmpfs(&mount, "size=1m") {
         eprintln!("skipped: cannot mount a tmpfs here (the store's own tests cover a full disk with max_page_count)");
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
     }
     let _unmount = Unmount(&mount);
     let db = mount.join("utp.db");
