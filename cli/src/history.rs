@@ -19,18 +19,17 @@ pub fn executions(
     limit: usize,
     json: bool,
 ) -> ExitCode {
-    let mut list = match engine.executions(status, session) {
+    let filter = utp_core::store::ExecutionFilter {
+        status: status.map(str::to_string),
+        session: session.map(str::to_string),
+        limit: (limit > 0).then_some(limit),
+        ..Default::default()
+    };
+    // Newest first, the limit applied by the store (only the rows shown have their steps read).
+    let list = match engine.executions_matching(&filter) {
         Ok(l) => l,
         Err(e) => return fail(&format!("[{}] {e}", e.code())),
     };
-    // Newest first (the engine lists oldest first, by id).
-    list.sort_by(|a, b| {
-        let key = |e: &Value| (e["created_at"].as_str().unwrap_or_default().to_string(), text(&e["execution_id"]));
-        key(b).cmp(&key(a))
-    });
-    if limit > 0 {
-        list.truncate(limit);
-    }
     if json {
         emit_line(&pretty(&Value::Array(list)));
         return ExitCode::SUCCESS;

@@ -464,3 +464,32 @@ async fn close_stops_runs_where_they_are_and_releases_the_file() {
     assert_eq!(calls2.lock().len(), 1, "only s2 ran again: {:?}", calls2.lock());
     drop(gate);
 }
+
+#[tokio::test]
+async fn executions_are_listed_newest_first_with_limits_and_time_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("utp.db");
+    leave_unfinished(&db, "exe_2026", 2, 0, None); // created 2026-01-01, only in the store
+    let (e, _) = engine(&db, json!({"store": {"url": format!("sqlite:{}", db.display()), "recover": false}}));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = e.run_workflow(WorkflowSource::Definition(chain(1)), json!({}), RunOptions::default()).await.unwrap();
+        ids.push(r["execution_id"].as_str().unwrap().to_string());
+    }
+    let listed = |f: utp_core::store::ExecutionFilter| -> Vec<String> {
+        e.executions_matching(&f).unwrap().iter().map(|r| r["execution_id"].as_str().unwrap().to_string()).collect()
+    };
+    let all = listed(Default::default());
+    assert_eq!(all, vec![ids[2].clone(), ids[1].clone(), ids[0].clone(), "exe_2026".into()]);
+    assert_eq!(listed(utp_core::store::ExecutionFilter { limit: Some(2), ..Default::default() }), all[..2].to_vec());
+    let old = utp_core::store::ExecutionFilter { created_before: Some("2026-06-01T00:00:00Z".into()), ..Default::default() };
+    assert_eq!(listed(old), vec!["exe_2026".to_string()]);
+    let running = utp_core::store::ExecutionFilter { status: Some("running".into()), ..Default::default() };
+    assert_eq!(listed(running), vec!["exe_2026".to_string()]);
+    // The oldest-first listing of the design API is the same, reversed.
+    let oldest_first: Vec<String> =
+        e.executions(None, None).unwrap().iter().map(|r| r["execution_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(oldest_first, all.iter().rev().cloned().collect::<Vec<_>>());
+    let bad = utp_core::store::ExecutionFilter { created_after: Some("yesterday".into()), ..Default::default() };
+    assert_eq!(e.executions_matching(&bad).unwrap_err().code(), ErrorCode::InvalidArgument);
+}

@@ -190,7 +190,22 @@ impl Engine {
     /// Executions (without step outputs), oldest first, optionally by status and
     /// session. With a store: every execution it holds, live ones as they stand now.
     pub fn executions(&self, status: Option<&str>, session: Option<&str>) -> Result<Vec<Value>> {
-        let status = match status {
+        let filter = crate::store::ExecutionFilter {
+            status: status.map(str::to_string),
+            session: session.map(str::to_string),
+            ..Default::default()
+        };
+        let mut list = self.executions_matching(&filter)?;
+        list.reverse();
+        Ok(list)
+    }
+
+    /// Executions (without step outputs) matching `filter` — status, session,
+    /// created strictly after / before (RFC 3339), at most `limit` — newest first:
+    /// live ones as they stand now, then (with a store) those only the store holds.
+    /// Only the executions returned have their steps read.
+    pub fn executions_matching(&self, filter: &crate::store::ExecutionFilter) -> Result<Vec<Value>> {
+        let status = match filter.status.as_deref() {
             None => None,
             Some(s) => Some(ExecutionStatus::parse(s).ok_or_else(|| {
                 Error::InvalidArgument(format!(
@@ -198,33 +213,59 @@ impl Engine {
                 ))
             })?),
         };
-        let mut list: Vec<(String, Value)> = self
-            .workflows()
-            .executions
-            .all()
-            .into_iter()
-            .filter(|e| status.is_none_or(|s| e.status() == s))
-            .filter(|e| session.is_none_or(|s| e.session.as_deref() == Some(s)))
-            .map(|e| (e.id.clone(), e.to_value(false)))
-            .collect();
-        if let Some(store) = self.store() {
-            let live: std::collections::HashSet<String> = list.iter().map(|(id, _)| id.clone()).collect();
-            let filter = crate::store::ExecutionFilter {
-                status: status.map(|s| s.as_str().to_string()),
-                session: session.map(str::to_string),
-                ..Default::default()
-            };
-            for row in store.executions(&filter)? {
+        let after = crate::store::parse_opt_time("created_after", filter.created_after.as_deref())?;
+        let before = crate::store::parse_opt_time("created_before", filter.created_before.as_deref())?;
+        let micros = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros().min(i64::MAX as u128) as i64)
+        };
+        // (created µs, id, live record or store row)
+        enum Found {
+            Live(Arc<Execution>),
+            Stored(crate::store::ExecutionRow),
+        }
+        let mut found: Vec<(i64, String, Found)> = Vec::new();
+        for e in self.workflows().executions.all() {
+            let created = micros(e.with_state(|s| s.created_at));
+            if status.is_some_and(|s| e.status() != s)
+                || filter.session.as_deref().is_some_and(|s| e.session.as_deref() != Some(s))
+                || after.is_some_and(|a| created <= a)
+                || before.is_some_and(|b| created >= b)
+            {
+                continue;
+            }
+            found.push((created, e.id.clone(), Found::Live(e)));
+        }
+        let store = self.store();
+        if let Some(store) = &store {
+            // Live executions are in the store too: ask for enough rows to fill `limit` without them.
+            let live = self.workflows().executions.len();
+            let rows = crate::store::ExecutionFilter { limit: filter.limit.map(|l| l.saturating_add(live)), ..filter.clone() };
+            for row in store.executions(&rows)? {
                 // A live execution's own record wins (its status may be newer than its last commit).
-                if live.contains(&row.id) || self.workflows().executions.get(&row.id).is_some() {
+                if self.workflows().executions.get(&row.id).is_some() {
                     continue;
                 }
-                let steps = store.execution(&row.id)?.map(|(_, steps)| steps).unwrap_or_default();
-                list.push((row.id.clone(), crate::durable::record_from_rows(&row, &steps, false)));
+                let created = crate::store::parse_time("created_at", &row.created_at).unwrap_or(0);
+                found.push((created, row.id.clone(), Found::Stored(row)));
             }
         }
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(list.into_iter().map(|(_, v)| v).collect())
+        found.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+        if let Some(limit) = filter.limit {
+            found.truncate(limit);
+        }
+        found
+            .into_iter()
+            .map(|(_, _, f)| match f {
+                Found::Live(e) => Ok(e.to_value(false)),
+                Found::Stored(row) => {
+                    let steps = match &store {
+                        Some(store) => store.execution(&row.id)?.map(|(_, steps)| steps).unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    Ok(crate::durable::record_from_rows(&row, &steps, false))
+                }
+            })
+            .collect()
     }
 
     /// Events from the store's audit log (every process that used it), in store

@@ -78,6 +78,10 @@ impl Executions {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.by_id.read().len()
+    }
+
     pub fn all(&self) -> Vec<Arc<Execution>> {
         self.by_id.read().values().cloned().collect()
     }
