@@ -11,22 +11,9 @@ use crate::db::Db;
 use crate::fail;
 
 /// `utp executions`: newest first.
-pub fn executions(
-    engine: &Engine,
-    db: &Db,
-    status: Option<&str>,
-    session: Option<&str>,
-    limit: usize,
-    json: bool,
-) -> ExitCode {
-    let filter = utp_core::store::ExecutionFilter {
-        status: status.map(str::to_string),
-        session: session.map(str::to_string),
-        limit: (limit > 0).then_some(limit),
-        ..Default::default()
-    };
+pub fn executions(engine: &Engine, db: &Db, filter: &utp_core::store::ExecutionFilter, json: bool) -> ExitCode {
     // Newest first, the limit applied by the store (only the rows shown have their steps read).
-    let list = match engine.executions_matching(&filter) {
+    let list = match engine.executions_matching(filter) {
         Ok(l) => l,
         Err(e) => return fail(&format!("[{}] {e}", e.code())),
     };

@@ -163,6 +163,12 @@ enum Command {
         /// Only runs of this session.
         #[arg(long)]
         session: Option<String>,
+        /// Only those created after this time (RFC 3339, e.g. 2026-11-26T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only those created before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
         /// At most this many (the newest; 0 = all).
         #[arg(long, default_value_t = 0)]
         limit: usize,
@@ -347,8 +353,15 @@ fn main() -> ExitCode {
                 let options = RunOptions { tenant, session, timeout, ..RunOptions::default() };
                 run::run(&engine, &workflow, inputs, options, usize::from(repeat), json).await
             }
-            Command::Executions { status, session, limit, json } => {
-                history::executions(&engine, &db, status.as_deref(), session.as_deref(), limit, json)
+            Command::Executions { status, session, since, until, limit, json } => {
+                let filter = utp_core::store::ExecutionFilter {
+                    status,
+                    session,
+                    created_after: since,
+                    created_before: until,
+                    limit: (limit > 0).then_some(limit),
+                };
+                history::executions(&engine, &db, &filter, json)
             }
             Command::Show { id, json } => history::show(&engine, &db, &id, json),
             Command::Approvals { pending, json } => history::approvals(&engine, pending, json),
