@@ -232,6 +232,11 @@ impl Engine {
         &self.inner.vars
     }
 
+    /// The engine's pooled HTTP client (the planner's model adapters share it).
+    pub(crate) fn http_client(&self) -> Result<reqwest::Client> {
+        self.inner.transports.client().cloned()
+    }
+
     pub(crate) fn workflows(&self) -> &crate::workflow::WorkflowRuntime {
         &self.inner.workflows
     }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod manual;
 pub mod openapi;
 pub mod parse;
+pub mod planner;
 pub mod registry;
 pub mod search;
 pub mod store;
