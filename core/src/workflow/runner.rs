@@ -64,9 +64,7 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
             match skip_reason(&engine, &exec, i) {
                 Ok(Some(reason)) => {
                     let skipped = skip(&engine, &exec, i, reason);
-                    if let Err(e) = engine.persist_step(&exec, i, Some(&skipped)).await {
-                        failure.get_or_insert(e);
-                    }
+                    commit_step(&engine, &exec, i, &skipped, &calls, &mut failure).await;
                     release(&wf.dependants[i], &mut waiting, &mut ready);
                 }
                 Ok(None) => {
@@ -78,9 +76,7 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
                     // The `if` could not be evaluated: the step fails, as any step error.
                     let fatal = !matches!(wf.steps[i].on_error, OnError::Continue);
                     let failed = mark_failed(&engine, &exec, i, &e);
-                    if let Err(e) = engine.persist_step(&exec, i, Some(&failed)).await {
-                        failure.get_or_insert(e);
-                    }
+                    commit_step(&engine, &exec, i, &failed, &calls, &mut failure).await;
                     if fatal {
                         failure.get_or_insert(e);
                     } else {
@@ -106,18 +102,12 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
                 StepEnd::Succeeded(output) => {
                     let completed = mark_succeeded(&engine, &exec, i, output);
                     // Committed before any dependant starts: a completed step never runs twice.
-                    if let Err(e) = engine.persist_step(&exec, i, Some(&completed)).await {
-                        calls.cancel();
-                        failure.get_or_insert(e);
-                    }
+                    commit_step(&engine, &exec, i, &completed, &calls, &mut failure).await;
                     release(&wf.dependants[i], &mut waiting, &mut ready);
                 }
                 StepEnd::Failed { error, fatal } => {
                     let failed = mark_failed(&engine, &exec, i, &error);
-                    if let Err(e) = engine.persist_step(&exec, i, Some(&failed)).await {
-                        calls.cancel();
-                        failure.get_or_insert(e);
-                    }
+                    commit_step(&engine, &exec, i, &failed, &calls, &mut failure).await;
                     if fatal {
                         calls.cancel();
                         failure.get_or_insert(error);
@@ -152,6 +142,22 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
         }
     }
     finish(&engine, &exec, failure, timed_out, started).await;
+}
+
+/// Commit step `i`'s record with its event. A commit that fails (disk full, I/O
+/// error) fails the run: nothing more can be recorded, so running calls are cancelled.
+async fn commit_step(
+    engine: &Engine,
+    exec: &Execution,
+    i: usize,
+    event: &Arc<Event>,
+    calls: &CancellationToken,
+    failure: &mut Option<Error>,
+) {
+    if let Err(e) = engine.persist_step(exec, i, Some(event)).await {
+        calls.cancel();
+        failure.get_or_insert(e);
+    }
 }
 
 /// Where a run starts: how many unfinished dependencies each step waits for, the
