@@ -17,14 +17,14 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::config::{Config, parse_duration};
 use crate::domain::ApprovalInfo;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, kinds, rfc3339};
 use crate::store::{Durability, ExecutionRow, StepRow, Store, open_store};
-use crate::workflow::execution::{ErrorInfo, Execution, StepRecord, StepStatus};
+use crate::workflow::execution::{ErrorInfo, Execution, Record, StepRecord, StepStatus};
 
 /// The `store` section: `"sqlite:PATH"` / `"memory"`, or
 /// `{url, durability: sync|normal|off, retention: 30d, recover: true, read_only: false}`.
@@ -299,26 +299,32 @@ fn error_info(v: &Value) -> Option<ErrorInfo> {
     })
 }
 
-/// A step's record as a previous process committed it. A step that was running
-/// (or waiting for an approval) when that process stopped is pending again: it re-runs.
-pub(crate) fn step_record(row: &StepRow) -> StepRecord {
-    let status = match row.status.as_str() {
-        "succeeded" => StepStatus::Succeeded,
-        "failed" => StepStatus::Failed,
-        "skipped" => StepStatus::Skipped,
-        _ => StepStatus::Pending,
-    };
-    let finished = status != StepStatus::Pending;
+/// A step's record as a previous process committed it.
+fn stored_step(row: &StepRow) -> StepRecord {
+    let status = StepStatus::parse(&row.status).unwrap_or(StepStatus::Pending);
     StepRecord {
         status,
-        output: if finished { row.output.clone() } else { Value::Null },
-        error: if finished { error_info(&row.error) } else { None },
+        output: row.output.clone(),
+        error: error_info(&row.error),
         attempts: row.attempts,
         started_at: row.started_at.as_deref().and_then(parse_system_time),
-        finished_at: if finished { row.finished_at.as_deref().and_then(parse_system_time) } else { None },
+        finished_at: row.finished_at.as_deref().and_then(parse_system_time),
         note: row.note.clone(),
         approval_id: row.approval_id.clone(),
     }
+}
+
+/// A step's record to resume from: one that was running (or waiting for an
+/// approval) when the previous process stopped is pending again: it re-runs.
+pub(crate) fn step_record(row: &StepRow) -> StepRecord {
+    let mut rec = stored_step(row);
+    if matches!(rec.status, StepStatus::Pending | StepStatus::Running) {
+        rec.status = StepStatus::Pending;
+        rec.output = Value::Null;
+        rec.error = None;
+        rec.finished_at = None;
+    }
+    rec
 }
 
 pub(crate) fn created_at(row: &ExecutionRow) -> SystemTime {
@@ -326,77 +332,32 @@ pub(crate) fn created_at(row: &ExecutionRow) -> SystemTime {
 }
 
 /// The design §7 record of an execution known only to the store (a previous
-/// process ran it), in the same shape as [`Execution::to_value`].
+/// process ran it), in the same shape as [`Execution::to_value`]: steps in
+/// definition order, those never committed as pending.
 pub(crate) fn record_from_rows(row: &ExecutionRow, steps: &[StepRow], full: bool) -> Value {
-    let tools: Vec<&str> = row
-        .definition
-        .get("steps")
-        .and_then(Value::as_array)
-        .map(|list| list.iter().map(|s| s.get("tool").and_then(Value::as_str).unwrap_or_default()).collect())
-        .unwrap_or_default();
-    let mut step_map = Map::new();
-    for step in steps {
-        let mut m = Map::new();
-        m.insert("status".into(), step.status.clone().into());
-        if full {
-            m.insert("output".into(), step.output.clone());
-        }
-        m.insert("error".into(), step.error.clone());
-        m.insert("attempts".into(), step.attempts.into());
-        m.insert("started_at".into(), step.started_at.clone().map_or(Value::Null, Value::String));
-        m.insert("finished_at".into(), step.finished_at.clone().map_or(Value::Null, Value::String));
-        if let Some(note) = &step.note {
-            m.insert("note".into(), note.clone().into());
-        }
-        if let Some(id) = &step.approval_id {
-            m.insert("approval_id".into(), id.clone().into());
-        }
-        m.insert("tool".into(), tools.get(step.index as usize).copied().unwrap_or_default().into());
-        step_map.insert(step.step_id.clone(), Value::Object(m));
+    let defined = row.definition.get("steps").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut step_values = Map::new();
+    for def in defined {
+        let (id, tool) = (text(def, "id"), text(def, "tool"));
+        let rec = steps.iter().find(|s| s.step_id == id).map(stored_step).unwrap_or_default();
+        step_values.insert(id, rec.to_value(&tool, full));
     }
-    // Steps with no row yet (never committed) show as pending, in definition order.
-    if let Some(list) = row.definition.get("steps").and_then(Value::as_array) {
-        let mut ordered = Map::new();
-        for (idx, def) in list.iter().enumerate() {
-            let Some(id) = def.get("id").and_then(Value::as_str) else {
-                continue;
-            };
-            let v = step_map.remove(id).unwrap_or_else(|| {
-                let mut m = Map::new();
-                m.insert("status".into(), "pending".into());
-                if full {
-                    m.insert("output".into(), Value::Null);
-                }
-                m.insert("error".into(), Value::Null);
-                m.insert("attempts".into(), 0.into());
-                m.insert("started_at".into(), Value::Null);
-                m.insert("finished_at".into(), Value::Null);
-                m.insert("tool".into(), tools.get(idx).copied().unwrap_or_default().into());
-                Value::Object(m)
-            });
-            ordered.insert(id.to_string(), v);
-        }
-        ordered.extend(step_map);
-        step_map = ordered;
+    Record {
+        id: &row.id,
+        workflow: &row.workflow,
+        status: &row.status,
+        inputs: &row.inputs,
+        outputs: &row.outputs,
+        error: row.error.clone(),
+        warnings: &row.warnings,
+        session: row.session.as_deref(),
+        tenant: row.tenant.as_deref(),
+        created_at: row.created_at.clone(),
+        finished_at: row.finished_at.clone(),
+        steps: step_values,
     }
-    let mut m = Map::new();
-    m.insert("execution_id".into(), row.id.clone().into());
-    m.insert("workflow".into(), row.workflow.clone().into());
-    m.insert("status".into(), row.status.clone().into());
-    if full {
-        m.insert("inputs".into(), row.inputs.clone());
-        m.insert("outputs".into(), row.outputs.clone());
-    }
-    m.insert("error".into(), row.error.clone());
-    if !row.warnings.is_empty() {
-        m.insert("warnings".into(), json!(row.warnings));
-    }
-    m.insert("steps".into(), Value::Object(step_map));
-    m.insert("session_id".into(), row.session.clone().map_or(Value::Null, Value::String));
-    m.insert("tenant".into(), row.tenant.clone().map_or(Value::Null, Value::String));
-    m.insert("created_at".into(), row.created_at.clone().into());
-    m.insert("finished_at".into(), row.finished_at.clone().map_or(Value::Null, Value::String));
-    Value::Object(m)
+    .to_value(full)
 }
 
 /// An approval as stored (the engine's [`ApprovalInfo`] JSON).
@@ -468,6 +429,8 @@ impl crate::engine::Engine {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn config(store: Value) -> Config {

@@ -67,6 +67,17 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    pub fn parse(text: &str) -> Option<StepStatus> {
+        Some(match text {
+            "pending" => StepStatus::Pending,
+            "running" => StepStatus::Running,
+            "succeeded" => StepStatus::Succeeded,
+            "failed" => StepStatus::Failed,
+            "skipped" => StepStatus::Skipped,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StepStatus::Pending => "pending",
@@ -128,7 +139,8 @@ impl Default for StepRecord {
 }
 
 impl StepRecord {
-    fn to_value(&self, with_output: bool) -> Value {
+    /// The step's part of the design §7 record, with the tool it calls.
+    pub(crate) fn to_value(&self, tool: &str, with_output: bool) -> Value {
         let mut m = Map::new();
         m.insert("status".into(), self.status.as_str().into());
         if with_output {
@@ -144,6 +156,49 @@ impl StepRecord {
         if let Some(id) = &self.approval_id {
             m.insert("approval_id".into(), id.clone().into());
         }
+        m.insert("tool".into(), tool.into());
+        Value::Object(m)
+    }
+}
+
+/// The design §7 record of an execution, from a live one or one the store holds:
+/// `{execution_id, workflow, status, inputs, outputs, error, warnings?, steps, session_id,
+/// tenant, created_at, finished_at}`; without `full`, inputs, outputs and step outputs are left out.
+pub(crate) struct Record<'a> {
+    pub id: &'a str,
+    pub workflow: &'a str,
+    pub status: &'a str,
+    pub inputs: &'a Value,
+    pub outputs: &'a Value,
+    pub error: Value,
+    pub warnings: &'a [String],
+    pub session: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    /// Each step's value (`StepRecord::to_value`), by id, in definition order.
+    pub steps: Map<String, Value>,
+}
+
+impl Record<'_> {
+    pub(crate) fn to_value(self, full: bool) -> Value {
+        let mut m = Map::new();
+        m.insert("execution_id".into(), self.id.into());
+        m.insert("workflow".into(), self.workflow.into());
+        m.insert("status".into(), self.status.into());
+        if full {
+            m.insert("inputs".into(), self.inputs.clone());
+            m.insert("outputs".into(), self.outputs.clone());
+        }
+        m.insert("error".into(), self.error);
+        if !self.warnings.is_empty() {
+            m.insert("warnings".into(), json!(self.warnings));
+        }
+        m.insert("steps".into(), Value::Object(self.steps));
+        m.insert("session_id".into(), self.session.map_or(Value::Null, Value::from));
+        m.insert("tenant".into(), self.tenant.map_or(Value::Null, Value::from));
+        m.insert("created_at".into(), self.created_at.into());
+        m.insert("finished_at".into(), self.finished_at.map_or(Value::Null, Value::String));
         Value::Object(m)
     }
 }
@@ -356,31 +411,21 @@ impl Execution {
     /// Without `full`, step outputs and the run's inputs/outputs are left out (listings).
     pub fn to_value(&self, full: bool) -> Value {
         let s = self.state.lock();
-        let mut steps = Map::new();
-        for (def, rec) in self.workflow.steps.iter().zip(&s.steps) {
-            let mut v = rec.to_value(full);
-            if let Value::Object(m) = &mut v {
-                m.insert("tool".into(), def.tool.clone().into());
-            }
-            steps.insert(def.id.clone(), v);
+        let steps = self.workflow.steps.iter().zip(&s.steps).map(|(def, rec)| (def.id.clone(), rec.to_value(&def.tool, full)));
+        Record {
+            id: &self.id,
+            workflow: &self.workflow.name,
+            status: s.status.as_str(),
+            inputs: &self.inputs,
+            outputs: &s.outputs,
+            error: s.error.as_ref().map_or(Value::Null, ErrorInfo::to_value),
+            warnings: &s.warnings,
+            session: self.session.as_deref(),
+            tenant: self.tenant.as_deref(),
+            created_at: rfc3339(s.created_at),
+            finished_at: s.finished_at.map(rfc3339),
+            steps: steps.collect(),
         }
-        let mut m = Map::new();
-        m.insert("execution_id".into(), self.id.clone().into());
-        m.insert("workflow".into(), self.workflow.name.clone().into());
-        m.insert("status".into(), s.status.as_str().into());
-        if full {
-            m.insert("inputs".into(), self.inputs.clone());
-            m.insert("outputs".into(), s.outputs.clone());
-        }
-        m.insert("error".into(), s.error.as_ref().map_or(Value::Null, ErrorInfo::to_value));
-        if !s.warnings.is_empty() {
-            m.insert("warnings".into(), json!(s.warnings));
-        }
-        m.insert("steps".into(), Value::Object(steps));
-        m.insert("session_id".into(), self.session.clone().map_or(Value::Null, Value::String));
-        m.insert("tenant".into(), self.tenant.clone().map_or(Value::Null, Value::String));
-        m.insert("created_at".into(), rfc3339(s.created_at).into());
-        m.insert("finished_at".into(), s.finished_at.map_or(Value::Null, |t| rfc3339(t).into()));
-        Value::Object(m)
+        .to_value(full)
     }
 }
