@@ -10,6 +10,7 @@ use utp_core::{CallOptions, Config, Engine, Outcome, RegisteredTool};
 
 mod db;
 mod history;
+mod plan;
 mod resume;
 mod run;
 
@@ -153,6 +154,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plan a workflow for REQUEST (words) and print it as YAML (--json: JSON); runs
+    /// nothing. The model comes from the config's `planner` section (provider openai |
+    /// anthropic, base_url, model, api_key: "${OPENAI_API_KEY}"); without one, the
+    /// offline planner chains tools by their schemas, or says that a model is needed.
+    Plan {
+        /// What the workflow should do, in words.
+        request: String,
+        /// Print the workflow as JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+        /// Directories, manual files or URLs to load tools from (repeatable).
+        #[arg(long = "from")]
+        from: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Session whose state keys the planner is told about.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Plan a workflow for REQUEST, show it on stderr, then run it like `utp run`
+    /// (recorded in the database). Asks before running on a terminal; --yes runs
+    /// without asking (needed when stdin is not a terminal).
+    Do {
+        /// What to do, in words.
+        request: String,
+        /// An input as key=value (repeatable); values that parse as JSON are JSON.
+        /// The planner sees input names and types, never values.
+        #[arg(long = "input", short = 'i')]
+        inputs: Vec<String>,
+        /// Run the plan without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Directories, manual files or URLs to load tools from (repeatable).
+        #[arg(long = "from")]
+        from: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+        /// Timeout for the run, in seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Print the whole execution record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Executions recorded in the database, newest first: id, workflow, status,
     /// created, finished, steps done/total.
     Executions {
@@ -247,10 +294,14 @@ impl Command {
     /// What the command does with the database.
     fn access(&self) -> db::Access {
         match self {
-            Command::Discover { .. } | Command::Tools { .. } | Command::Check { .. } => db::Access::None,
-            Command::Call { .. } | Command::Run { .. } | Command::Approve { .. } | Command::Resume { .. } => {
-                db::Access::ReadWrite
+            Command::Discover { .. } | Command::Tools { .. } | Command::Check { .. } | Command::Plan { .. } => {
+                db::Access::None
             }
+            Command::Call { .. }
+            | Command::Run { .. }
+            | Command::Do { .. }
+            | Command::Approve { .. }
+            | Command::Resume { .. } => db::Access::ReadWrite,
             Command::Executions { .. } | Command::Show { .. } | Command::Approvals { .. } => db::Access::ReadOnly,
         }
     }
@@ -352,6 +403,31 @@ fn main() -> ExitCode {
                 }
                 let options = RunOptions { tenant, session, timeout, ..RunOptions::default() };
                 run::run(&engine, &workflow, inputs, options, usize::from(repeat), json).await
+            }
+            Command::Plan { request, json, from, tenant, session } => {
+                if let Err(e) = load_tools(&engine, from).await {
+                    return fail(&e);
+                }
+                let options = utp_core::planner::PlanOptions { tenant, session, ..Default::default() };
+                plan::plan(&engine, &request, options, json).await
+            }
+            Command::Do { request, inputs, yes, from, tenant, session, timeout, json } => {
+                let inputs = match run::parse_inputs(&inputs) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        eprintln!("utp: [INVALID_ARGUMENT] {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let timeout = match parse_timeout(timeout) {
+                    Ok(t) => t,
+                    Err(code) => return code,
+                };
+                if let Err(e) = load_tools(&engine, from).await {
+                    return fail(&e);
+                }
+                let options = RunOptions { tenant, session, timeout, ..RunOptions::default() };
+                plan::run(&engine, &request, inputs, yes, options, json).await
             }
             Command::Executions { status, session, since, until, limit, json } => {
                 let filter = utp_core::store::ExecutionFilter {

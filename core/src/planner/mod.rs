@@ -339,6 +339,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn yaml_round_trips() {
+        let wf = json!({"name": "w", "steps": [{"id": "a", "tool": "m.t",
+            "args": {"x": "${{ inputs.x }}", "y": "${{ steps.a.output.count + 1 }}", "n": 3}}]});
+        let yaml = to_yaml(&wf).unwrap();
+        assert_eq!(crate::parse::parse_document(yaml.as_bytes(), None).unwrap(), wf, "{yaml}");
+    }
+
+    #[test]
     fn config_defaults_and_errors() {
         let c = PlannerConfig::from_value(None).unwrap();
         assert_eq!(c.provider, Provider::Offline);
