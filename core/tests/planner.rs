@@ -591,3 +591,12 @@ async fn offline_planner_says_plainly_when_a_model_is_needed() {
     assert!(err.to_string().contains("no tools are registered"), "{err}");
     assert_eq!(e.plan("  ", PlanOptions::default()).await.unwrap_err().code(), ErrorCode::InvalidArgument);
 }
+
+/// The bindings run these futures on multi-thread runtimes: they must stay `Send`.
+#[test]
+fn plan_futures_are_send() {
+    fn assert_send<T: Send>(_: T) {}
+    let e = Engine::from_json(json!({})).unwrap();
+    assert_send(e.plan("x", PlanOptions::default()));
+    assert_send(e.run_request("x", json!({}), RunOptions::default()));
+}
