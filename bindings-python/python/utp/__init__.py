@@ -33,6 +33,12 @@ Intents route a named kind of request to a workflow or a Python handler::
     engine.register_intent("lookup", lambda ctx, params: engine.call_tool("shop.get", params))
     engine.submit_intent("lookup", {"sku": "A1"}, session="s1")["output"]
 
+The planner turns a request into a validated workflow (offline by default; a model
+with the config's ``planner`` section), and ``run`` plans and runs it::
+
+    engine.plan("weather forecast for the city of an IP address")["definition"]
+    engine.run("weather forecast for the city of an IP address", {"ip": "8.8.8.8"})["outputs"]
+
 Every blocking method releases the GIL while Rust works and has an awaitable twin
 (``discover_async``, ``register_manual_async``...) that runs it on a worker thread;
 ``call_tool_async`` is native: the call runs on the engine's own runtime.
@@ -394,6 +400,41 @@ class Engine(_utp.Engine):
             return self.submit_intent(intent_type, params, tenant=tenant, session=session)
 
         return await _in_thread(submit)
+
+    async def plan_async(
+        self,
+        request: str,
+        *,
+        session: Optional[str] = None,
+        tenant: Optional[str] = None,
+        inputs: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """``plan`` as an awaitable (on a worker thread). Cancelling the awaiting task
+        stops the waiting; the planning itself runs to its end."""
+
+        def plan() -> Dict[str, Any]:
+            return self.plan(request, session=session, tenant=tenant, inputs=inputs)
+
+        return await _in_thread(plan)
+
+    async def run_async(
+        self,
+        request: str,
+        inputs: Optional[Dict[str, Any]] = None,
+        *,
+        session: Optional[str] = None,
+        tenant: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Dict[str, Any]:
+        """``run`` as an awaitable: ``plan_async``, then ``run_workflow_async`` of the
+        plan's definition; the record gets ``plan``. Cancelling the awaiting task
+        cancels the run (while planning: stops the waiting)."""
+        planned = await self.plan_async(request, session=session, tenant=tenant, inputs=inputs or {})
+        record = await self.run_workflow_async(
+            planned["definition"], inputs, session=session, tenant=tenant, timeout=timeout
+        )
+        record["plan"] = planned
+        return record
 
     @property
     def domain_layer(self) -> DomainLayer:

@@ -176,6 +176,25 @@ class Engine:
         user: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> Dict[str, Any]: ...
+    def plan(
+        self,
+        request: str,
+        *,
+        session: Optional[str] = None,
+        tenant: Optional[str] = None,
+        inputs: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """Plan a workflow for a request: ``{definition, provider, model, rounds, usage}``."""
+    def run(
+        self,
+        request: str,
+        inputs: Optional[Dict[str, Any]] = None,
+        *,
+        session: Optional[str] = None,
+        tenant: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Dict[str, Any]:
+        """Plan a workflow for a request and run it: the execution record with ``plan``."""
     def start_workflow(
         self,
         workflow: Union[Dict[str, Any], str, os.PathLike[str]],
