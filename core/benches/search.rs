@@ -19,7 +19,7 @@ fn manual(m: usize, per_manual: usize) -> Value {
             let n = m * per_manual + i;
             let (verb, noun, scope) = (VERBS[n % 10], NOUNS[(n / 10) % 25], SCOPES[(n / 250) % 4]);
             json!({
-                "name": format!("{verb}_{}_{}_{n}", noun.replace(' ', "_"), scope.split(' ').last().unwrap_or("x")),
+                "name": format!("{verb}_{}_{}_{n}", noun.replace(' ', "_"), scope.split(' ').next_back().unwrap_or("x")),
                 "description": format!("{verb} {noun}s {scope}"),
                 "tags": [noun.split(' ').next().unwrap_or("x")],
                 "inputs": {"type": "object", "properties": {"owner": {}, "repo": {}, "per_page": {}, "page": {}}},

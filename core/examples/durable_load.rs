@@ -3,6 +3,7 @@
 //! per durability; also the time to open an engine on a fresh database.
 //! The Python side-by-side with DBOS and LangGraph is bench/store/run.py.
 //! Run: cargo run --release -p utp-core --example durable_load [-- WORKFLOWS CONCURRENCY]
+//! (DURABILITY=normal,sync,off picks the durabilities.)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,7 +55,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     opens.sort_by(f64::total_cmp);
     println!("engine open on a fresh database (migrations): median {:.2} ms", opens[opens.len() / 2]);
 
-    for durability in ["normal", "sync", "off"] {
+    let durabilities = std::env::var("DURABILITY").unwrap_or_else(|_| "normal,sync,off".into());
+    for durability in durabilities.split(',') {
         for (label, in_flight) in [("sequential", 1), ("concurrent", concurrency)] {
             let db = dir.path().join(format!("{durability}-{label}.db"));
             let engine = engine(&db, durability)?;

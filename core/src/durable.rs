@@ -357,7 +357,7 @@ pub(crate) fn record_from_rows(row: &ExecutionRow, steps: &[StepRow], full: bool
         finished_at: row.finished_at.clone(),
         steps: step_values,
     }
-    .to_value(full)
+    .into_value(full)
 }
 
 /// An approval as stored (the engine's [`ApprovalInfo`] JSON).

@@ -75,8 +75,8 @@ impl Segment {
                     add(name, F_PARAM, &mut tf);
                 }
             }
-            for f in 0..FIELDS {
-                seg.total_len[f] += len[f];
+            for (total, l) in seg.total_len.iter_mut().zip(len) {
+                *total += l;
             }
             seg.field_len.push(len);
             for (term, counts) in tf.drain() {
@@ -145,8 +145,8 @@ pub fn score(segments: &[&Segment], query: &str) -> Vec<(usize, u32, f32)> {
     }
     let mut avg_len: FieldCounts = [0.0; FIELDS];
     for s in segments {
-        for f in 0..FIELDS {
-            avg_len[f] += s.total_len[f];
+        for (avg, total) in avg_len.iter_mut().zip(s.total_len) {
+            *avg += total;
         }
     }
     for avg in &mut avg_len {

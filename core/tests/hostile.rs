@@ -69,7 +69,7 @@ proptest! {
     fn manual_source_and_search_never_panic(s in "\\PC{0,40}") {
         let _ = ManualSource::from_text(&s);
         let engine = Engine::from_json(json!({})).unwrap();
-        prop_assert!(engine.search_tools(&s, 5, &[s.clone()]).is_empty());
+        prop_assert!(engine.search_tools(&s, 5, std::slice::from_ref(&s)).is_empty());
         prop_assert!(engine.tool(&s).is_err());
     }
 

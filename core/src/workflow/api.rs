@@ -221,7 +221,7 @@ impl Engine {
         // (created µs, id, live record or store row)
         enum Found {
             Live(Arc<Execution>),
-            Stored(crate::store::ExecutionRow),
+            Stored(Box<crate::store::ExecutionRow>),
         }
         let mut found: Vec<(i64, String, Found)> = Vec::new();
         for e in self.workflows().executions.all() {
@@ -246,7 +246,7 @@ impl Engine {
                     continue;
                 }
                 let created = crate::store::parse_time("created_at", &row.created_at).unwrap_or(0);
-                found.push((created, row.id.clone(), Found::Stored(row)));
+                found.push((created, row.id.clone(), Found::Stored(Box::new(row))));
             }
         }
         found.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));

@@ -181,7 +181,7 @@ pub(crate) struct Record<'a> {
 }
 
 impl Record<'_> {
-    pub(crate) fn to_value(self, full: bool) -> Value {
+    pub(crate) fn into_value(self, full: bool) -> Value {
         let mut m = Map::new();
         m.insert("execution_id".into(), self.id.into());
         m.insert("workflow".into(), self.workflow.into());
@@ -426,6 +426,6 @@ impl Execution {
             finished_at: s.finished_at.map(rfc3339),
             steps: steps.collect(),
         }
-        .to_value(full)
+        .into_value(full)
     }
 }

@@ -82,6 +82,10 @@ impl Executions {
         self.by_id.read().len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.by_id.read().is_empty()
+    }
+
     pub fn all(&self) -> Vec<Arc<Execution>> {
         self.by_id.read().values().cloned().collect()
     }
