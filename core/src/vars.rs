@@ -47,16 +47,23 @@ impl Variables {
     /// The value of `var` for `manual`, by the UTCP lookup order.
     pub fn lookup(&self, manual: &str, var: &str) -> Result<String> {
         let key = namespaced(manual, var);
-        if let Some(v) = self.config.get(&key) {
-            return Ok(match v {
+        self.get(&key).ok_or_else(|| Error::VariableNotFound { variable: key, manual: manual.to_string() })
+    }
+
+    /// The value of `key` exactly as named (no manual namespace), by the same order:
+    /// config `variables`, the dotenv files, the environment. For settings that belong
+    /// to no manual, such as the planner's API key.
+    pub fn get(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.config.get(key) {
+            return Some(match v {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             });
         }
-        if let Some(v) = self.dotenv.iter().find_map(|d| d.get(&key)) {
-            return Ok(v.clone());
+        if let Some(v) = self.dotenv.iter().find_map(|d| d.get(key)) {
+            return Some(v.clone());
         }
-        std::env::var(&key).map_err(|_| Error::VariableNotFound { variable: key, manual: manual.to_string() })
+        std::env::var(key).ok()
     }
 
     /// A copy of `value` with every variable in its strings replaced.

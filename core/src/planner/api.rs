@@ -28,7 +28,7 @@ impl Engine {
     /// The model the config names (`None` for the offline planner), its key resolved.
     pub fn llm_client(&self, config: &PlannerConfig) -> Result<Option<Arc<dyn LlmClient>>> {
         let key = match &config.api_key {
-            Some(raw) => Some(resolve_secret(self.config(), raw)?),
+            Some(raw) => Some(resolve_secret(self.variables(), raw)?),
             None => None,
         };
         let allow_private = self.config().calls.allow_private_networks;

@@ -441,7 +441,7 @@ impl LlmClient for AnthropicClient {
 /// `load_variables_from`, then the environment (names as written, not namespaced:
 /// the key belongs to no manual). A missing variable is an error naming it; a value
 /// never appears in one.
-pub(crate) fn resolve_secret(config: &crate::config::Config, raw: &str) -> Result<String> {
+pub(crate) fn resolve_secret(variables: &crate::vars::Variables, raw: &str) -> Result<String> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(at) = rest.find("${") {
@@ -453,32 +453,15 @@ pub(crate) fn resolve_secret(config: &crate::config::Config, raw: &str) -> Resul
             break;
         };
         let name = &tail[..end];
-        out.push_str(&lookup(config, name)?);
+        out.push_str(&lookup(variables, name)?);
         rest = &tail[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
 }
 
-fn lookup(config: &crate::config::Config, name: &str) -> Result<String> {
-    if let Some(v) = config.variables.get(name) {
-        return Ok(match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
-    }
-    for loader in &config.load_variables_from {
-        let crate::config::VariableLoader::Dotenv { env_file_path } = loader;
-        let path = config.resolve_path(env_file_path);
-        if let Ok(iter) = dotenvy::from_path_iter(&path) {
-            for (k, v) in iter.flatten() {
-                if k == name {
-                    return Ok(v);
-                }
-            }
-        }
-    }
-    std::env::var(name).map_err(|_| {
+fn lookup(variables: &crate::vars::Variables, name: &str) -> Result<String> {
+    variables.get(name).ok_or_else(|| {
         planner_error(format!(
             "planner.api_key: variable '{name}' is not set (config `variables`, a dotenv file or the environment)"
         ))
@@ -506,9 +489,10 @@ mod tests {
     #[test]
     fn secrets_resolve_from_variables() {
         let config = crate::config::Config::from_value(json!({"variables": {"K": "v1"}})).unwrap();
-        assert_eq!(resolve_secret(&config, "${K}").unwrap(), "v1");
-        assert_eq!(resolve_secret(&config, "plain").unwrap(), "plain");
-        let e = resolve_secret(&config, "${UTP_TEST_SURELY_MISSING_VAR}").unwrap_err();
+        let variables = crate::vars::Variables::new(&config).unwrap();
+        assert_eq!(resolve_secret(&variables, "${K}").unwrap(), "v1");
+        assert_eq!(resolve_secret(&variables, "plain").unwrap(), "plain");
+        let e = resolve_secret(&variables, "${UTP_TEST_SURELY_MISSING_VAR}").unwrap_err();
         assert_eq!(e.code(), ErrorCode::Planner);
         assert!(e.to_string().contains("UTP_TEST_SURELY_MISSING_VAR"));
     }
