@@ -644,6 +644,49 @@ export interface SubmitIntentOptions {
   session?: string | null
 }
 
+/** Tokens a plan cost, as the model server reported them (all 0 for the offline planner). */
+export interface PlanUsage {
+  prompt_tokens: number
+  completion_tokens: number
+  total_tokens: number
+}
+
+/** What `engine.plan(request)` resolves to (and `plan` of `engine.run`'s record). */
+export interface PlanResult {
+  /** The planned workflow (design §7), validated against the registered tools: pass it to `runWorkflow`. */
+  definition: WorkflowDefinition
+  /** Who planned: `'offline'`, `'openai'`, `'anthropic'` (the config's `planner.provider`). */
+  provider: string
+  /** The model asked (`''` for the offline planner). */
+  model: string
+  /** Completions asked: 1 + repairs with a model, 0 offline. */
+  rounds: number
+  usage: PlanUsage
+}
+
+/** Options of `engine.plan(request, options)`. */
+export interface PlanOptions {
+  /** The session whose state keys the model is told about. */
+  session?: string | null
+  tenant?: string | null
+  /** The inputs the plan will run with: the model sees their names and types, never their values. */
+  inputs?: Record<string, any> | null
+}
+
+/** Options of `engine.run(request, inputs, options)`. */
+export interface RunOptions {
+  /** The session whose state the run reads and writes (and whose keys the planner is told). */
+  session?: string | null
+  tenant?: string | null
+  /** Seconds (finite, >= 0) the run may take. */
+  timeout?: number | null
+}
+
+/** What `engine.run(request)` resolves to: the execution record with its plan. */
+export interface PlannedExecutionRecord extends ExecutionRecord {
+  plan: PlanResult
+}
+
 /** Per-tool metrics. */
 export interface ToolMetrics {
   calls: { succeeded: number; failed: number }
@@ -819,6 +862,21 @@ export declare class Engine {
     params?: any,
     options?: SubmitIntentOptions | null,
   ): Promise<IntentRecord | IntentExecutionRecord>
+  /**
+   * Plan a workflow for a natural-language request without running it (design §10): the
+   * offline planner by default (simple chains from the search index and the tools'
+   * schemas), or the model of the config's `planner` section, whose answer is validated
+   * and repaired. Rejects with ERR_UTP_PLANNER when no valid workflow came out (the
+   * message says why), ERR_UTP_TIMEOUT / ERR_UTP_TRANSPORT when the model cannot be
+   * reached, ERR_UTP_INVALID_ARGUMENT for an empty or non-string request.
+   */
+  plan(request: string, options?: PlanOptions | null): Promise<PlanResult>
+  /**
+   * Plan a workflow for `request` and run it with `inputs`: resolves to the execution
+   * record with `plan`. Planning errors reject as {@link plan}; a run that fails still
+   * resolves (see `status`).
+   */
+  run(request: string, inputs?: Record<string, any> | null, options?: RunOptions | null): Promise<PlannedExecutionRecord>
   /** Business rules and dry runs (design §4: `engine.domainLayer.addBusinessRule`). */
   readonly domainLayer: DomainLayer
   /** Subscriptions, history and flushing (design §4: `engine.eventBus.subscribe`). */

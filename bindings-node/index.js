@@ -391,6 +391,23 @@ class Engine {
     return call(() => this.#native.startWorkflow(workflow, inputs, options))
   }
 
+  /**
+   * Plan a workflow for a natural-language request without running it; resolves to
+   * `{ definition, provider, model, rounds, usage }`. `options`: `{ session, tenant,
+   * inputs }`. Rejects with ERR_UTP_PLANNER when no valid workflow came out.
+   */
+  plan(request, options = undefined) {
+    return callAsync(() => this.#native.plan(request, options))
+  }
+
+  /**
+   * Plan a workflow for `request` and run it with `inputs`; resolves to the execution
+   * record with `plan`. `options`: `{ session, tenant, timeout (seconds) }`.
+   */
+  run(request, inputs = undefined, options = undefined) {
+    return callAsync(() => this.#native.run(request, inputs, options))
+  }
+
   /** Resolves to an execution's full record once it has finished. */
   waitExecution(executionId) {
     return callAsync(() => this.#native.waitExecution(executionId))

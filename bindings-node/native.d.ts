@@ -163,6 +163,27 @@ export declare class Engine {
    */
   submitIntent(intentType: string, params?: any, options?: { tenant?: string | null; session?: string | null } | null): Promise<Record<string, any>>
   /**
+   * Plan a workflow for a natural-language request without running it; resolves
+   * to `{ definition, provider, model, rounds, usage }`: `definition` is the
+   * workflow (design §7, validated against the registered tools: pass it to
+   * `runWorkflow`), `provider` 'offline' | 'openai' | 'anthropic' (the config's
+   * `planner` section; offline by default), `rounds` the completions asked (0
+   * offline), `usage` `{ prompt_tokens, completion_tokens, total_tokens }`.
+   * Options: `inputs` (the inputs the plan will run with: the model sees their
+   * names and types, never their values), `session`, `tenant`. Rejects with
+   * PLANNER when no valid workflow came out, TIMEOUT / TRANSPORT when the model
+   * cannot be reached, INVALID_ARGUMENT for an empty or non-string request.
+   */
+  plan(request: string, options?: { session?: string | null; tenant?: string | null; inputs?: Record<string, any> | null } | null): Promise<Record<string, any>>
+  /**
+   * Plan a workflow for a request and run it with `inputs` (an object; undefined /
+   * null = none); resolves to the execution record (as `runWorkflow`) with `plan`
+   * (as `plan()` resolves). Planning errors reject as `plan()`; a run that fails
+   * or times out still resolves (see `status`). Options: `session`, `tenant`,
+   * `timeout` (seconds, for the run).
+   */
+  run(request: string, inputs?: Record<string, any> | null, options?: { session?: string | null; tenant?: string | null; timeout?: number | null } | null): Promise<Record<string, any>>
+  /**
    * Resume the executions a previous process left unfinished in the store (the
    * constructor already did for those whose tools were registered then): steps it
    * committed keep their results and never run again, the rest run now. Executions

@@ -25,6 +25,10 @@ import {
   type SubmitIntentOptions,
   type StoredEvent,
   type StoredEventsOptions,
+  type PlanResult,
+  type PlanOptions,
+  type RunOptions,
+  type PlannedExecutionRecord,
   Subscription,
 } from 'utp-runtime'
 import utpDefault from 'utp-runtime'
@@ -120,6 +124,15 @@ async function main(): Promise<void> {
   const seq: number | undefined = stored[0]?.seq
   const pruned: number = (await durable.prune('30d')) + (await durable.prune(3600))
   console.log(resumed, seq, pruned)
+  const planOptions: PlanOptions = { session: 's', tenant: null, inputs: { ip: '8.8.8.8' } }
+  const plan: PlanResult = await engine.plan('weather forecast for the city of an IP address', planOptions)
+  const planned: WorkflowDefinition = plan.definition
+  const tokens: number = plan.usage.total_tokens + plan.rounds
+  console.log(planned.name, tokens, plan.provider, plan.model)
+  const planRunOptions: RunOptions = { session: 's', tenant: 't', timeout: 30 }
+  const ran: PlannedExecutionRecord = await engine.run('weather forecast for an IP', { ip: '8.8.8.8' }, planRunOptions)
+  const ranAsRecord: ExecutionRecord = await engine.run('weather')
+  console.log(ran.plan.definition.steps.length, ran.status, ranAsRecord.outputs)
   engine.setSessionState('s', 'k', { any: ['json'] }, { tenant: null })
   engine.registerIntent('restock', wf)
   engine.registerIntent('restock_yaml', 'name: x\nsteps: []')

@@ -959,5 +959,6 @@ impl JsEngine {
 // block after the struct's `js_name` only when the struct was expanded first, else
 // they go to a `JsEngine` class in native.d.ts.
 mod intent;
+mod planner;
 mod store;
 mod workflow;

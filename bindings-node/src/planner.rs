@@ -1,0 +1,123 @@
+//! The planner from Node (design §4, §10): `plan(request, { session, tenant, inputs })`
+//! resolves to `{ definition, provider, model, rounds, usage }` and `run(request,
+//! inputs, { session, tenant, timeout })` plans and runs, resolving to the execution
+//! record with `plan` added. Both run on the tokio runtime napi owns (a model server
+//! is asked over HTTP; steps call JS tools on the JS thread, which must stay free).
+
+use napi::Env;
+use napi::bindgen_prelude::AsyncBlock;
+use napi_derive::napi;
+use serde_json::{Map, Value};
+use utp_core::planner::PlanOptions;
+use utp_core::workflow::RunOptions;
+
+use crate::json::{JsJson, StrictJson};
+use crate::{JsEngine, core_err, guard, invalid, json_kind, option_map, optional_seconds, optional_string, promise};
+
+/// The request: a non-empty string.
+fn plan_request(request: JsJson) -> napi::Result<String> {
+    match request.into_value("request").map_err(invalid)? {
+        Value::String(text) if text.trim().is_empty() => {
+            Err(invalid("request is an empty string: say what the workflow should do"))
+        }
+        Value::String(text) => Ok(text),
+        other => Err(invalid(format!(
+            "request must be a string (what the workflow should do), found {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+/// Inputs of a plan or a run: an object, or undefined / null for none.
+fn request_inputs(inputs: Option<Value>, what: &str) -> napi::Result<Option<Value>> {
+    match inputs {
+        None | Some(Value::Null) => Ok(None),
+        Some(value @ Value::Object(_)) => Ok(Some(value)),
+        Some(other) => Err(invalid(format!("{what} must be an object, found {}", json_kind(&other)))),
+    }
+}
+
+fn session_of(options: &Map<String, Value>) -> napi::Result<Option<String>> {
+    let session = optional_string(options.get("session"), "session")?;
+    if session.as_deref() == Some("") {
+        return Err(invalid("a session id is a non-empty string (found an empty string)"));
+    }
+    Ok(session)
+}
+
+#[napi]
+impl JsEngine {
+    /// Plan a workflow for a natural-language request without running it; resolves
+    /// to `{ definition, provider, model, rounds, usage }`: `definition` is the
+    /// workflow (design §7, validated against the registered tools: pass it to
+    /// `runWorkflow`), `provider` 'offline' | 'openai' | 'anthropic' (the config's
+    /// `planner` section; offline by default), `rounds` the completions asked (0
+    /// offline), `usage` `{ prompt_tokens, completion_tokens, total_tokens }`.
+    /// Options: `inputs` (the inputs the plan will run with: the model sees their
+    /// names and types, never their values), `session`, `tenant`. Rejects with
+    /// PLANNER when no valid workflow came out, TIMEOUT / TRANSPORT when the model
+    /// cannot be reached, INVALID_ARGUMENT for an empty or non-string request.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "request: string, options?: { session?: string | null; tenant?: string | null; inputs?: Record<string, any> | null } | null",
+        ts_return_type = "Promise<Record<string, any>>"
+    )]
+    pub fn plan(&self, env: &Env, request: JsJson, options: StrictJson) -> napi::Result<AsyncBlock<Value>> {
+        guard(|| {
+            let engine = self.engine()?;
+            let request = plan_request(request)?;
+            let options = option_map(
+                options.0.into_optional("plan options").map_err(invalid)?,
+                "plan",
+                &["session", "tenant", "inputs"],
+            )?;
+            let plan = PlanOptions {
+                tenant: optional_string(options.get("tenant"), "tenant")?,
+                session: session_of(&options)?,
+                inputs: request_inputs(options.get("inputs").cloned(), "inputs")?,
+                client: None,
+            };
+            promise(env, async move {
+                engine.plan(&request, plan).await.map(|planned| planned.to_value()).map_err(core_err)
+            })
+        })
+    }
+
+    /// Plan a workflow for a request and run it with `inputs` (an object; undefined /
+    /// null = none); resolves to the execution record (as `runWorkflow`) with `plan`
+    /// (as `plan()` resolves). Planning errors reject as `plan()`; a run that fails
+    /// or times out still resolves (see `status`). Options: `session`, `tenant`,
+    /// `timeout` (seconds, for the run).
+    #[napi(
+        catch_unwind,
+        ts_args_type = "request: string, inputs?: Record<string, any> | null, options?: { session?: string | null; tenant?: string | null; timeout?: number | null } | null",
+        ts_return_type = "Promise<Record<string, any>>"
+    )]
+    pub fn run(
+        &self,
+        env: &Env,
+        request: JsJson,
+        inputs: JsJson,
+        options: StrictJson,
+    ) -> napi::Result<AsyncBlock<Value>> {
+        guard(|| {
+            let engine = self.engine()?;
+            let request = plan_request(request)?;
+            let inputs = request_inputs(inputs.into_optional("inputs").map_err(invalid)?, "inputs")?
+                .unwrap_or_else(|| Value::Object(Map::new()));
+            let options = option_map(
+                options.0.into_optional("run options").map_err(invalid)?,
+                "run",
+                &["session", "tenant", "timeout"],
+            )?;
+            let options = RunOptions {
+                tenant: optional_string(options.get("tenant"), "tenant")?,
+                session: session_of(&options)?,
+                user: None,
+                timeout: optional_seconds(options.get("timeout"), "timeout")?,
+                cancel: None,
+            };
+            promise(env, async move { engine.run_request(&request, inputs, options).await.map_err(core_err) })
+        })
+    }
+}
