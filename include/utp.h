@@ -1014,6 +1014,52 @@ utp_error_t *utp_submit_intent(utp_engine_t *engine,
                                const char *session,
                                char **out_record_json);
 
+/**
+ * Plan a workflow for a natural-language `request` (design §10) without running it,
+ * blocking the calling thread. `options_json` (nullable) is `{"session": "...",
+ * "tenant": "...", "inputs": {...}}`: `inputs` are those the plan will run with (a
+ * model is told their names and types, never their values; the offline planner
+ * reads them), `session` names the session whose state keys a model is told.
+ *
+ * The config's `planner` section picks the planner: the offline planner by default
+ * (simple chains from the search index and the tools' schemas), or an OpenAI-
+ * compatible or Anthropic model whose answer is validated and, on errors, sent back
+ * for repair. On success `*out_plan_json` receives `{"definition": {...},
+ * "provider": "offline"|"openai"|"anthropic", "model", "rounds", "usage":
+ * {"prompt_tokens", "completion_tokens", "total_tokens"}}` (`definition` is a
+ * validated workflow: pass it to utp_run_workflow()); free it with
+ * utp_string_free(). Errors: UTP_ERR_PLANNER when no valid workflow came out (the
+ * message says why), UTP_ERR_TIMEOUT / UTP_ERR_TRANSPORT when the model cannot be
+ * reached, UTP_ERR_INVALID_ARGUMENT for an empty request or bad options.
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_plan(utp_engine_t *engine,
+                      const char *request,
+                      const char *options_json,
+                      char **out_plan_json);
+
+/**
+ * Plan a workflow for `request` and run it to its end, blocking the calling thread
+ * (design §4 `run`). `inputs_json` (nullable) is a JSON object of inputs;
+ * `options_json` (nullable) is `{"tenant", "session", "user", "timeout": seconds}`
+ * as for utp_run_workflow(). Planning errors are as utp_plan()'s; once the plan
+ * runs, `*out_record_json` receives the execution record as utp_run_workflow()
+ * gives it, with `"plan"` added (what utp_plan() gives), also for a run that failed;
+ * free it with utp_string_free().
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; the out-parameter
+ * is valid for writes.
+ */
+utp_error_t *utp_run(utp_engine_t *engine,
+                     const char *request,
+                     const char *inputs_json,
+                     const char *options_json,
+                     char **out_record_json);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
