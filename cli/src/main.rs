@@ -387,22 +387,12 @@ fn main() -> ExitCode {
             }
             Command::Check { tool, args, tenant, from } => check(&engine, &tool, args.as_deref(), tenant, from).await,
             Command::Run { workflow, inputs, from, tenant, session, timeout, repeat, json } => {
-                let inputs = match run::parse_inputs(&inputs) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        eprintln!("utp: [INVALID_ARGUMENT] {e}");
-                        return ExitCode::from(2);
+                match prepare_run(&engine, &inputs, timeout, from, tenant, session).await {
+                    Ok((inputs, options)) => {
+                        run::run(&engine, &workflow, inputs, options, usize::from(repeat), json).await
                     }
-                };
-                let timeout = match parse_timeout(timeout) {
-                    Ok(t) => t,
-                    Err(code) => return code,
-                };
-                if let Err(e) = load_tools(&engine, from).await {
-                    return fail(&e);
+                    Err(code) => code,
                 }
-                let options = RunOptions { tenant, session, timeout, ..RunOptions::default() };
-                run::run(&engine, &workflow, inputs, options, usize::from(repeat), json).await
             }
             Command::Plan { request, json, from, tenant, session } => {
                 if let Err(e) = load_tools(&engine, from).await {
@@ -412,22 +402,10 @@ fn main() -> ExitCode {
                 plan::plan(&engine, &request, options, json).await
             }
             Command::Do { request, inputs, yes, from, tenant, session, timeout, json } => {
-                let inputs = match run::parse_inputs(&inputs) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        eprintln!("utp: [INVALID_ARGUMENT] {e}");
-                        return ExitCode::from(2);
-                    }
-                };
-                let timeout = match parse_timeout(timeout) {
-                    Ok(t) => t,
-                    Err(code) => return code,
-                };
-                if let Err(e) = load_tools(&engine, from).await {
-                    return fail(&e);
+                match prepare_run(&engine, &inputs, timeout, from, tenant, session).await {
+                    Ok((inputs, options)) => plan::run(&engine, &request, inputs, yes, options, json).await,
+                    Err(code) => code,
                 }
-                let options = RunOptions { tenant, session, timeout, ..RunOptions::default() };
-                plan::run(&engine, &request, inputs, yes, options, json).await
             }
             Command::Executions { status, session, since, until, limit, json } => {
                 let filter = utp_core::store::ExecutionFilter {
@@ -595,6 +573,25 @@ async fn call(
         )),
         Err(e) => fail(&format!("[{}] {e}", e.code())),
     }
+}
+
+/// What `run` and `do` share: `--input k=v` parsed, `--timeout` checked, the `--from`
+/// tools loaded, the run options. Usage errors exit 2, tool loading 1.
+async fn prepare_run(
+    engine: &Engine,
+    inputs: &[String],
+    timeout: Option<f64>,
+    from: Vec<String>,
+    tenant: Option<String>,
+    session: Option<String>,
+) -> Result<(serde_json::Value, RunOptions), ExitCode> {
+    let inputs = run::parse_inputs(inputs).map_err(|e| {
+        eprintln!("utp: [INVALID_ARGUMENT] {e}");
+        ExitCode::from(2)
+    })?;
+    let timeout = parse_timeout(timeout)?;
+    load_tools(engine, from).await.map_err(|e| fail(&e))?;
+    Ok((inputs, RunOptions { tenant, session, timeout, ..RunOptions::default() }))
 }
 
 fn parse_timeout(timeout: Option<f64>) -> Result<Option<std::time::Duration>, ExitCode> {
