@@ -258,6 +258,25 @@ unsafe fn out_param<'a, T>(p: *mut T, what: &str, reset: T) -> Result<&'a mut T,
     }
 }
 
+/// The engine handle and an out-parameter, as most entry points begin: the
+/// out-parameter is checked and reset first (so it is never left dangling), then the
+/// handle is checked.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `out` is NULL or valid for writing one `T`.
+unsafe fn engine_and_out<'a, T>(
+    engine: *const UtpEngine,
+    out: *mut T,
+    what: &str,
+    reset: T,
+) -> Result<(&'a UtpEngine, &'a mut T), Error> {
+    // SAFETY: forwarded from the caller's contract.
+    let out = unsafe { out_param(out, what, reset) }?;
+    // SAFETY: forwarded from the caller's contract.
+    let handle = unsafe { engine_ref(engine) }?;
+    Ok((handle, out))
+}
+
 /// JSON text as a C string the caller frees with `utp_string_free`.
 fn json_out(value: &Value) -> Result<*mut c_char, Error> {
     let text = serde_json::to_string(value).map_err(|e| Error::Internal(format!("cannot serialise result: {e}")))?;
@@ -486,10 +505,9 @@ pub unsafe extern "C" fn utp_register_manual(
     out_tool_names_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_tool_names_json, "out_tool_names_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_tool_names_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_tool_names_json, "out_tool_names_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let source_text = unsafe { required_str(manual_json_or_path_or_url, "manual_json_or_path_or_url") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
@@ -514,10 +532,9 @@ pub unsafe extern "C" fn utp_deregister_manual(
     out_removed: *mut bool,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_removed, "out_removed", false) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_removed` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_removed, "out_removed", false) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let name = unsafe { required_str(name, "name") }?;
         *out = handle.engine.deregister_manual(name);
@@ -533,10 +550,9 @@ pub unsafe extern "C" fn utp_deregister_manual(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn utp_tools(engine: *mut UtpEngine, out_tools_json: *mut *mut c_char) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_tools_json, "out_tools_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_tools_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_tools_json, "out_tools_json", ptr::null_mut()) }?;
         *out = json_out(&tools_json(&handle.engine.tools()))?;
         Ok(())
     })
@@ -560,10 +576,9 @@ pub unsafe extern "C" fn utp_search_tools(
     out_tools_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_tools_json, "out_tools_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_tools_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_tools_json, "out_tools_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let query = unsafe { required_str(query, "query") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
@@ -590,10 +605,9 @@ pub unsafe extern "C" fn utp_discover(
     out_report_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_report_json, "out_report_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_report_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_report_json, "out_report_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let target = unsafe { required_str(path_or_url, "path_or_url") }?;
         let report = handle.block_on(handle.engine.discover(target))??;
@@ -669,10 +683,9 @@ pub unsafe extern "C" fn utp_call_tool(
     out_result_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_result_json, "out_result_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_result_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_result_json, "out_result_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let name = unsafe { required_str(name, "name") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
@@ -1193,10 +1206,9 @@ pub unsafe extern "C" fn utp_remove_business_rule(
     out_removed: *mut bool,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_removed, "out_removed", false) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_removed` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_removed, "out_removed", false) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let name = unsafe { required_str(name, "name") }?;
         let registration = {
@@ -1286,10 +1298,9 @@ pub unsafe extern "C" fn utp_check(
     out_decision_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_decision_json, "out_decision_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_decision_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_decision_json, "out_decision_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let tool_name = unsafe { required_str(tool_name, "tool_name") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
@@ -1327,10 +1338,9 @@ pub unsafe extern "C" fn utp_approvals(
     out_approvals_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_approvals_json, "out_approvals_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_approvals_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_approvals_json, "out_approvals_json", ptr::null_mut()) }?;
         *out = json_out(&serde_json::to_value(handle.engine.approvals(pending_only)).map_err(approval_error)?)?;
         Ok(())
     })
@@ -1460,10 +1470,9 @@ pub unsafe extern "C" fn utp_unsubscribe(
     out_removed: *mut bool,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_removed, "out_removed", false) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_removed` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_removed, "out_removed", false) }?;
         let registration = {
             let mut subscriptions = lock(&handle.subscriptions);
             let registration = subscriptions.remove(&subscription_id);
@@ -1490,10 +1499,9 @@ pub unsafe extern "C" fn utp_unsubscribe(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn utp_events_flush(engine: *mut UtpEngine, timeout_ms: u64, out_drained: *mut bool) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_drained, "out_drained", false) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_drained` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_drained, "out_drained", false) }?;
         if CallbackScope::in_event() {
             return Err(invalid("utp_events_flush cannot be called from an event callback (it would wait for itself)"));
         }
@@ -1520,10 +1528,9 @@ pub unsafe extern "C" fn utp_history(
     out_events_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_events_json, "out_events_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_events_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_events_json, "out_events_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let filter = match unsafe { optional_str(filter_json, "filter_json") }? {
             None => HistoryFilter::default(),
@@ -1557,10 +1564,9 @@ pub unsafe extern "C" fn utp_history(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn utp_metrics(engine: *mut UtpEngine, out_metrics_json: *mut *mut c_char) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_metrics_json, "out_metrics_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_metrics_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_metrics_json, "out_metrics_json", ptr::null_mut()) }?;
         *out = json_out(&handle.engine.metrics())?;
         Ok(())
     })
@@ -1575,10 +1581,9 @@ pub unsafe extern "C" fn utp_metrics(engine: *mut UtpEngine, out_metrics_json: *
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn utp_metrics_text(engine: *mut UtpEngine, out_text: *mut *mut c_char) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_text, "out_text", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_text` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_text, "out_text", ptr::null_mut()) }?;
         *out = to_cstring_lossy(&handle.engine.metrics_text()).into_raw();
         Ok(())
     })
@@ -1693,10 +1698,9 @@ pub unsafe extern "C" fn utp_run_workflow(
     out_record_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_record_json, "out_record_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_record_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_record_json, "out_record_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let (source, inputs, options) = unsafe { workflow_args(workflow, inputs_json, options_json) }?;
         let record = handle.block_on(handle.engine.run_workflow(source, inputs, options))??;
@@ -1723,10 +1727,9 @@ pub unsafe extern "C" fn utp_start_workflow(
     out_execution_id: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_execution_id, "out_execution_id", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_execution_id` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_execution_id, "out_execution_id", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let (source, inputs, options) = unsafe { workflow_args(workflow, inputs_json, options_json) }?;
         let runtime = handle.runtime()?;
@@ -1887,10 +1890,9 @@ pub unsafe extern "C" fn utp_execution(
     out_record_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_record_json, "out_record_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_record_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_record_json, "out_record_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let id = unsafe { required_str(execution_id, "execution_id") }?;
         *out = json_out(&handle.engine.execution(id)?)?;
@@ -1915,10 +1917,9 @@ pub unsafe extern "C" fn utp_executions(
     out_records_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_records_json, "out_records_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_records_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_records_json, "out_records_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let status = unsafe { optional_str(status, "status") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
@@ -1944,10 +1945,9 @@ pub unsafe extern "C" fn utp_wait_execution(
     out_record_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_record_json, "out_record_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_record_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_record_json, "out_record_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let id = unsafe { required_str(execution_id, "execution_id") }?;
         let wait = handle.engine.wait_execution(id);
@@ -1976,10 +1976,9 @@ unsafe fn control(
     action: fn(&Engine, &str) -> Result<bool, Error>,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_done, "out_done", false) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_done` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_done, "out_done", false) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let id = unsafe { required_str(execution_id, "execution_id") }?;
         *out = action(&handle.engine, id)?;
@@ -2041,10 +2040,9 @@ pub unsafe extern "C" fn utp_session_state(
     out_state_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_state_json, "out_state_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_state_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_state_json, "out_state_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let tenant = unsafe { optional_str(tenant, "tenant") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
@@ -2108,10 +2106,9 @@ pub unsafe extern "C" fn utp_set_session_state(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn utp_recover(engine: *mut UtpEngine, out_ids_json: *mut *mut c_char) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_ids_json, "out_ids_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_ids_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_ids_json, "out_ids_json", ptr::null_mut()) }?;
         let ids = handle.block_on(handle.engine.recover())??;
         *out = json_out(&Value::from(ids))?;
         Ok(())
@@ -2183,10 +2180,9 @@ pub unsafe extern "C" fn utp_stored_events(
     out_events_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_events_json, "out_events_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_events_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_events_json, "out_events_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let filter = event_filter(unsafe { optional_str(filter_json, "filter_json") }?)?;
         *out = json_out(&Value::Array(handle.engine.stored_events(&filter)?))?;
@@ -2204,10 +2200,9 @@ pub unsafe extern "C" fn utp_stored_events(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn utp_prune(engine: *mut UtpEngine, older_than_ms: u64, out_deleted: *mut u64) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_deleted, "out_deleted", 0) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_deleted` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_deleted, "out_deleted", 0) }?;
         let deleted = handle.engine.prune_store(Duration::from_millis(older_than_ms))?;
         *out = u64::try_from(deleted).unwrap_or(u64::MAX);
         Ok(())
@@ -2366,10 +2361,9 @@ pub unsafe extern "C" fn utp_unregister_intent(
     out_removed: *mut bool,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_removed, "out_removed", false) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_removed` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_removed, "out_removed", false) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let intent_type = unsafe { required_str(intent_type, "intent_type") }?;
         let registration = {
@@ -2392,10 +2386,9 @@ pub unsafe extern "C" fn utp_unregister_intent(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn utp_intents(engine: *mut UtpEngine, out_json: *mut *mut c_char) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_json, "out_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_json, "out_json", ptr::null_mut()) }?;
         *out = json_out(&Value::from(handle.engine.intents()))?;
         Ok(())
     })
@@ -2428,10 +2421,9 @@ pub unsafe extern "C" fn utp_submit_intent(
     out_record_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_record_json, "out_record_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_record_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_record_json, "out_record_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let intent_type = unsafe { required_str(intent_type, "intent_type") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
@@ -2521,10 +2513,9 @@ pub unsafe extern "C" fn utp_plan(
     out_plan_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_plan_json, "out_plan_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_plan_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_plan_json, "out_plan_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let request = unsafe { plan_request(request) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
@@ -2555,10 +2546,9 @@ pub unsafe extern "C" fn utp_run(
     out_record_json: *mut *mut c_char,
 ) -> *mut UtpError {
     guard(|| {
-        // SAFETY: valid for writes per the contract (NULL is checked).
-        let out = unsafe { out_param(out_record_json, "out_record_json", ptr::null_mut()) }?;
-        // SAFETY: NULL or a live handle per the contract.
-        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the contract, `engine` is NULL or a live handle and `out_record_json` is NULL or
+        // valid for writes (both NULLs are checked).
+        let (handle, out) = unsafe { engine_and_out(engine, out_record_json, "out_record_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let request = unsafe { plan_request(request) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
