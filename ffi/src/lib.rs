@@ -109,6 +109,25 @@ impl UtpEngine {
     }
 }
 
+/// Remove `name` from the engine (`remove`, under the registrations' lock, so a
+/// registration of the same name cannot slip in between) and from `registrations`,
+/// then retire its callback outside the lock (its finaliser runs once). What `remove`
+/// answered.
+fn deregister(
+    registrations: &Mutex<HashMap<String, Arc<Registration>>>,
+    name: &str,
+    remove: impl FnOnce() -> bool,
+) -> bool {
+    let (removed, registration) = {
+        let mut map = lock(registrations);
+        (remove(), map.remove(name))
+    };
+    if let Some(registration) = registration {
+        registration.retire(!CallbackScope::active());
+    }
+    removed
+}
+
 impl Drop for UtpEngine {
     fn drop(&mut self) {
         // Inside one of our own callbacks (freeing the engine from a callback breaks the
@@ -1211,14 +1230,7 @@ pub unsafe extern "C" fn utp_remove_business_rule(
         let (handle, out) = unsafe { engine_and_out(engine, out_removed, "out_removed", false) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let name = unsafe { required_str(name, "name") }?;
-        let registration = {
-            let mut rules = lock(&handle.rules);
-            *out = handle.engine.remove_business_rule(name);
-            rules.remove(name)
-        };
-        if let Some(registration) = registration {
-            registration.retire(!CallbackScope::active());
-        }
+        *out = deregister(&handle.rules, name, || handle.engine.remove_business_rule(name));
         Ok(())
     })
 }
@@ -2366,14 +2378,7 @@ pub unsafe extern "C" fn utp_unregister_intent(
         let (handle, out) = unsafe { engine_and_out(engine, out_removed, "out_removed", false) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let intent_type = unsafe { required_str(intent_type, "intent_type") }?;
-        let registration = {
-            let mut intents = lock(&handle.intents);
-            *out = handle.engine.unregister_intent(intent_type);
-            intents.remove(intent_type)
-        };
-        if let Some(registration) = registration {
-            registration.retire(!CallbackScope::active());
-        }
+        *out = deregister(&handle.intents, intent_type, || handle.engine.unregister_intent(intent_type));
         Ok(())
     })
 }
