@@ -1,4 +1,8 @@
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -6,6 +10,18 @@ import utp
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE_MANUALS = REPO / "examples" / "manuals"
+
+
+def interrupt_child(script, settle=0.2, timeout=15):
+    """Run `script` (it prints "ready" when it blocks), send it Ctrl-C (SIGINT) after
+    `settle` seconds; return (exit code, its stdout, seconds from the signal to exit)."""
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(settle)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out, time.monotonic() - start
 
 
 @pytest.fixture

@@ -5,9 +5,6 @@ import asyncio
 import gc
 import json
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -18,6 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 import utp
+from conftest import interrupt_child
 
 ADD_INPUTS = {
     "type": "object",
@@ -284,12 +282,7 @@ def test_ctrl_c_interrupts_a_blocking_call(tmp_path):
             """
         )
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    start = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=10)
-    assert proc.returncode == 3, out
+    code, out, elapsed = interrupt_child(script, settle=0.3, timeout=10)
+    assert code == 3, out
     assert "interrupted" in out
-    assert time.monotonic() - start < 5
+    assert elapsed < 5

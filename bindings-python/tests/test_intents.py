@@ -5,9 +5,6 @@ errors, unregistering, the asyncio twin, Ctrl-C, and handlers released to the GC
 
 import asyncio
 import gc
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -16,6 +13,7 @@ import weakref
 import pytest
 
 import utp
+from conftest import interrupt_child
 
 SKU = {"type": "object", "properties": {"sku": {"type": "string"}}, "required": ["sku"]}
 
@@ -397,15 +395,10 @@ def test_ctrl_c_interrupts_submit_intent(tmp_path):
             """
         )
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.2)
-    start = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=15)
-    assert proc.returncode == 3, out
+    code, out, elapsed = interrupt_child(script, settle=0.2, timeout=15)
+    assert code == 3, out
     assert "interrupted" in out
-    assert time.monotonic() - start < 5
+    assert elapsed < 5
 
 
 # ---------------------------------------------------------------------------

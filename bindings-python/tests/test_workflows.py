@@ -6,9 +6,6 @@ Ctrl-C, and the original UTP betting example driven by a workflow."""
 
 import asyncio
 import pathlib
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -16,6 +13,7 @@ import time
 import pytest
 
 import utp
+from conftest import interrupt_child
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -634,15 +632,10 @@ def test_ctrl_c_cancels_a_running_workflow(tmp_path):
             """
         )
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.2)
-    start = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=15)
-    assert proc.returncode == 3, out
+    code, out, elapsed = interrupt_child(script, settle=0.2, timeout=15)
+    assert code == 3, out
     assert "interrupted cancelled" in out
-    assert time.monotonic() - start < 5
+    assert elapsed < 5
 
 
 # ---------------------------------------------------------------------------
