@@ -580,25 +580,31 @@ fn put_step_is_atomic_for_readers() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(sqlite(&db(&dir)));
     s.put_execution(exec("x", "running", 1)).wait_blocking().unwrap();
-    const N: u32 = 300;
-    let writer = {
-        let s = s.clone();
-        std::thread::spawn(move || {
-            for k in 0..N {
-                s.put_step(
+    let observations = steps_land_whole(s.clone(), &*s, 300);
+    eprintln!("atomicity: {observations} observations");
+}
+
+/// `writer` commits `n` steps of execution "x" (running), each with the execution's
+/// new status and its event in one `put_step`, while `reader` reads until it sees them
+/// all: every read sees whole steps (status and steps agree; at least the steps whose
+/// events it saw). Returns how many reads it made.
+fn steps_land_whole(writer: Arc<SqliteStore>, reader: &dyn Store, n: u32) -> usize {
+    let writing = std::thread::spawn(move || {
+        for k in 0..n {
+            writer
+                .put_step(
                     step("x", &format!("s{k:04}"), k, "succeeded"),
                     Some(format!("running-{k}")),
                     vec![event(k as u64 + 1, "step.completed", Some("x"), 2)],
                 )
                 .wait_blocking()
                 .unwrap();
-            }
-        })
-    };
+        }
+    });
     let mut observations = 0;
     loop {
-        let events = s.events(&EventFilter { execution_id: Some("x".into()), ..Default::default() }).unwrap();
-        let (row, steps) = s.execution("x").unwrap().unwrap();
+        let events = reader.events(&EventFilter { execution_id: Some("x".into()), ..Default::default() }).unwrap();
+        let (row, steps) = reader.execution("x").unwrap().unwrap();
         // Read later than the events: holds at least the steps whose events were seen.
         assert!(steps.len() >= events.len(), "{} steps, {} events", steps.len(), events.len());
         // Within one read, status and steps agree.
@@ -609,12 +615,12 @@ fn put_step_is_atomic_for_readers() {
             assert_eq!(row.status, "running");
         }
         observations += 1;
-        if steps.len() as u32 == N {
+        if steps.len() as u32 == n {
             break;
         }
     }
-    writer.join().unwrap();
-    eprintln!("atomicity: {observations} observations");
+    writing.join().unwrap();
+    observations
 }
 
 /// In transactions shared by several writers, a failing write (unknown
@@ -1056,34 +1062,7 @@ fn read_only_reads_while_a_writer_holds_the_lock_and_writes() {
     // The writer goes on writing; the reader sees every resolved commit, and each
     // step with its status and its event (one transaction).
     const N: u32 = 200;
-    let writer = {
-        let w = w.clone();
-        std::thread::spawn(move || {
-            for k in 0..N {
-                w.put_step(
-                    step("x", &format!("s{k:04}"), k, "succeeded"),
-                    Some(format!("running-{k}")),
-                    vec![event(k as u64 + 1, "step.completed", Some("x"), 2)],
-                )
-                .wait_blocking()
-                .unwrap();
-            }
-        })
-    };
-    let mut observations = 0;
-    loop {
-        let events = r.events(&EventFilter { execution_id: Some("x".into()), ..Default::default() }).unwrap();
-        let (row, steps) = r.execution("x").unwrap().unwrap();
-        assert!(steps.len() >= events.len(), "{} steps, {} events", steps.len(), events.len());
-        if let Some(last) = steps.last() {
-            assert_eq!(row.status, format!("running-{}", last.index));
-        }
-        observations += 1;
-        if steps.len() as u32 == N {
-            break;
-        }
-    }
-    writer.join().unwrap();
+    let observations = steps_land_whole(w.clone(), &r, N);
     assert_eq!(spec.events(&EventFilter::default()).unwrap().len(), N as usize);
     assert_eq!(r.execution("x").unwrap().unwrap().0.status, format!("running-{}", N - 1));
     eprintln!("read-only: {observations} observations while the writer wrote");
