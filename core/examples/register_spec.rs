@@ -4,19 +4,25 @@
 //! By default it times `Engine::register_manual(path)` alone, in a fresh process, as a
 //! user's first registration runs. `--phases` first times read / parse / convert / index
 //! separately (which warms the allocator for the registration that follows).
-//! `--json` prints `{"seconds", "tools"}` for the bench harness.
+//! `--json` prints `{"seconds", "tools"}` for the bench harness. `--dump OUT` writes the
+//! converted manual (tools without `$defs`, then the shared definitions and their reference
+//! graph) to OUT as JSON lines, to check that a change to the converter keeps its output.
 
 use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(path) = args.iter().find(|a| !a.starts_with("--")).cloned() else {
-        eprintln!("usage: register_spec FILE [--json] [--phases]");
+    let Some(path) = args.first().filter(|a| !a.starts_with("--")).cloned() else {
+        eprintln!("usage: register_spec FILE [--json] [--phases] [--dump OUT]");
         std::process::exit(2);
     };
     let flag = |f: &str| args.iter().any(|a| a == f);
     if flag("--phases") {
         phases(&path);
+    }
+    if let Some(out) = args.iter().position(|a| a == "--dump").and_then(|i| args.get(i + 1)) {
+        dump(&path, out);
+        return;
     }
     let engine = utp_core::Engine::from_json(serde_json::Value::Null).expect("engine");
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
@@ -50,4 +56,22 @@ fn phases(path: &str) {
     drop(manual);
     let drop_manual = t.elapsed();
     println!("{path}: {n} tools | read {read:?} parse {parse:?} convert {convert:?} index {index:?} drop {drop_manual:?}");
+}
+
+fn dump(path: &str, out: &str) {
+    use std::io::Write;
+    let bytes = std::fs::read(path).expect("read");
+    let doc = utp_core::parse::parse_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
+    let manual = utp_core::openapi::convert(doc, &Default::default()).expect("convert");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(out).expect("create"));
+    writeln!(w, "{}", serde_json::json!({"utcp_version": manual.utcp_version, "manual_version": manual.manual_version, "extra": manual.extra})).unwrap();
+    for tool in &manual.tools {
+        writeln!(w, "{}", serde_json::to_string(tool).expect("tool")).unwrap();
+    }
+    if let Some(defs) = &manual.shared_defs {
+        for (name, def) in &defs.defs {
+            let edges = defs.edges.get(name);
+            writeln!(w, "{}", serde_json::json!({"def": name, "schema": def, "edges": edges})).unwrap();
+        }
+    }
 }

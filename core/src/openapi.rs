@@ -7,6 +7,7 @@
 //! loops on recursive schemas. Auth is one variable set per security
 //! scheme, named after the scheme, not one per operation.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -33,8 +34,10 @@ pub fn is_openapi(doc: &Value) -> bool {
     doc.get("openapi").is_some_and(Value::is_string) || doc.get("swagger").is_some()
 }
 
-/// Convert a spec. Takes the document by value: its schema definitions move into
-/// the manual's shared definitions instead of being copied.
+/// Convert a spec. Takes the document by value: its schema definitions, and the
+/// operations' own parameter, body and response schemas, move into the manual instead
+/// of being copied (a copy of Graph's ~22,000 operations was a third of its conversion
+/// time and held twice the memory). What is reached through a `$ref` is copied.
 pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
     let swagger2 = match (doc.get("swagger"), doc.get("openapi")) {
         (Some(Value::String(v)), _) if v.starts_with('2') => true,
@@ -46,13 +49,17 @@ pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
     };
     let defs = if swagger2 { doc.get_mut("definitions") } else { doc.pointer_mut("/components/schemas") }
         .map(Value::take);
-    let doc_owned = doc;
-    let doc = &doc_owned;
     let paths = match doc.get("paths") {
-        Some(Value::Object(p)) => p,
-        None => &Map::new(),
+        Some(Value::Object(p)) if refs_into_paths(&doc, p) => p.clone(),
+        Some(Value::Object(_)) => match doc.get_mut("paths").map(Value::take) {
+            Some(Value::Object(p)) => p,
+            _ => Map::new(),
+        },
+        None => Map::new(),
         Some(_) => return Err(Error::InvalidManual("OpenAPI `paths` must be an object".into())),
     };
+    let doc_owned = doc;
+    let doc = &doc_owned;
     let base_url = match &opts.base_url {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => base_url(doc, swagger2, opts.spec_url.as_deref()),
@@ -61,13 +68,30 @@ pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
     let ctx = Ctx { doc, swagger2, defs_root, schemes: security_schemes(doc, swagger2) };
     let mut tools = Vec::new();
     let mut used_names: HashMap<String, usize> = HashMap::new();
+    let large = paths.len() > 50;
     for (path, item) in paths {
-        let Some(item) = item.as_object() else { continue };
-        let item = ctx.deref_obj(item);
-        let shared_params = item.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default();
+        let Value::Object(mut item) = item else { continue };
+        let referenced = match item.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
+            Some(pointer) => match doc.pointer(pointer) {
+                Some(Value::Object(target)) => Some(target),
+                _ => None,
+            },
+            None => None,
+        };
+        let shared_params = match referenced {
+            Some(target) => target.get("parameters"),
+            None => item.get("parameters"),
+        }
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
         for method in METHODS {
-            let Some(op) = item.get(method).and_then(Value::as_object) else { continue };
-            let mut tool = ctx.operation(&base_url, path, method, op, &shared_params)?;
+            let op = match referenced {
+                Some(target) => target.get(method).cloned(),
+                None => item.swap_remove(method),
+            };
+            let Some(Value::Object(op)) = op else { continue };
+            let mut tool = ctx.operation(&base_url, &path, method, op, &shared_params)?;
             let n = used_names.entry(tool.name.clone()).or_insert(0);
             *n += 1;
             if *n > 1 {
@@ -83,8 +107,39 @@ pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
     let version = doc.pointer("/info/version").and_then(Value::as_str).unwrap_or("1.0.0").to_string();
     let shared_defs = defs.and_then(|d| ctx.shared_defs(d)).map(Arc::new);
     drop(ctx);
-    drop_in_background(doc_owned);
+    if large {
+        drop_in_background(doc_owned);
+    }
     Ok(Manual { utcp_version: UTCP_VERSION.into(), manual_version: version, tools, extra, shared_defs })
+}
+
+/// Whether a `$ref` the converter follows (a path item, parameter, request body or
+/// response, or a link of a chain of them) points into `#/paths/`: then the
+/// operations are copied rather than moved, so what such a ref reaches stays.
+fn refs_into_paths(doc: &Value, paths: &Map<String, Value>) -> bool {
+    fn hits<'d>(doc: &'d Value, mut v: &'d Value) -> bool {
+        for _ in 0..32 {
+            match v.get("$ref").and_then(Value::as_str) {
+                Some(r) if r.starts_with("#/paths/") => return true,
+                Some(r) if r.starts_with("#/") => match doc.pointer(&r[1..]) {
+                    Some(target) => v = target,
+                    None => return false,
+                },
+                _ => return false,
+            }
+        }
+        false
+    }
+    let list = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(|l| l.iter().any(|p| hits(doc, p)));
+    paths.values().any(|item| {
+        hits(doc, item)
+            || list(item.get("parameters"))
+            || METHODS.iter().filter_map(|m| item.get(*m)).any(|op| {
+                list(op.get("parameters"))
+                    || op.get("requestBody").is_some_and(|rb| hits(doc, rb))
+                    || op.get("responses").and_then(Value::as_object).is_some_and(|r| r.values().any(|v| hits(doc, v)))
+            })
+    })
 }
 
 /// `{"type": "object", "properties": ...}`, moving `properties` in (`json!` would
@@ -96,15 +151,12 @@ fn object_schema(properties: Map<String, Value>) -> Value {
     Value::Object(schema)
 }
 
-/// Freeing a parsed spec takes ~2 ms per MB (a third of a second for Graph's 47 MB);
-/// any but a small one is freed on a short-lived thread (~20 µs to start) so
+/// Freeing what is left of a parsed spec (its examples, descriptions, components) takes
+/// ~2 ms per MB; a large spec's is freed on a short-lived thread (~20 µs to start) so
 /// registration does not wait for it.
 fn drop_in_background(doc: Value) {
-    let large = doc.get("paths").and_then(Value::as_object).is_some_and(|p| p.len() > 50);
-    if large {
-        if let Err(e) = std::thread::Builder::new().name("utp-drop".into()).spawn(move || drop(doc)) {
-            tracing::debug!("could not free the spec in the background: {e}");
-        }
+    if let Err(e) = std::thread::Builder::new().name("utp-drop".into()).spawn(move || drop(doc)) {
+        tracing::debug!("could not free the spec in the background: {e}");
     }
 }
 
@@ -172,10 +224,15 @@ impl<'a> Ctx<'a> {
         v
     }
 
-    fn deref_obj(&self, obj: &'a Map<String, Value>) -> &'a Map<String, Value> {
-        match obj.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')).and_then(|p| self.doc.pointer(p)) {
-            Some(Value::Object(target)) => target,
-            _ => obj,
+    /// A parameter, request body or response: itself (owned) or, for a local `$ref`,
+    /// what it points to (borrowed from the document; at most 32 hops).
+    fn resolve(&self, v: Value) -> Cow<'a, Value> {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) if r.starts_with("#/") => match self.doc.pointer(&r[1..]) {
+                Some(target) => Cow::Borrowed(self.deref(target)),
+                None => Cow::Owned(v),
+            },
+            _ => Cow::Owned(v),
         }
     }
 
@@ -184,40 +241,53 @@ impl<'a> Ctx<'a> {
         base_url: &str,
         path: &str,
         method: &str,
-        op: &Map<String, Value>,
+        mut op: Map<String, Value>,
         shared_params: &[Value],
     ) -> Result<Tool> {
         let name = match op.get("operationId").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => identifier(id),
             _ => identifier(&format!("{method}_{}", path.trim_matches('/'))),
         };
-        let description = op
-            .get("summary")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .or_else(|| op.get("description").and_then(Value::as_str))
-            .unwrap_or("")
-            .to_string();
-        let tags: Vec<String> =
-            op.get("tags").and_then(Value::as_array).map(|t| t.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+        let description = match (op.swap_remove("summary"), op.swap_remove("description")) {
+            (Some(Value::String(s)), _) if !s.is_empty() => s,
+            (_, Some(Value::String(d))) => d,
+            _ => String::new(),
+        };
+        let tags: Vec<String> = match op.swap_remove("tags") {
+            Some(Value::Array(t)) => t
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
 
         // Operation parameters override path-level ones with the same (name, in).
-        let mut params: Vec<&Value> = Vec::new();
-        let op_params = op.get("parameters").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-        let key = |p: &Value| (p.get("name").and_then(Value::as_str).map(String::from), p.get("in").and_then(Value::as_str).map(String::from));
-        let op_keys: BTreeSet<_> = op_params.iter().map(|p| key(self.deref(p))).collect();
-        for p in shared_params {
-            if !op_keys.contains(&key(self.deref(p))) {
-                params.push(self.deref(p));
+        let op_params: Vec<Cow<'_, Value>> = match op.swap_remove("parameters") {
+            Some(Value::Array(list)) => list.into_iter().map(|p| self.resolve(p)).collect(),
+            _ => Vec::new(),
+        };
+        fn key(p: &Value) -> (Option<&str>, Option<&str>) {
+            (p.get("name").and_then(Value::as_str), p.get("in").and_then(Value::as_str))
+        }
+        let mut params: Vec<Cow<'_, Value>> = Vec::with_capacity(shared_params.len() + op_params.len());
+        if !shared_params.is_empty() {
+            let op_keys: Vec<_> = op_params.iter().map(|p| key(p)).collect();
+            for p in shared_params {
+                let p = self.deref(p);
+                if !op_keys.contains(&key(p)) {
+                    params.push(Cow::Borrowed(p));
+                }
             }
         }
-        params.extend(op_params.iter().map(|p| self.deref(p)));
+        params.extend(op_params);
 
         let mut properties = Map::new();
         let mut required = Vec::new();
         let mut header_fields = Vec::new();
         let mut styles = Map::new();
-        let mut refs = BTreeSet::new();
         let mut body_field = None;
         let mut form_props = Map::new();
         let mut form_required = Vec::new();
@@ -225,18 +295,32 @@ impl<'a> Ctx<'a> {
             let (Some(pname), Some(location)) = (p.get("name").and_then(Value::as_str), p.get("in").and_then(Value::as_str)) else {
                 continue;
             };
-            let mut schema = if self.swagger2 && location != "body" {
-                swagger2_param_schema(p)
-            } else if location == "body" {
-                p.get("schema").cloned().unwrap_or_else(|| json!({}))
-            } else {
-                p.get("schema").cloned().unwrap_or_else(|| json!({"type": "string"}))
-            };
-            if let (Some(d), Some(obj)) = (p.get("description"), schema.as_object_mut()) {
-                obj.entry("description").or_insert(d.clone());
-            }
-            self.rewrite_refs(&mut schema, &mut refs);
+            let (pname, location) = (pname.to_string(), location.to_string());
+            let location = location.as_str();
+            let description = p.get("description").cloned();
             let is_required = p.get("required").and_then(Value::as_bool).unwrap_or(location == "path");
+            let mut style = Map::new();
+            if !matches!(location, "body" | "formData") {
+                style.insert("in".into(), Value::String(location.to_string()));
+                for k in ["style", "explode", "collectionFormat", "allowReserved"] {
+                    if let Some(v) = p.get(k) {
+                        style.insert(k.into(), v.clone());
+                    }
+                }
+            }
+            let mut schema = if self.swagger2 && location != "body" {
+                swagger2_param_schema(&p)
+            } else {
+                let schema = match p {
+                    Cow::Owned(mut v) => v.get_mut("schema").map(Value::take),
+                    Cow::Borrowed(v) => v.get("schema").cloned(),
+                };
+                schema.unwrap_or_else(|| if location == "body" { json!({}) } else { json!({"type": "string"}) })
+            };
+            if let (Some(d), Some(obj)) = (description, schema.as_object_mut()) {
+                obj.entry("description").or_insert(d);
+            }
+            self.rewrite_refs(&mut schema, &mut NoRefs);
             match location {
                 "body" => {
                     body_field = Some("body".to_string());
@@ -247,27 +331,20 @@ impl<'a> Ctx<'a> {
                     continue;
                 }
                 "formData" => {
-                    form_props.insert(pname.into(), schema);
                     if is_required {
-                        form_required.push(json!(pname));
+                        form_required.push(Value::String(pname.clone()));
                     }
+                    form_props.insert(pname, schema);
                     continue;
                 }
-                "header" => header_fields.push(pname.to_string()),
+                "header" => header_fields.push(pname.clone()),
                 _ => {}
             }
-            let mut style = Map::new();
-            style.insert("in".into(), json!(location));
-            for k in ["style", "explode", "collectionFormat", "allowReserved"] {
-                if let Some(v) = p.get(k) {
-                    style.insert(k.into(), v.clone());
-                }
-            }
-            styles.insert(pname.into(), Value::Object(style));
-            properties.insert(pname.into(), schema);
+            styles.insert(pname.clone(), Value::Object(style));
             if is_required {
-                required.push(json!(pname));
+                required.push(Value::String(pname.clone()));
             }
+            properties.insert(pname, schema);
         }
         let mut content_type = "application/json".to_string();
         if !form_props.is_empty() {
@@ -282,38 +359,43 @@ impl<'a> Ctx<'a> {
             }
             properties.insert("body".into(), body);
         }
-        if let Some(rb) = op.get("requestBody") {
-            let rb = self.deref(rb);
-            if let Some(content) = rb.get("content").and_then(Value::as_object) {
-                let pick = ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"]
+        if let Some(rb) = op.swap_remove("requestBody") {
+            let mut rb = self.resolve(rb);
+            let pick = rb.get("content").and_then(Value::as_object).and_then(|content| {
+                ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"]
                     .iter()
                     .find(|ct| content.contains_key(**ct))
                     .map(|s| s.to_string())
                     .or_else(|| content.keys().find(|k| k.contains("json")).cloned())
-                    .or_else(|| content.keys().next().cloned());
-                if let Some(ct) = pick {
-                    let mut schema = content[&ct].get("schema").cloned().unwrap_or_else(|| json!({}));
-                    self.rewrite_refs(&mut schema, &mut refs);
-                    if let (Some(d), Some(obj)) = (rb.get("description"), schema.as_object_mut()) {
-                        obj.entry("description").or_insert(d.clone());
-                    }
-                    properties.insert("body".into(), schema);
-                    if rb.get("required").and_then(Value::as_bool).unwrap_or(false) {
-                        required.push(json!("body"));
-                    }
-                    body_field = Some("body".into());
-                    content_type = ct;
+                    .or_else(|| content.keys().next().cloned())
+            });
+            if let Some(ct) = pick {
+                let description = rb.get("description").cloned();
+                let is_required = rb.get("required").and_then(Value::as_bool).unwrap_or(false);
+                let schema = match &mut rb {
+                    Cow::Owned(v) => v["content"][&ct].get_mut("schema").map(Value::take),
+                    Cow::Borrowed(v) => v["content"][&ct].get("schema").cloned(),
+                };
+                let mut schema = schema.unwrap_or_else(|| json!({}));
+                self.rewrite_refs(&mut schema, &mut NoRefs);
+                if let (Some(d), Some(obj)) = (description, schema.as_object_mut()) {
+                    obj.entry("description").or_insert(d);
                 }
+                properties.insert("body".into(), schema);
+                if is_required {
+                    required.push(json!("body"));
+                }
+                body_field = Some("body".into());
+                content_type = ct;
             }
         }
         let mut inputs = object_schema(properties);
         if !required.is_empty() {
             inputs["required"] = Value::Array(required);
         }
-        drop(refs);
 
-        let mut outputs = self.response_schema(op).unwrap_or_else(|| json!({}));
-        self.rewrite_refs(&mut outputs, &mut BTreeSet::new());
+        let mut outputs = self.response_schema(&mut op).unwrap_or_else(|| json!({}));
+        self.rewrite_refs(&mut outputs, &mut NoRefs);
 
         let security = op.get("security").or_else(|| self.doc.get("security"));
         let auth = security
@@ -349,39 +431,58 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// The schema of the first 2xx response, else `default`.
-    fn response_schema(&self, op: &Map<String, Value>) -> Option<Value> {
-        let responses = op.get("responses")?.as_object()?;
-        let mut codes: Vec<&String> = responses.keys().filter(|k| k.starts_with('2')).collect();
-        codes.sort();
-        let resp = codes.first().map(|c| &responses[*c]).or_else(|| responses.get("default"))?;
-        let resp = self.deref(resp);
+    /// The schema of the first 2xx response, else `default` (taken out of the
+    /// operation, or copied when the response is a `$ref`).
+    fn response_schema(&self, op: &mut Map<String, Value>) -> Option<Value> {
+        let Some(Value::Object(mut responses)) = op.swap_remove("responses") else { return None };
+        let code = responses.keys().filter(|k| k.starts_with('2')).min().cloned().unwrap_or_else(|| "default".to_string());
+        let mut resp = match self.resolve(responses.swap_remove(&code)?) {
+            Cow::Borrowed(r) => {
+                if self.swagger2 {
+                    return r.get("schema").cloned();
+                }
+                let content = r.get("content")?.as_object()?;
+                let media = content
+                    .get("application/json")
+                    .or_else(|| content.iter().find(|(k, _)| k.contains("json")).map(|(_, v)| v))
+                    .or_else(|| content.values().next())?;
+                return media.get("schema").cloned();
+            }
+            Cow::Owned(r) => r,
+        };
         if self.swagger2 {
-            return resp.get("schema").cloned();
+            return resp.get_mut("schema").map(Value::take);
         }
-        let content = resp.get("content")?.as_object()?;
-        let media = content.get("application/json").or_else(|| content.iter().find(|(k, _)| k.contains("json")).map(|(_, v)| v)).or_else(|| content.values().next())?;
-        media.get("schema").cloned()
+        let content = resp.get_mut("content")?.as_object_mut()?;
+        let key = match content.contains_key("application/json") {
+            true => "application/json".to_string(),
+            false => content.keys().find(|k| k.contains("json")).or_else(|| content.keys().next())?.clone(),
+        };
+        content.get_mut(&key)?.get_mut("schema").map(Value::take)
     }
 
     /// Rewrite `#/components/schemas/X` (3.x) or `#/definitions/X` (2.0) to
-    /// `#/$defs/X`, collecting the names referenced.
-    fn rewrite_refs(&self, v: &mut Value, refs: &mut BTreeSet<String>) {
+    /// `#/$defs/X` in place, telling `refs` the names referenced.
+    fn rewrite_refs(&self, v: &mut Value, refs: &mut impl RefSink) {
         match v {
             Value::Object(obj) => {
                 if let Some(Value::String(r)) = obj.get_mut("$ref") {
                     if let Some(name) = r.strip_prefix(self.defs_root) {
-                        refs.insert(name.to_string());
-                        *r = format!("#/$defs/{name}");
+                        refs.add(name);
+                        r.replace_range(..self.defs_root.len(), "#/$defs/");
                     }
                 }
                 for (k, child) in obj.iter_mut() {
-                    if k != "$ref" {
+                    if matches!(child, Value::Object(_) | Value::Array(_)) && k != "$ref" {
                         self.rewrite_refs(child, refs);
                     }
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(|i| self.rewrite_refs(i, refs)),
+            Value::Array(items) => {
+                for i in items.iter_mut().filter(|i| matches!(i, Value::Object(_) | Value::Array(_))) {
+                    self.rewrite_refs(i, refs);
+                }
+            }
             _ => {}
         }
     }
@@ -398,6 +499,26 @@ impl<'a> Ctx<'a> {
         }
         Some(shared)
     }
+}
+
+/// Where `rewrite_refs` reports the definition names it rewrote.
+trait RefSink {
+    fn add(&mut self, name: &str);
+}
+
+impl RefSink for BTreeSet<String> {
+    fn add(&mut self, name: &str) {
+        if !self.contains(name) {
+            self.insert(name.to_string());
+        }
+    }
+}
+
+/// For tool schemas, whose references are found again when they are serialized.
+struct NoRefs;
+
+impl RefSink for NoRefs {
+    fn add(&mut self, _: &str) {}
 }
 
 /// A Swagger 2.0 non-body parameter carries its schema inline.

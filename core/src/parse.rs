@@ -31,11 +31,15 @@ pub fn syntax_of(bytes: &[u8], path: Option<&Path>) -> Syntax {
 
 /// Parse a JSON or YAML document into a JSON value.
 ///
-/// An OpenAPI document (its first key is `openapi` or `swagger`) is read without its
-/// object-valued `examples` (media-type and component examples): the converter never
-/// uses them and they are up to a fifth of real specs (GitHub's: 1.6 of 7.3 MB), so
-/// not building them saves allocation and freeing time. Array-valued `examples`
-/// (JSON Schema) and `example` are kept. Every other document is read whole.
+/// An OpenAPI document (its first key is `openapi` or `swagger`) is read without the
+/// parts the converter never uses, which are up to a third of real specs (GitHub's
+/// object-valued `examples`: 1.6 of 7.3 MB; Graph's `x-ms-docs-grouped-path`: 11 of
+/// 47 MB): not building them saves allocation and freeing time and memory. Left out:
+/// object-valued `examples` anywhere (media-type and component examples; array-valued
+/// JSON Schema `examples` and `example` are kept); the top-level `webhooks`,
+/// `x-webhooks`, `tags` and `externalDocs`; in path items, vendor extensions (`x-*`),
+/// `summary` and `description`; in operations, vendor extensions and `externalDocs`.
+/// Every other document is read whole.
 pub fn parse_document(bytes: &[u8], path: Option<&Path>) -> Result<Value, String> {
     let syntax = syntax_of(bytes, path);
     let what = match syntax {
@@ -45,7 +49,7 @@ pub fn parse_document(bytes: &[u8], path: Option<&Path>) -> Result<Value, String
     // One UTF-8 check of the whole buffer; serde_json's `from_str` then skips the
     // per-string checks `from_slice` would make.
     let text = std::str::from_utf8(bytes).map_err(|e| format!("invalid {what}: not UTF-8 ({e})"))?;
-    let seed = ValueSeed { prune_examples: looks_like_openapi(text, syntax) };
+    let seed = ValueSeed { at: if looks_like_openapi(text, syntax) { At::SpecRoot } else { At::Whole } };
     match syntax {
         Syntax::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
@@ -73,35 +77,74 @@ fn looks_like_openapi(text: &str, syntax: Syntax) -> bool {
     first_key.is_some_and(|k| k.starts_with("openapi") || k.starts_with("swagger"))
 }
 
-/// Builds a `serde_json::Value` like its own `Deserialize`, optionally leaving out
-/// object-valued `examples`. Nesting limits stay those of the underlying parser.
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+
+/// Where in the document a value sits, for what may be left out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// Not an OpenAPI document: everything is kept.
+    Whole,
+    /// The root of an OpenAPI document.
+    SpecRoot,
+    /// The `paths` object.
+    Paths,
+    /// One path item.
+    PathItem,
+    /// One operation.
+    Operation,
+    /// Anywhere else in an OpenAPI document.
+    Spec,
+}
+
+impl At {
+    /// Where the value of `key` sits, or `None` when it is left out (unbuilt).
+    fn child(self, key: &str) -> Option<At> {
+        let vendor = key.starts_with("x-");
+        match self {
+            At::Whole => Some(At::Whole),
+            At::SpecRoot => match key {
+                "webhooks" | "x-webhooks" | "tags" | "externalDocs" => None,
+                "paths" => Some(At::Paths),
+                _ => Some(At::Spec),
+            },
+            At::Paths => Some(At::PathItem),
+            At::PathItem if vendor || key == "summary" || key == "description" => None,
+            At::PathItem if METHODS.contains(&key) => Some(At::Operation),
+            At::Operation if vendor || key == "externalDocs" => None,
+            At::PathItem | At::Operation | At::Spec => Some(At::Spec),
+        }
+    }
+}
+
+/// Builds a `serde_json::Value` like its own `Deserialize`, leaving out what `At`
+/// says to. Nesting limits stay those of the underlying parser.
 #[derive(Clone, Copy)]
 struct ValueSeed {
-    prune_examples: bool,
+    at: At,
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(ValueVisitor { seed: self, skip_maps: false }).map(|v| v.unwrap_or(Value::Null))
+        deserializer.deserialize_any(ValueVisitor { at: self.at, skip_maps: false }).map(|v| v.unwrap_or(Value::Null))
     }
 }
 
 /// The value of an `examples` key: `None` when it is an object (skipped unbuilt).
-struct ExamplesSeed(ValueSeed);
+struct ExamplesSeed(At);
 
 impl<'de> DeserializeSeed<'de> for ExamplesSeed {
     type Value = Option<Value>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Value>, D::Error> {
-        deserializer.deserialize_any(ValueVisitor { seed: self.0, skip_maps: true })
+        deserializer.deserialize_any(ValueVisitor { at: self.0, skip_maps: true })
     }
 }
 
 /// `None` only for a skipped map.
 struct ValueVisitor {
-    seed: ValueSeed,
+    at: At,
     skip_maps: bool,
 }
 
@@ -145,12 +188,13 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        self.seed.deserialize(deserializer).map(Some)
+        ValueSeed { at: self.at }.deserialize(deserializer).map(Some)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let seed = ValueSeed { at: if self.at == At::Whole { At::Whole } else { At::Spec } };
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(item) = seq.next_element_seed(self.seed)? {
+        while let Some(item) = seq.next_element_seed(seed)? {
             items.push(item);
         }
         Ok(Some(Value::Array(items)))
@@ -163,13 +207,19 @@ impl<'de> Visitor<'de> for ValueVisitor {
         }
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if self.seed.prune_examples && key == "examples" {
-                if let Some(value) = map.next_value_seed(ExamplesSeed(self.seed))? {
+            match self.at.child(&key) {
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Some(at) if at != At::Whole && key == "examples" => {
+                    if let Some(value) = map.next_value_seed(ExamplesSeed(at))? {
+                        object.insert(key, value);
+                    }
+                }
+                Some(at) => {
+                    let value = map.next_value_seed(ValueSeed { at })?;
                     object.insert(key, value);
                 }
-            } else {
-                let value = map.next_value_seed(self.seed)?;
-                object.insert(key, value);
             }
         }
         Ok(Some(Value::Object(object)))

@@ -212,3 +212,51 @@ fn engine_registers_openapi_by_title_and_discovery_converts_files() {
     let best = &engine.search_tools("create a pet", 1, &[])[0].name;
     assert!(best.ends_with(".post_pets"), "{best}");
 }
+
+#[test]
+fn refs_into_paths_still_resolve_when_operations_are_moved() {
+    // Bundlers (Redocly) point later operations at parts of earlier ones; the
+    // converter must not have moved those parts out of the document first.
+    let spec = json!({"openapi": "3.0.0", "paths": {
+        "/a": {"get": {"operationId": "a", "parameters": [{"name": "q", "in": "query", "schema": {"type": "integer"}}],
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "boolean"}}}}}}},
+        "/b": {"post": {"operationId": "b", "parameters": [{"$ref": "#/paths/~1a/get/parameters/0"}],
+            "requestBody": {"$ref": "#/paths/~1a/get/requestBody"},
+            "responses": {"201": {"$ref": "#/paths/~1a/get/responses/200"}}}},
+        "/c": {"$ref": "#/paths/~1a"}
+    }});
+    let tools = tools_of(&spec, &ConvertOptions::default());
+    assert_eq!(tools.as_array().unwrap().len(), 3, "{tools:#}");
+    for name in ["a", "b", "a_2"] {
+        let t = find(&tools, name);
+        assert_eq!(t["inputs"]["properties"]["q"]["type"], "integer", "{name}: {t:#}");
+        assert_eq!(t["inputs"]["properties"]["body"]["type"], "object", "{name}");
+        assert_eq!(t["outputs"]["type"], "boolean", "{name}");
+    }
+    // Without such refs the operations move: the same results.
+    let plain = json!({"openapi": "3.0.0", "paths": {"/a": spec["paths"]["/a"].clone()}});
+    assert_eq!(find(&tools_of(&plain, &ConvertOptions::default()), "a"), find(&tools, "a"));
+}
+
+#[test]
+fn what_the_parser_leaves_out_of_a_spec_does_not_change_the_manual() {
+    let spec = json!({"openapi": "3.1.0", "info": {"title": "T", "version": "1"},
+        "tags": [{"name": "t"}], "externalDocs": {"url": "https://x"}, "x-webhooks": {"w": {"post": {}}},
+        "webhooks": {"w": {"post": {"operationId": "hook"}}},
+        "paths": {"/a": {"summary": "s", "description": "d", "x-ms-docs-grouped-path": ["/b"],
+            "get": {"operationId": "a", "summary": "Get A", "externalDocs": {"url": "https://x"}, "x-ms-pageable": {},
+                "parameters": [{"name": "q", "in": "query", "x-ms-docs-key-type": "k", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "ok", "content": {"application/json": {
+                    "examples": {"one": {"value": {"a": 1}}}, "schema": {"$ref": "#/components/schemas/A"}}}}}}}},
+        "components": {"schemas": {"A": {"type": "object", "examples": [{"a": 1}], "x-kept": true}},
+            "examples": {"e": {"value": 1}}}});
+    let parsed = utp_core::parse::parse_document(spec.to_string().as_bytes(), None).unwrap();
+    assert!(parsed.get("tags").is_none() && parsed.get("x-webhooks").is_none() && parsed.get("webhooks").is_none());
+    assert!(parsed["paths"]["/a"].get("x-ms-docs-grouped-path").is_none());
+    assert!(parsed["paths"]["/a"]["get"].get("x-ms-pageable").is_none());
+    assert_eq!(parsed["components"]["schemas"]["A"]["x-kept"], true, "schemas are kept whole");
+    let whole = convert(spec, &ConvertOptions::default()).unwrap();
+    let pruned = convert(parsed, &ConvertOptions::default()).unwrap();
+    assert_eq!(whole.to_value(), pruned.to_value());
+}
