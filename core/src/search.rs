@@ -53,37 +53,50 @@ pub struct Segment {
 impl Segment {
     pub fn build<'a>(manual_name: &str, tools: impl IntoIterator<Item = &'a Tool>) -> Segment {
         let mut seg = Segment::default();
-        let mut postings: HashMap<Box<str>, Postings> = HashMap::new();
-        let mut tf: HashMap<String, FieldCounts> = HashMap::new();
+        let mut terms = Terms::default();
+        // The manual's name is the same field of every document: its terms once.
+        let mut manual_terms = Vec::new();
+        for_each_token(manual_name, &mut String::new(), |t| manual_terms.push(terms.id(t)));
+        let mut word = String::new();
         for (doc, tool) in tools.into_iter().enumerate() {
-            tf.clear();
+            let doc = doc as u32;
             let mut len: FieldCounts = [0.0; FIELDS];
-            let mut add = |text: &str, field: usize, tf: &mut HashMap<String, FieldCounts>| {
-                for term in tokens(text) {
-                    len[field] += 1.0;
-                    tf.entry(term).or_default()[field] += 1.0;
-                }
-            };
-            add(&tool.name, F_NAME, &mut tf);
-            add(manual_name, F_MANUAL, &mut tf);
-            for tag in &tool.tags {
-                add(tag, F_TAG, &mut tf);
+            terms.doc_terms.clear();
+            for &id in &manual_terms {
+                len[F_MANUAL] += 1.0;
+                terms.count(doc, id, F_MANUAL);
             }
-            add(&tool.description, F_DESCRIPTION, &mut tf);
+            let mut add = |terms: &mut Terms, text: &str, field: usize| {
+                for_each_token(text, &mut word, |t| {
+                    len[field] += 1.0;
+                    let id = terms.id(t);
+                    terms.count(doc, id, field);
+                });
+            };
+            add(&mut terms, &tool.name, F_NAME);
+            for tag in &tool.tags {
+                add(&mut terms, tag, F_TAG);
+            }
+            add(&mut terms, &tool.description, F_DESCRIPTION);
             if let Some(props) = tool.inputs.get("properties").and_then(|p| p.as_object()) {
                 for name in props.keys() {
-                    add(name, F_PARAM, &mut tf);
+                    add(&mut terms, name, F_PARAM);
                 }
             }
             for (total, l) in seg.total_len.iter_mut().zip(len) {
                 *total += l;
             }
             seg.field_len.push(len);
-            for (term, counts) in tf.drain() {
-                postings.entry(term.into_boxed_str()).or_default().push((doc as u32, counts));
+            for &(id, counts) in &terms.doc_terms {
+                terms.postings[id as usize].push((doc, counts));
             }
         }
-        seg.vocabulary = postings.into_iter().collect();
+        seg.vocabulary = terms
+            .ids
+            .into_iter()
+            .map(|(term, id)| (term, std::mem::take(&mut terms.postings[id as usize])))
+            .filter(|(_, postings)| !postings.is_empty())
+            .collect();
         seg.vocabulary.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         seg
     }
@@ -104,6 +117,39 @@ impl Segment {
 
     pub fn is_empty(&self) -> bool {
         self.field_len.is_empty()
+    }
+}
+
+/// Term ids and postings while a segment is built, and the terms of the document
+/// being read (each with where it sits in `doc_terms`, so counting is one lookup).
+#[derive(Default)]
+struct Terms {
+    ids: HashMap<Box<str>, u32>,
+    postings: Vec<Postings>,
+    /// Per term id: (document + 1, index in `doc_terms`) of its last occurrence.
+    last: Vec<(u32, u32)>,
+    doc_terms: Vec<(u32, FieldCounts)>,
+}
+
+impl Terms {
+    fn id(&mut self, term: &str) -> u32 {
+        if let Some(&id) = self.ids.get(term) {
+            return id;
+        }
+        let id = self.postings.len() as u32;
+        self.ids.insert(term.into(), id);
+        self.postings.push(Vec::new());
+        self.last.push((0, 0));
+        id
+    }
+
+    fn count(&mut self, doc: u32, id: u32, field: usize) {
+        let last = &mut self.last[id as usize];
+        if last.0 != doc + 1 {
+            *last = (doc + 1, self.doc_terms.len() as u32);
+            self.doc_terms.push((id, [0.0; FIELDS]));
+        }
+        self.doc_terms[last.1 as usize].1[field] += 1.0;
     }
 }
 
@@ -194,47 +240,62 @@ pub fn score(segments: &[&Segment], query: &str) -> Vec<(usize, u32, f32)> {
 /// boundaries, plural `s` removed, stop words dropped.
 pub fn tokens(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut word = String::new();
-    let mut prev: Option<char> = None;
-    let flush = |word: &mut String, out: &mut Vec<String>| {
+    for_each_token(text, &mut String::new(), |t| out.push(t.to_string()));
+    out
+}
+
+/// `tokens` without allocating a string per term: each term is handed to `f`, built
+/// in `word` (a buffer reused across calls).
+fn for_each_token(text: &str, word: &mut String, mut f: impl FnMut(&str)) {
+    word.clear();
+    let mut flush = |word: &mut String| {
         if !word.is_empty() {
-            let w = normalize(word);
-            if !STOP_WORDS.contains(&w.as_str()) {
-                out.push(w);
+            normalize(word);
+            if !STOP_WORDS.contains(&word.as_str()) {
+                f(word);
             }
             word.clear();
         }
     };
+    let mut prev_lower = false;
     for c in text.chars() {
-        if c.is_alphanumeric() {
-            let camel_break = prev.is_some_and(|p| p.is_lowercase() && c.is_uppercase());
-            if camel_break {
-                flush(&mut word, &mut out);
+        if c.is_ascii() {
+            if c.is_ascii_alphanumeric() {
+                if prev_lower && c.is_ascii_uppercase() {
+                    flush(word);
+                }
+                word.push(c.to_ascii_lowercase());
+            } else {
+                flush(word);
             }
-            word.extend(c.to_lowercase());
+            prev_lower = c.is_ascii_lowercase();
         } else {
-            flush(&mut word, &mut out);
+            if c.is_alphanumeric() {
+                if prev_lower && c.is_uppercase() {
+                    flush(word);
+                }
+                word.extend(c.to_lowercase());
+            } else {
+                flush(word);
+            }
+            prev_lower = c.is_lowercase();
         }
-        prev = Some(c);
     }
-    flush(&mut word, &mut out);
-    out
+    flush(word);
 }
 
-/// A light English stemmer: enough to make "issues"/"issue" and
+/// A light English stemmer, in place: enough to make "issues"/"issue" and
 /// "repositories"/"repository" meet, nothing that changes meaning.
-fn normalize(word: &str) -> String {
+fn normalize(word: &mut String) {
     let n = word.len();
     if n > 4 && word.ends_with("ies") {
-        return format!("{}y", &word[..n - 3]);
+        word.truncate(n - 3);
+        word.push('y');
+    } else if n > 4 && (word.ends_with("sses") || word.ends_with("xes") || word.ends_with("ches") || word.ends_with("shes")) {
+        word.truncate(n - 2);
+    } else if n > 3 && word.ends_with('s') && !word.ends_with("ss") && !word.ends_with("us") && !word.ends_with("is") {
+        word.truncate(n - 1);
     }
-    if n > 4 && (word.ends_with("sses") || word.ends_with("xes") || word.ends_with("ches") || word.ends_with("shes")) {
-        return word[..n - 2].to_string();
-    }
-    if n > 3 && word.ends_with('s') && !word.ends_with("ss") && !word.ends_with("us") && !word.ends_with("is") {
-        return word[..n - 1].to_string();
-    }
-    word.to_string()
 }
 
 #[cfg(test)]
@@ -247,6 +308,98 @@ mod tests {
         assert_eq!(tokens("getUserRepositories"), ["get", "user", "repository"]);
         assert_eq!(tokens("List the boxes, status"), ["list", "box", "status"]);
         assert!(tokens("  ,, ").is_empty());
+    }
+
+    /// The tokenizer and segment builder as first written (a `String` per term, a map
+    /// per document): the faster ones must give the same terms and postings.
+    fn reference_tokens(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut word = String::new();
+        let mut prev: Option<char> = None;
+        let flush = |word: &mut String, out: &mut Vec<String>| {
+            if !word.is_empty() {
+                let mut w = word.clone();
+                normalize(&mut w);
+                if !STOP_WORDS.contains(&w.as_str()) {
+                    out.push(w);
+                }
+                word.clear();
+            }
+        };
+        for c in text.chars() {
+            if c.is_alphanumeric() {
+                if prev.is_some_and(|p| p.is_lowercase() && c.is_uppercase()) {
+                    flush(&mut word, &mut out);
+                }
+                word.extend(c.to_lowercase());
+            } else {
+                flush(&mut word, &mut out);
+            }
+            prev = Some(c);
+        }
+        flush(&mut word, &mut out);
+        out
+    }
+
+    fn reference_build(manual_name: &str, tools: &[Tool]) -> Segment {
+        let mut seg = Segment::default();
+        let mut postings: HashMap<Box<str>, Postings> = HashMap::new();
+        for (doc, tool) in tools.iter().enumerate() {
+            let mut tf: HashMap<String, FieldCounts> = HashMap::new();
+            let mut len: FieldCounts = [0.0; FIELDS];
+            let mut add = |text: &str, field: usize| {
+                for term in reference_tokens(text) {
+                    len[field] += 1.0;
+                    tf.entry(term).or_default()[field] += 1.0;
+                }
+            };
+            add(&tool.name, F_NAME);
+            add(manual_name, F_MANUAL);
+            tool.tags.iter().for_each(|t| add(t, F_TAG));
+            add(&tool.description, F_DESCRIPTION);
+            if let Some(props) = tool.inputs.get("properties").and_then(|p| p.as_object()) {
+                props.keys().for_each(|k| add(k, F_PARAM));
+            }
+            for (total, l) in seg.total_len.iter_mut().zip(len) {
+                *total += l;
+            }
+            seg.field_len.push(len);
+            for (term, counts) in tf {
+                postings.entry(term.into_boxed_str()).or_default().push((doc as u32, counts));
+            }
+        }
+        seg.vocabulary = postings.into_iter().collect();
+        seg.vocabulary.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        seg
+    }
+
+    fn tool(name: &str, description: &str, tags: &[&str], params: &[&str]) -> Tool {
+        let props: serde_json::Map<String, serde_json::Value> =
+            params.iter().map(|p| (p.to_string(), serde_json::json!({"type": "string"}))).collect();
+        serde_json::from_value(serde_json::json!({"name": name, "description": description, "tags": tags,
+            "inputs": {"type": "object", "properties": props},
+            "tool_call_template": {"call_template_type": "text", "content": ""}}))
+        .unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn tokens_match_the_reference(text in "[a-zA-Z0-9 _./-]{0,40}|\\PC{0,40}|[ÄäÖöİıßǅA-Za-z]{0,20}") {
+            proptest::prop_assert_eq!(tokens(&text), reference_tokens(&text));
+        }
+
+        #[test]
+        fn segments_match_the_reference(docs in proptest::collection::vec(("[a-zA-Z_]{1,12}", "[a-zA-Z ]{0,40}",
+            proptest::collection::vec("[a-z]{1,6}", 0..3), proptest::collection::vec("[a-zA-Z_$]{1,8}", 0..4)), 0..12)) {
+            let tools: Vec<Tool> = docs.iter().map(|(n, d, t, p)| {
+                let tags: Vec<&str> = t.iter().map(String::as_str).collect();
+                let params: Vec<&str> = p.iter().map(String::as_str).collect();
+                tool(n, d, &tags, &params)
+            }).collect();
+            let fast = Segment::build("GitHub REST issues", &tools);
+            let slow = reference_build("GitHub REST issues", &tools);
+            proptest::prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+        }
     }
 
     #[test]
