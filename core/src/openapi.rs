@@ -79,12 +79,13 @@ pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
             None => None,
         };
         let shared_params = match referenced {
-            Some(target) => target.get("parameters"),
-            None => item.get("parameters"),
-        }
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+            Some(target) => target.get("parameters").cloned(),
+            None => item.swap_remove("parameters"),
+        };
+        let shared_params = match shared_params {
+            Some(Value::Array(list)) => list,
+            _ => Vec::new(),
+        };
         for method in METHODS {
             let op = match referenced {
                 Some(target) => target.get(method).cloned(),
@@ -116,28 +117,61 @@ pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
 /// Whether a `$ref` the converter follows (a path item, parameter, request body or
 /// response, or a link of a chain of them) points into `#/paths/`: then the
 /// operations are copied rather than moved, so what such a ref reaches stays.
+/// Looks at the refs' text only: a ref to a whole component is not followed, as every
+/// component's own ref is looked at too; other refs are followed.
 fn refs_into_paths(doc: &Value, paths: &Map<String, Value>) -> bool {
-    fn hits<'d>(doc: &'d Value, mut v: &'d Value) -> bool {
+    /// `Some(answer)` when `r` itself decides, `None` when its target must be looked at.
+    fn decides(r: &str) -> Option<bool> {
+        if r.starts_with("#/paths/") {
+            return Some(true);
+        }
+        let whole_component = match r.strip_prefix("#/components/") {
+            Some(rest) => rest.split('/').count() == 2,
+            None => ["#/parameters/", "#/responses/"].iter().any(|p| r.strip_prefix(p).is_some_and(|n| !n.contains('/'))),
+        };
+        (whole_component || !r.starts_with("#/")).then_some(false)
+    }
+    let reaches = |v: &Value| -> bool {
+        let Some(first) = v.get("$ref").and_then(Value::as_str) else { return false };
+        let mut r = first;
+        let mut target;
         for _ in 0..32 {
-            match v.get("$ref").and_then(Value::as_str) {
-                Some(r) if r.starts_with("#/paths/") => return true,
-                Some(r) if r.starts_with("#/") => match doc.pointer(&r[1..]) {
-                    Some(target) => v = target,
-                    None => return false,
-                },
-                _ => return false,
+            if let Some(answer) = decides(r) {
+                return answer;
             }
+            target = match doc.pointer(&r[1..]) {
+                Some(t) => t,
+                None => return false,
+            };
+            r = match target.get("$ref").and_then(Value::as_str) {
+                Some(next) => next,
+                None => return false,
+            };
         }
         false
+    };
+    let any_in = |v: Option<&Value>| match v {
+        Some(Value::Array(list)) => list.iter().any(reaches),
+        Some(Value::Object(map)) => map.values().any(reaches),
+        _ => false,
+    };
+    let components = doc.get("components").and_then(Value::as_object);
+    if components.is_some_and(|c| c.values().any(|section| any_in(Some(section))))
+        || any_in(doc.get("parameters"))
+        || any_in(doc.get("responses"))
+    {
+        return true;
     }
-    let list = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(|l| l.iter().any(|p| hits(doc, p)));
     paths.values().any(|item| {
-        hits(doc, item)
-            || list(item.get("parameters"))
-            || METHODS.iter().filter_map(|m| item.get(*m)).any(|op| {
-                list(op.get("parameters"))
-                    || op.get("requestBody").is_some_and(|rb| hits(doc, rb))
-                    || op.get("responses").and_then(Value::as_object).is_some_and(|r| r.values().any(|v| hits(doc, v)))
+        reaches(item)
+            || any_in(item.get("parameters"))
+            || item.as_object().is_some_and(|item| {
+                item.iter().any(|(method, op)| {
+                    METHODS.contains(&method.as_str())
+                        && (any_in(op.get("parameters"))
+                            || op.get("requestBody").is_some_and(reaches)
+                            || any_in(op.get("responses")))
+                })
             })
     })
 }

@@ -228,6 +228,22 @@ fn refs_into_paths_still_resolve_when_operations_are_moved() {
     }});
     let tools = tools_of(&spec, &ConvertOptions::default());
     assert_eq!(tools.as_array().unwrap().len(), 3, "{tools:#}");
+    // The same through a chain: operation -> component -> a part of an operation.
+    let chained = json!({"openapi": "3.0.0", "paths": {
+        "/a": spec["paths"]["/a"].clone(),
+        "/d": {"get": {"operationId": "d", "parameters": [{"$ref": "#/components/parameters/Q"}],
+            "requestBody": {"$ref": "#/components/requestBodies/B"},
+            "responses": {"200": {"$ref": "#/components/responses/R"}}}}},
+        "components": {"parameters": {"Q": {"$ref": "#/paths/~1a/get/parameters/0"}},
+            "requestBodies": {"B": {"$ref": "#/components/requestBodies/B2"}},
+            "responses": {"R": {"$ref": "#/paths/~1a/get/responses/200"}}}});
+    let mut chained = chained;
+    chained["components"]["requestBodies"]["B2"] = json!({"$ref": "#/paths/~1a/get/requestBody"});
+    let chained_tools = tools_of(&chained, &ConvertOptions::default());
+    let d = find(&chained_tools, "d");
+    assert_eq!(d["inputs"]["properties"]["q"]["type"], "integer", "{d:#}");
+    assert_eq!(d["inputs"]["properties"]["body"]["type"], "object");
+    assert_eq!(d["outputs"]["type"], "boolean");
     for name in ["a", "b", "a_2"] {
         let t = find(&tools, name);
         assert_eq!(t["inputs"]["properties"]["q"]["type"], "integer", "{name}: {t:#}");
