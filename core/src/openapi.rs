@@ -318,26 +318,42 @@ impl<'a> Ctx<'a> {
         }
         params.extend(op_params);
 
-        let mut properties = Map::new();
+        let mut properties = Map::with_capacity(params.len() + 1);
         let mut required = Vec::new();
         let mut header_fields = Vec::new();
-        let mut styles = Map::new();
+        let mut styles = Map::with_capacity(params.len());
         let mut body_field = None;
         let mut form_props = Map::new();
         let mut form_required = Vec::new();
         for p in params {
-            let (Some(pname), Some(location)) = (p.get("name").and_then(Value::as_str), p.get("in").and_then(Value::as_str)) else {
-                continue;
-            };
+            // One pass over the parameter's keys (it has ~5; nine lookups cost more).
+            let Some(fields) = p.as_object() else { continue };
+            let (mut pname, mut location, mut description, mut required_flag) = (None, None, None, None);
+            let mut style_fields: [Option<&Value>; 4] = [None; 4];
+            for (k, v) in fields {
+                match k.as_str() {
+                    "name" => pname = v.as_str(),
+                    "in" => location = v.as_str(),
+                    "description" => description = Some(v),
+                    "required" => required_flag = Some(v),
+                    "style" => style_fields[0] = Some(v),
+                    "explode" => style_fields[1] = Some(v),
+                    "collectionFormat" => style_fields[2] = Some(v),
+                    "allowReserved" => style_fields[3] = Some(v),
+                    _ => {}
+                }
+            }
+            let (Some(pname), Some(location)) = (pname, location) else { continue };
             let (pname, location) = (pname.to_string(), location.to_string());
             let location = location.as_str();
-            let description = p.get("description").cloned();
-            let is_required = p.get("required").and_then(Value::as_bool).unwrap_or(location == "path");
+            let description = description.cloned();
+            let is_required = required_flag.and_then(Value::as_bool).unwrap_or(location == "path");
             let mut style = Map::new();
             if !matches!(location, "body" | "formData") {
+                style = Map::with_capacity(1 + style_fields.iter().flatten().count());
                 style.insert("in".into(), Value::String(location.to_string()));
-                for k in ["style", "explode", "collectionFormat", "allowReserved"] {
-                    if let Some(v) = p.get(k) {
+                for (k, v) in ["style", "explode", "collectionFormat", "allowReserved"].into_iter().zip(style_fields) {
+                    if let Some(v) = v {
                         style.insert(k.into(), v.clone());
                     }
                 }
