@@ -7,8 +7,9 @@
 //!   event (`workflow.completed | error | cancelled`) when it ends;
 //! - each step's record with its `step.completed | failed | skipped` event and the
 //!   execution's status, in one commit, before its dependants start;
-//! - every other event through the bus's sink, queued in publish order (the writer
-//!   is FIFO, so a step's commit also makes the events before it durable);
+//! - every other event through the bus's sink, deferred in publish order into the
+//!   next commit (so a step's commit also makes the events before it durable), or
+//!   committed on its own within 10 ms when no commit comes;
 //! - approvals when requested and resolved; a session's state when it changes.
 //!
 //! With `store: memory` (the default) nothing of this runs: the engine's own maps
@@ -171,8 +172,8 @@ impl Durable {
                 return;
             }
             if let Some(store) = weak.upgrade() {
-                // Not awaited: the writer is FIFO, so the next step commit covers it.
-                drop(store.put_events(vec![event.to_value()]));
+                // Not awaited: it rides in the next commit (a step's, typically).
+                store.defer_events(vec![event.to_value()]);
             }
         }));
         let retention = config.retention.map(|age| RetentionWorker::start(store.clone(), age));

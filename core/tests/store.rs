@@ -129,6 +129,7 @@ shared!(
     invalid_inputs_are_invalid_argument,
     sixteen_concurrent_writers,
     async_waits,
+    deferred_events_keep_publish_order,
 );
 
 fn executions_round_trip(s: &dyn Store) {
@@ -547,6 +548,55 @@ fn reopen_after_drop_keeps_everything() {
     s.put_events(vec![event(1, "workflow.resumed", Some("x1"), 5)]).wait_blocking().unwrap();
     s.put_events(vec![event(1, "workflow.resumed", Some("x1"), 5)]).wait_blocking().unwrap();
     assert_eq!(s.events(&EventFilter { kind: Some("workflow.*".into()), ..Default::default() }).unwrap().len(), 2);
+}
+
+/// Deferred events are read back at once, ahead of what was written after them.
+fn deferred_events_keep_publish_order(s: &dyn Store) {
+    s.put_execution(exec("x1", "running", 1)).wait_blocking().unwrap();
+    s.defer_events(vec![event(1, "step.started", Some("x1"), 1), event(2, "tool.called", Some("x1"), 1)]);
+    s.put_step(step("x1", "a", 0, "completed"), None, vec![event(3, "step.completed", Some("x1"), 2)])
+        .wait_blocking()
+        .unwrap();
+    s.defer_events(vec![event(4, "tool.called", None, 3)]);
+    assert_eq!(kinds(&s.events(&EventFilter::default()).unwrap()), ["step.started", "tool.called", "step.completed", "tool.called"]);
+    // A bad event is logged and dropped; nothing else is affected.
+    s.defer_events(vec![json!({"type": "x", "time": "noon"})]);
+    assert_eq!(s.events(&EventFilter::default()).unwrap().len(), 4);
+}
+
+/// The bus's sink defers events: they ride in the next commit (no transaction of
+/// their own), or commit alone after a short delay, or when the store closes.
+#[test]
+fn deferred_events_ride_in_the_next_commit_or_commit_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let w = sqlite(&path);
+    w.put_execution(exec("x", "running", 1)).wait_blocking().unwrap();
+    let r = SqliteStore::open_read_only(&path).unwrap();
+    let stored = || kinds(&r.events(&EventFilter::default()).unwrap());
+
+    let before = w.writer_stats();
+    w.defer_events(vec![event(1, "step.started", Some("x"), 1), event(2, "tool.called", Some("x"), 1)]);
+    w.put_step(step("x", "a", 0, "completed"), None, vec![event(3, "step.completed", Some("x"), 2)])
+        .wait_blocking()
+        .unwrap();
+    assert_eq!(stored(), ["step.started", "tool.called", "step.completed"]);
+    let after = w.writer_stats();
+    assert_eq!((after.writes - before.writes, after.transactions - before.transactions), (1, 1));
+
+    // No commit follows: the writer commits them on its own, within the delay.
+    w.defer_events(vec![event(4, "tool.called", None, 3)]);
+    let start = std::time::Instant::now();
+    while stored().len() < 4 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "deferred event never committed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(w.writer_stats().transactions - after.transactions, 1);
+
+    // Closing the store commits what is still deferred.
+    w.defer_events(vec![event(5, "tool.called", None, 4)]);
+    drop(w);
+    assert_eq!(stored().len(), 5);
 }
 
 #[test]

@@ -174,6 +174,17 @@ pub trait Store: Send + Sync + 'static {
     fn put_step(&self, step: StepRow, execution_status: Option<String>, events: Vec<Value>) -> Commit;
     /// Append events (design §8 JSON); an engine `id` already stored by this store is ignored.
     fn put_events(&self, events: Vec<Value>) -> Commit;
+    /// Append events with the store's next commit, whatever it is, or on their own
+    /// within a short delay when none comes; nobody waits for them. The engine's
+    /// bus sink records events that no state change carries this way, so that a
+    /// workflow's events ride in its step commits instead of each costing a
+    /// transaction. A store keeps them in publish order, before any write made
+    /// after them; [`Store::events`] sees them. Failures are logged.
+    fn defer_events(&self, events: Vec<Value>) {
+        if let Err(e) = self.put_events(events).wait_blocking() {
+            tracing::warn!("events not recorded: {e}");
+        }
+    }
     /// Insert or replace an approval `{id, tool, tenant, session, reason, status, created, resolved, resolution_reason}`.
     fn put_approval(&self, approval: Value) -> Commit;
     /// Insert or replace the state of session (tenant, session).

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
@@ -63,6 +63,9 @@ const IDLE_CHECKPOINT: Duration = Duration::from_millis(100);
 /// polls) before it parks: a caller that waited on its commit usually sends its
 /// next write within it, which then costs no wake-up of the writer.
 const POLL_BEFORE_PARK: Duration = Duration::from_micros(20);
+/// Events given to `defer_events` wait at most this long for a commit to ride in
+/// before the writer commits them on their own (what a crash can lose of them).
+const FLUSH_DELAY: Duration = Duration::from_millis(10);
 /// `journal_size_limit`: the WAL file is cut back to this after a burst.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
@@ -77,6 +80,10 @@ pub struct SqliteStore {
     tx: Option<mpsc::Sender<Msg>>,
     writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
+    /// Events from `defer_events`, in publish order, not yet sent to the writer: the
+    /// next execution, step or events write takes them (under this lock, so that no
+    /// later write overtakes them), or the writer commits them after FLUSH_DELAY.
+    deferred: Arc<Mutex<Vec<PreparedEvent>>>,
     stats: Arc<Counters>,
     /// Held (flock) for the store's lifetime; dropped last. `None` when read-only.
     _lock: Option<File>,
@@ -107,6 +114,8 @@ enum Op {
 
 enum Msg {
     Write(Op, Responder<()>),
+    /// Events were deferred: commit them within FLUSH_DELAY if no write takes them.
+    FlushSoon,
     /// One retention batch in its own transaction → (rows deleted, whether the batch was full).
     Prune {
         executions: bool,
@@ -152,6 +161,7 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Counters::default());
+        let deferred = Arc::new(Mutex::new(Vec::new()));
         let writer = Writer {
             conn,
             path: path.to_path_buf(),
@@ -160,6 +170,8 @@ impl SqliteStore {
             checkpointer,
             restart_at: RESTART_FRAMES,
             uncopied: false,
+            deferred: deferred.clone(),
+            flush_due: None,
         };
         let handle = std::thread::Builder::new()
             .name("utp-store-writer".into())
@@ -174,6 +186,7 @@ impl SqliteStore {
             tx: Some(tx),
             writer: Some(handle),
             readers: Mutex::new(vec![reader]),
+            deferred,
             stats,
             _lock: Some(lock),
         })
@@ -212,6 +225,7 @@ impl SqliteStore {
             tx: None,
             writer: None,
             readers: Mutex::new(vec![reader]),
+            deferred: Arc::default(),
             stats: Arc::new(Counters::default()),
             _lock: None,
         })
@@ -281,9 +295,19 @@ impl SqliteStore {
         tx.send(msg).map_err(|_| closed())
     }
 
-    fn write(&self, op: Op) -> Commit {
+    fn write(&self, mut op: Op) -> Commit {
         let (reply, pending) = oneshot();
-        match self.send(Msg::Write(op, reply)) {
+        // Deferred events go first, in this write's transaction; sending under the
+        // lock keeps them ahead of any write made after them.
+        let mut deferred = self.deferred.lock();
+        if !deferred.is_empty() {
+            if let Op::Execution { events, .. } | Op::Step { events, .. } | Op::Events(events) = &mut op {
+                events.splice(0..0, deferred.drain(..));
+            }
+        }
+        let sent = self.send(Msg::Write(op, reply));
+        drop(deferred);
+        match sent {
             Ok(()) => Commit::pending(pending),
             // The message (and its responder) came back inside the error and was
             // dropped, which resolved `pending` with an error already.
@@ -418,6 +442,9 @@ struct Writer {
     /// Whether the writer committed since it was last idle (when idle, it then
     /// wakes the checkpointer).
     uncopied: bool,
+    /// The store's deferred events, and when the writer commits them if no write took them.
+    deferred: Arc<Mutex<Vec<PreparedEvent>>>,
+    flush_due: Option<Instant>,
 }
 
 impl Writer {
@@ -425,6 +452,15 @@ impl Writer {
         loop {
             let first = if let Some(m) = poll(&rx, POLL_BEFORE_PARK) {
                 m
+            } else if let Some(due) = self.flush_due {
+                match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.flush_deferred();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             } else if self.uncopied {
                 match rx.recv_timeout(IDLE_CHECKPOINT) {
                     Ok(m) => m,
@@ -454,6 +490,8 @@ impl Writer {
             for msg in queue {
                 match msg {
                     Msg::Write(op, reply) => writes.push((op, reply)),
+                    // Not a write: nothing queued before it needs committing first.
+                    Msg::FlushSoon => self.flush_soon(),
                     other => {
                         // Keep order: what was queued before a control message commits first.
                         self.commit_group(std::mem::take(&mut writes));
@@ -464,9 +502,31 @@ impl Writer {
             self.commit_group(writes);
             self.after_commits();
         }
+        self.flush_deferred();
         // Closing: the checkpointer's connection closes first, so that the writer's
         // is the last one and checkpoints the WAL into the database as it closes.
         drop(self.checkpointer.take());
+    }
+
+    fn flush_soon(&mut self) {
+        self.flush_due.get_or_insert_with(|| Instant::now() + FLUSH_DELAY);
+    }
+
+    /// Commit the deferred events no write took, on their own.
+    fn flush_deferred(&mut self) {
+        self.flush_due = None;
+        let events = std::mem::take(&mut *self.deferred.lock());
+        if events.is_empty() {
+            return;
+        }
+        let failed = match self.transaction(&[Op::Events(events)]) {
+            Ok(mut results) => results.pop().and_then(Result::err),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            tracing::warn!("events not recorded: {e}");
+        }
+        self.after_commits();
     }
 
     /// `(frames in the WAL, frames already copied into the database)`, read
@@ -522,6 +582,7 @@ impl Writer {
             Msg::Prune { executions, cutoff_us, batch, reply } => {
                 reply.send(self.prune_batch(executions, cutoff_us, batch))
             }
+            Msg::FlushSoon => self.flush_soon(),
             Msg::MaxPageCount(pages, reply) => reply.send(
                 self.conn
                     .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| r.get::<_, i64>(0))
@@ -1075,6 +1136,24 @@ impl Store for SqliteStore {
         }
     }
 
+    fn defer_events(&self, events: Vec<Value>) {
+        if self.read_only {
+            return;
+        }
+        let events = match prepare_events(events) {
+            Ok(events) => events,
+            Err(e) => return tracing::warn!("events not recorded: {e}"),
+        };
+        let mut deferred = self.deferred.lock();
+        let first = deferred.is_empty();
+        deferred.extend(events);
+        if first && !deferred.is_empty() {
+            // Only the first one wakes the writer; it then commits whatever is
+            // still deferred after FLUSH_DELAY.
+            let _ = self.send(Msg::FlushSoon);
+        }
+    }
+
     fn put_approval(&self, approval: Value) -> Commit {
         if let Some(refused) = self.refuse_write() {
             return refused;
@@ -1152,6 +1231,10 @@ impl Store for SqliteStore {
     }
 
     fn events(&self, filter: &EventFilter) -> Result<Vec<Value>> {
+        // Reads see every event given to the store, deferred ones included.
+        if !self.deferred.lock().is_empty() {
+            self.write(Op::Events(Vec::new())).wait_blocking()?;
+        }
         let range = event_range(filter)?;
         let mut sql = String::from("SELECT seq, body FROM events WHERE seq > ?");
         let after = filter.after_id.map(|a| i64::try_from(a).unwrap_or(i64::MAX)).unwrap_or(0);
