@@ -65,6 +65,23 @@ fn count(kinds: &[String], kind: &str) -> usize {
     kinds.iter().filter(|k| *k == kind).count()
 }
 
+/// Dropping the engine as soon as `run_workflow` returns releases the file: a new
+/// engine opens it at once (the run's task held the engine past the wake-up, and
+/// under load the second open found the lock still taken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_dropped_after_a_run_releases_the_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("utp.db");
+    for round in 0..25 {
+        let (e, _) = engine(&db, json!({}));
+        let record = e.run_workflow(WorkflowSource::Definition(chain(2)), json!({}), RunOptions::default()).await;
+        assert_eq!(record.unwrap()["status"], "completed");
+        drop(e);
+        let again = Engine::from_json(json!({"store": {"url": format!("sqlite:{}", db.display())}}));
+        assert!(again.is_ok(), "round {round}: {:?}", again.err());
+    }
+}
+
 #[tokio::test]
 async fn a_run_is_committed_and_a_new_engine_reads_it() {
     let dir = tempfile::tempdir().unwrap();

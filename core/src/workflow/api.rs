@@ -111,9 +111,13 @@ impl Engine {
         self.workflows().executions.insert(exec.clone());
         let engine = self.clone();
         runtime.spawn(async move {
-            let id = exec.id.clone();
-            super::runner::run(engine.clone(), exec, recovered).await;
-            engine.workflows().executions.finished(&id);
+            super::runner::run(engine.clone(), exec.clone(), recovered).await;
+            engine.workflows().executions.finished(&exec.id);
+            // Waiters wake only once this task holds no engine: a host that drops its
+            // engine as soon as `run_workflow` returns releases the store (and its
+            // file lock) at once, so a new engine can open the same file.
+            drop(engine);
+            exec.notify_finished();
         });
     }
 

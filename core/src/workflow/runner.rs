@@ -31,7 +31,8 @@ enum StepEnd {
 ///
 /// A `recovered` execution was left unfinished by a previous process: the steps it
 /// committed keep their records and never run again; the others (including one
-/// that was running) run now, with the same idempotency keys.
+/// that was running) run now, with the same idempotency keys. The caller wakes
+/// the execution's waiters (`notify_finished`) when it no longer needs the engine.
 pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
     let started = Instant::now();
     let wf = exec.workflow.clone();
@@ -127,7 +128,6 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
                 calls.cancel();
                 let e = Error::Cancelled(format!("execution '{}' stopped: the engine was closed", exec.id));
                 exec.finish(ExecutionStatus::Cancelled, Value::Null, Some(ErrorInfo::of(&e)));
-                exec.notify_finished();
                 return;
             }
             changed = suspended.changed() => {
@@ -232,7 +232,6 @@ async fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed
         tracing::warn!(execution = %exec.id, "final state not persisted: {e}");
         exec.finish(ExecutionStatus::Failed, Value::Null, Some(ErrorInfo::of(&e)));
     }
-    exec.notify_finished();
 }
 
 /// The workflow's `outputs`, evaluated over the finished steps. An output that
