@@ -3,7 +3,7 @@
 //! per durability; also the time to open an engine on a fresh database.
 //! The Python side-by-side with DBOS and LangGraph is bench/store/run.py.
 //! Run: cargo run --release -p utp-core --example durable_load [-- WORKFLOWS CONCURRENCY]
-//! (DURABILITY=normal,sync,off picks the durabilities.)
+//! (DURABILITY=normal,sync,off,none picks the durabilities; `none` runs without a store.)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +33,12 @@ fn written_bytes() -> u64 {
 }
 
 fn engine(db: &std::path::Path, durability: &str) -> Result<Engine, Box<dyn std::error::Error>> {
-    let engine = Engine::from_json(json!({"store": {"url": format!("sqlite:{}", db.display()), "durability": durability}}))?;
+    // "none": no store at all, the floor the store's cost is measured against.
+    let config = match durability {
+        "none" => json!({}),
+        _ => json!({"store": {"url": format!("sqlite:{}", db.display()), "durability": durability}}),
+    };
+    let engine = Engine::from_json(config)?;
     let step: utp_core::NativeHandler = Arc::new(|args: Value| async move { Ok(json!({"ok": true, "n": args["n"]})) }.boxed());
     engine.register_tool("load.step", step, None, None, "", vec![])?;
     Ok(engine)
