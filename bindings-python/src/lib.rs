@@ -1419,7 +1419,8 @@ impl PyEngine {
     /// errors are raised as by `plan()`; a run that fails, times out (`timeout`
     /// seconds for the run) or is cancelled still returns its record. Ctrl-C stops
     /// the planning or cancels the run, and raises `KeyboardInterrupt`.
-    #[pyo3(signature = (request, inputs=None, *, session=None, tenant=None, timeout=None))]
+    #[pyo3(signature = (request, inputs=None, *, session=None, tenant=None, user=None, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
     fn run<'py>(
         &self,
         py: Python<'py>,
@@ -1427,13 +1428,14 @@ impl PyEngine {
         inputs: Option<&Bound<'py, PyAny>>,
         session: Option<String>,
         tenant: Option<String>,
+        user: Option<String>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
             let request = plan_request(py, request)?;
             let inputs = workflow_inputs(py, inputs)?;
             let cancel = CancellationToken::new();
-            let options = run_options(py, session, tenant, None, timeout, Some(cancel.clone()))?;
+            let options = run_options(py, session, tenant, user, timeout, Some(cancel.clone()))?;
             let r = self.running(py)?;
             let record = r.block_on_interruptible(py, r.engine.run_request(&request, inputs, options), &cancel)?;
             to_py(py, &record.map_err(|e| to_py_err(py, &e))?)

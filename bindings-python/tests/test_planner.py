@@ -91,6 +91,20 @@ def test_run_plans_and_runs(chain_engine):
     assert "inputs" not in record["plan"]["definition"]
 
 
+def test_run_passes_the_user_to_the_domain_layer():
+    """`user` reaches per-user rate limits, blocking and async alike."""
+    config = {"rate_limits": [{"match": {"tool": "geo"}, "per": "user", "limit": 1, "window": "1h"}]}
+    with utp.Engine(config) as e:
+        chain_tools(e)
+        assert e.run(REQUEST, {"ip": "8.8.8.8"}, user="ann")["status"] == "completed"
+        limited = e.run(REQUEST, {"ip": "8.8.8.8"}, user="ann")
+        assert limited["status"] == "failed", limited
+        assert limited["steps"]["cityOfIp"]["error"]["code"] == "RATE_LIMITED", limited
+        record = asyncio.run(e.run_async(REQUEST, {"ip": "8.8.8.8"}, user="bob"))
+        assert record["status"] == "completed", record
+        assert asyncio.run(e.run_async(REQUEST, {"ip": "8.8.8.8"}, user="bob"))["status"] == "failed"
+
+
 def test_run_with_a_failing_tool_returns_a_failed_record():
     with utp.Engine() as e:
         chain_tools(e)

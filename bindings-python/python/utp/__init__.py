@@ -424,6 +424,7 @@ class Engine(_utp.Engine):
         *,
         session: Optional[str] = None,
         tenant: Optional[str] = None,
+        user: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> Dict[str, Any]:
         """``run`` as an awaitable: ``plan_async``, then ``run_workflow_async`` of the
@@ -431,7 +432,7 @@ class Engine(_utp.Engine):
         cancels the run (while planning: stops the waiting)."""
         planned = await self.plan_async(request, session=session, tenant=tenant, inputs=inputs or {})
         record = await self.run_workflow_async(
-            planned["definition"], inputs, session=session, tenant=tenant, timeout=timeout
+            planned["definition"], inputs, session=session, tenant=tenant, user=user, timeout=timeout
         )
         record["plan"] = planned
         return record

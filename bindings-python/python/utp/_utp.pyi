@@ -192,6 +192,7 @@ class Engine:
         *,
         session: Optional[str] = None,
         tenant: Optional[str] = None,
+        user: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> Dict[str, Any]:
         """Plan a workflow for a request and run it: the execution record with ``plan``."""
