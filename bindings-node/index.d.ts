@@ -678,8 +678,12 @@ export interface RunOptions {
   /** The session whose state the run reads and writes (and whose keys the planner is told). */
   session?: string | null
   tenant?: string | null
+  /** User the run is made for (rate limits `per: user`). */
+  user?: string | null
   /** Seconds (finite, >= 0) the run may take. */
   timeout?: number | null
+  /** Aborting it while planning rejects with ERR_UTP_CANCELLED; while running, cancels the run. */
+  signal?: AbortSignal | null
 }
 
 /** What `engine.run(request)` resolves to: the execution record with its plan. */

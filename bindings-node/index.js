@@ -81,6 +81,19 @@ function describe(value) {
   return type === 'undefined' ? 'undefined' : `${/^[aeiou]/.test(type) ? 'an' : 'a'} ${type}`
 }
 
+/** `options.signal` when `options` is an object. */
+function signalOf(options) {
+  return options !== null && typeof options === 'object' ? options.signal : undefined
+}
+
+/** Throw unless `signal` is an AbortSignal that has not been aborted yet. */
+function checkSignal(signal, what) {
+  if (typeof signal.addEventListener !== 'function' || typeof signal.aborted !== 'boolean') {
+    throw new UtpError(`${what}: signal must be an AbortSignal, found ${describe(signal)}`, codes.INVALID_ARGUMENT)
+  }
+  if (signal.aborted) throw new UtpError(`${what}: the signal was aborted before the run started`, codes.CANCELLED)
+}
+
 function call(fn) {
   try {
     return fn()
@@ -356,15 +369,12 @@ class Engine {
    * or inputs that do not validate.
    */
   runWorkflow(workflow, inputs = undefined, options = undefined) {
-    const signal = options !== null && typeof options === 'object' ? options.signal : undefined
+    const signal = signalOf(options)
     if (signal === undefined || signal === null) {
       return callAsync(() => this.#native.runWorkflow(workflow, inputs, options))
     }
     return callAsync(async () => {
-      if (typeof signal.addEventListener !== 'function' || typeof signal.aborted !== 'boolean') {
-        throw new UtpError(`runWorkflow: signal must be an AbortSignal, found ${describe(signal)}`, codes.INVALID_ARGUMENT)
-      }
-      if (signal.aborted) throw new UtpError('runWorkflow: the signal was aborted before the run started', codes.CANCELLED)
+      checkSignal(signal, 'runWorkflow')
       const { signal: _, ...rest } = options
       const id = this.#native.startWorkflow(workflow, inputs, rest)
       const onAbort = () => {
@@ -402,10 +412,41 @@ class Engine {
 
   /**
    * Plan a workflow for `request` and run it with `inputs`; resolves to the execution
-   * record with `plan`. `options`: `{ session, tenant, timeout (seconds) }`.
+   * record with `plan`. `options`: `{ session, tenant, user, timeout (seconds), signal
+   * (an AbortSignal: while planning, aborting rejects with ERR_UTP_CANCELLED at once,
+   * the planning itself runs to its end; while running, it cancels the run, which
+   * then resolves with status 'cancelled') }`.
    */
   run(request, inputs = undefined, options = undefined) {
-    return callAsync(() => this.#native.run(request, inputs, options))
+    const signal = signalOf(options)
+    if (signal === undefined || signal === null) {
+      return callAsync(() => this.#native.run(request, inputs, options))
+    }
+    return callAsync(async () => {
+      checkSignal(signal, 'run')
+      const { signal: _, ...rest } = options
+      // Checked before planning (the other options reach the native layer only after it).
+      const unknown = Object.keys(rest).find((k) => !['session', 'tenant', 'user', 'timeout'].includes(k))
+      if (unknown !== undefined) {
+        throw new UtpError(`unknown run option '${unknown}' (session, tenant, user, timeout, signal)`, codes.INVALID_ARGUMENT)
+      }
+      let onAbort
+      const aborted = new Promise((_resolve, reject) => {
+        onAbort = () => reject(new UtpError('run: the signal was aborted while planning', codes.CANCELLED))
+        signal.addEventListener('abort', onAbort, { once: true })
+      })
+      let planned
+      try {
+        const planning = this.#native.plan(request, { session: rest.session, tenant: rest.tenant, inputs: inputs ?? {} })
+        planning.catch(() => {}) // after an abort nobody awaits it
+        planned = await Promise.race([planning, aborted])
+      } finally {
+        signal.removeEventListener('abort', onAbort)
+      }
+      const record = await this.runWorkflow(planned.definition, inputs, { ...rest, signal })
+      record.plan = planned
+      return record
+    })
   }
 
   /** Resolves to an execution's full record once it has finished. */

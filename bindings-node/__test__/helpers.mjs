@@ -63,6 +63,15 @@ export function bulkManual(n) {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** Poll `fn` until it returns true (at most `ms`). */
+export async function until(fn, ms = 5000) {
+  const deadline = Date.now() + ms
+  while (!fn()) {
+    if (Date.now() > deadline) assert.fail(`condition not met within ${ms} ms`)
+    await sleep(2)
+  }
+}
+
 /** Assert that `promise` rejects with a UtpError of `code` whose message matches every
  * pattern (with none, that it has a message). Returns the error. */
 export async function rejectsWith(promise, code, ...patterns) {

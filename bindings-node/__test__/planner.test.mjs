@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 import http from 'node:http'
 
 import { Engine, codes } from 'utp-runtime'
-import { rejectsWith } from './helpers.mjs'
+import { rejectsWith, until } from './helpers.mjs'
 
 const REQUEST = 'weather forecast for the city of an IP address'
 const API_KEY = 'sk-test-key-123'
@@ -86,6 +86,56 @@ test('run plans and runs', async () => {
   }
 })
 
+test('run passes the user to per-user rate limits', async () => {
+  const engine = new Engine({ rate_limits: [{ match: { tool: 'geo' }, per: 'user', limit: 1, window: '1h' }] })
+  try {
+    engine.registerTool('geo.cityOfIp', (args) => ({ city: args.ip }), {
+      inputs: { type: 'object', properties: { ip: { type: 'string' } }, required: ['ip'] },
+      outputs: { type: 'object', properties: { city: { type: 'string' } } },
+      description: 'Find which city an IP address is located in',
+    })
+    const run = (user) => engine.run('find the city of an IP address', { ip: '8.8.8.8' }, { user })
+    assert.equal((await run('ann')).status, 'completed')
+    const limited = await run('ann')
+    assert.equal(limited.status, 'failed', JSON.stringify(limited))
+    assert.equal(limited.steps.cityOfIp.error.code, 'RATE_LIMITED')
+    assert.equal((await run('bob')).status, 'completed')
+  } finally {
+    engine.close()
+  }
+})
+
+test('an AbortSignal cancels a run, before or while it runs', async () => {
+  const engine = chainEngine()
+  let release
+  engine.registerTool('slow.forecast', () => new Promise((resolve) => (release = resolve)), {
+    inputs: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+    description: 'Slow weather forecast for a city',
+  })
+  try {
+    const controller = new AbortController()
+    const request = 'find the city of ip=1.2.3.4 then get the slow forecast'
+    const running = engine.run(request, {}, { signal: controller.signal, session: 'aborting' })
+    await until(() => engine.executions({ session: 'aborting', status: 'running' }).length === 1)
+    controller.abort()
+    const aborted = await running
+    assert.equal(aborted.status, 'cancelled', JSON.stringify(aborted))
+    assert.equal(aborted.plan.provider, 'offline')
+    assert.deepEqual(
+      aborted.plan.definition.steps.map((s) => s.tool),
+      ['geo.cityOfIp', 'slow.forecast'],
+    )
+    await rejectsWith(engine.run(request, {}, { signal: controller.signal }), codes.CANCELLED, /aborted/)
+    // Not aborted: the record as without a signal.
+    const done = await engine.run(REQUEST, { ip: '8.8.8.8' }, { signal: new AbortController().signal, user: 'u' })
+    assert.equal(done.status, 'completed', JSON.stringify(done))
+    assert.equal(done.plan.provider, 'offline')
+  } finally {
+    release?.(null)
+    engine.close()
+  }
+})
+
 test('a request the offline planner cannot map rejects with ERR_UTP_PLANNER', async () => {
   const engine = chainEngine()
   try {
@@ -117,7 +167,10 @@ test('bad arguments reject with ERR_UTP_INVALID_ARGUMENT', async () => {
     await rejectsWith(engine.plan(REQUEST, { session: 3 }), codes.INVALID_ARGUMENT, /session/)
     await rejectsWith(engine.run(REQUEST, '8.8.8.8'), codes.INVALID_ARGUMENT, /inputs must be an object/)
     await rejectsWith(engine.run(REQUEST, {}, { timeout: -1 }), codes.INVALID_ARGUMENT, /timeout/)
-    await rejectsWith(engine.run(REQUEST, {}, { user: 'u' }), codes.INVALID_ARGUMENT, /unknown run option 'user'/)
+    await rejectsWith(engine.run(REQUEST, {}, { usr: 'u' }), codes.INVALID_ARGUMENT, /unknown run option 'usr'/)
+    const signal = new AbortController().signal
+    await rejectsWith(engine.run(REQUEST, {}, { usr: 'u', signal }), codes.INVALID_ARGUMENT, /unknown run option 'usr'/)
+    await rejectsWith(engine.run(REQUEST, {}, { signal: 'stop' }), codes.INVALID_ARGUMENT, /AbortSignal/)
     await rejectsWith(engine.plan('weather '.repeat(5000)), codes.INVALID_ARGUMENT, /at most/)
   } finally {
     engine.close()

@@ -11,7 +11,7 @@ import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 
 import { Engine, UtpError, codes } from 'utp-runtime'
-import { packageDir, sleep, rejectsWith, throwsWith } from './helpers.mjs'
+import { packageDir, sleep, rejectsWith, throwsWith, until } from './helpers.mjs'
 
 /** A promise that `release()` resolves, for tools that wait. */
 function gate() {
@@ -20,15 +20,6 @@ function gate() {
     release = resolve
   })
   return { opened, release }
-}
-
-/** Poll `fn` until it returns true (at most `ms`). */
-async function until(fn, ms = 5000) {
-  const deadline = Date.now() + ms
-  while (!fn()) {
-    if (Date.now() > deadline) assert.fail(`condition not met within ${ms} ms`)
-    await sleep(2)
-  }
 }
 
 /** The shop tools of the design §7 example, as JS functions, with a call log. */

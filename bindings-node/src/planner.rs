@@ -87,10 +87,10 @@ impl JsEngine {
     /// null = none); resolves to the execution record (as `runWorkflow`) with `plan`
     /// (as `plan()` resolves). Planning errors reject as `plan()`; a run that fails
     /// or times out still resolves (see `status`). Options: `session`, `tenant`,
-    /// `timeout` (seconds, for the run).
+    /// `user`, `timeout` (seconds, for the run).
     #[napi(
         catch_unwind,
-        ts_args_type = "request: string, inputs?: Record<string, any> | null, options?: { session?: string | null; tenant?: string | null; timeout?: number | null } | null",
+        ts_args_type = "request: string, inputs?: Record<string, any> | null, options?: { session?: string | null; tenant?: string | null; user?: string | null; timeout?: number | null } | null",
         ts_return_type = "Promise<Record<string, any>>"
     )]
     pub fn run(
@@ -108,12 +108,12 @@ impl JsEngine {
             let options = option_map(
                 options.0.into_optional("run options").map_err(invalid)?,
                 "run",
-                &["session", "tenant", "timeout"],
+                &["session", "tenant", "user", "timeout"],
             )?;
             let options = RunOptions {
                 tenant: optional_string(options.get("tenant"), "tenant")?,
                 session: session_of(&options)?,
-                user: None,
+                user: optional_string(options.get("user"), "user")?,
                 timeout: optional_seconds(options.get("timeout"), "timeout")?,
                 cancel: None,
             };
