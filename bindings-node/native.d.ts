@@ -180,9 +180,9 @@ export declare class Engine {
    * null = none); resolves to the execution record (as `runWorkflow`) with `plan`
    * (as `plan()` resolves). Planning errors reject as `plan()`; a run that fails
    * or times out still resolves (see `status`). Options: `session`, `tenant`,
-   * `timeout` (seconds, for the run).
+   * `user`, `timeout` (seconds, for the run).
    */
-  run(request: string, inputs?: Record<string, any> | null, options?: { session?: string | null; tenant?: string | null; timeout?: number | null } | null): Promise<Record<string, any>>
+  run(request: string, inputs?: Record<string, any> | null, options?: { session?: string | null; tenant?: string | null; user?: string | null; timeout?: number | null } | null): Promise<Record<string, any>>
   /**
    * Resume the executions a previous process left unfinished in the store (the
    * constructor already did for those whose tools were registered then): steps it
