@@ -42,10 +42,10 @@ fn phases(path: &str) {
     let bytes = std::fs::read(path).expect("read");
     let read = t.elapsed();
     let t = Instant::now();
-    let doc = utp_core::parse::parse_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
+    let (doc, raw_schemas) = utp_core::parse::parse_spec_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
     let parse = t.elapsed();
     let t = Instant::now();
-    let manual = utp_core::openapi::convert(doc, &Default::default()).expect("convert");
+    let manual = convert(doc, raw_schemas);
     let convert = t.elapsed();
     let n = manual.tools.len();
     let t = Instant::now();
@@ -58,19 +58,24 @@ fn phases(path: &str) {
     println!("{path}: {n} tools | read {read:?} parse {parse:?} convert {convert:?} index {index:?} drop {drop_manual:?}");
 }
 
+/// Convert as `Engine::register_manual(path)` does: definitions held back as raw text.
+fn convert(doc: serde_json::Value, raw_schemas: utp_core::parse::RawSchemas) -> utp_core::Manual {
+    utp_core::openapi::convert_spec(utp_core::openapi::Spec { doc, raw_schemas }, &Default::default()).expect("convert")
+}
+
 fn dump(path: &str, out: &str) {
     use std::io::Write;
     let bytes = std::fs::read(path).expect("read");
-    let doc = utp_core::parse::parse_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
-    let manual = utp_core::openapi::convert(doc, &Default::default()).expect("convert");
+    let (doc, raw_schemas) = utp_core::parse::parse_spec_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
+    let manual = convert(doc, raw_schemas);
     let mut w = std::io::BufWriter::new(std::fs::File::create(out).expect("create"));
     writeln!(w, "{}", serde_json::json!({"utcp_version": manual.utcp_version, "manual_version": manual.manual_version, "extra": manual.extra})).unwrap();
     for tool in &manual.tools {
         writeln!(w, "{}", serde_json::to_string(tool).expect("tool")).unwrap();
     }
     if let Some(defs) = &manual.shared_defs {
-        for (name, def) in &defs.defs {
-            let edges = defs.edges.get(name);
+        for (name, def) in defs.iter() {
+            let edges = defs.refs(name);
             writeln!(w, "{}", serde_json::json!({"def": name, "schema": def, "edges": edges})).unwrap();
         }
     }

@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::parse;
+use crate::openapi::Spec;
+use crate::parse::{self, RawSchemas};
 
 /// What one discovery call did, file by file.
 #[derive(Debug, Clone, Serialize)]
@@ -62,14 +63,21 @@ impl Outcome {
 #[derive(Debug)]
 pub enum Document {
     Utcp(Value),
-    OpenApi(Value),
+    OpenApi(Spec),
     Other,
 }
 
 /// Classify a parsed document by its content.
 pub fn classify(value: Value) -> Document {
+    classify_parsed(value, RawSchemas::default())
+}
+
+/// Classify a document parsed by [`parse::parse_spec_document`].
+pub fn classify_parsed(value: Value, raw_schemas: RawSchemas) -> Document {
     match &value {
-        Value::Object(obj) if obj.contains_key("openapi") || obj.contains_key("swagger") => Document::OpenApi(value),
+        Value::Object(obj) if obj.contains_key("openapi") || obj.contains_key("swagger") => {
+            Document::OpenApi(Spec { doc: value, raw_schemas })
+        }
         Value::Object(obj) if obj.get("tools").is_some_and(Value::is_array) => Document::Utcp(value),
         _ => Document::Other,
     }
@@ -133,9 +141,9 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 /// Read and classify one file.
 pub fn load_document(path: &Path, max_size: u64) -> Result<Document> {
     let bytes = read_capped(path, max_size)?;
-    let value = parse::parse_document(&bytes, Some(path))
+    let (value, raw_schemas) = parse::parse_spec_document(&bytes, Some(path))
         .map_err(|e| Error::InvalidManual(format!("{}: {e}", path.display())))?;
-    Ok(classify(value))
+    Ok(classify_parsed(value, raw_schemas))
 }
 
 /// Walk `root` and return the candidate files plus the reports for entries that

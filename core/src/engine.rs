@@ -276,33 +276,33 @@ impl Engine {
                 blocking(move || engine.register_path(&path, name.as_deref())).await
             }
             ManualSource::Url(url) => {
-                let (value, default_name, from) = self.fetch_manual(&url).await?;
-                self.register_document(value, name, Some(&default_name), Some(&from))
+                let (doc, default_name, from) = self.fetch_manual(&url).await?;
+                self.register_document(doc, name, Some(&default_name), Some(&from))
             }
         }
     }
 
     fn register_value(&self, value: Value, name: Option<&str>, default_name: Option<&str>) -> Result<Vec<String>> {
-        self.register_document(value, name, default_name, None)
+        self.register_document(discovery::classify(value), name, default_name, None)
     }
 
     /// Register a UTCP manual or an OpenAPI document (converted first).
     /// `spec_url` is where an OpenAPI document came from, for relative servers.
     fn register_document(
         &self,
-        value: Value,
+        doc: Document,
         name: Option<&str>,
         default_name: Option<&str>,
         spec_url: Option<&str>,
     ) -> Result<Vec<String>> {
-        let inline_name = value.get("name").and_then(Value::as_str).map(str::to_string);
-        let (manual, raw) = match discovery::classify(value) {
+        let (manual, raw) = match doc {
             Document::Utcp(v) => {
+                let inline_name = v.get("name").and_then(Value::as_str).map(str::to_string);
                 let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(inline_name);
                 (Ok(v), raw)
             }
             Document::OpenApi(spec) => {
-                let title = openapi::title(&spec).map(str::to_string);
+                let title = openapi::title(&spec.doc).map(str::to_string);
                 let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(title);
                 (Err(spec), raw)
             }
@@ -325,7 +325,7 @@ impl Engine {
                     base_url: self.inner.config.openapi.base_urls.get(&manual_name).cloned(),
                     spec_url: spec_url.map(str::to_string),
                 };
-                openapi::convert(spec, &opts)
+                openapi::convert_spec(spec, &opts)
             }
         }
         .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
@@ -336,17 +336,17 @@ impl Engine {
     }
 
     fn register_path(&self, path: &Path, name: Option<&str>) -> Result<Vec<String>> {
-        let value = match discovery::load_document(path, self.inner.config.discovery.max_file_size)? {
-            Document::Utcp(v) | Document::OpenApi(v) => v,
+        let doc = match discovery::load_document(path, self.inner.config.discovery.max_file_size)? {
             Document::Other => {
                 return Err(Error::InvalidManual(format!(
                     "{}: neither a UTCP manual (an object with a `tools` list) nor an OpenAPI document",
                     path.display()
                 )));
             }
+            doc => doc,
         };
         let default = discovery::manual_name_for(path);
-        self.register_value(value, name, Some(&default)).map_err(|e| match e {
+        self.register_document(doc, name, Some(&default), None).map_err(|e| match e {
             Error::InvalidManual(m) if !m.contains(&path.display().to_string()) => {
                 Error::InvalidManual(format!("{}: {m}", path.display()))
             }
@@ -380,9 +380,9 @@ impl Engine {
         };
         for candidate in candidates {
             let outcome = match discovery::load_document(&candidate.path, max) {
-                Ok(Document::Utcp(value) | Document::OpenApi(value)) => {
+                Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => {
                     let name = discovery::manual_name_for(&candidate.path);
-                    match self.register_value(value, None, Some(&name)) {
+                    match self.register_document(doc, None, Some(&name), None) {
                         Ok(tools) => Outcome::Registered { manual: name, tools: tools.len() },
                         Err(e) => Outcome::failed(&e),
                     }
@@ -727,19 +727,20 @@ impl Engine {
     /// Fetch a manual or OpenAPI document from `url`, or a manual from `url/utcp`
     /// when `url` holds neither. Returns the document, the default manual name (the
     /// URL's host) and the URL it came from.
-    async fn fetch_manual(&self, raw_url: &str) -> Result<(Value, String, String)> {
+    async fn fetch_manual(&self, raw_url: &str) -> Result<(Document, String, String)> {
         let url = url::Url::parse(raw_url)
             .map_err(|e| Error::InvalidArgument(format!("'{raw_url}' is not a valid URL: {e}")))?;
         net::check_url(&url, self.fetch_policy())?;
         let host = url.host_str().unwrap_or("manual").to_string();
         let first = self.fetch_document(&url).await;
-        if let Ok(Document::Utcp(v) | Document::OpenApi(v)) = first {
-            return Ok((v, host, url.to_string()));
-        }
+        let first = match first {
+            Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => return Ok((doc, host, url.to_string())),
+            other => other,
+        };
         let mut fallback = url.clone();
         fallback.set_path(&format!("{}/utcp", url.path().trim_end_matches('/')));
         match self.fetch_document(&fallback).await {
-            Ok(Document::Utcp(v) | Document::OpenApi(v)) => Ok((v, host, fallback.to_string())),
+            Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => Ok((doc, host, fallback.to_string())),
             Ok(_) => Err(Error::InvalidManual(format!("no UTCP manual at {url} or {fallback}"))),
             Err(e) => Err(match first {
                 Err(first) => Error::Transport(format!("no UTCP manual at {url} ({first}) or {fallback} ({e})")),
@@ -772,9 +773,9 @@ impl Engine {
             body.extend_from_slice(&chunk);
         }
         let path = Path::new(url.path());
-        let value = crate::parse::parse_document(&body, Some(path))
+        let (value, raw_schemas) = crate::parse::parse_spec_document(&body, Some(path))
             .map_err(|e| Error::InvalidManual(format!("{url}: {e}")))?;
-        Ok(discovery::classify(value))
+        Ok(discovery::classify_parsed(value, raw_schemas))
     }
 }
 
@@ -838,7 +839,7 @@ const MAX_VIOLATIONS: usize = 20;
 fn tool_validator(tool: &RegisteredTool) -> Result<&jsonschema::Validator> {
     let validator = tool.validator.get_or_init(|| {
         let schema = match &tool.shared_defs {
-            Some(defs) => defs.attach(&tool.tool.inputs),
+            Some(defs) => defs.attach_checked(&tool.tool.inputs).map_err(|(_, e)| e)?,
             None => tool.tool.inputs.clone(),
         };
         compile_schema(&schema).map(Arc::new)

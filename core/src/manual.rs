@@ -4,7 +4,11 @@
 //! Each call-template struct types the fields the runtime uses and keeps every other
 //! field in `extra`, so a manual survives a parse/serialize round trip unchanged.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -43,14 +47,109 @@ pub struct Manual {
 
 /// Definitions shared by a manual's tool schemas, with their reference graph so a
 /// tool's closure is found without rescanning the definitions.
-#[derive(Debug, Default, PartialEq)]
+///
+/// A definition read from an OpenAPI JSON file or URL stays raw JSON text until a tool
+/// schema that reaches it is asked for (to validate a call, to list the tool): GitHub's
+/// 2.9 MB of component schemas were over half of what registering its spec built, and a
+/// host uses a few tools' schemas. Each is parsed, rewritten and scanned once, on first use.
+#[derive(Debug, Default)]
 pub struct SharedDefs {
-    pub defs: Map<String, Value>,
-    /// Definition name → names its schema references directly.
-    pub edges: std::collections::HashMap<String, Vec<String>>,
+    /// In document order; a repeated name keeps its first place and its last value.
+    defs: Vec<(String, SharedDef)>,
+    index: HashMap<String, usize>,
+    /// The `$ref` prefix a raw definition's references are rewritten from, to `#/$defs/`.
+    ref_prefix: String,
+}
+
+#[derive(Debug)]
+struct SharedDef {
+    raw: Option<Box<RawValue>>,
+    parsed: OnceLock<ParsedDef>,
+}
+
+#[derive(Debug)]
+struct ParsedDef {
+    /// `{}` when the raw text could not be read (`error`).
+    value: Value,
+    /// The names its schema references directly, sorted.
+    refs: Vec<String>,
+    /// Why the raw text could not be read: it nests deeper than serde_json's recursion
+    /// limit (the parser that held it back checked everything else).
+    error: Option<String>,
 }
 
 impl SharedDefs {
+    /// Empty; raw definitions added later have their `ref_prefix` references rewritten.
+    pub fn new(ref_prefix: &str) -> SharedDefs {
+        SharedDefs { ref_prefix: ref_prefix.to_string(), ..SharedDefs::default() }
+    }
+
+    /// Add a definition whose references are already `#/$defs/<name>`; `refs` are the
+    /// names it references directly.
+    pub fn insert(&mut self, name: String, def: Value, refs: Vec<String>) {
+        let parsed = ParsedDef { value: def, refs, error: None };
+        self.put(name, SharedDef { raw: None, parsed: OnceLock::from(parsed) });
+    }
+
+    /// Add a definition as raw JSON text, parsed on first use.
+    pub fn insert_raw(&mut self, name: String, raw: Box<RawValue>) {
+        self.put(name, SharedDef { raw: Some(raw), parsed: OnceLock::new() });
+    }
+
+    fn put(&mut self, name: String, def: SharedDef) {
+        match self.index.get(&name) {
+            Some(&i) => self.defs[i].1 = def,
+            None => {
+                self.index.insert(name.clone(), self.defs.len());
+                self.defs.push((name, def));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.defs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.defs.is_empty()
+    }
+
+    /// One definition, parsed if it was raw (`{}` if its text could not be read).
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.parsed(name).map(|p| &p.value)
+    }
+
+    /// The names one definition references directly, sorted.
+    pub fn refs(&self, name: &str) -> Option<&[String]> {
+        self.parsed(name).map(|p| p.refs.as_slice())
+    }
+
+    /// Every definition in document order, each parsed if it was raw.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.defs.iter().map(|(name, def)| (name.as_str(), &self.parse(def).value))
+    }
+
+    fn parsed(&self, name: &str) -> Option<&ParsedDef> {
+        self.index.get(name).map(|&i| self.parse(&self.defs[i].1))
+    }
+
+    fn parse<'d>(&self, def: &'d SharedDef) -> &'d ParsedDef {
+        def.parsed.get_or_init(|| {
+            let raw = def.raw.as_ref().map_or("{}", |r| r.get());
+            let mut value = match crate::parse::parse_spec_fragment(raw) {
+                Ok(value) => value,
+                Err(e) => return ParsedDef { value: Value::Object(Map::new()), refs: Vec::new(), error: Some(e) },
+            };
+            let mut refs = std::collections::BTreeSet::new();
+            rewrite_refs(&mut value, &self.ref_prefix, &mut |r| {
+                if !refs.contains(r) {
+                    refs.insert(r.to_string());
+                }
+            });
+            ParsedDef { value, refs: refs.into_iter().collect(), error: None }
+        })
+    }
+
     /// Names of `#/$defs/<name>` references in `schema` (not following them).
     pub fn direct_refs(schema: &Value, out: &mut Vec<String>) {
         match schema {
@@ -70,26 +169,79 @@ impl SharedDefs {
     }
 
     /// `schema` with the transitive closure of the definitions it references
-    /// attached as `$defs` (cycle-safe). Unchanged when it references none.
+    /// attached as `$defs` (cycle-safe). Unchanged when it references none. A
+    /// definition whose text could not be read is attached as `{}`.
     pub fn attach(&self, schema: &Value) -> Value {
+        self.attach_checked(schema).unwrap_or_else(|(attached, _)| attached)
+    }
+
+    /// [`SharedDefs::attach`], or an error naming a definition of the closure whose raw
+    /// text could not be read (with the schema `attach` returns).
+    pub fn attach_checked(&self, schema: &Value) -> std::result::Result<Value, (Value, String)> {
         let mut queue = Vec::new();
         SharedDefs::direct_refs(schema, &mut queue);
         if queue.is_empty() || !schema.is_object() {
-            return schema.clone();
+            return Ok(schema.clone());
         }
         let mut defs = Map::new();
+        let mut error = None;
         while let Some(name) = queue.pop() {
             if defs.contains_key(&name) {
                 continue;
             }
-            if let Some(next) = self.edges.get(&name) {
-                queue.extend(next.iter().filter(|n| !defs.contains_key(*n)).cloned());
-            }
-            defs.insert(name.clone(), self.defs.get(&name).cloned().unwrap_or_else(|| Value::Object(Map::new())));
+            let value = match self.parsed(&name) {
+                Some(def) => {
+                    queue.extend(def.refs.iter().filter(|n| !defs.contains_key(*n)).cloned());
+                    if let (Some(e), None) = (&def.error, &error) {
+                        error = Some(format!("schema '{name}' cannot be read: {e}"));
+                    }
+                    def.value.clone()
+                }
+                None => Value::Object(Map::new()),
+            };
+            defs.insert(name, value);
         }
         let mut out = schema.clone();
         out["$defs"] = Value::Object(defs);
-        out
+        match error {
+            None => Ok(out),
+            Some(e) => Err((out, e)),
+        }
+    }
+}
+
+/// Same names, definitions (compared parsed) and references, in the same order.
+impl PartialEq for SharedDefs {
+    fn eq(&self, other: &SharedDefs) -> bool {
+        self.len() == other.len()
+            && self.iter().eq(other.iter())
+            && self.defs.iter().all(|(name, _)| self.refs(name) == other.refs(name))
+    }
+}
+
+/// Rewrite `$ref`s that start with `prefix` (`#/components/schemas/`, `#/definitions/`)
+/// to `#/$defs/<name>` in place, telling `on_ref` each name.
+pub(crate) fn rewrite_refs(v: &mut Value, prefix: &str, on_ref: &mut impl FnMut(&str)) {
+    match v {
+        Value::Object(obj) => {
+            if let Some(Value::String(r)) = obj.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix(prefix) {
+                    on_ref(name);
+                    r.replace_range(..prefix.len(), "#/$defs/");
+                }
+            }
+            for (k, child) in obj.iter_mut() {
+                if matches!(child, Value::Object(_) | Value::Array(_)) && k != "$ref" {
+                    rewrite_refs(child, prefix, on_ref);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for i in items.iter_mut().filter(|i| matches!(i, Value::Object(_) | Value::Array(_))) {
+                rewrite_refs(i, prefix, on_ref);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -11,12 +11,15 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
 use crate::manual::{
     Auth, CallTemplate, HttpTemplate, Manual, RequestFields, SharedDefs, TemplateCommon, Tool, UTCP_VERSION,
+    rewrite_refs,
 };
+use crate::parse::RawSchemas;
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
 
@@ -34,11 +37,32 @@ pub fn is_openapi(doc: &Value) -> bool {
     doc.get("openapi").is_some_and(Value::is_string) || doc.get("swagger").is_some()
 }
 
+/// A spec to convert: the document, and its schema definitions when the parser held
+/// them back as raw JSON text ([`crate::parse::parse_spec_document`]).
+#[derive(Debug, Default)]
+pub struct Spec {
+    pub doc: Value,
+    pub raw_schemas: RawSchemas,
+}
+
+impl From<Value> for Spec {
+    fn from(doc: Value) -> Spec {
+        Spec { doc, raw_schemas: RawSchemas::default() }
+    }
+}
+
+/// Convert a spec document (built whole). See [`convert_spec`].
+pub fn convert(doc: Value, opts: &ConvertOptions) -> Result<Manual> {
+    convert_spec(Spec::from(doc), opts)
+}
+
 /// Convert a spec. Takes the document by value: its schema definitions, and the
 /// operations' own parameter, body and response schemas, move into the manual instead
 /// of being copied (a copy of Graph's ~22,000 operations was a third of its conversion
 /// time and held twice the memory). What is reached through a `$ref` is copied.
-pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
+/// Definitions held back as raw text stay raw in the manual until a tool needs them.
+pub fn convert_spec(spec: Spec, opts: &ConvertOptions) -> Result<Manual> {
+    let Spec { mut doc, raw_schemas } = spec;
     let swagger2 = match (doc.get("swagger"), doc.get("openapi")) {
         (Some(Value::String(v)), _) if v.starts_with('2') => true,
         (_, Some(Value::String(v))) if v.starts_with('3') => false,
@@ -49,6 +73,7 @@ pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
     };
     let defs = if swagger2 { doc.get_mut("definitions") } else { doc.pointer_mut("/components/schemas") }
         .map(Value::take);
+    let raw_defs = if swagger2 { raw_schemas.definitions } else { raw_schemas.component_schemas };
     let paths = match doc.get("paths") {
         Some(Value::Object(p)) if refs_into_paths(&doc, p) => p.clone(),
         Some(Value::Object(_)) => match doc.get_mut("paths").map(Value::take) {
@@ -106,7 +131,7 @@ pub fn convert(mut doc: Value, opts: &ConvertOptions) -> Result<Manual> {
         extra.insert("info".into(), info.clone());
     }
     let version = doc.pointer("/info/version").and_then(Value::as_str).unwrap_or("1.0.0").to_string();
-    let shared_defs = defs.and_then(|d| ctx.shared_defs(d)).map(Arc::new);
+    let shared_defs = ctx.shared_defs(defs, raw_defs).map(Arc::new);
     drop(ctx);
     if large {
         drop_in_background(doc_owned);
@@ -370,7 +395,7 @@ impl<'a> Ctx<'a> {
             if let (Some(d), Some(obj)) = (description, schema.as_object_mut()) {
                 obj.entry("description").or_insert(d);
             }
-            self.rewrite_refs(&mut schema, &mut NoRefs);
+            self.rewrite_refs(&mut schema);
             match location {
                 "body" => {
                     body_field = Some("body".to_string());
@@ -427,7 +452,7 @@ impl<'a> Ctx<'a> {
                     Cow::Borrowed(v) => v["content"][&ct].get("schema").cloned(),
                 };
                 let mut schema = schema.unwrap_or_else(|| json!({}));
-                self.rewrite_refs(&mut schema, &mut NoRefs);
+                self.rewrite_refs(&mut schema);
                 if let (Some(d), Some(obj)) = (description, schema.as_object_mut()) {
                     obj.entry("description").or_insert(d);
                 }
@@ -445,7 +470,7 @@ impl<'a> Ctx<'a> {
         }
 
         let mut outputs = self.response_schema(&mut op).unwrap_or_else(|| json!({}));
-        self.rewrite_refs(&mut outputs, &mut NoRefs);
+        self.rewrite_refs(&mut outputs);
 
         let security = op.get("security").or_else(|| self.doc.get("security"));
         let auth = security
@@ -512,63 +537,34 @@ impl<'a> Ctx<'a> {
     }
 
     /// Rewrite `#/components/schemas/X` (3.x) or `#/definitions/X` (2.0) to
-    /// `#/$defs/X` in place, telling `refs` the names referenced.
-    fn rewrite_refs(&self, v: &mut Value, refs: &mut impl RefSink) {
-        match v {
-            Value::Object(obj) => {
-                if let Some(Value::String(r)) = obj.get_mut("$ref") {
-                    if let Some(name) = r.strip_prefix(self.defs_root) {
-                        refs.add(name);
-                        r.replace_range(..self.defs_root.len(), "#/$defs/");
-                    }
-                }
-                for (k, child) in obj.iter_mut() {
-                    if matches!(child, Value::Object(_) | Value::Array(_)) && k != "$ref" {
-                        self.rewrite_refs(child, refs);
-                    }
-                }
-            }
-            Value::Array(items) => {
-                for i in items.iter_mut().filter(|i| matches!(i, Value::Object(_) | Value::Array(_))) {
-                    self.rewrite_refs(i, refs);
-                }
-            }
-            _ => {}
-        }
+    /// `#/$defs/X` in place (a tool's references are found again when it is serialized).
+    fn rewrite_refs(&self, v: &mut Value) {
+        rewrite_refs(v, self.defs_root, &mut |_| {});
     }
 
-    /// The spec's definitions, refs rewritten to `#/$defs/`, with their reference graph.
-    fn shared_defs(&self, container: Value) -> Option<SharedDefs> {
-        let Value::Object(container) = container else { return None };
-        let mut shared = SharedDefs::default();
+    /// The spec's definitions with their reference graph: raw ones held back by the
+    /// parser stay raw (parsed, rewritten and scanned when a tool first needs them),
+    /// built ones (`container`) are rewritten to `#/$defs/` now.
+    fn shared_defs(&self, container: Option<Value>, raw: Option<Vec<(String, Box<RawValue>)>>) -> Option<SharedDefs> {
+        let mut shared = SharedDefs::new(self.defs_root);
+        if let Some(raw) = raw {
+            for (name, def) in raw {
+                shared.insert_raw(name, def);
+            }
+            return Some(shared);
+        }
+        let Some(Value::Object(container)) = container else { return None };
         for (name, mut def) in container {
             let mut found = BTreeSet::new();
-            self.rewrite_refs(&mut def, &mut found);
-            shared.edges.insert(name.clone(), found.into_iter().collect());
-            shared.defs.insert(name, def);
+            rewrite_refs(&mut def, self.defs_root, &mut |r| {
+                if !found.contains(r) {
+                    found.insert(r.to_string());
+                }
+            });
+            shared.insert(name, def, found.into_iter().collect());
         }
         Some(shared)
     }
-}
-
-/// Where `rewrite_refs` reports the definition names it rewrote.
-trait RefSink {
-    fn add(&mut self, name: &str);
-}
-
-impl RefSink for BTreeSet<String> {
-    fn add(&mut self, name: &str) {
-        if !self.contains(name) {
-            self.insert(name.to_string());
-        }
-    }
-}
-
-/// For tool schemas, whose references are found again when they are serialized.
-struct NoRefs;
-
-impl RefSink for NoRefs {
-    fn add(&mut self, _: &str) {}
 }
 
 /// A Swagger 2.0 non-body parameter carries its schema inline.

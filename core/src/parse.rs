@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Which syntax a document is in.
@@ -42,6 +43,42 @@ pub fn syntax_of(bytes: &[u8], path: Option<&Path>) -> Syntax {
 /// `summary` and `description`; in operations, vendor extensions and `externalDocs`.
 /// Every other document is read whole.
 pub fn parse_document(bytes: &[u8], path: Option<&Path>) -> Result<Value, String> {
+    parse(bytes, path, false).map(|(value, _)| value)
+}
+
+/// Like [`parse_document`], but an OpenAPI JSON document's schema definitions
+/// (`/components/schemas/*`, `/definitions/*`) are not built: they come back as raw JSON
+/// text, left out of the value, for [`crate::openapi::convert_spec`] to parse only when a
+/// tool's schema reaches them. They are over half of what a spec like GitHub's would build.
+pub fn parse_spec_document(bytes: &[u8], path: Option<&Path>) -> Result<(Value, RawSchemas), String> {
+    parse(bytes, path, true)
+}
+
+/// Schema definitions held back as raw JSON text, in document order.
+#[derive(Debug, Default)]
+pub struct RawSchemas {
+    /// The members of `/definitions` (Swagger 2.0), when it is an object.
+    pub definitions: Option<Vec<(String, Box<RawValue>)>>,
+    /// The members of `/components/schemas` (OpenAPI 3.x), when it is an object.
+    pub component_schemas: Option<Vec<(String, Box<RawValue>)>>,
+}
+
+/// Which container of schema definitions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Container {
+    Definitions,
+    ComponentSchemas,
+}
+
+/// Parse one raw definition held back by [`parse_spec_document`], leaving out what the
+/// whole-spec parse leaves out of schemas.
+pub(crate) fn parse_spec_fragment(raw: &str) -> Result<Value, String> {
+    let scratch = Scratch::default();
+    let mut de = serde_json::Deserializer::from_str(raw);
+    ValueSeed { at: At::Spec, scratch: &scratch }.deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+fn parse(bytes: &[u8], path: Option<&Path>, hold_back_schemas: bool) -> Result<(Value, RawSchemas), String> {
     let syntax = syntax_of(bytes, path);
     let what = match syntax {
         Syntax::Json => "JSON",
@@ -50,19 +87,21 @@ pub fn parse_document(bytes: &[u8], path: Option<&Path>) -> Result<Value, String
     // One UTF-8 check of the whole buffer; serde_json's `from_str` then skips the
     // per-string checks `from_slice` would make.
     let text = std::str::from_utf8(bytes).map_err(|e| format!("invalid {what}: not UTF-8 ({e})"))?;
-    let scratch = Scratch::default();
+    // Raw text needs serde_json's deserializer: YAML definitions are built as values.
+    let scratch = Scratch { hold_back_schemas: hold_back_schemas && syntax == Syntax::Json, ..Scratch::default() };
     let seed = ValueSeed { at: if looks_like_openapi(text, syntax) { At::SpecRoot } else { At::Whole }, scratch: &scratch };
-    match syntax {
+    let value = match syntax {
         Syntax::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
             let value = seed.deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))?;
             de.end().map_err(|e| format!("invalid JSON: {e}"))?;
-            Ok(value)
+            value
         }
         Syntax::Yaml => {
-            seed.deserialize(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| format!("invalid YAML: {e}"))
+            seed.deserialize(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| format!("invalid YAML: {e}"))?
         }
-    }
+    };
+    Ok((value, scratch.raw_schemas.into_inner()))
 }
 
 /// True when the document's first key is `openapi` or `swagger` (where every spec we
@@ -94,6 +133,10 @@ enum At {
     PathItem,
     /// One operation.
     Operation,
+    /// The `components` object.
+    Components,
+    /// A container of schema definitions: held back as raw text when asked to.
+    Schemas(Container),
     /// Anywhere else in an OpenAPI document.
     Spec,
 }
@@ -107,13 +150,16 @@ impl At {
             At::SpecRoot => match key {
                 "webhooks" | "x-webhooks" | "tags" | "externalDocs" => None,
                 "paths" => Some(At::Paths),
+                "components" => Some(At::Components),
+                "definitions" => Some(At::Schemas(Container::Definitions)),
                 _ => Some(At::Spec),
             },
             At::Paths => Some(At::PathItem),
             At::PathItem if vendor || key == "summary" || key == "description" => None,
             At::PathItem if METHODS.contains(&key) => Some(At::Operation),
             At::Operation if vendor || key == "externalDocs" => None,
-            At::PathItem | At::Operation | At::Spec => Some(At::Spec),
+            At::Components if key == "schemas" => Some(At::Schemas(Container::ComponentSchemas)),
+            At::PathItem | At::Operation | At::Components | At::Schemas(_) | At::Spec => Some(At::Spec),
         }
     }
 }
@@ -135,13 +181,15 @@ struct ValueSeed<'s> {
 struct Scratch {
     members: RefCell<Vec<(String, Value)>>,
     items: RefCell<Vec<Value>>,
+    hold_back_schemas: bool,
+    raw_schemas: RefCell<RawSchemas>,
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(ValueVisitor { seed: self, skip_maps: false }).map(|v| v.unwrap_or(Value::Null))
+        deserializer.deserialize_any(ValueVisitor { seed: self, maps: Maps::Build }).map(|v| v.unwrap_or(Value::Null))
     }
 }
 
@@ -152,14 +200,36 @@ impl<'de> DeserializeSeed<'de> for ExamplesSeed<'_> {
     type Value = Option<Value>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Value>, D::Error> {
-        deserializer.deserialize_any(ValueVisitor { seed: self.0, skip_maps: true })
+        deserializer.deserialize_any(ValueVisitor { seed: self.0, maps: Maps::Skip })
     }
 }
 
-/// `None` only for a skipped map.
+/// The value of a schema container: `None` when it is an object, whose members are
+/// then held back as raw text in `Scratch::raw_schemas`.
+struct SchemasSeed<'s>(ValueSeed<'s>, Container);
+
+impl<'de> DeserializeSeed<'de> for SchemasSeed<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Value>, D::Error> {
+        deserializer.deserialize_any(ValueVisitor { seed: self.0, maps: Maps::HoldBack(self.1) })
+    }
+}
+
+/// What a visitor does with a map.
+#[derive(Clone, Copy)]
+enum Maps {
+    Build,
+    /// Skip it unbuilt.
+    Skip,
+    /// Keep its members as raw text (serde_json's deserializer only).
+    HoldBack(Container),
+}
+
+/// `None` only for a skipped or held-back map.
 struct ValueVisitor<'s> {
     seed: ValueSeed<'s>,
-    skip_maps: bool,
+    maps: Maps,
 }
 
 impl<'de> Visitor<'de> for ValueVisitor<'_> {
@@ -223,9 +293,25 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        if self.skip_maps {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            return Ok(None);
+        match self.maps {
+            Maps::Build => {}
+            Maps::Skip => {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                return Ok(None);
+            }
+            Maps::HoldBack(container) => {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(key) = map.next_key::<String>()? {
+                    members.push((key, map.next_value::<Box<RawValue>>()?));
+                }
+                let mut raw = self.seed.scratch.raw_schemas.borrow_mut();
+                // A repeated container key replaces the earlier one, as in a built value.
+                match container {
+                    Container::Definitions => raw.definitions = Some(members),
+                    Container::ComponentSchemas => raw.component_schemas = Some(members),
+                }
+                return Ok(None);
+            }
         }
         let scratch = self.seed.scratch;
         let start = scratch.members.borrow().len();
@@ -251,6 +337,11 @@ impl ValueVisitor<'_> {
             match self.seed.at.child(&key) {
                 None => {
                     map.next_value::<IgnoredAny>()?;
+                }
+                Some(at @ At::Schemas(container)) if scratch.hold_back_schemas => {
+                    if let Some(value) = map.next_value_seed(SchemasSeed(ValueSeed { at, scratch }, container))? {
+                        scratch.members.borrow_mut().push((key, value));
+                    }
                 }
                 Some(at) if at != At::Whole && key == "examples" => {
                     if let Some(value) = map.next_value_seed(ExamplesSeed(ValueSeed { at, scratch }))? {
@@ -358,6 +449,64 @@ mod tests {
         }
         let deep = format!(r#"{{"openapi": "3.0.0", "paths": {{"/a": {{"get": {}{}}}}}}}"#, "[".repeat(10_000), "]".repeat(10_000));
         assert!(parse_document(deep.as_bytes(), None).unwrap_err().contains("recursion limit"));
+    }
+
+    #[test]
+    fn spec_schemas_are_held_back_as_raw_text() {
+        let spec = r##"{"openapi": "3.1.0", "paths": {},
+            "components": {"parameters": {"p": {"name": "p", "in": "query"}},
+                "schemas": {"A": {"type": "object", "examples": {"x": 1}, "properties": {"b": {"$ref": "#/components/schemas/B"}}},
+                    "B": [1, {"c": "d"}] , "A": true}},
+            "definitions": {"D": {"type": "string"}}}"##;
+        let (value, raw) = parse_spec_document(spec.as_bytes(), None).unwrap();
+        assert!(value["components"].get("schemas").is_none() && value.get("definitions").is_none(), "{value}");
+        assert_eq!(value["components"]["parameters"]["p"]["in"], "query", "other components are built");
+        let texts = |members: &Option<Vec<(String, Box<RawValue>)>>| -> Vec<(String, String)> {
+            members.iter().flatten().map(|(k, v)| (k.clone(), v.get().to_string())).collect()
+        };
+        let a = r##"{"type": "object", "examples": {"x": 1}, "properties": {"b": {"$ref": "#/components/schemas/B"}}}"##;
+        // Every member, repeats too, exactly as written: `SharedDefs` keeps the last of a name.
+        assert_eq!(texts(&raw.component_schemas), [("A".into(), a.into()), ("B".into(), r#"[1, {"c": "d"}]"#.into()), ("A".into(), "true".into())]);
+        assert_eq!(texts(&raw.definitions), [("D".to_string(), r#"{"type": "string"}"#.to_string())]);
+        // A fragment is built as the whole spec would have built it: object-valued examples left out.
+        let whole = parse_document(spec.replace(r#", "A": true"#, "").as_bytes(), None).unwrap();
+        assert_eq!(parse_spec_fragment(a).unwrap(), whole["components"]["schemas"]["A"]);
+        assert!(parse_spec_fragment(a).unwrap().get("examples").is_none());
+        // A repeated container replaces the earlier one, as in a built value.
+        let (_, raw) = parse_spec_document(br#"{"swagger": "2.0", "definitions": {"X": {}}, "definitions": {"Y": {}}}"#, None).unwrap();
+        assert_eq!(texts(&raw.definitions), [("Y".to_string(), "{}".to_string())]);
+        // Not an object: built, not held back.
+        let (value, raw) = parse_spec_document(br#"{"openapi": "3.0.0", "components": {"schemas": [1]}}"#, None).unwrap();
+        assert_eq!(value["components"]["schemas"], serde_json::json!([1]));
+        assert!(raw.component_schemas.is_none());
+    }
+
+    #[test]
+    fn yaml_and_other_documents_hold_nothing_back() {
+        let yaml = "openapi: 3.0.0\ncomponents:\n  schemas:\n    A: {type: string}\n";
+        let (value, raw) = parse_spec_document(yaml.as_bytes(), Some(Path::new("s.yaml"))).unwrap();
+        assert_eq!(value["components"]["schemas"]["A"]["type"], "string");
+        assert!(raw.component_schemas.is_none() && raw.definitions.is_none());
+        let manual = br#"{"tools": [], "definitions": {"A": {}}, "components": {"schemas": {"B": {}}}}"#;
+        let (value, raw) = parse_spec_document(manual, None).unwrap();
+        assert_eq!(value["definitions"]["A"], serde_json::json!({}));
+        assert!(raw.component_schemas.is_none() && raw.definitions.is_none());
+    }
+
+    #[test]
+    fn held_back_schemas_are_still_checked_and_bounded() {
+        // Held back, a definition is still checked as JSON...
+        for bad in [r#"{"openapi": "3.0.0", "components": {"schemas": {"A": {"a" 1}}}}"#, r#"{"swagger": "2.0", "definitions": {"A": [1,]}}"#,
+            r#"{"openapi": "3.0.0", "components": {"schemas": {"A": {"b": "\x"}}}}"#] {
+            let err = parse_spec_document(bad.as_bytes(), None).unwrap_err();
+            assert!(err.starts_with("invalid JSON"), "{err}");
+        }
+        // ...but not for depth (serde_json skips a raw value without a limit): reading
+        // it alone is where the recursion limit applies, an error and not a crash.
+        let deep = format!(r#"{{"openapi": "3.0.0", "components": {{"schemas": {{"A": {}{}}}}}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let (_, raw) = parse_spec_document(deep.as_bytes(), None).unwrap();
+        let (_, text) = &raw.component_schemas.unwrap()[0];
+        assert!(parse_spec_fragment(text.get()).unwrap_err().contains("recursion limit"));
     }
 
     #[test]

@@ -37,6 +37,31 @@ fn arb_json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Schema definitions that reference one another (whole, inside, missing, cyclic).
+fn arb_schemas() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(|n| json!(n)),
+        prop::sample::select(vec![
+            "#/components/schemas/A", "#/components/schemas/B", "#/components/schemas/C/properties/x",
+            "#/components/schemas/Missing", "#/paths/~1a", "string", "$ref", "a \"quoted\" \\ string",
+        ])
+        .prop_map(|s| Value::String(s.to_string())),
+    ];
+    let schema = leaf.prop_recursive(4, 48, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec(
+                (prop::sample::select(vec!["$ref", "type", "properties", "items", "allOf", "examples", "x", "$defs"]), inner),
+                0..5
+            )
+            .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+        ]
+    });
+    prop::collection::vec((prop::sample::select(vec!["A", "B", "C", "D"]), schema), 0..5)
+        .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -63,6 +88,32 @@ proptest! {
         let _ = utp_core::parse::parse_document(&bytes, None);
         let _ = utp_core::parse::parse_document(&bytes, Some(std::path::Path::new("x.yaml")));
         let _ = utp_core::parse::parse_document(&bytes, Some(std::path::Path::new("x.json")));
+        let _ = utp_core::parse::parse_spec_document(&bytes, None);
+    }
+
+    #[test]
+    fn held_back_definitions_convert_like_built_ones(schemas in arb_schemas(), swagger2 in any::<bool>()) {
+        use utp_core::openapi::{ConvertOptions, Spec, convert, convert_spec};
+        use utp_core::parse::{parse_document, parse_spec_document};
+        let root = if swagger2 { "#/definitions/" } else { "#/components/schemas/" };
+        let schema = json!({"$ref": format!("{root}A")});
+        let mut spec = json!({"info": {"title": "t", "version": "1"}, "paths": {"/a": {"post": {"operationId": "a",
+            "parameters": [{"name": "q", "in": "query", "schema": schema}], "responses": {"200": {"description": "ok",
+            "schema": schema, "content": {"application/json": {"schema": schema}}}}}}}});
+        // Every `$ref` the strategy wrote points into the 3.x container; 2.0 specs get theirs.
+        let text = schemas.to_string();
+        let schemas: Value = serde_json::from_str(&if swagger2 { text.replace("#/components/schemas/", root) } else { text }).unwrap();
+        if swagger2 {
+            spec = json!({"swagger": "2.0", "info": spec["info"], "paths": spec["paths"], "definitions": schemas});
+        } else {
+            spec = json!({"openapi": "3.1.0", "info": spec["info"], "paths": spec["paths"], "components": {"schemas": schemas}});
+        }
+        let text = spec.to_string();
+        let built = convert(parse_document(text.as_bytes(), None).unwrap(), &ConvertOptions::default()).unwrap();
+        let (doc, raw_schemas) = parse_spec_document(text.as_bytes(), None).unwrap();
+        let held_back = convert_spec(Spec { doc, raw_schemas }, &ConvertOptions::default()).unwrap();
+        prop_assert_eq!(built.to_value(), held_back.to_value());
+        prop_assert_eq!(built.shared_defs, held_back.shared_defs);
     }
 
     #[test]

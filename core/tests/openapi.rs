@@ -276,3 +276,117 @@ fn what_the_parser_leaves_out_of_a_spec_does_not_change_the_manual() {
     let pruned = convert(parsed, &ConvertOptions::default()).unwrap();
     assert_eq!(whole.to_value(), pruned.to_value());
 }
+
+/// Specs whose definitions reference one another in every way the converter rewrites:
+/// cycles, escaped `\/` in a ref and `\u0024ref` as a key, a repeated name, a ref into a
+/// definition's inside, an unused definition, object-valued examples.
+const TANGLED_30: &str = r##"{"openapi": "3.0.3", "info": {"title": "Tangled", "version": "1"},
+  "paths": {"/a/{id}": {"post": {"operationId": "post_a",
+    "parameters": [{"name": "id", "in": "path", "schema": {"$ref": "#/components/schemas/C"}}],
+    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/D"}}}},
+    "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/G"}}}}}}},
+   "/plain": {"get": {"operationId": "plain", "parameters": [{"name": "q", "in": "query", "required": true, "schema": {"type": "string"}}],
+    "responses": {"200": {"description": "ok"}}}}},
+  "components": {"schemas": {
+    "A": {"type": "object", "properties": {"b": {"$ref": "#/components/schemas/B"}, "x": {"type": "integer"}}},
+    "B": {"type": "array", "items": {"$ref": "#/components/schemas/A"}, "examples": {"one": {"value": []}}},
+    "C": {"allOf": [{"$ref": "#\/components\/schemas\/A"}, {"type": "string", "description": "quote \" and \\ and \n"}]},
+    "D": {"type": "object", "properties": {"e": {"\u0024ref": "#/components/schemas/F"}}},
+    "E": {"type": "null"},
+    "F": {"type": "string"},
+    "G": {"$ref": "#/components/schemas/A/properties/x"},
+    "F": {"type": "integer", "enum": [1, 2]}}}}"##;
+
+const TANGLED_20: &str = r##"{"swagger": "2.0", "info": {"title": "Tangled 2", "version": "1"}, "host": "127.0.0.1:1",
+  "paths": {"/o": {"post": {"operationId": "post_o",
+    "parameters": [{"name": "body", "in": "body", "required": true, "schema": {"$ref": "#/definitions/Order"}}],
+    "responses": {"200": {"description": "ok", "schema": {"type": "array", "items": {"$ref": "#/definitions/Line"}}}}}}},
+  "definitions": {"Order": {"type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": {"$ref": "#/definitions/Line"}}}},
+    "Line": {"type": "object", "properties": {"order": {"$ref": "#/definitions/Order"}, "sku": {"type": "string"}}}}}"##;
+
+#[test]
+fn held_back_definitions_convert_like_built_ones() {
+    use utp_core::openapi::{Spec, convert_spec};
+    use utp_core::parse::{parse_document, parse_spec_document};
+    for text in [TANGLED_30, TANGLED_20] {
+        let built = convert(parse_document(text.as_bytes(), None).unwrap(), &ConvertOptions::default()).unwrap();
+        let (doc, raw_schemas) = parse_spec_document(text.as_bytes(), None).unwrap();
+        assert!(raw_schemas.component_schemas.is_some() || raw_schemas.definitions.is_some(), "held back");
+        let held_back = convert_spec(Spec { doc, raw_schemas }, &ConvertOptions::default()).unwrap();
+        // Tools with their closures attached, then every definition and its references.
+        assert_eq!(built.to_value(), held_back.to_value());
+        assert_eq!(built.shared_defs, held_back.shared_defs);
+    }
+    let (doc, raw_schemas) = parse_spec_document(TANGLED_30.as_bytes(), None).unwrap();
+    let manual = convert_spec(Spec { doc, raw_schemas }, &ConvertOptions::default()).unwrap();
+    let defs = manual.shared_defs.as_deref().unwrap();
+    assert_eq!(defs.iter().map(|(name, _)| name).collect::<Vec<_>>(), ["A", "B", "C", "D", "E", "F", "G"]);
+    assert_eq!(defs.get("F").unwrap(), &json!({"type": "integer", "enum": [1, 2]}), "the last of a repeated name");
+    assert_eq!(defs.refs("C").unwrap(), ["A"], "an escaped `\\/` in a ref");
+    assert_eq!(defs.refs("D").unwrap(), ["F"], "`\\u0024ref` is `$ref`");
+    assert_eq!(defs.get("G").unwrap()["$ref"], "#/$defs/A/properties/x");
+    let post = manual.to_value()["tools"].as_array().unwrap().iter().find(|t| t["name"] == "post_a").cloned().unwrap();
+    let mut reached: Vec<_> = post["inputs"]["$defs"].as_object().unwrap().keys().cloned().collect();
+    reached.sort();
+    assert_eq!(reached, ["A", "B", "C", "D", "F"], "E is reached by no tool");
+}
+
+#[test]
+fn a_registered_file_keeps_its_definitions_raw_until_used_and_matches_the_inline_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tangled.json");
+    std::fs::write(&file, TANGLED_30).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let from_file = Engine::from_json(json!({})).unwrap();
+    rt.block_on(from_file.register_manual(ManualSource::Path(file), Some("t"))).unwrap();
+    let inline = Engine::from_json(json!({})).unwrap();
+    let value: Value = serde_json::from_str(TANGLED_30).unwrap();
+    rt.block_on(inline.register_manual(ManualSource::Inline(value), Some("t"))).unwrap();
+    for name in ["t.post_a", "t.plain"] {
+        let (a, b) = (from_file.tool(name).unwrap().to_value(), inline.tool(name).unwrap().to_value());
+        // serde_json reads the whole spec, object-valued examples included; the engine's
+        // parser leaves those out. Nothing else may differ.
+        let strip = |mut v: Value| {
+            if let Some(b) = v.pointer_mut("/inputs/$defs/B") {
+                b.as_object_mut().unwrap().remove("examples");
+            }
+            v
+        };
+        assert_eq!(strip(a), strip(b), "{name}");
+    }
+    // Validation reads the raw definitions: a wrong type deep in the closure is found.
+    let err = rt
+        .block_on(from_file.call_tool("t.post_a", json!({"id": "x", "body": {"e": "not an integer"}}), Default::default()))
+        .unwrap_err();
+    assert_eq!(err.code(), utp_core::ErrorCode::ValidationFailed, "{err}");
+    assert!(err.to_string().contains("/body/e"), "{err}");
+}
+
+#[test]
+fn a_definition_too_deep_to_read_fails_only_the_calls_that_reach_it() {
+    let deep = format!("{}{}", "{\"allOf\": [".repeat(200), "]}".repeat(200));
+    let spec = format!(
+        r##"{{"openapi": "3.0.0", "info": {{"title": "Deep", "version": "1"}}, "servers": [{{"url": "http://127.0.0.1:1"}}],
+        "paths": {{"/deep": {{"post": {{"operationId": "deep", "requestBody": {{"content": {{"application/json": {{"schema": {{"$ref": "#/components/schemas/Deep"}}}}}}}},
+            "responses": {{"200": {{"description": "ok"}}}}}}}},
+          "/fine": {{"get": {{"operationId": "fine", "parameters": [{{"name": "q", "in": "query", "required": true, "schema": {{"type": "string"}}}}],
+            "responses": {{"200": {{"description": "ok"}}}}}}}}}},
+        "components": {{"schemas": {{"Deep": {deep}}}}}}}"##
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deep.json");
+    std::fs::write(&file, &spec).unwrap();
+    let engine = Engine::from_json(json!({})).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Held back, the definition is not read at registration (serde_json skips a raw value
+    // without a depth limit); read alone, it hits serde_json's recursion limit.
+    rt.block_on(engine.register_manual(ManualSource::Path(file), Some("d"))).unwrap();
+    let err = rt.block_on(engine.call_tool("d.deep", json!({"body": {}}), Default::default())).unwrap_err();
+    assert_eq!(err.code(), utp_core::ErrorCode::InvalidManual, "{err}");
+    assert!(err.to_string().contains("schema 'Deep' cannot be read") && err.to_string().contains("recursion limit"), "{err}");
+    // Listing it still works (the unreadable definition shows as `{}`), and a tool that
+    // does not reach it validates as usual.
+    assert_eq!(engine.tool("d.deep").unwrap().to_value()["inputs"]["$defs"]["Deep"], json!({}));
+    let err = rt.block_on(engine.call_tool("d.fine", json!({}), Default::default())).unwrap_err();
+    assert_eq!(err.code(), utp_core::ErrorCode::ValidationFailed, "{err}");
+}
