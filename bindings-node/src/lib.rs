@@ -35,6 +35,11 @@ use utp_core::{CallOptions, Config, ErrorCode, HistoryFilter, ManualSource, Nati
 
 use crate::json::{JsJson, StrictJson};
 
+// The allocator of what we ship as a program or host module (not the C library):
+// docs/architecture.md, "Memory allocator".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long `close()` waits for runs in the middle of a store commit.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 

@@ -8,6 +8,11 @@ use serde_json::Value;
 use utp_core::workflow::RunOptions;
 use utp_core::{CallOptions, Config, Engine, Outcome, RegisteredTool};
 
+// The allocator of what we ship as a program or host module (not the C library):
+// docs/architecture.md, "Memory allocator".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod db;
 mod history;
 mod plan;

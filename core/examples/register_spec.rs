@@ -10,6 +10,10 @@
 
 use std::time::Instant;
 
+// The allocator of the shipped CLI and Python/Node modules, so the bench measures what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(path) = args.first().filter(|a| !a.starts_with("--")).cloned() else {
