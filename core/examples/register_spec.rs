@@ -46,10 +46,10 @@ fn phases(path: &str) {
     let bytes = std::fs::read(path).expect("read");
     let read = t.elapsed();
     let t = Instant::now();
-    let (doc, raw_schemas) = utp_core::parse::parse_spec_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
+    let (doc, parts) = utp_core::parse::parse_spec_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
     let parse = t.elapsed();
     let t = Instant::now();
-    let manual = convert(doc, raw_schemas);
+    let manual = convert(doc, parts);
     let convert = t.elapsed();
     let n = manual.tools.len();
     let t = Instant::now();
@@ -63,15 +63,15 @@ fn phases(path: &str) {
 }
 
 /// Convert as `Engine::register_manual(path)` does: definitions held back as raw text.
-fn convert(doc: serde_json::Value, raw_schemas: utp_core::parse::RawSchemas) -> utp_core::Manual {
-    utp_core::openapi::convert_spec(utp_core::openapi::Spec { doc, raw_schemas }, &Default::default()).expect("convert")
+fn convert(doc: serde_json::Value, parts: utp_core::parse::SpecParts) -> utp_core::Manual {
+    utp_core::openapi::convert_spec(utp_core::openapi::Spec { doc, parts }, &Default::default()).expect("convert")
 }
 
 fn dump(path: &str, out: &str) {
     use std::io::Write;
     let bytes = std::fs::read(path).expect("read");
-    let (doc, raw_schemas) = utp_core::parse::parse_spec_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
-    let manual = convert(doc, raw_schemas);
+    let (doc, parts) = utp_core::parse::parse_spec_document(&bytes, Some(std::path::Path::new(path))).expect("parse");
+    let manual = convert(doc, parts);
     let mut w = std::io::BufWriter::new(std::fs::File::create(out).expect("create"));
     writeln!(w, "{}", serde_json::json!({"utcp_version": manual.utcp_version, "manual_version": manual.manual_version, "extra": manual.extra})).unwrap();
     for tool in &manual.tools {

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::openapi::Spec;
-use crate::parse::{self, RawSchemas};
+use crate::parse::{self, SpecParts};
 
 /// What one discovery call did, file by file.
 #[derive(Debug, Clone, Serialize)]
@@ -69,14 +69,14 @@ pub enum Document {
 
 /// Classify a parsed document by its content.
 pub fn classify(value: Value) -> Document {
-    classify_parsed(value, RawSchemas::default())
+    classify_parsed(value, SpecParts::default())
 }
 
 /// Classify a document parsed by [`parse::parse_spec_document`].
-pub fn classify_parsed(value: Value, raw_schemas: RawSchemas) -> Document {
+pub fn classify_parsed(value: Value, parts: SpecParts) -> Document {
     match &value {
         Value::Object(obj) if obj.contains_key("openapi") || obj.contains_key("swagger") => {
-            Document::OpenApi(Spec { doc: value, raw_schemas })
+            Document::OpenApi(Spec { doc: value, parts })
         }
         Value::Object(obj) if obj.get("tools").is_some_and(Value::is_array) => Document::Utcp(value),
         _ => Document::Other,
@@ -141,9 +141,18 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 /// Read and classify one file.
 pub fn load_document(path: &Path, max_size: u64) -> Result<Document> {
     let bytes = read_capped(path, max_size)?;
-    let (value, raw_schemas) = parse::parse_spec_document(&bytes, Some(path))
+    let (value, parts) = parse::parse_spec_document(&bytes, Some(path))
         .map_err(|e| Error::InvalidManual(format!("{}: {e}", path.display())))?;
-    Ok(classify_parsed(value, raw_schemas))
+    match classify_parsed(value, parts) {
+        Document::OpenApi(mut spec) if spec.parts.external_refs => {
+            spec.bring_in_files(path, max_size).map_err(|e| match e {
+                Error::InvalidManual(m) => Error::InvalidManual(format!("{}: {m}", path.display())),
+                other => other,
+            })?;
+            Ok(Document::OpenApi(spec))
+        }
+        doc => Ok(doc),
+    }
 }
 
 /// Walk `root` and return the candidate files plus the reports for entries that

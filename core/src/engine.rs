@@ -773,9 +773,9 @@ impl Engine {
             body.extend_from_slice(&chunk);
         }
         let path = Path::new(url.path());
-        let (value, raw_schemas) = crate::parse::parse_spec_document(&body, Some(path))
+        let (value, parts) = crate::parse::parse_spec_document(&body, Some(path))
             .map_err(|e| Error::InvalidManual(format!("{url}: {e}")))?;
-        Ok(discovery::classify_parsed(value, raw_schemas))
+        Ok(discovery::classify_parsed(value, parts))
     }
 }
 

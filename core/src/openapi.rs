@@ -19,7 +19,7 @@ use crate::manual::{
     Auth, CallTemplate, HttpTemplate, Manual, RequestFields, SharedDefs, TemplateCommon, Tool, UTCP_VERSION,
     rewrite_refs,
 };
-use crate::parse::RawSchemas;
+use crate::parse::SpecParts;
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
 
@@ -42,12 +42,36 @@ pub fn is_openapi(doc: &Value) -> bool {
 #[derive(Debug, Default)]
 pub struct Spec {
     pub doc: Value,
-    pub raw_schemas: RawSchemas,
+    pub parts: SpecParts,
 }
 
 impl From<Value> for Spec {
     fn from(doc: Value) -> Spec {
-        Spec { doc, raw_schemas: RawSchemas::default() }
+        Spec { doc, parts: SpecParts::default() }
+    }
+}
+
+impl Spec {
+    /// Resolve relative-file `$ref`s against the spec's file `path` ([`crate::external_refs`]).
+    /// The held-back definitions are built first: refs in them are rewritten too.
+    pub(crate) fn bring_in_files(&mut self, path: &std::path::Path, max_size: u64) -> Result<()> {
+        let held_back = [("definitions", self.parts.definitions.take()), ("schemas", self.parts.component_schemas.take())];
+        for (key, members) in held_back {
+            let Some(members) = members else { continue };
+            let mut built = Map::with_capacity(members.len());
+            for (name, raw) in members {
+                let value = crate::parse::parse_spec_fragment(raw.get())
+                    .map_err(|e| Error::InvalidManual(format!("schema '{name}': {e}")))?;
+                built.insert(name, value);
+            }
+            let parent = if key == "schemas" { &mut self.doc["components"] } else { &mut self.doc };
+            parent[key] = Value::Object(built);
+        }
+        let canonical = path.canonicalize().map_err(|e| Error::InvalidManual(format!("{}: {e}", path.display())))?;
+        let files = crate::external_refs::load_files(&self.doc, &canonical, max_size)?;
+        crate::external_refs::bundle(&mut self.doc, &canonical, &files)?;
+        self.parts.external_refs = false;
+        Ok(())
     }
 }
 
@@ -62,7 +86,12 @@ pub fn convert(doc: Value, opts: &ConvertOptions) -> Result<Manual> {
 /// time and held twice the memory). What is reached through a `$ref` is copied.
 /// Definitions held back as raw text stay raw in the manual until a tool needs them.
 pub fn convert_spec(spec: Spec, opts: &ConvertOptions) -> Result<Manual> {
-    let Spec { mut doc, raw_schemas } = spec;
+    let Spec { mut doc, parts } = spec;
+    if parts.external_refs {
+        // Kept as before (as python-utcp does): a parameter behind such a ref is left out,
+        // and a tool whose schema keeps one fails its calls with INVALID_MANUAL.
+        tracing::warn!("a `$ref` names another document: refs to other files are followed only for a spec registered from a file");
+    }
     let swagger2 = match (doc.get("swagger"), doc.get("openapi")) {
         (Some(Value::String(v)), _) if v.starts_with('2') => true,
         (_, Some(Value::String(v))) if v.starts_with('3') => false,
@@ -73,7 +102,7 @@ pub fn convert_spec(spec: Spec, opts: &ConvertOptions) -> Result<Manual> {
     };
     let defs = if swagger2 { doc.get_mut("definitions") } else { doc.pointer_mut("/components/schemas") }
         .map(Value::take);
-    let raw_defs = if swagger2 { raw_schemas.definitions } else { raw_schemas.component_schemas };
+    let raw_defs = if swagger2 { parts.definitions } else { parts.component_schemas };
     let paths = match doc.get("paths") {
         Some(Value::Object(p)) if refs_into_paths(&doc, p) => p.clone(),
         Some(Value::Object(_)) => match doc.get_mut("paths").map(Value::take) {

@@ -50,13 +50,19 @@ pub fn parse_document(bytes: &[u8], path: Option<&Path>) -> Result<Value, String
 /// (`/components/schemas/*`, `/definitions/*`) are not built: they come back as raw JSON
 /// text, left out of the value, for [`crate::openapi::convert_spec`] to parse only when a
 /// tool's schema reaches them. They are over half of what a spec like GitHub's would build.
-pub fn parse_spec_document(bytes: &[u8], path: Option<&Path>) -> Result<(Value, RawSchemas), String> {
+pub fn parse_spec_document(bytes: &[u8], path: Option<&Path>) -> Result<(Value, SpecParts), String> {
     parse(bytes, path, true)
 }
 
-/// Schema definitions held back as raw JSON text, in document order.
+/// What [`parse_spec_document`] gives besides the value: schema definitions held back
+/// as raw JSON text, in document order, and whether a `$ref` names another document.
 #[derive(Debug, Default)]
-pub struct RawSchemas {
+pub struct SpecParts {
+    /// Some `$ref` does not start with `#`: it names another file or a URL. Found in the
+    /// built part as it is read and by a substring search of the held-back text (which
+    /// may say yes for a `"$ref"` inside a string, never no for a real one unless its key
+    /// is written with escapes).
+    pub external_refs: bool,
     /// The members of `/definitions` (Swagger 2.0), when it is an object.
     pub definitions: Option<Vec<(String, Box<RawValue>)>>,
     /// The members of `/components/schemas` (OpenAPI 3.x), when it is an object.
@@ -78,7 +84,7 @@ pub(crate) fn parse_spec_fragment(raw: &str) -> Result<Value, String> {
     ValueSeed { at: At::Spec, scratch: &scratch }.deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))
 }
 
-fn parse(bytes: &[u8], path: Option<&Path>, hold_back_schemas: bool) -> Result<(Value, RawSchemas), String> {
+fn parse(bytes: &[u8], path: Option<&Path>, hold_back_schemas: bool) -> Result<(Value, SpecParts), String> {
     let syntax = syntax_of(bytes, path);
     let what = match syntax {
         Syntax::Json => "JSON",
@@ -101,7 +107,19 @@ fn parse(bytes: &[u8], path: Option<&Path>, hold_back_schemas: bool) -> Result<(
             seed.deserialize(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| format!("invalid YAML: {e}"))?
         }
     };
-    Ok((value, scratch.raw_schemas.into_inner()))
+    let mut parts = scratch.parts.into_inner();
+    let held_back = [&parts.definitions, &parts.component_schemas];
+    let raw_external = held_back.into_iter().flatten().flatten().any(|(_, raw)| names_another_document(raw.get()));
+    parts.external_refs = scratch.external_refs.get() || raw_external;
+    Ok((value, parts))
+}
+
+/// Whether JSON text has a `"$ref": "<not #...>"` member (see `SpecParts::external_refs`).
+fn names_another_document(text: &str) -> bool {
+    memchr::memmem::find_iter(text.as_bytes(), br#""$ref""#).any(|at| {
+        let rest = text[at + 6..].trim_start();
+        rest.strip_prefix(':').map(str::trim_start).and_then(|v| v.strip_prefix('"')).is_some_and(|v| !v.starts_with('#'))
+    })
 }
 
 /// True when the document's first key is `openapi` or `swagger` (where every spec we
@@ -182,7 +200,8 @@ struct Scratch {
     members: RefCell<Vec<(String, Value)>>,
     items: RefCell<Vec<Value>>,
     hold_back_schemas: bool,
-    raw_schemas: RefCell<RawSchemas>,
+    parts: RefCell<SpecParts>,
+    external_refs: std::cell::Cell<bool>,
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
@@ -205,7 +224,7 @@ impl<'de> DeserializeSeed<'de> for ExamplesSeed<'_> {
 }
 
 /// The value of a schema container: `None` when it is an object, whose members are
-/// then held back as raw text in `Scratch::raw_schemas`.
+/// then held back as raw text in `Scratch::parts`.
 struct SchemasSeed<'s>(ValueSeed<'s>, Container);
 
 impl<'de> DeserializeSeed<'de> for SchemasSeed<'_> {
@@ -304,7 +323,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
                 while let Some(key) = map.next_key::<String>()? {
                     members.push((key, map.next_value::<Box<RawValue>>()?));
                 }
-                let mut raw = self.seed.scratch.raw_schemas.borrow_mut();
+                let mut raw = self.seed.scratch.parts.borrow_mut();
                 // A repeated container key replaces the earlier one, as in a built value.
                 match container {
                     Container::Definitions => raw.definitions = Some(members),
@@ -350,6 +369,9 @@ impl ValueVisitor<'_> {
                 }
                 Some(at) => {
                     let value = map.next_value_seed(ValueSeed { at, scratch })?;
+                    if at != At::Whole && key == "$ref" && value.as_str().is_some_and(|r| !r.starts_with('#')) {
+                        scratch.external_refs.set(true);
+                    }
                     scratch.members.borrow_mut().push((key, value));
                 }
             }

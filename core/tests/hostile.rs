@@ -110,8 +110,8 @@ proptest! {
         }
         let text = spec.to_string();
         let built = convert(parse_document(text.as_bytes(), None).unwrap(), &ConvertOptions::default()).unwrap();
-        let (doc, raw_schemas) = parse_spec_document(text.as_bytes(), None).unwrap();
-        let held_back = convert_spec(Spec { doc, raw_schemas }, &ConvertOptions::default()).unwrap();
+        let (doc, parts) = parse_spec_document(text.as_bytes(), None).unwrap();
+        let held_back = convert_spec(Spec { doc, parts }, &ConvertOptions::default()).unwrap();
         prop_assert_eq!(built.to_value(), held_back.to_value());
         prop_assert_eq!(built.shared_defs, held_back.shared_defs);
     }

@@ -310,15 +310,15 @@ fn held_back_definitions_convert_like_built_ones() {
     use utp_core::parse::{parse_document, parse_spec_document};
     for text in [TANGLED_30, TANGLED_20] {
         let built = convert(parse_document(text.as_bytes(), None).unwrap(), &ConvertOptions::default()).unwrap();
-        let (doc, raw_schemas) = parse_spec_document(text.as_bytes(), None).unwrap();
-        assert!(raw_schemas.component_schemas.is_some() || raw_schemas.definitions.is_some(), "held back");
-        let held_back = convert_spec(Spec { doc, raw_schemas }, &ConvertOptions::default()).unwrap();
+        let (doc, parts) = parse_spec_document(text.as_bytes(), None).unwrap();
+        assert!(parts.component_schemas.is_some() || parts.definitions.is_some(), "held back");
+        let held_back = convert_spec(Spec { doc, parts }, &ConvertOptions::default()).unwrap();
         // Tools with their closures attached, then every definition and its references.
         assert_eq!(built.to_value(), held_back.to_value());
         assert_eq!(built.shared_defs, held_back.shared_defs);
     }
-    let (doc, raw_schemas) = parse_spec_document(TANGLED_30.as_bytes(), None).unwrap();
-    let manual = convert_spec(Spec { doc, raw_schemas }, &ConvertOptions::default()).unwrap();
+    let (doc, parts) = parse_spec_document(TANGLED_30.as_bytes(), None).unwrap();
+    let manual = convert_spec(Spec { doc, parts }, &ConvertOptions::default()).unwrap();
     let defs = manual.shared_defs.as_deref().unwrap();
     assert_eq!(defs.iter().map(|(name, _)| name).collect::<Vec<_>>(), ["A", "B", "C", "D", "E", "F", "G"]);
     assert_eq!(defs.get("F").unwrap(), &json!({"type": "integer", "enum": [1, 2]}), "the last of a repeated name");
@@ -389,4 +389,103 @@ fn a_definition_too_deep_to_read_fails_only_the_calls_that_reach_it() {
     assert_eq!(engine.tool("d.deep").unwrap().to_value()["inputs"]["$defs"]["Deep"], json!({}));
     let err = rt.block_on(engine.call_tool("d.fine", json!({}), Default::default())).unwrap_err();
     assert_eq!(err.code(), utp_core::ErrorCode::ValidationFailed, "{err}");
+}
+
+/// A spec split over files as editors and bundlers lay them out: parameters, responses, a
+/// path item and schemas in other files, refs inside them relative to those files, a
+/// recursive schema (`#` of its own file) and a file pointing back at the spec.
+fn split_spec(dir: &std::path::Path, main_as_json: bool) -> std::path::PathBuf {
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("params.yaml", "id: {name: id, in: path, required: true, schema: {$ref: '#/Id'}}\nId: {type: integer}\n");
+    write("responses.yaml", "PetOk:\n  description: ok\n  content: {application/json: {schema: {$ref: 'schemas/pet.json'}}}\n");
+    let name = if main_as_json { "openapi.json" } else { "openapi.yaml" };
+    let pet = json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
+        "tag": {"$ref": "tag.json"}, "parent": {"$ref": "#"}, "owner": {"$ref": format!("../{name}#/components/schemas/Error")}}});
+    write("schemas/pet.json", &pet.to_string());
+    write("schemas/tag.json", r#"{"type": "string", "enum": ["a", "b"]}"#);
+    write("paths/owners.yaml", "get:\n  operationId: listOwners\n  parameters: [{name: q, in: query, required: true, schema: {$ref: '../schemas/tag.json'}}]\n  responses: {'200': {description: ok}}\n");
+    let main = json!({"openapi": "3.0.3", "info": {"title": "Split", "version": "1"}, "servers": [{"url": "http://127.0.0.1:1"}],
+        "paths": {
+            "/pets/{id}": {"parameters": [{"$ref": "params.yaml#/id"}],
+                "get": {"operationId": "getPet", "responses": {"200": {"$ref": "responses.yaml#/PetOk"}}},
+                "put": {"operationId": "putPet", "requestBody": {"required": true, "content": {"application/json": {
+                    "schema": {"$ref": "schemas/pet.json"}}}}, "responses": {"204": {"description": "done"}}}},
+            "/owners": {"$ref": "paths/owners.yaml"}},
+        "components": {"schemas": {"Error": {"type": "object", "properties": {"pet": {"$ref": "schemas/pet.json"}, "code": {"type": "integer"}}}}}});
+    let text = if main_as_json { main.to_string() } else { serde_yaml_ng::to_string(&main).unwrap() };
+    write(name, &text);
+    dir.join(name)
+}
+
+#[test]
+fn relative_file_refs_are_brought_into_the_spec() {
+    for main_as_json in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = split_spec(dir.path(), main_as_json);
+        let engine = Engine::from_json(json!({})).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut tools = rt.block_on(engine.register_manual(ManualSource::Path(spec), Some("s"))).unwrap();
+        tools.sort();
+        assert_eq!(tools, ["s.getPet", "s.listOwners", "s.putPet"]);
+        let get = engine.tool("s.getPet").unwrap().to_value();
+        assert_eq!(get["inputs"]["properties"]["id"], json!({"$ref": "#/$defs/Id"}), "{get:#}");
+        assert_eq!(get["inputs"]["$defs"]["Id"], json!({"type": "integer"}));
+        assert_eq!(get["inputs"]["required"], json!(["id"]), "the path-level parameter from params.yaml");
+        assert_eq!(get["outputs"]["$ref"], "#/$defs/pet");
+        let pet = &get["outputs"]["$defs"]["pet"];
+        assert_eq!(pet["properties"]["tag"], json!({"$ref": "#/$defs/tag"}));
+        assert_eq!(pet["properties"]["parent"], json!({"$ref": "#/$defs/pet"}), "`#` of its own file: recursive");
+        assert_eq!(pet["properties"]["owner"], json!({"$ref": "#/$defs/Error"}), "back into the spec");
+        assert_eq!(get["outputs"]["$defs"]["Error"]["properties"]["pet"], json!({"$ref": "#/$defs/pet"}));
+        let owners = engine.tool("s.listOwners").unwrap().to_value();
+        assert_eq!(owners["inputs"]["properties"]["q"], json!({"$ref": "#/$defs/tag"}), "a path item from a file");
+        // The schemas from files validate calls.
+        let call = |tool: &str, args: Value| rt.block_on(engine.call_tool(tool, args, Default::default())).unwrap_err();
+        let err = call("s.getPet", json!({"id": "seven"}));
+        assert_eq!(err.code(), utp_core::ErrorCode::ValidationFailed, "{err}");
+        let err = call("s.putPet", json!({"id": 7, "body": {"name": "rex", "tag": "z"}}));
+        assert!(err.to_string().contains("/body/tag"), "{err}");
+        let err = call("s.listOwners", json!({"q": "c"}));
+        assert!(err.to_string().contains("/q"), "{err}");
+    }
+}
+
+#[test]
+fn relative_file_refs_that_cannot_be_followed_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = dir.path().join("spec");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::write(dir.path().join("outside.yaml"), "type: string\n").unwrap();
+    std::fs::write(inner.join("loop.yaml"), "$ref: 'loop.yaml'\n").unwrap();
+    std::fs::write(inner.join("no_pointer.yaml"), "a: 1\n").unwrap();
+    let engine = Engine::from_json(json!({})).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (i, (schema_ref, param_ref, expected)) in [
+        ("../outside.yaml", None, "outside the spec's directory"),
+        ("missing.yaml", None, "missing.yaml"),
+        ("/etc/hostname", None, "only relative file refs"),
+        ("https://example.com/pet.json", None, "only relative file refs"),
+        ("no_pointer.yaml#/b", None, "nothing at '#/b'"),
+        ("no_pointer.yaml#/a", Some("loop.yaml"), "objects from files inside one another"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut op = json!({"operationId": "x", "responses": {"200": {"description": "ok", "content": {"application/json": {
+            "schema": {"$ref": schema_ref}}}}}});
+        if let Some(p) = param_ref {
+            op["parameters"] = json!([{"$ref": p}]);
+        }
+        let spec = json!({"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": {"/x": {"get": op}}});
+        let path = inner.join(format!("spec{i}.json"));
+        std::fs::write(&path, spec.to_string()).unwrap();
+        let err = rt.block_on(engine.register_manual(ManualSource::Path(path), None)).unwrap_err();
+        assert_eq!(err.code(), utp_core::ErrorCode::InvalidManual, "{schema_ref}: {err}");
+        assert!(err.to_string().contains(expected), "{schema_ref}: {err}");
+    }
+    assert!(engine.tools().is_empty());
 }
