@@ -144,16 +144,23 @@ unsafe fn settled_promise(env: sys::napi_env, result: napi::Result<Value>) -> na
 /// always polled). The poll never runs JS: JS tools, business rules and subscribers are
 /// reached through ThreadsafeFunctions, which queue their calls on the event loop. A
 /// panic in the poll rejects the Promise with a `[PANIC]` error, as on the runtime.
-fn call_promise<F>(env: &Env, future: F) -> napi::Result<CallPromise>
+///
+/// `waits`: the call is known to wait (a network call): it is handed to the runtime
+/// unpolled, so that its request is built on a worker, not on the JS thread, which runs
+/// everything else the process does.
+fn call_promise<F>(env: &Env, future: F, waits: bool) -> napi::Result<CallPromise>
 where
     F: Future<Output = napi::Result<Value>> + Send + 'static,
 {
     let mut future = CatchUnwind { inner: Box::pin(future) };
-    // The handle only: napi's runtime lock is not held while the engine runs.
-    let handle = napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
-    let first = {
-        let _context = handle.enter();
-        Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop()))
+    let first = match waits {
+        true => Poll::Pending,
+        false => {
+            // The handle only: napi's runtime lock is not held while the engine runs.
+            let handle = napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
+            let _context = handle.enter();
+            Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop()))
+        }
     };
     match first {
         Poll::Ready(result) => Ok(CallPromise::Settled(result)),
@@ -608,7 +615,8 @@ impl JsEngine {
             let engine = self.engine()?;
             let args = args.into_optional("args").map_err(invalid)?.unwrap_or(Value::Null);
             let options = call_options(options)?;
-            call_promise(env, async move { engine.call_tool(&name, args, options).await.map_err(core_err) })
+            let waits = engine.tool(&name).is_ok_and(|t| t.tool.tool_call_template.does_io());
+            call_promise(env, async move { engine.call_tool(&name, args, options).await.map_err(core_err) }, waits)
         })
     }
 

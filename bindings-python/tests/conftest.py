@@ -1,8 +1,12 @@
+import json
 import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -73,3 +77,38 @@ def weather_manual():
             },
         ],
     }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def _reply(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        if url.path == "/fail":
+            return self._reply(503, {"error": "down"})
+        self._reply(200, {"path": url.path, "query": parse_qs(url.query), "key": self.headers.get("x-api-key")})
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length", 0))
+        self._reply(200, {"received": json.loads(self.rfile.read(length))})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    """A loopback HTTP server (http.server on 127.0.0.1): GET echoes path, query and
+    `x-api-key`; GET /fail answers 503; POST echoes the JSON body."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

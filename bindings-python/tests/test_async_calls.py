@@ -4,10 +4,12 @@ awaiting task cancels the call (a CLI tool's process is killed, a slow Python to
 result is dropped), a loop closed under a pending call, and `close()` with calls pending."""
 
 import asyncio
+import gc
 import os
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -284,3 +286,40 @@ def test_call_tool_async_needs_a_running_loop():
         with pytest.raises(RuntimeError):
             coro.send(None)  # no running event loop
         coro.close()
+
+
+def test_network_calls_are_settled_in_batches_and_the_loop_is_let_go(http_server, monkeypatch):
+    # Each finished call is queued on its loop's settler; one hand-over to the loop takes
+    # every call queued meanwhile. Count what the hand-overs carry: each call exactly once.
+    batches = []
+    settle_all = utp._settle_all
+
+    def counting(batch):
+        batches.append(len(batch))
+        settle_all(batch)
+
+    monkeypatch.setattr(utp, "_settle_all", counting)
+    manual = {"tools": [{"name": "get", "inputs": {"type": "object", "properties": {"i": {"type": "integer"}}},
+                         "tool_call_template": {"call_template_type": "http", "url": http_server + "/items"}}]}
+    with utp.Engine() as engine:
+        engine.register_manual(manual, name="web")
+
+        async def main():
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+            ok = await asyncio.gather(*(engine.call_tool_async("web.get", {"i": i}) for i in range(100)))
+            # A network call is not polled on the loop's thread: even a call refused before
+            # any I/O (bad arguments) settles through the settler, with the same error.
+            bad = await outcome_async(engine.call_tool_async("web.get", {"i": "one"}))
+            return ok, bad
+
+        loops = []
+        ok, bad = asyncio.run(main())
+        assert [r["query"] for r in ok] == [{"i": [str(i)]} for i in range(100)]
+        assert bad == outcome(engine.call_tool, "web.get", {"i": "one"})
+        assert bad[2] == "VALIDATION_FAILED"
+        assert sum(batches) == 101 and all(n >= 1 for n in batches), batches
+        # A settler holds its loop weakly: a finished loop is not kept alive.
+        gc.collect()
+        assert loops[0]() is None
+        # A second loop gets a settler of its own and works as the first.
+        assert asyncio.run(engine.call_tool_async("web.get", {"i": 7}))["query"] == {"i": ["7"]}

@@ -3,14 +3,11 @@ processes and a real loopback server, errors, timeouts, threads, asyncio, Ctrl-C
 
 import asyncio
 import gc
-import json
 import os
 import textwrap
 import threading
 import time
 import weakref
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -145,39 +142,6 @@ def test_text_and_cli_tools(engine):
     out = engine.call_tool("local.echo", {"msg": "hi; touch /tmp/utp-pwned $(id) `id`"})
     assert "hi; touch /tmp/utp-pwned $(id) `id`" in out
     assert not os.path.exists("/tmp/utp-pwned")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def _reply(self, status, payload):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        url = urlparse(self.path)
-        if url.path == "/fail":
-            return self._reply(503, {"error": "down"})
-        self._reply(200, {"path": url.path, "query": parse_qs(url.query), "key": self.headers.get("x-api-key")})
-
-    def do_POST(self):
-        length = int(self.headers.get("content-length", 0))
-        self._reply(200, {"received": json.loads(self.rfile.read(length))})
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def http_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_http_tools_against_a_loopback_server(http_server):

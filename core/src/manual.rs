@@ -304,6 +304,13 @@ pub const CALL_TEMPLATE_TYPES: [&str; 13] = [
 ];
 
 impl CallTemplate {
+    /// Whether a call always waits for the network or a process (it never finishes in
+    /// its first poll): the bindings then hand it to the runtime without polling it on
+    /// the host's thread.
+    pub fn does_io(&self) -> bool {
+        !matches!(self, CallTemplate::Text(_) | CallTemplate::File(_) | CallTemplate::Native(_) | CallTemplate::Wasm(_))
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             CallTemplate::Http(_) => "http",

@@ -48,9 +48,10 @@ Errors are ``utp.UtpError`` subclasses with a stable ``.code`` (``"NOT_FOUND"``.
 from __future__ import annotations
 
 import os
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type, TypeVar, Union, overload
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union, overload
 
 from . import _utp
 
@@ -109,6 +110,36 @@ def _settle(fut: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
         fut.set_result(value)
     else:
         fut.set_exception(value)
+
+
+def _settle_all(batch: List[Tuple["asyncio.Future[Any]", bool, Any]]) -> None:
+    for fut, ok, value in batch:
+        _settle(fut, ok, value)
+
+
+_SETTLERS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _utp._Settler]" = weakref.WeakKeyDictionary()
+
+
+def _settler_for(loop: "asyncio.AbstractEventLoop") -> "_utp._Settler":
+    """The loop's settler of ``call_tool_async`` futures (see ``_utp._Settler``): one per
+    loop, so that calls finishing together reach the loop in one hand-over."""
+    settler = _SETTLERS.get(loop)
+    if settler is None:
+        loop_ref = weakref.ref(loop)  # the settler must not keep its loop alive
+
+        def deliver(batch: List[Tuple["asyncio.Future[Any]", bool, Any]]) -> None:
+            # A blocking-pool thread of the engine, with the GIL: hand over to the loop.
+            target = loop_ref()
+            if target is None:
+                return
+            try:
+                target.call_soon_threadsafe(_settle_all, batch)
+            except RuntimeError:
+                pass  # the loop was closed meanwhile: nobody awaits the results
+
+        settler = _utp._Settler(deliver)
+        _SETTLERS[loop] = settler
+    return settler
 
 
 RuleFn = Callable[[str, str, Dict[str, Any]], Any]
@@ -304,16 +335,8 @@ class Engine(_utp.Engine):
 
         loop = asyncio.get_running_loop()
         fut: "asyncio.Future[Any]" = loop.create_future()
-
-        def done(ok: bool, value: Any) -> None:
-            # A blocking-pool thread of the engine, with the GIL: hand over to the loop.
-            try:
-                loop.call_soon_threadsafe(_settle, fut, ok, value)
-            except RuntimeError:
-                pass  # the loop was closed meanwhile: nobody awaits the result
-
         pending = self._call_tool_start(
-            name, args, tenant, session, timeout, user, approval_id, fail_fast_on_approval, done
+            name, args, tenant, session, timeout, user, approval_id, fail_fast_on_approval, fut, _settler_for(loop)
         )
         if not isinstance(pending, _utp._PendingCall):
             return pending  # finished in its first poll (no I/O, no Python tool)

@@ -1,7 +1,8 @@
 """Type stubs of the native module ``utp._utp`` (checked by mypy.stubtest in ``make test``)."""
 
+import asyncio
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union, final
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, final
 
 from typing_extensions import disjoint_base
 
@@ -10,6 +11,7 @@ __all__ = [
     "Decision",
     "IntentContext",
     "_PendingCall",
+    "_Settler",
     "version",
     "__version__",
     "UtpError",
@@ -111,6 +113,12 @@ class _PendingCall:
     def cancelled(self) -> bool: ...
     def cancel(self) -> None: ...
 
+@final
+class _Settler:
+    """Settles one event loop's ``call_tool_async`` futures in batches through ``deliver``."""
+
+    def __new__(cls, deliver: Callable[[List[Tuple[asyncio.Future[Any], bool, Any]]], None]) -> "_Settler": ...
+
 @disjoint_base
 class Engine:
     def __new__(
@@ -155,7 +163,8 @@ class Engine:
         user: Optional[str],
         approval_id: Optional[str],
         fail_fast_on_approval: bool,
-        done: Callable[[bool, Any], None],
+        future: asyncio.Future[Any],
+        settler: _Settler,
     ) -> Any: ...
     def register_tool(
         self,
