@@ -64,8 +64,15 @@ impl Spec {
                     .map_err(|e| Error::InvalidManual(format!("schema '{name}': {e}")))?;
                 built.insert(name, value);
             }
-            let parent = if key == "schemas" { &mut self.doc["components"] } else { &mut self.doc };
-            parent[key] = Value::Object(built);
+            // Where the parser found them; a later duplicate key may have replaced the
+            // container with something else, which then wins as it would have.
+            let parent = match key {
+                "schemas" => self.doc.get_mut("components"),
+                _ => Some(&mut self.doc),
+            };
+            if let Some(Value::Object(parent)) = parent {
+                parent.insert(key.to_string(), Value::Object(built));
+            }
         }
         let canonical = path.canonicalize().map_err(|e| Error::InvalidManual(format!("{}: {e}", path.display())))?;
         let files = crate::external_refs::load_files(&self.doc, &canonical, max_size)?;
@@ -89,7 +96,7 @@ pub fn convert_spec(spec: Spec, opts: &ConvertOptions) -> Result<Manual> {
     let Spec { mut doc, parts } = spec;
     if parts.external_refs {
         // Kept as before (as python-utcp does): a parameter behind such a ref is left out,
-        // and a tool whose schema keeps one fails its calls with INVALID_MANUAL.
+        // and a schema that keeps one may not compile, failing that tool's calls.
         tracing::warn!("a `$ref` names another document: refs to other files are followed only for a spec registered from a file");
     }
     let swagger2 = match (doc.get("swagger"), doc.get("openapi")) {

@@ -489,3 +489,26 @@ fn relative_file_refs_that_cannot_be_followed_are_clear_errors() {
     }
     assert!(engine.tools().is_empty());
 }
+
+#[test]
+fn a_spec_file_with_odd_containers_and_external_refs_is_an_error_or_a_manual_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.json"), r#"{"type": "string"}"#).unwrap();
+    let engine = Engine::from_json(json!({})).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // The schemas are held back from the first `components`, which a second one replaces.
+    for (i, text) in [
+        r#"{"openapi": "3.0.0", "components": {"schemas": {"A": {"$ref": "s.json"}}}, "components": [1], "paths": {}}"#,
+        r#"{"swagger": "2.0", "definitions": {"A": {"$ref": "s.json"}}, "definitions": 5, "paths": {}}"#,
+        r#"{"openapi": "3.0.0", "components": {"schemas": {"A": {"$ref": "s.json"}}}, "paths": {"/a": {"$ref": "s.json#/x"}}}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("odd{i}.json"));
+        std::fs::write(&path, text).unwrap();
+        if let Err(e) = rt.block_on(engine.register_manual(ManualSource::Path(path), None)) {
+            assert_eq!(e.code(), utp_core::ErrorCode::InvalidManual, "{text}: {e}");
+        }
+    }
+}
