@@ -35,7 +35,7 @@ use utp_core::{CallOptions, Config, ErrorCode, HistoryFilter, ManualSource, Nati
 
 use crate::json::{JsJson, StrictJson};
 
-// The allocator of what we ship as a program or host module (not the C library):
+// mimalloc, as in the CLI and the Node addon (not the C library or the Python module):
 // docs/architecture.md, "Memory allocator".
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

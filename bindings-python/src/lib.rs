@@ -27,11 +27,6 @@ use utp_core::{
     HostRule, HostVerdict, ManualSource, NativeHandler, SubscriptionId,
 };
 
-// The allocator of what we ship as a program or host module (not the C library):
-// docs/architecture.md, "Memory allocator".
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 // ---------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------

@@ -102,11 +102,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops connections when many calls are in
+    # flight, and each dropped SYN costs a 1 s retransmit.
+    request_queue_size = 128
+
+
 @pytest.fixture
 def http_server():
     """A loopback HTTP server (http.server on 127.0.0.1): GET echoes path, query and
     `x-api-key`; GET /fail answers 503; POST echoes the JSON body."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = _Server(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -318,8 +318,12 @@ def test_network_calls_are_settled_in_batches_and_the_loop_is_let_go(http_server
         assert bad == outcome(engine.call_tool, "web.get", {"i": "one"})
         assert bad[2] == "VALIDATION_FAILED"
         assert sum(batches) == 101 and all(n >= 1 for n in batches), batches
-        # A settler holds its loop weakly: a finished loop is not kept alive.
-        gc.collect()
+        # A settler holds its loop weakly: a finished loop is not kept alive (a delivery
+        # thread may still be returning from handing over the last batch: give it a moment).
+        deadline = time.monotonic() + 5
+        while loops[0]() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
         assert loops[0]() is None
         # A second loop gets a settler of its own and works as the first.
         assert asyncio.run(engine.call_tool_async("web.get", {"i": 7}))["query"] == {"i": ["7"]}

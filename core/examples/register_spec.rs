@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-// The allocator of the shipped CLI and Python/Node modules, so the bench measures what users run.
+// The allocator of the shipped CLI and Node addon, so the bench measures what they run.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
