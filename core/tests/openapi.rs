@@ -462,10 +462,13 @@ fn relative_file_refs_that_cannot_be_followed_are_clear_errors() {
     std::fs::write(dir.path().join("outside.yaml"), "type: string\n").unwrap();
     std::fs::write(inner.join("loop.yaml"), "$ref: 'loop.yaml'\n").unwrap();
     std::fs::write(inner.join("no_pointer.yaml"), "a: 1\n").unwrap();
+    // A link inside the directory to a file outside it is outside.
+    std::os::unix::fs::symlink(dir.path().join("outside.yaml"), inner.join("link.yaml")).unwrap();
     let engine = Engine::from_json(json!({})).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for (i, (schema_ref, param_ref, expected)) in [
         ("../outside.yaml", None, "outside the spec's directory"),
+        ("link.yaml", None, "outside the spec's directory"),
         ("missing.yaml", None, "missing.yaml"),
         ("/etc/hostname", None, "only relative file refs"),
         ("https://example.com/pet.json", None, "only relative file refs"),
