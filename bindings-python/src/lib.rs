@@ -356,18 +356,20 @@ impl PyPendingCall {
     }
 }
 
-/// Settles the futures of one event loop's `call_tool_async` calls in batches:
-/// `deliver(batch)`, with `batch` a list of `(future, ok, value)` (the result as Python
-/// values, or the error as its `utp.UtpError` instance), is called from a blocking-pool
-/// thread under the GIL, and hands the batch to the loop in one `call_soon_threadsafe`.
-/// With many calls in flight, the calls that finish while one batch is being delivered
-/// go together in the next: one thread wake-up, one GIL acquisition and one wake-up of
-/// the loop per batch instead of per call.
+/// Settles the futures of one event loop's `call_tool_async` calls, in batches, on the
+/// loop's own thread. A finished call is queued here from whichever runtime thread
+/// finished it (no GIL needed); the one that makes the queue non-empty writes a byte to
+/// a socket pair whose other end the loop watches (`loop.add_reader(fileno(), ...)`).
+/// The loop then calls `drain()`, which returns every call queued meanwhile as
+/// `(future, ok, value)` (the result as Python values, or the error as its
+/// `utp.UtpError` instance) for `utp._settle_all`. No thread takes the GIL to hand
+/// results over: with many calls in flight, one wake-up of the loop settles a batch.
 #[pyclass(module = "utp._utp", name = "_Settler", frozen)]
 struct PySettler {
-    deliver: Py<PyAny>,
-    /// Finished calls not yet delivered; the one that makes it non-empty schedules a delivery.
+    /// Finished calls not yet drained.
     queue: Mutex<Vec<Finished>>,
+    wake: std::os::unix::net::UnixStream,
+    watched: std::os::unix::net::UnixStream,
 }
 
 /// A finished call: its asyncio future and its outcome.
@@ -376,73 +378,70 @@ type Finished = (Py<PyAny>, Result<Value, Error>);
 #[pymethods]
 impl PySettler {
     #[new]
-    fn new(py: Python<'_>, deliver: Bound<'_, PyAny>) -> PyResult<PySettler> {
-        if !deliver.is_callable() {
-            return Err(invalid(py, format!("deliver must be callable, got {}", type_name(&deliver))));
+    fn new(py: Python<'_>) -> PyResult<PySettler> {
+        let pair = std::os::unix::net::UnixStream::pair()
+            .and_then(|(wake, watched)| {
+                wake.set_nonblocking(true)?;
+                watched.set_nonblocking(true)?;
+                Ok((wake, watched))
+            })
+            .map_err(|e| raise(py, ErrorCode::Internal, format!("cannot create the settler's socket pair: {e}")))?;
+        Ok(PySettler { queue: Mutex::new(Vec::new()), wake: pair.0, watched: pair.1 })
+    }
+
+    /// The descriptor the loop watches for "calls finished".
+    fn fileno(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.watched.as_raw_fd()
+    }
+
+    /// Every finished call queued so far, as `(future, ok, value)`; on the loop's thread.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        use std::io::Read;
+        // The wake-up bytes first, then the queue: a call queued after this read
+        // writes a byte of its own, so none is left behind.
+        let mut bytes = [0u8; 256];
+        while matches!((&self.watched).read(&mut bytes), Ok(n) if n > 0) {}
+        let finished = std::mem::take(&mut *locked(&self.queue));
+        let batch = PyList::empty(py);
+        for (future, result) in finished {
+            let (ok, value) = match result.as_ref().map_err(|e| to_py_err(py, e)).and_then(|v| to_py(py, v)) {
+                Ok(value) => (true, value),
+                Err(err) => (false, err.into_value(py).into_bound(py).into_any()),
+            };
+            batch.append((future, ok, value))?;
         }
-        Ok(PySettler { deliver: deliver.unbind(), queue: Mutex::new(Vec::new()) })
+        Ok(batch)
     }
 }
 
-/// Queue a finished call's result; the first of a batch schedules its delivery, on a
-/// blocking-pool thread (never a runtime worker, never the event loop's thread), or on a
-/// thread of its own when `own_thread` (inside a runtime's shutdown or a panic) or
-/// outside a runtime.
-fn settle(
-    settler: Py<PySettler>,
-    future: Py<PyAny>,
-    result: Result<Value, Error>,
-    running: Option<Arc<Running>>,
-    own_thread: bool,
-) {
-    let first = {
-        let mut queue = locked(&settler.get().queue);
-        queue.push((future, result));
-        queue.len() == 1
-    };
-    if !first {
-        return; // the delivery scheduled for the first one takes this one too
-    }
-    let deliver = move || {
-        Python::attach(|py| {
-            let finished = std::mem::take(&mut *locked(&settler.get().queue));
-            let batch = PyList::empty(py);
-            for (future, result) in finished {
-                let (ok, value) = match result.as_ref().map_err(|e| to_py_err(py, e)).and_then(|v| to_py(py, v)) {
-                    Ok(value) => (true, value),
-                    Err(err) => (false, err.into_value(py).into_bound(py).into_any()),
-                };
-                if let Err(e) = batch.append((future, ok, value)) {
-                    e.write_unraisable(py, None);
-                }
-            }
-            let deliver = &settler.get().deliver;
-            if let Err(e) = deliver.call1(py, (batch,)) {
-                e.write_unraisable(py, Some(deliver.bind(py)));
-            }
-        });
-        // Outside the GIL: the last reference shuts the runtime down (without waiting).
-        drop(running);
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if !own_thread => drop(handle.spawn_blocking(deliver)),
-        _ => drop(std::thread::spawn(deliver)),
+impl PySettler {
+    /// Queue a finished call; the first of a batch wakes the loop.
+    fn queue(&self, future: Py<PyAny>, result: Result<Value, Error>) {
+        use std::io::Write;
+        let first = {
+            let mut queue = locked(&self.queue);
+            queue.push((future, result));
+            queue.len() == 1
+        };
+        // A full socket buffer (WouldBlock) already holds a wake-up.
+        if first {
+            let _ = (&self.wake).write(&[1]);
+        }
     }
 }
 
 /// The completion side of a spawned call: `send` queues the result on the loop's
 /// settler. Dropped without `send` (the task panicked, or its runtime went away), it
-/// settles the future with an error, so an awaiting coroutine never hangs.
+/// queues an error instead, so an awaiting coroutine never hangs.
 struct Delivery {
     target: Option<(Py<PySettler>, Py<PyAny>)>,
-    /// Keeps the runtime (and engine) alive until the future is settled, even after `close()`.
-    running: Option<Arc<Running>>,
 }
 
 impl Delivery {
     fn send(mut self, result: Result<Value, Error>) {
         if let Some((settler, future)) = self.target.take() {
-            settle(settler, future, result, self.running.take(), false);
+            settler.get().queue(future, result);
         }
     }
 }
@@ -455,7 +454,7 @@ impl Drop for Delivery {
         } else {
             Error::with_code(ErrorCode::Cancelled, "the call was dropped before it finished (runtime shut down)")
         };
-        settle(settler, future, Err(error), self.running.take(), true);
+        settler.get().queue(future, Err(error));
     }
 }
 
@@ -1179,8 +1178,7 @@ impl PyEngine {
             match first {
                 Poll::Ready(result) => to_py(py, &result.map_err(|e| to_py_err(py, &e))?),
                 Poll::Pending => {
-                    let target = Some((settler.unbind(), future.unbind()));
-                    let delivery = Delivery { target, running: Some(r.clone()) };
+                    let delivery = Delivery { target: Some((settler.unbind(), future.unbind())) };
                     // The task's first poll replaces the no-op waker.
                     drop(r.rt().spawn(async move {
                         let result = call.await;

@@ -122,24 +122,18 @@ _SETTLERS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _utp._Settler]"
 
 def _settler_for(loop: "asyncio.AbstractEventLoop") -> "_utp._Settler":
     """The loop's settler of ``call_tool_async`` futures (see ``_utp._Settler``): one per
-    loop, so that calls finishing together reach the loop in one hand-over."""
+    loop, watched by the loop, so that calls finishing together are settled in one
+    wake-up of the loop, on its own thread."""
     settler = _SETTLERS.get(loop)
     if settler is None:
-        loop_ref = weakref.ref(loop)  # the settler must not keep its loop alive
-
-        def deliver(batch: List[Tuple["asyncio.Future[Any]", bool, Any]]) -> None:
-            # A blocking-pool thread of the engine, with the GIL: hand over to the loop.
-            target = loop_ref()
-            if target is None:
-                return
-            try:
-                target.call_soon_threadsafe(_settle_all, batch)
-            except RuntimeError:
-                pass  # the loop was closed meanwhile: nobody awaits the results
-
-        settler = _utp._Settler(deliver)
+        settler = _utp._Settler()
+        loop.add_reader(settler.fileno(), _drain, settler)
         _SETTLERS[loop] = settler
     return settler
+
+
+def _drain(settler: "_utp._Settler") -> None:
+    _settle_all(settler.drain())
 
 
 RuleFn = Callable[[str, str, Dict[str, Any]], Any]

@@ -115,9 +115,11 @@ class _PendingCall:
 
 @final
 class _Settler:
-    """Settles one event loop's ``call_tool_async`` futures in batches through ``deliver``."""
+    """Settles one event loop's ``call_tool_async`` futures in batches, on the loop's thread."""
 
-    def __new__(cls, deliver: Callable[[List[Tuple[asyncio.Future[Any], bool, Any]]], None]) -> "_Settler": ...
+    def __new__(cls) -> "_Settler": ...
+    def fileno(self) -> int: ...
+    def drain(self) -> List[Tuple[asyncio.Future[Any], bool, Any]]: ...
 
 @disjoint_base
 class Engine:
