@@ -132,6 +132,36 @@ test('discovery reports a bad file and goes on', async () => {
   }
 })
 
+test('a spec split over files registers by path and by discovery', async () => {
+  // Relative-file `$ref`s: a parameter and schemas in other files, resolved against each file.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'utp-node-'))
+  try {
+    fs.mkdirSync(path.join(dir, 'schemas'))
+    fs.writeFileSync(path.join(dir, 'params.yaml'), 'limit: {name: limit, in: query, schema: {type: integer}}\n')
+    fs.writeFileSync(path.join(dir, 'schemas', 'pet.json'), '{"type": "object", "properties": {"tag": {"$ref": "tag.json"}}}')
+    fs.writeFileSync(path.join(dir, 'schemas', 'tag.json'), '{"type": "string", "enum": ["cat", "dog"]}')
+    const spec = {
+      openapi: '3.1.0', info: { title: 'Split', version: '1' }, servers: [{ url: 'http://127.0.0.1:1' }],
+      paths: { '/pets': { post: { operationId: 'addPet', parameters: [{ $ref: 'params.yaml#/limit' }],
+        requestBody: { content: { 'application/json': { schema: { $ref: 'schemas/pet.json' } } } },
+        responses: { 200: { description: 'ok' } } } } },
+    }
+    fs.writeFileSync(path.join(dir, 'openapi.json'), JSON.stringify(spec))
+    const engine = new Engine()
+    assert.deepEqual(await engine.registerManual(path.join(dir, 'openapi.json'), 'split'), ['split.addPet'])
+    const inputs = engine.tool('split.addPet').inputs
+    assert.deepEqual(inputs.properties.limit, { type: 'integer' })
+    assert.deepEqual(inputs.$defs.tag, { type: 'string', enum: ['cat', 'dog'] })
+    await assert.rejects(engine.callTool('split.addPet', { limit: 1, body: { tag: 'cow' } }), (e) =>
+      e.code === 'ERR_UTP_VALIDATION_FAILED' && /\/body\/tag/.test(e.message))
+    const report = await new Engine().discoverReport(dir)
+    const byName = Object.fromEntries(report.files.map((f) => [path.basename(f.path), f.status]))
+    assert.equal(byName['openapi.json'], 'registered')
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
 test('deregisterManual removes a manual and its tools', async () => {
   const engine = new Engine()
   await engine.discover(manualsDir)

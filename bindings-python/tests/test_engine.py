@@ -1,6 +1,7 @@
 """The Python API of the registry layer: engine lifecycle, registration, discovery, search."""
 
 import asyncio
+import json
 import pathlib
 import threading
 
@@ -150,3 +151,29 @@ def test_openapi_document_registers_one_tool_per_operation(engine):
     }
     names = engine.register_manual(spec)
     assert sorted(names) == ["Pet_Store.delete_pets_id", "Pet_Store.listPets", "Pet_Store.post_pets"]
+
+
+def test_a_spec_split_over_files_registers_by_path(engine, tmp_path):
+    # Relative-file `$ref`s (design: discovery and registry): a parameter and a schema in
+    # other files, a schema file pointing at another; the tool validates with them.
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "params.yaml").write_text("limit: {name: limit, in: query, schema: {type: integer, maximum: 50}}\n")
+    (tmp_path / "schemas" / "pet.json").write_text('{"type": "object", "properties": {"tag": {"$ref": "tag.json"}}}')
+    (tmp_path / "schemas" / "tag.json").write_text('{"type": "string", "enum": ["cat", "dog"]}')
+    spec = {
+        "openapi": "3.1.0", "info": {"title": "Split", "version": "1"}, "servers": [{"url": "http://127.0.0.1:1"}],
+        "paths": {"/pets": {"post": {"operationId": "addPet", "parameters": [{"$ref": "params.yaml#/limit"}],
+                                     "requestBody": {"content": {"application/json": {"schema": {"$ref": "schemas/pet.json"}}}},
+                                     "responses": {"200": {"description": "ok"}}}}},
+    }
+    (tmp_path / "openapi.json").write_text(json.dumps(spec))
+    assert engine.register_manual(str(tmp_path / "openapi.json"), "split") == ["split.addPet"]
+    inputs = engine.tool("split.addPet")["inputs"]
+    assert inputs["properties"]["limit"] == {"type": "integer", "maximum": 50}
+    assert inputs["properties"]["body"] == {"$ref": "#/$defs/pet"}
+    assert inputs["$defs"]["tag"] == {"type": "string", "enum": ["cat", "dog"]}
+    with pytest.raises(utp.ValidationFailedError, match="/body/tag"):
+        engine.call_tool("split.addPet", {"limit": 3, "body": {"tag": "cow"}})
+    (tmp_path / "escape.json").write_text(json.dumps({**spec, "paths": {"/x": {"get": {"parameters": [{"$ref": "../p.yaml#/a"}]}}}}))
+    with pytest.raises(utp.InvalidManualError, match="(?i)outside the spec.s directory|no such file"):
+        engine.register_manual(str(tmp_path / "escape.json"), "escape")

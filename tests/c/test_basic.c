@@ -227,6 +227,37 @@ static void test_discover_tempdir(utp_engine_t *engine) {
     rmdir(dir);
 }
 
+/* A spec split over files (relative-file `$ref`s) registers by path; its schemas from
+   other files validate calls. */
+static void test_split_spec(utp_engine_t *engine) {
+    char dir[] = "/tmp/utp_c_split_XXXXXX";
+    if (mkdtemp(dir) == NULL) {
+        CHECK(0, "mkdtemp failed");
+        return;
+    }
+    char spec_path[256], tag_path[256];
+    snprintf(spec_path, sizeof spec_path, "%s/openapi.json", dir);
+    snprintf(tag_path, sizeof tag_path, "%s/tag.json", dir);
+    CHECK(write_file(tag_path, "{\"type\": \"string\", \"enum\": [\"cat\", \"dog\"]}"), "write %s", tag_path);
+    CHECK(write_file(spec_path,
+                     "{\"openapi\": \"3.1.0\", \"info\": {\"title\": \"Split\", \"version\": \"1\"},"
+                     " \"servers\": [{\"url\": \"http://127.0.0.1:1\"}], \"paths\": {\"/pets\": {\"get\": {"
+                     "\"operationId\": \"find\", \"parameters\": [{\"name\": \"tag\", \"in\": \"query\","
+                     " \"required\": true, \"schema\": {\"$ref\": \"tag.json\"}}]}}}}"),
+          "write %s", spec_path);
+    char *names = NULL;
+    if (ok(utp_register_manual(engine, spec_path, "split", &names), "register split spec")) {
+        CHECK(find(names, "split.find") >= 0, "split names: %s", names);
+        utp_string_free(names);
+        char *out = NULL;
+        expect_code(utp_call_tool(engine, "split.find", "{\"tag\": \"cow\"}", NULL, &out), UTP_ERR_VALIDATION_FAILED,
+                    "a schema from another file validates");
+    }
+    unlink(spec_path);
+    unlink(tag_path);
+    rmdir(dir);
+}
+
 static void test_discover_dir(const char *dir) {
     utp_engine_t *engine = NULL;
     if (!ok(utp_engine_new("{}", &engine), "engine for argv dir")) return;
@@ -291,6 +322,7 @@ int main(int argc, char **argv) {
         test_deregister(engine);
         test_threads(engine);
         test_discover_tempdir(engine);
+        test_split_spec(engine);
         utp_engine_free(engine);
     }
     if (argc > 1) test_discover_dir(argv[1]);
