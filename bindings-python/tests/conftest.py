@@ -92,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/fail":
             return self._reply(503, {"error": "down"})
+        if url.path == "/slow":
+            time.sleep(float(parse_qs(url.query).get("s", ["30"])[0]))
         self._reply(200, {"path": url.path, "query": parse_qs(url.query), "key": self.headers.get("x-api-key")})
 
     def do_POST(self):
@@ -111,7 +113,8 @@ class _Server(ThreadingHTTPServer):
 @pytest.fixture
 def http_server():
     """A loopback HTTP server (http.server on 127.0.0.1): GET echoes path, query and
-    `x-api-key`; GET /fail answers 503; POST echoes the JSON body."""
+    `x-api-key`; GET /fail answers 503; GET /slow?s=N answers after N seconds (30 by
+    default); POST echoes the JSON body."""
     server = _Server(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -250,3 +250,86 @@ def test_ctrl_c_interrupts_a_blocking_call(tmp_path):
     assert code == 3, out
     assert "interrupted" in out
     assert elapsed < 5
+
+
+def _echo_manual(base):
+    return {"tools": [
+        {"name": "get", "inputs": {"type": "object", "properties": {"i": {"type": "integer"}}},
+         "tool_call_template": {"call_template_type": "http", "url": base + "/items"}},
+        {"name": "slow", "tool_call_template": {"call_template_type": "http", "url": base + "/slow"}},
+    ]}
+
+
+def test_http_calls_driven_on_the_calling_thread(http_server):
+    # A blocking HTTP call with no other in progress runs on a runtime of the calling
+    # thread, with that thread's client for the engine: from the main thread, from other
+    # threads one after another and at once, across engines, and after an engine closed.
+    first = utp.Engine()
+    first.register_manual(_echo_manual(http_server), name="web")
+    assert [first.call_tool("web.get", {"i": i})["query"] for i in range(20)] == [{"i": [str(i)]} for i in range(20)]
+    results = {}
+
+    def worker(n):
+        results[n] = [first.call_tool("web.get", {"i": n * 100 + i})["query"]["i"] for i in range(10)]
+
+    for n in range(3):  # one after another: each thread alone, on its own runtime
+        t = threading.Thread(target=worker, args=(n,))
+        t.start()
+        t.join()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3, 11)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {n: [[str(n * 100 + i)] for i in range(10)] for n in range(11)}
+    # Errors are the same on this path: validation, then a server error.
+    with pytest.raises(utp.ValidationFailedError):
+        first.call_tool("web.get", {"i": "x"})
+    second = utp.Engine()
+    second.register_manual(_echo_manual(http_server), name="web")
+    assert second.call_tool("web.get", {"i": 1})["query"] == {"i": ["1"]}
+    first.close()
+    del first
+    gc.collect()
+    third = utp.Engine()
+    third.register_manual(_echo_manual(http_server), name="web")
+    assert third.call_tool("web.get", {"i": 2})["query"] == {"i": ["2"]}
+    assert second.call_tool("web.get", {"i": 3})["query"] == {"i": ["3"]}
+    # A timeout on this path, as on the runtime's.
+    with pytest.raises(utp.TimeoutError):
+        third.call_tool("web.slow", {}, timeout=0.2)
+    second.close()
+    third.close()
+
+
+def test_ctrl_c_interrupts_an_http_call_driven_on_the_calling_thread(tmp_path):
+    script = tmp_path / "slow_http.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, threading, time, utp
+            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+            class Slow(BaseHTTPRequestHandler):
+                def do_GET(self):
+                    time.sleep(30)
+
+            server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            engine = utp.Engine()
+            url = f"http://127.0.0.1:{server.server_address[1]}/slow"
+            engine.register_manual({"tools": [{"name": "slow", "tool_call_template": {
+                "call_template_type": "http", "url": url}}]}, name="web")
+            print("ready", flush=True)
+            try:
+                engine.call_tool("web.slow", timeout=60)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                sys.exit(3)
+            """
+        )
+    )
+    code, out, elapsed = interrupt_child(script, settle=0.3, timeout=10)
+    assert code == 3, out
+    assert "interrupted" in out
+    assert elapsed < 5

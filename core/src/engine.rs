@@ -234,7 +234,7 @@ impl Engine {
 
     /// The engine's pooled HTTP client (the planner's model adapters share it).
     pub(crate) fn http_client(&self) -> Result<reqwest::Client> {
-        self.inner.transports.client().cloned()
+        self.inner.transports.client()
     }
 
     pub(crate) fn workflows(&self) -> &crate::workflow::WorkflowRuntime {
@@ -466,6 +466,16 @@ impl Engine {
         }
         .instrument(span)
         .await
+    }
+
+    /// Drive `future` (a call of this engine, e.g. [`Engine::call_tool`]) to completion on
+    /// the calling thread, on a runtime of that thread, with an HTTP client of that thread:
+    /// for hosts that block a thread per call, a call's I/O then never crosses threads
+    /// (`transport::here`). An HTTP call's connection then lives on that thread's runtime,
+    /// so use it for calls that end within the future (not streams). An error when the
+    /// thread already runs a tokio runtime (the caller then uses its own).
+    pub fn block_on_here<F: Future>(&self, future: F) -> Result<F::Output> {
+        transport::here::block_on(&self.inner.transports, future)
     }
 
     /// Call a tool and receive its results as they arrive: the items of an `sse` or
@@ -758,7 +768,7 @@ impl Engine {
             false,
         ));
         spec.timeout = Some(FETCH_TIMEOUT);
-        let mut response = net::send(self.inner.transports.client()?, self.fetch_policy(), spec).await?;
+        let mut response = net::send(&self.inner.transports.client()?, self.fetch_policy(), spec).await?;
         if !response.status().is_success() {
             return Err(Error::Transport(format!("GET {}: HTTP {}", net::redact(url), response.status())));
         }

@@ -391,3 +391,36 @@ async fn openapi_tools_are_called_with_their_styles() {
     assert_eq!(err.code(), ErrorCode::ValidationFailed);
     assert!(err.to_string().contains("/petId"), "{err}");
 }
+
+#[test]
+fn calls_driven_on_the_calling_thread_use_its_runtime_and_a_client_per_engine() {
+    // The server runs on a runtime of its own; the test thread runs none.
+    let server_rt = tokio::runtime::Runtime::new().unwrap();
+    let srv = server_rt.block_on(server());
+    let tools = json!([http_tool("get", json!({"url": format!("http://127.0.0.1:{}/echo", srv.port)})),
+        http_tool("slow", json!({"url": format!("http://127.0.0.1:{}/slow", srv.port)}))]);
+    let make = || server_rt.block_on(engine_with(json!({}), tools.clone()));
+    let (a, b) = (make(), make());
+    let here = |e: &Engine, name: &str, args: Value, options: CallOptions| {
+        e.block_on_here(e.call_tool(name, args, options)).expect("this thread runs no runtime")
+    };
+    for i in 0..5 {
+        let got = here(&a, "api.get", json!({"i": i}), CallOptions::default()).unwrap();
+        assert_eq!(got["query"], format!("i={i}"));
+        assert_eq!(here(&b, "api.get", json!({"j": i}), CallOptions::default()).unwrap()["query"], format!("j={i}"));
+    }
+    // A timeout and a cancellation work on this thread's runtime too.
+    let options = CallOptions { timeout: Some(Duration::from_millis(100)), ..CallOptions::default() };
+    assert_eq!(here(&b, "api.slow", json!({}), options).unwrap_err().code(), ErrorCode::Timeout);
+    // The engine gone, the other keeps its own client; so does another thread.
+    drop(a);
+    assert_eq!(here(&b, "api.get", json!({"k": 1}), CallOptions::default()).unwrap()["query"], "k=1");
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(here(&b, "api.get", json!({"t": 2}), CallOptions::default()).unwrap()["query"], "t=2"));
+    });
+    // Not on a thread that runs a runtime: the caller then uses its own.
+    let err = server_rt.block_on(async { b.block_on_here(async {}) }).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Internal);
+    assert!(err.to_string().contains("already runs a tokio runtime"), "{err}");
+    srv.task.abort();
+}

@@ -69,11 +69,11 @@ pub(crate) async fn send_with_auth(
     let policy = t.policy();
     let mut first = spec.clone();
     apply_auth(t, auth, &mut first, false).await.map_err(|e| name_tool(tool, e))?;
-    let response = net::send(client, policy, first).await.map_err(|e| name_tool(tool, e))?;
+    let response = net::send(&client, policy, first).await.map_err(|e| name_tool(tool, e))?;
     if response.status() == reqwest::StatusCode::UNAUTHORIZED && matches!(auth, Some(Auth::OAuth2 { .. })) {
         let mut retry = spec;
         apply_auth(t, auth, &mut retry, true).await.map_err(|e| name_tool(tool, e))?;
-        return net::send(client, policy, retry).await.map_err(|e| name_tool(tool, e));
+        return net::send(&client, policy, retry).await.map_err(|e| name_tool(tool, e));
     }
     Ok(response)
 }
@@ -537,7 +537,7 @@ impl TokenCache {
         }
         spec.timeout = Some(t.config.calls.default_timeout);
         let policy: NetPolicy = t.policy();
-        let mut response = net::send(t.client()?, policy, spec).await?;
+        let mut response = net::send(&t.client()?, policy, spec).await?;
         let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| net::request_error(&reqwest::Method::POST, &url, e))? {

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod file;
+pub(crate) mod here;
 pub mod http;
 pub mod net;
 pub mod post;
@@ -37,6 +38,10 @@ pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Value>> + Send>>;
 pub struct Transports {
     pub(crate) config: Arc<Config>,
     client: OnceLock<std::result::Result<reqwest::Client, String>>,
+    /// Tells threads that drove calls of this engine on their own runtime (`here`) which
+    /// of their clients is this engine's, and when it is gone.
+    id: u64,
+    alive: Arc<()>,
     pub(crate) tokens: http::TokenCache,
     natives: RwLock<HashMap<String, NativeHandler>>,
     pub(crate) file_root: PathBuf,
@@ -55,21 +60,29 @@ impl Transports {
             (None, Some(base)) => base.clone(),
             (None, None) => PathBuf::from("."),
         };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Transports {
             config,
             client: OnceLock::new(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            alive: Arc::new(()),
             tokens: http::TokenCache::default(),
             natives: RwLock::new(HashMap::new()),
             file_root,
         }
     }
 
-    /// The engine's one pooled HTTP client, built on first use (no TLS setup in `Engine::new`).
-    pub fn client(&self) -> Result<&reqwest::Client> {
+    /// The engine's one pooled HTTP client, built on first use (no TLS setup in `Engine::new`);
+    /// on a thread that drives this engine's call itself, that thread's client (`here`).
+    pub fn client(&self) -> Result<reqwest::Client> {
+        if let Some(client) = here::active_client(self.id) {
+            return Ok(client);
+        }
         let allow_private = self.config.calls.allow_private_networks;
         self.client
             .get_or_init(|| net::build_client(allow_private))
             .as_ref()
+            .cloned()
             .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
     }
 

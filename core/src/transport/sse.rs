@@ -79,7 +79,7 @@ pub(crate) async fn open(
                 http::apply_auth(t, rt.auth, &mut again, false).await?;
             }
             let reader = SseReader {
-                client: t.client()?.clone(),
+                client: t.client()?,
                 policy: t.policy(),
                 spec: again,
                 event_type: tpl.event_type.clone(),
