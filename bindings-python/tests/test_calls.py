@@ -228,18 +228,17 @@ def test_stored_callables_are_released_with_the_engine():
     assert ref() is None
 
 
-def test_ctrl_c_interrupts_a_blocking_call(tmp_path):
-    script = tmp_path / "slow.py"
+def _assert_ctrl_c_interrupts(tmp_path, setup, call):
+    """Run `setup` then the blocking `call` in a child; Ctrl-C must raise KeyboardInterrupt
+    in it within 5 s."""
+    script = tmp_path / "blocked.py"
     script.write_text(
-        textwrap.dedent(
-            """
-            import sys, time, utp
-            engine = utp.Engine()
-            engine.register_manual({"tools": [{"name": "sleep", "tool_call_template": {
-                "call_template_type": "cli", "commands": [{"command": "sleep 30"}]}}]}, name="slow")
+        textwrap.dedent(setup)
+        + textwrap.dedent(
+            f"""
             print("ready", flush=True)
             try:
-                engine.call_tool("slow.sleep", timeout=60)
+                {call}
             except KeyboardInterrupt:
                 print("interrupted", flush=True)
                 sys.exit(3)
@@ -250,6 +249,16 @@ def test_ctrl_c_interrupts_a_blocking_call(tmp_path):
     assert code == 3, out
     assert "interrupted" in out
     assert elapsed < 5
+
+
+def test_ctrl_c_interrupts_a_blocking_call(tmp_path):
+    setup = """
+        import sys, time, utp
+        engine = utp.Engine()
+        engine.register_manual({"tools": [{"name": "sleep", "tool_call_template": {
+            "call_template_type": "cli", "commands": [{"command": "sleep 30"}]}}]}, name="slow")
+    """
+    _assert_ctrl_c_interrupts(tmp_path, setup, 'engine.call_tool("slow.sleep", timeout=60)')
 
 
 def _echo_manual(base):
@@ -303,33 +312,19 @@ def test_http_calls_driven_on_the_calling_thread(http_server):
 
 
 def test_ctrl_c_interrupts_an_http_call_driven_on_the_calling_thread(tmp_path):
-    script = tmp_path / "slow_http.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import sys, threading, time, utp
-            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    setup = """
+        import sys, threading, time, utp
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-            class Slow(BaseHTTPRequestHandler):
-                def do_GET(self):
-                    time.sleep(30)
+        class Slow(BaseHTTPRequestHandler):
+            def do_GET(self):
+                time.sleep(30)
 
-            server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            engine = utp.Engine()
-            url = f"http://127.0.0.1:{server.server_address[1]}/slow"
-            engine.register_manual({"tools": [{"name": "slow", "tool_call_template": {
-                "call_template_type": "http", "url": url}}]}, name="web")
-            print("ready", flush=True)
-            try:
-                engine.call_tool("web.slow", timeout=60)
-            except KeyboardInterrupt:
-                print("interrupted", flush=True)
-                sys.exit(3)
-            """
-        )
-    )
-    code, out, elapsed = interrupt_child(script, settle=0.3, timeout=10)
-    assert code == 3, out
-    assert "interrupted" in out
-    assert elapsed < 5
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        engine = utp.Engine()
+        url = f"http://127.0.0.1:{server.server_address[1]}/slow"
+        engine.register_manual({"tools": [{"name": "slow", "tool_call_template": {
+            "call_template_type": "http", "url": url}}]}, name="web")
+    """
+    _assert_ctrl_c_interrupts(tmp_path, setup, 'engine.call_tool("web.slow", timeout=60)')
