@@ -84,10 +84,9 @@ impl SharedDefs {
         SharedDefs { ref_prefix: ref_prefix.to_string(), ..SharedDefs::default() }
     }
 
-    /// Add a definition whose references are already `#/$defs/<name>`; `refs` are the
-    /// names it references directly.
-    pub fn insert(&mut self, name: String, def: Value, refs: Vec<String>) {
-        let parsed = ParsedDef { value: def, refs, error: None };
+    /// Add a built definition; its `ref_prefix` references are rewritten now.
+    pub fn insert(&mut self, name: String, def: Value) {
+        let parsed = rewritten(def, &self.ref_prefix);
         self.put(name, SharedDef { raw: None, parsed: OnceLock::from(parsed) });
     }
 
@@ -136,17 +135,10 @@ impl SharedDefs {
     fn parse<'d>(&self, def: &'d SharedDef) -> &'d ParsedDef {
         def.parsed.get_or_init(|| {
             let raw = def.raw.as_ref().map_or("{}", |r| r.get());
-            let mut value = match crate::parse::parse_spec_fragment(raw) {
-                Ok(value) => value,
-                Err(e) => return ParsedDef { value: Value::Object(Map::new()), refs: Vec::new(), error: Some(e) },
-            };
-            let mut refs = std::collections::BTreeSet::new();
-            rewrite_refs(&mut value, &self.ref_prefix, &mut |r| {
-                if !refs.contains(r) {
-                    refs.insert(r.to_string());
-                }
-            });
-            ParsedDef { value, refs: refs.into_iter().collect(), error: None }
+            match crate::parse::parse_spec_fragment(raw) {
+                Ok(value) => rewritten(value, &self.ref_prefix),
+                Err(e) => ParsedDef { value: Value::Object(Map::new()), refs: Vec::new(), error: Some(e) },
+            }
         })
     }
 
@@ -208,6 +200,18 @@ impl SharedDefs {
             Some(e) => Err((out, e)),
         }
     }
+}
+
+/// A definition with its `prefix` references rewritten to `#/$defs/`, and the names
+/// it references directly, sorted.
+fn rewritten(mut value: Value, prefix: &str) -> ParsedDef {
+    let mut refs = std::collections::BTreeSet::new();
+    rewrite_refs(&mut value, prefix, &mut |r| {
+        if !refs.contains(r) {
+            refs.insert(r.to_string());
+        }
+    });
+    ParsedDef { value, refs: refs.into_iter().collect(), error: None }
 }
 
 /// Same names, definitions (compared parsed) and references, in the same order.

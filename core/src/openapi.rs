@@ -8,7 +8,7 @@
 //! scheme, named after the scheme, not one per operation.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
@@ -580,7 +580,7 @@ impl<'a> Ctx<'a> {
 
     /// The spec's definitions with their reference graph: raw ones held back by the
     /// parser stay raw (parsed, rewritten and scanned when a tool first needs them),
-    /// built ones (`container`) are rewritten to `#/$defs/` now.
+    /// built ones (`container`) are rewritten to `#/$defs/` as they are added.
     fn shared_defs(&self, container: Option<Value>, raw: Option<Vec<(String, Box<RawValue>)>>) -> Option<SharedDefs> {
         let mut shared = SharedDefs::new(self.defs_root);
         if let Some(raw) = raw {
@@ -590,14 +590,8 @@ impl<'a> Ctx<'a> {
             return Some(shared);
         }
         let Some(Value::Object(container)) = container else { return None };
-        for (name, mut def) in container {
-            let mut found = BTreeSet::new();
-            rewrite_refs(&mut def, self.defs_root, &mut |r| {
-                if !found.contains(r) {
-                    found.insert(r.to_string());
-                }
-            });
-            shared.insert(name, def, found.into_iter().collect());
+        for (name, def) in container {
+            shared.insert(name, def);
         }
         Some(shared)
     }
