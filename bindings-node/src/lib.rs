@@ -17,12 +17,13 @@
 
 mod host;
 mod json;
+mod settle;
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Env, Status, sys};
 use napi_derive::napi;
 use serde_json::Value;
-use utp_core::{CallOptions, Config, ErrorCode, HistoryFilter, ManualSource, NativeHandler, RegisteredTool};
+use utp_core::{CallOptions, CallThread, Config, ErrorCode, HistoryFilter, ManualSource, NativeHandler, RegisteredTool};
 
 use crate::json::{JsJson, StrictJson};
 
@@ -42,6 +43,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How long `close()` waits for runs in the middle of a store commit.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// At most this many call threads, however many CPUs.
+const MAX_CALL_THREADS: usize = 4;
 
 /// Search results returned when `limit` is not given (design §4: `limit=10`).
 const DEFAULT_SEARCH_LIMIT: usize = 10;
@@ -104,6 +108,8 @@ pub enum CallPromise {
     Settled(napi::Result<Value>),
     /// The call waits for something: its future runs on napi's tokio runtime (as [`promise`]).
     Spawned(AsyncBlock<Value>),
+    /// A network call running on a call thread, settled through the JS thread's settler.
+    OnCallThread(sys::napi_value),
 }
 
 impl ToNapiValue for CallPromise {
@@ -111,28 +117,34 @@ impl ToNapiValue for CallPromise {
         match val {
             CallPromise::Spawned(block) => unsafe { AsyncBlock::to_napi_value(env, block) },
             CallPromise::Settled(result) => unsafe { settled_promise(env, result) },
+            CallPromise::OnCallThread(promise) => Ok(promise),
         }
     }
 }
 
-/// A Promise settled with `result`, converted as napi's own deferred settles an
-/// AsyncBlock (`ToNapiValue` of the value, or of the `napi::Error`; a value that cannot
-/// be converted rejects with the conversion error).
+/// A Promise settled with `result`.
 unsafe fn settled_promise(env: sys::napi_env, result: napi::Result<Value>) -> napi::Result<sys::napi_value> {
-    let settle = match result.and_then(|value| unsafe { Value::to_napi_value(env, value) }) {
-        Ok(value) => Ok(value),
-        Err(error) => Err(unsafe { napi::Error::to_napi_value(env, error) }?),
-    };
     let mut deferred = std::ptr::null_mut();
     let mut promise = std::ptr::null_mut();
     let status = unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) };
     napi::check_status!(status, "cannot create a promise")?;
-    let status = match settle {
-        Ok(value) => unsafe { sys::napi_resolve_deferred(env, deferred, value) },
-        Err(error) => unsafe { sys::napi_reject_deferred(env, deferred, error) },
-    };
-    napi::check_status!(status, "cannot settle a promise")?;
+    unsafe { settle::settle_deferred(env, deferred, result) }?;
     Ok(promise)
+}
+
+/// The threads network calls run on (`utp_core::CallThread`): one per CPU this process
+/// may use, so that a call's request, response and completion stay on one thread.
+static CALL_THREADS: OnceLock<Result<Vec<CallThread>, String>> = OnceLock::new();
+
+/// The call thread with the fewest calls in flight (the first on a tie, so that
+/// sequential calls always run on the same thread and reuse its connections).
+fn call_thread() -> napi::Result<&'static CallThread> {
+    let threads = CALL_THREADS.get_or_init(|| {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_CALL_THREADS);
+        (0..count).map(|i| CallThread::start(&format!("utp-call-{i}")).map_err(|e| e.to_string())).collect()
+    });
+    let threads = threads.as_ref().map_err(|e| coded(ErrorCode::Internal, e))?;
+    threads.iter().min_by_key(|t| t.in_flight()).ok_or_else(|| coded(ErrorCode::Internal, "no call thread"))
 }
 
 /// Like [`promise`], with a fast path: the future is polled once right here, on the JS
@@ -145,9 +157,10 @@ unsafe fn settled_promise(env: sys::napi_env, result: napi::Result<Value>) -> na
 /// reached through ThreadsafeFunctions, which queue their calls on the event loop. A
 /// panic in the poll rejects the Promise with a `[PANIC]` error, as on the runtime.
 ///
-/// `waits`: the call is known to wait (a network call): it is handed to the runtime
-/// unpolled, so that its request is built on a worker, not on the JS thread, which runs
-/// everything else the process does.
+/// `waits`: the call is known to wait (a network call): it is handed unpolled to a call
+/// thread, so that its request is built there, not on the JS thread, which runs
+/// everything else the process does; its promise settles through the JS thread's
+/// settler (`settle`), in batches with the other calls that finished meanwhile.
 fn call_promise<F>(env: &Env, future: F, waits: bool) -> napi::Result<CallPromise>
 where
     F: Future<Output = napi::Result<Value>> + Send + 'static,
@@ -164,6 +177,12 @@ where
     };
     match first {
         Poll::Ready(result) => Ok(CallPromise::Settled(result)),
+        Poll::Pending if waits => {
+            let thread = call_thread()?;
+            let (pending, promise) = settle::settler(env.raw())?.promise(env.raw())?;
+            thread.spawn(async move { pending.settle(future.await) });
+            Ok(CallPromise::OnCallThread(promise))
+        }
         Poll::Pending => Ok(CallPromise::Spawned(AsyncBlockBuilder::new(future).build(env)?)),
     }
 }

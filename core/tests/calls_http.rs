@@ -11,12 +11,14 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use serde_json::{Value, json};
-use utp_core::{CallOptions, Engine, ErrorCode, ManualSource};
+use utp_core::{CallOptions, CallThread, Engine, ErrorCode, ManualSource};
 
 #[derive(Default)]
 struct State {
     tokens_issued: AtomicUsize,
     port: AtomicUsize,
+    /// Connections accepted so far.
+    connections: AtomicUsize,
 }
 
 struct Server {
@@ -128,6 +130,7 @@ async fn server() -> Server {
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
+            st.connections.fetch_add(1, Ordering::SeqCst);
             let st = st.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
@@ -423,4 +426,56 @@ fn calls_driven_on_the_calling_thread_use_its_runtime_and_a_client_per_engine() 
     assert_eq!(err.code(), ErrorCode::Internal);
     assert!(err.to_string().contains("already runs a tokio runtime"), "{err}");
     srv.task.abort();
+}
+
+#[test]
+fn calls_on_a_call_thread_share_its_runtime_and_its_own_connections() {
+    let server_rt = tokio::runtime::Runtime::new().unwrap();
+    let srv = server_rt.block_on(server());
+    let tools = json!([http_tool("get", json!({"url": format!("http://127.0.0.1:{}/echo", srv.port)})),
+        http_tool("slow", json!({"url": format!("http://127.0.0.1:{}/slow", srv.port)}))]);
+    let engine = server_rt.block_on(engine_with(json!({}), tools));
+    let thread = CallThread::start("utp-call-test").unwrap();
+    // Run a call there and wait for its result on this thread.
+    let on_thread = |name: &'static str, args: Value, options: CallOptions| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let e = engine.clone();
+        thread.spawn(async move {
+            let _ = tx.send(e.call_tool(name, args, options).await);
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("the call thread answers")
+    };
+    for i in 0..5 {
+        let got = on_thread("api.get", json!({"i": i}), CallOptions::default()).unwrap();
+        assert_eq!(got["query"], format!("i={i}"));
+    }
+    // Sequential calls there reuse one connection of the thread's own client...
+    assert_eq!(srv.state.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(thread.in_flight(), 0);
+    // ...and a call on the engine's runtime uses the engine's client, not that one.
+    server_rt.block_on(call(&engine, "api.get", json!({}))).unwrap();
+    assert_eq!(srv.state.connections.load(Ordering::SeqCst), 2);
+    // Timers run there: a timeout fires.
+    let options = CallOptions { timeout: Some(Duration::from_millis(100)), ..CallOptions::default() };
+    assert_eq!(on_thread("api.slow", json!({}), options).unwrap_err().code(), ErrorCode::Timeout);
+    // Many at once: each gets its own result, and the count of calls in flight comes back to 0.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..50 {
+        let (e, tx) = (engine.clone(), tx.clone());
+        thread.spawn(async move {
+            let _ = tx.send((i, e.call_tool("api.get", json!({"n": i}), CallOptions::default()).await));
+        });
+    }
+    for _ in 0..50 {
+        let (i, got) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got.unwrap()["query"], format!("n={i}"));
+    }
+    let waited = std::time::Instant::now();
+    while thread.in_flight() > 0 && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(thread.in_flight(), 0);
+    // A panic ends its own future only; the thread goes on.
+    thread.spawn(async { panic!("a bug in one call") });
+    assert_eq!(on_thread("api.get", json!({"after": 1}), CallOptions::default()).unwrap()["query"], "after=1");
 }

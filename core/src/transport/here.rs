@@ -1,16 +1,21 @@
-//! Calls driven on the calling thread ([`crate::Engine::block_on_here`]).
+//! Calls driven on a thread of the host's or of a [`CallThread`], each with its own
+//! runtime and HTTP clients.
 //!
 //! A host that blocks one of its threads per call (Python's `call_tool`) would otherwise
 //! hand every call to the engine's runtime and wait: the request, the response and the
 //! wake-up each cross threads, and the runtime's workers, parked between calls, are woken
 //! again for every call (7 context switches per sequential HTTP call from Python). Here
-//! the calling thread drives the call on a current-thread runtime of its own, with an HTTP
-//! client of its own per engine, whose pooled connections live on that runtime: one switch
-//! per call, as when Rust drives the engine directly. Each thread's runtime and clients go
-//! with the thread; a client of an engine that was dropped is dropped at the next call.
+//! the calling thread drives the call on a current-thread runtime of its own
+//! ([`block_on`]), with an HTTP client of its own per engine, whose pooled connections
+//! live on that runtime: one switch per call, as when Rust drives the engine directly.
+//! A host whose calling thread cannot block (Node's JS thread) hands its calls to a
+//! [`CallThread`] instead: one thread and one current-thread runtime, so that a call's
+//! socket events never move between threads either. Each thread's runtime and clients
+//! go with the thread; a client of an engine that was dropped is dropped at the next call.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use crate::error::{Error, Result};
@@ -26,16 +31,16 @@ struct Here {
     /// This thread's client for each engine it drove calls of (the engine's liveness
     /// token, its transports' id, the client).
     clients: RefCell<Vec<(Weak<()>, u64, reqwest::Client)>>,
-    /// The engine whose call this thread drives now, and the client it uses.
-    active: RefCell<Option<(u64, reqwest::Client)>>,
+    /// Whether calls running on this thread now use its own clients: while [`block_on`]
+    /// drives a call (a depth: it may nest through another engine), and for the life of
+    /// a [`CallThread`].
+    drives: Cell<u32>,
 }
 
-/// The client of the engine with transports `id` while this thread drives one of its
-/// calls (`None` elsewhere: on the engine's runtime, the engine's own client).
-pub(crate) fn active_client(id: u64) -> Option<reqwest::Client> {
-    HERE.try_with(|here| here.active.borrow().as_ref().filter(|(active, _)| *active == id).map(|(_, c)| c.clone()))
-        .ok()
-        .flatten()
+/// This thread's client for the engine with transports `t` while the thread drives calls
+/// on its own runtime (`None` elsewhere: on the engine's runtime, the engine's own client).
+pub(crate) fn thread_client(t: &Transports) -> Option<Result<reqwest::Client>> {
+    HERE.try_with(|here| (here.drives.get() > 0).then(|| here.client_for(t))).ok().flatten()
 }
 
 /// Drive `future` (a call of the engine with transports `t`) on this thread.
@@ -49,16 +54,17 @@ pub(crate) fn block_on<F: Future>(t: &Transports, future: F) -> Result<F::Output
         });
         let runtime =
             runtime.as_ref().map_err(|e| Error::Internal(format!("cannot start this thread's runtime: {e}")))?;
-        let client = here.client_for(t)?;
-        let previous = here.active.replace(Some((t.id, client)));
-        // Put back what was active even if the future panics (the host catches panics).
-        struct Restore<'h>(&'h RefCell<Option<(u64, reqwest::Client)>>, Option<(u64, reqwest::Client)>);
-        impl Drop for Restore<'_> {
+        // Build the client now, so that failing to is this call's error, not a panic later.
+        here.client_for(t)?;
+        here.drives.set(here.drives.get() + 1);
+        // Count down even if the future panics (the host catches panics).
+        struct Leave<'h>(&'h Cell<u32>);
+        impl Drop for Leave<'_> {
             fn drop(&mut self) {
-                *self.0.borrow_mut() = self.1.take();
+                self.0.set(self.0.get() - 1);
             }
         }
-        let _restore = Restore(&here.active, previous);
+        let _leave = Leave(&here.drives);
         Ok(runtime.block_on(future))
     })
 }
@@ -74,5 +80,57 @@ impl Here {
             .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
         clients.push((Arc::downgrade(&t.alive), t.id, client.clone()));
         Ok(client)
+    }
+}
+
+/// A thread that runs calls on a current-thread runtime of its own, with an HTTP client of
+/// its own per engine, for hosts whose calling thread cannot block on a call (Node's JS
+/// thread). On a multi-thread runtime a call's request, response and completion may each
+/// run on a different worker, and parked workers are woken for every call; here they all
+/// run on this one thread. The thread lives as long as the process: a host keeps its call
+/// threads in a static.
+pub struct CallThread {
+    handle: tokio::runtime::Handle,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl CallThread {
+    /// Start the thread, named `name`.
+    pub fn start(name: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start a call thread's runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                HERE.with(|here| here.drives.set(1));
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .map_err(|e| Error::Internal(format!("cannot start a call thread: {e}")))?;
+        Ok(CallThread { handle, in_flight: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    /// Run `future` on this thread. It should catch its own panics: one that escapes
+    /// ends that future only (tokio catches it), and its result is lost.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, future: F) {
+        struct Done(Arc<AtomicUsize>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let done = Done(self.in_flight.clone());
+        self.handle.spawn(async move {
+            let _done = done;
+            future.await;
+        });
+    }
+
+    /// The futures spawned here that have not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 }

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod file;
 pub(crate) mod here;
+pub use here::CallThread;
 pub mod http;
 pub mod net;
 pub mod post;
@@ -75,8 +76,8 @@ impl Transports {
     /// The engine's one pooled HTTP client, built on first use (no TLS setup in `Engine::new`);
     /// on a thread that drives this engine's call itself, that thread's client (`here`).
     pub fn client(&self) -> Result<reqwest::Client> {
-        if let Some(client) = here::active_client(self.id) {
-            return Ok(client);
+        if let Some(client) = here::thread_client(self) {
+            return client;
         }
         let allow_private = self.config.calls.allow_private_networks;
         self.client

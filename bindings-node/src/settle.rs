@@ -1,0 +1,229 @@
+//! Promises settled from other threads, in batches, on the JS thread.
+//!
+//! napi's own deferred creates a threadsafe function per promise: a libuv handle opened,
+//! woken and closed for every call, and an event-loop wake-up per call. Calls that run on
+//! the call threads (`utp_core::CallThread`) settle through one [`Settler`] per JS thread
+//! instead: a finished call is queued, the first of a batch wakes the JS thread through
+//! the settler's one threadsafe function, and the JS thread settles everything queued
+//! meanwhile. The threadsafe function is referenced only while promises are pending, so
+//! that an idle engine never keeps the process alive.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use napi::bindgen_prelude::ToNapiValue;
+use napi::sys;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+thread_local! {
+    /// The settler of the environment whose JS thread this is.
+    static SETTLER: RefCell<Option<(usize, Arc<Settler>)>> = const { RefCell::new(None) };
+}
+
+/// A JS thread's settler (its environment's): created on first use.
+pub(crate) fn settler(env: sys::napi_env) -> napi::Result<Arc<Settler>> {
+    SETTLER.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if let Some((owner, settler)) = slot.as_ref() {
+            if *owner == env as usize && !settler.state.lock().tsfn.is_null() {
+                return Ok(settler.clone());
+            }
+        }
+        let settler = Settler::create(env)?;
+        *slot = Some((env as usize, settler.clone()));
+        Ok(settler)
+    })
+}
+
+pub(crate) struct Settler {
+    state: Mutex<State>,
+    /// Promises made and not yet settled (touched on the JS thread only).
+    pending: AtomicUsize,
+}
+
+struct State {
+    /// Null once the environment is torn down: nothing is settled any more.
+    tsfn: sys::napi_threadsafe_function,
+    queue: Vec<Finished>,
+}
+
+// The threadsafe function is made to be called from any thread; the deferreds in the
+// queue are only ever settled on the JS thread (`drain`).
+unsafe impl Send for State {}
+
+struct Finished {
+    deferred: sys::napi_deferred,
+    result: napi::Result<Value>,
+}
+
+/// A promise made by [`Settler::promise`], to be settled from any thread. One dropped
+/// unsettled (its call's task ended in a panic) rejects with an `[INTERNAL]` error.
+pub(crate) struct Pending {
+    settler: Arc<Settler>,
+    deferred: Option<sys::napi_deferred>,
+}
+
+// See `State`: the deferred travels to the JS thread before it is used.
+unsafe impl Send for Pending {}
+
+impl Settler {
+    fn create(env: sys::napi_env) -> napi::Result<Arc<Settler>> {
+        let settler = Arc::new(Settler {
+            state: Mutex::new(State { tsfn: ptr::null_mut(), queue: Vec::new() }),
+            pending: AtomicUsize::new(0),
+        });
+        let mut name = ptr::null_mut();
+        let status = unsafe { sys::napi_create_string_utf8(env, c"utp settle".as_ptr(), 10, &mut name) };
+        napi::check_status!(status, "cannot name the settler")?;
+        // The threadsafe function owns one reference, given back in `finalize`.
+        let context = Arc::into_raw(settler.clone()) as *mut c_void;
+        let mut tsfn = ptr::null_mut();
+        let status = unsafe {
+            sys::napi_create_threadsafe_function(
+                env,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                name,
+                0,
+                1,
+                context,
+                Some(finalize),
+                context,
+                Some(drain),
+                &mut tsfn,
+            )
+        };
+        if status != sys::Status::napi_ok {
+            drop(unsafe { Arc::from_raw(context as *const Settler) });
+        }
+        napi::check_status!(status, "cannot create the settler")?;
+        settler.state.lock().tsfn = tsfn;
+        // Node tears a threadsafe function down in a cleanup hook of its own, registered
+        // when it was created; hooks run last-registered first, so `torn_down` runs before
+        // it and no thread calls the threadsafe function once it is gone.
+        let status = unsafe { sys::napi_add_env_cleanup_hook(env, Some(torn_down), context) };
+        napi::check_status!(status, "cannot watch the environment's teardown")?;
+        let status = unsafe { sys::napi_unref_threadsafe_function(env, tsfn) };
+        napi::check_status!(status, "cannot unreference the settler")?;
+        Ok(settler)
+    }
+
+    /// A new promise (on the JS thread): while it is pending, the process stays alive.
+    pub(crate) fn promise(self: &Arc<Self>, env: sys::napi_env) -> napi::Result<(Pending, sys::napi_value)> {
+        let mut deferred = ptr::null_mut();
+        let mut promise = ptr::null_mut();
+        let status = unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) };
+        napi::check_status!(status, "cannot create a promise")?;
+        if self.pending.load(Ordering::Relaxed) == 0 {
+            let tsfn = self.state.lock().tsfn;
+            let status = unsafe { sys::napi_ref_threadsafe_function(env, tsfn) };
+            napi::check_status!(status, "cannot reference the settler")?;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Ok((Pending { settler: self.clone(), deferred: Some(deferred) }, promise))
+    }
+}
+
+impl Pending {
+    /// Settle the promise (from any thread): it resolves or rejects on the JS thread.
+    pub(crate) fn settle(mut self, result: napi::Result<Value>) {
+        if let Some(deferred) = self.deferred.take() {
+            self.settler.queue(deferred, result);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(deferred) = self.deferred.take() {
+            let error = utp_core::Error::Internal("the call ended without a result".into());
+            self.settler.queue(deferred, Err(crate::core_err(error)));
+        }
+    }
+}
+
+impl Settler {
+    fn queue(&self, deferred: sys::napi_deferred, result: napi::Result<Value>) {
+        let mut state = self.state.lock();
+        if state.tsfn.is_null() {
+            return; // The environment is gone, and its promises with it.
+        }
+        state.queue.push(Finished { deferred, result });
+        if state.queue.len() == 1 {
+            // The first of a batch wakes the JS thread; `drain` takes the whole queue.
+            let status = unsafe {
+                sys::napi_call_threadsafe_function(
+                    state.tsfn,
+                    ptr::null_mut(),
+                    sys::ThreadsafeFunctionCallMode::nonblocking,
+                )
+            };
+            if status != sys::Status::napi_ok {
+                // Only while the environment closes: nothing will settle any more.
+                state.queue.clear();
+            }
+        }
+    }
+}
+
+/// Settle `deferred` with `result` (on the JS thread), converted as napi's own deferred
+/// settles: the value's `ToNapiValue`, or the error's; a value that cannot be converted
+/// rejects with the conversion error.
+pub(crate) unsafe fn settle_deferred(
+    env: sys::napi_env,
+    deferred: sys::napi_deferred,
+    result: napi::Result<Value>,
+) -> napi::Result<()> {
+    let settle = match result.and_then(|value| unsafe { Value::to_napi_value(env, value) }) {
+        Ok(value) => Ok(value),
+        Err(error) => Err(unsafe { napi::Error::to_napi_value(env, error) }?),
+    };
+    let status = match settle {
+        Ok(value) => unsafe { sys::napi_resolve_deferred(env, deferred, value) },
+        Err(error) => unsafe { sys::napi_reject_deferred(env, deferred, error) },
+    };
+    napi::check_status!(status, "cannot settle a promise")
+}
+
+/// The threadsafe function's callback, on the JS thread: settle every queued promise.
+unsafe extern "C" fn drain(
+    env: sys::napi_env,
+    _js_callback: sys::napi_value,
+    context: *mut c_void,
+    _data: *mut c_void,
+) {
+    if env.is_null() || context.is_null() {
+        return; // The environment is being torn down.
+    }
+    let settler = unsafe { &*(context as *const Settler) };
+    let (tsfn, finished) = {
+        let mut state = settler.state.lock();
+        (state.tsfn, std::mem::take(&mut state.queue))
+    };
+    let settled = finished.len();
+    for Finished { deferred, result } in finished {
+        // A promise that cannot be settled (no memory for the value) stays pending;
+        // there is no caller left to report it to.
+        let _ = unsafe { settle_deferred(env, deferred, result) };
+    }
+    if settler.pending.fetch_sub(settled, Ordering::Relaxed) == settled && !tsfn.is_null() {
+        unsafe { sys::napi_unref_threadsafe_function(env, tsfn) };
+    }
+}
+
+/// The environment's cleanup hook: from now on nothing calls the threadsafe function.
+unsafe extern "C" fn torn_down(context: *mut c_void) {
+    let settler = unsafe { &*(context as *const Settler) };
+    let mut state = settler.state.lock();
+    state.tsfn = ptr::null_mut();
+    state.queue.clear();
+}
+
+/// The threadsafe function's finalizer: give back its reference to the settler.
+unsafe extern "C" fn finalize(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    drop(unsafe { Arc::from_raw(data as *const Settler) });
+}
