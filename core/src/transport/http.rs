@@ -67,11 +67,12 @@ pub(crate) async fn send_with_auth(
 ) -> Result<reqwest::Response> {
     let client = t.client()?;
     let policy = t.policy();
-    let mut first = spec.clone();
+    // Only an OAuth2 request may be sent twice; the others need no copy.
+    let retry = matches!(auth, Some(Auth::OAuth2 { .. })).then(|| spec.clone());
+    let mut first = spec;
     apply_auth(t, auth, &mut first, false).await.map_err(|e| name_tool(tool, e))?;
     let response = net::send(&client, policy, first).await.map_err(|e| name_tool(tool, e))?;
-    if response.status() == reqwest::StatusCode::UNAUTHORIZED && matches!(auth, Some(Auth::OAuth2 { .. })) {
-        let mut retry = spec;
+    if let Some(mut retry) = retry.filter(|_| response.status() == reqwest::StatusCode::UNAUTHORIZED) {
         apply_auth(t, auth, &mut retry, true).await.map_err(|e| name_tool(tool, e))?;
         return net::send(&client, policy, retry).await.map_err(|e| name_tool(tool, e));
     }
@@ -97,13 +98,13 @@ fn name_tool(tool: &RegisteredTool, e: Error) -> Error {
 pub(crate) async fn read_result(t: &Transports, tool: &RegisteredTool, response: reqwest::Response) -> Result<Value> {
     let status = response.status();
     let content_type = content_type(&response);
+    if status.is_success() {
+        return Ok(decode(&content_type, read_capped(t, tool, response).await?));
+    }
     let url = net::redact(response.url());
     let retry_after = retry_after_header(response.headers());
     let body = read_capped(t, tool, response).await?;
-    if !status.is_success() {
-        return Err(failed(tool, status, &url, &body, retry_after));
-    }
-    Ok(decode(&content_type, body))
+    Err(failed(tool, status, &url, &body, retry_after))
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3); a date in the
@@ -151,9 +152,8 @@ pub(crate) fn media_type(content_type: &str) -> &str {
 
 async fn read_capped(t: &Transports, tool: &RegisteredTool, mut response: reqwest::Response) -> Result<Vec<u8>> {
     let max = t.config.calls.max_response_size;
-    let url = net::redact(response.url());
     if response.content_length().is_some_and(|n| n > max) {
-        return Err(too_large(tool, &url, max));
+        return Err(too_large(tool, response.url(), max));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
@@ -162,17 +162,23 @@ async fn read_capped(t: &Transports, tool: &RegisteredTool, mut response: reqwes
         .map_err(|e| name_tool(tool, net::request_error(&reqwest::Method::GET, response.url(), e)))?
     {
         if body.len() as u64 + chunk.len() as u64 > max {
-            return Err(too_large(tool, &url, max));
+            return Err(too_large(tool, response.url(), max));
         }
-        body.extend_from_slice(&chunk);
+        if body.is_empty() {
+            // Most bodies arrive in one chunk: take it whole.
+            body = Vec::from(chunk);
+        } else {
+            body.extend_from_slice(&chunk);
+        }
     }
     Ok(body)
 }
 
-fn too_large(tool: &RegisteredTool, url: &str, max: u64) -> Error {
+fn too_large(tool: &RegisteredTool, url: &url::Url, max: u64) -> Error {
     Error::Transport(format!(
-        "tool '{}': response from {url} is over the {max} byte cap (calls.max_response_size)",
-        tool.name
+        "tool '{}': response from {} is over the {max} byte cap (calls.max_response_size)",
+        tool.name,
+        net::redact(url)
     ))
 }
 
@@ -234,10 +240,9 @@ pub fn build_request(tool: &RegisteredTool, rt: &RequestTemplate<'_>, mut args: 
         rest = &rest[open + close + 1..];
     }
     url_text.push_str(rest);
-    let mut url = url::Url::parse(&url_text)
-        .map_err(|e| Error::InvalidManual(format!("tool '{}': invalid URL: {e}", tool.name)))?;
+    let url = parse_url(&url_text).map_err(|e| Error::InvalidManual(format!("tool '{}': invalid URL: {e}", tool.name)))?;
 
-    let mut spec = RequestSpec::new(method, url.clone());
+    let mut spec = RequestSpec::new(method, url);
     let header = |name: &str, value: &str, sensitive: bool| -> Result<(HeaderName, HeaderValue, bool)> {
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| Error::ValidationFailed(format!("tool '{}': '{name}' is not a valid header name", tool.name)))?;
@@ -283,16 +288,33 @@ pub fn build_request(tool: &RegisteredTool, rt: &RequestTemplate<'_>, mut args: 
         }
     }
     if !pairs.is_empty() {
-        let mut q = url.query_pairs_mut();
+        let mut q = spec.url.query_pairs_mut();
         for (k, v) in &pairs {
             q.append_pair(k, v);
         }
     }
-    spec.url = url;
     if !cookies.is_empty() {
         spec.headers.push(header("cookie", &cookies.join("; "), false)?);
     }
     Ok(spec)
+}
+
+/// `Url::parse`, remembering the last URL this thread parsed: a tool called again and
+/// again sends to the same URL, and a parse (IDNA host mapping included) costs more than
+/// the copy.
+fn parse_url(text: &str) -> std::result::Result<url::Url, url::ParseError> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<url::Url>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(url) = last.as_ref().filter(|u| u.as_str() == text) {
+            return Ok(url.clone());
+        }
+        let url = url::Url::parse(text)?;
+        *last = Some(url.clone());
+        Ok(url)
+    })
 }
 
 /// A scalar as text: booleans `true`/`false`, numbers as written, strings raw.
@@ -576,6 +598,15 @@ impl TokenCache {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_remembered_url_is_what_a_fresh_parse_gives() {
+        for text in ["HTTP://Example.COM:80/a/../b?q=1", "http://example.com/b?q=1", "http://127.0.0.1:8/x", "not a url", "http://example.com/b?q=1"] {
+            for _ in 0..2 {
+                assert_eq!(parse_url(text), url::Url::parse(text), "{text}");
+            }
+        }
+    }
 
     fn pairs(name: &str, v: Value, meta: Value) -> Vec<(String, String)> {
         let extra: Map<String, Value> = serde_json::from_value(json!({"x-utp-parameters": {name: meta}})).unwrap();

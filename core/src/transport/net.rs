@@ -223,7 +223,8 @@ impl RequestSpec {
 /// the request leaves the original origin.
 pub async fn send(client: &reqwest::Client, policy: NetPolicy, mut spec: RequestSpec) -> Result<reqwest::Response> {
     check_url(&spec.url, policy)?;
-    let origin = spec.url.origin();
+    // The first request's origin, taken when a redirect first needs it.
+    let mut origin = None;
     for _ in 0..=MAX_REDIRECTS {
         let response = spec.build(client).send().await.map_err(|e| request_error(&spec.method, &spec.url, e))?;
         let status = response.status();
@@ -241,7 +242,7 @@ pub async fn send(client: &reqwest::Client, policy: NetPolicy, mut spec: Request
             spec.method = reqwest::Method::GET;
             spec.body = Body::None;
         }
-        if next.origin() != origin {
+        if next.origin() != *origin.get_or_insert_with(|| spec.url.origin()) {
             spec.headers.retain(|(_, _, sensitive)| !sensitive);
         }
         spec.url = next;
