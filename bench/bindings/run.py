@@ -25,7 +25,9 @@ Measurements (each in a fresh process, RUNS times, alternating; medians reported
    bench/calls: `pinned` = server and every client on CPU 0, `free` = scheduler's
    choice), then per run: utp from Python (py_http_calls.py), python-utcp
    (bench/calls/python_utcp_calls.py), utp from Node and @utcp/sdk
-   (bench/node/http_calls.mjs), each sequential then CONC (default 64) in flight.
+   (bench/node/http_calls.mjs), each sequential then CONC (default 64) in flight; once per
+   layout, as ceilings, the bare pooled reqwest client (`call_http raw`) and, for the Node
+   rows, Node's own keep-alive `http.get` with no tool protocol (`http_calls.mjs bare`).
    Sizes: UTP_SEQ / UTP_CONC_N (default 10000 / 20000) for utp, PEER_SEQ / PEER_CONC_N
    (default 1000 / 2000) for the peers, which are 10-30x slower.
 Prints a table and a final JSON line with every run's figures and the load averages."""
@@ -140,6 +142,11 @@ def http(exe: str, py, env, pinned: bool) -> dict:
     try:
         base = f"http://127.0.0.1:{int(server.stdout.readline().split()[1])}"
         raw = calls.run([exe, "raw", base, str(UTP_SEQ), str(UTP_CONC_N), str(CONC)], server, pre)
+        # Node's own HTTP client, no tool protocol: the ceiling for Node code, as `raw` is for Rust.
+        bare_node = (json.loads(subprocess.run(["node", str(NODE_DIR / "http_calls.mjs"), "bare", base, str(UTP_SEQ),
+                                                str(UTP_CONC_N), str(CONC)], check=True, capture_output=True, text=True,
+                                               preexec_fn=pre, env=env, cwd=NODE_DIR).stdout.strip().splitlines()[-1])
+                     if env else None)
         for _ in range(RUNS):
             for name, cmd in clients.items():
                 cmd = [base if a == "{base}" else str(a) for a in cmd]
@@ -168,7 +175,8 @@ def http(exe: str, py, env, pinned: bool) -> dict:
             p = [r[peer_key] for r in runs[theirs]]
             rows.append({"lang": lang, "mode": mode, "utp": statistics.median(u), "peer": statistics.median(p),
                          "ratio": statistics.median(u) / statistics.median(p), "utp_runs": [round(x) for x in u],
-                         "peer_runs": [round(x) for x in p], "raw_client": raw[key if key in raw else peer_key]})
+                         "peer_runs": [round(x) for x in p], "raw_client": raw[key if key in raw else peer_key],
+                         **({"bare_node_http": bare_node[key]} if lang == "node" else {})})
     share = {name: statistics.median(r["server_core_share"] for r in rs) for name, rs in runs.items()}
     share["raw"] = raw["server_core_share"]
     return {"layout": calls.LAYOUT_NAMES[pinned], "rows": rows, "server_core_share": share}
@@ -195,8 +203,9 @@ def main() -> None:
     print(f"  {'layout':38} {'lang':7} {'mode':24} {'utp':>9} {'peer':>8} {'ratio':>7} {'raw':>8}  runs utp | peer")
     for lay in layouts:
         for r in lay["rows"]:
+            bare = f"  (Node's own http: {r['bare_node_http']:.0f})" if "bare_node_http" in r else ""
             print(f"  {lay['layout']:38} {r['lang']:7} {r['mode']:24} {r['utp']:9.0f} {r['peer']:8.0f} "
-                  f"{r['ratio']:6.1f}x {r['raw_client']:8.0f}  {r['utp_runs']} | {r['peer_runs']}")
+                  f"{r['ratio']:6.1f}x {r['raw_client']:8.0f}  {r['utp_runs']} | {r['peer_runs']}{bare}")
         print(f"  {'':38} server's share of one core (median): "
               + ", ".join(f"{k} {v:.2f}" for k, v in lay["server_core_share"].items()))
     print(json.dumps({"build": BUILD, "loadavg": loads, "percall": table, "http": layouts}))

@@ -1,6 +1,6 @@
 // Loopback HTTP calls from Node, UTP Runtime vs @utcp/sdk: part of `python3 bench/bindings/run.py`.
 //
-// Usage: node bench/node/http_calls.mjs utp|sdk BASE_URL SEQ_N CONC_N CONC
+// Usage: node bench/node/http_calls.mjs utp|sdk|bare BASE_URL SEQ_N CONC_N CONC
 //
 // Both sides register the manual served at BASE_URL/utcp by bench/calls' server (one http
 // tool, `bench.echo`, GET /echo?x=...), warm up, then call `bench.echo` with {x: "v<i>"}:
@@ -13,6 +13,8 @@
 //   `UtcpClient.create(cwd, { manual_call_templates: [http template] })`,
 //   `await client.callTool(...)`. @utcp/http console.logs one line per call; console.log is
 //   silenced while the sdk runs, so its figure is without that cost (generous to the peer).
+// - bare: Node's own `http.get` with a keep-alive agent (CONC sockets) and JSON.parse, no tool
+//   protocol at all: what Node's HTTP stack itself allows, as `call_http raw` is for Rust.
 const [mode, base, seqArg, concNArg, concArg] = process.argv.slice(2)
 const [seqN, concN, conc] = [Number(seqArg), Number(concNArg), Number(concArg)]
 const out = console.log.bind(console)
@@ -34,8 +36,22 @@ if (mode === 'utp') {
   const tools = (await client.getTools()).map((t) => t.name)
   if (JSON.stringify(tools) !== '["bench.echo"]') throw new Error(`registered ${tools}`)
   call = (args) => client.callTool('bench.echo', args)
+} else if (mode === 'bare') {
+  const http = await import('node:http')
+  const agent = new http.Agent({ keepAlive: true, maxSockets: Math.max(conc, 1) })
+  call = ({ x }) =>
+    new Promise((resolve, reject) => {
+      http
+        .get(`${base}/echo?x=${encodeURIComponent(x)}`, { agent }, (res) => {
+          let body = ''
+          res.setEncoding('utf8')
+          res.on('data', (chunk) => (body += chunk))
+          res.on('end', () => resolve(JSON.parse(body)))
+        })
+        .on('error', reject)
+    })
 } else {
-  throw new Error('usage: http_calls.mjs utp|sdk BASE_URL SEQ_N CONC_N CONC')
+  throw new Error('usage: http_calls.mjs utp|sdk|bare BASE_URL SEQ_N CONC_N CONC')
 }
 
 async function drive(n, c) {
