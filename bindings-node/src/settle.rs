@@ -102,13 +102,18 @@ impl Settler {
         }
         napi::check_status!(status, "cannot create the settler")?;
         settler.state.lock().tsfn = tsfn;
+        // Idle, it must not keep the process alive.
+        unsafe { sys::napi_unref_threadsafe_function(env, tsfn) };
         // Node tears a threadsafe function down in a cleanup hook of its own, registered
         // when it was created; hooks run last-registered first, so `torn_down` runs before
         // it and no thread calls the threadsafe function once it is gone.
         let status = unsafe { sys::napi_add_env_cleanup_hook(env, Some(torn_down), context) };
+        if status != sys::Status::napi_ok {
+            // Unused: let Node close it (its finalizer gives the reference back).
+            settler.state.lock().tsfn = ptr::null_mut();
+            unsafe { sys::napi_release_threadsafe_function(tsfn, sys::ThreadsafeFunctionReleaseMode::release) };
+        }
         napi::check_status!(status, "cannot watch the environment's teardown")?;
-        let status = unsafe { sys::napi_unref_threadsafe_function(env, tsfn) };
-        napi::check_status!(status, "cannot unreference the settler")?;
         Ok(settler)
     }
 
