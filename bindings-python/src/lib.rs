@@ -19,7 +19,6 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyT
 use pyo3::PyTraverseError;
 use serde_json::{Map, Number, Value};
 use utp_core::events::{Pattern, kinds};
-use utp_core::manual::CallTemplate;
 use utp_core::planner::PlanOptions;
 use utp_core::store::EventFilter;
 use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, RunOptions, WorkflowSource};
@@ -241,8 +240,6 @@ struct Running {
     engine: CoreEngine,
     /// `None` only while `Running` is being dropped or shut down.
     runtime: Option<tokio::runtime::Runtime>,
-    /// Blocking `call_tool`s in progress, from any thread.
-    blocking_calls: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Running {
@@ -1011,7 +1008,7 @@ impl PyEngine {
             // On the engine's own runtime: executions resumed here keep running on it.
             match py.detach(|| runtime.block_on(CoreEngine::open(config))) {
                 Ok(engine) => {
-                    let running = Running { engine, runtime: Some(runtime), blocking_calls: Default::default() };
+                    let running = Running { engine, runtime: Some(runtime) };
                     Ok(PyEngine { running: Mutex::new(Some(Arc::new(running))), callbacks: Mutex::new(HashMap::new()) })
                 }
                 Err(e) => {
@@ -1142,24 +1139,11 @@ impl PyEngine {
             let (args, options, cancel) =
                 call_request(py, args, timeout, tenant, session, user, approval_id, fail_fast_on_approval)?;
             let r = self.running(py)?;
-            // An HTTP call made while no other blocking call is in progress is driven on
-            // this thread: its request and response never cross to the runtime's threads and
-            // back (7 context switches per sequential call became 1; 1.6x the calls/s on one
-            // core). Concurrent calls share the runtime and its pool, which serves them
-            // better (64 threads each driving their own: 7-8% fewer calls/s); other calls
-            // go to the runtime, where their tasks may outlive the call.
-            use std::sync::atomic::Ordering::Relaxed;
-            let alone = r.blocking_calls.fetch_add(1, Relaxed) == 0;
-            struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
-            impl Drop for Done<'_> {
-                fn drop(&mut self) {
-                    self.0.fetch_sub(1, Relaxed);
-                }
-            }
-            let _done = Done(&r.blocking_calls);
-            let http = r.engine.tool(name).is_ok_and(|t| matches!(t.tool.tool_call_template, CallTemplate::Http(_)));
+            // A sequential HTTP call is driven on this thread (`Engine::blocking_call`):
+            // 7 context switches per call became 1, 1.6x the calls/s on one core.
+            let blocking = r.engine.blocking_call(name);
             let call = r.engine.call_tool(name, args, options);
-            let result = match alone && http && tokio::runtime::Handle::try_current().is_err() {
+            let result = match blocking.here() {
                 true => r.block_on_here_interruptible(py, call, &cancel)?,
                 false => r.block_on_interruptible(py, call, &cancel)?,
             };

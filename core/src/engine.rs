@@ -478,6 +478,20 @@ impl Engine {
         transport::here::block_on(&self.inner.transports, future)
     }
 
+    /// Start a blocking call of the tool `name` from a host thread that waits for it
+    /// (Python's `call_tool`, C's `utp_call_tool`) and say where to drive it: on the
+    /// calling thread ([`Engine::block_on_here`]) when the tool is an `http` tool, no other
+    /// blocking call of this engine is in progress and the thread runs no tokio runtime;
+    /// else on the host's runtime. A sequential call driven here makes 1 context switch
+    /// instead of 7; concurrent calls share the runtime and its pool, which serves them
+    /// better (64 threads each driving their own made 7-8% fewer calls/s), and other
+    /// templates stay on the runtime, where their tasks may outlive the call. Keep the
+    /// returned value until the call ends.
+    pub fn blocking_call(&self, name: &str) -> transport::BlockingCall<'_> {
+        let http = self.tool(name).is_ok_and(|t| matches!(t.tool.tool_call_template, CallTemplate::Http(_)));
+        transport::BlockingCall::start(&self.inner.transports, http)
+    }
+
     /// Call a tool and receive its results as they arrive: the items of an `sse` or
     /// `streamable_http` tool, the one result of any other. The timeout bounds
     /// opening the stream; cancelling ends the stream with a `CANCELLED` item.

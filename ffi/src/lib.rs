@@ -714,7 +714,13 @@ pub unsafe extern "C" fn utp_call_tool(
         };
         // SAFETY: NULL or NUL-terminated per the contract.
         let options = call_options(unsafe { optional_str(options_json, "options_json") }?)?;
-        let result = handle.block_on(handle.engine.call_tool(name, args, options))??;
+        // A sequential HTTP call is driven on this thread (`Engine::blocking_call`).
+        let blocking = handle.engine.blocking_call(name);
+        let call = handle.engine.call_tool(name, args, options);
+        let result = match blocking.here() {
+            true => handle.engine.block_on_here(call)??,
+            false => handle.block_on(call)??,
+        };
         *out = json_out(&result)?;
         Ok(())
     })

@@ -1,17 +1,24 @@
 /*
  * C ABI tests for calling tools: utp_call_tool on C tools (utp_register_tool) and a
  * text tool, argument validation, tool failures, timeouts, bad arguments, the
- * user_data finaliser, 16 threads calling at once, and utp_call_tool_async completions.
+ * user_data finaliser, 16 threads calling at once, utp_call_tool_async completions, and
+ * http tools against a loopback HTTP/1.1 server the test runs itself (sequential calls,
+ * which the engine drives on the calling thread, and 8 threads at once).
  *
  * Prints "N passed, M failed" last and exits non-zero on any failure.
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -282,6 +289,170 @@ static void test_async_calls(utp_engine_t *engine) {
     completion_destroy(&c);
 }
 
+/* A loopback HTTP/1.1 server with keep-alive: GET /echo?x=V answers {"x":"V"}, anything
+ * else 404. One thread per connection; http_server_stop() shuts everything and joins. */
+#define MAX_CONNECTIONS 64
+
+struct http_server {
+    int listen_fd;
+    int port;
+    pthread_t acceptor;
+    pthread_t threads[MAX_CONNECTIONS];
+    int fds[MAX_CONNECTIONS];
+    int connections; /* written by the acceptor only, read after it is joined */
+};
+
+static int send_all(int fd, const char *data, size_t len) {
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        if (n <= 0) return 0;
+        data += n;
+        len -= (size_t)n;
+    }
+    return 1;
+}
+
+static void *serve_connection(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    char buf[4096];
+    size_t have = 0;
+    for (;;) {
+        buf[have] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        if (end == NULL) {
+            if (have + 1 >= sizeof buf) break;
+            ssize_t n = recv(fd, buf + have, sizeof buf - 1 - have, 0);
+            if (n <= 0) break;
+            have += (size_t)n;
+            continue;
+        }
+        char body[160];
+        char head[160];
+        int found = strncmp(buf, "GET /echo?x=", 12) == 0;
+        int body_len = found ? snprintf(body, sizeof body, "{\"x\":\"%.*s\"}", (int)strcspn(buf + 12, " &\r"), buf + 12)
+                             : snprintf(body, sizeof body, "no such page");
+        int head_len = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n",
+                                found ? "200 OK" : "404 Not Found", found ? "application/json" : "text/plain", body_len);
+        if (!send_all(fd, head, (size_t)head_len) || !send_all(fd, body, (size_t)body_len)) break;
+        size_t used = (size_t)(end + 4 - buf);
+        memmove(buf, buf + used, have - used);
+        have -= used;
+    }
+    return NULL;
+}
+
+static void *accept_connections(void *arg) {
+    struct http_server *server = arg;
+    for (;;) {
+        int fd = accept(server->listen_fd, NULL, NULL);
+        if (fd < 0) return NULL; /* the listener was shut down */
+        int i = server->connections;
+        if (i == MAX_CONNECTIONS || pthread_create(&server->threads[i], NULL, serve_connection, (void *)(intptr_t)fd) != 0) {
+            close(fd);
+            continue;
+        }
+        server->fds[i] = fd;
+        server->connections = i + 1;
+    }
+}
+
+static int http_server_start(struct http_server *server) {
+    memset(server, 0, sizeof *server);
+    server->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (server->listen_fd < 0) return 0;
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (bind(server->listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(server->listen_fd, 128) != 0 ||
+        getsockname(server->listen_fd, (struct sockaddr *)&addr, &len) != 0 ||
+        pthread_create(&server->acceptor, NULL, accept_connections, server) != 0) {
+        close(server->listen_fd);
+        return 0;
+    }
+    server->port = ntohs(addr.sin_port);
+    return 1;
+}
+
+static void http_server_stop(struct http_server *server) {
+    shutdown(server->listen_fd, SHUT_RDWR);
+    pthread_join(server->acceptor, NULL);
+    close(server->listen_fd);
+    for (int i = 0; i < server->connections; i++) {
+        shutdown(server->fds[i], SHUT_RDWR);
+        pthread_join(server->threads[i], NULL);
+        close(server->fds[i]);
+    }
+}
+
+/* Calls `net.echo` with x = "<tag><i>" for i in [0, count) and counts the right answers. */
+struct echo_calls {
+    utp_engine_t *engine;
+    char tag;
+    int count;
+    int right;
+};
+
+static void *echo_calls(void *arg) {
+    struct echo_calls *c = arg;
+    for (int i = 0; i < c->count; i++) {
+        char args[64], want[64];
+        snprintf(args, sizeof args, "{\"x\": \"%c%d\"}", c->tag, i);
+        snprintf(want, sizeof want, "{\"x\":\"%c%d\"}", c->tag, i);
+        char *out = NULL;
+        utp_error_t *err = utp_call_tool(c->engine, "net.echo", args, NULL, &out);
+        if (err == NULL && out != NULL && strcmp(out, want) == 0) c->right++;
+        if (err != NULL) utp_error_free(err);
+        utp_string_free(out);
+    }
+    return NULL;
+}
+
+static void test_http_calls(utp_engine_t *engine) {
+    struct http_server server;
+    if (!http_server_start(&server)) {
+        CHECK(0, "cannot start the loopback server");
+        return;
+    }
+    char manual[1024];
+    snprintf(manual, sizeof manual,
+             "{\"tools\":["
+             "{\"name\":\"echo\",\"inputs\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"string\"}},"
+             "\"required\":[\"x\"]},\"tool_call_template\":{\"call_template_type\":\"http\","
+             "\"url\":\"http://127.0.0.1:%d/echo\",\"http_method\":\"GET\"}},"
+             "{\"name\":\"missing\",\"tool_call_template\":{\"call_template_type\":\"http\","
+             "\"url\":\"http://127.0.0.1:%d/missing\",\"http_method\":\"GET\"}}]}",
+             server.port, server.port);
+    char *names = NULL;
+    if (ok(utp_register_manual(engine, manual, "net", &names), "register net")) {
+        utp_string_free(names);
+        /* One after another: each answered right. */
+        struct echo_calls seq = {engine, 's', 100, 0};
+        echo_calls(&seq);
+        CHECK(seq.right == 100, "%d of 100 sequential http calls answered right", seq.right);
+        /* 8 threads at once, each its own arguments. */
+        pthread_t threads[8];
+        struct echo_calls each[8];
+        int started = 0;
+        for (int t = 0; t < 8; t++) {
+            each[t] = (struct echo_calls){engine, (char)('a' + t), 25, 0};
+            if (pthread_create(&threads[t], NULL, echo_calls, &each[t]) == 0) started++;
+        }
+        CHECK(started == 8, "started %d of 8 threads", started);
+        for (int t = 0; t < started; t++) {
+            pthread_join(threads[t], NULL);
+            CHECK(each[t].right == 25, "thread %d: %d of 25 http calls answered right", t, each[t].right);
+        }
+        char *out = NULL;
+        expect_code(utp_call_tool(engine, "net.missing", NULL, NULL, &out), UTP_ERR_TOOL_FAILED, "http 404");
+        expect_code(utp_call_tool(engine, "net.echo", "{}", NULL, &out), UTP_ERR_VALIDATION_FAILED, "http bad args");
+        bool removed = false;
+        ok(utp_deregister_manual(engine, "net", &removed), "deregister net");
+    }
+    http_server_stop(&server);
+}
+
 int main(void) {
     struct echo_state state = {0, 0};
     utp_engine_t *engine = NULL;
@@ -291,6 +462,7 @@ int main(void) {
         test_bad_arguments(engine);
         test_threads(engine, &state);
         test_async_calls(engine);
+        test_http_calls(engine);
         /* Deregistering the manual drops the tool and finalises its user_data. */
         bool removed = false;
         ok(utp_deregister_manual(engine, "c", &removed), "deregister c");

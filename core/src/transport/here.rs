@@ -69,6 +69,33 @@ pub(crate) fn block_on<F: Future>(t: &Transports, future: F) -> Result<F::Output
     })
 }
 
+/// A blocking call a host thread is making (Python's `call_tool`, C's `utp_call_tool`),
+/// from [`crate::Engine::blocking_call`]; it counts as in progress until dropped.
+pub struct BlockingCall<'e> {
+    in_progress: &'e AtomicUsize,
+    here: bool,
+}
+
+impl BlockingCall<'_> {
+    pub(crate) fn start(t: &Transports, http: bool) -> BlockingCall<'_> {
+        let alone = t.blocking_calls.fetch_add(1, Ordering::Relaxed) == 0;
+        let here = alone && http && tokio::runtime::Handle::try_current().is_err();
+        BlockingCall { in_progress: &t.blocking_calls, here }
+    }
+
+    /// Whether to drive the call on the calling thread ([`crate::Engine::block_on_here`])
+    /// rather than hand it to the host's runtime.
+    pub fn here(&self) -> bool {
+        self.here
+    }
+}
+
+impl Drop for BlockingCall<'_> {
+    fn drop(&mut self) {
+        self.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Here {
     fn client_for(&self, t: &Transports) -> Result<reqwest::Client> {
         let mut clients = self.clients.borrow_mut();

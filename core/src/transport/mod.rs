@@ -7,7 +7,7 @@
 pub mod cli;
 pub mod file;
 pub(crate) mod here;
-pub use here::CallThread;
+pub use here::{BlockingCall, CallThread};
 pub mod http;
 pub mod net;
 pub mod post;
@@ -43,6 +43,8 @@ pub struct Transports {
     /// of their clients is this engine's, and when it is gone.
     id: u64,
     alive: Arc<()>,
+    /// Blocking host calls in progress (`here::BlockingCall`).
+    blocking_calls: std::sync::atomic::AtomicUsize,
     pub(crate) tokens: http::TokenCache,
     natives: RwLock<HashMap<String, NativeHandler>>,
     pub(crate) file_root: PathBuf,
@@ -67,6 +69,7 @@ impl Transports {
             client: OnceLock::new(),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             alive: Arc::new(()),
+            blocking_calls: std::sync::atomic::AtomicUsize::new(0),
             tokens: http::TokenCache::default(),
             natives: RwLock::new(HashMap::new()),
             file_root,
