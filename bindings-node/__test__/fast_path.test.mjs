@@ -1,8 +1,10 @@
 // callTool's fast path (src/lib.rs, `call_promise`): the call's future is polled once
 // on the JS thread; a call that completes without waiting (a `text` tool, a policy
 // denial, an unknown tool...) returns an already settled Promise, with no thread hop;
-// one that waits (a JS tool) goes to napi's tokio runtime as before. The first poll
-// never runs JS: a JS tool is queued through its ThreadsafeFunction, not called inline.
+// one that waits goes to napi's tokio runtime as before. A JS tool reached in that
+// first poll is called right there, inside callTool (a sync tool's call then completes
+// in the poll); one reached later (after a rule or an approval made the call wait) is
+// queued through its ThreadsafeFunction. Either way its result arrives through the Promise.
 import test from 'node:test'
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
@@ -139,7 +141,7 @@ test('fast-path calls publish their events to subscribers', async () => {
   engine.close()
 })
 
-test('slow path: a JS tool is queued, never called inside callTool, and still resolves', async () => {
+test('a sync JS tool is called inside callTool; its result still arrives through the Promise', async () => {
   const engine = new Engine()
   let inCallTool = false
   const calls = []
@@ -150,12 +152,10 @@ test('slow path: a JS tool is queued, never called inside callTool, and still re
   inCallTool = true
   const call = engine.callTool('js.echo', { x: 1 })
   inCallTool = false
-  // Not called synchronously from inside callTool, nor from a microtask after it.
-  assert.equal(calls.length, 0)
-  assert.equal(await settlesWithoutEventLoop(call), false)
-  assert.equal(calls.length, 0)
+  assert.deepEqual(calls, [{ args: { x: 1 }, inCallTool: true }])
+  assert.ok(call instanceof Promise)
+  assert.equal(await settlesWithoutEventLoop(call), true)
   assert.deepEqual(await call, { echoed: { x: 1 } })
-  assert.deepEqual(calls, [{ args: { x: 1 }, inCallTool: false }])
 
   // Async JS tools, throws and rejections keep their results and codes.
   engine.registerTool('js.later', async (args) => {
@@ -167,6 +167,31 @@ test('slow path: a JS tool is queued, never called inside callTool, and still re
     throw new Error('nope')
   })
   await rejectsWith(engine.callTool('js.rejects', {}), codes.TOOL_FAILED, /rejected: nope/)
+  engine.registerTool('js.throws', () => {
+    throw new TypeError('bad input')
+  })
+  await rejectsWith(engine.callTool('js.throws', {}), codes.TOOL_FAILED, /threw: .*bad input/)
+  engine.registerTool('js.undefined', () => undefined)
+  await rejectsWith(engine.callTool('js.undefined', {}), codes.TOOL_FAILED, /return null for no result/)
+  engine.close()
+})
+
+test('a JS tool reached after a JS business rule is queued, not called inside callTool', async () => {
+  const engine = new Engine()
+  let inCallTool = false
+  const calls = []
+  engine.registerTool('js.echo', (args) => {
+    calls.push({ args, inCallTool })
+    return { echoed: args }
+  })
+  engine.domainLayer.addBusinessRule('allow', () => true)
+  inCallTool = true
+  const call = engine.callTool('js.echo', { x: 2 })
+  inCallTool = false
+  assert.equal(calls.length, 0)
+  assert.equal(await settlesWithoutEventLoop(call), false)
+  assert.deepEqual(await call, { echoed: { x: 2 } })
+  assert.deepEqual(calls, [{ args: { x: 2 }, inCallTool: false }])
   engine.close()
 })
 
@@ -211,4 +236,29 @@ test('a JS tool that itself awaits engine.callTool (fast and slow path inside)',
     assert.deepEqual(r, i % 2 ? { text: 'hello', inner: { inner: i }, denied: codes.NOT_FOUND } : 'hello'),
   )
   engine.close()
+})
+
+test('a JS tool called inside callTool may use the engine re-entrantly', async () => {
+  const engine = await textEngine()
+  engine.registerTool('js.inner', (args) => args.v * 2)
+  engine.registerTool('js.reenter', (args) => {
+    const nested = engine.callTool('js.inner', { v: args.v }) // itself called right away
+    engine.registerTool('js.late', () => 'late') // a registration in the middle of a call
+    return nested
+  })
+  assert.equal(await engine.callTool('js.reenter', { v: 4 }), 8)
+  assert.equal(await engine.callTool('js.late'), 'late')
+  engine.registerTool('gone.self', () => {
+    engine.deregisterManual('gone')
+    return 'still answered'
+  })
+  assert.equal(await engine.callTool('gone.self'), 'still answered')
+  await rejectsWith(engine.callTool('gone.self'), codes.NOT_FOUND)
+  // Closing the engine from inside one of its tools: the call still ends.
+  engine.registerTool('js.closes', () => {
+    engine.close()
+    return 'closed'
+  })
+  assert.equal(await engine.callTool('js.closes'), 'closed')
+  assert.equal(engine.closed, true)
 })

@@ -106,18 +106,16 @@ impl<T, F: Future<Output = napi::Result<T>>> Future for CatchUnwind<F> {
 pub enum CallPromise {
     /// The call finished in its first poll on the JS thread: an already settled Promise.
     Settled(napi::Result<Value>),
-    /// The call waits for something: its future runs on napi's tokio runtime (as [`promise`]).
-    Spawned(AsyncBlock<Value>),
-    /// A network call running on a call thread, settled through the JS thread's settler.
-    OnCallThread(sys::napi_value),
+    /// The call waits for something: its future runs on a call thread (a network call)
+    /// or napi's tokio runtime, and settles this Promise through the JS thread's settler.
+    Pending(sys::napi_value),
 }
 
 impl ToNapiValue for CallPromise {
     unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
         match val {
-            CallPromise::Spawned(block) => unsafe { AsyncBlock::to_napi_value(env, block) },
             CallPromise::Settled(result) => unsafe { settled_promise(env, result) },
-            CallPromise::OnCallThread(promise) => Ok(promise),
+            CallPromise::Pending(promise) => Ok(promise),
         }
     }
 }
@@ -147,15 +145,15 @@ fn call_thread() -> napi::Result<&'static CallThread> {
     threads.iter().min_by_key(|t| t.in_flight()).ok_or_else(|| coded(ErrorCode::Internal, "no call thread"))
 }
 
-/// Like [`promise`], with a fast path: the future is polled once right here, on the JS
-/// thread, inside the context of napi's tokio runtime (so tokio timers and `spawn`
-/// work) with a no-op waker. A call that completes without waiting (a `text` tool, a
-/// policy denial, a validation error...) becomes an already settled Promise: no thread
-/// hop at all. One that is Pending is handed, as is, to the runtime, whose first poll
-/// replaces the no-op waker (a wake-up lost in between is harmless: a spawned task is
-/// always polled). The poll never runs JS: JS tools, business rules and subscribers are
-/// reached through ThreadsafeFunctions, which queue their calls on the event loop. A
-/// panic in the poll rejects the Promise with a `[PANIC]` error, as on the runtime.
+/// `callTool`'s Promise. A call is polled first right here, on the JS thread, inside
+/// napi's runtime context (tokio timers and `spawn` work): one that completes without
+/// waiting (a `text` tool, a sync JS tool, a policy denial, a validation error...)
+/// becomes an already settled Promise, with no thread hop. JS tools reached in that
+/// poll are called right away ([`JsToolRef::call_now`]); rules and subscribers are
+/// queued through their ThreadsafeFunctions. One that waits for JS or for time only (an
+/// async JS tool, a JS rule, an approval, a timeout) stays on the JS thread
+/// (`settle::Settler::keep_local`): polled again there when woken, so it never leaves
+/// the thread. A panic in a poll rejects the Promise with a `[PANIC]` error.
 ///
 /// `waits`: the call is known to wait (a network call): it is handed unpolled to a call
 /// thread, so that its request is built there, not on the JS thread, which runs
@@ -165,25 +163,55 @@ fn call_promise<F>(env: &Env, future: F, waits: bool) -> napi::Result<CallPromis
 where
     F: Future<Output = napi::Result<Value>> + Send + 'static,
 {
-    let mut future = CatchUnwind { inner: Box::pin(future) };
-    let first = match waits {
-        true => Poll::Pending,
-        false => {
-            // The handle only: napi's runtime lock is not held while the engine runs.
-            let handle = napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
-            let _context = handle.enter();
-            Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop()))
-        }
-    };
-    match first {
+    let future = CatchUnwind { inner: Box::pin(future) };
+    if waits {
+        let thread = call_thread()?;
+        let (pending, promise) = settle::settler(env.raw())?.promise(env.raw())?;
+        thread.spawn(async move { pending.settle(future.await) });
+        return Ok(CallPromise::Pending(promise));
+    }
+    let settler = settle::settler(env.raw())?;
+    let (id, waker) = settler.local_waker();
+    let mut call: settle::LocalCall = Box::pin(future);
+    match poll_on_js_thread(env.raw(), &mut call, &waker) {
         Poll::Ready(result) => Ok(CallPromise::Settled(result)),
-        Poll::Pending if waits => {
-            let thread = call_thread()?;
-            let (pending, promise) = settle::settler(env.raw())?.promise(env.raw())?;
-            thread.spawn(async move { pending.settle(future.await) });
-            Ok(CallPromise::OnCallThread(promise))
-        }
-        Poll::Pending => Ok(CallPromise::Spawned(AsyncBlockBuilder::new(future).build(env)?)),
+        Poll::Pending => Ok(CallPromise::Pending(settler.keep_local(env.raw(), id, call, poll_on_js_thread)?)),
+    }
+}
+
+/// Poll a call on its JS thread: inside napi's runtime context (tokio timers and `spawn`
+/// work) and marked, so that JS tools it reaches are called right away.
+fn poll_on_js_thread(env: sys::napi_env, call: &mut settle::LocalCall, waker: &Waker) -> Poll<napi::Result<Value>> {
+    // The handle only: napi's runtime lock is not held while the engine runs.
+    let handle = napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
+    let _context = handle.enter();
+    let _on_js_thread = JsPoll::enter(env);
+    call.as_mut().poll(&mut Context::from_waker(waker))
+}
+
+thread_local! {
+    /// The environment whose call this (its JS) thread is polling, or null: JS tools
+    /// reached in that poll are called right away.
+    static JS_POLL: std::cell::Cell<sys::napi_env> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Marks this thread as polling a call of `env` until dropped (restoring the outer mark:
+/// a JS tool called in that poll may itself call `callTool`).
+struct JsPoll(sys::napi_env);
+
+impl JsPoll {
+    fn enter(env: sys::napi_env) -> JsPoll {
+        JsPoll(JS_POLL.with(|mark| mark.replace(env)))
+    }
+
+    fn env() -> sys::napi_env {
+        JS_POLL.with(std::cell::Cell::get)
+    }
+}
+
+impl Drop for JsPoll {
+    fn drop(&mut self) {
+        JS_POLL.with(|mark| mark.set(self.0));
     }
 }
 
@@ -464,12 +492,19 @@ fn js_message(error: &napi::Error) -> String {
     if error.reason.is_empty() { "a value that is not an Error".to_string() } else { error.reason.clone() }
 }
 
-/// The core handler of a JS tool: each call goes to the JS thread through the weak
-/// threadsafe function; a returned Promise is awaited here, off the JS thread.
-fn js_handler(name: Arc<str>, function: Arc<JsToolFn>) -> NativeHandler {
+/// The core handler of a JS tool. A call polled on the JS thread (`callTool`'s, see
+/// [`call_promise`]) calls the function right there ([`JsToolRef::call_now`]): a sync
+/// tool's call then completes without leaving the thread. Any other call (a workflow's,
+/// on the runtime) goes to the JS thread through the weak threadsafe function. A
+/// returned Promise is awaited by the call's future, wherever it runs.
+fn js_handler(name: Arc<str>, function: Arc<JsToolFn>, direct: Arc<JsToolRef>) -> NativeHandler {
     Arc::new(move |args: Value| -> ToolFuture {
-        let function = function.clone();
         let name = name.clone();
+        let args = match direct.call_now(&name, args) {
+            Ok(returned) => return Box::pin(async move { tool_result(&name, returned?).await }),
+            Err(args) => args,
+        };
+        let function = function.clone();
         Box::pin(async move {
             let returned = function.call_async_catch(args).await.map_err(|e| {
                 if e.status == Status::PendingException {
@@ -478,21 +513,93 @@ fn js_handler(name: Arc<str>, function: Arc<JsToolFn>) -> NativeHandler {
                     tool_failed(&name, format!("the JS function could not be called ({}): {}", e.status, e.reason))
                 }
             })?;
-            let result = match returned {
-                ToolReturn::Value(v) => v,
-                ToolReturn::Promise(p) => p.await.map_err(|e| {
-                    tool_failed(&name, format!("the JS function's promise rejected: {}", js_message(&e)))
-                })?,
-                ToolReturn::Broken(why) => {
-                    return Err(tool_failed(&name, format!("the JS function returned an unusable value: {why}")));
-                }
-            };
-            let hint = if matches!(result, JsJson::Missing("undefined")) { " (return null for no result)" } else { "" };
-            result
-                .into_value("the JS function returned a value that is not JSON")
-                .map_err(|m| tool_failed(&name, format!("{m}{hint}")))
+            tool_result(&name, returned).await
         })
     })
+}
+
+/// A JS tool's result: its value, or its Promise's, as JSON.
+async fn tool_result(name: &str, returned: ToolReturn) -> utp_core::Result<Value> {
+    let result = match returned {
+        ToolReturn::Value(v) => v,
+        ToolReturn::Promise(p) => p
+            .await
+            .map_err(|e| tool_failed(name, format!("the JS function's promise rejected: {}", js_message(&e))))?,
+        ToolReturn::Broken(why) => {
+            return Err(tool_failed(name, format!("the JS function returned an unusable value: {why}")));
+        }
+    };
+    let hint = if matches!(result, JsJson::Missing("undefined")) { " (return null for no result)" } else { "" };
+    result
+        .into_value("the JS function returned a value that is not JSON")
+        .map_err(|m| tool_failed(name, format!("{m}{hint}")))
+}
+
+/// A JS tool's function, weakly referenced (the threadsafe function keeps it alive), for
+/// calls made on its own JS thread.
+struct JsToolRef {
+    env: sys::napi_env,
+    reference: sys::napi_ref,
+    thread: std::thread::ThreadId,
+}
+
+// Only used on `thread`, in `env` (checked in `call_now` and `drop`).
+unsafe impl Send for JsToolRef {}
+unsafe impl Sync for JsToolRef {}
+
+impl JsToolRef {
+    fn new(env: sys::napi_env, function: sys::napi_value) -> napi::Result<JsToolRef> {
+        let mut reference = std::ptr::null_mut();
+        let status = unsafe { sys::napi_create_reference(env, function, 0, &mut reference) };
+        napi::check_status!(status, "cannot reference the tool's function")?;
+        Ok(JsToolRef { env, reference, thread: std::thread::current().id() })
+    }
+
+    /// Call the function now if this thread is polling a call of its environment (on
+    /// its JS thread); else give `args` back. A throw is a TOOL_FAILED error, and no
+    /// exception is left pending.
+    fn call_now(&self, name: &str, args: Value) -> Result<utp_core::Result<ToolReturn>, Value> {
+        let env = JsPoll::env();
+        if env.is_null() || env != self.env {
+            return Err(args);
+        }
+        let mut function = std::ptr::null_mut();
+        let status = unsafe { sys::napi_get_reference_value(env, self.reference, &mut function) };
+        if status != sys::Status::napi_ok || function.is_null() {
+            return Err(args); // Collected: the threadsafe function says why.
+        }
+        let arg = match unsafe { Value::to_napi_value(env, args) } {
+            Ok(arg) => arg,
+            Err(e) => return Ok(Err(tool_failed(name, format!("the arguments cannot be given to JS: {e}")))),
+        };
+        let mut this = std::ptr::null_mut();
+        let mut returned = std::ptr::null_mut();
+        let status = unsafe { sys::napi_get_undefined(env, &mut this) };
+        let status = match status {
+            sys::Status::napi_ok => unsafe { sys::napi_call_function(env, this, function, 1, &arg, &mut returned) },
+            other => other,
+        };
+        if status != sys::Status::napi_ok {
+            let why = json::take_exception(env);
+            return Ok(Err(match why {
+                Some(message) => tool_failed(name, format!("the JS function threw: {message}")),
+                None => tool_failed(name, format!("the JS function could not be called (status {status})")),
+            }));
+        }
+        Ok(unsafe { ToolReturn::from_napi_value(env, returned) }
+            .map_err(|e| tool_failed(name, format!("the JS function returned an unusable value: {e}"))))
+    }
+}
+
+impl Drop for JsToolRef {
+    fn drop(&mut self) {
+        // On its JS thread (deregistration, the engine's finalizer) the reference is
+        // deleted; dropped elsewhere (the last call of a closed engine ended on another
+        // thread) it is left to its environment, which frees it when it ends.
+        if std::thread::current().id() == self.thread {
+            unsafe { sys::napi_delete_reference(self.env, self.reference) };
+        }
+    }
 }
 
 #[napi]
@@ -642,7 +749,10 @@ impl JsEngine {
     /// Register a JS function as the native tool `name` ("manual.tool"; the manual is
     /// created when missing) and return its full name. `fn(args)` runs on the JS
     /// thread and may return a value or a Promise; a throw, a rejection or a result
-    /// that is not JSON fails the call with TOOL_FAILED. `inputs` (a JSON Schema,
+    /// that is not JSON fails the call with TOOL_FAILED. A `callTool` that reaches it
+    /// without waiting first (no JS rule, no approval) calls it right away, before
+    /// `callTool` returns, like a Promise executor; its result still arrives through the
+    /// Promise. Calls from workflows are queued on the event loop. `inputs` (a JSON Schema,
     /// default: any object) validates every call's arguments. The function never
     /// keeps the process alive.
     #[napi(
@@ -651,6 +761,7 @@ impl JsEngine {
     )]
     pub fn register_tool(
         &self,
+        env: &Env,
         name: String,
         callback: Function<'_, Value, ToolReturn>,
         options: StrictJson,
@@ -666,9 +777,10 @@ impl JsEngine {
             let outputs = optional_schema(options.get("outputs"), "outputs")?;
             let description = optional_string(options.get("description"), "description")?.unwrap_or_default();
             let tags = string_list(options.get("tags"), "tags")?;
+            let direct = Arc::new(JsToolRef::new(env.raw(), napi::JsValue::raw(&callback))?);
             let function: JsToolFn =
                 callback.build_threadsafe_function::<Value>().weak::<true>().callee_handled::<false>().build()?;
-            let handler = js_handler(Arc::from(name.as_str()), Arc::new(function));
+            let handler = js_handler(Arc::from(name.as_str()), Arc::new(function), direct);
             engine.register_tool(&name, handler, inputs, outputs, &description, tags).map_err(core_err)
         })
     }

@@ -7,12 +7,21 @@
 //! the settler's one threadsafe function, and the JS thread settles everything queued
 //! meanwhile. The threadsafe function is referenced only while promises are pending, so
 //! that an idle engine never keeps the process alive.
+//!
+//! Calls that wait for JS or for time only (a JS tool's Promise, a JS business rule, an
+//! approval, a timeout) stay on the JS thread ([`Settler::keep_local`]): their waker
+//! queues them on the same settler, and the JS thread polls them again when it drains,
+//! so an async JS tool's call never leaves the thread either.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::c_void;
+use std::future::Future;
+use std::pin::Pin;
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Poll, Wake, Waker};
 
 use napi::bindgen_prelude::ToNapiValue;
 use napi::sys;
@@ -22,6 +31,25 @@ use serde_json::Value;
 thread_local! {
     /// The settler of the environment whose JS thread this is.
     static SETTLER: RefCell<Option<(usize, Arc<Settler>)>> = const { RefCell::new(None) };
+    /// Calls kept on this JS thread (`Settler::keep_local`), by id, with their promise.
+    static LOCAL: RefCell<HashMap<u64, Kept>> = RefCell::new(HashMap::new());
+}
+
+/// A call kept on its JS thread.
+pub(crate) type LocalCall = Pin<Box<dyn Future<Output = napi::Result<Value>>>>;
+
+/// Ids of kept calls (unique in the process, so wakes never reach another settler's call).
+static NEXT_LOCAL: AtomicU64 = AtomicU64::new(1);
+
+/// Polls a kept call on the JS thread, with what a poll there needs (`lib.rs` sets up
+/// the runtime context and the mark that lets JS tools be called right away).
+pub(crate) type LocalPoll = fn(sys::napi_env, &mut LocalCall, &Waker) -> Poll<napi::Result<Value>>;
+
+/// A kept call, its promise, and how to poll it.
+struct Kept {
+    deferred: sys::napi_deferred,
+    call: LocalCall,
+    poll: LocalPoll,
 }
 
 /// A JS thread's settler (its environment's): created on first use.
@@ -49,6 +77,8 @@ struct State {
     /// Null once the environment is torn down: nothing is settled any more.
     tsfn: sys::napi_threadsafe_function,
     queue: Vec<Finished>,
+    /// Kept calls to poll again.
+    woken: Vec<u64>,
 }
 
 // The threadsafe function is made to be called from any thread; the deferreds in the
@@ -73,7 +103,7 @@ unsafe impl Send for Pending {}
 impl Settler {
     fn create(env: sys::napi_env) -> napi::Result<Arc<Settler>> {
         let settler = Arc::new(Settler {
-            state: Mutex::new(State { tsfn: ptr::null_mut(), queue: Vec::new() }),
+            state: Mutex::new(State { tsfn: ptr::null_mut(), queue: Vec::new(), woken: Vec::new() }),
             pending: AtomicUsize::new(0),
         });
         let mut name = ptr::null_mut();
@@ -131,6 +161,68 @@ impl Settler {
         self.pending.fetch_add(1, Ordering::Relaxed);
         Ok((Pending { settler: self.clone(), deferred: Some(deferred) }, promise))
     }
+
+    /// A waker for a call that may be kept on this JS thread, and its id (before its first
+    /// poll, so that nothing that poll arms wakes a no-op waker).
+    pub(crate) fn local_waker(self: &Arc<Self>) -> (u64, Waker) {
+        let id = NEXT_LOCAL.fetch_add(1, Ordering::Relaxed);
+        (id, Waker::from(Arc::new(LocalWake { settler: self.clone(), id })))
+    }
+
+    /// Keep `call` (pending after its first poll, with the waker of `id`) on this JS
+    /// thread; `poll` polls it again each time it is woken. Returns its promise.
+    pub(crate) fn keep_local(
+        self: &Arc<Self>,
+        env: sys::napi_env,
+        id: u64,
+        call: LocalCall,
+        poll: LocalPoll,
+    ) -> napi::Result<sys::napi_value> {
+        let (mut pending, promise) = self.promise(env)?;
+        let deferred = pending.deferred.take().ok_or_else(|| napi::Error::from_reason("no deferred"))?;
+        LOCAL.with(|local| local.borrow_mut().insert(id, Kept { deferred, call, poll }));
+        Ok(promise)
+    }
+
+    /// Queue a kept call to be polled again (from any thread).
+    fn wake(&self, id: u64) {
+        let mut state = self.state.lock();
+        if state.tsfn.is_null() {
+            return;
+        }
+        state.woken.push(id);
+        if state.queue.len() + state.woken.len() == 1 {
+            self.signal(&mut state);
+        }
+    }
+
+    /// Wake the JS thread to drain (the first of a batch does).
+    fn signal(&self, state: &mut State) {
+        let status = unsafe {
+            sys::napi_call_threadsafe_function(state.tsfn, ptr::null_mut(), sys::ThreadsafeFunctionCallMode::nonblocking)
+        };
+        if status != sys::Status::napi_ok {
+            // Only while the environment closes: nothing will settle any more.
+            state.queue.clear();
+            state.woken.clear();
+        }
+    }
+}
+
+/// The waker of a kept call.
+struct LocalWake {
+    settler: Arc<Settler>,
+    id: u64,
+}
+
+impl Wake for LocalWake {
+    fn wake(self: Arc<Self>) {
+        self.settler.wake(self.id);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.settler.wake(self.id);
+    }
 }
 
 impl Pending {
@@ -158,19 +250,9 @@ impl Settler {
             return; // The environment is gone, and its promises with it.
         }
         state.queue.push(Finished { deferred, result });
-        if state.queue.len() == 1 {
-            // The first of a batch wakes the JS thread; `drain` takes the whole queue.
-            let status = unsafe {
-                sys::napi_call_threadsafe_function(
-                    state.tsfn,
-                    ptr::null_mut(),
-                    sys::ThreadsafeFunctionCallMode::nonblocking,
-                )
-            };
-            if status != sys::Status::napi_ok {
-                // Only while the environment closes: nothing will settle any more.
-                state.queue.clear();
-            }
+        // The first of a batch wakes the JS thread; `drain` takes the whole queue.
+        if state.queue.len() + state.woken.len() == 1 {
+            self.signal(&mut state);
         }
     }
 }
@@ -204,16 +286,36 @@ unsafe extern "C" fn drain(
     if env.is_null() || context.is_null() {
         return; // The environment is being torn down.
     }
-    let settler = unsafe { &*(context as *const Settler) };
-    let (tsfn, finished) = {
-        let mut state = settler.state.lock();
-        (state.tsfn, std::mem::take(&mut state.queue))
+    // The threadsafe function holds a reference for as long as it can call this.
+    let settler = unsafe {
+        Arc::increment_strong_count(context as *const Settler);
+        Arc::from_raw(context as *const Settler)
     };
-    let settled = finished.len();
+    let (tsfn, finished, woken) = {
+        let mut state = settler.state.lock();
+        (state.tsfn, std::mem::take(&mut state.queue), std::mem::take(&mut state.woken))
+    };
+    let mut settled = finished.len();
     for Finished { deferred, result } in finished {
         // A promise that cannot be settled (no memory for the value) stays pending;
         // there is no caller left to report it to.
         let _ = unsafe { settle_deferred(env, deferred, result) };
+    }
+    for id in woken {
+        // Out of the map while it runs: the poll may start calls of its own.
+        let Some(mut kept) = LOCAL.with(|local| local.borrow_mut().remove(&id)) else {
+            continue; // Woken again after it finished.
+        };
+        let waker = Waker::from(Arc::new(LocalWake { settler: settler.clone(), id }));
+        match (kept.poll)(env, &mut kept.call, &waker) {
+            Poll::Ready(result) => {
+                let _ = unsafe { settle_deferred(env, kept.deferred, result) };
+                settled += 1;
+            }
+            Poll::Pending => {
+                LOCAL.with(|local| local.borrow_mut().insert(id, kept));
+            }
+        }
     }
     if settler.pending.fetch_sub(settled, Ordering::Relaxed) == settled && !tsfn.is_null() {
         unsafe { sys::napi_unref_threadsafe_function(env, tsfn) };
@@ -226,6 +328,7 @@ unsafe extern "C" fn torn_down(context: *mut c_void) {
     let mut state = settler.state.lock();
     state.tsfn = ptr::null_mut();
     state.queue.clear();
+    state.woken.clear();
 }
 
 /// The threadsafe function's finalizer: give back its reference to the settler.
