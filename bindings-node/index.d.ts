@@ -785,7 +785,10 @@ export declare class Engine {
    * missing); returns the full name. `fn(args)` runs on the JS thread and may return a
    * value or a Promise; a throw, a rejection or a result that is not JSON (undefined, a
    * function, a BigInt, a cycle) makes the call reject with ERR_UTP_TOOL_FAILED naming
-   * the tool and the error. A registered tool never keeps the process alive.
+   * the tool and the error. A `callTool` that reaches `fn` without waiting first (no JS
+   * business rule, no approval) calls it right away, before `callTool` returns, as a
+   * Promise executor runs; its result still arrives through the Promise. A registered
+   * tool never keeps the process alive.
    * Throws ERR_UTP_ALREADY_EXISTS for a name already registered.
    */
   registerTool(name: string, fn: ToolFunction, options?: RegisterToolOptions | null): string

@@ -64,7 +64,10 @@ export declare class Engine {
    * Register a JS function as the native tool `name` ("manual.tool"; the manual is
    * created when missing) and return its full name. `fn(args)` runs on the JS
    * thread and may return a value or a Promise; a throw, a rejection or a result
-   * that is not JSON fails the call with TOOL_FAILED. `inputs` (a JSON Schema,
+   * that is not JSON fails the call with TOOL_FAILED. A `callTool` that reaches it
+   * without waiting first (no JS rule, no approval) calls it right away, before
+   * `callTool` returns, like a Promise executor; its result still arrives through the
+   * Promise. Calls from workflows are queued on the event loop. `inputs` (a JSON Schema,
    * default: any object) validates every call's arguments. The function never
    * keeps the process alive.
    */
