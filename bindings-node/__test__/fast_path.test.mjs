@@ -141,18 +141,30 @@ test('fast-path calls publish their events to subscribers', async () => {
   engine.close()
 })
 
-test('a sync JS tool is called inside callTool; its result still arrives through the Promise', async () => {
-  const engine = new Engine()
+/** Registers `js.echo`, which records each call and whether it ran inside callTool. */
+function echoProbe(engine) {
   let inCallTool = false
   const calls = []
   engine.registerTool('js.echo', (args) => {
     calls.push({ args, inCallTool })
     return { echoed: args }
   })
-  inCallTool = true
-  const call = engine.callTool('js.echo', { x: 1 })
-  inCallTool = false
-  assert.deepEqual(calls, [{ args: { x: 1 }, inCallTool: true }])
+  const call = (args) => {
+    inCallTool = true
+    try {
+      return engine.callTool('js.echo', args)
+    } finally {
+      inCallTool = false
+    }
+  }
+  return { calls, call }
+}
+
+test('a sync JS tool is called inside callTool; its result still arrives through the Promise', async () => {
+  const engine = new Engine()
+  const echo = echoProbe(engine)
+  const call = echo.call({ x: 1 })
+  assert.deepEqual(echo.calls, [{ args: { x: 1 }, inCallTool: true }])
   assert.ok(call instanceof Promise)
   assert.equal(await settlesWithoutEventLoop(call), true)
   assert.deepEqual(await call, { echoed: { x: 1 } })
@@ -178,20 +190,13 @@ test('a sync JS tool is called inside callTool; its result still arrives through
 
 test('a JS tool reached after a JS business rule is queued, not called inside callTool', async () => {
   const engine = new Engine()
-  let inCallTool = false
-  const calls = []
-  engine.registerTool('js.echo', (args) => {
-    calls.push({ args, inCallTool })
-    return { echoed: args }
-  })
+  const echo = echoProbe(engine)
   engine.domainLayer.addBusinessRule('allow', () => true)
-  inCallTool = true
-  const call = engine.callTool('js.echo', { x: 2 })
-  inCallTool = false
-  assert.equal(calls.length, 0)
+  const call = echo.call({ x: 2 })
+  assert.equal(echo.calls.length, 0)
   assert.equal(await settlesWithoutEventLoop(call), false)
   assert.deepEqual(await call, { echoed: { x: 2 } })
-  assert.deepEqual(calls, [{ args: { x: 2 }, inCallTool: false }])
+  assert.deepEqual(echo.calls, [{ args: { x: 2 }, inCallTool: false }])
   engine.close()
 })
 
