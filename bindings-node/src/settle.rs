@@ -147,8 +147,15 @@ impl Settler {
         Ok(settler)
     }
 
-    /// A new promise (on the JS thread): while it is pending, the process stays alive.
+    /// A new promise (on the JS thread), to be settled from any thread: while it is
+    /// pending, the process stays alive.
     pub(crate) fn promise(self: &Arc<Self>, env: sys::napi_env) -> napi::Result<(Pending, sys::napi_value)> {
+        let (deferred, promise) = self.counted_promise(env)?;
+        Ok((Pending { settler: self.clone(), deferred: Some(deferred) }, promise))
+    }
+
+    /// A new promise, counted as pending until `drain` settles it.
+    fn counted_promise(&self, env: sys::napi_env) -> napi::Result<(sys::napi_deferred, sys::napi_value)> {
         let mut deferred = ptr::null_mut();
         let mut promise = ptr::null_mut();
         let status = unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) };
@@ -159,7 +166,7 @@ impl Settler {
             napi::check_status!(status, "cannot reference the settler")?;
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
-        Ok((Pending { settler: self.clone(), deferred: Some(deferred) }, promise))
+        Ok((deferred, promise))
     }
 
     /// A waker for a call that may be kept on this JS thread, and its id (before its first
@@ -178,8 +185,7 @@ impl Settler {
         call: LocalCall,
         poll: LocalPoll,
     ) -> napi::Result<sys::napi_value> {
-        let (mut pending, promise) = self.promise(env)?;
-        let deferred = pending.deferred.take().ok_or_else(|| napi::Error::from_reason("no deferred"))?;
+        let (deferred, promise) = self.counted_promise(env)?;
         LOCAL.with(|local| local.borrow_mut().insert(id, Kept { deferred, call, poll }));
         Ok(promise)
     }
@@ -192,20 +198,20 @@ impl Settler {
         }
         state.woken.push(id);
         if state.queue.len() + state.woken.len() == 1 {
-            self.signal(&mut state);
+            signal(&mut state);
         }
     }
+}
 
-    /// Wake the JS thread to drain (the first of a batch does).
-    fn signal(&self, state: &mut State) {
-        let status = unsafe {
-            sys::napi_call_threadsafe_function(state.tsfn, ptr::null_mut(), sys::ThreadsafeFunctionCallMode::nonblocking)
-        };
-        if status != sys::Status::napi_ok {
-            // Only while the environment closes: nothing will settle any more.
-            state.queue.clear();
-            state.woken.clear();
-        }
+/// Wake the JS thread to drain (the first of a batch does).
+fn signal(state: &mut State) {
+    let status = unsafe {
+        sys::napi_call_threadsafe_function(state.tsfn, ptr::null_mut(), sys::ThreadsafeFunctionCallMode::nonblocking)
+    };
+    if status != sys::Status::napi_ok {
+        // Only while the environment closes: nothing will settle any more.
+        state.queue.clear();
+        state.woken.clear();
     }
 }
 
@@ -252,7 +258,7 @@ impl Settler {
         state.queue.push(Finished { deferred, result });
         // The first of a batch wakes the JS thread; `drain` takes the whole queue.
         if state.queue.len() + state.woken.len() == 1 {
-            self.signal(&mut state);
+            signal(&mut state);
         }
     }
 }
