@@ -1,4 +1,4 @@
-// Network calls run on the addon's call threads and settle on the JS thread in batches:
+// Network and cli calls run on the addon's call threads and settle on the JS thread in batches:
 // many calls at once each get their own result, a pending call keeps the process alive
 // and a settled one no longer does, and a worker thread that ends mid-call is harmless.
 // Against a real loopback server; the scripts run as child processes.
@@ -122,4 +122,28 @@ test('a worker thread that is terminated in the middle of HTTP calls does not di
   assert.equal(r.signal, null, r.stderr)
   assert.equal(r.status, 0, r.stderr)
   assert.equal(r.stdout.trim(), 'ok')
+})
+
+test('cli tools run on the call threads too: results, 20 at once, and a timeout that ends the process', async () => {
+  const engine = new Engine()
+  await engine.registerManual(
+    {
+      tools: [
+        {
+          name: 'hello',
+          inputs: { type: 'object', properties: { who: { type: 'string' } }, required: ['who'] },
+          tool_call_template: { call_template_type: 'cli', commands: [{ command: 'echo hello UTCP_ARG_who_UTCP_END' }] },
+        },
+        { name: 'sleepy', tool_call_template: { call_template_type: 'cli', commands: [{ command: 'sleep 5' }] } },
+      ],
+    },
+    'sh',
+  )
+  assert.equal(await engine.callTool('sh.hello', { who: 'node' }), 'hello node')
+  const results = await Promise.all(Array.from({ length: 20 }, (_, i) => engine.callTool('sh.hello', { who: `n${i}` })))
+  results.forEach((r, i) => assert.equal(r, `hello n${i}`))
+  const started = Date.now()
+  await rejectsWith(engine.callTool('sh.sleepy', {}, { timeout: 0.3 }), codes.TIMEOUT, /sleepy/)
+  assert.ok(Date.now() - started < 3000, `timed out after ${Date.now() - started} ms`)
+  engine.close()
 })
