@@ -1,10 +1,11 @@
 // callTool's fast path (src/lib.rs, `call_promise`): the call's future is polled once
 // on the JS thread; a call that completes without waiting (a `text` tool, a policy
 // denial, an unknown tool...) returns an already settled Promise, with no thread hop;
-// one that waits goes to napi's tokio runtime as before. A JS tool reached in that
-// first poll is called right there, inside callTool (a sync tool's call then completes
-// in the poll); one reached later (after a rule or an approval made the call wait) is
-// queued through its ThreadsafeFunction. Either way its result arrives through the Promise.
+// one that waits stays on the JS thread and is polled again when woken. A JS tool
+// reached in the first poll is called right there, inside callTool (a sync tool's call
+// then completes in the poll); one reached later (after a JS rule made the call wait) is
+// called when the JS thread polls the call again. Either way its result arrives
+// through the Promise.
 import test from 'node:test'
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
@@ -188,7 +189,7 @@ test('a sync JS tool is called inside callTool; its result still arrives through
   engine.close()
 })
 
-test('a JS tool reached after a JS business rule is queued, not called inside callTool', async () => {
+test('a JS tool reached after a JS business rule is called later, not inside callTool', async () => {
   const engine = new Engine()
   const echo = echoProbe(engine)
   engine.domainLayer.addBusinessRule('allow', () => true)
