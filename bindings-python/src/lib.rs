@@ -291,6 +291,24 @@ impl Running {
         py.detach(|| self.rt().block_on(interruptible(future, cancel)))
     }
 
+    /// The tail `run_workflow` and `run` share: the run options, a cancellation that
+    /// Ctrl-C triggers, the run driven with the GIL released, its record as Python values.
+    fn run_to_record<'py, F, Fut>(
+        &self,
+        py: Python<'py>,
+        (session, tenant, user, timeout): (Option<String>, Option<String>, Option<String>, Option<f64>),
+        start: F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: FnOnce(CoreEngine, RunOptions) -> Fut,
+        Fut: std::future::Future<Output = utp_core::Result<Value>> + Send,
+    {
+        let cancel = CancellationToken::new();
+        let options = run_options(py, session, tenant, user, timeout, Some(cancel.clone()))?;
+        let record = self.block_on_interruptible(py, start(self.engine.clone(), options), &cancel)?;
+        to_py(py, &record.map_err(|e| to_py_err(py, &e))?)
+    }
+
     /// `block_on_interruptible` driven on this thread (`Engine::block_on_here`), for a call
     /// whose I/O would otherwise cross to the runtime's threads and back. Only on a thread
     /// that runs no runtime (not, say, in a Python tool the engine runs on its blocking pool).
@@ -1434,11 +1452,9 @@ impl PyEngine {
         guarded(py, || {
             let source = workflow_source(py, workflow)?;
             let inputs = workflow_inputs(py, inputs)?;
-            let cancel = CancellationToken::new();
-            let options = run_options(py, session, tenant, user, timeout, Some(cancel.clone()))?;
-            let r = self.running(py)?;
-            let record = r.block_on_interruptible(py, r.engine.run_workflow(source, inputs, options), &cancel)?;
-            to_py(py, &record.map_err(|e| to_py_err(py, &e))?)
+            self.running(py)?.run_to_record(py, (session, tenant, user, timeout), |engine, options| async move {
+                engine.run_workflow(source, inputs, options).await
+            })
         })
     }
 
@@ -1499,11 +1515,9 @@ impl PyEngine {
         guarded(py, || {
             let request = plan_request(py, request)?;
             let inputs = workflow_inputs(py, inputs)?;
-            let cancel = CancellationToken::new();
-            let options = run_options(py, session, tenant, user, timeout, Some(cancel.clone()))?;
-            let r = self.running(py)?;
-            let record = r.block_on_interruptible(py, r.engine.run_request(&request, inputs, options), &cancel)?;
-            to_py(py, &record.map_err(|e| to_py_err(py, &e))?)
+            self.running(py)?.run_to_record(py, (session, tenant, user, timeout), |engine, options| async move {
+                engine.run_request(&request, inputs, options).await
+            })
         })
     }
 
