@@ -302,12 +302,15 @@ fn a_step_waiting_for_an_approval_waits_for_the_same_approval_after_a_restart() 
         assert_eq!(e.execution(&id).unwrap()["status"], "waiting_approval");
         e.approve(&approval, true, None).unwrap();
         // s1 asks for its own approval.
-        let second = loop {
-            if let Some(a) = e.approvals(true).first() {
-                break a.id.clone();
+        let mut second = None;
+        for _ in 0..2000 {
+            second = e.approvals(true).first().map(|a| a.id.clone());
+            if second.is_some() {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        }
+        let second = second.unwrap_or_else(|| panic!("s1 never asked for its approval: {:#}", e.execution(&id).unwrap()));
         e.approve(&second, true, None).unwrap();
         let record = e.wait_execution(&id).await.unwrap();
         assert_eq!(record["status"], "completed", "{record:#}");

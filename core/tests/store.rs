@@ -1024,6 +1024,25 @@ fn second_open_of_the_same_file_is_refused_until_the_first_is_dropped() {
     assert_eq!(second.executions(&ExecutionFilter::default()).unwrap().len(), 2);
 }
 
+/// A lock found taken is tried again for a moment (a process another thread forked
+/// holds a copy of it until it execs): a store dropped meanwhile is opened.
+#[test]
+fn a_lock_released_while_the_next_open_waits_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let first = sqlite(&path);
+    first.put_execution(exec("x", "running", 1)).wait_blocking().unwrap();
+    let dropper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(first);
+    });
+    let started = std::time::Instant::now();
+    let second = SqliteStore::open(&path, Durability::Normal).unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(40));
+    assert_eq!(second.executions(&ExecutionFilter::default()).unwrap().len(), 1);
+    dropper.join().unwrap();
+}
+
 #[test]
 fn open_store_specs_and_durability() {
     assert!(open_store("memory", Durability::Normal).is_ok());

@@ -18,7 +18,10 @@
 //! - An exclusive `flock` on `<db>.lock` keeps a second engine (another process,
 //!   or another store in this one) from opening the same database: it gets a clear
 //!   STORE error until the first store is dropped. The lock file is left in place
-//!   (removing it would race with the next opener).
+//!   (removing it would race with the next opener). A lock found taken is tried
+//!   again for up to [`LOCK_WAIT`]: a process forked by another thread of this one
+//!   (a cli tool, any `Command`) holds a copy of the lock's file until it execs, so
+//!   a store just dropped can look taken for that long.
 //! - Dropping the store flushes every queued write, joins the writer, then releases the lock.
 //! - [`SqliteStore::open_read_only`] opens for inspection only (`utp executions`,
 //!   `utp show`, `utp events`) while another engine may hold the database: no lock,
@@ -68,6 +71,8 @@ const POLL_BEFORE_PARK: Duration = Duration::from_micros(20);
 const FLUSH_DELAY: Duration = Duration::from_millis(10);
 /// `journal_size_limit`: the WAL file is cut back to this after a burst.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
+/// How long opening waits for a lock found taken before saying another engine holds it.
+const LOCK_WAIT: Duration = Duration::from_millis(250);
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -402,14 +407,25 @@ fn acquire_lock(path: &Path) -> Result<File> {
         OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(|e| {
             store_error(format!("store {}: cannot create the lock file {}: {e}", path.display(), lock_path.display()))
         })?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(store_error(format!(
-            "store {}: already open by another engine (it holds {}); close that engine first or use another database",
-            path.display(),
-            lock_path.display()
-        ))),
-        Err(e) => Err(store_error(format!("store {}: cannot lock {}: {e}", path.display(), lock_path.display()))),
+    let started = Instant::now();
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            // Maybe a fork between its fork and its exec (module doc): try again shortly.
+            Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(store_error(format!(
+                    "store {}: already open by another engine (it holds {}); close that engine first or use another database",
+                    path.display(),
+                    lock_path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(store_error(format!("store {}: cannot lock {}: {e}", path.display(), lock_path.display())));
+            }
+        }
     }
 }
 
