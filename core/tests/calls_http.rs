@@ -395,13 +395,18 @@ async fn openapi_tools_are_called_with_their_styles() {
     assert!(err.to_string().contains("/petId"), "{err}");
 }
 
+/// `api.get` (the echo) and `api.slow` (answers after 10 s) on the server at `port`.
+fn get_and_slow(port: u16) -> Value {
+    json!([http_tool("get", json!({"url": format!("http://127.0.0.1:{port}/echo")})),
+        http_tool("slow", json!({"url": format!("http://127.0.0.1:{port}/slow")}))])
+}
+
 #[test]
 fn calls_driven_on_the_calling_thread_use_its_runtime_and_a_client_per_engine() {
     // The server runs on a runtime of its own; the test thread runs none.
     let server_rt = tokio::runtime::Runtime::new().unwrap();
     let srv = server_rt.block_on(server());
-    let tools = json!([http_tool("get", json!({"url": format!("http://127.0.0.1:{}/echo", srv.port)})),
-        http_tool("slow", json!({"url": format!("http://127.0.0.1:{}/slow", srv.port)}))]);
+    let tools = get_and_slow(srv.port);
     let make = || server_rt.block_on(engine_with(json!({}), tools.clone()));
     let (a, b) = (make(), make());
     let here = |e: &Engine, name: &str, args: Value, options: CallOptions| {
@@ -432,8 +437,7 @@ fn calls_driven_on_the_calling_thread_use_its_runtime_and_a_client_per_engine() 
 fn calls_on_a_call_thread_share_its_runtime_and_its_own_connections() {
     let server_rt = tokio::runtime::Runtime::new().unwrap();
     let srv = server_rt.block_on(server());
-    let tools = json!([http_tool("get", json!({"url": format!("http://127.0.0.1:{}/echo", srv.port)})),
-        http_tool("slow", json!({"url": format!("http://127.0.0.1:{}/slow", srv.port)}))]);
+    let tools = get_and_slow(srv.port);
     let engine = server_rt.block_on(engine_with(json!({}), tools));
     let thread = CallThread::start("utp-call-test").unwrap();
     // Run a call there and wait for its result on this thread.
