@@ -5,6 +5,8 @@
 //! `utp.UtpError` subclasses carrying the stable `.code`; a Rust panic is caught here and
 //! raised as `utp.PanicError` (pyo3's own `PanicException` escapes `except Exception`).
 
+mod engine_threads;
+
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -26,6 +28,8 @@ use utp_core::{
     CallOptions, CancellationToken, Config, Engine as CoreEngine, Error, ErrorCode, Event, EventHandler, HistoryFilter,
     HostRule, HostVerdict, ManualSource, NativeHandler, SubscriptionId,
 };
+
+use crate::engine_threads::{attach, call_python};
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -1017,10 +1021,7 @@ impl PyEngine {
         guarded(py, || {
             let mut config = load_config(py, config)?;
             apply_store(py, &mut config, store)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("utp-worker")
-                .enable_all()
+            let runtime = engine_threads::runtime_builder()
                 .build()
                 .map_err(|e| raise(py, ErrorCode::Internal, format!("cannot start the runtime: {e}")))?;
             // On the engine's own runtime: executions resumed here keep running on it.
@@ -1257,8 +1258,8 @@ impl PyEngine {
             let handler: NativeHandler = Arc::new(move |args: Value| {
                 let (callback, tool) = (held.clone(), tool.clone());
                 Box::pin(async move {
-                    tokio::task::spawn_blocking(move || {
-                        Python::attach(|py| match callback.get(py) {
+                    call_python(move || {
+                        attach(|py| match callback.get(py) {
                             Some(func) => call_python_tool(py, &func, &tool, &args),
                             None => Err(Error::with_code(
                                 ErrorCode::ToolFailed,
@@ -1301,10 +1302,7 @@ impl PyEngine {
             let rule: HostRule = Arc::new(move |tool: String, action: String, params: Value| {
                 let (callback, rule_name) = (held.clone(), rule_name.clone());
                 Box::pin(async move {
-                    let handle = tokio::runtime::Handle::try_current().map_err(|e| format!("no runtime to run it on: {e}"))?;
-                    let task = handle.spawn_blocking(move || {
-                        Python::attach(|py| run_rule(py, &callback, &rule_name, tool, action, params))
-                    });
+                    let task = call_python(move || attach(|py| run_rule(py, &callback, &rule_name, tool, action, params)));
                     match tokio::time::timeout(limit, task).await {
                         Ok(Ok(verdict)) => verdict,
                         Ok(Err(e)) => Err(format!("its thread failed: {e}")),
@@ -1729,7 +1727,7 @@ impl PyEngine {
             let handler: IntentHandler = Arc::new(move |ctx: IntentContext, params: Value| {
                 let callback = held.clone();
                 Box::pin(async move {
-                    tokio::task::spawn_blocking(move || Python::attach(|py| run_intent_handler(py, &callback, ctx, &params)))
+                    call_python(move || attach(|py| run_intent_handler(py, &callback, ctx, &params)))
                         .await
                         .map_err(|e| Error::with_code(ErrorCode::Internal, format!("Python intent handler thread failed: {e}")))?
                 })
@@ -1897,6 +1895,7 @@ fn version() -> &'static str {
 #[pymodule]
 fn _utp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    engine_threads::watch_finalization(py)?;
     m.add_class::<PyEngine>()?;
     m.add_class::<PyDecision>()?;
     m.add_class::<PyIntentContext>()?;

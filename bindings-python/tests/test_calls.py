@@ -190,6 +190,47 @@ def test_many_threads_call_python_tools(engine):
     assert all(results[i] == [i + j for j in range(50)] for i in range(16))
 
 
+def test_engine_threads_keep_their_python_state_between_calls(engine):
+    """An engine thread keeps its Python thread state from one call to the next, so what
+    a tool keeps in `threading.local` (a connection, a session) stays with its thread."""
+    local = threading.local()
+
+    def count(args):
+        local.calls = getattr(local, "calls", 0) + 1
+        return [threading.get_ident(), local.calls]
+
+    engine.register_tool("t.count", count)
+    seen = [engine.call_tool("t.count") for _ in range(40)]
+    calls_per_thread: dict[int, int] = {}
+    for ident, calls in seen:
+        calls_per_thread[ident] = calls_per_thread.get(ident, 0) + 1
+        assert calls == calls_per_thread[ident], seen
+    assert len(calls_per_thread) < len(seen)  # threads were reused, and kept their count
+
+
+def test_engine_threads_release_their_python_state_when_the_engine_closes():
+    class Token:
+        pass
+
+    local = threading.local()
+    refs = []
+
+    def keep(args):
+        if not hasattr(local, "token"):
+            local.token = Token()
+            refs.append(weakref.ref(local.token))
+        return len(refs)
+
+    engine = utp.Engine()
+    engine.register_tool("t.keep", keep)
+    for _ in range(20):
+        engine.call_tool("t.keep")
+    assert refs and all(r() is not None for r in refs)  # kept while the threads run
+    engine.close()  # joins the engine's threads: each deletes its Python state
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
 def test_asyncio_calls_run_concurrently():
     async def main():
         with utp.Engine() as engine:

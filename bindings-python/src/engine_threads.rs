@@ -1,0 +1,115 @@
+//! Python code run by the engine's runtime threads: tools, business rules and
+//! intent handlers.
+//!
+//! - A thread with no Python thread state gets one from `Python::attach` and
+//!   loses it when the call ends. CPython maps and unmaps the state's frame stack
+//!   each time, and each unmap is a TLB shootdown on every CPU. So a runtime thread
+//!   keeps the state of its first call until it stops (`attach`).
+//! - A sync Python call made for a future runs on the worker that polls it, in a
+//!   task of its own (`call_python`). The awaiting future stays free to time out or
+//!   be cancelled, as with `spawn_blocking`, without the hop to another thread.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use tokio::runtime::{Builder, Handle, RuntimeFlavor};
+use tokio::task::JoinError;
+
+/// Set by an `atexit` hook: from then on a stopping thread leaves its state to
+/// the interpreter's own teardown instead of taking the GIL to delete it.
+static FINALIZING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Whether this thread belongs to an engine's runtime (set by `on_thread_start`).
+    static ENGINE_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// The Python thread state this thread keeps, once it called Python.
+    static KEPT: Cell<*mut ffi::PyThreadState> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// The engine's multi-thread runtime, with its threads keeping their Python state.
+pub(crate) fn runtime_builder() -> Builder {
+    let mut builder = Builder::new_multi_thread();
+    builder
+        .worker_threads(2)
+        .thread_name("utp-worker")
+        .on_thread_start(|| ENGINE_THREAD.set(true))
+        .on_thread_stop(release_thread_state)
+        .enable_all();
+    builder
+}
+
+/// Register the `atexit` hook that marks the interpreter as finalizing.
+pub(crate) fn watch_finalization(py: Python<'_>) -> PyResult<()> {
+    #[pyfunction]
+    fn finalizing() {
+        FINALIZING.store(true, Ordering::SeqCst);
+    }
+    let hook = wrap_pyfunction!(finalizing, py)?;
+    py.import("atexit")?.call_method1("register", (hook,))?;
+    Ok(())
+}
+
+/// `Python::attach`, keeping this thread's Python state when it is an engine thread.
+pub(crate) fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+    keep_thread_state();
+    Python::attach(f)
+}
+
+fn keep_thread_state() {
+    if !ENGINE_THREAD.get() || !KEPT.get().is_null() || FINALIZING.load(Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: the interpreter is initialized and this thread has no Python state yet,
+    // so it does not hold the GIL (a thread in the middle of a call is left alone).
+    // Ensure creates the state and takes the GIL; SaveThread gives the GIL back and
+    // leaves Ensure's use counted, so later attaches reuse the state instead of
+    // deleting it.
+    unsafe {
+        if ffi::Py_IsInitialized() == 0 || !ffi::PyGILState_GetThisThreadState().is_null() {
+            return;
+        }
+        let _ = ffi::PyGILState_Ensure();
+        KEPT.set(ffi::PyEval_SaveThread());
+    }
+}
+
+/// `on_thread_stop`: give back the state kept by `keep_thread_state`.
+fn release_thread_state() {
+    let kept = KEPT.replace(ptr::null_mut());
+    // While the interpreter finalizes, taking the GIL may end this thread on the
+    // spot; the interpreter frees the states left behind as it finishes.
+    if kept.is_null() || FINALIZING.load(Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: `kept` is this thread's state, saved without the GIL by
+    // `keep_thread_state`; restoring it takes the GIL, and releasing the use
+    // Ensure counted deletes the state and drops the GIL.
+    unsafe {
+        if ffi::Py_IsInitialized() == 0 {
+            return;
+        }
+        ffi::PyEval_RestoreThread(kept);
+        ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_UNLOCKED);
+    }
+}
+
+/// Run a blocking Python call for the current future. On a multi-thread runtime it
+/// runs in a task of its own on the polling worker (`block_in_place` hands the
+/// worker's other tasks to another thread, and takes them back when a short call
+/// returns first); elsewhere on the blocking pool. Either way the caller's timeout
+/// or cancellation ends the wait at once, and the call finishes on its own.
+pub(crate) async fn call_python<R, F>(call: F) -> Result<R, JoinError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let on_workers = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if on_workers {
+        tokio::spawn(async move { tokio::task::block_in_place(call) }).await
+    } else {
+        tokio::task::spawn_blocking(call).await
+    }
+}
