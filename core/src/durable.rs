@@ -384,6 +384,16 @@ impl crate::engine::Engine {
         durable.store.put_execution_with_events(execution_row(exec), events).wait().await
     }
 
+    /// An execution's end: its header, the records of `steps` and `events`, in one commit.
+    pub(crate) async fn persist_end(&self, exec: &Execution, steps: &[usize], events: &[Arc<Event>]) -> Result<()> {
+        let Some(durable) = self.durable() else {
+            return Ok(());
+        };
+        let rows = steps.iter().map(|&i| step_row(exec, i).0).collect();
+        let events = events.iter().map(|e| e.to_value()).collect();
+        durable.store.put_execution_with_steps(execution_row(exec), rows, events).wait().await
+    }
+
     /// Step `i`'s record, the execution's status and the step's event, in one commit.
     pub(crate) async fn persist_step(&self, exec: &Execution, i: usize, event: Option<&Arc<Event>>) -> Result<()> {
         let Some(durable) = self.durable() else {

@@ -126,6 +126,43 @@ async fn a_run_is_committed_and_a_new_engine_reads_it() {
     assert!(calls.lock().is_empty());
 }
 
+/// A run's end commits with the step it ended with and the steps it never ran: a new
+/// engine reads the same record as the run returned, and the audit log ends the same way.
+#[tokio::test]
+async fn a_failed_run_commits_its_last_step_and_the_steps_it_never_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("utp.db");
+    let mut wf = chain(4);
+    wf["steps"][1]["tool"] = json!("t.fail");
+    let returned = {
+        let (e, calls) = engine(&db, json!({}));
+        let fail: NativeHandler = Arc::new(|_args: Value| {
+            async { Err(utp_core::Error::with_code(ErrorCode::ToolFailed, "out of stock")) }.boxed()
+        });
+        e.register_tool("t.fail", fail, None, None, "", vec![]).unwrap();
+        let record =
+            e.run_workflow(WorkflowSource::Definition(wf), json!({}), RunOptions::default()).await.unwrap();
+        assert_eq!(record["status"], "failed", "{record:#}");
+        assert_eq!(calls.lock().len(), 1);
+        record
+    };
+    let (e, _) = engine(&db, json!({}));
+    let id = returned["execution_id"].as_str().unwrap();
+    let stored = e.execution(id).unwrap();
+    assert_eq!(stored["status"], "failed");
+    for s in ["s0", "s1", "s2", "s3"] {
+        assert_eq!(stored["steps"][s]["status"], returned["steps"][s]["status"], "{s}: {stored:#}");
+    }
+    assert_eq!(stored["steps"]["s1"]["status"], "failed");
+    assert_eq!(stored["steps"]["s1"]["error"]["code"], "TOOL_FAILED");
+    assert_eq!(stored["steps"]["s3"]["status"], "skipped");
+    assert!(stored["steps"]["s3"]["note"].as_str().unwrap().starts_with("not run"), "{stored:#}");
+    let events = e.stored_events(&EventFilter { execution_id: Some(id.into()), ..Default::default() }).unwrap();
+    let kinds = kinds_of(&events);
+    assert_eq!(kinds[kinds.len() - 2..], ["step.failed", "workflow.error"], "{kinds:?}");
+    assert!(e.recover().await.unwrap().is_empty());
+}
+
 /// What a process killed after committing `done` steps of a chain leaves behind.
 fn leave_unfinished(db: &Path, id: &str, steps: usize, done: usize, running: Option<usize>) {
     let store = SqliteStore::open(db, Default::default()).unwrap();

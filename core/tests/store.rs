@@ -120,6 +120,7 @@ macro_rules! shared {
 shared!(
     executions_round_trip,
     put_step_round_trip_and_atomic_failure,
+    an_execution_ends_with_its_last_steps_in_one_write,
     events_round_trip_and_filters,
     approvals_round_trip,
     session_states_round_trip,
@@ -152,6 +153,33 @@ fn executions_round_trip(s: &dyn Store) {
     s.put_execution(row.clone()).wait_blocking().unwrap();
     assert_eq!(s.execution("x1").unwrap().unwrap().0, row);
     assert_eq!(s.executions(&ExecutionFilter::default()).unwrap(), vec![row]);
+}
+
+/// A run's end: the header, the step it ended with and the steps it never ran, with
+/// the transition's events, in one write; a step of another execution refuses it all.
+fn an_execution_ends_with_its_last_steps_in_one_write(s: &dyn Store) {
+    s.put_execution(exec("x1", "running", 1)).wait_blocking().unwrap();
+    let a = step("x1", "a", 0, "succeeded");
+    s.put_step(a.clone(), None, vec![]).wait_blocking().unwrap();
+    let b = step("x1", "b", 1, "failed");
+    let c = StepRow { note: Some("not run: the execution failed (TOOL_FAILED)".into()), ..step("x1", "c", 2, "skipped") };
+    let mut end = exec("x1", "failed", 1);
+    end.finished_at = Some(ts(5));
+    let events = vec![event(1, "step.failed", Some("x1"), 4), event(2, "workflow.error", Some("x1"), 5)];
+    s.put_execution_with_steps(end.clone(), vec![b.clone(), c.clone()], events).wait_blocking().unwrap();
+    let (row, steps) = s.execution("x1").unwrap().unwrap();
+    assert_eq!(row.status, "failed");
+    assert_eq!(row.finished_at, end.finished_at);
+    assert_eq!(steps, vec![a, b, c]);
+    assert_eq!(kinds(&s.events(&EventFilter::default()).unwrap()), ["step.failed", "workflow.error"]);
+
+    let e = s
+        .put_execution_with_steps(exec("x2", "completed", 2), vec![step("x1", "d", 3, "succeeded")], vec![])
+        .wait_blocking()
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+    assert!(s.execution("x2").unwrap().is_none());
+    assert_eq!(s.execution("x1").unwrap().unwrap().1.len(), 3);
 }
 
 fn put_step_round_trip_and_atomic_failure(s: &dyn Store) {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{
     Commit, EventFilter, ExecutionFilter, ExecutionRow, PreparedApproval, PreparedEvent, PreparedExecution, StepRow,
     Store, event_range, execution_range, is_unfinished, parse_time, prepare_approval, prepare_events,
-    prepare_execution, prepare_step, with_seq,
+    prepare_execution, prepare_step, prepare_steps_of, with_seq,
 };
 use crate::error::{Error, Result};
 use crate::events::Pattern;
@@ -56,17 +56,25 @@ impl Inner {
 }
 
 impl Store for MemoryStore {
-    fn put_execution_with_events(&self, row: ExecutionRow, events: Vec<Value>) -> Commit {
+    fn put_execution_with_steps(&self, row: ExecutionRow, steps: Vec<StepRow>, events: Vec<Value>) -> Commit {
         let prepared = match prepare_execution(row) {
             Ok(p) => p,
             Err(e) => return Commit::ready(Err(e)),
         };
+        if let Err(e) = prepare_steps_of(&prepared.row.id, &steps) {
+            return Commit::ready(Err(e));
+        }
         let events = match prepare_events(events) {
             Ok(e) => e,
             Err(e) => return Commit::ready(Err(e)),
         };
         let mut inner = self.inner.lock();
-        inner.executions.insert(prepared.row.id.clone(), prepared);
+        let id = prepared.row.id.clone();
+        inner.executions.insert(id.clone(), prepared);
+        let records = inner.steps.entry(id).or_default();
+        for step in steps {
+            records.insert(step.step_id.clone(), step);
+        }
         inner.append_events(events);
         Commit::ready(Ok(()))
     }

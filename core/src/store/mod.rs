@@ -168,7 +168,13 @@ pub trait Store: Send + Sync + 'static {
     }
     /// An execution's header and the events of that transition (its start or its
     /// end), in ONE transaction.
-    fn put_execution_with_events(&self, row: ExecutionRow, events: Vec<Value>) -> Commit;
+    fn put_execution_with_events(&self, row: ExecutionRow, events: Vec<Value>) -> Commit {
+        self.put_execution_with_steps(row, Vec::new(), events)
+    }
+    /// An execution's header, the records of the steps that end with it and the
+    /// events of that transition, in ONE transaction: a run's end commits with its
+    /// last step's record and the records of the steps it never ran.
+    fn put_execution_with_steps(&self, row: ExecutionRow, steps: Vec<StepRow>, events: Vec<Value>) -> Commit;
     /// One step's record, the execution's new status and the events of that
     /// transition, in ONE transaction (one commit per step completion).
     fn put_step(&self, step: StepRow, execution_status: Option<String>, events: Vec<Value>) -> Commit;
@@ -439,6 +445,20 @@ pub(crate) fn prepare_step(step: &StepRow) -> Result<()> {
     let at = format!("step '{}' of execution '{}'", step.step_id, step.execution_id);
     parse_opt_time(&format!("{at} started_at"), step.started_at.as_deref())?;
     parse_opt_time(&format!("{at} finished_at"), step.finished_at.as_deref())?;
+    Ok(())
+}
+
+/// Steps written with their execution's header: each valid, and of that execution.
+pub(crate) fn prepare_steps_of(execution_id: &str, steps: &[StepRow]) -> Result<()> {
+    for step in steps {
+        prepare_step(step)?;
+        if step.execution_id != execution_id {
+            return Err(Error::InvalidArgument(format!(
+                "put_execution_with_steps: step '{}' is of execution '{}', not '{execution_id}'",
+                step.step_id, step.execution_id
+            )));
+        }
+    }
     Ok(())
 }
 

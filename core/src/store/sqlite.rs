@@ -43,7 +43,7 @@ use super::schema::{check_schema_read_only, open_schema, sql_error};
 use super::{
     Commit, Durability, EventFilter, ExecutionFilter, ExecutionRow, PreparedApproval, PreparedEvent, PreparedExecution,
     Responder, StepRow, Store, UNFINISHED_STATUSES, event_range, execution_range, oneshot, parse_time,
-    prepare_approval, prepare_events, prepare_execution, prepare_step, store_error, with_seq,
+    prepare_approval, prepare_events, prepare_execution, prepare_step, prepare_steps_of, store_error, with_seq,
 };
 use crate::error::{Error, Result};
 
@@ -110,7 +110,7 @@ struct Counters {
 }
 
 enum Op {
-    Execution { execution: Box<PreparedExecution>, events: Vec<PreparedEvent> },
+    Execution { execution: Box<PreparedExecution>, steps: Vec<StepRow>, events: Vec<PreparedEvent> },
     Step { step: Box<StepRow>, status: Option<String>, events: Vec<PreparedEvent> },
     Events(Vec<PreparedEvent>),
     Approval(PreparedApproval),
@@ -700,10 +700,36 @@ impl Writer {
         }
     }
 
+    fn insert_step(&self, step: &StepRow) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO steps (execution_id, step_id, idx, status, output, error, attempts,
+                    started_at, finished_at, note, approval_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    step.execution_id,
+                    step.step_id,
+                    step.index,
+                    step.status,
+                    json(&step.output),
+                    json(&step.error),
+                    step.attempts,
+                    step.started_at,
+                    step.finished_at,
+                    step.note,
+                    step.approval_id,
+                ])
+            })
+            .map(|_| ())
+            .map_err(|e| sql_error(&self.path, "writing a step", e))
+    }
+
     fn apply(&self, op: &Op) -> Result<()> {
         let err = |doing: &'static str| move |e| sql_error(&self.path, doing, e);
         match op {
-            Op::Execution { execution: e, events } => {
+            Op::Execution { execution: e, steps, events } => {
                 let r = &e.row;
                 self.conn
                     .prepare_cached(
@@ -732,6 +758,9 @@ impl Writer {
                         ])
                     })
                     .map_err(err("writing an execution"))?;
+                for step in steps {
+                    self.insert_step(step)?;
+                }
                 self.insert_events(events)?;
             }
             Op::Step { step, status, events } => {
@@ -759,28 +788,7 @@ impl Writer {
                         step.execution_id
                     )));
                 }
-                self.conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO steps (execution_id, step_id, idx, status, output, error, attempts,
-                            started_at, finished_at, note, approval_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            step.execution_id,
-                            step.step_id,
-                            step.index,
-                            step.status,
-                            json(&step.output),
-                            json(&step.error),
-                            step.attempts,
-                            step.started_at,
-                            step.finished_at,
-                            step.note,
-                            step.approval_id,
-                        ])
-                    })
-                    .map_err(err("writing a step"))?;
+                self.insert_step(step)?;
                 self.insert_events(events)?;
             }
             Op::Events(events) => self.insert_events(events)?,
@@ -1118,12 +1126,15 @@ fn limit_of(limit: Option<usize>) -> i64 {
 }
 
 impl Store for SqliteStore {
-    fn put_execution_with_events(&self, row: ExecutionRow, events: Vec<Value>) -> Commit {
+    fn put_execution_with_steps(&self, row: ExecutionRow, steps: Vec<StepRow>, events: Vec<Value>) -> Commit {
         if let Some(refused) = self.refuse_write() {
             return refused;
         }
-        match prepare_execution(row).and_then(|p| Ok((p, prepare_events(events)?))) {
-            Ok((p, events)) => self.write(Op::Execution { execution: Box::new(p), events }),
+        let prepared = prepare_execution(row)
+            .and_then(|p| prepare_steps_of(&p.row.id, &steps).map(|()| p))
+            .and_then(|p| Ok((p, prepare_events(events)?)));
+        match prepared {
+            Ok((p, events)) => self.write(Op::Execution { execution: Box::new(p), steps, events }),
             Err(e) => Commit::ready(Err(e)),
         }
     }

@@ -58,6 +58,8 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
     let mut failure: Option<Error> = start.err().or(earlier_failure);
     let mut timed_out = false;
     let shutdown = engine.workflows().shutdown.clone();
+    // The step the run ends with: its record commits with the run's end.
+    let mut last: Option<(usize, Arc<Event>)> = None;
     loop {
         let stopping = failure.is_some() || timed_out || exec.cancel.is_cancelled();
         while !stopping && running.len() < wf.max_parallel && !*suspended.borrow() {
@@ -99,21 +101,33 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
             }
         };
         tokio::select! {
+            // A step's record commits before any dependant starts (a completed step never
+            // runs twice): dependants released here start at the next turn of the loop.
             Some((i, end)) = running.next() => match end {
                 StepEnd::Succeeded(output) => {
                     let completed = mark_succeeded(&engine, &exec, i, output);
-                    // Committed before any dependant starts: a completed step never runs twice.
-                    commit_step(&engine, &exec, i, &completed, &calls, &mut failure).await;
                     release(&wf.dependants[i], &mut waiting, &mut ready);
+                    let ends_run = running.is_empty() && (ready.is_empty() || failure.is_some() || timed_out);
+                    if ends_run {
+                        last = Some((i, completed));
+                    } else {
+                        commit_step(&engine, &exec, i, &completed, &calls, &mut failure).await;
+                    }
                 }
                 StepEnd::Failed { error, fatal } => {
                     let failed = mark_failed(&engine, &exec, i, &error);
-                    commit_step(&engine, &exec, i, &failed, &calls, &mut failure).await;
+                    if !fatal {
+                        release(&wf.dependants[i], &mut waiting, &mut ready);
+                    }
+                    let ends_run = running.is_empty() && (fatal || ready.is_empty() || failure.is_some() || timed_out);
+                    if ends_run {
+                        last = Some((i, failed));
+                    } else {
+                        commit_step(&engine, &exec, i, &failed, &calls, &mut failure).await;
+                    }
                     if fatal {
                         calls.cancel();
                         failure.get_or_insert(error);
-                    } else {
-                        release(&wf.dependants[i], &mut waiting, &mut ready);
                     }
                 }
             },
@@ -141,7 +155,7 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
             }
         }
     }
-    finish(&engine, &exec, failure, timed_out, started).await;
+    finish(&engine, &exec, failure, timed_out, started, last).await;
 }
 
 /// Commit step `i`'s record with its event. A commit that fails (disk full, I/O
@@ -181,7 +195,16 @@ fn schedule(exec: &Execution) -> (Vec<usize>, std::collections::VecDeque<usize>,
     })
 }
 
-async fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed_out: bool, started: Instant) {
+/// Record the run's end: its status, the final event, and in the same commit the step
+/// it ended with (`last`) and the steps it never ran.
+async fn finish(
+    engine: &Engine,
+    exec: &Execution,
+    failure: Option<Error>,
+    timed_out: bool,
+    started: Instant,
+    last: Option<(usize, Arc<Event>)>,
+) {
     let wf = &exec.workflow;
     let (status, error) = if exec.cancel.is_cancelled() {
         (ExecutionStatus::Cancelled, Some(Error::Cancelled(format!("execution '{}' was cancelled", exec.id))))
@@ -193,26 +216,20 @@ async fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed
     } else {
         (ExecutionStatus::Completed, None)
     };
+    let (mut steps, mut events): (Vec<usize>, Vec<Arc<Event>>) = last.into_iter().unzip();
     // Steps that never ran are skipped, with the reason.
     if let Some(e) = &error {
         let reason = match status {
             ExecutionStatus::Cancelled => "not run: the execution was cancelled".to_string(),
             _ => format!("not run: the execution failed ({})", e.code().as_str()),
         };
-        let not_run: Vec<usize> = exec.with_state(|s| {
-            let mut not_run = Vec::new();
+        exec.with_state(|s| {
             for (i, rec) in s.steps.iter_mut().enumerate().filter(|(_, r)| r.status == StepStatus::Pending) {
                 rec.status = StepStatus::Skipped;
                 rec.note = Some(reason.clone());
-                not_run.push(i);
+                steps.push(i);
             }
-            not_run
         });
-        for i in not_run {
-            if let Err(e) = engine.persist_step(exec, i, None).await {
-                tracing::warn!(execution = %exec.id, "step not persisted: {e}");
-            }
-        }
     }
     let outputs = if status == ExecutionStatus::Completed { outputs(engine, exec) } else { Value::Null };
     let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
@@ -226,8 +243,8 @@ async fn finish(engine: &Engine, exec: &Execution, failure: Option<Error>, timed
     exec.finish(status, outputs, info);
     // The final event is in the history (and committed with the final state) before
     // `run_workflow` / `wait` return.
-    let last = engine.events().publish_shared(event(exec, kind).data(data));
-    if let Err(e) = engine.persist_header(exec, Some(&last)).await {
+    events.push(engine.events().publish_shared(event(exec, kind).data(data)));
+    if let Err(e) = engine.persist_end(exec, &steps, &events).await {
         // The run ended but its end is not recorded: say so rather than report success.
         tracing::warn!(execution = %exec.id, "final state not persisted: {e}");
         exec.finish(ExecutionStatus::Failed, Value::Null, Some(ErrorInfo::of(&e)));
