@@ -102,35 +102,29 @@ pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
         };
         tokio::select! {
             // A step's record commits before any dependant starts (a completed step never
-            // runs twice): dependants released here start at the next turn of the loop.
-            Some((i, end)) = running.next() => match end {
-                StepEnd::Succeeded(output) => {
-                    let completed = mark_succeeded(&engine, &exec, i, output);
+            // runs twice): dependants released here start at the next turn of the loop. The
+            // step the run ends with commits with the run's end instead.
+            Some((i, end)) = running.next() => {
+                let (recorded, fatal_error) = match end {
+                    StepEnd::Succeeded(output) => (mark_succeeded(&engine, &exec, i, output), None),
+                    StepEnd::Failed { error, fatal } => {
+                        (mark_failed(&engine, &exec, i, &error), fatal.then_some(error))
+                    }
+                };
+                if fatal_error.is_none() {
                     release(&wf.dependants[i], &mut waiting, &mut ready);
-                    let ends_run = running.is_empty() && (ready.is_empty() || failure.is_some() || timed_out);
-                    if ends_run {
-                        last = Some((i, completed));
-                    } else {
-                        commit_step(&engine, &exec, i, &completed, &calls, &mut failure).await;
-                    }
                 }
-                StepEnd::Failed { error, fatal } => {
-                    let failed = mark_failed(&engine, &exec, i, &error);
-                    if !fatal {
-                        release(&wf.dependants[i], &mut waiting, &mut ready);
-                    }
-                    let ends_run = running.is_empty() && (fatal || ready.is_empty() || failure.is_some() || timed_out);
-                    if ends_run {
-                        last = Some((i, failed));
-                    } else {
-                        commit_step(&engine, &exec, i, &failed, &calls, &mut failure).await;
-                    }
-                    if fatal {
-                        calls.cancel();
-                        failure.get_or_insert(error);
-                    }
+                let stops = fatal_error.is_some() || failure.is_some() || timed_out;
+                if running.is_empty() && (ready.is_empty() || stops) {
+                    last = Some((i, recorded));
+                } else {
+                    commit_step(&engine, &exec, i, &recorded, &calls, &mut failure).await;
                 }
-            },
+                if let Some(error) = fatal_error {
+                    calls.cancel();
+                    failure.get_or_insert(error);
+                }
+            }
             _ = deadline_passed => {
                 timed_out = true;
                 calls.cancel();
