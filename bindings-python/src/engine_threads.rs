@@ -5,7 +5,7 @@
 //!   loses it when the call ends. CPython maps and unmaps the state's frame stack
 //!   each time, and each unmap is a TLB shootdown on every CPU. So a runtime thread
 //!   keeps the state of its first call until it stops (`attach`).
-//! - A sync Python call made for a future runs on the worker that polls it, in a
+//! - A sync Python call made for a future a worker polls runs on that worker, in a
 //!   task of its own (`call_python`). The awaiting future stays free to time out or
 //!   be cancelled, as with `spawn_blocking`, without the hop to another thread.
 
@@ -96,18 +96,22 @@ fn release_thread_state() {
     }
 }
 
-/// Run a blocking Python call for the current future. On a multi-thread runtime it
-/// runs in a task of its own on the polling worker (`block_in_place` hands the
-/// worker's other tasks to another thread, and takes them back when a short call
-/// returns first); elsewhere on the blocking pool. Either way the caller's timeout
-/// or cancellation ends the wait at once, and the call finishes on its own.
+/// Run a blocking Python call for the current future. Polled on an engine thread (a
+/// workflow step, an async call), it runs in a task of its own on a worker, inside
+/// `block_in_place`: the worker's other tasks go to another thread, and come back
+/// when a short call returns first. Polled on a host thread (a blocking `call_tool`
+/// drives its call there), it runs on the blocking pool: a task would cost that
+/// thread a hop to a worker and back all the same, and the handoff on top. Either
+/// way the caller's timeout or cancellation ends the wait at once, and the call
+/// finishes on its own.
 pub(crate) async fn call_python<R, F>(call: F) -> Result<R, JoinError>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let on_workers = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if on_workers {
+    let on_worker =
+        ENGINE_THREAD.get() && Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if on_worker {
         tokio::spawn(async move { tokio::task::block_in_place(call) }).await
     } else {
         tokio::task::spawn_blocking(call).await

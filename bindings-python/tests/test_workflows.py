@@ -452,6 +452,22 @@ def test_a_run_timeout_fails_the_run_with_timeout():
         engine.close()
 
 
+def test_a_step_timeout_ends_the_wait_for_a_sync_python_step():
+    """A sync Python step runs on an engine worker; its timeout still fails the step at
+    the deadline, while the function finishes on its own."""
+    release = threading.Event()
+    with utp.Engine() as engine:
+        engine.register_tool("t.stuck", lambda args: release.wait(10) and "late")
+        wf = {"name": "stuck", "steps": [{"id": "s", "tool": "t.stuck", "timeout": "200ms"}]}
+        started = time.monotonic()
+        record = engine.run_workflow(wf, {})
+        took = time.monotonic() - started
+        release.set()
+    assert record["status"] == "failed", record
+    assert record["steps"]["s"]["error"]["code"] == "TIMEOUT", record
+    assert took < 5
+
+
 def test_suspend_and_resume():
     engine, gate = gated_engine()
     try:
