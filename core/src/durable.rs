@@ -375,17 +375,18 @@ pub(crate) fn approval_info(v: Value) -> Option<ApprovalInfo> {
 // durability); without a store they return at once.
 
 impl crate::engine::Engine {
-    /// An execution's header, with the event of that transition (its start or end).
+    /// An execution's header, with the event of that transition (its start, a suspension).
     pub(crate) async fn persist_header(&self, exec: &Execution, event: Option<&Arc<Event>>) -> Result<()> {
-        let Some(durable) = self.durable() else {
-            return Ok(());
-        };
-        let events = event.map(|e| vec![e.to_value()]).unwrap_or_default();
-        durable.store.put_execution_with_events(execution_row(exec), events).wait().await
+        self.persist_header_and_steps(exec, &[], event.map(std::slice::from_ref).unwrap_or_default()).await
     }
 
-    /// An execution's end: its header, the records of `steps` and `events`, in one commit.
-    pub(crate) async fn persist_end(&self, exec: &Execution, steps: &[usize], events: &[Arc<Event>]) -> Result<()> {
+    /// An execution's header, the records of `steps` and `events`, in one commit (its end).
+    pub(crate) async fn persist_header_and_steps(
+        &self,
+        exec: &Execution,
+        steps: &[usize],
+        events: &[Arc<Event>],
+    ) -> Result<()> {
         let Some(durable) = self.durable() else {
             return Ok(());
         };

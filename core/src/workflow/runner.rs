@@ -238,7 +238,7 @@ async fn finish(
     // The final event is in the history (and committed with the final state) before
     // `run_workflow` / `wait` return.
     events.push(engine.events().publish_shared(event(exec, kind).data(data)));
-    if let Err(e) = engine.persist_end(exec, &steps, &events).await {
+    if let Err(e) = engine.persist_header_and_steps(exec, &steps, &events).await {
         // The run ended but its end is not recorded: say so rather than report success.
         tracing::warn!(execution = %exec.id, "final state not persisted: {e}");
         exec.finish(ExecutionStatus::Failed, Value::Null, Some(ErrorInfo::of(&e)));
