@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use tokio::runtime::{Builder, Handle, RuntimeFlavor};
-use tokio::task::JoinError;
 
 /// Set by an `atexit` hook: from then on a stopping thread leaves its state to
 /// the interpreter's own teardown instead of taking the GIL to delete it.
@@ -53,7 +52,7 @@ pub(crate) fn watch_finalization(py: Python<'_>) -> PyResult<()> {
 }
 
 /// `Python::attach`, keeping this thread's Python state when it is an engine thread.
-pub(crate) fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
     keep_thread_state();
     Python::attach(f)
 }
@@ -96,24 +95,25 @@ fn release_thread_state() {
     }
 }
 
-/// Run a blocking Python call for the current future. Polled on an engine thread (a
+/// Run `call` with the GIL for the current future. Polled on an engine thread (a
 /// workflow step, an async call), it runs in a task of its own on a worker, inside
 /// `block_in_place`: the worker's other tasks go to another thread, and come back
 /// when a short call returns first. Polled on a host thread (a blocking `call_tool`
 /// drives its call there), it runs on the blocking pool: a task would cost that
 /// thread a hop to a worker and back all the same, and the handoff on top. Either
 /// way the caller's timeout or cancellation ends the wait at once, and the call
-/// finishes on its own.
-pub(crate) async fn call_python<R, F>(call: F) -> Result<R, JoinError>
+/// finishes on its own. Errs (never panics) with no runtime or a failed task.
+pub(crate) async fn call_python<R, F>(call: F) -> Result<R, String>
 where
-    F: FnOnce() -> R + Send + 'static,
+    F: for<'py> FnOnce(Python<'py>) -> R + Send + 'static,
     R: Send + 'static,
 {
-    let on_worker =
-        ENGINE_THREAD.get() && Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if on_worker {
-        tokio::spawn(async move { tokio::task::block_in_place(call) }).await
+    let handle = Handle::try_current().map_err(|e| format!("no runtime to run it on: {e}"))?;
+    let on_worker = ENGINE_THREAD.get() && handle.runtime_flavor() == RuntimeFlavor::MultiThread;
+    let task = if on_worker {
+        handle.spawn(async move { tokio::task::block_in_place(|| attach(call)) })
     } else {
-        tokio::task::spawn_blocking(call).await
-    }
+        handle.spawn_blocking(|| attach(call))
+    };
+    task.await.map_err(|e| e.to_string())
 }

@@ -29,7 +29,7 @@ use utp_core::{
     HostRule, HostVerdict, ManualSource, NativeHandler, SubscriptionId,
 };
 
-use crate::engine_threads::{attach, call_python};
+use crate::engine_threads::call_python;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -1258,14 +1258,12 @@ impl PyEngine {
             let handler: NativeHandler = Arc::new(move |args: Value| {
                 let (callback, tool) = (held.clone(), tool.clone());
                 Box::pin(async move {
-                    call_python(move || {
-                        attach(|py| match callback.get(py) {
-                            Some(func) => call_python_tool(py, &func, &tool, &args),
-                            None => Err(Error::with_code(
-                                ErrorCode::ToolFailed,
-                                format!("tool '{tool}': its Python function was released (engine closed)"),
-                            )),
-                        })
+                    call_python(move |py| match callback.get(py) {
+                        Some(func) => call_python_tool(py, &func, &tool, &args),
+                        None => Err(Error::with_code(
+                            ErrorCode::ToolFailed,
+                            format!("tool '{tool}': its Python function was released (engine closed)"),
+                        )),
                     })
                     .await
                     .map_err(|e| Error::with_code(ErrorCode::Internal, format!("Python tool thread failed: {e}")))?
@@ -1302,7 +1300,7 @@ impl PyEngine {
             let rule: HostRule = Arc::new(move |tool: String, action: String, params: Value| {
                 let (callback, rule_name) = (held.clone(), rule_name.clone());
                 Box::pin(async move {
-                    let task = call_python(move || attach(|py| run_rule(py, &callback, &rule_name, tool, action, params)));
+                    let task = call_python(move |py| run_rule(py, &callback, &rule_name, tool, action, params));
                     match tokio::time::timeout(limit, task).await {
                         Ok(Ok(verdict)) => verdict,
                         Ok(Err(e)) => Err(format!("its thread failed: {e}")),
@@ -1727,7 +1725,7 @@ impl PyEngine {
             let handler: IntentHandler = Arc::new(move |ctx: IntentContext, params: Value| {
                 let callback = held.clone();
                 Box::pin(async move {
-                    call_python(move || attach(|py| run_intent_handler(py, &callback, ctx, &params)))
+                    call_python(move |py| run_intent_handler(py, &callback, ctx, &params))
                         .await
                         .map_err(|e| Error::with_code(ErrorCode::Internal, format!("Python intent handler thread failed: {e}")))?
                 })
