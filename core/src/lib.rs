@@ -11,6 +11,7 @@ mod durable;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod host;
 mod external_refs;
 pub mod manual;
 pub mod openapi;
