@@ -99,14 +99,6 @@ pub fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// What was found, for messages: numbers by value, anything else by kind.
-fn found(value: &Value) -> String {
-    match value {
-        Value::Number(n) => n.to_string(),
-        other => json_kind(other).to_string(),
-    }
-}
-
 /// The message for a value nested deeper than [`MAX_JSON_DEPTH`] (each binding's
 /// conversion adds where).
 pub fn too_deep() -> String {
