@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use utp_core::{
-    CallOptions, Config, Engine, Error, ErrorCode, Event, EventHandler, HistoryFilter, HostRule, HostVerdict, ManualSource,
+    CallOptions, Config, Engine, Error, ErrorCode, Event, EventHandler, HostRule, HostVerdict, ManualSource,
     NativeHandler, SubscriptionId,
 };
-use utp_core::events::{Pattern, kinds};
+use utp_core::host::{self, KeyStyle};
 use utp_core::planner::PlanOptions;
 use utp_core::store::EventFilter;
 use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, RunOptions, WorkflowSource};
@@ -301,6 +301,17 @@ fn json_out(value: &Value) -> Result<*mut c_char, Error> {
     let text = serde_json::to_string(value).map_err(|e| Error::Internal(format!("cannot serialise result: {e}")))?;
     let c = CString::new(text).map_err(|e| Error::Internal(format!("result holds a NUL byte: {e}")))?;
     Ok(c.into_raw())
+}
+
+/// A tenant and a session id given as arguments, checked as the `tenant` and
+/// `session` options are (`utp_core::host::check_id`).
+fn check_ids(tenant: Option<&str>, session: Option<&str>) -> Result<(), Error> {
+    for (option, id) in [("tenant", tenant), ("session", session)] {
+        if let Some(id) = id {
+            host::check_id(option, id)?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_tags(tags_json: Option<&str>) -> Result<Vec<String>, Error> {
@@ -639,41 +650,12 @@ pub unsafe extern "C" fn utp_discover(
 // Calling tools
 // ---------------------------------------------------------------------------
 
-/// Read `options_json`: `{"timeout": seconds, "tenant", "session", "user",
-/// "approval_id": "...", "fail_fast_on_approval": bool}`.
-fn call_options(options_json: Option<&str>) -> Result<CallOptions, Error> {
-    let Some(text) = options_json.filter(|t| !t.trim().is_empty()) else { return Ok(CallOptions::default()) };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("options_json is not valid JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(invalid("options_json must be a JSON object"));
-    };
-    let mut options = CallOptions::default();
-    for (key, v) in map {
-        match (key.as_str(), v) {
-            (_, Value::Null) => {}
-            ("timeout", Value::Number(n)) => {
-                let secs = n.as_f64().unwrap_or(f64::NAN);
-                options.timeout = Some(Duration::try_from_secs_f64(secs).map_err(|_| {
-                    invalid(format!("options_json.timeout must be a number of seconds >= 0, got {n}"))
-                })?);
-            }
-            ("tenant", Value::String(s)) => options.tenant = Some(s),
-            ("session", Value::String(s)) => options.session = Some(s),
-            ("user", Value::String(s)) => options.user = Some(s),
-            ("approval_id", Value::String(s)) => options.approval_id = Some(s),
-            ("fail_fast_on_approval", Value::Bool(b)) => options.fail_fast_on_approval = b,
-            (k @ ("timeout" | "tenant" | "session" | "user" | "approval_id" | "fail_fast_on_approval"), other) => {
-                return Err(invalid(format!("options_json.{k} has the wrong type: {other}")));
-            }
-            (k, _) => {
-                return Err(invalid(format!(
-                    "unknown option '{k}' (expected timeout, tenant, session, user, approval_id, fail_fast_on_approval)"
-                )));
-            }
-        }
-    }
-    Ok(options)
+/// Read `options_json` of `what` (the function's name, for messages): `{"timeout":
+/// seconds, "tenant", "session", "user", "approval_id": "...", "fail_fast_on_approval":
+/// bool}`, checked by `utp_core::host`.
+fn call_options(options_json: Option<&str>, what: &str) -> Result<CallOptions, Error> {
+    let options = host::parse_json(options_json.unwrap_or(""), "options_json")?;
+    host::call_options(&options, what, KeyStyle::Snake)
 }
 
 /// Call a tool. `args_json` (nullable: no arguments) is a JSON object checked
@@ -713,7 +695,7 @@ pub unsafe extern "C" fn utp_call_tool(
             Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
         };
         // SAFETY: NULL or NUL-terminated per the contract.
-        let options = call_options(unsafe { optional_str(options_json, "options_json") }?)?;
+        let options = call_options(unsafe { optional_str(options_json, "options_json") }?, "utp_call_tool")?;
         // A sequential HTTP call is driven on this thread (`Engine::blocking_call`).
         let blocking = handle.engine.blocking_call(name);
         let call = handle.engine.call_tool(name, args, options);
@@ -770,7 +752,7 @@ pub unsafe extern "C" fn utp_call_tool_async(
             Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
         };
         // SAFETY: NULL or NUL-terminated per the contract.
-        let options = call_options(unsafe { optional_str(options_json, "options_json") }?)?;
+        let options = call_options(unsafe { optional_str(options_json, "options_json") }?, "utp_call_tool_async")?;
         let runtime = handle.runtime()?;
         let engine = handle.engine.clone();
         // From here the callback is owed.
@@ -1550,21 +1532,8 @@ pub unsafe extern "C" fn utp_history(
         // valid for writes (both NULLs are checked).
         let (handle, out) = unsafe { engine_and_out(engine, out_events_json, "out_events_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
-        let filter = match unsafe { optional_str(filter_json, "filter_json") }? {
-            None => HistoryFilter::default(),
-            Some(text) if text.trim().is_empty() => HistoryFilter::default(),
-            Some(text) => {
-                match serde_json::from_str(text).map_err(|e| invalid(format!("filter_json is not valid JSON: {e}")))? {
-                    Value::Null => HistoryFilter::default(),
-                    value @ Value::Object(_) => serde_json::from_value(value).map_err(|e| {
-                        invalid(format!(
-                            "filter_json: {e} (expected limit, type, execution_id, tool, tenant, since)"
-                        ))
-                    })?,
-                    _ => return Err(invalid("filter_json must be a JSON object (or null)")),
-                }
-            }
-        };
+        let filter = host::parse_json(unsafe { optional_str(filter_json, "filter_json") }?.unwrap_or(""), "filter_json")?;
+        let filter = host::history_filter(&filter, "utp_history", KeyStyle::Snake)?;
         let events = handle.engine.history(&filter);
         let text = serde_json::to_string(&events.iter().map(|e| &**e).collect::<Vec<&Event>>())
             .map_err(|e| Error::Internal(format!("cannot serialise events: {e}")))?;
@@ -1617,38 +1586,12 @@ impl UtpEngine {
     }
 }
 
-/// Read `options_json` of a workflow run: `{"tenant", "session", "user", "timeout": seconds}`.
+/// Read `options_json` of a workflow run (utp_run_workflow(), utp_start_workflow(),
+/// utp_run_workflow_async(), utp_run()): `{"tenant", "session", "user", "timeout":
+/// seconds}`, checked by `utp_core::host`.
 fn run_options(options_json: Option<&str>) -> Result<RunOptions, Error> {
-    let Some(text) = options_json.filter(|t| !t.trim().is_empty()) else { return Ok(RunOptions::default()) };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("options_json is not valid JSON: {e}")))?;
-    let map = match value {
-        Value::Null => return Ok(RunOptions::default()),
-        Value::Object(map) => map,
-        _ => return Err(invalid("options_json must be a JSON object")),
-    };
-    let mut options = RunOptions::default();
-    for (key, v) in map {
-        match (key.as_str(), v) {
-            (_, Value::Null) => {}
-            ("timeout", Value::Number(n)) => {
-                let secs = n.as_f64().unwrap_or(f64::NAN);
-                options.timeout = Some(Duration::try_from_secs_f64(secs).map_err(|_| {
-                    invalid(format!("options_json.timeout must be a number of seconds >= 0, got {n}"))
-                })?);
-            }
-            ("tenant", Value::String(s)) => options.tenant = Some(s),
-            ("session", Value::String(s)) => options.session = Some(s),
-            ("user", Value::String(s)) => options.user = Some(s),
-            (k @ ("timeout" | "tenant" | "session" | "user"), other) => {
-                return Err(invalid(format!("options_json.{k} has the wrong type: {other}")));
-            }
-            (k, _) => {
-                return Err(invalid(format!("unknown option '{k}' (expected tenant, session, user, timeout)")));
-            }
-        }
-    }
-    Ok(options)
+    let options = host::parse_json(options_json.unwrap_or(""), "options_json")?;
+    host::run_options(&options, "workflow run", KeyStyle::Snake)
 }
 
 /// Read the arguments shared by the run/start functions.
@@ -2065,6 +2008,7 @@ pub unsafe extern "C" fn utp_session_state(
         let tenant = unsafe { optional_str(tenant, "tenant") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let session = unsafe { required_str(session, "session") }?;
+        check_ids(tenant, Some(session))?;
         *out = json_out(&handle.engine.session_state(tenant, Some(session)))?;
         Ok(())
     })
@@ -2091,6 +2035,7 @@ pub unsafe extern "C" fn utp_set_session_state(
         let tenant = unsafe { optional_str(tenant, "tenant") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let session = unsafe { required_str(session, "session") }?;
+        check_ids(tenant, Some(session))?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let key = unsafe { required_str(key, "key") }?;
         if key.is_empty() {
@@ -2133,49 +2078,10 @@ pub unsafe extern "C" fn utp_recover(engine: *mut UtpEngine, out_ids_json: *mut 
     })
 }
 
-/// The keys of utp_stored_events()' filter.
-const STORED_EVENTS_KEYS: &str = "execution_id, type, after, limit, since, until";
-
-/// `filter_json` of utp_stored_events() as a store filter.
+/// `filter_json` of utp_stored_events() as a store filter, checked by `utp_core::host`.
 fn event_filter(text: Option<&str>) -> Result<EventFilter, Error> {
-    let mut filter = EventFilter::default();
-    let Some(text) = text.filter(|t| !t.trim().is_empty()) else { return Ok(filter) };
-    let map = match serde_json::from_str(text).map_err(|e| invalid(format!("filter_json is not valid JSON: {e}")))? {
-        Value::Null => return Ok(filter),
-        Value::Object(map) => map,
-        _ => return Err(invalid("filter_json must be a JSON object (or null)")),
-    };
-    let string = |key: &str, value: &Value| match value {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        other => Err(invalid(format!("filter_json: {key} must be a string, found {other}"))),
-    };
-    let count = |key: &str, value: &Value| match value {
-        Value::Null => Ok(None),
-        Value::Number(n) if n.as_u64().is_some() => Ok(n.as_u64()),
-        other => Err(invalid(format!("filter_json: {key} must be a non-negative integer, found {other}"))),
-    };
-    for (key, value) in &map {
-        match key.as_str() {
-            "execution_id" => filter.execution_id = string(key, value)?,
-            "type" => filter.kind = string(key, value)?,
-            "since" => filter.since = string(key, value)?,
-            "until" => filter.until = string(key, value)?,
-            "after" => filter.after_id = count(key, value)?,
-            "limit" => filter.limit = count(key, value)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-            _ => return Err(invalid(format!("filter_json: unknown key '{key}' (expected {STORED_EVENTS_KEYS})"))),
-        }
-    }
-    if let Some(pattern) = &filter.kind {
-        let compiled = Pattern::new(pattern);
-        if pattern.trim().is_empty() || !kinds::ALL.iter().any(|k| compiled.matches(k)) {
-            return Err(invalid(format!(
-                "filter_json: type '{pattern}' matches no event type; the types are: {}",
-                kinds::ALL.join(", ")
-            )));
-        }
-    }
-    Ok(filter)
+    let filter = host::parse_json(text.unwrap_or(""), "filter_json")?;
+    host::event_filter(&filter, "utp_stored_events", KeyStyle::Snake)
 }
 
 /// Events from the store's audit log (every process that used the store), in store
@@ -2447,6 +2353,7 @@ pub unsafe extern "C" fn utp_submit_intent(
         let tenant = unsafe { optional_str(tenant, "tenant") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let session = unsafe { optional_str(session, "session") }?;
+        check_ids(tenant, session)?;
         let record = handle.block_on(handle.engine.submit_intent(intent_type, params, tenant, session))??;
         *out = json_out(&record)?;
         Ok(())
@@ -2470,30 +2377,11 @@ unsafe fn plan_request<'a>(request: *const c_char) -> Result<&'a str, Error> {
     Ok(text)
 }
 
-/// Read `options_json` of utp_plan(): `{"session", "tenant", "inputs": {...}}`.
+/// Read `options_json` of utp_plan(): `{"session", "tenant", "inputs": {...}}`, checked
+/// by `utp_core::host`.
 fn plan_options(options_json: Option<&str>) -> Result<PlanOptions, Error> {
-    let mut options = PlanOptions::default();
-    let Some(text) = options_json.filter(|t| !t.trim().is_empty()) else { return Ok(options) };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("options_json is not valid JSON: {e}")))?;
-    let map = match value {
-        Value::Null => return Ok(options),
-        Value::Object(map) => map,
-        _ => return Err(invalid("options_json must be a JSON object")),
-    };
-    for (key, v) in map {
-        match (key.as_str(), v) {
-            (_, Value::Null) => {}
-            ("tenant", Value::String(s)) => options.tenant = Some(s),
-            ("session", Value::String(s)) => options.session = Some(s),
-            ("inputs", v @ Value::Object(_)) => options.inputs = Some(v),
-            (k @ ("tenant" | "session" | "inputs"), other) => {
-                return Err(invalid(format!("options_json.{k} has the wrong type: {other}")));
-            }
-            (k, _) => return Err(invalid(format!("unknown option '{k}' (expected session, tenant, inputs)"))),
-        }
-    }
-    Ok(options)
+    let options = host::parse_json(options_json.unwrap_or(""), "options_json")?;
+    host::plan_options(&options, "utp_plan", KeyStyle::Snake)
 }
 
 /// Plan a workflow for a natural-language `request` (design §10) without running it,
