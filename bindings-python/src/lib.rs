@@ -6,6 +6,7 @@
 //! raised as `utp.PanicError` (pyo3's own `PanicException` escapes `except Exception`).
 
 mod engine_threads;
+mod host_options;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,16 +21,15 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use pyo3::PyTraverseError;
 use serde_json::{Map, Number, Value};
-use utp_core::events::{Pattern, kinds};
-use utp_core::planner::PlanOptions;
-use utp_core::store::EventFilter;
+use utp_core::host::{self, KeyStyle};
 use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, RunOptions, WorkflowSource};
 use utp_core::{
-    CallOptions, CancellationToken, Config, Engine as CoreEngine, Error, ErrorCode, Event, EventHandler, HistoryFilter,
+    CallOptions, CancellationToken, Config, Engine as CoreEngine, Error, ErrorCode, Event, EventHandler,
     HostRule, HostVerdict, ManualSource, NativeHandler, SubscriptionId,
 };
 
 use crate::engine_threads::call_python;
+use crate::host_options::OptionMap;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -132,12 +132,13 @@ fn guarded<T>(py: Python<'_>, body: impl FnOnce() -> PyResult<T>) -> PyResult<T>
 // Python values <-> JSON values
 // ---------------------------------------------------------------------------
 
-/// Deeper than any real manual; stops self-referencing containers.
-const MAX_DEPTH: usize = 200;
-
+/// `obj` as JSON; `depth` counts the containers around it. At most
+/// `host::MAX_JSON_DEPTH` nested containers, as in C and Node (this also stops
+/// self-referencing containers).
 fn to_json(py: Python<'_>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
-    if depth > MAX_DEPTH {
-        return Err(invalid(py, format!("value nests deeper than {MAX_DEPTH} levels (a container that contains itself?)")));
+    let is_container = || obj.is_instance_of::<PyDict>() || obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>();
+    if depth >= host::MAX_JSON_DEPTH && is_container() {
+        return Err(invalid(py, format!("value {} (a container that contains itself?)", host::too_deep())));
     }
     if obj.is_none() {
         return Ok(Value::Null);
@@ -343,9 +344,9 @@ async fn interruptible<F: std::future::Future>(future: F, cancel: &CancellationT
 }
 
 
+/// Seconds (a timeout), checked as every binding checks them (`utp_core::host`).
 fn seconds(py: Python<'_>, value: f64, what: &str) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| invalid(py, format!("{what} must be a finite number of seconds >= 0, got {value}")))
+    host::seconds(what, value).map_err(|e| to_py_err(py, &e))
 }
 
 /// Run a Python tool function on the calling (blocking-pool) thread: `fn(args)`, and
@@ -627,19 +628,6 @@ fn run_subscriber(py: Python<'_>, callback: &Callback, pattern: &str, event: &Ev
     }
 }
 
-/// A pattern or type filter must match at least one event type of design §8, so a
-/// typo (`"tool.sucess"`) is an error instead of a subscription that never fires.
-fn check_pattern(py: Python<'_>, pattern: &str, what: &str) -> PyResult<()> {
-    if pattern.trim().is_empty() {
-        return Err(invalid(py, format!("{what} is empty: use \"*\" for every event, or e.g. \"tool.*\", \"policy.denied\"")));
-    }
-    let compiled = Pattern::new(pattern);
-    if kinds::ALL.iter().any(|k| compiled.matches(k)) {
-        return Ok(());
-    }
-    Err(invalid(py, format!("{what} '{pattern}' matches no event type; the types are: {}", kinds::ALL.join(", "))))
-}
-
 /// A business rule's answer: `Decision.allow()`, `Decision.deny(reason=None)`,
 /// `Decision.escalate(reason=None)` (the call waits for `engine.approve`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -882,36 +870,9 @@ fn load_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Co
 
 /// The `store=` argument: "memory" (the default) keeps the config's store (memory
 /// unless the config names one); "sqlite:PATH" replaces the config's store url and
-/// keeps the rest of its `store` mapping (durability, retention, recover). A relative
-/// PATH is relative to the working directory (not to the config file's folder).
-fn apply_store(py: Python<'_>, config: &mut Config, store: &str) -> PyResult<()> {
-    let store = store.trim();
-    if store == "memory" {
-        return Ok(());
-    }
-    let Some(path) = store.strip_prefix("sqlite:") else {
-        return Err(invalid(py, format!("store must be \"memory\" or \"sqlite:PATH\", got '{store}'")));
-    };
-    if path.trim().is_empty() {
-        return Err(invalid(py, "store 'sqlite:' needs a database path after 'sqlite:' (e.g. \"sqlite:utp.db\")"));
-    }
-    let mut path = PathBuf::from(path);
-    if path.is_relative() {
-        let cwd = std::env::current_dir()
-            .map_err(|e| invalid(py, format!("store '{store}': cannot resolve the relative path: {e}")))?;
-        path = cwd.join(path);
-    }
-    let url = Value::String(format!("sqlite:{}", path.to_string_lossy()));
-    match config.other.get_mut("store") {
-        Some(Value::Object(section)) => {
-            section.remove("path");
-            section.insert("url".into(), url);
-        }
-        _ => {
-            config.other.insert("store".into(), url);
-        }
-    }
-    Ok(())
+/// keeps the rest of its `store` mapping (`utp_core::host::StoreOverride`).
+fn apply_store(config: &mut Config, store: &str) -> Result<(), Error> {
+    host::store_override(&Value::String(store.to_string()))?.apply(config)
 }
 
 /// `older_than` of `prune`: seconds (int or float) or text like "30d", "12h", "90s".
@@ -973,8 +934,14 @@ fn run_options(
     timeout: Option<f64>,
     cancel: Option<CancellationToken>,
 ) -> PyResult<RunOptions> {
-    let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
-    Ok(RunOptions { tenant, session, user, timeout, cancel })
+    let options = OptionMap::default()
+        .string("session", session)
+        .string("tenant", tenant)
+        .string("user", user)
+        .seconds("timeout", timeout)
+        .and_then(|map| host::run_options(&map.into_value(), "run", KeyStyle::Snake))
+        .map_err(|e| to_py_err(py, &e))?;
+    Ok(RunOptions { cancel, ..options })
 }
 
 /// The request of `plan` / `run`: a non-empty `str`.
@@ -1020,7 +987,7 @@ impl PyEngine {
     fn new(py: Python<'_>, config: Option<&Bound<'_, PyAny>>, store: &str) -> PyResult<Self> {
         guarded(py, || {
             let mut config = load_config(py, config)?;
-            apply_store(py, &mut config, store)?;
+            apply_store(&mut config, store).map_err(|e| to_py_err(py, &e))?;
             let runtime = engine_threads::runtime_builder()
                 .build()
                 .map_err(|e| raise(py, ErrorCode::Internal, format!("cannot start the runtime: {e}")))?;
@@ -1360,7 +1327,7 @@ impl PyEngine {
             if !callback.is_callable() {
                 return Err(invalid(py, format!("callback must be callable, got {}", type_name(&callback))));
             }
-            check_pattern(py, pattern, "event pattern")?;
+            host::event_pattern(pattern, "event pattern").map_err(|e| to_py_err(py, &e))?;
             let stored = Callback::new(callback.unbind());
             let (held, shown) = (stored.clone(), pattern.trim().to_string());
             let handler: EventHandler = Arc::new(move |event: Arc<Event>| {
@@ -1399,10 +1366,14 @@ impl PyEngine {
         since: Option<u64>,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(py, || {
-            if let Some(t) = &r#type {
-                check_pattern(py, t, "type")?;
-            }
-            let filter = HistoryFilter { limit, kind: r#type, execution_id, tool, tenant, since };
+            let filter = OptionMap::default()
+                .count("limit", limit.map(|n| n as u64))
+                .string("type", r#type)
+                .string("execution_id", execution_id)
+                .string("tool", tool)
+                .string("tenant", tenant)
+                .count("since", since);
+            let filter = host::history_filter(&filter.into_value(), "history", KeyStyle::Snake).map_err(|e| to_py_err(py, &e))?;
             let r = self.running(py)?;
             let events = py.detach(|| r.engine.history(&filter));
             let list = PyList::empty(py);
@@ -1479,11 +1450,10 @@ impl PyEngine {
     ) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
             let request = plan_request(py, request)?;
-            let inputs = match inputs {
-                Some(i) if !i.is_none() => Some(workflow_inputs(py, Some(i))?),
-                _ => None,
-            };
-            let options = PlanOptions { tenant, session, inputs, client: None };
+            // A dict or None, said in Python's terms first (as `run_workflow` does).
+            let inputs = inputs.filter(|i| !i.is_none()).map(|i| workflow_inputs(py, Some(i))).transpose()?;
+            let options = OptionMap::default().string("session", session).string("tenant", tenant).value("inputs", inputs);
+            let options = host::plan_options(&options.into_value(), "plan", KeyStyle::Snake).map_err(|e| to_py_err(py, &e))?;
             let r = self.running(py)?;
             let planned = r.block_on_interruptible(py, r.engine.plan(&request, options), &CancellationToken::new())?;
             to_py(py, &planned.map_err(|e| to_py_err(py, &e))?.to_value())
@@ -1628,7 +1598,10 @@ impl PyEngine {
     /// A session's state (`state` in workflow expressions), keyed by (tenant, session); `{}` when empty.
     #[pyo3(signature = (session, tenant=None))]
     fn session_state<'py>(&self, py: Python<'py>, session: &str, tenant: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
-        guarded(py, || to_py(py, &self.running(py)?.engine.session_state(tenant, Some(session))))
+        guarded(py, || {
+            check_ids(tenant, Some(session)).map_err(|e| to_py_err(py, &e))?;
+            to_py(py, &self.running(py)?.engine.session_state(tenant, Some(session)))
+        })
     }
 
     /// Set one key of a session's state; `value=None` removes the key.
@@ -1642,6 +1615,7 @@ impl PyEngine {
         tenant: Option<&str>,
     ) -> PyResult<()> {
         guarded(py, || {
+            check_ids(tenant, Some(session)).map_err(|e| to_py_err(py, &e))?;
             let value = to_json(py, value, 0)?;
             if self.running(py)?.engine.set_session_value(tenant, Some(session), key, value) {
                 Ok(())
@@ -1683,10 +1657,14 @@ impl PyEngine {
         until: Option<String>,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(py, || {
-            if let Some(t) = &r#type {
-                check_pattern(py, t, "type")?;
-            }
-            let filter = EventFilter { execution_id, kind: r#type, after_id: after, since, until, limit };
+            let filter = OptionMap::default()
+                .string("execution_id", execution_id)
+                .string("type", r#type)
+                .count("after", after)
+                .count("limit", limit.map(|n| n as u64))
+                .string("since", since)
+                .string("until", until);
+            let filter = host::event_filter(&filter.into_value(), "stored_events", KeyStyle::Snake).map_err(|e| to_py_err(py, &e))?;
             let r = self.running(py)?;
             let events = py.detach(|| r.engine.stored_events(&filter)).map_err(|e| to_py_err(py, &e))?;
             value_list(py, &events)
@@ -1778,6 +1756,7 @@ impl PyEngine {
                 }
                 _ => workflow_inputs(py, params)?,
             };
+            check_ids(tenant.as_deref(), session.as_deref()).map_err(|e| to_py_err(py, &e))?;
             let r = self.running(py)?;
             let submitted = r.engine.submit_intent(intent_type, params, tenant.as_deref(), session.as_deref());
             let record = r.block_on_interruptible(py, submitted, &CancellationToken::new())?;
@@ -1929,17 +1908,29 @@ fn call_request(
         Some(a) if !a.is_none() => to_json(py, a, 0)?,
         _ => Value::Null,
     };
-    let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
+    let options = OptionMap::default()
+        .seconds("timeout", timeout)
+        .map(|map| {
+            map.string("tenant", tenant)
+                .string("session", session)
+                .string("user", user)
+                .string("approval_id", approval_id)
+                .flag("fail_fast_on_approval", fail_fast_on_approval)
+        })
+        .and_then(|map| host::call_options(&map.into_value(), "call_tool", KeyStyle::Snake))
+        .map_err(|e| to_py_err(py, &e))?;
     let cancel = CancellationToken::new();
-    let options = CallOptions {
-        timeout,
-        tenant,
-        session,
-        cancel: Some(cancel.clone()),
-        user,
-        fail_fast_on_approval,
-        approval_id,
-        trace: None,
-    };
+    let options = CallOptions { cancel: Some(cancel.clone()), ..options };
     Ok((args, options, cancel))
+}
+
+/// A tenant and a session id given as arguments, checked as the `tenant` and
+/// `session` options are (`utp_core::host::check_id`).
+fn check_ids(tenant: Option<&str>, session: Option<&str>) -> Result<(), Error> {
+    for (option, id) in [("tenant", tenant), ("session", session)] {
+        if let Some(id) = id {
+            host::check_id(option, id)?;
+        }
+    }
+    Ok(())
 }
