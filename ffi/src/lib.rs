@@ -10,12 +10,10 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_void};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,144 +26,19 @@ use utp_core::planner::PlanOptions;
 use utp_core::store::EventFilter;
 use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, RunOptions, WorkflowSource};
 
-// ---------------------------------------------------------------------------
-// Error codes (design §4; stable, append-only). Must equal `utp_core::ErrorCode`.
-// ---------------------------------------------------------------------------
+mod error;
+mod strings;
+mod engine;
+mod callbacks;
 
-/// A required pointer was NULL, a string was not UTF-8, or an argument was malformed.
-pub const UTP_ERR_INVALID_ARGUMENT: i32 = 1;
-/// No such manual, tool, file or execution.
-pub const UTP_ERR_NOT_FOUND: i32 = 2;
-/// A manual (or other named item) with that name is already registered.
-pub const UTP_ERR_ALREADY_EXISTS: i32 = 3;
-/// A manual could not be parsed or is not a valid UTCP / OpenAPI document.
-pub const UTP_ERR_INVALID_MANUAL: i32 = 4;
-/// Arguments or results failed schema validation.
-pub const UTP_ERR_VALIDATION_FAILED: i32 = 5;
-/// A variable a manual needs is not set.
-pub const UTP_ERR_VARIABLE_NOT_FOUND: i32 = 6;
-/// A domain rule or permission denied the call.
-pub const UTP_ERR_PERMISSION_DENIED: i32 = 7;
-/// A rate limit was hit.
-pub const UTP_ERR_RATE_LIMITED: i32 = 8;
-/// The call needs an approval first.
-pub const UTP_ERR_APPROVAL_REQUIRED: i32 = 9;
-/// The operation timed out.
-pub const UTP_ERR_TIMEOUT: i32 = 10;
-/// The operation was cancelled.
-pub const UTP_ERR_CANCELLED: i32 = 11;
-/// A transport (HTTP, CLI, ...) failed.
-pub const UTP_ERR_TRANSPORT: i32 = 12;
-/// The tool itself reported a failure.
-pub const UTP_ERR_TOOL_FAILED: i32 = 13;
-/// A security rule refused the operation (address, redirect, sandbox escape...).
-pub const UTP_ERR_SECURITY: i32 = 14;
-/// The store failed.
-pub const UTP_ERR_STORE: i32 = 15;
-/// The planner failed.
-pub const UTP_ERR_PLANNER: i32 = 16;
-/// The wasm sandbox failed.
-pub const UTP_ERR_SANDBOX: i32 = 17;
-/// An internal error (a bug or an unexpected environment failure).
-pub const UTP_ERR_INTERNAL: i32 = 18;
-/// A panic inside the library was caught at the C boundary.
-pub const UTP_ERR_PANIC: i32 = 19;
+pub use crate::error::*;
+use crate::strings::*;
+pub use crate::engine::*;
+pub use crate::callbacks::*;
 
 // ---------------------------------------------------------------------------
 // Handles
 // ---------------------------------------------------------------------------
-
-/// The engine handle (`utp_engine_t` in C): the core engine plus the tokio runtime
-/// that drives its async methods. Opaque to C.
-pub struct UtpEngine {
-    engine: Engine,
-    runtime: Option<tokio::runtime::Runtime>,
-    /// C business rules by name (to retire their callbacks on removal and on free).
-    rules: Mutex<HashMap<String, Arc<Registration>>>,
-    /// C event subscriptions by id (likewise).
-    subscriptions: Mutex<HashMap<u64, Arc<Registration>>>,
-    /// C intent handlers by intent type (likewise; workflow intents are not here).
-    intents: Mutex<HashMap<String, Arc<Registration>>>,
-}
-
-impl UtpEngine {
-    /// Run a future to completion on the engine's runtime, blocking this thread.
-    ///
-    /// Allowed from host threads and from inside a C callback (tools and rules run on
-    /// the runtime's blocking pool, where blocking is fine; event callbacks run on
-    /// plain subscriber threads). Refused on any other thread inside a tokio runtime,
-    /// where blocking could stall the runtime's workers.
-    fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output, Error> {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| Error::Internal("engine runtime is already shut down".into()))?;
-        if tokio::runtime::Handle::try_current().is_ok() && !CallbackScope::active() {
-            return Err(Error::InvalidArgument(
-                "utp functions may not be called from an async task of a tokio runtime".into(),
-            ));
-        }
-        Ok(runtime.block_on(future))
-    }
-}
-
-/// Remove `name` from the engine (`remove`, under the registrations' lock, so a
-/// registration of the same name cannot slip in between) and from `registrations`,
-/// then retire its callback outside the lock (its finaliser runs once). What `remove`
-/// answered.
-fn deregister(
-    registrations: &Mutex<HashMap<String, Arc<Registration>>>,
-    name: &str,
-    remove: impl FnOnce() -> bool,
-) -> bool {
-    let (removed, registration) = {
-        let mut map = lock(registrations);
-        (remove(), map.remove(name))
-    };
-    if let Some(registration) = registration {
-        registration.retire(!CallbackScope::active());
-    }
-    removed
-}
-
-impl Drop for UtpEngine {
-    fn drop(&mut self) {
-        // Inside one of our own callbacks (freeing the engine from a callback breaks the
-        // documented contract) never wait for that callback to end: it would be ourselves.
-        let wait = !CallbackScope::active();
-        // 1. No event callback runs any more (waits for running ones), so none can use
-        //    the runtime while it shuts down; their finalisers run here.
-        for (id, registration) in std::mem::take(&mut *lock(&self.subscriptions)) {
-            self.engine.unsubscribe(SubscriptionId(id));
-            registration.retire(wait);
-        }
-        // 2. Stop the runtime: cancels running calls, joins the worker and blocking-pool
-        //    threads (so running C tool and rule callbacks have returned).
-        if let Some(runtime) = self.runtime.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                // Inside a runtime (should not happen from C): never block here.
-                runtime.shutdown_background();
-            } else {
-                runtime.shutdown_timeout(Duration::from_secs(10));
-            }
-        }
-        // 3. Rule and intent handler finalisers; C tool finalisers run when `engine` is
-        //    dropped after this.
-        for (name, registration) in std::mem::take(&mut *lock(&self.rules)) {
-            self.engine.remove_business_rule(&name);
-            registration.retire(wait);
-        }
-        for (name, registration) in std::mem::take(&mut *lock(&self.intents)) {
-            self.engine.unregister_intent(&name);
-            registration.retire(wait);
-        }
-    }
-}
-
-/// Lock a std mutex, ignoring poisoning (our critical sections leave consistent state).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The error handle (`utp_error_t` in C). Opaque to C.
 pub struct UtpError {
@@ -196,127 +69,6 @@ impl From<Error> for UtpError {
         }
         error.approval_id = e.approval_id().map(to_cstring_lossy);
         error
-    }
-}
-
-/// A `CString` from text that may hold NUL bytes (they become `\0` escapes).
-fn to_cstring_lossy(text: &str) -> CString {
-    CString::new(text.replace('\0', "\\0")).unwrap_or_default()
-}
-
-/// Run a fallible body at the C boundary: `Ok` → NULL, `Err` → a new error, a panic →
-/// a `UTP_ERR_PANIC` error.
-fn guard(body: impl FnOnce() -> Result<(), Error>) -> *mut UtpError {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => ptr::null_mut(),
-        Ok(Err(e)) => UtpError::from(e).into_raw(),
-        Err(payload) => {
-            let msg = Error::from_panic(payload.as_ref(), "libutp").to_string();
-            // Building the error must not unwind again; fall back to a static message.
-            catch_unwind(|| UtpError::new(ErrorCode::Panic, &msg).into_raw()).unwrap_or(ptr::null_mut())
-        }
-    }
-}
-
-/// Run an infallible body at the C boundary, returning `fallback` on a panic.
-fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
-}
-
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::InvalidArgument(msg.into())
-}
-
-/// Borrow a required C string as UTF-8.
-///
-/// # Safety
-/// `p` is NULL or points to a NUL-terminated string valid for `'a`.
-unsafe fn required_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
-    if p.is_null() {
-        return Err(invalid(format!("{what} is NULL")));
-    }
-    // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string alive for 'a.
-    let bytes = unsafe { CStr::from_ptr(p) };
-    bytes.to_str().map_err(|e| invalid(format!("{what} is not valid UTF-8: {e}")))
-}
-
-/// Borrow an optional C string (NULL → `None`) as UTF-8.
-///
-/// # Safety
-/// As [`required_str`].
-unsafe fn optional_str<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
-    if p.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: forwarded from the caller's contract.
-    unsafe { required_str(p, what) }.map(Some)
-}
-
-/// Borrow the engine behind a handle.
-///
-/// # Safety
-/// `p` is NULL or a live handle from `utp_engine_new` not yet freed.
-unsafe fn engine_ref<'a>(p: *const UtpEngine) -> Result<&'a UtpEngine, Error> {
-    // SAFETY: the caller guarantees p is NULL or a live handle; as_ref checks NULL.
-    unsafe { p.as_ref() }.ok_or_else(|| invalid("engine is NULL"))
-}
-
-/// Check an out-parameter and reset what it points at.
-///
-/// # Safety
-/// `p` is NULL or valid for writing one `T`.
-unsafe fn out_param<'a, T>(p: *mut T, what: &str, reset: T) -> Result<&'a mut T, Error> {
-    if p.is_null() {
-        return Err(invalid(format!("{what} is NULL")));
-    }
-    // SAFETY: non-NULL and, by the caller's contract, valid for writes; `write` does not
-    // drop the (possibly uninitialised) old value.
-    unsafe {
-        p.write(reset);
-        Ok(&mut *p)
-    }
-}
-
-/// The engine handle and an out-parameter, as most entry points begin: the
-/// out-parameter is checked and reset first (so it is never left dangling), then the
-/// handle is checked.
-///
-/// # Safety
-/// `engine` is NULL or a live handle; `out` is NULL or valid for writing one `T`.
-unsafe fn engine_and_out<'a, T>(
-    engine: *const UtpEngine,
-    out: *mut T,
-    what: &str,
-    reset: T,
-) -> Result<(&'a UtpEngine, &'a mut T), Error> {
-    // SAFETY: forwarded from the caller's contract.
-    let out = unsafe { out_param(out, what, reset) }?;
-    // SAFETY: forwarded from the caller's contract.
-    let handle = unsafe { engine_ref(engine) }?;
-    Ok((handle, out))
-}
-
-/// JSON text as a C string the caller frees with `utp_string_free`.
-fn json_out(value: &Value) -> Result<*mut c_char, Error> {
-    let text = serde_json::to_string(value).map_err(|e| Error::Internal(format!("cannot serialise result: {e}")))?;
-    let c = CString::new(text).map_err(|e| Error::Internal(format!("result holds a NUL byte: {e}")))?;
-    Ok(c.into_raw())
-}
-
-fn parse_tags(tags_json: Option<&str>) -> Result<Vec<String>, Error> {
-    let Some(text) = tags_json else { return Ok(Vec::new()) };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("tags_json is not valid JSON: {e}")))?;
-    match value {
-        Value::Null => Ok(Vec::new()),
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s),
-                other => Err(invalid(format!("tags_json must be an array of strings, found element {other}"))),
-            })
-            .collect(),
-        _ => Err(invalid("tags_json must be a JSON array of strings or null")),
     }
 }
 
@@ -796,13 +548,10 @@ unsafe extern "C" fn noop_completion(_: *mut c_void, _: *const UtpError, _: *con
 /// function (a nested utp_call_tool() included) except utp_engine_free().
 pub type UtpToolFn = Option<unsafe extern "C" fn(user_data: *mut c_void, args_json: *const c_char, result: *mut UtpToolResult) -> i32>;
 
-/// Releases `user_data` once the engine no longer needs it.
-pub type UtpFreeFn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
-
 /// The outcome sink handed to a C tool function (`utp_tool_result_t`).
 pub struct UtpToolResult {
-    value: Option<Value>,
-    error: Option<String>,
+    pub(crate) value: Option<Value>,
+    pub(crate) error: Option<String>,
 }
 
 /// A registered C function with its `user_data`; frees it with the finaliser on drop.
@@ -815,6 +564,7 @@ struct CTool {
 // SAFETY: utp.h requires tool functions (and their user_data) to be callable from any
 // library thread, concurrently; the pointer is only passed back to the C code.
 unsafe impl Send for CTool {}
+
 // SAFETY: as above.
 unsafe impl Sync for CTool {}
 
@@ -949,150 +699,6 @@ pub unsafe extern "C" fn utp_tool_result_set_error(result: *mut UtpToolResult, m
         sink.error = Some(unsafe { required_str(message, "message") }?.to_string());
         Ok(())
     })
-}
-
-// ---------------------------------------------------------------------------
-// Callback registrations (business rules, event subscriptions)
-// ---------------------------------------------------------------------------
-
-thread_local! {
-    /// How many C callbacks (tools, rules, event handlers) are running on this thread,
-    /// and how many of them are event handlers.
-    static CALLBACK_DEPTH: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
-}
-
-/// Marks the current thread as running a C callback for as long as it lives.
-struct CallbackScope {
-    event: bool,
-}
-
-impl CallbackScope {
-    fn enter(event: bool) -> CallbackScope {
-        CALLBACK_DEPTH.with(|d| {
-            let (all, events) = d.get();
-            d.set((all + 1, events + u32::from(event)));
-        });
-        CallbackScope { event }
-    }
-
-    /// True inside any C callback on this thread.
-    fn active() -> bool {
-        CALLBACK_DEPTH.with(|d| d.get().0 > 0)
-    }
-
-    /// True inside an event callback on this thread.
-    fn in_event() -> bool {
-        CALLBACK_DEPTH.with(|d| d.get().1 > 0)
-    }
-}
-
-impl Drop for CallbackScope {
-    fn drop(&mut self) {
-        let event = self.event;
-        CALLBACK_DEPTH.with(|d| {
-            let (all, events) = d.get();
-            d.set((all.saturating_sub(1), events.saturating_sub(u32::from(event))));
-        });
-    }
-}
-
-/// The life of one registered callback's `user_data`: calls enter and leave it, and
-/// once it is retired (removed) no call enters again and the finaliser runs exactly
-/// once, after the last running call has returned. Whoever retires it may wait for
-/// that; a registration dropped without being retired (engine freed, registration
-/// refused) finalises on drop.
-struct Registration {
-    user_data: *mut c_void,
-    state: Mutex<RegistrationState>,
-    idle: Condvar,
-}
-
-struct RegistrationState {
-    running: usize,
-    retired: bool,
-    /// Threads in `retire(true)` waiting for `running` to reach 0; they finalise.
-    waiting: usize,
-    /// The finaliser, taken (so run at most once) when it runs.
-    free: UtpFreeFn,
-}
-
-// SAFETY: utp.h requires callbacks (and their user_data) to be usable from any library
-// thread, concurrently; the pointer is only passed back to the C code.
-unsafe impl Send for Registration {}
-// SAFETY: as above; the mutable state is behind the mutex.
-unsafe impl Sync for Registration {}
-
-/// A call inside a registration (see [`Registration::enter`]).
-struct Running<'a>(&'a Registration);
-
-impl Registration {
-    fn new(user_data: *mut c_void, free: UtpFreeFn) -> Registration {
-        Registration {
-            user_data,
-            state: Mutex::new(RegistrationState { running: 0, retired: false, waiting: 0, free }),
-            idle: Condvar::new(),
-        }
-    }
-
-    /// Start a call, or `None` once the registration is retired.
-    fn enter(&self) -> Option<Running<'_>> {
-        let mut state = lock(&self.state);
-        if state.retired {
-            return None;
-        }
-        state.running += 1;
-        Some(Running(self))
-    }
-
-    /// Stop new calls; finalise now if none is running, else when the last one returns.
-    /// With `wait`, block until no call is running and the finaliser has run.
-    fn retire(&self, wait: bool) {
-        let mut state = lock(&self.state);
-        state.retired = true;
-        if wait {
-            state.waiting += 1;
-            while state.running > 0 {
-                state = self.idle.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            state.waiting -= 1;
-        }
-        let free = if state.running == 0 { state.free.take() } else { None };
-        drop(state);
-        self.finalise(free);
-    }
-
-    fn finalise(&self, free: UtpFreeFn) {
-        if let Some(free) = free {
-            // SAFETY: the finaliser the caller registered, with its own user_data; taken
-            // out of the state under the lock, so it runs once.
-            unsafe { free(self.user_data) };
-        }
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        let registration = self.0;
-        let mut state = lock(&registration.state);
-        state.running -= 1;
-        let mut free = None;
-        if state.running == 0 {
-            if state.waiting > 0 {
-                registration.idle.notify_all();
-            } else if state.retired {
-                free = state.free.take();
-            }
-        }
-        drop(state);
-        registration.finalise(free);
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let free = lock(&self.state).free.take();
-        self.finalise(free);
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1611,14 +1217,8 @@ pub unsafe extern "C" fn utp_metrics_text(engine: *mut UtpEngine, out_text: *mut
 // Workflows (design §7)
 // ---------------------------------------------------------------------------
 
-impl UtpEngine {
-    fn runtime(&self) -> Result<&tokio::runtime::Runtime, Error> {
-        self.runtime.as_ref().ok_or_else(|| Error::Internal("engine runtime is already shut down".into()))
-    }
-}
-
 /// Read `options_json` of a workflow run: `{"tenant", "session", "user", "timeout": seconds}`.
-fn run_options(options_json: Option<&str>) -> Result<RunOptions, Error> {
+pub(crate) fn run_options(options_json: Option<&str>) -> Result<RunOptions, Error> {
     let Some(text) = options_json.filter(|t| !t.trim().is_empty()) else { return Ok(RunOptions::default()) };
     let value: Value =
         serde_json::from_str(text).map_err(|e| invalid(format!("options_json is not valid JSON: {e}")))?;
@@ -1674,11 +1274,6 @@ unsafe fn workflow_args(
     // SAFETY: as above.
     let options = run_options(unsafe { optional_str(options_json, "options_json") }?)?;
     Ok((WorkflowSource::from_text(text), inputs, options))
-}
-
-/// A C string for an id we hand out.
-fn string_out(text: &str) -> Result<*mut c_char, Error> {
-    Ok(CString::new(text).map_err(|e| Error::Internal(format!("id holds a NUL byte: {e}")))?.into_raw())
 }
 
 /// Run a workflow to its end, blocking the calling thread. `workflow` is a YAML or
@@ -1756,66 +1351,6 @@ pub unsafe extern "C" fn utp_start_workflow(
         *out = string_out(&exec.id)?;
         Ok(())
     })
-}
-
-/// Called once when an asynchronous operation ends (see utp_run_workflow_async()).
-/// Exactly one of `error` and `result_json` is non-NULL; both are valid only during
-/// the call (do not free them).
-pub type UtpCompletionFn =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, error_or_null: *const UtpError, result_json_or_null: *const c_char)>;
-
-/// A completion callback with its `user_data`, created once the operation has
-/// started: delivers exactly once (an error if it is dropped undelivered), then finalises.
-struct Completion {
-    func: unsafe extern "C" fn(*mut c_void, *const UtpError, *const c_char),
-    user_data: *mut c_void,
-    free: UtpFreeFn,
-    delivered: bool,
-    /// What the callback is owed, for the message when the engine is freed first.
-    what: &'static str,
-}
-
-// SAFETY: utp.h requires the completion callback (and its user_data) to be callable
-// from any library thread; the pointer is only passed back to the C code.
-unsafe impl Send for Completion {}
-
-impl Completion {
-    /// Call the callback (once) with the outcome.
-    fn deliver(&mut self, outcome: Result<Value, Error>) {
-        if self.delivered {
-            return;
-        }
-        self.delivered = true;
-        let text = outcome.and_then(|record| {
-            let text = serde_json::to_string(&record)
-                .map_err(|e| Error::Internal(format!("cannot serialise the record: {e}")))?;
-            CString::new(text).map_err(|e| Error::Internal(format!("the record holds a NUL byte: {e}")))
-        });
-        let _scope = CallbackScope::enter(false);
-        match text {
-            // SAFETY: the function registered with utp_run_workflow_async, with its
-            // user_data and a NUL-terminated string alive for the call.
-            Ok(text) => unsafe { (self.func)(self.user_data, ptr::null(), text.as_ptr()) },
-            Err(e) => {
-                let error = UtpError::from(e);
-                // SAFETY: as above, with an error alive for the call.
-                unsafe { (self.func)(self.user_data, &error, ptr::null()) }
-            }
-        }
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        // Owed but never delivered: the task was dropped (the engine is being freed).
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            self.deliver(Err(Error::Cancelled(format!("the engine was freed before the {} finished", self.what))))
-        }));
-        if let Some(free) = self.free.take() {
-            // SAFETY: the finaliser the caller registered, called once, with its own user_data.
-            unsafe { free(self.user_data) };
-        }
-    }
 }
 
 /// Start a workflow like utp_start_workflow() and have `callback` called exactly
@@ -2586,59 +2121,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_constants_match_core_codes() {
-        let ours = [
-            UTP_ERR_INVALID_ARGUMENT,
-            UTP_ERR_NOT_FOUND,
-            UTP_ERR_ALREADY_EXISTS,
-            UTP_ERR_INVALID_MANUAL,
-            UTP_ERR_VALIDATION_FAILED,
-            UTP_ERR_VARIABLE_NOT_FOUND,
-            UTP_ERR_PERMISSION_DENIED,
-            UTP_ERR_RATE_LIMITED,
-            UTP_ERR_APPROVAL_REQUIRED,
-            UTP_ERR_TIMEOUT,
-            UTP_ERR_CANCELLED,
-            UTP_ERR_TRANSPORT,
-            UTP_ERR_TOOL_FAILED,
-            UTP_ERR_SECURITY,
-            UTP_ERR_STORE,
-            UTP_ERR_PLANNER,
-            UTP_ERR_SANDBOX,
-            UTP_ERR_INTERNAL,
-            UTP_ERR_PANIC,
-        ];
-        assert_eq!(ours.len(), ErrorCode::ALL.len());
-        for (value, code) in ours.iter().zip(ErrorCode::ALL) {
-            assert_eq!(*value, code as i32, "{code}");
-        }
-    }
-
-    #[test]
     fn version_matches_core() {
         // SAFETY: utp_version returns a static NUL-terminated string.
         let v = unsafe { CStr::from_ptr(utp_version()) }.to_str().unwrap();
         assert_eq!(v, utp_core::VERSION);
-    }
-
-    #[test]
-    fn a_panic_becomes_a_panic_error() {
-        let err = guard(|| panic!("boom"));
-        assert!(!err.is_null());
-        // SAFETY: err is a live error from guard.
-        unsafe {
-            assert_eq!(utp_error_code(err), UTP_ERR_PANIC);
-            let msg = CStr::from_ptr(utp_error_message(err)).to_str().unwrap();
-            assert!(msg.contains("boom"), "{msg}");
-            utp_error_free(err);
-        }
-        assert_eq!(guard_value(7, || -> i32 { panic!("again") }), 7);
-    }
-
-    #[test]
-    fn nul_bytes_in_messages_are_escaped() {
-        let e = UtpError::new(ErrorCode::Internal, "a\0b");
-        assert_eq!(e.message.to_str().unwrap(), "a\\0b");
     }
 
     #[test]
@@ -2663,59 +2149,6 @@ mod tests {
         }
     }
 
-    static FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-    unsafe extern "C" fn count_free(user_data: *mut c_void) {
-        assert_eq!(user_data as usize, 7);
-        FREED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    #[test]
-    fn registrations_finalise_exactly_once() {
-        use std::sync::atomic::Ordering::SeqCst;
-        let data = 7usize as *mut c_void;
-        let before = FREED.load(SeqCst);
-        // Dropped without being retired (engine freed, registration refused).
-        drop(Registration::new(data, Some(count_free)));
-        assert_eq!(FREED.load(SeqCst), before + 1);
-        // Retired while idle, waiting: at once; dropping later does not finalise again.
-        let r = Registration::new(data, Some(count_free));
-        r.retire(true);
-        assert_eq!(FREED.load(SeqCst), before + 2);
-        assert!(r.enter().is_none());
-        drop(r);
-        assert_eq!(FREED.load(SeqCst), before + 2);
-        // Retired without waiting while a call runs: when the call leaves.
-        let r = Registration::new(data, Some(count_free));
-        let running = r.enter().unwrap();
-        r.retire(false);
-        assert_eq!(FREED.load(SeqCst), before + 2);
-        assert!(r.enter().is_none());
-        drop(running);
-        assert_eq!(FREED.load(SeqCst), before + 3);
-        drop(r);
-        assert_eq!(FREED.load(SeqCst), before + 3);
-        // Retired with waiting while another thread's call runs: after it leaves.
-        let r = Arc::new(Registration::new(data, Some(count_free)));
-        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-        let worker = {
-            let r = r.clone();
-            std::thread::spawn(move || {
-                let running = r.enter().unwrap();
-                entered_tx.send(()).unwrap();
-                std::thread::sleep(Duration::from_millis(50));
-                assert_eq!(FREED.load(SeqCst), before + 3);
-                drop(running);
-            })
-        };
-        entered_rx.recv().unwrap();
-        r.retire(true);
-        assert_eq!(FREED.load(SeqCst), before + 4);
-        worker.join().unwrap();
-        drop(r);
-        assert_eq!(FREED.load(SeqCst), before + 4);
-    }
-
     #[test]
     fn rule_results_keep_the_strongest_verdict() {
         let mut r = UtpRuleResult { verdict: HostVerdict::Allow };
@@ -2726,15 +2159,6 @@ mod tests {
         r.set(HostVerdict::Deny(Some("why".into())));
         r.set(HostVerdict::Deny(None));
         assert_eq!(r.verdict, HostVerdict::Deny(Some("why".into())));
-    }
-
-    #[test]
-    fn errors_carry_retry_after_and_approval_id() {
-        let e = UtpError::from(Error::RateLimited { message: "slow down".into(), retry_after: Duration::from_micros(1500) });
-        assert_eq!((e.code, e.retry_after_ms), (UTP_ERR_RATE_LIMITED, 2));
-        let e = UtpError::from(Error::ApprovalRequired { message: "ask".into(), approval_id: "apr_1".into() });
-        assert_eq!(e.approval_id.as_deref(), Some(c"apr_1"));
-        assert_eq!(e.retry_after_ms, -1);
     }
 
     #[test]
