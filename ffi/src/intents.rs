@@ -14,7 +14,7 @@ use crate::engine::{UtpEngine, engine_and_out, engine_ref};
 use crate::UtpError;
 use crate::error::{guard, invalid, optional_str, required_str};
 use crate::strings::json_out;
-use crate::UtpToolResult;
+use crate::tools::UtpToolResult;
 
 /// A C intent handler: serves one request of the intent it was registered for.
 /// `context_json` is `{"execution_id", "intent", "tenant", "session_id"}` (tenant and
