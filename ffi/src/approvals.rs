@@ -6,8 +6,7 @@ use std::ptr;
 use utp_core::Error;
 
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
-use crate::UtpError;
-use crate::error::{guard, optional_str, required_str};
+use crate::error::{UtpError, guard, optional_str, required_str};
 use crate::strings::json_out;
 
 fn approval_error(e: serde_json::Error) -> Error {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use serde_json::Value;
 use utp_core::Error;
 
-use crate::UtpError;
+use crate::error::UtpError;
 
 /// Releases `user_data` once the engine no longer needs it.
 pub type UtpFreeFn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;

@@ -10,8 +10,7 @@ use utp_core::{CallOptions, Error};
 
 use crate::callbacks::{Completion, UtpCompletionFn, UtpFreeFn};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str, required_str};
+use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::json_out;
 
 /// Read `options_json`: `{"timeout": seconds, "tenant", "session", "user",

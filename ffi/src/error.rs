@@ -2,13 +2,13 @@
 //! accessors, and the guards every entry point runs in (`catch_unwind`, NULL pointers,
 //! UTF-8, out-parameters).
 
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 
 use utp_core::{Error, ErrorCode};
 
-use crate::UtpError;
+use crate::strings::to_cstring_lossy;
 
 // ---------------------------------------------------------------------------
 // Error codes (design §4; stable, append-only). Must equal `utp_core::ErrorCode`.
@@ -52,6 +52,38 @@ pub const UTP_ERR_SANDBOX: i32 = 17;
 pub const UTP_ERR_INTERNAL: i32 = 18;
 /// A panic inside the library was caught at the C boundary.
 pub const UTP_ERR_PANIC: i32 = 19;
+
+/// The error handle (`utp_error_t` in C). Opaque to C.
+pub struct UtpError {
+    code: i32,
+    message: CString,
+    /// RATE_LIMITED: milliseconds until a call may pass (rounded up); -1 otherwise.
+    retry_after_ms: i64,
+    /// APPROVAL_REQUIRED: the approval to grant with utp_approve().
+    approval_id: Option<CString>,
+}
+
+impl UtpError {
+    fn new(code: ErrorCode, message: &str) -> UtpError {
+        UtpError { code: code as i32, message: to_cstring_lossy(message), retry_after_ms: -1, approval_id: None }
+    }
+
+    fn into_raw(self) -> *mut UtpError {
+        Box::into_raw(Box::new(self))
+    }
+}
+
+impl From<Error> for UtpError {
+    fn from(e: Error) -> UtpError {
+        let mut error = UtpError::new(e.code(), &e.to_string());
+        if let Some(after) = e.retry_after() {
+            let ms = after.as_nanos().div_ceil(1_000_000);
+            error.retry_after_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        }
+        error.approval_id = e.approval_id().map(to_cstring_lossy);
+        error
+    }
+}
 
 /// Run a fallible body at the C boundary: `Ok` → NULL, `Err` → a new error, a panic →
 /// a `UTP_ERR_PANIC` error.
@@ -117,12 +149,82 @@ pub(crate) unsafe fn out_param<'a, T>(p: *mut T, what: &str, reset: T) -> Result
     }
 }
 
+/// The code of an error: one of the UTP_ERR_* values. Returns 0 for NULL.
+///
+/// # Safety
+/// `error` is NULL or an error returned by this library and not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_error_code(error: *const UtpError) -> i32 {
+    guard_value(UTP_ERR_PANIC, || {
+        // SAFETY: NULL or a live error, per the contract; as_ref checks NULL.
+        unsafe { error.as_ref() }.map_or(0, |e| e.code)
+    })
+}
+
+/// The UTF-8 message of an error, valid until utp_error_free(error). Returns an
+/// empty static string for NULL. Do not free it.
+///
+/// # Safety
+/// `error` is NULL or an error returned by this library and not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_error_message(error: *const UtpError) -> *const c_char {
+    guard_value(c"".as_ptr(), || {
+        // SAFETY: NULL or a live error, per the contract; as_ref checks NULL.
+        match unsafe { error.as_ref() } {
+            Some(e) => e.message.as_ptr(),
+            None => c"".as_ptr(),
+        }
+    })
+}
+
+/// For a UTP_ERR_RATE_LIMITED error: the milliseconds to wait before a call may pass
+/// (rounded up). -1 for every other error and for NULL.
+///
+/// # Safety
+/// `error` is NULL or an error returned by this library and not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_error_retry_after_ms(error: *const UtpError) -> i64 {
+    guard_value(-1, || {
+        // SAFETY: NULL or a live error, per the contract; as_ref checks NULL.
+        unsafe { error.as_ref() }.map_or(-1, |e| e.retry_after_ms)
+    })
+}
+
+/// For a UTP_ERR_APPROVAL_REQUIRED error: the id of the approval to grant with
+/// utp_approve() (then call again with `{"approval_id": id}` in the options), valid
+/// until utp_error_free(error). NULL for every other error and for NULL. Do not free it.
+///
+/// # Safety
+/// `error` is NULL or an error returned by this library and not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_error_approval_id(error: *const UtpError) -> *const c_char {
+    guard_value(ptr::null(), || {
+        // SAFETY: NULL or a live error, per the contract; as_ref checks NULL.
+        match unsafe { error.as_ref() }.and_then(|e| e.approval_id.as_ref()) {
+            Some(id) => id.as_ptr(),
+            None => ptr::null(),
+        }
+    })
+}
+
+/// Free an error. NULL is a no-op.
+///
+/// # Safety
+/// `error` is NULL or an error returned by this library, freed at most once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_error_free(error: *mut UtpError) {
+    guard_value((), || {
+        if !error.is_null() {
+            // SAFETY: a pointer from Box::into_raw in this library, not yet freed.
+            drop(unsafe { Box::from_raw(error) });
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    use crate::{utp_error_code, utp_error_free, utp_error_message};
 
     #[test]
     fn error_constants_match_core_codes() {

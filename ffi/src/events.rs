@@ -11,8 +11,7 @@ use utp_core::{Error, Event, EventHandler, HistoryFilter, SubscriptionId};
 
 use crate::callbacks::{CallbackScope, Registration, UtpFreeFn, lock};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str, out_param, required_str};
+use crate::error::{UtpError, guard, invalid, optional_str, out_param, required_str};
 use crate::strings::{json_out, to_cstring_lossy};
 
 /// A C event handler: gets one event as JSON text, `{"id", "type", "time",

@@ -11,8 +11,7 @@ use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, WorkflowSou
 
 use crate::callbacks::{CallbackScope, Registration, UtpFreeFn, deregister, lock};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str, required_str};
+use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::json_out;
 use crate::tools::UtpToolResult;
 

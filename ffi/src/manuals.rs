@@ -8,8 +8,7 @@ use serde_json::Value;
 use utp_core::ManualSource;
 
 use crate::engine::{UtpEngine, engine_and_out};
-use crate::UtpError;
-use crate::error::{guard, optional_str, required_str};
+use crate::error::{UtpError, guard, optional_str, required_str};
 use crate::strings::{json_out, parse_tags};
 
 fn tools_json(tools: &[std::sync::Arc<utp_core::RegisteredTool>]) -> Value {

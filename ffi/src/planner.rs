@@ -8,8 +8,7 @@ use utp_core::Error;
 use utp_core::planner::PlanOptions;
 
 use crate::engine::{UtpEngine, engine_and_out};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str, required_str};
+use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::json_out;
 use crate::workflows::run_options;
 

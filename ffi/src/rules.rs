@@ -10,8 +10,7 @@ use utp_core::{HostRule, HostVerdict};
 
 use crate::callbacks::{CallbackScope, Registration, UtpFreeFn, deregister, lock};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str, required_str};
+use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::json_out;
 
 /// A C business rule: called before a tool call runs (after its arguments were

@@ -6,8 +6,7 @@ use std::ptr;
 use serde_json::Value;
 
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str, required_str};
+use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::json_out;
 
 /// The state of session `session` of `tenant` (nullable: no tenant) as a JSON

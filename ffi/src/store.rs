@@ -10,8 +10,7 @@ use utp_core::events::{Pattern, kinds};
 use utp_core::store::EventFilter;
 
 use crate::engine::{UtpEngine, engine_and_out};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str};
+use crate::error::{UtpError, guard, invalid, optional_str};
 use crate::strings::json_out;
 
 /// Resume the executions a previous process left unfinished in the engine's store

@@ -6,7 +6,7 @@ use std::ffi::{CString, c_char};
 use serde_json::Value;
 use utp_core::Error;
 
-use crate::error::invalid;
+use crate::error::{guard_value, invalid};
 
 /// A `CString` from text that may hold NUL bytes (they become `\0` escapes).
 pub(crate) fn to_cstring_lossy(text: &str) -> CString {
@@ -39,5 +39,35 @@ pub(crate) fn parse_tags(tags_json: Option<&str>) -> Result<Vec<String>, Error> 
             })
             .collect(),
         _ => Err(invalid("tags_json must be a JSON array of strings or null")),
+    }
+}
+
+/// Free a string returned by this library through a `char **out_...` parameter.
+/// NULL is a no-op. Never pass memory the library did not allocate.
+///
+/// # Safety
+/// `s` is NULL or a string returned by this library, freed at most once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utp_string_free(s: *mut c_char) {
+    guard_value((), || {
+        if !s.is_null() {
+            // SAFETY: a pointer from CString::into_raw in this library, not yet freed.
+            drop(unsafe { CString::from_raw(s) });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utp_core::ErrorCode;
+
+    #[test]
+    fn tags_parse() {
+        assert!(parse_tags(None).unwrap().is_empty());
+        assert!(parse_tags(Some("null")).unwrap().is_empty());
+        assert_eq!(parse_tags(Some(r#"["a","b"]"#)).unwrap(), vec!["a", "b"]);
+        assert_eq!(parse_tags(Some("[1]")).unwrap_err().code(), ErrorCode::InvalidArgument);
+        assert_eq!(parse_tags(Some("{")).unwrap_err().code(), ErrorCode::InvalidArgument);
     }
 }

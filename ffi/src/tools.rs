@@ -11,8 +11,7 @@ use utp_core::{Error, ErrorCode, NativeHandler};
 
 use crate::callbacks::{CallbackScope, UtpFreeFn};
 use crate::engine::{UtpEngine, engine_ref};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str, required_str};
+use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::parse_tags;
 
 /// A C tool function: gets the call's arguments as JSON text and reports its outcome

@@ -11,8 +11,7 @@ use utp_core::workflow::{RunOptions, WorkflowSource};
 
 use crate::callbacks::{Completion, UtpCompletionFn, UtpFreeFn};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
-use crate::UtpError;
-use crate::error::{guard, invalid, optional_str, required_str};
+use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::{json_out, string_out};
 
 /// Read `options_json` of a workflow run: `{"tenant", "session", "user", "timeout": seconds}`.
