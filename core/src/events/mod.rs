@@ -245,7 +245,7 @@ impl EventsConfig {
             Some(other) => {
                 return Err(Error::InvalidArgument(format!(
                     "invalid config: `events` must be a mapping with history_size and queue_capacity, found {}",
-                    crate::transport::kind(other)
+                    crate::json::json_kind(other)
                 )));
             }
         };
