@@ -258,8 +258,8 @@ fn object_schema(properties: Map<String, Value>) -> Value {
 }
 
 /// Freeing what is left of a parsed spec (its examples, descriptions, components) takes
-/// ~2 ms per MB; a large spec's is freed on a short-lived thread (~20 µs to start) so
-/// registration does not wait for it.
+/// time in proportion to its size; a large spec's is freed on a short-lived thread,
+/// far cheaper to start, so registration does not wait for it.
 fn drop_in_background(doc: Value) {
     if let Err(e) = std::thread::Builder::new().name("utp-drop".into()).spawn(move || drop(doc)) {
         tracing::debug!("could not free the spec in the background: {e}");

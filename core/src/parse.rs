@@ -34,9 +34,9 @@ pub fn syntax_of(bytes: &[u8], path: Option<&Path>) -> Syntax {
 /// Parse a JSON or YAML document into a JSON value.
 ///
 /// An OpenAPI document (its first key is `openapi` or `swagger`) is read without the
-/// parts the converter never uses, which are up to a third of real specs (GitHub's
-/// object-valued `examples`: 1.6 of 7.3 MB; Graph's `x-ms-docs-grouped-path`: 11 of
-/// 47 MB): not building them saves allocation and freeing time and memory. Left out:
+/// parts the converter never uses, a large share of real specs (GitHub's object-valued
+/// `examples`, Graph's `x-ms-docs-grouped-path`; sizes in docs/benchmarks.md): not
+/// building them saves allocation and freeing time and memory. Left out:
 /// object-valued `examples` anywhere (media-type and component examples; array-valued
 /// JSON Schema `examples` and `example` are kept); the top-level `webhooks`,
 /// `x-webhooks`, `tags` and `externalDocs`; in path items, vendor extensions (`x-*`),

@@ -70,7 +70,8 @@ const COMPILE_STACK: usize = 64 << 20;
 const VARIABLES: [&str; 5] = ["inputs", "steps", "state", "constants", "execution"];
 const STEPS: u8 = 1 << 1;
 
-/// One standard-library environment shared by every evaluation (building one costs ~10 µs).
+/// One standard-library environment shared by every evaluation: building one costs more
+/// than most evaluations.
 static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
 
 // ---------------------------------------------------------------------------------------
