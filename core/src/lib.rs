@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 mod external_refs;
+pub mod json;
 pub mod manual;
 pub mod openapi;
 pub mod parse;
