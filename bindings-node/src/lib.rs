@@ -34,6 +34,8 @@ use napi_derive::napi;
 use serde_json::Value;
 use utp_core::host::{self as core_host, KeyStyle};
 use utp_core::{CallOptions, CallThread, Config, ErrorCode, HistoryFilter, ManualSource, NativeHandler, RegisteredTool};
+// The one description of a JSON value's kind, shared with core's messages.
+pub(crate) use utp_core::json::json_kind;
 
 use crate::json::{JsJson, StrictJson};
 
@@ -297,17 +299,6 @@ fn config_from(config: Option<Value>) -> napi::Result<Config> {
         Some(other) => {
             Err(invalid(format!("config must be an object, a path string or null, found {}", json_kind(&other))))
         }
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -13,9 +13,12 @@
 //! a random 1–20 ms. `CRASH_SEED=N` replays a run, `CRASH_ROUNDS=N` (25) changes its
 //! length, `CRASH_KILL_MAX_MS=N` (300) the longest a run lives before its SIGKILL.
 
+// The loopback server shared with core's integration tests; this test uses part of it.
+#[allow(dead_code)]
+#[path = "../../core/tests/support/blocking.rs"]
+mod loopback;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,68 +62,22 @@ impl Rng {
 /// Calls seen per idempotency key.
 type Calls = Arc<Mutex<HashMap<String, u32>>>;
 
-/// A tiny HTTP/1.1 server (keep-alive, one thread per connection): `GET /step?n=N`
-/// answers `{"n": next(N)}` after 1–20 ms and counts the request's `Idempotency-Key`.
+/// A loopback HTTP/1.1 server: `GET /step?n=N` answers `{"n": next(N)}` after 1–20 ms
+/// and counts the request's `Idempotency-Key`.
 fn serve(calls: Calls, rng: Arc<Rng>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (calls, rng) = (calls.clone(), rng.clone());
-            std::thread::spawn(move || {
-                let _ = connection(stream, &calls, &rng);
-            });
-        }
-    });
-    port
-}
-
-fn connection(stream: TcpStream, calls: &Calls, rng: &Rng) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut stream = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line)? == 0 {
-            return Ok(()); // the client closed the connection (or was killed)
-        }
-        let (mut key, mut length) = (None, 0usize);
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "idempotency-key" => key = Some(value.trim().to_string()),
-                    "content-length" => length = value.trim().parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
-        }
-        std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
-        let target = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
+    loopback::serve(move |request| {
+        let key = request.header("idempotency-key").map(str::to_string);
         let n: Option<i64> =
-            target.split_once("?n=").and_then(|(_, q)| q.split('&').next().and_then(|v| v.parse().ok()));
-        let (status, body) = match (key, n) {
+            request.target.split_once("?n=").and_then(|(_, q)| q.split('&').next().and_then(|v| v.parse().ok()));
+        match (key, n) {
             (Some(key), Some(n)) => {
                 *calls.lock().unwrap().entry(key).or_default() += 1;
                 std::thread::sleep(Duration::from_millis(1 + rng.below(20)));
-                ("200 OK", format!("{{\"n\": {}}}", next(n)))
+                (200, format!("{{\"n\": {}}}", next(n)))
             }
-            _ => ("400 Bad Request", "{\"error\": \"expected ?n= and an Idempotency-Key\"}".to_string()),
-        };
-        // One write: a response split in segments meets Nagle and delayed ACKs (40 ms).
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(response.as_bytes())?;
-    }
+            _ => (400, "{\"error\": \"expected ?n= and an Idempotency-Key\"}".to_string()),
+        }
+    })
 }
 
 fn utp(db: &Path, args: &[&str]) -> (i32, String, String) {

@@ -1,9 +1,12 @@
 //! `utp plan` and `utp do` against an OpenAI-protocol server on 127.0.0.1 (written
 //! here, answering from a script), and with the offline planner.
 
+// The loopback server shared with core's integration tests; this test uses part of it.
+#[allow(dead_code)]
+#[path = "../../core/tests/support/blocking.rs"]
+mod loopback;
+
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -20,61 +23,26 @@ struct Server {
 }
 
 fn server(script: Vec<String>) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let script = Arc::new(Mutex::new(VecDeque::from(script)));
+    let script = Mutex::new(VecDeque::from(script));
     let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let (log, script) = (log.clone(), script.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    return;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let mut length = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':') {
-                        if k.eq_ignore_ascii_case("content-length") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                }
-                let mut body = vec![0u8; length];
-                let _ = reader.read_exact(&mut body);
-                let body = String::from_utf8_lossy(&body).to_string();
-                log.lock().unwrap().push((path.clone(), body));
-                let route = path.split('?').next().unwrap_or("");
-                let answer = match route {
-                    "/v1/chat/completions" => {
-                        let text = {
-                            let mut s = script.lock().unwrap();
-                            if s.len() > 1 { s.pop_front() } else { s.front().cloned() }
-                        };
-                        json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text.unwrap_or_default()}}],
-                               "usage": {"prompt_tokens": 11, "completion_tokens": 7}})
-                    }
-                    "/city" => json!({"city": "Paris"}),
-                    "/forecast" => json!({"temp_c": 21.5}),
-                    "/inventory" => json!({"count": 3}),
-                    _ => json!({"ok": true}),
+    let port = loopback::serve(move |request| {
+        log.lock().unwrap().push((request.target.clone(), request.body_text()));
+        let answer = match request.path() {
+            "/v1/chat/completions" => {
+                let text = {
+                    let mut s = script.lock().unwrap();
+                    if s.len() > 1 { s.pop_front() } else { s.front().cloned() }
                 };
-                let text = answer.to_string();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-            });
-        }
+                json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text.unwrap_or_default()}}],
+                       "usage": {"prompt_tokens": 11, "completion_tokens": 7}})
+            }
+            "/city" => json!({"city": "Paris"}),
+            "/forecast" => json!({"temp_c": 21.5}),
+            "/inventory" => json!({"count": 3}),
+            _ => json!({"ok": true}),
+        };
+        (200, answer.to_string())
     });
     Server { port, seen }
 }

@@ -200,11 +200,7 @@ impl Config {
         if !value.is_object() {
             return Err(Error::InvalidArgument(format!(
                 "config must be an object, found {}",
-                match value {
-                    Value::Array(_) => "a list",
-                    Value::String(_) => "a string",
-                    _ => "a scalar",
-                }
+                crate::json::json_kind(&value)
             )));
         }
         serde_json::from_value(value).map_err(|e| Error::InvalidArgument(format!("invalid config: {e}")))

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::openapi::Spec;
+use crate::openapi::{self, Spec};
 use crate::parse::{self, SpecParts};
 
 /// What one discovery call did, file by file.
@@ -75,9 +75,7 @@ pub fn classify(value: Value) -> Document {
 /// Classify a document parsed by [`parse::parse_spec_document`].
 pub fn classify_parsed(value: Value, parts: SpecParts) -> Document {
     match &value {
-        Value::Object(obj) if obj.contains_key("openapi") || obj.contains_key("swagger") => {
-            Document::OpenApi(Spec { doc: value, parts })
-        }
+        _ if openapi::is_openapi(&value) => Document::OpenApi(Spec { doc: value, parts }),
         Value::Object(obj) if obj.get("tools").is_some_and(Value::is_array) => Document::Utcp(value),
         _ => Document::Other,
     }
@@ -252,6 +250,8 @@ mod tests {
     fn classifies_by_content() {
         assert!(matches!(classify(serde_json::json!({"openapi": "3.1.0"})), Document::OpenApi(_)));
         assert!(matches!(classify(serde_json::json!({"swagger": "2.0"})), Document::OpenApi(_)));
+        // The marker decides, whatever its value (the conversion then names a bad version).
+        assert!(matches!(classify(serde_json::json!({"openapi": 3, "tools": []})), Document::OpenApi(_)));
         assert!(matches!(classify(serde_json::json!({"tools": []})), Document::Utcp(_)));
         assert!(matches!(classify(serde_json::json!({"name": "pkg"})), Document::Other));
         assert!(matches!(classify(serde_json::json!([1])), Document::Other));

@@ -56,9 +56,8 @@ pub(crate) fn load_files(doc: &Value, spec_path: &Path, max_size: u64) -> Result
 }
 
 /// Bring the external refs of `doc` (the spec at canonical `spec_path`) into it, from
-/// `files` ([`load_files`]).
-pub(crate) fn bundle(doc: &mut Value, spec_path: &Path, files: &Files) -> Result<()> {
-    let swagger2 = doc.get("swagger").and_then(Value::as_str).is_some_and(|v| v.starts_with('2'));
+/// `files` ([`load_files`]); `swagger2` says where its definitions live.
+pub(crate) fn bundle(doc: &mut Value, swagger2: bool, spec_path: &Path, files: &Files) -> Result<()> {
     let container = if swagger2 { "/definitions" } else { "/components/schemas" };
     let taken =
         doc.pointer(container).and_then(Value::as_object).map(|o| o.keys().cloned().collect()).unwrap_or_default();

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod host;
 mod external_refs;
+pub mod json;
 pub mod manual;
 pub mod openapi;
 pub mod parse;

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::json::json_kind;
 
 pub const UTCP_VERSION: &str = "1.0.1";
 
@@ -49,9 +50,10 @@ pub struct Manual {
 /// tool's closure is found without rescanning the definitions.
 ///
 /// A definition read from an OpenAPI JSON file or URL stays raw JSON text until a tool
-/// schema that reaches it is asked for (to validate a call, to list the tool): GitHub's
-/// 2.9 MB of component schemas were over half of what registering its spec built, and a
-/// host uses a few tools' schemas. Each is parsed, rewritten and scanned once, on first use.
+/// schema that reaches it is asked for (to validate a call, to list the tool): component
+/// schemas are most of what registering a large spec would build (GitHub's: see
+/// docs/benchmarks.md), and a host uses a few tools' schemas. Each is parsed, rewritten
+/// and scanned once, on first use.
 #[derive(Debug, Default)]
 pub struct SharedDefs {
     /// In document order; a repeated name keeps its first place and its last value.
@@ -623,17 +625,6 @@ impl Manual {
             }
         }
         v
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 

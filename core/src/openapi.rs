@@ -19,7 +19,7 @@ use crate::manual::{
     Auth, CallTemplate, HttpTemplate, Manual, RequestFields, SharedDefs, TemplateCommon, Tool, UTCP_VERSION,
     rewrite_refs,
 };
-use crate::parse::SpecParts;
+use crate::parse::{OPENAPI_MARKERS, SpecParts};
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
 
@@ -32,9 +32,25 @@ pub struct ConvertOptions {
     pub spec_url: Option<String>,
 }
 
-/// Is this JSON document an OpenAPI/Swagger description?
+/// Is this document an OpenAPI description? The one rule, for files, URLs and inline
+/// documents alike: an object with an `openapi` (3.x) or `swagger` (2.0) member,
+/// whatever its value, so an unsupported version is a conversion error that names it
+/// rather than "not a manual". [`crate::parse`] sniffs for the same members.
 pub fn is_openapi(doc: &Value) -> bool {
-    doc.get("openapi").is_some_and(Value::is_string) || doc.get("swagger").is_some()
+    doc.as_object().is_some_and(|members| OPENAPI_MARKERS.iter().any(|m| members.contains_key(*m)))
+}
+
+/// Swagger 2.0 (`swagger: "2..."`) rather than OpenAPI 3.x (`openapi: "3..."`); any
+/// other version is an error that names it.
+pub(crate) fn is_swagger2(doc: &Value) -> Result<bool> {
+    match (doc.get("swagger"), doc.get("openapi")) {
+        (Some(Value::String(v)), _) if v.starts_with('2') => Ok(true),
+        (_, Some(Value::String(v))) if v.starts_with('3') => Ok(false),
+        (Some(v), _) | (_, Some(v)) => {
+            Err(Error::InvalidManual(format!("unsupported OpenAPI version {v} (expected 2.0, 3.0 or 3.1)")))
+        }
+        _ => Err(Error::InvalidManual("not an OpenAPI document: no `openapi` or `swagger` version".into())),
+    }
 }
 
 /// A spec to convert: the document, and its schema definitions when the parser held
@@ -76,7 +92,9 @@ impl Spec {
         }
         let canonical = path.canonicalize().map_err(|e| Error::InvalidManual(format!("{}: {e}", path.display())))?;
         let files = crate::external_refs::load_files(&self.doc, &canonical, max_size)?;
-        crate::external_refs::bundle(&mut self.doc, &canonical, &files)?;
+        // An unsupported version is left for the conversion to report.
+        let swagger2 = is_swagger2(&self.doc).unwrap_or(false);
+        crate::external_refs::bundle(&mut self.doc, swagger2, &canonical, &files)?;
         self.parts.external_refs = false;
         Ok(())
     }
@@ -99,14 +117,7 @@ pub fn convert_spec(spec: Spec, opts: &ConvertOptions) -> Result<Manual> {
         // and a schema that keeps one may not compile, failing that tool's calls.
         tracing::warn!("a `$ref` names another document: refs to other files are followed only for a spec registered from a file");
     }
-    let swagger2 = match (doc.get("swagger"), doc.get("openapi")) {
-        (Some(Value::String(v)), _) if v.starts_with('2') => true,
-        (_, Some(Value::String(v))) if v.starts_with('3') => false,
-        (Some(v), _) | (_, Some(v)) => {
-            return Err(Error::InvalidManual(format!("unsupported OpenAPI version {v} (expected 2.0, 3.0 or 3.1)")));
-        }
-        _ => return Err(Error::InvalidManual("not an OpenAPI document: no `openapi` or `swagger` version".into())),
-    };
+    let swagger2 = is_swagger2(&doc)?;
     let defs = if swagger2 { doc.get_mut("definitions") } else { doc.pointer_mut("/components/schemas") }
         .map(Value::take);
     let raw_defs = if swagger2 { parts.definitions } else { parts.component_schemas };
@@ -247,8 +258,8 @@ fn object_schema(properties: Map<String, Value>) -> Value {
 }
 
 /// Freeing what is left of a parsed spec (its examples, descriptions, components) takes
-/// ~2 ms per MB; a large spec's is freed on a short-lived thread (~20 µs to start) so
-/// registration does not wait for it.
+/// time in proportion to its size; a large spec's is freed on a short-lived thread,
+/// far cheaper to start, so registration does not wait for it.
 fn drop_in_background(doc: Value) {
     if let Err(e) = std::thread::Builder::new().name("utp-drop".into()).spawn(move || drop(doc)) {
         tracing::debug!("could not free the spec in the background: {e}");

@@ -34,9 +34,9 @@ pub fn syntax_of(bytes: &[u8], path: Option<&Path>) -> Syntax {
 /// Parse a JSON or YAML document into a JSON value.
 ///
 /// An OpenAPI document (its first key is `openapi` or `swagger`) is read without the
-/// parts the converter never uses, which are up to a third of real specs (GitHub's
-/// object-valued `examples`: 1.6 of 7.3 MB; Graph's `x-ms-docs-grouped-path`: 11 of
-/// 47 MB): not building them saves allocation and freeing time and memory. Left out:
+/// parts the converter never uses, a large share of real specs (GitHub's object-valued
+/// `examples`, Graph's `x-ms-docs-grouped-path`; sizes in docs/benchmarks.md): not
+/// building them saves allocation and freeing time and memory. Left out:
 /// object-valued `examples` anywhere (media-type and component examples; array-valued
 /// JSON Schema `examples` and `example` are kept); the top-level `webhooks`,
 /// `x-webhooks`, `tags` and `externalDocs`; in path items, vendor extensions (`x-*`),
@@ -122,8 +122,14 @@ fn names_another_document(text: &str) -> bool {
     })
 }
 
-/// True when the document's first key is `openapi` or `swagger` (where every spec we
-/// have seen puts it). A spec that puts it later is simply read whole.
+/// The members that make a document OpenAPI (3.x) or Swagger (2.0): the rule is
+/// [`crate::openapi::is_openapi`]; the parser sniffs for them in the text.
+pub(crate) const OPENAPI_MARKERS: [&str; 2] = ["openapi", "swagger"];
+
+/// True when the document's first key is one of [`OPENAPI_MARKERS`] (where every spec
+/// we have seen puts it). A spec that puts it later is simply read whole. Only the
+/// exact key counts: a document read the lean way is always one that
+/// [`crate::openapi::is_openapi`] then takes for a spec.
 fn looks_like_openapi(text: &str, syntax: Syntax) -> bool {
     let first_key = match syntax {
         Syntax::Json => text.trim_start().strip_prefix('{').map(str::trim_start).and_then(|t| t.strip_prefix('"')),
@@ -133,7 +139,11 @@ fn looks_like_openapi(text: &str, syntax: Syntax) -> bool {
             .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("---") && !l.starts_with('%'))
             .map(|l| l.trim_start_matches(['"', '\'']))
     };
-    first_key.is_some_and(|k| k.starts_with("openapi") || k.starts_with("swagger"))
+    let ends_key = |rest: &str| match syntax {
+        Syntax::Json => rest.starts_with('"'),
+        Syntax::Yaml => rest.trim_start_matches(['"', '\'']).trim_start().starts_with(':'),
+    };
+    first_key.is_some_and(|k| OPENAPI_MARKERS.iter().any(|m| k.strip_prefix(m).is_some_and(ends_key)))
 }
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
@@ -383,6 +393,18 @@ impl ValueVisitor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_document_that_starts_with_an_openapi_marker_is_read_the_lean_way() {
+        // The top-level `tags` is one of the parts left out of a spec.
+        let tags = |text: &str, name: &str| parse_document(text.as_bytes(), Some(Path::new(name))).unwrap().get("tags").cloned();
+        assert_eq!(tags(r#"{"openapi": "3.0.0", "tags": [1]}"#, "a.json"), None);
+        assert_eq!(tags("'swagger': '2.0'\ntags: [1]\n", "a.yaml"), None);
+        assert_eq!(tags("openapi : 3.1.0\ntags: [1]\n", "a.yaml"), None);
+        // A key that only begins like one is not OpenAPI: the document is read whole.
+        assert_eq!(tags(r#"{"openapi_notes": "x", "tools": [], "tags": [1]}"#, "a.json"), Some(serde_json::json!([1])));
+        assert_eq!(tags("swaggerish: 1\ntags: [1]\n", "a.yaml"), Some(serde_json::json!([1])));
+    }
 
     #[test]
     fn billion_laughs_is_refused() {

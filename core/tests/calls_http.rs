@@ -1,7 +1,8 @@
 //! call_tool over http, sse and streamable_http against a real HTTP server on
 //! 127.0.0.1 that the tests start and stop.
 
-use std::convert::Infallible;
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,26 +12,19 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use serde_json::{Value, json};
+use support::Loopback;
 use utp_core::{CallOptions, CallThread, Engine, ErrorCode, ManualSource};
 
 #[derive(Default)]
 struct State {
     tokens_issued: AtomicUsize,
     port: AtomicUsize,
-    /// Connections accepted so far.
-    connections: AtomicUsize,
 }
 
 struct Server {
+    loopback: Loopback,
     port: u16,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -45,7 +39,7 @@ fn redirect(status: u16, to: &str) -> Response<Full<Bytes>> {
     Response::builder().status(status).header("location", to).body(Full::new(Bytes::new())).unwrap()
 }
 
-async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -68,7 +62,7 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
             .to_string(),
         )
     };
-    let resp = match path.as_str() {
+    match path.as_str() {
         "/text" => reply(200, "text/plain; charset=utf-8", "hello text"),
         "/fail" => reply(500, "text/plain", "internal kaboom"),
         "/busy" => Response::builder().status(429).header("retry-after", "7").body(Full::new(Bytes::new())).unwrap(),
@@ -117,30 +111,16 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         "/stream-json" => reply(200, "application/json", "{\"whole\": true}"),
         "/binary" => reply(200, "application/octet-stream", vec![0u8, 159, 146, 150]),
         _ => echo(),
-    };
-    Ok(resp)
+    }
 }
 
 async fn server() -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let state = Arc::new(State::default());
-    state.port.store(port as usize, Ordering::SeqCst);
     let st = state.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            st.connections.fetch_add(1, Ordering::SeqCst);
-            let st = st.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Server { port, state, task }
+    let loopback = Loopback::start(move |req| handle(st.clone(), req)).await;
+    // Set before any request: the test only calls once it has the port.
+    state.port.store(loopback.port as usize, Ordering::SeqCst);
+    Server { port: loopback.port, loopback, state }
 }
 
 async fn engine_with(config: Value, tools: Value) -> Engine {
@@ -430,7 +410,7 @@ fn calls_driven_on_the_calling_thread_use_its_runtime_and_a_client_per_engine() 
     let err = server_rt.block_on(async { b.block_on_here(async {}) }).unwrap_err();
     assert_eq!(err.code(), ErrorCode::Internal);
     assert!(err.to_string().contains("already runs a tokio runtime"), "{err}");
-    srv.task.abort();
+    drop(srv); // stops the server
 }
 
 #[test]
@@ -462,11 +442,11 @@ fn calls_on_a_call_thread_share_its_runtime_and_its_own_connections() {
         thread.in_flight() == 0
     };
     // Sequential calls there reuse one connection of the thread's own client...
-    assert_eq!(srv.state.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(srv.loopback.connections(), 1);
     assert!(none_in_flight());
     // ...and a call on the engine's runtime uses the engine's client, not that one.
     server_rt.block_on(call(&engine, "api.get", json!({}))).unwrap();
-    assert_eq!(srv.state.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(srv.loopback.connections(), 2);
     // Timers run there: a timeout fires.
     let options = CallOptions { timeout: Some(Duration::from_millis(100)), ..CallOptions::default() };
     assert_eq!(on_thread("api.slow", json!({}), options).unwrap_err().code(), ErrorCode::Timeout);

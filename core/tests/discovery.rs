@@ -1,8 +1,8 @@
 //! Discovery over a directory of good, legacy, broken and hostile files, and
 //! manual registration from a real HTTP server on 127.0.0.1.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+mod support;
+
 use std::path::Path;
 
 use serde_json::json;
@@ -135,39 +135,19 @@ fn register_file_by_path_and_reject_directories() {
     assert_eq!(named, ["my_api.x"]);
 }
 
-/// A tiny HTTP/1.1 server on 127.0.0.1 serving fixed routes; stops with the test.
+/// A loopback HTTP/1.1 server serving fixed routes (request target, status, body).
 struct Server {
     port: u16,
 }
 
 impl Server {
     fn start(routes: Vec<(&'static str, u16, String)>) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { break };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let (status, body) = routes
-                    .iter()
-                    .find(|(p, _, _)| *p == path)
-                    .map(|(_, s, b)| (*s, b.clone()))
-                    .unwrap_or((404, "not found".into()));
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
+        let port = support::blocking::serve(move |request| {
+            routes
+                .iter()
+                .find(|(p, _, _)| *p == request.target)
+                .map(|(_, s, b)| (*s, b.clone()))
+                .unwrap_or((404, "not found".into()))
         });
         Server { port }
     }

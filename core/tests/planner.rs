@@ -2,8 +2,9 @@
 //! chat-completions and Anthropic messages protocols, answering from scripted
 //! transcripts; and the offline planner.
 
+mod support;
+
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use support::Loopback;
 use utp_core::planner::PlanOptions;
 use utp_core::workflow::RunOptions;
 use utp_core::{Engine, ErrorCode, HistoryFilter, ManualSource, NativeHandler};
@@ -55,13 +57,8 @@ impl Seen {
 struct Llm {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Llm {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Serves while the test holds it.
+    _server: Loopback,
 }
 
 impl Llm {
@@ -72,26 +69,15 @@ impl Llm {
 
 /// A model server answering from `script` in order (the last answer repeats).
 async fn llm(protocol: Protocol, script: Vec<Reply>) -> Llm {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let script = Arc::new(Mutex::new(VecDeque::from(script)));
     let log = seen.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (log, script) = (log.clone(), script.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (log, script) = (log.clone(), script.clone());
-                    async move { Ok::<_, Infallible>(answer(protocol, req, &log, &script).await) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-            });
-        }
-    });
-    Llm { port, seen, task }
+    let server = Loopback::start(move |req| {
+        let (log, script) = (log.clone(), script.clone());
+        async move { answer(protocol, req, &log, &script).await }
+    })
+    .await;
+    Llm { port: server.port, seen, _server: server }
 }
 
 async fn answer(

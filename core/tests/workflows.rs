@@ -3,8 +3,9 @@
 //! Retry-After), fallbacks for policy denials, breakers, cancel/suspend/resume,
 //! approvals and session state.
 
+mod support;
+
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,45 +13,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::Full;
-use hyper::{Request, Response};
+use hyper::Response;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use support::Loopback;
 use utp_core::workflow::{RunOptions, WorkflowSource};
 use utp_core::{Engine, ErrorCode, HistoryFilter, ManualSource, NativeHandler};
 
 /// A loopback server: `/flaky/<key>/<n>` fails with 503 n times per key then answers;
 /// `/busy/<key>` answers 429 with Retry-After: 1 once; `/hang` never answers; `/ok` answers.
-struct Server {
-    port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn server() -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+async fn server() -> Loopback {
     let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let hits = hits.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let hits = hits.clone();
-                    let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-                    async move { Ok::<_, Infallible>(answer(&hits, req.uri().path(), key).await) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-            });
-        }
-    });
-    Server { port, task }
+    Loopback::start(move |req| {
+        let hits = hits.clone();
+        let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+        async move { answer(&hits, req.uri().path(), key).await }
+    })
+    .await
 }
 
 async fn answer(hits: &Mutex<HashMap<String, usize>>, path: &str, idempotency_key: Option<String>) -> Response<Full<Bytes>> {

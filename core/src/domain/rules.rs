@@ -17,10 +17,11 @@ use cel::context::VariableResolver;
 use serde_json::{Map, Value};
 
 use super::spec::WindowSpec;
+use crate::json::json_kind;
 
 /// What CEL conditions share across calls: the standard library environment and the
-/// constants, both built once per engine (building the environment per evaluation
-/// cost ~10 µs a rule).
+/// constants, both built once per engine: building the environment per evaluation
+/// cost more than evaluating the rule.
 pub struct CelShared {
     env: Arc<cel::Env>,
     constants: Box<dyn Val>,
@@ -164,7 +165,7 @@ impl Native {
             Native::Has { root: Operand::Params(path), field } if path.is_empty() => Ok(facts.params.contains_key(field)),
             Native::Has { root, field } => match resolve(root, facts)?.as_ref() {
                 Value::Object(map) => Ok(map.contains_key(field)),
-                other => Err(format!("has() needs a map, found {}", kind(other))),
+                other => Err(format!("has() needs a map, found {}", json_kind(other))),
             },
             Native::All(parts) => combine(parts, facts, false),
             Native::Any(parts) => combine(parts, facts, true),
@@ -298,7 +299,7 @@ fn compare(l: &Value, op: CmpOp, r: &Value) -> Result<bool, String> {
         _ => None,
     };
     let Some(ord) = ordering else {
-        return Err(format!("cannot compare {} with {}", kind(l), kind(r)));
+        return Err(format!("cannot compare {} with {}", json_kind(l), json_kind(r)));
     };
     Ok(match op {
         CmpOp::Gt => ord == Ordering::Greater,
@@ -318,17 +319,6 @@ fn number_cmp(a: &serde_json::Number, b: &serde_json::Number) -> Option<Ordering
         return Some(x.cmp(&y));
     }
     a.as_f64()?.partial_cmp(&b.as_f64()?)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a map",
-    }
 }
 
 /// `a.b > 3`, `params.amount >= constants.max`, `tool == 'x'`... or None.

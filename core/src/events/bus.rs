@@ -49,8 +49,8 @@ struct Queue {
     busy: bool,
 }
 
-/// How the subscriber thread waits. Waking a parked thread is a syscall (~1 µs),
-/// too much to pay per event and subscriber on the publisher's side, so a thread
+/// How the subscriber thread waits. Waking a parked thread is a syscall, too much
+/// to pay per event and subscriber on the publisher's side, so a thread
 /// that was just busy naps briefly and collects what arrived meanwhile (publishers
 /// wake it early only when its queue is half full); after [`DEEP_AFTER`] empty
 /// naps it sleeps until woken, so an idle engine costs nothing and the first

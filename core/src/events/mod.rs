@@ -165,11 +165,6 @@ impl Event {
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
-
-    /// `time` as RFC 3339 UTC with milliseconds (`2025-01-31T12:00:00.123Z`).
-    pub fn time_rfc3339(&self) -> String {
-        rfc3339(self.time)
-    }
 }
 
 impl Serialize for Event {
@@ -250,7 +245,7 @@ impl EventsConfig {
             Some(other) => {
                 return Err(Error::InvalidArgument(format!(
                     "invalid config: `events` must be a mapping with history_size and queue_capacity, found {}",
-                    crate::transport::kind(other)
+                    crate::json::json_kind(other)
                 )));
             }
         };

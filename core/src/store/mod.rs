@@ -42,6 +42,7 @@ use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::json::json_kind;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -559,17 +560,6 @@ pub(crate) fn with_seq(mut body: Value, seq: i64) -> Value {
         map.insert("seq".into(), Value::from(seq));
     }
     body
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

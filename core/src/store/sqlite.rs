@@ -64,9 +64,8 @@ const RESTART_FRAMES: i64 = 8192;
 const IDLE_CHECKPOINT: Duration = Duration::from_millis(100);
 /// After a commit the writer polls the queue this long (yielding the CPU between
 /// polls) before it parks: a caller that waited on its commit usually sends its
-/// next write within it, which then costs no wake-up of the writer. 20 µs covered
-/// a Rust step; a Python tool's step comes later (80 µs: sequential workflows of
-/// Python steps +7–20%, 8 threads unchanged).
+/// next write within it, which then costs no wake-up of the writer. Long enough for
+/// a Python tool's step, which comes later than a Rust step's (docs/benchmarks.md).
 const POLL_BEFORE_PARK: Duration = Duration::from_micros(80);
 /// Events given to `defer_events` wait at most this long for a commit to ride in
 /// before the writer commits them on their own (what a crash can lose of them).

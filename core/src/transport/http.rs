@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use super::net::{self, Body, NetPolicy, RequestSpec};
 use super::{Transports, arg_text, excerpt};
 use crate::error::{Error, Result};
+use crate::json::json_kind;
 use crate::manual::{Auth, HttpTemplate, RequestFields};
 use crate::registry::RegisteredTool;
 
@@ -403,7 +404,7 @@ fn encode_body(tool: &RegisteredTool, content_type: &str, body: Value) -> Result
             return Err(Error::ValidationFailed(format!(
                 "tool '{}': a {media} body must be an object of fields, found {}",
                 tool.name,
-                super::kind(body)
+                json_kind(body)
             )));
         };
         let mut out = Vec::new();

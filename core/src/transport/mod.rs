@@ -198,17 +198,9 @@ pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
         .map_err(|e| Error::InvalidManual(format!("template `timeout`: {e}")))
 }
 
-/// JSON kind, for messages.
-pub(crate) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
+// `engine.rs` names the JSON kind through this path; it goes once the engine's calls
+// use `json_kind` directly.
+pub(crate) use crate::json::json_kind as kind;
 
 /// An argument as text: strings raw, everything else as JSON.
 pub(crate) fn arg_text(v: &Value) -> String {

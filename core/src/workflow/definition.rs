@@ -170,10 +170,6 @@ impl Workflow {
         }
         Ok(value)
     }
-
-    pub fn step_index(&self, id: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.id == id)
-    }
 }
 
 fn build(spec: WorkflowSpec, definition: Value, engine: &Engine, problems: &mut Vec<String>) -> Option<Workflow> {
