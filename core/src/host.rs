@@ -31,6 +31,7 @@ use serde_json::{Map, Number, Value};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{HistoryFilter, Pattern, kinds};
+use crate::json::json_kind;
 use crate::planner::PlanOptions;
 use crate::store::EventFilter;
 use crate::workflow::RunOptions;
@@ -84,19 +85,6 @@ impl KeyStyle {
 
 fn invalid(message: impl Into<String>) -> Error {
     Error::InvalidArgument(message.into())
-}
-
-/// "a string", "an array"...: what a value is, for messages.
-pub fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(s) if s.is_empty() => "an empty string",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// The message for a value nested deeper than [`MAX_JSON_DEPTH`] (each binding's
