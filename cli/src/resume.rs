@@ -34,11 +34,11 @@ pub async fn settle(engine: &Engine, id: &str) -> Value {
     loop {
         tokio::select! {
             record = &mut finished => {
-                return record.unwrap_or_else(|e| json!({"execution_id": id, "status": "unknown",
+                return record.map(|r| r.to_json()).unwrap_or_else(|e| json!({"execution_id": id, "status": "unknown",
                     "error": {"code": e.code().as_str(), "message": e.to_string()}}));
             }
             _ = tokio::time::sleep(POLL), if engine.store().is_some() => {
-                let Ok(record) = engine.execution(id) else { continue };
+                let Ok(record) = engine.execution(id).map(|r| r.to_json()) else { continue };
                 let status = record["status"].as_str().unwrap_or_default();
                 if !matches!(status, "waiting_approval" | "suspended") {
                     parked_since = None;
@@ -175,7 +175,7 @@ async fn resume_all(engine: &Engine, denied: Option<&str>) -> Result<Vec<Outcome
             Err(e) => format!("[{}] {e} (register its tools: --from PATH or config `manuals`)", e.code()),
             Ok(_) => "it is running in this process already".into(),
         };
-        let record = engine.execution(id).unwrap_or_else(|_| json!({"execution_id": id}));
+        let record = engine.execution(id).map(|r| r.to_json()).unwrap_or_else(|_| json!({"execution_id": id}));
         outcomes.push(Outcome { record, not_resumed: Some(why), denied_waiter: false });
     }
     Ok(outcomes)
