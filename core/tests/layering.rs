@@ -22,6 +22,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("subsystems", &["transport", "domain", "events", "store"]),
     ("workflows and planning", &["workflow", "planner"]),
     ("facade", &["engine"]),
+    // `utp_core::host` parses what the bindings pass into the facade's option types.
+    ("host options", &["host"]),
     ("crate root", &["lib"]),
 ];
 
