@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers from the bottom up; a module may import from its own layer and those below.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("errors and bounded reading", &["error", "parse", "files"]),
+    ("errors, JSON helpers and bounded reading", &["error", "json", "parse", "files"]),
     ("data model and configuration", &["manual", "vars", "config"]),
     ("OpenAPI conversion", &["external_refs", "openapi"]),
     ("discovery", &["discovery"]),
