@@ -23,7 +23,8 @@ use serde_json::{Map, Number, Value};
 use utp_core::events::{Pattern, kinds};
 use utp_core::planner::PlanOptions;
 use utp_core::store::EventFilter;
-use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, RunOptions, WorkflowSource};
+use utp_core::workflow::{RunOptions, WorkflowSource};
+use utp_core::{IntentContext, IntentHandler, IntentTarget};
 use utp_core::{
     CallOptions, CancellationToken, Config, Engine as CoreEngine, Error, ErrorCode, Event, EventHandler, HistoryFilter,
     HostRule, HostVerdict, ManualSource, NativeHandler, SubscriptionId,
@@ -1449,7 +1450,7 @@ impl PyEngine {
             let source = workflow_source(py, workflow)?;
             let inputs = workflow_inputs(py, inputs)?;
             self.running(py)?.run_to_record(py, (session, tenant, user, timeout), |engine, options| async move {
-                engine.run_workflow(source, inputs, options).await
+                engine.run_workflow(source, inputs, options).await.map(|r| r.to_json())
             })
         })
     }
@@ -1565,7 +1566,7 @@ impl PyEngine {
             };
             let waited = r.block_on_interruptible(py, waited, &CancellationToken::new())?;
             match waited.map_err(|e| to_py_err(py, &e))? {
-                Some(record) => to_py(py, &record),
+                Some(record) => to_py(py, &record.to_json()),
                 None => Err(raise(
                     py,
                     ErrorCode::Timeout,
@@ -1592,7 +1593,7 @@ impl PyEngine {
     fn execution<'py>(&self, py: Python<'py>, execution_id: &str) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
             let record = self.running(py)?.engine.execution(execution_id).map_err(|e| to_py_err(py, &e))?;
-            to_py(py, &record)
+            to_py(py, &record.to_json())
         })
     }
 
@@ -1604,6 +1605,7 @@ impl PyEngine {
         guarded(py, || {
             let r = self.running(py)?;
             let records = py.detach(|| r.engine.executions(status, session)).map_err(|e| to_py_err(py, &e))?;
+            let records: Vec<_> = records.iter().map(|record| record.to_json()).collect();
             value_list(py, &records)
         })
     }
