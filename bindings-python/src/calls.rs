@@ -12,7 +12,7 @@ use utp_core::{CallOptions, CancellationToken, Error, ErrorCode};
 
 use crate::callbacks::locked;
 use crate::engine::PyEngine;
-use crate::errors::{guarded, raise, to_py_err};
+use crate::errors::{IntoPyResult, guarded, raise, to_py_err};
 use crate::json::{seconds, to_json, to_py};
 
 /// A call started by `_call_tool_start` that did not finish at once; `cancel()` cancels
@@ -207,7 +207,7 @@ impl PyEngine {
                 true => r.block_on_here_interruptible(py, call, &cancel)?,
                 false => r.block_on_interruptible(py, call, &cancel)?,
             };
-            to_py(py, &result.map_err(|e| to_py_err(py, &e))?)
+            to_py(py, &result.py_err(py)?)
         })
     }
 
@@ -257,7 +257,7 @@ impl PyEngine {
                 }),
             };
             match first {
-                Poll::Ready(result) => to_py(py, &result.map_err(|e| to_py_err(py, &e))?),
+                Poll::Ready(result) => to_py(py, &result.py_err(py)?),
                 Poll::Pending => {
                     let delivery = Delivery { target: Some((settler.unbind(), future.unbind())) };
                     // The task's first poll replaces the no-op waker.

@@ -22,7 +22,7 @@ use utp_core::{CancellationToken, Config, Engine as CoreEngine, ErrorCode, Subsc
 
 use crate::callbacks::{Callback, Slot, locked};
 use crate::engine_threads;
-use crate::errors::{guarded, invalid, raise, to_py_err};
+use crate::errors::{IntoPyResult, guarded, invalid, raise, to_py_err};
 use crate::json::{path_like, to_json, to_py, type_name};
 use crate::workflows::run_options;
 
@@ -97,7 +97,7 @@ impl Running {
         let cancel = CancellationToken::new();
         let options = run_options(py, session, tenant, user, timeout, Some(cancel.clone()))?;
         let record = self.block_on_interruptible(py, start(self.engine.clone(), options), &cancel)?;
-        to_py(py, &record.map_err(|e| to_py_err(py, &e))?)
+        to_py(py, &record.py_err(py)?)
     }
 
     /// `block_on_interruptible` driven on this thread (`Engine::block_on_here`), for a call
@@ -108,7 +108,7 @@ impl Running {
         F: std::future::Future + Send,
         F::Output: Send,
     {
-        py.detach(|| self.engine.block_on_here(interruptible(future, cancel))).map_err(|e| to_py_err(py, &e))?
+        py.detach(|| self.engine.block_on_here(interruptible(future, cancel))).py_err(py)?
     }
 }
 
@@ -164,15 +164,15 @@ impl PyEngine {
 
 fn load_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Config> {
     let Some(config) = config.filter(|c| !c.is_none()) else {
-        return Config::from_value(Value::Null).map_err(|e| to_py_err(py, &e));
+        return Config::from_value(Value::Null).py_err(py);
     };
     if config.is_instance_of::<PyDict>() {
         let value = to_json(py, config, 0)?;
-        return Config::from_value(value).map_err(|e| to_py_err(py, &e));
+        return Config::from_value(value).py_err(py);
     }
     let path = path_like(py, config, "config")
         .map_err(|_| invalid(py, format!("config must be a dict, a path to utp.yaml/utp.json, or None; got {}", type_name(config))))?;
-    Config::load(std::path::Path::new(&path)).map_err(|e| to_py_err(py, &e))
+    Config::load(std::path::Path::new(&path)).py_err(py)
 }
 
 /// The `store=` argument: "memory" (the default) keeps the config's store (memory

@@ -81,6 +81,18 @@ pub(crate) fn to_py_err(py: Python<'_>, error: &Error) -> PyErr {
     }
 }
 
+/// `result.py_err(py)?`: a core result whose error is raised as the matching
+/// `utp.UtpError` subclass (`to_py_err`).
+pub(crate) trait IntoPyResult<T> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> IntoPyResult<T> for Result<T, Error> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| to_py_err(py, &e))
+    }
+}
+
 pub(crate) fn raise(py: Python<'_>, code: ErrorCode, message: String) -> PyErr {
     match error_types(py) {
         Ok(types) => {

@@ -10,7 +10,7 @@ use utp_core::{Event, EventHandler, HistoryFilter, SubscriptionId};
 
 use crate::callbacks::{Callback, Slot, call_maybe_async, describe, log_exception};
 use crate::engine::PyEngine;
-use crate::errors::{guarded, invalid, to_py_err};
+use crate::errors::{IntoPyResult, guarded, invalid};
 use crate::json::{seconds, to_py, type_name};
 
 /// Deliver one event to a subscriber on its own (library) thread. An exception is
@@ -71,7 +71,7 @@ impl PyEngine {
                 Python::attach(|py| run_subscriber(py, &held, &shown, &event))
             });
             let r = self.running(py)?;
-            let id = r.engine.subscribe(pattern, handler).map_err(|e| to_py_err(py, &e))?;
+            let id = r.engine.subscribe(pattern, handler).py_err(py)?;
             self.keep(Slot::Subscription(id.0), stored);
             Ok(id.0)
         })

@@ -12,7 +12,7 @@ use utp_core::{CancellationToken, Error, ErrorCode};
 use crate::callbacks::{Callback, Slot, call_maybe_async, describe};
 use crate::engine::PyEngine;
 use crate::engine_threads::call_python;
-use crate::errors::{error_types, guarded, invalid, to_py_err};
+use crate::errors::{IntoPyResult, error_types, guarded, invalid};
 use crate::json::{to_json, to_py, type_name};
 use crate::workflows::{workflow_inputs, workflow_source};
 
@@ -152,7 +152,7 @@ impl PyEngine {
             if is_workflow || !target.is_callable() {
                 let source = intent_workflow(py, &target)?;
                 let r = self.running(py)?;
-                return py.detach(|| r.engine.register_intent_workflow(intent_type, source)).map_err(|e| to_py_err(py, &e));
+                return py.detach(|| r.engine.register_intent_workflow(intent_type, source)).py_err(py);
             }
             let callback = Callback::new(target.unbind());
             let held = callback.clone();
@@ -165,7 +165,7 @@ impl PyEngine {
                 })
             });
             let r = self.running(py)?;
-            r.engine.register_intent(intent_type, IntentTarget::Handler(handler)).map_err(|e| to_py_err(py, &e))?;
+            r.engine.register_intent(intent_type, IntentTarget::Handler(handler)).py_err(py)?;
             self.keep(Slot::Intent(intent_type.to_string()), callback);
             Ok(())
         })
@@ -215,7 +215,7 @@ impl PyEngine {
             let r = self.running(py)?;
             let submitted = r.engine.submit_intent(intent_type, params, tenant.as_deref(), session.as_deref());
             let record = r.block_on_interruptible(py, submitted, &CancellationToken::new())?;
-            to_py(py, &record.map_err(|e| to_py_err(py, &e))?)
+            to_py(py, &record.py_err(py)?)
         })
     }
 }

@@ -9,7 +9,7 @@ use utp_core::ManualSource;
 
 use crate::callbacks::Slot;
 use crate::engine::PyEngine;
-use crate::errors::{guarded, invalid, to_py_err};
+use crate::errors::{IntoPyResult, guarded, invalid};
 use crate::json::{path_like, to_json, to_py, type_name};
 
 fn tool_values<'py>(py: Python<'py>, tools: &[Arc<utp_core::RegisteredTool>]) -> PyResult<Bound<'py, PyList>> {
@@ -28,7 +28,7 @@ impl PyEngine {
         guarded(py, || {
             let target = path_like(py, target, "target")?;
             let r = self.running(py)?;
-            let report = r.block_on(py, r.engine.discover(&target)).map_err(|e| to_py_err(py, &e))?;
+            let report = r.block_on(py, r.engine.discover(&target)).py_err(py)?;
             Ok(report.registered())
         })
     }
@@ -38,7 +38,7 @@ impl PyEngine {
         guarded(py, || {
             let target = path_like(py, target, "target")?;
             let r = self.running(py)?;
-            let report = r.block_on(py, r.engine.discover(&target)).map_err(|e| to_py_err(py, &e))?;
+            let report = r.block_on(py, r.engine.discover(&target)).py_err(py)?;
             to_py(py, &report.to_value())
         })
     }
@@ -52,10 +52,10 @@ impl PyEngine {
             } else {
                 let text = path_like(py, manual, "manual")
                     .map_err(|_| invalid(py, format!("manual must be a dict, a path or a URL; got {}", type_name(manual))))?;
-                ManualSource::from_text(&text).map_err(|e| to_py_err(py, &e))?
+                ManualSource::from_text(&text).py_err(py)?
             };
             let r = self.running(py)?;
-            r.block_on(py, r.engine.register_manual(source, name)).map_err(|e| to_py_err(py, &e))
+            r.block_on(py, r.engine.register_manual(source, name)).py_err(py)
         })
     }
 
@@ -83,7 +83,7 @@ impl PyEngine {
     /// One tool by its full name `manual.tool`.
     fn tool<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
-            let tool = self.running(py)?.engine.tool(name).map_err(|e| to_py_err(py, &e))?;
+            let tool = self.running(py)?.engine.tool(name).py_err(py)?;
             to_py(py, &tool.to_value())
         })
     }
@@ -113,6 +113,6 @@ impl PyEngine {
 
     /// The namespaced variables (e.g. `weather_API_KEY`) a manual or tool needs.
     fn required_variables(&self, py: Python<'_>, name: &str) -> PyResult<Vec<String>> {
-        guarded(py, || self.running(py)?.engine.required_variables(name).map_err(|e| to_py_err(py, &e)))
+        guarded(py, || self.running(py)?.engine.required_variables(name).py_err(py))
     }
 }

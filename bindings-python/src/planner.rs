@@ -7,7 +7,7 @@ use utp_core::CancellationToken;
 use utp_core::planner::PlanOptions;
 
 use crate::engine::PyEngine;
-use crate::errors::{guarded, invalid, to_py_err};
+use crate::errors::{IntoPyResult, guarded, invalid};
 use crate::json::{to_py, type_name};
 use crate::workflows::workflow_inputs;
 
@@ -57,7 +57,7 @@ impl PyEngine {
             let options = PlanOptions { tenant, session, inputs, client: None };
             let r = self.running(py)?;
             let planned = r.block_on_interruptible(py, r.engine.plan(&request, options), &CancellationToken::new())?;
-            to_py(py, &planned.map_err(|e| to_py_err(py, &e))?.to_value())
+            to_py(py, &planned.py_err(py)?.to_value())
         })
     }
 

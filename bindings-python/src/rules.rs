@@ -12,7 +12,7 @@ use utp_core::{CancellationToken, ErrorCode, HostRule, HostVerdict};
 use crate::callbacks::{Callback, Slot, call_maybe_async, describe, log_exception};
 use crate::engine::PyEngine;
 use crate::engine_threads::call_python;
-use crate::errors::{guarded, invalid, raise, to_py_err};
+use crate::errors::{IntoPyResult, guarded, invalid, raise};
 use crate::json::{seconds, to_json, to_py, type_name};
 
 /// Run a business rule `func(tool, action, params)` on the calling (blocking-pool)
@@ -145,7 +145,7 @@ impl PyEngine {
                 })
             });
             let r = self.running(py)?;
-            r.engine.add_business_rule(name, rule).map_err(|e| to_py_err(py, &e))?;
+            r.engine.add_business_rule(name, rule).py_err(py)?;
             self.keep(Slot::Rule(name.to_string()), callback);
             Ok(())
         })
@@ -182,7 +182,7 @@ impl PyEngine {
             let r = self.running(py)?;
             let cancel = CancellationToken::new();
             let checked = r.block_on_interruptible(py, r.engine.check(tool_name, args, tenant.as_deref()), &cancel)?;
-            to_py(py, &checked.map_err(|e| to_py_err(py, &e))?)
+            to_py(py, &checked.py_err(py)?)
         })
     }
 
@@ -212,7 +212,7 @@ impl PyEngine {
         reason: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
-            let info = self.running(py)?.engine.approve(approval_id, approved, reason).map_err(|e| to_py_err(py, &e))?;
+            let info = self.running(py)?.engine.approve(approval_id, approved, reason).py_err(py)?;
             let value = serde_json::to_value(&info).map_err(|e| raise(py, ErrorCode::Internal, e.to_string()))?;
             to_py(py, &value)
         })

@@ -9,7 +9,7 @@ use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString};
 use utp_core::store::EventFilter;
 
 use crate::engine::PyEngine;
-use crate::errors::{guarded, invalid, to_py_err};
+use crate::errors::{IntoPyResult, guarded, invalid};
 use crate::events::check_pattern;
 use crate::json::{to_json, type_name, value_list};
 
@@ -41,7 +41,7 @@ impl PyEngine {
     fn recover(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         guarded(py, || {
             let r = self.running(py)?;
-            r.block_on(py, r.engine.recover()).map_err(|e| to_py_err(py, &e))
+            r.block_on(py, r.engine.recover()).py_err(py)
         })
     }
 
@@ -68,7 +68,7 @@ impl PyEngine {
             }
             let filter = EventFilter { execution_id, kind: r#type, after_id: after, since, until, limit };
             let r = self.running(py)?;
-            let events = py.detach(|| r.engine.stored_events(&filter)).map_err(|e| to_py_err(py, &e))?;
+            let events = py.detach(|| r.engine.stored_events(&filter)).py_err(py)?;
             value_list(py, &events)
         })
     }
@@ -81,7 +81,7 @@ impl PyEngine {
         guarded(py, || {
             let age = age(py, older_than)?;
             let r = self.running(py)?;
-            py.detach(|| r.engine.prune_store(age)).map_err(|e| to_py_err(py, &e))
+            py.detach(|| r.engine.prune_store(age)).py_err(py)
         })
     }
 }

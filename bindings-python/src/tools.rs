@@ -10,7 +10,7 @@ use utp_core::{Error, ErrorCode, NativeHandler};
 use crate::callbacks::{Callback, Slot};
 use crate::engine::PyEngine;
 use crate::engine_threads::call_python;
-use crate::errors::{guarded, invalid, to_py_err};
+use crate::errors::{IntoPyResult, guarded, invalid};
 use crate::json::{to_json, to_py, type_name};
 
 /// Run a Python tool function on the calling (blocking-pool) thread: `fn(args)`, and
@@ -76,7 +76,7 @@ impl PyEngine {
             let full = r
                 .engine
                 .register_tool(name, handler, inputs, outputs, description, tags.unwrap_or_default())
-                .map_err(|e| to_py_err(py, &e))?;
+                .py_err(py)?;
             self.keep(Slot::Tool(full.clone()), callback);
             Ok(full)
         })

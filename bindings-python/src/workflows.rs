@@ -10,7 +10,7 @@ use utp_core::workflow::{RunOptions, WorkflowSource};
 use utp_core::{CancellationToken, ErrorCode};
 
 use crate::engine::PyEngine;
-use crate::errors::{guarded, invalid, raise, to_py_err};
+use crate::errors::{IntoPyResult, guarded, invalid, raise};
 use crate::json::{seconds, to_json, to_py, type_name, value_list};
 
 /// A workflow argument: a dict (the definition), a `str` (a path when it names a
@@ -116,7 +116,7 @@ impl PyEngine {
                 let _context = r.rt().enter();
                 r.engine.start_workflow(source, inputs, options).map(|exec| exec.id.clone())
             });
-            started.map_err(|e| to_py_err(py, &e))
+            started.py_err(py)
         })
     }
 
@@ -139,7 +139,7 @@ impl PyEngine {
                 }
             };
             let waited = r.block_on_interruptible(py, waited, &CancellationToken::new())?;
-            match waited.map_err(|e| to_py_err(py, &e))? {
+            match waited.py_err(py)? {
                 Some(record) => to_py(py, &record),
                 None => Err(raise(
                     py,
@@ -159,14 +159,14 @@ impl PyEngine {
         guarded(py, || {
             let source = workflow_source(py, workflow)?;
             let r = self.running(py)?;
-            py.detach(|| r.engine.workflow(source).map(drop)).map_err(|e| to_py_err(py, &e))
+            py.detach(|| r.engine.workflow(source).map(drop)).py_err(py)
         })
     }
 
     /// An execution's full record (as `run_workflow` returns it); `NotFoundError` for an unknown id.
     fn execution<'py>(&self, py: Python<'py>, execution_id: &str) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
-            let record = self.running(py)?.engine.execution(execution_id).map_err(|e| to_py_err(py, &e))?;
+            let record = self.running(py)?.engine.execution(execution_id).py_err(py)?;
             to_py(py, &record)
         })
     }
@@ -178,7 +178,7 @@ impl PyEngine {
     fn executions<'py>(&self, py: Python<'py>, status: Option<&str>, session: Option<&str>) -> PyResult<Bound<'py, PyList>> {
         guarded(py, || {
             let r = self.running(py)?;
-            let records = py.detach(|| r.engine.executions(status, session)).map_err(|e| to_py_err(py, &e))?;
+            let records = py.detach(|| r.engine.executions(status, session)).py_err(py)?;
             value_list(py, &records)
         })
     }
@@ -186,18 +186,18 @@ impl PyEngine {
     /// Cancel a run: its running tool calls are cancelled and it ends `cancelled`.
     /// False when it had already finished.
     fn cancel(&self, py: Python<'_>, execution_id: &str) -> PyResult<bool> {
-        guarded(py, || self.running(py)?.engine.cancel(execution_id).map_err(|e| to_py_err(py, &e)))
+        guarded(py, || self.running(py)?.engine.cancel(execution_id).py_err(py))
     }
 
     /// Suspend a run: steps already running finish, no new step starts until
     /// `resume`. False when it had finished or was already suspended.
     fn suspend(&self, py: Python<'_>, execution_id: &str) -> PyResult<bool> {
-        guarded(py, || self.running(py)?.engine.suspend(execution_id).map_err(|e| to_py_err(py, &e)))
+        guarded(py, || self.running(py)?.engine.suspend(execution_id).py_err(py))
     }
 
     /// Resume a suspended run. False when it was not suspended.
     fn resume(&self, py: Python<'_>, execution_id: &str) -> PyResult<bool> {
-        guarded(py, || self.running(py)?.engine.resume(execution_id).map_err(|e| to_py_err(py, &e)))
+        guarded(py, || self.running(py)?.engine.resume(execution_id).py_err(py))
     }
 
     /// A session's state (`state` in workflow expressions), keyed by (tenant, session); `{}` when empty.
