@@ -3,10 +3,15 @@
 One command (from the repo root): `make bench-openapi`. It creates bench/.venv with
 utcp + utcp-http, fetches the specs from the npm registry into bench/specs (not
 committed), builds the release example `register_spec`, and runs each side RUNS
-times per spec in a fresh process. Reported: median in-process registration time
-(file read + parse + conversion [+ indexing for us]), the ratio, median peak RSS of
-the whole process (os.wait4), and tool counts (python-utcp's tool names are
-written next to the spec, `<spec>.python-utcp-names.txt`, for comparison)."""
+times per spec in a fresh process, the sides alternating. With UTP_PYTHON=1 (the
+default) a third side registers each spec from Python, `utp.Engine().register_manual`
+(utp_python_register.py), with the release wheel bench/bindings/run.py builds and
+installs into bench/.venv-bindings; UTP_PYTHON=0 skips it. Reported: median
+in-process registration time (file read + parse + conversion [+ indexing for us]),
+the ratio, median peak RSS of the whole process (os.wait4), and tool counts
+(python-utcp's tool names are written next to the spec,
+`<spec>.python-utcp-names.txt`, for comparison)."""
+import importlib.util
 import json
 import os
 import statistics
@@ -27,6 +32,7 @@ PACKAGES = {
         "package/api/kubernetes.io.json",
     ],
 }
+UTP_PYTHON = os.environ.get("UTP_PYTHON", "1") != "0"
 OURS = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "examples" / "register_spec"
 
 
@@ -66,17 +72,40 @@ def run(cmd) -> tuple[dict, int]:
     return json.loads(stdout.strip().splitlines()[-1]), usage.ru_maxrss
 
 
+def python_with_utp() -> Path:
+    """The interpreter with the release wheel of `utp`, as bench/bindings/run.py sets it up."""
+    spec = importlib.util.spec_from_file_location("bench_bindings_run", ROOT / "bench" / "bindings" / "run.py")
+    bindings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bindings)
+    return bindings.python_with_utp()
+
+
 def main() -> None:
     specs = fetch_specs()
     py = setup_venv()
     sh(["cargo", "build", "--release", "-q", "-p", "utp-core", "--example", "register_spec"], cwd=ROOT)
+    utp_py = python_with_utp() if UTP_PYTHON else None
     rows = []
     for spec in specs:
-        ours = [run([str(OURS), str(spec), "--json"]) for _ in range(RUNS)]
         names_file = SPECS / (spec.name + ".python-utcp-names.txt")
-        theirs = [run([str(py), str(Path(__file__).with_name("python_utcp_register.py")), str(spec), str(names_file)]) for _ in range(RUNS)]
+        ours, from_python, theirs = [], [], []
+        for _ in range(RUNS):
+            ours.append(run([str(OURS), str(spec), "--json"]))
+            if utp_py:
+                from_python.append(run([str(utp_py), str(Path(__file__).with_name("utp_python_register.py")), str(spec)]))
+            theirs.append(run([str(py), str(Path(__file__).with_name("python_utcp_register.py")), str(spec), str(names_file)]))
         t_ours = statistics.median(r["seconds"] for r, _ in ours)
         t_theirs = statistics.median(r["seconds"] for r, _ in theirs)
+        if from_python:
+            t_py = statistics.median(r["seconds"] for r, _ in from_python)
+            from_python_row = {
+                "utp_python_s": t_py,
+                "utp_python_speedup": t_theirs / t_py,
+                "utp_python_peak_mb": statistics.median(m for _, m in from_python) / 1024,
+                "utp_python_tools": from_python[0][0]["tools"],
+            }
+        else:
+            from_python_row = {}
         rows.append({
             "spec": spec.name,
             "utp_s": t_ours,
@@ -86,10 +115,16 @@ def main() -> None:
             "python_utcp_peak_mb": statistics.median(m for _, m in theirs) / 1024,
             "utp_tools": ours[0][0]["tools"],
             "python_utcp_tools": theirs[0][0]["tools"],
+            **from_python_row,
         })
     print(f"{'spec':28} {'utp s':>8} {'py-utcp s':>10} {'ratio':>6} {'utp MB':>8} {'py MB':>8} {'utp tools':>10} {'py tools':>9}")
     for r in rows:
         print(f"{r['spec']:28} {r['utp_s']:8.3f} {r['python_utcp_s']:10.3f} {r['speedup']:5.1f}x {r['utp_peak_mb']:8.0f} {r['python_utcp_peak_mb']:8.0f} {r['utp_tools']:10} {r['python_utcp_tools']:9}")
+    if UTP_PYTHON:
+        print("\nUTP from Python (utp.Engine().register_manual, release wheel):")
+        print(f"{'spec':28} {'utp-py s':>9} {'ratio':>6} {'utp-py MB':>10} {'tools':>7}")
+        for r in rows:
+            print(f"{r['spec']:28} {r['utp_python_s']:9.3f} {r['utp_python_speedup']:5.1f}x {r['utp_python_peak_mb']:10.0f} {r['utp_python_tools']:7}")
     print(json.dumps(rows))
 
 

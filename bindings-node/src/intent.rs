@@ -18,7 +18,7 @@ use napi::{Env, Status};
 use napi_derive::napi;
 use serde_json::{Value, json};
 use utp_core::ErrorCode;
-use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget};
+use utp_core::{IntentContext, IntentHandler, IntentTarget};
 
 use crate::json::{JsJson, StrictJson};
 use crate::workflow::workflow_source;

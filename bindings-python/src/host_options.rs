@@ -52,3 +52,14 @@ impl OptionMap {
         Value::Object(self.0)
     }
 }
+
+/// A tenant and a session id given as arguments, checked as the `tenant` and
+/// `session` options are (`utp_core::host::check_id`).
+pub(crate) fn check_ids(tenant: Option<&str>, session: Option<&str>) -> Result<(), Error> {
+    for (option, id) in [("tenant", tenant), ("session", session)] {
+        if let Some(id) = id {
+            host::check_id(option, id)?;
+        }
+    }
+    Ok(())
+}

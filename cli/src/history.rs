@@ -14,7 +14,7 @@ use crate::fail;
 pub fn executions(engine: &Engine, db: &Db, filter: &utp_core::store::ExecutionFilter, json: bool) -> ExitCode {
     // Newest first, the limit applied by the store (only the rows shown have their steps read).
     let list = match engine.executions_matching(filter) {
-        Ok(l) => l,
+        Ok(l) => l.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
         Err(e) => return fail(&format!("[{}] {e}", e.code())),
     };
     if json {
@@ -56,7 +56,7 @@ fn step_counts(record: &Value) -> (usize, usize) {
 /// `utp show ID`: the design §7 record, with its steps.
 pub fn show(engine: &Engine, db: &Db, id: &str, json: bool) -> ExitCode {
     let record = match engine.execution(id) {
-        Ok(r) => r,
+        Ok(r) => r.to_json(),
         Err(e) if e.code() == utp_core::ErrorCode::NotFound => {
             return fail(&format!("[NOT_FOUND] no execution with id '{id}'{}", db.place()));
         }

@@ -18,6 +18,7 @@ mod history;
 mod plan;
 mod resume;
 mod run;
+mod watch;
 
 #[derive(Parser)]
 #[command(
@@ -425,7 +426,12 @@ fn main() -> ExitCode {
             Command::Show { id, json } => history::show(&engine, &db, &id, json),
             Command::Approvals { pending, json } => history::approvals(&engine, pending, json),
             Command::Approve { id, deny, reason, no_wait, from, json } => {
-                resume::approve(&engine, &db, &id, !deny, reason.as_deref(), no_wait, from, json).await
+                resume::approve(
+                    &engine,
+                    &db,
+                    resume::Approve { id: &id, approved: !deny, reason: reason.as_deref(), no_wait, from, json },
+                )
+                .await
             }
             Command::Resume { from, json } => resume::resume(&engine, &db, from, json).await,
         }

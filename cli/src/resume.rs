@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use utp_core::Engine;
@@ -16,56 +16,8 @@ use utp_core::workflow::WorkflowSource;
 
 use crate::db::Db;
 use crate::history::{error, pretty, text};
+use crate::watch::{WAITING, settle, waiting_for};
 use crate::{fail, load_tools};
-
-/// Exit code: an execution waits for an approval.
-pub const WAITING: u8 = 3;
-
-/// How often a waiting command looks whether an execution has parked on an approval.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Wait until the execution finishes, or (with a store) parks: it waits for an
-/// approval, or is suspended, and that is committed, so this process may exit and a
-/// later `utp approve` / `utp resume` continues it. Its record as it stands then.
-pub async fn settle(engine: &Engine, id: &str) -> Value {
-    let finished = engine.wait_execution(id);
-    tokio::pin!(finished);
-    let mut parked_since: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            record = &mut finished => {
-                return record.unwrap_or_else(|e| json!({"execution_id": id, "status": "unknown",
-                    "error": {"code": e.code().as_str(), "message": e.to_string()}}));
-            }
-            _ = tokio::time::sleep(POLL), if engine.store().is_some() => {
-                let Ok(record) = engine.execution(id) else { continue };
-                let status = record["status"].as_str().unwrap_or_default();
-                if !matches!(status, "waiting_approval" | "suspended") {
-                    parked_since = None;
-                    continue;
-                }
-                let since = *parked_since.get_or_insert_with(Instant::now);
-                // Parked once the store says so too (the step's commit carries the approval id).
-                let stored = engine.store().and_then(|s| s.execution(id).ok().flatten()).map(|(row, _)| row.status);
-                if stored.as_deref() == Some(status) || since.elapsed() > Duration::from_secs(2) {
-                    return record;
-                }
-            }
-        }
-    }
-}
-
-/// The approval an execution waits for, if it does.
-pub fn waiting_for(record: &Value) -> Option<String> {
-    if record["status"] != "waiting_approval" {
-        return None;
-    }
-    record["steps"].as_object()?.values().find_map(|s| {
-        (s["status"] != "succeeded" && s["status"] != "failed" && s["status"] != "skipped")
-            .then(|| s["approval_id"].as_str().map(str::to_string))
-            .flatten()
-    })
-}
 
 /// One line (or JSON object) per execution this command dealt with.
 struct Outcome {
@@ -153,7 +105,7 @@ fn unfinished(engine: &Engine) -> Result<Vec<Unfinished>, String> {
 /// just refused, whose waiters are expected to fail.
 async fn resume_all(engine: &Engine, denied: Option<&str>) -> Result<Vec<Outcome>, String> {
     let before = unfinished(engine)?;
-    let printer = crate::run::subscribe_progress(engine, true);
+    let printer = crate::watch::subscribe_progress(engine, true);
     let resumed = engine.recover().await.map_err(|e| format!("[{}] {e}", e.code()))?;
     let mut outcomes = Vec::new();
     for id in &resumed {
@@ -175,7 +127,7 @@ async fn resume_all(engine: &Engine, denied: Option<&str>) -> Result<Vec<Outcome
             Err(e) => format!("[{}] {e} (register its tools: --from PATH or config `manuals`)", e.code()),
             Ok(_) => "it is running in this process already".into(),
         };
-        let record = engine.execution(id).unwrap_or_else(|_| json!({"execution_id": id}));
+        let record = engine.execution(id).map(|r| r.to_json()).unwrap_or_else(|_| json!({"execution_id": id}));
         outcomes.push(Outcome { record, not_resumed: Some(why), denied_waiter: false });
     }
     Ok(outcomes)
@@ -211,19 +163,22 @@ pub async fn resume(engine: &Engine, db: &Db, from: Vec<String>, json: bool) -> 
     exit_code(&outcomes)
 }
 
+/// What `utp approve` was asked: the approval, the verdict and how to go on.
+pub struct Approve<'a> {
+    pub id: &'a str,
+    pub approved: bool,
+    pub reason: Option<&'a str>,
+    /// Resolve only: leave the executions waiting on it for `utp resume`.
+    pub no_wait: bool,
+    /// Manuals to register before resuming (`--from`).
+    pub from: Vec<String>,
+    pub json: bool,
+}
+
 /// `utp approve ID`: resolve the approval in the store; unless `no_wait`, resume the
 /// unfinished executions (those waiting for it go on) and wait for them.
-#[allow(clippy::too_many_arguments)]
-pub async fn approve(
-    engine: &Engine,
-    db: &Db,
-    id: &str,
-    approved: bool,
-    reason: Option<&str>,
-    no_wait: bool,
-    from: Vec<String>,
-    json: bool,
-) -> ExitCode {
+pub async fn approve(engine: &Engine, db: &Db, args: Approve<'_>) -> ExitCode {
+    let Approve { id, approved, reason, no_wait, from, json } = args;
     if engine.store().is_none() {
         return fail("[INVALID_ARGUMENT] utp approve needs a database (--db PATH; not --db memory)");
     }

@@ -1,12 +1,10 @@
 //! `utp run`: run a workflow with live progress from its events.
 
-use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use utp_core::workflow::{RunOptions, WorkflowSource};
-use utp_core::{Engine, Event};
+use utp_core::Engine;
 
 /// `k=v` pairs → the inputs object; a value that parses as JSON is JSON (`n=3` is a
 /// number, `tags=["a"]` a list), anything else a string.
@@ -25,64 +23,6 @@ pub fn parse_inputs(pairs: &[String]) -> Result<Value, String> {
     Ok(Value::Object(inputs))
 }
 
-/// One progress line per workflow or step event, on stderr.
-fn progress(event: &Event) -> Option<String> {
-    let step = event.step_id.as_deref().unwrap_or("");
-    let data = &event.data;
-    let text = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let ms = |k: &str| data.get(k).and_then(Value::as_f64).map(|v| format!("{v:.0} ms")).unwrap_or_default();
-    Some(match event.kind() {
-        "workflow.started" => format!(
-            "▶ {} started ({}, {} steps)",
-            event.workflow.as_deref().unwrap_or(""),
-            event.execution_id.as_deref().unwrap_or(""),
-            data["steps"]
-        ),
-        "step.started" => format!("  {step:<14} started    {}", event.tool.as_deref().unwrap_or("")),
-        "step.retrying" => format!(
-            "  {step:<14} retrying   attempt {} failed [{}]; next in {} ms",
-            data["attempt"],
-            text("code"),
-            data["delay_ms"]
-        ),
-        "step.completed" => {
-            let fallback = if data["fallback"] == true { ", by its fallback" } else { "" };
-            format!("  {step:<14} succeeded  {} attempt(s), {}{fallback}", data["attempts"], ms("duration_ms"))
-        }
-        "step.failed" => format!("  {step:<14} failed     [{}] {}", text("code"), text("message")),
-        "step.skipped" => format!("  {step:<14} skipped    {}", text("reason")),
-        "policy.denied" => format!("  {:<14} denied     {}", step, text("reason")),
-        "breaker.opened" => format!("  circuit breaker opened for {}", text("tool")),
-        "breaker.closed" => format!("  circuit breaker closed for {}", text("tool")),
-        "workflow.suspended" => "⏸ suspended".into(),
-        "workflow.resumed" => "▶ resumed".into(),
-        "workflow.completed" => format!("✔ completed in {}", ms("duration_ms")),
-        "workflow.error" => format!("✘ failed in {}: [{}] {}", ms("duration_ms"), text("code"), text("message")),
-        "workflow.cancelled" => "✘ cancelled".into(),
-        _ => return None,
-    })
-}
-
-/// Print workflow and step events as progress lines on stderr; with `prefix`, each
-/// line starts with its execution id (several executions at once).
-pub fn subscribe_progress(engine: &Engine, prefix: bool) -> Option<utp_core::SubscriptionId> {
-    engine
-        .subscribe(
-            "*",
-            Arc::new(move |event| {
-                if let Some(line) = progress(&event) {
-                    let id = event.execution_id.as_deref().filter(|_| prefix);
-                    let _ = match id {
-                        Some(id) => writeln!(std::io::stderr().lock(), "{id} {line}"),
-                        None => writeln!(std::io::stderr().lock(), "{line}"),
-                    };
-                }
-                Ok(())
-            }),
-        )
-        .ok()
-}
-
 /// Run the workflow (`repeat` copies at once); print progress on stderr and the
 /// outputs (or, with `json`, the whole record) on stdout, a list of them when
 /// `repeat > 1`. With a store, a run that waits for an approval is left saved and
@@ -95,7 +35,7 @@ pub async fn run(engine: &Engine, workflow: &str, inputs: Value, options: RunOpt
             return ExitCode::FAILURE;
         }
     };
-    let printer = subscribe_progress(engine, repeat > 1);
+    let printer = crate::watch::subscribe_progress(engine, repeat > 1);
     let mut ids = Vec::new();
     let mut failure = None;
     for _ in 0..repeat.max(1) {
@@ -109,7 +49,7 @@ pub async fn run(engine: &Engine, workflow: &str, inputs: Value, options: RunOpt
     }
     let mut records = Vec::new();
     for id in &ids {
-        records.push(crate::resume::settle(engine, id).await);
+        records.push(crate::watch::settle(engine, id).await);
     }
     engine.events().flush(std::time::Duration::from_secs(2));
     if let Some(id) = printer {
@@ -120,7 +60,7 @@ pub async fn run(engine: &Engine, workflow: &str, inputs: Value, options: RunOpt
         return ExitCode::FAILURE;
     }
     for record in &records {
-        if let Some(approval) = crate::resume::waiting_for(record) {
+        if let Some(approval) = crate::watch::waiting_for(record) {
             eprintln!(
                 "⏸ {} waits for approval {approval}: `utp approve {approval}` continues it (`--deny` refuses)",
                 record["execution_id"].as_str().unwrap_or_default()
@@ -139,6 +79,6 @@ pub async fn run(engine: &Engine, workflow: &str, inputs: Value, options: RunOpt
     } else if status("failed") || status("cancelled") || records.iter().any(|r| r["status"].is_null()) {
         ExitCode::FAILURE
     } else {
-        ExitCode::from(crate::resume::WAITING)
+        ExitCode::from(crate::watch::WAITING)
     }
 }

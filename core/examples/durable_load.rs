@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < workflows {
                             let source = WorkflowSource::Compiled(wf.clone());
                             let record = engine.run_workflow(source, json!({}), RunOptions::default()).await;
-                            if !record.is_ok_and(|r| r["status"] == "completed") {
+                            if !record.is_ok_and(|r| r.to_json()["status"] == "completed") {
                                 failed += 1;
                             }
                         }

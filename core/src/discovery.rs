@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::files::{io_error, read_capped, too_large};
 use crate::openapi::{self, Spec};
 use crate::parse::{self, SpecParts};
 
@@ -110,29 +111,6 @@ fn candidate_kind(path: &Path) -> Option<bool> {
         Some(false)
     } else {
         None
-    }
-}
-
-/// Read a file whose size is checked against `max_size` before reading.
-pub fn read_capped(path: &Path, max_size: u64) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
-    if meta.is_dir() {
-        return Err(Error::InvalidArgument(format!("{} is a directory; use discover to scan it", path.display())));
-    }
-    if meta.len() > max_size {
-        return Err(Error::InvalidArgument(too_large(meta.len(), max_size)));
-    }
-    std::fs::read(path).map_err(|e| io_error(path, e))
-}
-
-fn too_large(size: u64, cap: u64) -> String {
-    format!("file is {} bytes, over the {} byte cap (discovery.max_file_size)", size, cap)
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound(format!("{}: no such file or directory", path.display())),
-        _ => Error::InvalidArgument(format!("cannot read {}: {e}", path.display())),
     }
 }
 

@@ -44,7 +44,7 @@ pub(crate) fn load_files(doc: &Value, spec_path: &Path, max_size: u64) -> Result
             if files.len() == MAX_FILES {
                 return Err(Error::InvalidManual(format!("the spec's `$ref`s reach more than {MAX_FILES} files")));
             }
-            let bytes = crate::discovery::read_capped(&path, max_size)
+            let bytes = crate::files::read_capped(&path, max_size)
                 .map_err(|e| Error::InvalidManual(format!("`$ref` '{r}' (in {}): {e}", from.display())))?;
             let value = crate::parse::parse_document(&bytes, Some(&path))
                 .map_err(|e| Error::InvalidManual(format!("`$ref` '{r}': {}: {e}", path.display())))?;

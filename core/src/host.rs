@@ -29,13 +29,13 @@ use std::time::Duration;
 use serde_json::{Map, Number, Value};
 
 use crate::config::Config;
+use crate::engine::CallOptions;
 use crate::error::{Error, Result};
-use crate::events::{HistoryFilter, Pattern, kinds};
+use crate::events::{HistoryFilter, Pattern};
 use crate::json::json_kind;
 use crate::planner::PlanOptions;
 use crate::store::EventFilter;
 use crate::workflow::RunOptions;
-use crate::CallOptions;
 
 /// Deepest nesting of arrays and objects accepted in a value a host hands over
 /// (arguments, inputs, manuals, options): deeper than any real manual or schema, and
@@ -312,23 +312,10 @@ pub fn seconds(option: &str, seconds: f64) -> Result<Duration> {
 }
 
 /// Check an event-type pattern named `option` ("event pattern" for a subscription,
-/// "type" for a filter): it must match at least one event type, so a typo
-/// (`tool.sucess`) is an error instead of a subscription or filter that never matches.
+/// "type" for a filter): it must match at least one event type (the event bus checks
+/// subscriptions the same way).
 pub fn event_pattern(pattern: &str, option: &str) -> Result<Pattern> {
-    if pattern.trim().is_empty() {
-        return Err(invalid(format!(
-            "{option} is empty: use \"*\" for every event, or e.g. \"tool.*\", \"policy.denied\""
-        )));
-    }
-    let compiled = Pattern::new(pattern);
-    if kinds::ALL.iter().any(|k| compiled.matches(k)) {
-        return Ok(compiled);
-    }
-    Err(invalid(format!(
-        "{option} '{}' matches no event type; the types are: {}",
-        compiled.as_str(),
-        kinds::ALL.join(", ")
-    )))
+    crate::events::check_pattern(pattern, option)
 }
 
 /// The options of a tool call: `timeout` (seconds), `tenant`, `session`, `user`,

@@ -5,31 +5,31 @@
 //! CLI are thin layers over it; this crate knows nothing of them.
 
 pub mod config;
-pub mod discovery;
+mod discovery;
 pub mod domain;
-mod durable;
-pub mod engine;
+mod engine;
 pub mod error;
 pub mod events;
 pub mod host;
 mod external_refs;
+mod files;
 pub mod json;
-pub mod manual;
+mod manual;
 pub mod openapi;
 pub mod parse;
 pub mod planner;
-pub mod registry;
+mod registry;
+mod schema;
 pub mod search;
 pub mod store;
-pub mod transport;
-pub mod vars;
+mod transport;
+mod vars;
 pub mod workflow;
 
 pub use config::Config;
 pub use discovery::{DiscoveryReport, FileReport, Outcome};
 pub use domain::{ApprovalInfo, ApprovalStatus, HostRule, HostVerdict};
-pub use durable::StoreConfig;
-pub use engine::{CallOptions, CallTrace, Engine, ManualSource};
+pub use engine::{CallOptions, CallTrace, Engine, IntentContext, IntentHandler, IntentTarget, ManualSource, StoreConfig};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};
 pub use manual::{Auth, CallTemplate, Manual, Tool};

@@ -136,6 +136,44 @@ impl Catalogue {
     pub fn tool_count(&self) -> usize {
         self.manuals.values().map(|m| m.tools.len()).sum()
     }
+
+    /// Ranked search. `limit == 0` means no limit. With `tags`, only tools carrying
+    /// at least one of them (case-insensitive) are returned. An empty query lists
+    /// the (tag-filtered) tools by name.
+    pub fn search(&self, query: &str, limit: usize, tags: &[String]) -> Vec<(Arc<RegisteredTool>, f32)> {
+        let entries: Vec<&Arc<ManualEntry>> = self.manuals.values().collect();
+        let wanted: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
+        let tag_ok = |t: &RegisteredTool| {
+            wanted.is_empty() || t.tool.tags.iter().any(|tag| wanted.iter().any(|w| tag.eq_ignore_ascii_case(w)))
+        };
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        if search::tokens(query).is_empty() {
+            let mut all: Vec<_> = entries
+                .iter()
+                .flat_map(|m| m.tools.iter())
+                .filter(|t| tag_ok(t))
+                .map(|t| (t.clone(), 0.0))
+                .collect();
+            all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+            all.truncate(limit);
+            return all;
+        }
+        let segments: Vec<&Segment> = entries.iter().map(|m| &m.segment).collect();
+        let mut hits: Vec<(&Arc<RegisteredTool>, f32)> = search::score(&segments, query)
+            .into_iter()
+            .map(|(seg, doc, score)| (&entries[seg].tools[doc as usize], score))
+            .filter(|(t, _)| tag_ok(t))
+            .collect();
+        let by_rank = |a: &(&Arc<RegisteredTool>, f32), b: &(&Arc<RegisteredTool>, f32)| {
+            b.1.total_cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name))
+        };
+        if hits.len() > limit {
+            hits.select_nth_unstable_by(limit - 1, by_rank);
+            hits.truncate(limit);
+        }
+        hits.sort_unstable_by(by_rank);
+        hits.into_iter().map(|(t, s)| (t.clone(), s)).collect()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -232,43 +270,9 @@ impl Registry {
         self.current.load().tool(full_name).cloned()
     }
 
-    /// Ranked search. `limit == 0` means no limit. With `tags`, only tools carrying
-    /// at least one of them (case-insensitive) are returned. An empty query lists
-    /// the (tag-filtered) tools by name.
+    /// Ranked search over the current catalogue ([`Catalogue::search`]).
     pub fn search(&self, query: &str, limit: usize, tags: &[String]) -> Vec<(Arc<RegisteredTool>, f32)> {
-        let cat = self.current.load();
-        let entries: Vec<&Arc<ManualEntry>> = cat.manuals.values().collect();
-        let wanted: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
-        let tag_ok = |t: &RegisteredTool| {
-            wanted.is_empty() || t.tool.tags.iter().any(|tag| wanted.iter().any(|w| tag.eq_ignore_ascii_case(w)))
-        };
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        if search::tokens(query).is_empty() {
-            let mut all: Vec<_> = entries
-                .iter()
-                .flat_map(|m| m.tools.iter())
-                .filter(|t| tag_ok(t))
-                .map(|t| (t.clone(), 0.0))
-                .collect();
-            all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-            all.truncate(limit);
-            return all;
-        }
-        let segments: Vec<&Segment> = entries.iter().map(|m| &m.segment).collect();
-        let mut hits: Vec<(&Arc<RegisteredTool>, f32)> = search::score(&segments, query)
-            .into_iter()
-            .map(|(seg, doc, score)| (&entries[seg].tools[doc as usize], score))
-            .filter(|(t, _)| tag_ok(t))
-            .collect();
-        let by_rank = |a: &(&Arc<RegisteredTool>, f32), b: &(&Arc<RegisteredTool>, f32)| {
-            b.1.total_cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name))
-        };
-        if hits.len() > limit {
-            hits.select_nth_unstable_by(limit - 1, by_rank);
-            hits.truncate(limit);
-        }
-        hits.sort_unstable_by(by_rank);
-        hits.into_iter().map(|(t, s)| (t.clone(), s)).collect()
+        self.current.load().search(query, limit, tags)
     }
 }
 

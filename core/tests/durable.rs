@@ -75,7 +75,7 @@ async fn an_engine_dropped_after_a_run_releases_the_file_at_once() {
     for round in 0..25 {
         let (e, _) = engine(&db, json!({}));
         let record = e.run_workflow(WorkflowSource::Definition(chain(2)), json!({}), RunOptions::default()).await;
-        assert_eq!(record.unwrap()["status"], "completed");
+        assert_eq!(record.unwrap().to_json()["status"], "completed");
         drop(e);
         let again = Engine::from_json(json!({"store": {"url": format!("sqlite:{}", db.display())}}));
         assert!(again.is_ok(), "round {round}: {:?}", again.err());
@@ -95,7 +95,7 @@ async fn a_run_is_committed_and_a_new_engine_reads_it() {
                 RunOptions { session: Some("s1".into()), ..Default::default() },
             )
             .await
-            .unwrap();
+            .unwrap().to_json();
         assert_eq!(record["status"], "completed", "{record:#}");
         assert_eq!(record["outputs"]["last"], 3);
         assert_eq!(calls.lock().len(), 4);
@@ -103,12 +103,12 @@ async fn a_run_is_committed_and_a_new_engine_reads_it() {
     };
     // A new engine on the same file: the record, the listing and the audit log.
     let (e, calls) = engine(&db, json!({}));
-    let record = e.execution(&id).unwrap();
+    let record = e.execution(&id).unwrap().to_json();
     assert_eq!(record["status"], "completed");
     assert_eq!(record["outputs"]["last"], 3);
     assert_eq!(record["steps"]["s2"]["output"]["n"], 2);
     assert_eq!(record["steps"]["s3"]["tool"], "t.step");
-    let listed = e.executions(Some("completed"), Some("s1")).unwrap();
+    let listed = e.executions(Some("completed"), Some("s1")).unwrap().iter().map(|r| r.to_json()).collect::<Vec<_>>();
     assert_eq!(listed.len(), 1);
     assert!(listed[0]["steps"]["s0"].get("output").is_none(), "listings leave step outputs out");
     assert!(e.executions(Some("failed"), None).unwrap().is_empty());
@@ -141,14 +141,14 @@ async fn a_failed_run_commits_its_last_step_and_the_steps_it_never_ran() {
         });
         e.register_tool("t.fail", fail, None, None, "", vec![]).unwrap();
         let record =
-            e.run_workflow(WorkflowSource::Definition(wf), json!({}), RunOptions::default()).await.unwrap();
+            e.run_workflow(WorkflowSource::Definition(wf), json!({}), RunOptions::default()).await.unwrap().to_json();
         assert_eq!(record["status"], "failed", "{record:#}");
         assert_eq!(calls.lock().len(), 1);
         record
     };
     let (e, _) = engine(&db, json!({}));
     let id = returned["execution_id"].as_str().unwrap();
-    let stored = e.execution(id).unwrap();
+    let stored = e.execution(id).unwrap().to_json();
     assert_eq!(stored["status"], "failed");
     for s in ["s0", "s1", "s2", "s3"] {
         assert_eq!(stored["steps"][s]["status"], returned["steps"][s]["status"], "{s}: {stored:#}");
@@ -219,7 +219,7 @@ async fn an_unfinished_execution_resumes_from_its_last_committed_step() {
     let (e, calls) = engine(&db, json!({}));
     let resumed = e.recover().await.unwrap();
     assert_eq!(resumed, vec!["exe_crashed".to_string()]);
-    let record = e.wait_execution("exe_crashed").await.unwrap();
+    let record = e.wait_execution("exe_crashed").await.unwrap().to_json();
     assert_eq!(record["status"], "completed", "{record:#}");
     // s0 and s1 kept their committed outputs (n = 0, 10); s2 re-ran from s1's output.
     assert_eq!(record["steps"]["s1"]["output"]["n"], 10);
@@ -233,7 +233,7 @@ async fn an_unfinished_execution_resumes_from_its_last_committed_step() {
     drop(e);
     // The store agrees, and every step has one completion event.
     let (e, _) = engine(&db, json!({}));
-    assert_eq!(e.execution("exe_crashed").unwrap()["status"], "completed");
+    assert_eq!(e.execution("exe_crashed").unwrap().to_json()["status"], "completed");
     let events =
         e.stored_events(&EventFilter { execution_id: Some("exe_crashed".into()), ..Default::default() }).unwrap();
     let kinds = kinds_of(&events);
@@ -251,11 +251,11 @@ async fn engine_open_recovers_and_a_workflow_whose_tools_are_missing_waits() {
     // after opening: the execution stays in the store, untouched.
     let config = utp_core::Config::from_value(json!({"store": format!("sqlite:{}", db.display())})).unwrap();
     let e = Engine::open(config).await.unwrap();
-    assert_eq!(e.execution("exe_a").unwrap()["status"], "running");
+    assert_eq!(e.execution("exe_a").unwrap().to_json()["status"], "running");
     drop(e);
     let (e, calls) = engine(&db, json!({}));
     assert_eq!(e.recover().await.unwrap(), vec!["exe_a".to_string()]);
-    assert_eq!(e.wait_execution("exe_a").await.unwrap()["status"], "completed");
+    assert_eq!(e.wait_execution("exe_a").await.unwrap().to_json()["status"], "completed");
     assert_eq!(calls.lock().len(), 2);
 }
 
@@ -279,14 +279,14 @@ async fn session_state_and_approvals_outlive_the_engine() {
         }
         let approval = approval.expect("an approval was requested");
         for _ in 0..200 {
-            if e.execution(&exec.id).unwrap()["status"] == "waiting_approval" {
+            if e.execution(&exec.id).unwrap().to_json()["status"] == "waiting_approval" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         e.cancel(&exec.id).unwrap();
         // Its end is committed before the engine (and its hold on the file) goes away.
-        assert_eq!(e.wait_execution(&exec.id).await.unwrap()["status"], "cancelled");
+        assert_eq!(e.wait_execution(&exec.id).await.unwrap().to_json()["status"], "cancelled");
         (approval, exec.id.clone())
     };
     let (e, _) = engine(&db, extra);
@@ -300,7 +300,7 @@ async fn session_state_and_approvals_outlive_the_engine() {
     let (e, _) = engine(&db, json!({}));
     let all = e.approvals(false);
     assert_eq!(all[0].resolution_reason.as_deref(), Some("not today"));
-    assert_eq!(e.execution(&id).unwrap()["status"], "cancelled");
+    assert_eq!(e.execution(&id).unwrap().to_json()["status"], "cancelled");
     assert!(e.recover().await.unwrap().is_empty(), "a cancelled execution is finished");
 }
 
@@ -316,7 +316,7 @@ fn a_step_waiting_for_an_approval_waits_for_the_same_approval_after_a_restart() 
         let (e, _) = engine(&db, extra.clone());
         let exec = e.start_workflow(WorkflowSource::Definition(chain(2)), json!({}), RunOptions::default()).unwrap();
         loop {
-            if e.execution(&exec.id).unwrap()["status"] == "waiting_approval" {
+            if e.execution(&exec.id).unwrap().to_json()["status"] == "waiting_approval" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -331,12 +331,12 @@ fn a_step_waiting_for_an_approval_waits_for_the_same_approval_after_a_restart() 
         let (e, calls) = engine(&db, extra);
         assert_eq!(e.recover().await.unwrap(), vec![id.clone()]);
         for _ in 0..200 {
-            if e.execution(&id).unwrap()["status"] == "waiting_approval" {
+            if e.execution(&id).unwrap().to_json()["status"] == "waiting_approval" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(e.execution(&id).unwrap()["status"], "waiting_approval");
+        assert_eq!(e.execution(&id).unwrap().to_json()["status"], "waiting_approval");
         e.approve(&approval, true, None).unwrap();
         // s1 asks for its own approval.
         let mut second = None;
@@ -347,9 +347,9 @@ fn a_step_waiting_for_an_approval_waits_for_the_same_approval_after_a_restart() 
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let second = second.unwrap_or_else(|| panic!("s1 never asked for its approval: {:#}", e.execution(&id).unwrap()));
+        let second = second.unwrap_or_else(|| panic!("s1 never asked for its approval: {:#}", e.execution(&id).unwrap().to_json()));
         e.approve(&second, true, None).unwrap();
-        let record = e.wait_execution(&id).await.unwrap();
+        let record = e.wait_execution(&id).await.unwrap().to_json();
         assert_eq!(record["status"], "completed", "{record:#}");
         assert_eq!(calls.lock().len(), 2);
     });
@@ -361,7 +361,7 @@ async fn retention_deletes_old_finished_executions_only() {
     let db = dir.path().join("utp.db");
     leave_unfinished(&db, "exe_old_running", 2, 0, None);
     let (e, _) = engine(&db, json!({"store": {"url": format!("sqlite:{}", db.display()), "recover": false}}));
-    let record = e.run_workflow(WorkflowSource::Definition(chain(2)), json!({}), RunOptions::default()).await.unwrap();
+    let record = e.run_workflow(WorkflowSource::Definition(chain(2)), json!({}), RunOptions::default()).await.unwrap().to_json();
     let id = record["execution_id"].as_str().unwrap().to_string();
     // Nothing is older than an hour.
     assert_eq!(e.prune_store(Duration::from_secs(3600)).unwrap(), 0);
@@ -372,7 +372,7 @@ async fn retention_deletes_old_finished_executions_only() {
     assert!(store.execution(&id).unwrap().is_none());
     assert!(store.events(&EventFilter { execution_id: Some(id.clone()), ..Default::default() }).unwrap().is_empty());
     // The unfinished one (created long ago) is untouched.
-    assert_eq!(e.execution("exe_old_running").unwrap()["status"], "running");
+    assert_eq!(e.execution("exe_old_running").unwrap().to_json()["status"], "running");
 }
 
 #[tokio::test]
@@ -462,7 +462,7 @@ async fn a_full_disk_fails_the_run_with_a_store_error() {
             RunOptions::default(),
         )
         .await
-        .unwrap();
+        .unwrap().to_json();
     assert_eq!(record["status"], "failed", "{record:#}");
     assert_eq!(record["error"]["code"], "STORE", "{record:#}");
     let id = record["execution_id"].as_str().unwrap();
@@ -497,13 +497,13 @@ async fn close_stops_runs_where_they_are_and_releases_the_file() {
     wf["steps"][1]["tool"] = json!("t.block");
     let exec = e.start_workflow(WorkflowSource::Definition(wf.clone()), json!({}), RunOptions::default()).unwrap();
     for _ in 0..500 {
-        if e.execution(&exec.id).unwrap()["steps"]["s1"]["status"] == "running" {
+        if e.execution(&exec.id).unwrap().to_json()["steps"]["s1"]["status"] == "running" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     e.close(Duration::from_secs(5));
-    let record = e.wait_execution(&exec.id).await.unwrap();
+    let record = e.wait_execution(&exec.id).await.unwrap().to_json();
     assert_eq!(record["error"]["code"], "CANCELLED", "{record:#}");
     assert!(
         e.start_workflow(WorkflowSource::Definition(wf.clone()), json!({}), RunOptions::default()).is_err(),
@@ -515,7 +515,7 @@ async fn close_stops_runs_where_they_are_and_releases_the_file() {
     let handler: NativeHandler = Arc::new(|_| async { Ok(json!({"n": 100})) }.boxed());
     e2.register_tool("t.block", handler, None, None, "", vec![]).unwrap();
     assert_eq!(e2.recover().await.unwrap(), vec![exec.id.clone()]);
-    let record = e2.wait_execution(&exec.id).await.unwrap();
+    let record = e2.wait_execution(&exec.id).await.unwrap().to_json();
     assert_eq!(record["status"], "completed", "{record:#}");
     assert_eq!(record["outputs"]["last"], 101);
     assert_eq!(calls2.lock().len(), 1, "only s2 ran again: {:?}", calls2.lock());
@@ -530,11 +530,11 @@ async fn executions_are_listed_newest_first_with_limits_and_time_ranges() {
     let (e, _) = engine(&db, json!({"store": {"url": format!("sqlite:{}", db.display()), "recover": false}}));
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let r = e.run_workflow(WorkflowSource::Definition(chain(1)), json!({}), RunOptions::default()).await.unwrap();
+        let r = e.run_workflow(WorkflowSource::Definition(chain(1)), json!({}), RunOptions::default()).await.unwrap().to_json();
         ids.push(r["execution_id"].as_str().unwrap().to_string());
     }
     let listed = |f: utp_core::store::ExecutionFilter| -> Vec<String> {
-        e.executions_matching(&f).unwrap().iter().map(|r| r["execution_id"].as_str().unwrap().to_string()).collect()
+        e.executions_matching(&f).unwrap().iter().map(|r| r.to_json()["execution_id"].as_str().unwrap().to_string()).collect()
     };
     let all = listed(Default::default());
     assert_eq!(all, vec![ids[2].clone(), ids[1].clone(), ids[0].clone(), "exe_2026".into()]);
@@ -545,7 +545,7 @@ async fn executions_are_listed_newest_first_with_limits_and_time_ranges() {
     assert_eq!(listed(running), vec!["exe_2026".to_string()]);
     // The oldest-first listing of the design API is the same, reversed.
     let oldest_first: Vec<String> =
-        e.executions(None, None).unwrap().iter().map(|r| r["execution_id"].as_str().unwrap().to_string()).collect();
+        e.executions(None, None).unwrap().iter().map(|r| r.to_json()["execution_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(oldest_first, all.iter().rev().cloned().collect::<Vec<_>>());
     let bad = utp_core::store::ExecutionFilter { created_after: Some("yesterday".into()), ..Default::default() };
     assert_eq!(e.executions_matching(&bad).unwrap_err().code(), ErrorCode::InvalidArgument);

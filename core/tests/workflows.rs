@@ -131,7 +131,7 @@ fn restock() -> Value {
 }
 
 async fn run(e: &Engine, wf: Value, inputs: Value) -> Value {
-    e.run_workflow(WorkflowSource::Definition(wf), inputs, RunOptions::default()).await.unwrap()
+    e.run_workflow(WorkflowSource::Definition(wf), inputs, RunOptions::default()).await.unwrap().to_json()
 }
 
 fn kinds_for(e: &Engine, execution: &str) -> Vec<String> {
@@ -154,8 +154,8 @@ async fn data_flows_between_steps_with_types_kept() {
     assert_eq!(kinds.last().map(String::as_str), Some("workflow.completed"));
     assert!(kinds.contains(&"step.completed:update".to_string()), "{kinds:?}");
     // The record is kept and listed.
-    assert_eq!(e.execution(id).unwrap()["status"], "completed");
-    let listed = e.executions(Some("completed"), None).unwrap();
+    assert_eq!(e.execution(id).unwrap().to_json()["status"], "completed");
+    let listed = e.executions(Some("completed"), None).unwrap().iter().map(|r| r.to_json()).collect::<Vec<_>>();
     assert!(listed.iter().any(|x| x["execution_id"] == id && x["steps"]["update"].get("output").is_none()));
     assert_eq!(e.executions(Some("bogus"), None).unwrap_err().code(), ErrorCode::InvalidArgument);
 }
@@ -214,7 +214,7 @@ async fn invalid_definitions_are_refused_before_anything_runs() {
     assert!(err.to_string().contains("sku"), "{err}");
     // YAML text and files.
     let yaml = "name: y\nsteps:\n  - id: a\n    tool: shop.getInventory\n    args: {sku: \"${{ inputs.sku }}\"}\ninputs: {sku: {type: string}}\n";
-    let r = e.run_workflow(WorkflowSource::from_text(yaml), json!({"sku": "Y"}), RunOptions::default()).await.unwrap();
+    let r = e.run_workflow(WorkflowSource::from_text(yaml), json!({"sku": "Y"}), RunOptions::default()).await.unwrap().to_json();
     assert_eq!(r["status"], "completed");
     let err = e.workflow(WorkflowSource::from_text("/nonexistent/wf.yaml")).unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound);
@@ -360,13 +360,13 @@ async fn cancelling_a_hung_step_returns_quickly() {
         .unwrap();
     let wf = json!({"name": "h", "steps": [{"id": "hang", "tool": "api.hang", "timeout": "30s"}]});
     let exec = e.start_workflow(WorkflowSource::Definition(wf.clone()), json!({}), RunOptions::default()).unwrap();
-    while e.execution(&exec.id).unwrap()["steps"]["hang"]["status"] != "running" {
+    while e.execution(&exec.id).unwrap().to_json()["steps"]["hang"]["status"] != "running" {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     assert!(e.cancel(&exec.id).unwrap());
-    let r = e.wait_execution(&exec.id).await.unwrap();
+    let r = e.wait_execution(&exec.id).await.unwrap().to_json();
     let took = started.elapsed();
     assert!(took < Duration::from_millis(100), "cancel took {took:?}");
     assert_eq!(r["status"], "cancelled");
@@ -400,17 +400,17 @@ async fn suspended_runs_start_no_new_steps_until_resumed() {
     e.register_tool("t.ok", native(|_| Ok(json!(2))), None, None, "", vec![]).unwrap();
     let wf = json!({"name": "s", "steps": [{"id": "first", "tool": "t.wait"}, {"id": "second", "tool": "t.ok", "depends_on": ["first"]}]});
     let exec = e.start_workflow(WorkflowSource::Definition(wf), json!({}), RunOptions::default()).unwrap();
-    while e.execution(&exec.id).unwrap()["steps"]["first"]["status"] != "running" {
+    while e.execution(&exec.id).unwrap().to_json()["steps"]["first"]["status"] != "running" {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(e.suspend(&exec.id).unwrap());
-    assert_eq!(e.execution(&exec.id).unwrap()["status"], "suspended");
+    assert_eq!(e.execution(&exec.id).unwrap().to_json()["status"], "suspended");
     gate.add_permits(1);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = e.execution(&exec.id).unwrap();
+    let r = e.execution(&exec.id).unwrap().to_json();
     assert_eq!((r["steps"]["first"]["status"].as_str(), r["steps"]["second"]["status"].as_str()), (Some("succeeded"), Some("pending")));
     assert!(e.resume(&exec.id).unwrap());
-    let r = e.wait_execution(&exec.id).await.unwrap();
+    let r = e.wait_execution(&exec.id).await.unwrap().to_json();
     assert_eq!(r["status"], "completed");
     let kinds = kinds_for(&e, &exec.id);
     assert!(kinds.contains(&"workflow.suspended".to_string()) && kinds.contains(&"workflow.resumed".to_string()), "{kinds:?}");
@@ -421,7 +421,7 @@ async fn escalated_steps_wait_for_approval() {
     let (e, log) = shop(json!({"security": {"levels": {"shop.setInventory": "restricted"}}}));
     let exec = e.start_workflow(WorkflowSource::Definition(restock()), json!({"sku": "A1"}), RunOptions::default()).unwrap();
     let approval = loop {
-        let r = e.execution(&exec.id).unwrap();
+        let r = e.execution(&exec.id).unwrap().to_json();
         if r["status"] == "waiting_approval" {
             break r["steps"]["update"]["approval_id"].as_str().unwrap().to_string();
         }
@@ -429,7 +429,7 @@ async fn escalated_steps_wait_for_approval() {
     };
     assert_eq!(*log.lock(), ["get A1"]);
     e.approve(&approval, true, None).unwrap();
-    let r = e.wait_execution(&exec.id).await.unwrap();
+    let r = e.wait_execution(&exec.id).await.unwrap().to_json();
     assert_eq!(r["status"], "completed", "{r}");
     assert_eq!(r["steps"]["update"]["attempts"], 1);
     assert_eq!(*log.lock(), ["get A1", "set A1 104", "get note-A1"]);
@@ -442,10 +442,10 @@ async fn session_state_is_read_and_written_by_steps() {
         {"id": "stock", "tool": "shop.getInventory", "args": {"sku": "${{ has(state.last) ? state.last : 'none' }}"},
          "set_state": {"last": "${{ steps.stock.output.sku + '!' }}"}}]});
     let opts = RunOptions { tenant: Some("acme".into()), session: Some("s1".into()), ..RunOptions::default() };
-    let r = e.run_workflow(WorkflowSource::Definition(wf.clone()), json!({}), opts.clone()).await.unwrap();
+    let r = e.run_workflow(WorkflowSource::Definition(wf.clone()), json!({}), opts.clone()).await.unwrap().to_json();
     assert_eq!(r["steps"]["stock"]["output"]["sku"], "none", "{r}");
     assert_eq!(e.session_state(Some("acme"), Some("s1")), json!({"last": "none!"}));
-    let r = e.run_workflow(WorkflowSource::Definition(wf), json!({}), opts).await.unwrap();
+    let r = e.run_workflow(WorkflowSource::Definition(wf), json!({}), opts).await.unwrap().to_json();
     assert_eq!(r["steps"]["stock"]["output"]["sku"], "none!");
     assert_eq!(r["session_id"], "s1");
     assert_eq!(e.executions(None, Some("s1")).unwrap().len(), 2);
@@ -483,10 +483,10 @@ async fn breakers_open_after_failures_and_close_after_a_probe() {
 
 #[tokio::test]
 async fn intents_route_to_workflows_and_handlers() {
-    use utp_core::workflow::{IntentContext, IntentTarget};
+    use utp_core::{IntentContext, IntentTarget};
     let (e, log) = shop(json!({}));
     e.register_intent_workflow("restock", WorkflowSource::Definition(restock())).unwrap();
-    let handler: utp_core::workflow::IntentHandler = Arc::new(|ctx: IntentContext, params: Value| {
+    let handler: utp_core::IntentHandler = Arc::new(|ctx: IntentContext, params: Value| {
         async move {
             if params["fail"] == true {
                 return Err(utp_core::Error::tool_failed("the handler gave up"));

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use utp_core::{Error, ErrorCode};
-use utp_core::workflow::{IntentContext, IntentHandler, IntentTarget, WorkflowSource};
+use utp_core::workflow::WorkflowSource;
+use utp_core::{IntentContext, IntentHandler, IntentTarget};
 
 use crate::callbacks::{CallbackScope, Registration, UtpFreeFn, deregister, lock};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};

@@ -89,7 +89,7 @@ pub unsafe extern "C" fn utp_run_workflow(
         // SAFETY: NULL or NUL-terminated per the contract.
         let (source, inputs, options) = unsafe { workflow_args(workflow, inputs_json, options_json) }?;
         let record = handle.block_on(handle.engine.run_workflow(source, inputs, options))??;
-        *out = json_out(&record)?;
+        *out = json_out(&record.to_json())?;
         Ok(())
     })
 }
@@ -220,7 +220,7 @@ pub unsafe extern "C" fn utp_execution(
         let (handle, out) = unsafe { engine_and_out(engine, out_record_json, "out_record_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let id = unsafe { required_str(execution_id, "execution_id") }?;
-        *out = json_out(&handle.engine.execution(id)?)?;
+        *out = json_out(&handle.engine.execution(id)?.to_json())?;
         Ok(())
     })
 }
@@ -249,7 +249,7 @@ pub unsafe extern "C" fn utp_executions(
         let status = unsafe { optional_str(status, "status") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let session = unsafe { optional_str(session, "session") }?;
-        *out = json_out(&Value::Array(handle.engine.executions(status, session)?))?;
+        *out = json_out(&Value::Array(handle.engine.executions(status, session)?.iter().map(|r| r.to_json()).collect()))?;
         Ok(())
     })
 }
@@ -285,7 +285,7 @@ pub unsafe extern "C" fn utp_wait_execution(
                 Error::Timeout(format!("execution '{id}' still running after {timeout_ms} ms"))
             })??
         };
-        *out = json_out(&record)?;
+        *out = json_out(&record.to_json())?;
         Ok(())
     })
 }

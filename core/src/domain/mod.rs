@@ -7,7 +7,6 @@
 //! a check that fails to evaluate denies (fail closed). Rate limits are taken after
 //! the decision allows the call (see `limits`), and approvals are kept in `approvals`.
 
-mod api;
 mod approvals;
 mod limits;
 mod rules;

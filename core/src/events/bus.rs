@@ -319,7 +319,7 @@ impl EventBus {
         capacity: usize,
     ) -> Result<SubscriptionId> {
         // A typo (`tool.sucess`) would otherwise subscribe to nothing, silently.
-        let pattern = crate::host::event_pattern(pattern, "event pattern")?;
+        let pattern = super::check_pattern(pattern, "event pattern")?;
         if capacity == 0 {
             return Err(Error::InvalidArgument("subscriber queue capacity must be at least 1".into()));
         }

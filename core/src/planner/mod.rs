@@ -8,12 +8,11 @@
 //! - [`prompt`] assembles what the model sees: the request, candidate tools from the
 //!   search index (bounded, schemas compacted), session state keys, the workflow
 //!   JSON schema and the rules. Never a template, a variable's value or a key.
-//! - `Engine::plan` (in `api.rs`) asks, parses, validates with `Engine::workflow`,
+//! - `Engine::plan` (in `engine/planner.rs`) asks, parses, validates with `Engine::workflow`,
 //!   and sends validation errors back for at most `max_repairs` rounds.
 //! - [`offline`] builds simple chains from the search index and the tools' schemas
 //!   without a model, and says plainly when a model is needed.
 
-mod api;
 mod client;
 pub mod offline;
 pub mod prompt;
@@ -26,9 +25,11 @@ use serde_json::{Map, Value, json};
 
 use crate::config::parse_duration;
 use crate::error::{Error, ErrorCode, Result};
+use crate::registry::{Catalogue, RegisteredTool};
 use crate::workflow::Workflow;
 
 pub use client::{AnthropicClient, OpenAiClient, extract_json};
+pub(crate) use client::resolve_secret;
 
 /// Who wrote a message of the conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +329,11 @@ impl PlannedWorkflow {
 /// A workflow definition as YAML (what `utp plan` prints).
 pub fn to_yaml(value: &Value) -> Result<String> {
     serde_yaml_ng::to_string(value).map_err(|e| Error::Internal(format!("cannot write YAML: {e}")))
+}
+
+/// Search hits for `query`, best first (`limit == 0` is unlimited; an empty query lists every tool by name).
+fn hits(catalogue: &Catalogue, query: &str, limit: usize) -> Vec<Arc<RegisteredTool>> {
+    catalogue.search(query, limit, &[]).into_iter().map(|(tool, _)| tool).collect()
 }
 
 pub(crate) fn planner_error(message: impl Into<String>) -> Error {

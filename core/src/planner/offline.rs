@@ -19,10 +19,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::{PlanOptions, planner_error};
-use crate::engine::Engine;
+use super::{PlanOptions, hits, planner_error};
 use crate::error::Result;
-use crate::registry::RegisteredTool;
+use crate::registry::{Catalogue, RegisteredTool};
 
 pub const MAX_CLAUSES: usize = 5;
 pub const MAX_DEPTH: usize = 3;
@@ -135,7 +134,7 @@ struct Builder<'a> {
     producers: Vec<Arc<RegisteredTool>>,
     steps: Vec<PlannedStep>,
     inputs: Map<String, Value>,
-    engine: &'a Engine,
+    catalogue: &'a Catalogue,
 }
 
 impl Builder<'_> {
@@ -233,26 +232,26 @@ fn workflow_name(request: &str) -> String {
 }
 
 /// Build a workflow definition for `request`, or say why a model is needed.
-pub fn plan(engine: &Engine, request: &str, options: &PlanOptions, max_tools: usize) -> Result<Value> {
+pub fn plan(catalogue: &Catalogue, request: &str, options: &PlanOptions, max_tools: usize) -> Result<Value> {
     if request.trim().is_empty() {
         return Err(crate::error::Error::InvalidArgument(
             "the request is empty: say what the workflow should do".into(),
         ));
     }
-    if engine.search_tools("", 1, &[]).is_empty() {
+    if hits(catalogue, "", 1).is_empty() {
         return Err(needs_model("no tools are registered (register manuals first)"));
     }
     let given = given_values(request);
     let mut builder = Builder {
         given,
         caller_inputs: options.inputs.as_ref().and_then(Value::as_object).cloned().unwrap_or_default(),
-        producers: engine.search_tools(request, PRODUCERS.max(max_tools), &[]),
+        producers: hits(catalogue, request, PRODUCERS.max(max_tools)),
         steps: Vec::new(),
         inputs: Map::new(),
-        engine,
+        catalogue,
     };
     for clause in clauses(request) {
-        let Some(goal) = builder.engine.search_tools(&clause, 1, &[]).into_iter().next() else {
+        let Some(goal) = hits(builder.catalogue, &clause, 1).into_iter().next() else {
             return Err(needs_model(&format!("no registered tool matches '{clause}'")));
         };
         if builder.steps.iter().any(|(_, t, ..)| t.name == goal.name) {

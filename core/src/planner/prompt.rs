@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::engine::Engine;
-use crate::registry::RegisteredTool;
+use super::hits;
+use crate::registry::{Catalogue, RegisteredTool};
 
 /// A description longer than this is cut.
 const MAX_DESCRIPTION: usize = 300;
@@ -99,10 +99,10 @@ pub fn system_prompt() -> String {
 
 /// The candidate tools: search hits for the request first, then the other tools,
 /// at most `max_tools` and [`MAX_TOOLS_SECTION`] bytes.
-pub fn candidate_tools(engine: &Engine, request: &str, max_tools: usize) -> Vec<Arc<RegisteredTool>> {
-    let mut tools = engine.search_tools(request, max_tools, &[]);
+pub fn candidate_tools(catalogue: &Catalogue, request: &str, max_tools: usize) -> Vec<Arc<RegisteredTool>> {
+    let mut tools = hits(catalogue, request, max_tools);
     if tools.len() < max_tools {
-        for t in engine.search_tools("", 0, &[]) {
+        for t in hits(catalogue, "", 0) {
             if tools.len() >= max_tools {
                 break;
             }

@@ -198,10 +198,6 @@ pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
         .map_err(|e| Error::InvalidManual(format!("template `timeout`: {e}")))
 }
 
-// `engine.rs` names the JSON kind through this path; it goes once the engine's calls
-// use `json_kind` directly.
-pub(crate) use crate::json::json_kind as kind;
-
 /// An argument as text: strings raw, everything else as JSON.
 pub(crate) fn arg_text(v: &Value) -> String {
     match v {

@@ -1,5 +1,5 @@
 //! Workflow definitions (design §7): parsed from YAML/JSON, then validated against
-//! the engine's registry and compiled once, before any step runs.
+//! the tool catalogue and compiled once, before any step runs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -11,8 +11,9 @@ use serde_json::{Map, Value};
 use super::expr::{Condition, Template};
 use super::retry::RetrySpec;
 use crate::config::parse_duration;
-use crate::engine::{Engine, check_literal_args};
 use crate::error::{Error, Result};
+use crate::registry::Catalogue;
+use crate::schema::check_literal_args;
 
 /// Steps of one execution that may run at once, unless the workflow says otherwise.
 pub const DEFAULT_MAX_PARALLEL: usize = 8;
@@ -116,16 +117,16 @@ impl std::fmt::Debug for Workflow {
 
 impl Workflow {
     /// Parse YAML or JSON text (bounded like manuals).
-    pub fn parse_text(text: &str, engine: &Engine) -> Result<Arc<Workflow>> {
+    pub fn parse_text(text: &str, catalogue: &Catalogue) -> Result<Arc<Workflow>> {
         let value = crate::parse::parse_document(text.as_bytes(), None)
             .map_err(|e| Error::InvalidArgument(format!("workflow: {e}")))?;
-        Workflow::compile(value, engine)
+        Workflow::compile(value, catalogue)
     }
 
-    /// Validate `definition` against the engine's tools and compile its expressions.
+    /// Validate `definition` against the catalogue's tools and compile its expressions.
     /// Every problem found is listed (`VALIDATION_FAILED`), each pointing at its step
     /// and field.
-    pub fn compile(definition: Value, engine: &Engine) -> Result<Arc<Workflow>> {
+    pub fn compile(definition: Value, catalogue: &Catalogue) -> Result<Arc<Workflow>> {
         if !definition.is_object() {
             return Err(Error::InvalidArgument("a workflow definition is a mapping with `name` and `steps`".into()));
         }
@@ -133,7 +134,7 @@ impl Workflow {
             .map_err(|e| Error::ValidationFailed(format!("workflow definition: {e}")))?;
         let name = spec.name.clone();
         let mut problems = Vec::new();
-        let workflow = build(spec, definition, engine, &mut problems);
+        let workflow = build(spec, definition, catalogue, &mut problems);
         match workflow {
             Some(w) if problems.is_empty() => Ok(Arc::new(w)),
             _ => Err(Error::ValidationFailed(format!("workflow '{name}' is invalid: {}", problems.join("; ")))),
@@ -172,7 +173,7 @@ impl Workflow {
     }
 }
 
-fn build(spec: WorkflowSpec, definition: Value, engine: &Engine, problems: &mut Vec<String>) -> Option<Workflow> {
+fn build(spec: WorkflowSpec, definition: Value, catalogue: &Catalogue, problems: &mut Vec<String>) -> Option<Workflow> {
     if spec.name.trim().is_empty() {
         problems.push("name: a workflow needs a name".into());
     }
@@ -247,7 +248,7 @@ fn build(spec: WorkflowSpec, definition: Value, engine: &Engine, problems: &mut 
         if let Some(t) = &args {
             readable(t.referenced_steps(), "args", problems);
         }
-        check_tool(engine, &at, &s.tool, &raw_args, args.as_ref(), problems);
+        check_tool(catalogue, &at, &s.tool, &raw_args, args.as_ref(), problems);
         let retry = match s.retry {
             Some(r) => {
                 if let Err(e) = r.validate() {
@@ -257,7 +258,7 @@ fn build(spec: WorkflowSpec, definition: Value, engine: &Engine, problems: &mut 
             }
             None => RetrySpec { max_attempts: 1, ..RetrySpec::default() },
         };
-        let on_error = on_error(s.on_error, &at, engine, problems, &mut |refs, p| readable(refs, "on_error", p));
+        let on_error = on_error(s.on_error, &at, catalogue, problems, &mut |refs, p| readable(refs, "on_error", p));
         let mut set_state = Vec::new();
         for (key, value) in s.set_state {
             if let Some(t) = compile_template(&value, &format!("{at}.set_state.{key}"), problems) {
@@ -319,8 +320,8 @@ fn compile_template(value: &Value, at: &str, problems: &mut Vec<String>) -> Opti
 }
 
 /// The tool must be registered and the literal arguments must fit its schema.
-fn check_tool(engine: &Engine, at: &str, tool: &str, raw_args: &Value, args: Option<&Template>, problems: &mut Vec<String>) {
-    let Ok(registered) = engine.tool(tool) else {
+fn check_tool(catalogue: &Catalogue, at: &str, tool: &str, raw_args: &Value, args: Option<&Template>, problems: &mut Vec<String>) {
+    let Some(registered) = catalogue.tool(tool) else {
         problems.push(format!("{at}.tool: no tool named '{tool}' is registered"));
         return;
     };
@@ -340,7 +341,7 @@ fn check_tool(engine: &Engine, at: &str, tool: &str, raw_args: &Value, args: Opt
             }
         }
     }
-    match check_literal_args(&registered, &skeleton, &computed) {
+    match check_literal_args(registered, &skeleton, &computed) {
         Ok(v) if v.is_empty() => {}
         Ok(v) => problems.push(format!("{at}.args: do not match the input schema of '{tool}': {}", v.join(", "))),
         Err(e) => problems.push(format!("{at}.tool: {e}")),
@@ -359,7 +360,7 @@ fn contains_expression(value: &Value) -> bool {
 fn on_error(
     spec: Option<Value>,
     at: &str,
-    engine: &Engine,
+    catalogue: &Catalogue,
     problems: &mut Vec<String>,
     readable: &mut dyn FnMut(Vec<String>, &mut Vec<String>),
 ) -> Option<OnError> {
@@ -383,7 +384,7 @@ fn on_error(
             let raw_args = f.get("args").cloned().unwrap_or_else(|| Value::Object(Map::new()));
             let args = compile_template(&raw_args, &format!("{at}.on_error.fallback.args"), problems)?;
             readable(args.referenced_steps(), problems);
-            check_tool(engine, &format!("{at}.on_error.fallback"), tool, &raw_args, Some(&args), problems);
+            check_tool(catalogue, &format!("{at}.on_error.fallback"), tool, &raw_args, Some(&args), problems);
             Some(OnError::Fallback { tool: tool.clone(), args })
         }
         Some(_) => bad(problems),

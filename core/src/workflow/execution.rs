@@ -7,111 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::definition::Workflow;
-use crate::error::{Error, ErrorCode};
+use super::options::RunOptions;
+use super::record::{ErrorInfo, ExecutionRecord, ExecutionStatus, StepRecord, StepStatus};
 use crate::events::rfc3339;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecutionStatus {
-    Created,
-    Running,
-    Suspended,
-    WaitingApproval,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl ExecutionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutionStatus::Created => "created",
-            ExecutionStatus::Running => "running",
-            ExecutionStatus::Suspended => "suspended",
-            ExecutionStatus::WaitingApproval => "waiting_approval",
-            ExecutionStatus::Completed => "completed",
-            ExecutionStatus::Failed => "failed",
-            ExecutionStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<ExecutionStatus> {
-        Some(match text {
-            "created" => ExecutionStatus::Created,
-            "running" => ExecutionStatus::Running,
-            "suspended" => ExecutionStatus::Suspended,
-            "waiting_approval" => ExecutionStatus::WaitingApproval,
-            "completed" => ExecutionStatus::Completed,
-            "failed" => ExecutionStatus::Failed,
-            "cancelled" => ExecutionStatus::Cancelled,
-            _ => return None,
-        })
-    }
-
-    pub fn is_finished(self) -> bool {
-        matches!(self, ExecutionStatus::Completed | ExecutionStatus::Failed | ExecutionStatus::Cancelled)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepStatus {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Skipped,
-}
-
-impl StepStatus {
-    pub fn parse(text: &str) -> Option<StepStatus> {
-        Some(match text {
-            "pending" => StepStatus::Pending,
-            "running" => StepStatus::Running,
-            "succeeded" => StepStatus::Succeeded,
-            "failed" => StepStatus::Failed,
-            "skipped" => StepStatus::Skipped,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepStatus::Pending => "pending",
-            StepStatus::Running => "running",
-            StepStatus::Succeeded => "succeeded",
-            StepStatus::Failed => "failed",
-            StepStatus::Skipped => "skipped",
-        }
-    }
-}
-
-/// An error as recorded: code and message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ErrorInfo {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ErrorInfo {
-    pub fn of(e: &Error) -> ErrorInfo {
-        ErrorInfo { code: e.code(), message: e.to_string() }
-    }
-
-    pub fn to_value(&self) -> Value {
-        json!({"code": self.code.as_str(), "message": self.message})
-    }
-
-    pub fn to_error(&self) -> Error {
-        Error::with_code(self.code, self.message.clone())
-    }
-}
-
 #[derive(Debug, Clone)]
-pub struct StepRecord {
+pub struct StepState {
     pub status: StepStatus,
     pub output: Value,
     pub error: Option<ErrorInfo>,
@@ -123,9 +29,9 @@ pub struct StepRecord {
     pub approval_id: Option<String>,
 }
 
-impl Default for StepRecord {
+impl Default for StepState {
     fn default() -> Self {
-        StepRecord {
+        StepState {
             status: StepStatus::Pending,
             output: Value::Null,
             error: None,
@@ -138,68 +44,21 @@ impl Default for StepRecord {
     }
 }
 
-impl StepRecord {
-    /// The step's part of the design §7 record, with the tool it calls.
-    pub(crate) fn to_value(&self, tool: &str, with_output: bool) -> Value {
-        let mut m = Map::new();
-        m.insert("status".into(), self.status.as_str().into());
-        if with_output {
-            m.insert("output".into(), self.output.clone());
+impl StepState {
+    /// The step's part of the design §7 record: step `id`, calling `tool`.
+    pub(crate) fn record(&self, id: &str, tool: &str, with_output: bool) -> StepRecord {
+        StepRecord {
+            id: id.to_string(),
+            status: self.status,
+            output: with_output.then(|| self.output.clone()),
+            error: self.error.clone(),
+            attempts: self.attempts,
+            started_at: self.started_at.map(rfc3339),
+            finished_at: self.finished_at.map(rfc3339),
+            note: self.note.clone(),
+            approval_id: self.approval_id.clone(),
+            tool: tool.to_string(),
         }
-        m.insert("error".into(), self.error.as_ref().map_or(Value::Null, ErrorInfo::to_value));
-        m.insert("attempts".into(), self.attempts.into());
-        m.insert("started_at".into(), self.started_at.map_or(Value::Null, |t| rfc3339(t).into()));
-        m.insert("finished_at".into(), self.finished_at.map_or(Value::Null, |t| rfc3339(t).into()));
-        if let Some(note) = &self.note {
-            m.insert("note".into(), note.clone().into());
-        }
-        if let Some(id) = &self.approval_id {
-            m.insert("approval_id".into(), id.clone().into());
-        }
-        m.insert("tool".into(), tool.into());
-        Value::Object(m)
-    }
-}
-
-/// The design §7 record of an execution, from a live one or one the store holds:
-/// `{execution_id, workflow, status, inputs, outputs, error, warnings?, steps, session_id,
-/// tenant, created_at, finished_at}`; without `full`, inputs, outputs and step outputs are left out.
-pub(crate) struct Record<'a> {
-    pub id: &'a str,
-    pub workflow: &'a str,
-    pub status: &'a str,
-    pub inputs: &'a Value,
-    pub outputs: &'a Value,
-    pub error: Value,
-    pub warnings: &'a [String],
-    pub session: Option<&'a str>,
-    pub tenant: Option<&'a str>,
-    pub created_at: String,
-    pub finished_at: Option<String>,
-    /// Each step's value (`StepRecord::to_value`), by id, in definition order.
-    pub steps: Map<String, Value>,
-}
-
-impl Record<'_> {
-    pub(crate) fn into_value(self, full: bool) -> Value {
-        let mut m = Map::new();
-        m.insert("execution_id".into(), self.id.into());
-        m.insert("workflow".into(), self.workflow.into());
-        m.insert("status".into(), self.status.into());
-        if full {
-            m.insert("inputs".into(), self.inputs.clone());
-            m.insert("outputs".into(), self.outputs.clone());
-        }
-        m.insert("error".into(), self.error);
-        if !self.warnings.is_empty() {
-            m.insert("warnings".into(), json!(self.warnings));
-        }
-        m.insert("steps".into(), Value::Object(self.steps));
-        m.insert("session_id".into(), self.session.map_or(Value::Null, Value::from));
-        m.insert("tenant".into(), self.tenant.map_or(Value::Null, Value::from));
-        m.insert("created_at".into(), self.created_at.into());
-        m.insert("finished_at".into(), self.finished_at.map_or(Value::Null, Value::String));
-        Value::Object(m)
     }
 }
 
@@ -208,7 +67,7 @@ impl Record<'_> {
 pub struct ExecutionState {
     pub status: ExecutionStatus,
     /// Set while suspended or waiting for an approval: the status to go back to.
-    pub steps: Vec<StepRecord>,
+    pub steps: Vec<StepState>,
     pub outputs: Value,
     pub error: Option<ErrorInfo>,
     pub created_at: SystemTime,
@@ -249,18 +108,11 @@ pub fn new_execution_id() -> String {
 }
 
 impl Execution {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: String,
-        workflow: Arc<Workflow>,
-        inputs: Value,
-        tenant: Option<String>,
-        session: Option<String>,
-        user: Option<String>,
-        timeout: Option<std::time::Duration>,
-        cancel: CancellationToken,
-    ) -> Execution {
-        let steps = vec![StepRecord::default(); workflow.steps.len()];
+    /// A new execution of `workflow` for whom `options` say, cancelled by its `cancel` token.
+    pub fn new(id: String, workflow: Arc<Workflow>, inputs: Value, options: RunOptions) -> Execution {
+        let RunOptions { tenant, session, user, timeout, cancel } = options;
+        let cancel = cancel.unwrap_or_default();
+        let steps = vec![StepState::default(); workflow.steps.len()];
         let timeout = timeout.or(workflow.timeout);
         Execution {
             id,
@@ -316,21 +168,18 @@ impl Execution {
         }
     }
 
-    /// An execution a previous process left unfinished, with the steps it committed.
-    #[allow(clippy::too_many_arguments)]
+    /// An execution a previous process left unfinished, with the steps it committed
+    /// (`options` carry no cancel token: the new one is this process's).
     pub fn restore(
         id: String,
         workflow: Arc<Workflow>,
         inputs: Value,
-        tenant: Option<String>,
-        session: Option<String>,
-        user: Option<String>,
-        timeout: Option<std::time::Duration>,
+        options: RunOptions,
         created_at: SystemTime,
-        steps: Vec<StepRecord>,
+        steps: Vec<StepState>,
         suspended: bool,
     ) -> Execution {
-        let exec = Execution::new(id, workflow, inputs, tenant, session, user, timeout, CancellationToken::new());
+        let exec = Execution::new(id, workflow, inputs, RunOptions { cancel: None, ..options });
         {
             let mut s = exec.state.lock();
             s.created_at = created_at;
@@ -406,26 +255,29 @@ impl Execution {
         let _ = rx.wait_for(|done| *done).await;
     }
 
-    /// The design §7 record: `{execution_id, workflow, status, inputs, outputs, error,
-    /// steps: {id: {status, output, error, attempts, started_at, finished_at}}, session_id, tenant}`.
-    /// Without `full`, step outputs and the run's inputs/outputs are left out (listings).
-    pub fn to_value(&self, full: bool) -> Value {
+    /// The design §7 record ([`ExecutionRecord`]). Without `full`, step outputs and
+    /// the run's inputs/outputs are left out (listings).
+    pub fn record(&self, full: bool) -> ExecutionRecord {
         let s = self.state.lock();
-        let steps = self.workflow.steps.iter().zip(&s.steps).map(|(def, rec)| (def.id.clone(), rec.to_value(&def.tool, full)));
-        Record {
-            id: &self.id,
-            workflow: &self.workflow.name,
-            status: s.status.as_str(),
-            inputs: &self.inputs,
-            outputs: &s.outputs,
-            error: s.error.as_ref().map_or(Value::Null, ErrorInfo::to_value),
-            warnings: &s.warnings,
-            session: self.session.as_deref(),
-            tenant: self.tenant.as_deref(),
+        let steps = self.workflow.steps.iter().zip(&s.steps).map(|(def, rec)| rec.record(&def.id, &def.tool, full));
+        ExecutionRecord {
+            execution_id: self.id.clone(),
+            workflow: self.workflow.name.clone(),
+            status: s.status,
+            inputs: full.then(|| self.inputs.clone()),
+            outputs: full.then(|| s.outputs.clone()),
+            error: s.error.clone(),
+            warnings: s.warnings.clone(),
+            steps: steps.collect(),
+            session_id: self.session.clone(),
+            tenant: self.tenant.clone(),
             created_at: rfc3339(s.created_at),
             finished_at: s.finished_at.map(rfc3339),
-            steps: steps.collect(),
         }
-        .into_value(full)
+    }
+
+    /// [`Execution::record`] as JSON.
+    pub fn to_value(&self, full: bool) -> Value {
+        self.record(full).to_json()
     }
 }

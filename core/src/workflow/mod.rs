@@ -1,20 +1,20 @@
-//! Workflows (design §7): definitions, `${{ }}` expressions, validation, the
-//! executor with retries, timeouts, fallbacks and circuit breakers, sessions.
+//! Workflows (design §7): definitions, `${{ }}` expressions, validation, execution
+//! records, the retry and circuit-breaker policies, sessions. The executor that runs
+//! them through the engine's pipeline is `engine::runner`; this module knows no engine.
 
-mod api;
 pub mod breaker;
 pub mod definition;
 pub mod execution;
 pub mod expr;
-mod intents;
+mod options;
+mod record;
 pub mod retry;
-mod runner;
 mod sessions;
 
-pub use api::{RunOptions, WorkflowSource};
 pub use definition::Workflow;
-pub use execution::{Execution, ExecutionStatus, StepStatus};
-pub use intents::{IntentContext, IntentHandler, IntentTarget};
+pub use execution::Execution;
+pub use options::{RunOptions, WorkflowSource};
+pub use record::{ErrorInfo, ExecutionRecord, ExecutionStatus, StepRecord, StepStatus};
 pub use sessions::Sessions;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +27,6 @@ pub struct WorkflowRuntime {
     pub executions: Executions,
     pub sessions: Sessions,
     pub breakers: breaker::Breakers,
-    pub intents: intents::Intents,
     /// Cancelled by `Engine::close`: runs stop where they are, none starts.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -39,7 +38,6 @@ impl WorkflowRuntime {
             executions: Executions::default(),
             sessions: Sessions::default(),
             breakers: breaker::Breakers::from_config(other.get("breakers"))?,
-            intents: intents::Intents::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
         })
     }

@@ -1,73 +1,30 @@
-//! The workflow part of the engine API: validate, run, start, inspect and control
-//! executions, and session state.
+//! Workflows on the engine (design §7): validate, run, start, inspect and control
+//! executions, and session state. The executor itself is `runner`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use super::breaker::Breakers;
-use super::definition::Workflow;
-use super::execution::{Execution, ExecutionStatus, new_execution_id};
-use crate::engine::Engine;
+use super::{Engine, durable, runner};
 use crate::error::{Error, Result};
-
-/// Where a workflow definition comes from.
-#[derive(Debug, Clone)]
-pub enum WorkflowSource {
-    /// A definition already parsed (a dict in Python, an object in JS).
-    Definition(Value),
-    /// YAML or JSON text.
-    Text(String),
-    Path(PathBuf),
-    /// A workflow validated earlier (`Engine::workflow`).
-    Compiled(Arc<Workflow>),
-}
-
-impl WorkflowSource {
-    /// A string as the bindings and the CLI receive it: a path when it names a file,
-    /// else YAML/JSON text.
-    pub fn from_text(text: &str) -> WorkflowSource {
-        let trimmed = text.trim();
-        if !trimmed.contains('\n') && !trimmed.starts_with('{') && std::path::Path::new(trimmed).is_file() {
-            return WorkflowSource::Path(PathBuf::from(trimmed));
-        }
-        if !trimmed.contains('\n') && !trimmed.starts_with('{') && !trimmed.contains(':') {
-            // Neither a file nor a definition: say which file was not found.
-            return WorkflowSource::Path(PathBuf::from(trimmed));
-        }
-        WorkflowSource::Text(text.to_string())
-    }
-}
-
-/// How to run a workflow. Everything is optional.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub tenant: Option<String>,
-    /// Session whose state the run reads and writes.
-    pub session: Option<String>,
-    pub user: Option<String>,
-    /// Bounds the whole run; wins over the workflow's `timeout`.
-    pub timeout: Option<Duration>,
-    /// Cancelling this token cancels the run.
-    pub cancel: Option<CancellationToken>,
-}
+use crate::workflow::breaker::Breakers;
+use crate::workflow::execution::{Execution, StepState, new_execution_id};
+use crate::workflow::{ExecutionRecord, ExecutionStatus, RunOptions, Workflow, WorkflowSource};
 
 impl Engine {
     /// Validate a workflow against the registered tools and compile it. Runs nothing.
     pub fn workflow(&self, source: WorkflowSource) -> Result<Arc<Workflow>> {
         match source {
             WorkflowSource::Compiled(w) => Ok(w),
-            WorkflowSource::Definition(v) => Workflow::compile(v, self),
-            WorkflowSource::Text(t) => Workflow::parse_text(&t, self),
+            WorkflowSource::Definition(v) => Workflow::compile(v, &self.catalogue()),
+            WorkflowSource::Text(t) => Workflow::parse_text(&t, &self.catalogue()),
             WorkflowSource::Path(p) => {
                 let bytes = std::fs::read(&p)
                     .map_err(|e| Error::NotFound(format!("workflow file {}: {e}", p.display())))?;
                 let value = crate::parse::parse_document(&bytes, Some(&p))
                     .map_err(|e| Error::InvalidArgument(format!("workflow file {}: {e}", p.display())))?;
-                Workflow::compile(value, self).map_err(|e| match e {
+                Workflow::compile(value, &self.catalogue()).map_err(|e| match e {
                     Error::ValidationFailed(m) => Error::ValidationFailed(format!("{}: {m}", p.display())),
                     other => other,
                 })
@@ -78,10 +35,10 @@ impl Engine {
     /// Run a workflow to its end and return its record (design §7). A run that fails
     /// or is cancelled still returns its record (`status`, `error`, every step);
     /// `Err` is for a definition or inputs that do not validate.
-    pub async fn run_workflow(&self, source: WorkflowSource, inputs: Value, options: RunOptions) -> Result<Value> {
+    pub async fn run_workflow(&self, source: WorkflowSource, inputs: Value, options: RunOptions) -> Result<ExecutionRecord> {
         let exec = self.start_workflow(source, inputs, options)?;
         exec.wait().await;
-        Ok(exec.to_value(true))
+        Ok(exec.record(true))
     }
 
     /// Validate and start a workflow on the current tokio runtime; returns at once.
@@ -93,16 +50,7 @@ impl Engine {
         let inputs = workflow.resolve_inputs(inputs)?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Internal("start_workflow needs a tokio runtime".into()))?;
-        let exec = Arc::new(Execution::new(
-            new_execution_id(),
-            workflow,
-            inputs,
-            options.tenant,
-            options.session,
-            options.user,
-            options.timeout,
-            options.cancel.unwrap_or_default(),
-        ));
+        let exec = Arc::new(Execution::new(new_execution_id(), workflow, inputs, options));
         self.spawn_execution(exec.clone(), false, &runtime);
         Ok(exec)
     }
@@ -111,7 +59,7 @@ impl Engine {
         self.workflows().executions.insert(exec.clone());
         let engine = self.clone();
         runtime.spawn(async move {
-            super::runner::run(engine.clone(), exec.clone(), recovered).await;
+            runner::run(engine.clone(), exec.clone(), recovered).await;
             engine.workflows().executions.finished(&exec.id);
             // Waiters wake only once this task holds no engine: a host that drops its
             // engine as soon as `run_workflow` returns releases the store (and its
@@ -142,28 +90,31 @@ impl Engine {
             if self.workflows().executions.get(&row.id).is_some() {
                 continue; // already running in this engine
             }
-            let workflow = match Workflow::compile(row.definition.clone(), self) {
+            let workflow = match Workflow::compile(row.definition.clone(), &self.catalogue()) {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(execution = %row.id, "not resumed (call recover again once its tools are registered): {e}");
                     continue;
                 }
             };
-            let mut records = vec![super::execution::StepRecord::default(); workflow.steps.len()];
+            let mut records = vec![StepState::default(); workflow.steps.len()];
             for step in &steps {
                 if let Some(i) = workflow.steps.iter().position(|s| s.id == step.step_id) {
-                    records[i] = crate::durable::step_record(step);
+                    records[i] = durable::step_record(step);
                 }
             }
             let exec = Arc::new(Execution::restore(
                 row.id.clone(),
                 workflow,
                 row.inputs.clone(),
-                row.tenant.clone(),
-                row.session.clone(),
-                row.user.clone(),
-                row.timeout_ms.map(Duration::from_millis),
-                crate::durable::created_at(&row),
+                RunOptions {
+                    tenant: row.tenant.clone(),
+                    session: row.session.clone(),
+                    user: row.user.clone(),
+                    timeout: row.timeout_ms.map(Duration::from_millis),
+                    cancel: None,
+                },
+                durable::created_at(&row),
                 records,
                 row.status == "suspended",
             ));
@@ -179,13 +130,13 @@ impl Engine {
 
     /// An execution's full record: a live one of this engine, else (with a store)
     /// one a previous process recorded.
-    pub fn execution(&self, id: &str) -> Result<Value> {
+    pub fn execution(&self, id: &str) -> Result<ExecutionRecord> {
         if let Some(exec) = self.workflows().executions.get(id) {
-            return Ok(exec.to_value(true));
+            return Ok(exec.record(true));
         }
         if let Some(store) = self.store() {
             if let Some((row, steps)) = store.execution(id)? {
-                return Ok(crate::durable::record_from_rows(&row, &steps, true));
+                return durable::record_from_rows(&row, &steps, true);
             }
         }
         Err(Error::NotFound(format!("no execution with id '{id}'")))
@@ -193,7 +144,7 @@ impl Engine {
 
     /// Executions (without step outputs), oldest first, optionally by status and
     /// session. With a store: every execution it holds, live ones as they stand now.
-    pub fn executions(&self, status: Option<&str>, session: Option<&str>) -> Result<Vec<Value>> {
+    pub fn executions(&self, status: Option<&str>, session: Option<&str>) -> Result<Vec<ExecutionRecord>> {
         let filter = crate::store::ExecutionFilter {
             status: status.map(str::to_string),
             session: session.map(str::to_string),
@@ -208,7 +159,7 @@ impl Engine {
     /// created strictly after / before (RFC 3339), at most `limit` — newest first:
     /// live ones as they stand now, then (with a store) those only the store holds.
     /// Only the executions returned have their steps read.
-    pub fn executions_matching(&self, filter: &crate::store::ExecutionFilter) -> Result<Vec<Value>> {
+    pub fn executions_matching(&self, filter: &crate::store::ExecutionFilter) -> Result<Vec<ExecutionRecord>> {
         let status = match filter.status.as_deref() {
             None => None,
             Some(s) => Some(ExecutionStatus::parse(s).ok_or_else(|| {
@@ -260,13 +211,13 @@ impl Engine {
         found
             .into_iter()
             .map(|(_, _, f)| match f {
-                Found::Live(e) => Ok(e.to_value(false)),
+                Found::Live(e) => Ok(e.record(false)),
                 Found::Stored(row) => {
                     let steps = match &store {
                         Some(store) => store.execution(&row.id)?.map(|(_, steps)| steps).unwrap_or_default(),
                         None => Vec::new(),
                     };
-                    Ok(crate::durable::record_from_rows(&row, &steps, false))
+                    durable::record_from_rows(&row, &steps, false)
                 }
             })
             .collect()
@@ -289,12 +240,12 @@ impl Engine {
     }
 
     /// Wait for an execution to finish; its full record (one only in the store has finished, or will not run here).
-    pub async fn wait_execution(&self, id: &str) -> Result<Value> {
+    pub async fn wait_execution(&self, id: &str) -> Result<ExecutionRecord> {
         let Some(exec) = self.workflows().executions.get(id) else {
             return self.execution(id);
         };
         exec.wait().await;
-        Ok(exec.to_value(true))
+        Ok(exec.record(true))
     }
 
     /// Cancel a run: its running tool calls are cancelled. False when it had finished.

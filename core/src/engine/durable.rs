@@ -25,7 +25,8 @@ use crate::domain::ApprovalInfo;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, kinds, rfc3339};
 use crate::store::{Durability, ExecutionRow, StepRow, Store, open_store};
-use crate::workflow::execution::{ErrorInfo, Execution, Record, StepRecord, StepStatus};
+use crate::workflow::execution::{Execution, StepState};
+use crate::workflow::{ErrorInfo, ExecutionRecord, ExecutionStatus, StepStatus};
 
 /// The `store` section: `"sqlite:PATH"` / `"memory"`, or
 /// `{url, durability: sync|normal|off, retention: 30d, recover: true, read_only: false}`.
@@ -301,9 +302,9 @@ fn error_info(v: &Value) -> Option<ErrorInfo> {
 }
 
 /// A step's record as a previous process committed it.
-fn stored_step(row: &StepRow) -> StepRecord {
+fn stored_step(row: &StepRow) -> StepState {
     let status = StepStatus::parse(&row.status).unwrap_or(StepStatus::Pending);
-    StepRecord {
+    StepState {
         status,
         output: row.output.clone(),
         error: error_info(&row.error),
@@ -317,7 +318,7 @@ fn stored_step(row: &StepRow) -> StepRecord {
 
 /// A step's record to resume from: one that was running (or waiting for an
 /// approval) when the previous process stopped is pending again: it re-runs.
-pub(crate) fn step_record(row: &StepRow) -> StepRecord {
+pub(crate) fn step_record(row: &StepRow) -> StepState {
     let mut rec = stored_step(row);
     if matches!(rec.status, StepStatus::Pending | StepStatus::Running) {
         rec.status = StepStatus::Pending;
@@ -333,32 +334,36 @@ pub(crate) fn created_at(row: &ExecutionRow) -> SystemTime {
 }
 
 /// The design §7 record of an execution known only to the store (a previous
-/// process ran it), in the same shape as [`Execution::to_value`]: steps in
+/// process ran it), in the same shape as [`Execution::record`]: steps in
 /// definition order, those never committed as pending.
-pub(crate) fn record_from_rows(row: &ExecutionRow, steps: &[StepRow], full: bool) -> Value {
+pub(crate) fn record_from_rows(row: &ExecutionRow, steps: &[StepRow], full: bool) -> Result<ExecutionRecord> {
+    let status = ExecutionStatus::parse(&row.status).ok_or_else(|| {
+        crate::store::store_error(format!("execution '{}' has an unknown status '{}' in the store", row.id, row.status))
+    })?;
     let defined = row.definition.get("steps").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
-    let mut step_values = Map::new();
-    for def in defined {
-        let (id, tool) = (text(def, "id"), text(def, "tool"));
-        let rec = steps.iter().find(|s| s.step_id == id).map(stored_step).unwrap_or_default();
-        step_values.insert(id, rec.to_value(&tool, full));
-    }
-    Record {
-        id: &row.id,
-        workflow: &row.workflow,
-        status: &row.status,
-        inputs: &row.inputs,
-        outputs: &row.outputs,
-        error: row.error.clone(),
-        warnings: &row.warnings,
-        session: row.session.as_deref(),
-        tenant: row.tenant.as_deref(),
+    let step_records = defined
+        .iter()
+        .map(|def| {
+            let (id, tool) = (text(def, "id"), text(def, "tool"));
+            let rec = steps.iter().find(|s| s.step_id == id).map(stored_step).unwrap_or_default();
+            rec.record(&id, &tool, full)
+        })
+        .collect();
+    Ok(ExecutionRecord {
+        execution_id: row.id.clone(),
+        workflow: row.workflow.clone(),
+        status,
+        inputs: full.then(|| row.inputs.clone()),
+        outputs: full.then(|| row.outputs.clone()),
+        error: error_info(&row.error),
+        warnings: row.warnings.clone(),
+        steps: step_records,
+        session_id: row.session.clone(),
+        tenant: row.tenant.clone(),
         created_at: row.created_at.clone(),
         finished_at: row.finished_at.clone(),
-        steps: step_values,
-    }
-    .into_value(full)
+    })
 }
 
 /// An approval as stored (the engine's [`ApprovalInfo`] JSON).
@@ -374,7 +379,7 @@ pub(crate) fn approval_info(v: Value) -> Option<ApprovalInfo> {
 // Writes the runner makes. Each returns once the write is durable (per the store's
 // durability); without a store they return at once.
 
-impl crate::engine::Engine {
+impl super::Engine {
     /// An execution's header, with the event of that transition (its start, a suspension).
     pub(crate) async fn persist_header(&self, exec: &Execution, event: Option<&Arc<Event>>) -> Result<()> {
         self.persist_header_and_steps(exec, &[], event.map(std::slice::from_ref).unwrap_or_default()).await

@@ -1,6 +1,11 @@
 //! The executor: runs one execution's steps as their dependencies finish, up to
 //! `max_parallel` at once, each through the engine's `call_tool` pipeline (policy,
 //! validation, events), with retries, timeouts, fallbacks and circuit breakers.
+//!
+//! It lives in the engine because it is the wiring of the subsystems: it drives the
+//! store (commits), the bus (step events), the domain (approvals), the transports
+//! (through `call_tool`) and session state. The policies it applies are pure and
+//! live in `workflow` (`retry`, `breaker`, `expr`, the execution record).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -10,14 +15,15 @@ use futures_util::stream::FuturesUnordered;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::breaker::{Admission, Transition, outcome_of};
-use super::definition::{OnError, Step};
-use super::execution::{ErrorInfo, Execution, ExecutionStatus, StepStatus};
-use super::expr::Scope;
+use super::{CallOptions, CallTrace, Engine};
 use crate::domain::ApprovalStatus;
-use crate::engine::{CallOptions, Engine};
 use crate::error::{Error, Result};
 use crate::events::{Event, kinds};
+use crate::workflow::breaker::{self, Admission, Transition, outcome_of};
+use crate::workflow::definition::{OnError, Step};
+use crate::workflow::execution::Execution;
+use crate::workflow::{ErrorInfo, ExecutionStatus, StepStatus};
+use crate::workflow::expr::{Scope, Template};
 
 /// How a step ended, as the scheduler sees it.
 enum StepEnd {
@@ -33,7 +39,7 @@ enum StepEnd {
 /// committed keep their records and never run again; the others (including one
 /// that was running) run now, with the same idempotency keys. The caller wakes
 /// the execution's waiters (`notify_finished`) when it no longer needs the engine.
-pub async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
+pub(super) async fn run(engine: Engine, exec: Arc<Execution>, recovered: bool) {
     let started = Instant::now();
     let wf = exec.workflow.clone();
     exec.with_state(|s| {
@@ -412,8 +418,9 @@ async fn run_step(
 ) -> StepEnd {
     let step = &exec.workflow.steps[i];
     let fatal = !matches!(step.on_error, OnError::Continue);
+    let call = StepCall { engine, exec, i, deadline, cancel: &cancel };
     let result = match evaluate_args(engine, exec, &step.args, step) {
-        Ok(args) => call_with_retries(engine, exec, i, &step.tool, args, deadline, &cancel).await,
+        Ok(args) => call_with_retries(&call, &step.tool, args).await,
         Err(e) => Err(e),
     };
     let error = match result {
@@ -425,7 +432,7 @@ async fn run_step(
             let original = ErrorInfo::of(&error);
             exec.with_state(|s| s.steps[i].note = Some(format!("fallback '{tool}' after {}: {}", original.code.as_str(), original.message)));
             let fallback = match evaluate_args(engine, exec, args, step) {
-                Ok(a) => call_once(engine, exec, i, tool, a, deadline, &cancel, None).await,
+                Ok(a) => call_once(&call, tool, a, None).await,
                 Err(e) => Err(e),
             };
             return match fallback {
@@ -443,7 +450,7 @@ async fn run_step(
     StepEnd::Failed { error, fatal }
 }
 
-fn evaluate_args(engine: &Engine, exec: &Execution, template: &super::expr::Template, step: &Step) -> Result<Value> {
+fn evaluate_args(engine: &Engine, exec: &Execution, template: &Template, step: &Step) -> Result<Value> {
     let refs = template.referenced_steps();
     with_scope(engine, exec, &template.referenced_variables(), &refs, |scope| template.evaluate(scope))
         .map_err(|e| Error::ValidationFailed(format!("step '{}': {e}", step.id)))
@@ -469,23 +476,27 @@ fn with_scope<T>(
     f(&Scope::new(&exec.inputs, &steps, &state, engine.domain().constants(), &execution))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn call_with_retries(
-    engine: &Engine,
-    exec: &Execution,
+/// A step's calls of its tool (or its fallback): the step, the run's deadline and the
+/// token that cancels them.
+#[derive(Clone, Copy)]
+struct StepCall<'a> {
+    engine: &'a Engine,
+    exec: &'a Execution,
+    /// The step's index in the workflow.
     i: usize,
-    tool: &str,
-    args: Value,
     deadline: Option<tokio::time::Instant>,
-    cancel: &CancellationToken,
-) -> Result<Value> {
+    cancel: &'a CancellationToken,
+}
+
+async fn call_with_retries(call: &StepCall<'_>, tool: &str, args: Value) -> Result<Value> {
+    let StepCall { engine, exec, i, deadline, cancel } = *call;
     let step = &exec.workflow.steps[i];
     let mut attempt = 1u32;
     // A step recovered while it waited for an approval waits for that same approval.
     let mut approval =
         exec.with_state(|s| s.steps[i].approval_id.clone()).filter(|id| engine.domain().approvals.get(id).is_some());
     loop {
-        let result = call_once(engine, exec, i, tool, args.clone(), deadline, cancel, approval.take()).await;
+        let result = call_once(call, tool, args.clone(), approval.take()).await;
         let error = match result {
             Ok(v) => return Ok(v),
             Err(e) => e,
@@ -513,17 +524,8 @@ async fn call_with_retries(
 
 /// One attempt: the circuit breaker, then `call_tool` (failing fast on approvals so
 /// the execution can show `waiting_approval`, then calling again once approved).
-#[allow(clippy::too_many_arguments)]
-async fn call_once(
-    engine: &Engine,
-    exec: &Execution,
-    i: usize,
-    tool: &str,
-    args: Value,
-    deadline: Option<tokio::time::Instant>,
-    cancel: &CancellationToken,
-    approval_id: Option<String>,
-) -> Result<Value> {
+async fn call_once(call: &StepCall<'_>, tool: &str, args: Value, approval_id: Option<String>) -> Result<Value> {
+    let StepCall { engine, exec, i, deadline, cancel } = *call;
     let step = &exec.workflow.steps[i];
     let breaker = engine.breakers().get(tool);
     let (admission, transition) = breaker.admit(Instant::now());
@@ -553,7 +555,7 @@ async fn call_once(
             cancel: Some(cancel.clone()),
             fail_fast_on_approval: true,
             approval_id: approval_id.take(),
-            trace: Some(Arc::new(crate::engine::CallTrace {
+            trace: Some(Arc::new(CallTrace {
                 execution_id: exec.id.clone(),
                 workflow: exec.workflow.name.clone(),
                 step_id: step.id.clone(),
@@ -571,7 +573,7 @@ async fn call_once(
                 }
                 Err(e) => {
                     // A refused approval is a denial: it says nothing about the tool's health.
-                    breaker.record(Instant::now(), super::breaker::Outcome::Ignored);
+                    breaker.record(Instant::now(), breaker::Outcome::Ignored);
                     return Err(e);
                 }
             }

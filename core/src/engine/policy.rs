@@ -1,12 +1,13 @@
-//! The domain layer on the engine: the pre-call check, dry runs, approvals and host
+//! Policy on the engine (the domain layer, design §6): the pre-call check, dry runs, approvals and host
 //! rules, with an event for every decision that is not a plain allow.
 
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{ApprovalInfo, ApprovalStatus, Call, Decision, HostRule, Outcome};
-use crate::engine::{CallOptions, Engine};
+use super::calls::traced;
+use super::{CallOptions, Engine};
+use crate::domain::{ApprovalInfo, ApprovalStatus, Call, Decision, HostRule, Outcome};
 use crate::error::{Error, Result};
 use crate::events::{Event, kinds};
 use crate::registry::RegisteredTool;
@@ -133,7 +134,7 @@ impl Engine {
     }
 
     fn publish(&self, call: &Call<'_>, options: &CallOptions, mut event: Event) {
-        event = crate::engine::traced(event.tool(call.tool), options);
+        event = traced(event.tool(call.tool), options);
         if let Some(t) = call.tenant {
             event = event.tenant(t);
         }

@@ -1,21 +1,20 @@
-//! The planner part of the engine API: `plan` and `run_request`.
+//! The planner on the engine (design §10): `plan` and `run_request`.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::client::resolve_secret;
-use super::{
-    AnthropicClient, LlmClient, LlmMessage, LlmRequest, OpenAiClient, PlanOptions, PlannedWorkflow, PlannerConfig,
-    Provider, Usage, offline, planner_error, prompt,
-};
-use crate::engine::Engine;
+use super::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{Event, kinds};
+use crate::planner::{
+    AnthropicClient, LlmClient, LlmMessage, LlmRequest, OpenAiClient, PlanOptions, PlannedWorkflow, PlannerConfig,
+    Provider, Usage, extract_json, offline, planner_error, prompt, resolve_secret,
+};
 use crate::workflow::{RunOptions, WorkflowSource};
 
 /// A request longer than this is refused (it is sent to the model as is).
-pub const MAX_REQUEST: usize = 16_000;
+const MAX_REQUEST: usize = 16_000;
 /// The model's previous answer, as sent back in a repair round, is cut to this.
 const MAX_ECHO: usize = 16_000;
 
@@ -63,7 +62,7 @@ impl Engine {
         };
         let planned = match client {
             None => {
-                let definition = offline::plan(self, request, &options, config.max_tools)?;
+                let definition = offline::plan(&self.catalogue(), request, &options, config.max_tools)?;
                 let workflow = self.workflow(WorkflowSource::Definition(definition.clone())).map_err(|e| {
                     planner_error(format!("the offline plan does not validate ({e}); a model is needed"))
                 })?;
@@ -100,7 +99,7 @@ impl Engine {
         options: &PlanOptions,
         config: &PlannerConfig,
     ) -> Result<PlannedWorkflow> {
-        let tools = prompt::candidate_tools(self, request, config.max_tools);
+        let tools = prompt::candidate_tools(&self.catalogue(), request, config.max_tools);
         if tools.is_empty() {
             return Err(planner_error("no tools are registered: register manuals before planning"));
         }
@@ -123,7 +122,7 @@ impl Engine {
             usage.add(answer.usage);
             let parsed = match answer.json.clone() {
                 Some(v) => Ok(v),
-                None => super::extract_json(&answer.text),
+                None => extract_json(&answer.text),
             };
             let problems = match parsed {
                 Err(e) => e,
@@ -185,7 +184,8 @@ impl Engine {
         options: RunOptions,
     ) -> Result<Value> {
         let planned = self.plan(request, plan).await?;
-        let mut record = self.run_workflow(WorkflowSource::Compiled(planned.workflow.clone()), inputs, options).await?;
+        let mut record =
+            self.run_workflow(WorkflowSource::Compiled(planned.workflow.clone()), inputs, options).await?.to_json();
         if let Some(m) = record.as_object_mut() {
             m.insert("plan".into(), planned.to_value());
         }

@@ -9,11 +9,10 @@ use futures_util::future::BoxFuture;
 use parking_lot::RwLock;
 use serde_json::{Value, json};
 
-use super::api::{RunOptions, WorkflowSource};
-use super::definition::Workflow;
-use super::execution::new_execution_id;
-use crate::engine::Engine;
+use super::Engine;
 use crate::error::{Error, Result};
+use crate::workflow::execution::new_execution_id;
+use crate::workflow::{RunOptions, Workflow, WorkflowSource};
 
 /// A host function handling an intent: `(context, params) -> output`.
 pub type IntentHandler = Arc<dyn Fn(IntentContext, Value) -> BoxFuture<'static, Result<Value>> + Send + Sync>;
@@ -68,7 +67,7 @@ impl Engine {
         if intent_type.trim().is_empty() {
             return Err(Error::InvalidArgument("an intent needs a type name".into()));
         }
-        let mut targets = self.workflows().intents.targets.write();
+        let mut targets = self.inner.intents.targets.write();
         if targets.contains_key(intent_type) {
             return Err(Error::AlreadyExists(format!("intent '{intent_type}' is already registered")));
         }
@@ -83,12 +82,12 @@ impl Engine {
     }
 
     pub fn unregister_intent(&self, intent_type: &str) -> bool {
-        self.workflows().intents.targets.write().remove(intent_type).is_some()
+        self.inner.intents.targets.write().remove(intent_type).is_some()
     }
 
     /// Registered intent types, sorted.
     pub fn intents(&self) -> Vec<String> {
-        self.workflows().intents.targets.read().keys().cloned().collect()
+        self.inner.intents.targets.read().keys().cloned().collect()
     }
 
     /// Handle a request: a workflow intent returns its execution record (with
@@ -102,7 +101,7 @@ impl Engine {
         tenant: Option<&str>,
         session: Option<&str>,
     ) -> Result<Value> {
-        let target = self.workflows().intents.targets.read().get(intent_type).cloned().ok_or_else(|| {
+        let target = self.inner.intents.targets.read().get(intent_type).cloned().ok_or_else(|| {
             Error::NotFound(format!("no intent named '{intent_type}' (registered: {})", self.intents().join(", ")))
         })?;
         match target {
@@ -112,7 +111,7 @@ impl Engine {
                     session: session.map(str::to_string),
                     ..RunOptions::default()
                 };
-                let mut record = self.run_workflow(WorkflowSource::Compiled(workflow), params, options).await?;
+                let mut record = self.run_workflow(WorkflowSource::Compiled(workflow), params, options).await?.to_json();
                 record["intent"] = Value::String(intent_type.to_string());
                 Ok(record)
             }

@@ -1,0 +1,320 @@
+//! Manuals on the engine: register, discover, fetch, look up and search.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Engine, blocking};
+use crate::discovery::{self, DiscoveryReport, Document, FileReport, Outcome};
+use crate::error::{Error, Result};
+use crate::events::kinds;
+use crate::manual::{Manual, sanitize_name};
+use crate::openapi::{self, ConvertOptions};
+use crate::registry::{Catalogue, RegisteredTool};
+use crate::transport::net;
+use crate::vars;
+
+/// Where a manual comes from.
+#[derive(Debug, Clone)]
+pub enum ManualSource {
+    /// A UTCP manual or OpenAPI document already parsed.
+    Inline(Value),
+    Path(PathBuf),
+    Url(String),
+}
+
+impl ManualSource {
+    /// Read a string as the bindings receive it: inline JSON (starts with `{`),
+    /// an `http(s)://` URL, or a file path.
+    pub fn from_text(text: &str) -> Result<ManualSource> {
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() {
+            return Err(Error::InvalidArgument("manual source is empty: pass a manual, a path or a URL".into()));
+        }
+        if trimmed.starts_with('{') {
+            let value = serde_json::from_str(trimmed)
+                .map_err(|e| Error::InvalidManual(format!("inline manual is not valid JSON: {e}")))?;
+            return Ok(ManualSource::Inline(value));
+        }
+        let lower = trimmed.get(..8).unwrap_or(trimmed).to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return Ok(ManualSource::Url(trimmed.to_string()));
+        }
+        Ok(ManualSource::Path(PathBuf::from(text)))
+    }
+}
+
+/// How long fetching a manual URL may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Engine {
+    /// Register the manuals listed in config `manuals`. Returns the names registered.
+    pub async fn register_configured_manuals(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in self.inner.config.manuals.clone() {
+            let source = match item {
+                Value::String(s) => match ManualSource::from_text(&s)? {
+                    ManualSource::Path(p) => ManualSource::Path(self.inner.config.resolve_path(&p)),
+                    other => other,
+                },
+                other => ManualSource::Inline(other),
+            };
+            let tools = self.register_manual(source, None).await?;
+            if let Some(first) = tools.first() {
+                names.push(first.split('.').next().unwrap_or_default().to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Register a manual; returns its tools' full names. `name` overrides the
+    /// default name (file name, URL host, or `name` key of an inline manual).
+    pub async fn register_manual(&self, source: ManualSource, name: Option<&str>) -> Result<Vec<String>> {
+        match source {
+            ManualSource::Inline(value) => self.register_value(value, name, None),
+            ManualSource::Path(path) => {
+                let engine = self.clone();
+                let name = name.map(str::to_string);
+                blocking(move || engine.register_path(&path, name.as_deref())).await
+            }
+            ManualSource::Url(url) => {
+                let (doc, default_name, from) = self.fetch_manual(&url).await?;
+                self.register_document(doc, name, Some(&default_name), Some(&from))
+            }
+        }
+    }
+
+    fn register_value(&self, value: Value, name: Option<&str>, default_name: Option<&str>) -> Result<Vec<String>> {
+        self.register_document(discovery::classify(value), name, default_name, None)
+    }
+
+    /// Register a UTCP manual or an OpenAPI document (converted first).
+    /// `spec_url` is where an OpenAPI document came from, for relative servers.
+    fn register_document(
+        &self,
+        doc: Document,
+        name: Option<&str>,
+        default_name: Option<&str>,
+        spec_url: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let (manual, raw) = match doc {
+            Document::Utcp(v) => {
+                let inline_name = v.get("name").and_then(Value::as_str).map(str::to_string);
+                let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(inline_name);
+                (Ok(v), raw)
+            }
+            Document::OpenApi(spec) => {
+                let title = openapi::title(&spec.doc).map(str::to_string);
+                let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(title);
+                (Err(spec), raw)
+            }
+            Document::Other => {
+                return Err(Error::InvalidManual(
+                    "neither a UTCP manual (an object with a `tools` list) nor an OpenAPI document".into(),
+                ));
+            }
+        };
+        let Some(raw) = raw else {
+            return Err(Error::InvalidArgument(
+                "an inline manual needs a name: pass `name` or give the manual a `name` key".into(),
+            ));
+        };
+        let manual_name = sanitize_name(&raw);
+        let manual = match manual {
+            Ok(v) => Manual::from_value(v),
+            Err(spec) => {
+                let opts = ConvertOptions {
+                    base_url: self.inner.config.openapi.base_urls.get(&manual_name).cloned(),
+                    spec_url: spec_url.map(str::to_string),
+                };
+                openapi::convert_spec(spec, &opts)
+            }
+        }
+        .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
+        let entry = self.inner.registry.register(&manual_name, manual)?;
+        tracing::debug!(manual = %manual_name, tools = entry.tools.len(), "manual registered");
+        self.publish_manual(kinds::MANUAL_REGISTERED, &manual_name, entry.tools.len());
+        Ok(entry.tools.iter().map(|t| t.name.clone()).collect())
+    }
+
+    fn register_path(&self, path: &Path, name: Option<&str>) -> Result<Vec<String>> {
+        let doc = match discovery::load_document(path, self.inner.config.discovery.max_file_size)? {
+            Document::Other => {
+                return Err(Error::InvalidManual(format!(
+                    "{}: neither a UTCP manual (an object with a `tools` list) nor an OpenAPI document",
+                    path.display()
+                )));
+            }
+            doc => doc,
+        };
+        let default = discovery::manual_name_for(path);
+        self.register_document(doc, name, Some(&default), None).map_err(|e| match e {
+            Error::InvalidManual(m) if !m.contains(&path.display().to_string()) => {
+                Error::InvalidManual(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// Discover manuals in a directory (recursively), a file, or at a URL.
+    pub async fn discover(&self, target: &str) -> Result<DiscoveryReport> {
+        if let Ok(ManualSource::Url(url)) = ManualSource::from_text(target) {
+            let outcome = match self.register_manual(ManualSource::Url(url.clone()), None).await {
+                Ok(tools) => Outcome::Registered { manual: manual_of(&tools, &url), tools: tools.len() },
+                Err(e) => Outcome::failed(&e),
+            };
+            return Ok(DiscoveryReport { root: url.clone(), files: vec![FileReport { path: url, outcome }] });
+        }
+        let root = PathBuf::from(target);
+        let engine = self.clone();
+        blocking(move || engine.discover_path(&root)).await
+    }
+
+    fn discover_path(&self, root: &Path) -> Result<DiscoveryReport> {
+        let meta = std::fs::metadata(root)
+            .map_err(|_| Error::NotFound(format!("{}: no such file or directory", root.display())))?;
+        let max = self.inner.config.discovery.max_file_size;
+        let (candidates, mut files) = if meta.is_dir() {
+            discovery::scan(root, max)
+        } else {
+            let explicit = true;
+            (vec![discovery::Candidate { path: root.to_path_buf(), explicit_manual: explicit }], Vec::new())
+        };
+        for candidate in candidates {
+            let outcome = match discovery::load_document(&candidate.path, max) {
+                Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => {
+                    let name = discovery::manual_name_for(&candidate.path);
+                    match self.register_document(doc, None, Some(&name), None) {
+                        Ok(tools) => Outcome::Registered { manual: name, tools: tools.len() },
+                        Err(e) => Outcome::failed(&e),
+                    }
+                }
+                Ok(doc) => discovery::not_a_manual(&candidate, &doc),
+                Err(e) => Outcome::failed(&e),
+            };
+            files.push(FileReport { path: candidate.path.display().to_string(), outcome });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(DiscoveryReport { root: root.display().to_string(), files })
+    }
+
+    pub fn deregister_manual(&self, name: &str) -> bool {
+        let tools = self.inner.registry.snapshot().manual(name).map_or(0, |m| m.tools.len());
+        let removed = self.inner.registry.deregister(name);
+        if removed {
+            self.inner.transports.remove_natives_of(name);
+            self.publish_manual(kinds::MANUAL_DEREGISTERED, name, tools);
+        }
+        removed
+    }
+
+    /// Every registered tool, ordered by full name.
+    pub fn tools(&self) -> Vec<Arc<RegisteredTool>> {
+        self.inner.registry.tools()
+    }
+
+    pub fn tool(&self, name: &str) -> Result<Arc<RegisteredTool>> {
+        self.inner.registry.tool(name).ok_or_else(|| {
+            Error::NotFound(format!("no tool named '{name}' (tool names are `manual.tool`)"))
+        })
+    }
+
+    /// Ranked search; `limit == 0` is unlimited; `tags` keeps tools with any of them.
+    pub fn search_tools(&self, query: &str, limit: usize, tags: &[String]) -> Vec<Arc<RegisteredTool>> {
+        self.inner.registry.search(query, limit, tags).into_iter().map(|(t, _)| t).collect()
+    }
+
+    /// Names of the registered manuals, sorted.
+    pub fn manuals(&self) -> Vec<String> {
+        self.inner.registry.snapshot().manuals().map(|m| m.name.clone()).collect()
+    }
+
+    /// The current catalogue snapshot (lock-free).
+    pub fn catalogue(&self) -> Arc<Catalogue> {
+        self.inner.registry.snapshot()
+    }
+
+    /// Namespaced variables a manual or a tool (`manual.tool`) needs.
+    pub fn required_variables(&self, name: &str) -> Result<Vec<String>> {
+        let cat = self.inner.registry.snapshot();
+        if let Some(m) = cat.manual(name) {
+            return Ok(vars::required_variables(&m.name, m.tools.iter().map(|t| &t.tool)));
+        }
+        let tool = self.tool(name).map_err(|_| Error::NotFound(format!("no manual or tool named '{name}'")))?;
+        Ok(vars::required_variables(&tool.manual, [&tool.tool]))
+    }
+
+
+    /// The policy for fetching manuals: `discovery.allow_insecure_http`, and private
+    /// addresses as for tool calls.
+    fn fetch_policy(&self) -> net::NetPolicy {
+        net::NetPolicy {
+            allow_insecure_http: self.inner.config.discovery.allow_insecure_http,
+            allow_private: self.inner.config.calls.allow_private_networks,
+        }
+    }
+
+    /// Fetch a manual or OpenAPI document from `url`, or a manual from `url/utcp`
+    /// when `url` holds neither. Returns the document, the default manual name (the
+    /// URL's host) and the URL it came from.
+    async fn fetch_manual(&self, raw_url: &str) -> Result<(Document, String, String)> {
+        let url = url::Url::parse(raw_url)
+            .map_err(|e| Error::InvalidArgument(format!("'{raw_url}' is not a valid URL: {e}")))?;
+        net::check_url(&url, self.fetch_policy())?;
+        let host = url.host_str().unwrap_or("manual").to_string();
+        let first = self.fetch_document(&url).await;
+        let first = match first {
+            Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => return Ok((doc, host, url.to_string())),
+            other => other,
+        };
+        let mut fallback = url.clone();
+        fallback.set_path(&format!("{}/utcp", url.path().trim_end_matches('/')));
+        match self.fetch_document(&fallback).await {
+            Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => Ok((doc, host, fallback.to_string())),
+            Ok(_) => Err(Error::InvalidManual(format!("no UTCP manual at {url} or {fallback}"))),
+            Err(e) => Err(match first {
+                Err(first) => Error::Transport(format!("no UTCP manual at {url} ({first}) or {fallback} ({e})")),
+                Ok(_) => Error::InvalidManual(format!("no UTCP manual at {url}, and {fallback}: {e}")),
+            }),
+        }
+    }
+
+    async fn fetch_document(&self, url: &url::Url) -> Result<Document> {
+        let max = self.inner.config.discovery.max_file_size;
+        let mut spec = net::RequestSpec::new(reqwest::Method::GET, url.clone());
+        spec.headers.push((
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static("application/json, application/yaml;q=0.9, */*;q=0.5"),
+            false,
+        ));
+        spec.timeout = Some(FETCH_TIMEOUT);
+        let mut response = net::send(&self.inner.transports.client()?, self.fetch_policy(), spec).await?;
+        if !response.status().is_success() {
+            return Err(Error::Transport(format!("GET {}: HTTP {}", net::redact(url), response.status())));
+        }
+        if response.content_length().is_some_and(|n| n > max) {
+            return Err(Error::InvalidArgument(format!("{url}: response is over the {max} byte cap")));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(url, e))? {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(Error::InvalidArgument(format!("{url}: response is over the {max} byte cap")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let path = Path::new(url.path());
+        let (value, parts) = crate::parse::parse_spec_document(&body, Some(path))
+            .map_err(|e| Error::InvalidManual(format!("{url}: {e}")))?;
+        Ok(discovery::classify_parsed(value, parts))
+    }
+}
+
+fn transport_error(url: &url::Url, e: reqwest::Error) -> Error {
+    net::request_error(&reqwest::Method::GET, url, e)
+}
+
+fn manual_of(tools: &[String], fallback: &str) -> String {
+    tools.first().and_then(|t| t.split('.').next()).unwrap_or(fallback).to_string()
+}
