@@ -21,7 +21,8 @@ build:
 	cargo build --workspace --exclude utp-python --exclude utp-node
 
 test-rust:
-	cargo clippy --workspace --exclude utp-node --all-targets --no-deps -- -D warnings
+	# utp-node too, with plain cargo (target/debug, as the rest), not napi's target/<triple>.
+	cargo clippy --workspace --all-targets --no-deps -- -D warnings
 	cargo test --workspace --exclude utp-node
 
 test: test-rust test-c test-install test-python test-node

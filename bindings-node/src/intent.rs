@@ -91,7 +91,15 @@ fn submit_options(options: StrictJson) -> napi::Result<(Option<String>, Option<S
         "submitIntent",
         &["tenant", "session"],
     )?;
-    Ok((optional_string(options.get("tenant"), "tenant")?, optional_string(options.get("session"), "session")?))
+    let tenant = optional_string(options.get("tenant"), "tenant")?;
+    let session = optional_string(options.get("session"), "session")?;
+    // Ids checked as every session and tenant option is.
+    for (option, id) in [("tenant", &tenant), ("session", &session)] {
+        if let Some(id) = id {
+            utp_core::host::check_id(option, id).map_err(core_err)?;
+        }
+    }
+    Ok((tenant, session))
 }
 
 #[napi]
@@ -183,9 +191,6 @@ impl JsEngine {
             let engine = self.engine()?;
             let params = params.into_optional("params").map_err(invalid)?.unwrap_or_else(|| json!({}));
             let (tenant, session) = submit_options(options)?;
-            if session.as_deref() == Some("") {
-                return Err(invalid("a session id is a non-empty string (found an empty string)"));
-            }
             promise(env, async move {
                 engine
                     .submit_intent(&intent_type, params, tenant.as_deref(), session.as_deref())

@@ -19,10 +19,10 @@ use std::ptr;
 
 use napi::bindgen_prelude::{FromNapiValue, TypeName, Unknown, ValidateNapiValue};
 use napi::{Status, sys};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
-/// Nesting limit (as napi's serde conversion).
-const MAX_DEPTH: usize = 128;
+/// Nesting limit: the one every binding applies (`utp_core::host::MAX_JSON_DEPTH`).
+const MAX_DEPTH: usize = utp_core::host::MAX_JSON_DEPTH;
 /// Node limit: values with more nodes are refused rather than exhausting memory.
 const MAX_NODES: usize = 1_000_000;
 
@@ -245,7 +245,7 @@ impl Walk {
             }
         }
         if self.stack.len() >= MAX_DEPTH {
-            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+            return Err(utp_core::host::too_deep());
         }
         self.stack.push(value);
         let result = unsafe { self.members(value) };
@@ -306,15 +306,10 @@ impl Walk {
     }
 }
 
-/// A JS number as JSON: whole numbers in the safe integer range as integers (so
-/// `5` stays `5`, not `5.0`), NaN and ±Infinity as null (as JSON.stringify).
+/// A JS number as JSON (`utp_core::host::number_value`): `5` stays `5`, not `5.0`;
+/// NaN and ±Infinity become null (as JSON.stringify).
 fn number(f: f64) -> Value {
-    const MAX_SAFE: f64 = 9_007_199_254_740_991.0;
-    if f.fract() == 0.0 && (-MAX_SAFE..=MAX_SAFE).contains(&f) {
-        // Exact: |f| ≤ 2^53 - 1 and whole. -0 becomes 0, as in JSON.stringify.
-        return Value::Number(Number::from(f as i64));
-    }
-    Number::from_f64(f).map_or(Value::Null, Value::Number)
+    utp_core::host::number_value(f).unwrap_or(Value::Null)
 }
 
 unsafe fn string(env: sys::napi_env, value: sys::napi_value) -> Result<String, String> {

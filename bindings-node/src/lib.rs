@@ -32,6 +32,7 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Env, Status, sys};
 use napi_derive::napi;
 use serde_json::Value;
+use utp_core::host::{self as core_host, KeyStyle};
 use utp_core::{CallOptions, CallThread, Config, ErrorCode, HistoryFilter, ManualSource, NativeHandler, RegisteredTool};
 // The one description of a JSON value's kind, shared with core's messages.
 pub(crate) use utp_core::json::json_kind;
@@ -273,41 +274,10 @@ pub struct JsEngine {
 
 /// `{ store }` of the constructor: 'memory' (the default) keeps the config's store
 /// (memory unless the config names one); 'sqlite:PATH' replaces the config's store url
-/// and keeps the rest of its `store` mapping (durability, retention, recover). A
-/// relative PATH is relative to the working directory (not to the config file's folder).
+/// and keeps the rest of its `store` mapping (`utp_core::host::StoreOverride`).
 fn apply_store(options: Option<Value>, config: &mut Config) -> napi::Result<()> {
-    let options = option_map(options, "Engine", &["store"])?;
-    let store = match options.get("store") {
-        None | Some(Value::Null) => return Ok(()),
-        Some(Value::String(s)) => s.trim(),
-        Some(other) => return Err(invalid(format!("store must be a string, found {}", json_kind(other)))),
-    };
-    if store == "memory" {
-        return Ok(());
-    }
-    let Some(path) = store.strip_prefix("sqlite:") else {
-        return Err(invalid(format!("unknown store '{store}': expected 'memory' or 'sqlite:PATH'")));
-    };
-    if path.trim().is_empty() {
-        return Err(invalid("store 'sqlite:' needs a database path after 'sqlite:' (e.g. 'sqlite:utp.db')"));
-    }
-    let mut path = std::path::PathBuf::from(path);
-    if path.is_relative() {
-        let cwd = std::env::current_dir()
-            .map_err(|e| invalid(format!("store '{store}': cannot resolve the relative path: {e}")))?;
-        path = cwd.join(path);
-    }
-    let url = Value::String(format!("sqlite:{}", path.to_string_lossy()));
-    match config.other.get_mut("store") {
-        Some(Value::Object(section)) => {
-            section.remove("path");
-            section.insert("url".into(), url);
-        }
-        _ => {
-            config.other.insert("store".into(), url);
-        }
-    }
-    Ok(())
+    let options = options.unwrap_or(Value::Null);
+    core_host::engine_options(&options, "Engine", KeyStyle::Camel).and_then(|store| store.apply(config)).map_err(core_err)
 }
 
 fn config_from(config: Option<Value>) -> napi::Result<Config> {
@@ -394,48 +364,11 @@ fn optional_schema(value: Option<&Value>, what: &str) -> napi::Result<Option<Val
     }
 }
 
-/// `{ timeout, tenant, session, user, approvalId, failFastOnApproval }` of callTool.
-/// `timeout` is in seconds.
+/// `{ timeout, tenant, session, user, approvalId, failFastOnApproval }` of callTool,
+/// checked by `utp_core::host`. `timeout` is in seconds.
 fn call_options(options: StrictJson) -> napi::Result<CallOptions> {
-    let options = option_map(
-        options.0.into_optional("callTool options").map_err(invalid)?,
-        "callTool",
-        &["timeout", "tenant", "session", "user", "approvalId", "failFastOnApproval"],
-    )?;
-    let fail_fast_on_approval = match options.get("failFastOnApproval") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(invalid(format!("failFastOnApproval must be a boolean, found {}", json_kind(other)))),
-    };
-    let timeout = match options.get("timeout") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => {
-            let seconds = n.as_f64().unwrap_or(f64::NAN);
-            if !(seconds.is_finite() && seconds >= 0.0) {
-                return Err(invalid(format!("timeout must be a finite non-negative number of seconds, found {n}")));
-            }
-            Some(
-                Duration::try_from_secs_f64(seconds)
-                    .map_err(|_| invalid(format!("timeout {n} s is too large to be a duration")))?,
-            )
-        }
-        Some(other) => {
-            return Err(invalid(format!(
-                "timeout must be a finite non-negative number of seconds, found {}",
-                json_kind(other)
-            )));
-        }
-    };
-    Ok(CallOptions {
-        timeout,
-        tenant: optional_string(options.get("tenant"), "tenant")?,
-        session: optional_string(options.get("session"), "session")?,
-        user: optional_string(options.get("user"), "user")?,
-        approval_id: optional_string(options.get("approvalId"), "approvalId")?,
-        fail_fast_on_approval,
-        cancel: None,
-        trace: None,
-    })
+    let options = options.0.into_optional("callTool options").map_err(invalid)?.unwrap_or(Value::Null);
+    core_host::call_options(&options, "callTool", KeyStyle::Camel).map_err(core_err)
 }
 
 // ---------------------------------------------------------------------------
@@ -827,37 +760,18 @@ const DEFAULT_RULE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `flush()` waits when no timeout is given.
 const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An optional number of seconds (finite, >= 0) as a duration.
+/// An optional number of seconds (finite, >= 0, at most `utp_core::host::MAX_TIMEOUT_SECONDS`)
+/// as a duration.
 fn optional_seconds(value: Option<&Value>, what: &str) -> napi::Result<Option<Duration>> {
-    let n = match value {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n,
-        Some(other) => {
-            return Err(invalid(format!(
-                "{what} must be a finite non-negative number of seconds, found {}",
-                json_kind(other)
-            )));
-        }
-    };
-    let seconds = n.as_f64().unwrap_or(f64::NAN);
-    if !(seconds.is_finite() && seconds >= 0.0) {
-        return Err(invalid(format!("{what} must be a finite non-negative number of seconds, found {n}")));
-    }
-    Duration::try_from_secs_f64(seconds)
-        .map(Some)
-        .map_err(|_| invalid(format!("{what} {n} s is too large to be a duration")))
-}
-
-/// An optional non-negative integer option (`limit`, `since`).
-fn optional_count(value: Option<&Value>, what: &str) -> napi::Result<Option<u64>> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(u), _) => Ok(Some(u)),
-            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(u64::MAX)),
-            _ => Err(invalid(format!("{what} must be a non-negative integer, found {n}"))),
-        },
-        Some(other) => Err(invalid(format!("{what} must be a non-negative integer, found {}", json_kind(other)))),
+        Some(Value::Number(n)) => {
+            core_host::seconds_from_f64(what, n.as_f64().unwrap_or(f64::NAN), n).map(Some).map_err(core_err)
+        }
+        Some(other) => Err(invalid(format!(
+            "{what} must be a finite non-negative number of seconds, found {}",
+            json_kind(other)
+        ))),
     }
 }
 
@@ -873,21 +787,11 @@ fn to_json(value: &utp_core::ApprovalInfo) -> napi::Result<Value> {
     serde_json::to_value(value).map_err(|e| coded(ErrorCode::Internal, format!("cannot serialise: {e}")))
 }
 
-/// `{ limit, type, executionId, tool, tenant, since }` of eventBus.history.
+/// `{ limit, type, executionId, tool, tenant, since }` of eventBus.history, checked
+/// by `utp_core::host`.
 fn history_filter(options: StrictJson) -> napi::Result<HistoryFilter> {
-    let options = option_map(
-        options.0.into_optional("history options").map_err(invalid)?,
-        "history",
-        &["limit", "type", "executionId", "tool", "tenant", "since"],
-    )?;
-    Ok(HistoryFilter {
-        limit: optional_count(options.get("limit"), "limit")?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        kind: optional_string(options.get("type"), "type")?,
-        execution_id: optional_string(options.get("executionId"), "executionId")?,
-        tool: optional_string(options.get("tool"), "tool")?,
-        tenant: optional_string(options.get("tenant"), "tenant")?,
-        since: optional_count(options.get("since"), "since")?,
-    })
+    let options = options.0.into_optional("history options").map_err(invalid)?.unwrap_or(Value::Null);
+    core_host::history_filter(&options, "history", KeyStyle::Camel).map_err(core_err)
 }
 
 #[napi]

@@ -8,11 +8,11 @@ use napi::Env;
 use napi::bindgen_prelude::AsyncBlock;
 use napi_derive::napi;
 use serde_json::{Map, Value};
-use utp_core::planner::PlanOptions;
-use utp_core::workflow::RunOptions;
+use utp_core::host::KeyStyle;
 
 use crate::json::{JsJson, StrictJson};
-use crate::{JsEngine, core_err, guard, invalid, json_kind, option_map, optional_seconds, optional_string, promise};
+use crate::workflow::run_options;
+use crate::{JsEngine, core_err, guard, invalid, json_kind, promise};
 
 /// The request: a non-empty string.
 fn plan_request(request: JsJson) -> napi::Result<String> {
@@ -37,14 +37,6 @@ fn request_inputs(inputs: Option<Value>, what: &str) -> napi::Result<Option<Valu
     }
 }
 
-fn session_of(options: &Map<String, Value>) -> napi::Result<Option<String>> {
-    let session = optional_string(options.get("session"), "session")?;
-    if session.as_deref() == Some("") {
-        return Err(invalid("a session id is a non-empty string (found an empty string)"));
-    }
-    Ok(session)
-}
-
 #[napi]
 impl JsEngine {
     /// Plan a workflow for a natural-language request without running it; resolves
@@ -66,17 +58,8 @@ impl JsEngine {
         guard(|| {
             let engine = self.engine()?;
             let request = plan_request(request)?;
-            let options = option_map(
-                options.0.into_optional("plan options").map_err(invalid)?,
-                "plan",
-                &["session", "tenant", "inputs"],
-            )?;
-            let plan = PlanOptions {
-                tenant: optional_string(options.get("tenant"), "tenant")?,
-                session: session_of(&options)?,
-                inputs: request_inputs(options.get("inputs").cloned(), "inputs")?,
-                client: None,
-            };
+            let options = options.0.into_optional("plan options").map_err(invalid)?.unwrap_or(Value::Null);
+            let plan = utp_core::host::plan_options(&options, "plan", KeyStyle::Camel).map_err(core_err)?;
             promise(env, async move {
                 engine.plan(&request, plan).await.map(|planned| planned.to_value()).map_err(core_err)
             })
@@ -105,18 +88,7 @@ impl JsEngine {
             let request = plan_request(request)?;
             let inputs = request_inputs(inputs.into_optional("inputs").map_err(invalid)?, "inputs")?
                 .unwrap_or_else(|| Value::Object(Map::new()));
-            let options = option_map(
-                options.0.into_optional("run options").map_err(invalid)?,
-                "run",
-                &["session", "tenant", "user", "timeout"],
-            )?;
-            let options = RunOptions {
-                tenant: optional_string(options.get("tenant"), "tenant")?,
-                session: session_of(&options)?,
-                user: optional_string(options.get("user"), "user")?,
-                timeout: optional_seconds(options.get("timeout"), "timeout")?,
-                cancel: None,
-            };
+            let options = run_options(options, "run")?;
             promise(env, async move { engine.run_request(&request, inputs, options).await.map_err(core_err) })
         })
     }

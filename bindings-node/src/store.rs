@@ -12,44 +12,17 @@ use napi::bindgen_prelude::AsyncBlock;
 use napi_derive::napi;
 use serde_json::Value;
 use utp_core::ErrorCode;
-use utp_core::events::{Pattern, kinds};
+use utp_core::host::KeyStyle;
 use utp_core::store::EventFilter;
 
 use crate::json::StrictJson;
-use crate::{JsEngine, coded, core_err, guard, invalid, json_kind, option_map, optional_count, optional_string, promise};
+use crate::{JsEngine, coded, core_err, guard, invalid, json_kind, promise};
 
-/// `{ executionId, type, after, limit, since, until }` of storedEvents.
+/// `{ executionId, type, after, limit, since, until }` of storedEvents, checked by
+/// `utp_core::host` (a `type` must match at least one event type).
 fn event_filter(options: StrictJson) -> napi::Result<EventFilter> {
-    let options = option_map(
-        options.0.into_optional("storedEvents options").map_err(invalid)?,
-        "storedEvents",
-        &["executionId", "type", "after", "limit", "since", "until"],
-    )?;
-    let kind = optional_string(options.get("type"), "type")?;
-    if let Some(pattern) = &kind {
-        check_pattern(pattern)?;
-    }
-    Ok(EventFilter {
-        execution_id: optional_string(options.get("executionId"), "executionId")?,
-        kind,
-        after_id: optional_count(options.get("after"), "after")?,
-        since: optional_string(options.get("since"), "since")?,
-        until: optional_string(options.get("until"), "until")?,
-        limit: optional_count(options.get("limit"), "limit")?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-    })
-}
-
-/// A `type` filter must match at least one event type of design §8, so a typo is an
-/// error instead of a filter that never matches.
-fn check_pattern(pattern: &str) -> napi::Result<()> {
-    if pattern.trim().is_empty() {
-        return Err(invalid("type is empty: use e.g. 'workflow.*', 'step.completed' or '*'"));
-    }
-    let compiled = Pattern::new(pattern);
-    if kinds::ALL.iter().any(|k| compiled.matches(k)) {
-        return Ok(());
-    }
-    Err(invalid(format!("type '{pattern}' matches no event type; the types are: {}", kinds::ALL.join(", "))))
+    let options = options.0.into_optional("storedEvents options").map_err(invalid)?.unwrap_or(Value::Null);
+    utp_core::host::event_filter(&options, "storedEvents", KeyStyle::Camel).map_err(core_err)
 }
 
 /// `olderThan` of prune: seconds (a number) or text like '30d', '12h', '90s'.

@@ -12,12 +12,11 @@ use napi::bindgen_prelude::AsyncBlock;
 use napi_derive::napi;
 use serde_json::Value;
 use utp_core::ErrorCode;
+use utp_core::host::KeyStyle;
 use utp_core::workflow::{RunOptions, WorkflowSource};
 
 use crate::json::{JsJson, StrictJson};
-use crate::{
-    JsEngine, coded, core_err, guard, invalid, json_kind, option_map, optional_seconds, optional_string, promise,
-};
+use crate::{JsEngine, coded, core_err, guard, invalid, json_kind, option_map, optional_string, promise};
 
 /// A workflow argument: an object (the definition), or a string (YAML / JSON text,
 /// or the path of a YAML / JSON file).
@@ -48,20 +47,11 @@ fn workflow_inputs(inputs: JsJson) -> napi::Result<Value> {
     }
 }
 
-/// `{ session, tenant, user, timeout }` of runWorkflow / startWorkflow; `timeout` in seconds.
-fn run_options(options: StrictJson, what: &str) -> napi::Result<RunOptions> {
-    let options = option_map(
-        options.0.into_optional(&format!("{what} options")).map_err(invalid)?,
-        what,
-        &["session", "tenant", "user", "timeout"],
-    )?;
-    Ok(RunOptions {
-        tenant: optional_string(options.get("tenant"), "tenant")?,
-        session: optional_string(options.get("session"), "session")?,
-        user: optional_string(options.get("user"), "user")?,
-        timeout: optional_seconds(options.get("timeout"), "timeout")?,
-        cancel: None,
-    })
+/// `{ session, tenant, user, timeout }` of runWorkflow / startWorkflow (and `run`),
+/// checked by `utp_core::host`; `timeout` in seconds.
+pub(crate) fn run_options(options: StrictJson, what: &str) -> napi::Result<RunOptions> {
+    let options = options.0.into_optional(&format!("{what} options")).map_err(invalid)?.unwrap_or(Value::Null);
+    utp_core::host::run_options(&options, what, KeyStyle::Camel).map_err(core_err)
 }
 
 /// `{ tenant }` of the session-state methods.
@@ -70,12 +60,9 @@ fn tenant_option(options: StrictJson, what: &str) -> napi::Result<Option<String>
     optional_string(options.get("tenant"), "tenant")
 }
 
-/// A session id: a non-empty string.
+/// A session id, checked as every session option is (`utp_core::host::check_id`).
 fn session_id(session: &str) -> napi::Result<()> {
-    if session.is_empty() {
-        return Err(invalid("a session id is a non-empty string (found an empty string)"));
-    }
-    Ok(())
+    utp_core::host::check_id("session", session).map_err(core_err)
 }
 
 #[napi]

@@ -8,12 +8,14 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use serde_json::Value;
+use utp_core::host::{self, KeyStyle};
 use utp_core::{CallOptions, CancellationToken, Error, ErrorCode};
 
 use crate::callbacks::locked;
 use crate::engine::PyEngine;
 use crate::errors::{IntoPyResult, guarded, raise, to_py_err};
-use crate::json::{seconds, to_json, to_py};
+use crate::host_options::OptionMap;
+use crate::json::{to_json, to_py};
 
 /// A call started by `_call_tool_start` that did not finish at once; `cancel()` cancels
 /// it (a CLI tool's process is killed, a Python tool's result is dropped). Its `done`
@@ -156,18 +158,19 @@ fn call_request(
         Some(a) if !a.is_none() => to_json(py, a, 0)?,
         _ => Value::Null,
     };
-    let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
+    let options = OptionMap::default()
+        .seconds("timeout", timeout)
+        .map(|map| {
+            map.string("tenant", tenant)
+                .string("session", session)
+                .string("user", user)
+                .string("approval_id", approval_id)
+                .flag("fail_fast_on_approval", fail_fast_on_approval)
+        })
+        .and_then(|map| host::call_options(&map.into_value(), "call_tool", KeyStyle::Snake))
+        .py_err(py)?;
     let cancel = CancellationToken::new();
-    let options = CallOptions {
-        timeout,
-        tenant,
-        session,
-        cancel: Some(cancel.clone()),
-        user,
-        fail_fast_on_approval,
-        approval_id,
-        trace: None,
-    };
+    let options = CallOptions { cancel: Some(cancel.clone()), ..options };
     Ok((args, options, cancel))
 }
 

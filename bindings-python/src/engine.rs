@@ -8,7 +8,6 @@
 //! runtime's threads (engine_threads.rs).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde_json::Value;
+use utp_core::host;
 use utp_core::workflow::RunOptions;
 use utp_core::{CancellationToken, Config, Engine as CoreEngine, ErrorCode, SubscriptionId};
 
@@ -177,36 +177,9 @@ fn load_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Co
 
 /// The `store=` argument: "memory" (the default) keeps the config's store (memory
 /// unless the config names one); "sqlite:PATH" replaces the config's store url and
-/// keeps the rest of its `store` mapping (durability, retention, recover). A relative
-/// PATH is relative to the working directory (not to the config file's folder).
-fn apply_store(py: Python<'_>, config: &mut Config, store: &str) -> PyResult<()> {
-    let store = store.trim();
-    if store == "memory" {
-        return Ok(());
-    }
-    let Some(path) = store.strip_prefix("sqlite:") else {
-        return Err(invalid(py, format!("store must be \"memory\" or \"sqlite:PATH\", got '{store}'")));
-    };
-    if path.trim().is_empty() {
-        return Err(invalid(py, "store 'sqlite:' needs a database path after 'sqlite:' (e.g. \"sqlite:utp.db\")"));
-    }
-    let mut path = PathBuf::from(path);
-    if path.is_relative() {
-        let cwd = std::env::current_dir()
-            .map_err(|e| invalid(py, format!("store '{store}': cannot resolve the relative path: {e}")))?;
-        path = cwd.join(path);
-    }
-    let url = Value::String(format!("sqlite:{}", path.to_string_lossy()));
-    match config.other.get_mut("store") {
-        Some(Value::Object(section)) => {
-            section.remove("path");
-            section.insert("url".into(), url);
-        }
-        _ => {
-            config.other.insert("store".into(), url);
-        }
-    }
-    Ok(())
+/// keeps the rest of its `store` mapping (`utp_core::host::StoreOverride`).
+fn apply_store(config: &mut Config, store: &str) -> Result<(), utp_core::Error> {
+    host::store_override(&Value::String(store.to_string()))?.apply(config)
 }
 
 #[pymethods]
@@ -224,7 +197,7 @@ impl PyEngine {
     fn new(py: Python<'_>, config: Option<&Bound<'_, PyAny>>, store: &str) -> PyResult<Self> {
         guarded(py, || {
             let mut config = load_config(py, config)?;
-            apply_store(py, &mut config, store)?;
+            apply_store(&mut config, store).py_err(py)?;
             let runtime = engine_threads::runtime_builder()
                 .build()
                 .map_err(|e| raise(py, ErrorCode::Internal, format!("cannot start the runtime: {e}")))?;

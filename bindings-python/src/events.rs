@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
-use utp_core::events::{Pattern, kinds};
-use utp_core::{Event, EventHandler, HistoryFilter, SubscriptionId};
+use utp_core::host::{self, KeyStyle};
+use utp_core::{Event, EventHandler, SubscriptionId};
 
 use crate::callbacks::{Callback, Slot, call_maybe_async, describe, log_exception};
 use crate::engine::PyEngine;
 use crate::errors::{IntoPyResult, guarded, invalid};
+use crate::host_options::OptionMap;
 use crate::json::{seconds, to_py, type_name};
 
 /// Deliver one event to a subscriber on its own (library) thread. An exception is
@@ -39,19 +40,6 @@ fn run_subscriber(py: Python<'_>, callback: &Callback, pattern: &str, event: &Ev
     }
 }
 
-/// A pattern or type filter must match at least one event type of design §8, so a
-/// typo (`"tool.sucess"`) is an error instead of a subscription that never fires.
-pub(crate) fn check_pattern(py: Python<'_>, pattern: &str, what: &str) -> PyResult<()> {
-    if pattern.trim().is_empty() {
-        return Err(invalid(py, format!("{what} is empty: use \"*\" for every event, or e.g. \"tool.*\", \"policy.denied\"")));
-    }
-    let compiled = Pattern::new(pattern);
-    if kinds::ALL.iter().any(|k| compiled.matches(k)) {
-        return Ok(());
-    }
-    Err(invalid(py, format!("{what} '{pattern}' matches no event type; the types are: {}", kinds::ALL.join(", "))))
-}
-
 #[pymethods]
 impl PyEngine {
     // ----- events (design §8); `utp.EventBus` wraps these -----
@@ -64,7 +52,7 @@ impl PyEngine {
             if !callback.is_callable() {
                 return Err(invalid(py, format!("callback must be callable, got {}", type_name(&callback))));
             }
-            check_pattern(py, pattern, "event pattern")?;
+            host::event_pattern(pattern, "event pattern").py_err(py)?;
             let stored = Callback::new(callback.unbind());
             let (held, shown) = (stored.clone(), pattern.trim().to_string());
             let handler: EventHandler = Arc::new(move |event: Arc<Event>| {
@@ -103,10 +91,14 @@ impl PyEngine {
         since: Option<u64>,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(py, || {
-            if let Some(t) = &r#type {
-                check_pattern(py, t, "type")?;
-            }
-            let filter = HistoryFilter { limit, kind: r#type, execution_id, tool, tenant, since };
+            let filter = OptionMap::default()
+                .count("limit", limit.map(|n| n as u64))
+                .string("type", r#type)
+                .string("execution_id", execution_id)
+                .string("tool", tool)
+                .string("tenant", tenant)
+                .count("since", since);
+            let filter = host::history_filter(&filter.into_value(), "history", KeyStyle::Snake).py_err(py)?;
             let r = self.running(py)?;
             let events = py.detach(|| r.engine.history(&filter));
             let list = PyList::empty(py);

@@ -14,6 +14,7 @@ use crate::callbacks::{Callback, Slot, call_maybe_async, describe};
 use crate::engine::PyEngine;
 use crate::engine_threads::call_python;
 use crate::errors::{IntoPyResult, error_types, guarded, invalid};
+use crate::host_options::check_ids;
 use crate::json::{to_json, to_py, type_name};
 use crate::workflows::{workflow_inputs, workflow_source};
 
@@ -213,6 +214,7 @@ impl PyEngine {
                 }
                 _ => workflow_inputs(py, params)?,
             };
+            check_ids(tenant.as_deref(), session.as_deref()).py_err(py)?;
             let r = self.running(py)?;
             let submitted = r.engine.submit_intent(intent_type, params, tenant.as_deref(), session.as_deref());
             let record = r.block_on_interruptible(py, submitted, &CancellationToken::new())?;

@@ -8,14 +8,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 
-use crate::errors::invalid;
+use utp_core::host;
 
-/// Deeper than any real manual; stops self-referencing containers.
-const MAX_DEPTH: usize = 200;
+use crate::errors::{IntoPyResult, invalid};
 
+/// `obj` as JSON; `depth` counts the containers around it. At most
+/// `host::MAX_JSON_DEPTH` nested containers, as in C and Node (this also stops
+/// self-referencing containers).
 pub(crate) fn to_json(py: Python<'_>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
-    if depth > MAX_DEPTH {
-        return Err(invalid(py, format!("value nests deeper than {MAX_DEPTH} levels (a container that contains itself?)")));
+    let is_container = || obj.is_instance_of::<PyDict>() || obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>();
+    if depth >= host::MAX_JSON_DEPTH && is_container() {
+        return Err(invalid(py, format!("value {} (a container that contains itself?)", host::too_deep())));
     }
     if obj.is_none() {
         return Ok(Value::Null);
@@ -113,9 +116,9 @@ pub(crate) fn path_like(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> P
     Err(invalid(py, format!("{what} must be str or os.PathLike, got {}", type_name(obj))))
 }
 
+/// Seconds (a timeout), checked as every binding checks them (`utp_core::host`).
 pub(crate) fn seconds(py: Python<'_>, value: f64, what: &str) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| invalid(py, format!("{what} must be a finite number of seconds >= 0, got {value}")))
+    host::seconds(what, value).py_err(py)
 }
 
 pub(crate) fn value_list<'py>(py: Python<'py>, values: &[Value]) -> PyResult<Bound<'py, PyList>> {

@@ -4,10 +4,11 @@
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use utp_core::CancellationToken;
-use utp_core::planner::PlanOptions;
+use utp_core::host::{self, KeyStyle};
 
 use crate::engine::PyEngine;
 use crate::errors::{IntoPyResult, guarded, invalid};
+use crate::host_options::OptionMap;
 use crate::json::{to_py, type_name};
 use crate::workflows::workflow_inputs;
 
@@ -50,11 +51,10 @@ impl PyEngine {
     ) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
             let request = plan_request(py, request)?;
-            let inputs = match inputs {
-                Some(i) if !i.is_none() => Some(workflow_inputs(py, Some(i))?),
-                _ => None,
-            };
-            let options = PlanOptions { tenant, session, inputs, client: None };
+            // A dict or None, said in Python's terms first (as `run_workflow` does).
+            let inputs = inputs.filter(|i| !i.is_none()).map(|i| workflow_inputs(py, Some(i))).transpose()?;
+            let options = OptionMap::default().string("session", session).string("tenant", tenant).value("inputs", inputs);
+            let options = host::plan_options(&options.into_value(), "plan", KeyStyle::Snake).py_err(py)?;
             let r = self.running(py)?;
             let planned = r.block_on_interruptible(py, r.engine.plan(&request, options), &CancellationToken::new())?;
             to_py(py, &planned.py_err(py)?.to_value())

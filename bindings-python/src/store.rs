@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString};
-use utp_core::store::EventFilter;
+use utp_core::host::{self, KeyStyle};
 
 use crate::engine::PyEngine;
 use crate::errors::{IntoPyResult, guarded, invalid};
-use crate::events::check_pattern;
+use crate::host_options::OptionMap;
 use crate::json::{to_json, type_name, value_list};
 
 /// `older_than` of `prune`: seconds (int or float) or text like "30d", "12h", "90s".
@@ -63,10 +63,14 @@ impl PyEngine {
         until: Option<String>,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(py, || {
-            if let Some(t) = &r#type {
-                check_pattern(py, t, "type")?;
-            }
-            let filter = EventFilter { execution_id, kind: r#type, after_id: after, since, until, limit };
+            let filter = OptionMap::default()
+                .string("execution_id", execution_id)
+                .string("type", r#type)
+                .count("after", after)
+                .count("limit", limit.map(|n| n as u64))
+                .string("since", since)
+                .string("until", until);
+            let filter = host::event_filter(&filter.into_value(), "stored_events", KeyStyle::Snake).py_err(py)?;
             let r = self.running(py)?;
             let events = py.detach(|| r.engine.stored_events(&filter)).py_err(py)?;
             value_list(py, &events)

@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use serde_json::{Map, Value};
+use utp_core::host::{self, KeyStyle};
 use utp_core::workflow::{RunOptions, WorkflowSource};
 use utp_core::{CancellationToken, ErrorCode};
 
 use crate::engine::PyEngine;
 use crate::errors::{IntoPyResult, guarded, invalid, raise};
+use crate::host_options::{OptionMap, check_ids};
 use crate::json::{seconds, to_json, to_py, type_name, value_list};
 
 /// A workflow argument: a dict (the definition), a `str` (a path when it names a
@@ -56,8 +58,14 @@ pub(crate) fn run_options(
     timeout: Option<f64>,
     cancel: Option<CancellationToken>,
 ) -> PyResult<RunOptions> {
-    let timeout = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
-    Ok(RunOptions { tenant, session, user, timeout, cancel })
+    let options = OptionMap::default()
+        .string("session", session)
+        .string("tenant", tenant)
+        .string("user", user)
+        .seconds("timeout", timeout)
+        .and_then(|map| host::run_options(&map.into_value(), "run", KeyStyle::Snake))
+        .py_err(py)?;
+    Ok(RunOptions { cancel, ..options })
 }
 
 #[pymethods]
@@ -204,7 +212,10 @@ impl PyEngine {
     /// A session's state (`state` in workflow expressions), keyed by (tenant, session); `{}` when empty.
     #[pyo3(signature = (session, tenant=None))]
     fn session_state<'py>(&self, py: Python<'py>, session: &str, tenant: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
-        guarded(py, || to_py(py, &self.running(py)?.engine.session_state(tenant, Some(session))))
+        guarded(py, || {
+            check_ids(tenant, Some(session)).py_err(py)?;
+            to_py(py, &self.running(py)?.engine.session_state(tenant, Some(session)))
+        })
     }
 
     /// Set one key of a session's state; `value=None` removes the key.
@@ -218,6 +229,7 @@ impl PyEngine {
         tenant: Option<&str>,
     ) -> PyResult<()> {
         guarded(py, || {
+            check_ids(tenant, Some(session)).py_err(py)?;
             let value = to_json(py, value, 0)?;
             if self.running(py)?.engine.set_session_value(tenant, Some(session), key, value) {
                 Ok(())

@@ -10,6 +10,7 @@ pub mod domain;
 mod engine;
 pub mod error;
 pub mod events;
+pub mod host;
 mod external_refs;
 mod files;
 pub mod json;

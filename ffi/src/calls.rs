@@ -3,9 +3,9 @@
 
 use std::ffi::{c_char, c_void};
 use std::ptr;
-use std::time::Duration;
 
 use serde_json::Value;
+use utp_core::host::{self, KeyStyle};
 use utp_core::{CallOptions, Error};
 
 use crate::callbacks::{Completion, UtpCompletionFn, UtpFreeFn};
@@ -13,41 +13,12 @@ use crate::engine::{UtpEngine, engine_and_out, engine_ref};
 use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::json_out;
 
-/// Read `options_json`: `{"timeout": seconds, "tenant", "session", "user",
-/// "approval_id": "...", "fail_fast_on_approval": bool}`.
-fn call_options(options_json: Option<&str>) -> Result<CallOptions, Error> {
-    let Some(text) = options_json.filter(|t| !t.trim().is_empty()) else { return Ok(CallOptions::default()) };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("options_json is not valid JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(invalid("options_json must be a JSON object"));
-    };
-    let mut options = CallOptions::default();
-    for (key, v) in map {
-        match (key.as_str(), v) {
-            (_, Value::Null) => {}
-            ("timeout", Value::Number(n)) => {
-                let secs = n.as_f64().unwrap_or(f64::NAN);
-                options.timeout = Some(Duration::try_from_secs_f64(secs).map_err(|_| {
-                    invalid(format!("options_json.timeout must be a number of seconds >= 0, got {n}"))
-                })?);
-            }
-            ("tenant", Value::String(s)) => options.tenant = Some(s),
-            ("session", Value::String(s)) => options.session = Some(s),
-            ("user", Value::String(s)) => options.user = Some(s),
-            ("approval_id", Value::String(s)) => options.approval_id = Some(s),
-            ("fail_fast_on_approval", Value::Bool(b)) => options.fail_fast_on_approval = b,
-            (k @ ("timeout" | "tenant" | "session" | "user" | "approval_id" | "fail_fast_on_approval"), other) => {
-                return Err(invalid(format!("options_json.{k} has the wrong type: {other}")));
-            }
-            (k, _) => {
-                return Err(invalid(format!(
-                    "unknown option '{k}' (expected timeout, tenant, session, user, approval_id, fail_fast_on_approval)"
-                )));
-            }
-        }
-    }
-    Ok(options)
+/// Read `options_json` of `what` (the function's name, for messages): `{"timeout":
+/// seconds, "tenant", "session", "user", "approval_id": "...", "fail_fast_on_approval":
+/// bool}`, checked by `utp_core::host`.
+fn call_options(options_json: Option<&str>, what: &str) -> Result<CallOptions, Error> {
+    let options = host::parse_json(options_json.unwrap_or(""), "options_json")?;
+    host::call_options(&options, what, KeyStyle::Snake)
 }
 
 /// Call a tool. `args_json` (nullable: no arguments) is a JSON object checked
@@ -87,7 +58,7 @@ pub unsafe extern "C" fn utp_call_tool(
             Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
         };
         // SAFETY: NULL or NUL-terminated per the contract.
-        let options = call_options(unsafe { optional_str(options_json, "options_json") }?)?;
+        let options = call_options(unsafe { optional_str(options_json, "options_json") }?, "utp_call_tool")?;
         // A sequential HTTP call is driven on this thread (`Engine::blocking_call`).
         let blocking = handle.engine.blocking_call(name);
         let call = handle.engine.call_tool(name, args, options);
@@ -144,7 +115,7 @@ pub unsafe extern "C" fn utp_call_tool_async(
             Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
         };
         // SAFETY: NULL or NUL-terminated per the contract.
-        let options = call_options(unsafe { optional_str(options_json, "options_json") }?)?;
+        let options = call_options(unsafe { optional_str(options_json, "options_json") }?, "utp_call_tool_async")?;
         let runtime = handle.runtime()?;
         let engine = handle.engine.clone();
         // From here the callback is owed.

@@ -6,8 +6,8 @@ use std::ptr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use utp_core::{Error, Event, EventHandler, HistoryFilter, SubscriptionId};
+use utp_core::host::{self, KeyStyle};
+use utp_core::{Error, Event, EventHandler, SubscriptionId};
 
 use crate::callbacks::{CallbackScope, Registration, UtpFreeFn, lock};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
@@ -157,21 +157,8 @@ pub unsafe extern "C" fn utp_history(
         // valid for writes (both NULLs are checked).
         let (handle, out) = unsafe { engine_and_out(engine, out_events_json, "out_events_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
-        let filter = match unsafe { optional_str(filter_json, "filter_json") }? {
-            None => HistoryFilter::default(),
-            Some(text) if text.trim().is_empty() => HistoryFilter::default(),
-            Some(text) => {
-                match serde_json::from_str(text).map_err(|e| invalid(format!("filter_json is not valid JSON: {e}")))? {
-                    Value::Null => HistoryFilter::default(),
-                    value @ Value::Object(_) => serde_json::from_value(value).map_err(|e| {
-                        invalid(format!(
-                            "filter_json: {e} (expected limit, type, execution_id, tool, tenant, since)"
-                        ))
-                    })?,
-                    _ => return Err(invalid("filter_json must be a JSON object (or null)")),
-                }
-            }
-        };
+        let filter = host::parse_json(unsafe { optional_str(filter_json, "filter_json") }?.unwrap_or(""), "filter_json")?;
+        let filter = host::history_filter(&filter, "utp_history", KeyStyle::Snake)?;
         let events = handle.engine.history(&filter);
         let text = serde_json::to_string(&events.iter().map(|e| &**e).collect::<Vec<&Event>>())
             .map_err(|e| Error::Internal(format!("cannot serialise events: {e}")))?;

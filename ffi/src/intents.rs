@@ -13,6 +13,7 @@ use utp_core::{IntentContext, IntentHandler, IntentTarget};
 use crate::callbacks::{CallbackScope, Registration, UtpFreeFn, deregister, lock};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
 use crate::error::{UtpError, guard, invalid, optional_str, required_str};
+use crate::sessions::check_ids;
 use crate::strings::json_out;
 use crate::tools::UtpToolResult;
 
@@ -232,6 +233,7 @@ pub unsafe extern "C" fn utp_submit_intent(
         let tenant = unsafe { optional_str(tenant, "tenant") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let session = unsafe { optional_str(session, "session") }?;
+        check_ids(tenant, session)?;
         let record = handle.block_on(handle.engine.submit_intent(intent_type, params, tenant, session))??;
         *out = json_out(&record)?;
         Ok(())

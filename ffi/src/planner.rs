@@ -5,6 +5,7 @@ use std::ptr;
 
 use serde_json::Value;
 use utp_core::Error;
+use utp_core::host::{self, KeyStyle};
 use utp_core::planner::PlanOptions;
 
 use crate::engine::{UtpEngine, engine_and_out};
@@ -25,30 +26,11 @@ unsafe fn plan_request<'a>(request: *const c_char) -> Result<&'a str, Error> {
     Ok(text)
 }
 
-/// Read `options_json` of utp_plan(): `{"session", "tenant", "inputs": {...}}`.
+/// Read `options_json` of utp_plan(): `{"session", "tenant", "inputs": {...}}`, checked
+/// by `utp_core::host`.
 fn plan_options(options_json: Option<&str>) -> Result<PlanOptions, Error> {
-    let mut options = PlanOptions::default();
-    let Some(text) = options_json.filter(|t| !t.trim().is_empty()) else { return Ok(options) };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("options_json is not valid JSON: {e}")))?;
-    let map = match value {
-        Value::Null => return Ok(options),
-        Value::Object(map) => map,
-        _ => return Err(invalid("options_json must be a JSON object")),
-    };
-    for (key, v) in map {
-        match (key.as_str(), v) {
-            (_, Value::Null) => {}
-            ("tenant", Value::String(s)) => options.tenant = Some(s),
-            ("session", Value::String(s)) => options.session = Some(s),
-            ("inputs", v @ Value::Object(_)) => options.inputs = Some(v),
-            (k @ ("tenant" | "session" | "inputs"), other) => {
-                return Err(invalid(format!("options_json.{k} has the wrong type: {other}")));
-            }
-            (k, _) => return Err(invalid(format!("unknown option '{k}' (expected session, tenant, inputs)"))),
-        }
-    }
-    Ok(options)
+    let options = host::parse_json(options_json.unwrap_or(""), "options_json")?;
+    host::plan_options(&options, "utp_plan", KeyStyle::Snake)
 }
 
 /// Plan a workflow for a natural-language `request` (design §10) without running it,

@@ -4,6 +4,8 @@ use std::ffi::c_char;
 use std::ptr;
 
 use serde_json::Value;
+use utp_core::Error;
+use utp_core::host;
 
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
 use crate::error::{UtpError, guard, invalid, optional_str, required_str};
@@ -32,6 +34,7 @@ pub unsafe extern "C" fn utp_session_state(
         let tenant = unsafe { optional_str(tenant, "tenant") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let session = unsafe { required_str(session, "session") }?;
+        check_ids(tenant, Some(session))?;
         *out = json_out(&handle.engine.session_state(tenant, Some(session)))?;
         Ok(())
     })
@@ -58,6 +61,7 @@ pub unsafe extern "C" fn utp_set_session_state(
         let tenant = unsafe { optional_str(tenant, "tenant") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let session = unsafe { required_str(session, "session") }?;
+        check_ids(tenant, Some(session))?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let key = unsafe { required_str(key, "key") }?;
         if key.is_empty() {
@@ -72,4 +76,15 @@ pub unsafe extern "C" fn utp_set_session_state(
         }
         Ok(())
     })
+}
+
+/// A tenant and a session id given as arguments, checked as the `tenant` and
+/// `session` options are (`utp_core::host::check_id`).
+pub(crate) fn check_ids(tenant: Option<&str>, session: Option<&str>) -> Result<(), Error> {
+    for (option, id) in [("tenant", tenant), ("session", session)] {
+        if let Some(id) = id {
+            host::check_id(option, id)?;
+        }
+    }
+    Ok(())
 }

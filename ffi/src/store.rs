@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use utp_core::Error;
-use utp_core::events::{Pattern, kinds};
+use utp_core::host::{self, KeyStyle};
 use utp_core::store::EventFilter;
 
 use crate::engine::{UtpEngine, engine_and_out};
-use crate::error::{UtpError, guard, invalid, optional_str};
+use crate::error::{UtpError, guard, optional_str};
 use crate::strings::json_out;
 
 /// Resume the executions a previous process left unfinished in the engine's store
@@ -35,49 +35,10 @@ pub unsafe extern "C" fn utp_recover(engine: *mut UtpEngine, out_ids_json: *mut 
     })
 }
 
-/// The keys of utp_stored_events()' filter.
-const STORED_EVENTS_KEYS: &str = "execution_id, type, after, limit, since, until";
-
-/// `filter_json` of utp_stored_events() as a store filter.
+/// `filter_json` of utp_stored_events() as a store filter, checked by `utp_core::host`.
 fn event_filter(text: Option<&str>) -> Result<EventFilter, Error> {
-    let mut filter = EventFilter::default();
-    let Some(text) = text.filter(|t| !t.trim().is_empty()) else { return Ok(filter) };
-    let map = match serde_json::from_str(text).map_err(|e| invalid(format!("filter_json is not valid JSON: {e}")))? {
-        Value::Null => return Ok(filter),
-        Value::Object(map) => map,
-        _ => return Err(invalid("filter_json must be a JSON object (or null)")),
-    };
-    let string = |key: &str, value: &Value| match value {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        other => Err(invalid(format!("filter_json: {key} must be a string, found {other}"))),
-    };
-    let count = |key: &str, value: &Value| match value {
-        Value::Null => Ok(None),
-        Value::Number(n) if n.as_u64().is_some() => Ok(n.as_u64()),
-        other => Err(invalid(format!("filter_json: {key} must be a non-negative integer, found {other}"))),
-    };
-    for (key, value) in &map {
-        match key.as_str() {
-            "execution_id" => filter.execution_id = string(key, value)?,
-            "type" => filter.kind = string(key, value)?,
-            "since" => filter.since = string(key, value)?,
-            "until" => filter.until = string(key, value)?,
-            "after" => filter.after_id = count(key, value)?,
-            "limit" => filter.limit = count(key, value)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-            _ => return Err(invalid(format!("filter_json: unknown key '{key}' (expected {STORED_EVENTS_KEYS})"))),
-        }
-    }
-    if let Some(pattern) = &filter.kind {
-        let compiled = Pattern::new(pattern);
-        if pattern.trim().is_empty() || !kinds::ALL.iter().any(|k| compiled.matches(k)) {
-            return Err(invalid(format!(
-                "filter_json: type '{pattern}' matches no event type; the types are: {}",
-                kinds::ALL.join(", ")
-            )));
-        }
-    }
-    Ok(filter)
+    let filter = host::parse_json(text.unwrap_or(""), "filter_json")?;
+    host::event_filter(&filter, "utp_stored_events", KeyStyle::Snake)
 }
 
 /// Events from the store's audit log (every process that used the store), in store

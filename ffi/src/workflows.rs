@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use utp_core::{Engine, Error};
+use utp_core::host::{self, KeyStyle};
 use utp_core::workflow::{RunOptions, WorkflowSource};
 
 use crate::callbacks::{Completion, UtpCompletionFn, UtpFreeFn};
@@ -14,38 +15,12 @@ use crate::engine::{UtpEngine, engine_and_out, engine_ref};
 use crate::error::{UtpError, guard, invalid, optional_str, required_str};
 use crate::strings::{json_out, string_out};
 
-/// Read `options_json` of a workflow run: `{"tenant", "session", "user", "timeout": seconds}`.
+/// Read `options_json` of a workflow run (utp_run_workflow(), utp_start_workflow(),
+/// utp_run_workflow_async(), utp_run()): `{"tenant", "session", "user", "timeout":
+/// seconds}`, checked by `utp_core::host`.
 pub(crate) fn run_options(options_json: Option<&str>) -> Result<RunOptions, Error> {
-    let Some(text) = options_json.filter(|t| !t.trim().is_empty()) else { return Ok(RunOptions::default()) };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("options_json is not valid JSON: {e}")))?;
-    let map = match value {
-        Value::Null => return Ok(RunOptions::default()),
-        Value::Object(map) => map,
-        _ => return Err(invalid("options_json must be a JSON object")),
-    };
-    let mut options = RunOptions::default();
-    for (key, v) in map {
-        match (key.as_str(), v) {
-            (_, Value::Null) => {}
-            ("timeout", Value::Number(n)) => {
-                let secs = n.as_f64().unwrap_or(f64::NAN);
-                options.timeout = Some(Duration::try_from_secs_f64(secs).map_err(|_| {
-                    invalid(format!("options_json.timeout must be a number of seconds >= 0, got {n}"))
-                })?);
-            }
-            ("tenant", Value::String(s)) => options.tenant = Some(s),
-            ("session", Value::String(s)) => options.session = Some(s),
-            ("user", Value::String(s)) => options.user = Some(s),
-            (k @ ("timeout" | "tenant" | "session" | "user"), other) => {
-                return Err(invalid(format!("options_json.{k} has the wrong type: {other}")));
-            }
-            (k, _) => {
-                return Err(invalid(format!("unknown option '{k}' (expected tenant, session, user, timeout)")));
-            }
-        }
-    }
-    Ok(options)
+    let options = host::parse_json(options_json.unwrap_or(""), "options_json")?;
+    host::run_options(&options, "workflow run", KeyStyle::Snake)
 }
 
 /// Read the arguments shared by the run/start functions.

@@ -32,6 +32,27 @@ pub use glob::Pattern;
 pub use history::HistoryFilter;
 pub use metrics::{LATENCY_BUCKETS, Metrics};
 
+/// Check an event-type pattern named `option` ("event pattern" for a subscription,
+/// "type" for a filter): it must match at least one event type, so a typo
+/// (`tool.sucess`) is an error instead of a subscription or filter that never matches.
+/// The bindings reach it as `utp_core::host::event_pattern`.
+pub fn check_pattern(pattern: &str, option: &str) -> Result<Pattern> {
+    if pattern.trim().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{option} is empty: use \"*\" for every event, or e.g. \"tool.*\", \"policy.denied\""
+        )));
+    }
+    let compiled = Pattern::new(pattern);
+    if kinds::ALL.iter().any(|k| compiled.matches(k)) {
+        return Ok(compiled);
+    }
+    Err(Error::InvalidArgument(format!(
+        "{option} '{}' matches no event type; the types are: {}",
+        compiled.as_str(),
+        kinds::ALL.join(", ")
+    )))
+}
+
 /// The event type names of design §8.
 pub mod kinds {
     pub const WORKFLOW_STARTED: &str = "workflow.started";
