@@ -325,3 +325,57 @@ test('a storm of odd callTool / registerTool arguments ends in errors, never a c
   assert.equal(out.errors + out.results, out.calls, r.stdout)
   assert.ok(out.errors > 0 && out.results > 0, r.stdout)
 })
+
+test('redirects never carry a body or a secret to another origin (two loopback ports)', async (t) => {
+  // Origin B records what reaches it; origin A only redirects there.
+  const seen = []
+  const b = http.createServer((req, res) => {
+    let body = ''
+    req.setEncoding('utf8')
+    req.on('data', (chunk) => (body += chunk))
+    req.on('end', () => {
+      const line = `${req.method} ${req.url} key=${'x-api-key' in req.headers}`
+      seen.push(`${line} body=${body}`)
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({ reached: line }))
+    })
+  })
+  await new Promise((resolve) => b.listen(0, '127.0.0.1', resolve))
+  const to = `http://127.0.0.1:${b.address().port}`
+  const hops = { '/token-307': [307, '/token'], '/post-308': [308, '/post'], '/post-303': [303, '/after303'], '/get-307': [307, '/get'] }
+  const a = http.createServer((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      const [status, path] = hops[req.url] ?? [404, '/']
+      res.writeHead(status, { location: to + path })
+      res.end()
+    })
+  })
+  await new Promise((resolve) => a.listen(0, '127.0.0.1', resolve))
+  t.after(() => Promise.all([a, b].map((s) => new Promise((resolve) => s.close(resolve)))))
+  const base = `http://127.0.0.1:${a.address().port}`
+  const key = { auth_type: 'api_key', api_key: 'k-123', var_name: 'X-Api-Key', location: 'header' }
+  const tool = (name, path, template = {}) => ({
+    name,
+    inputs: { type: 'object' },
+    tool_call_template: { call_template_type: 'http', url: base + path, ...template },
+  })
+
+  const engine = new Engine()
+  t.after(() => engine.close())
+  await engine.registerManual({
+    name: 'api',
+    tools: [
+      tool('oauth', '/anything', { auth: { auth_type: 'oauth2', token_url: `${base}/token-307`, client_id: 'id', client_secret: 's3cret' } }),
+      tool('post308', '/post-308', { http_method: 'POST', auth: key }),
+      tool('post303', '/post-303', { http_method: 'POST', auth: key }),
+      tool('get307', '/get-307', { auth: key }),
+    ],
+  })
+  const err = await rejectsWith(engine.callTool('api.oauth', {}), 'ERR_UTP_SECURITY', /307 redirect to another origin/)
+  assert.doesNotMatch(err.message, /s3cret/)
+  await rejectsWith(engine.callTool('api.post308', { body: { card: '4111' } }), 'ERR_UTP_SECURITY')
+  assert.deepEqual(await engine.callTool('api.post303', { body: { card: '4111' } }), { reached: 'GET /after303 key=false' })
+  assert.deepEqual(await engine.callTool('api.get307', {}), { reached: 'GET /get key=false' })
+  assert.deepEqual(seen, ['GET /after303 key=false body=', 'GET /get key=false body='])
+})

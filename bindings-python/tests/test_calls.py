@@ -3,11 +3,13 @@ processes and a real loopback server, errors, timeouts, threads, asyncio, Ctrl-C
 
 import asyncio
 import gc
+import json
 import os
 import textwrap
 import threading
 import time
 import weakref
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -369,3 +371,83 @@ def test_ctrl_c_interrupts_an_http_call_driven_on_the_calling_thread(tmp_path):
             "call_template_type": "http", "url": url}}]}, name="web")
     """
     _assert_ctrl_c_interrupts(tmp_path, setup, 'engine.call_tool("web.slow", timeout=60)')
+
+
+def _serve(handler_class):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_redirects_never_carry_a_body_or_a_secret_to_another_origin():
+    """Two loopback ports are two origins: A only redirects, B records what reaches it.
+    An OAuth2 token request or a POST body answered with 307/308 towards B is refused
+    (SECURITY) and B sees nothing; 303 becomes a bare GET; credentials stay behind."""
+    seen = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def _record(self):
+            length = int(self.headers.get("content-length", 0))
+            body = self.rfile.read(length).decode()
+            line = f"{self.command} {self.path} key={'x-api-key' in self.headers}"
+            seen.append(f"{line} body={body}")
+            payload = json.dumps({"reached": line}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args):
+            pass
+
+    b = _serve(Recorder)
+    to = f"http://127.0.0.1:{b.server_address[1]}"
+    hops = {"/token-307": (307, "/token"), "/post-308": (308, "/post"), "/post-303": (303, "/after303"),
+            "/get-307": (307, "/get")}
+
+    class Redirector(BaseHTTPRequestHandler):
+        def _redirect(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            status, path = hops[self.path]
+            self.send_response(status)
+            self.send_header("location", to + path)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _redirect
+
+        def log_message(self, *args):
+            pass
+
+    a = _serve(Redirector)
+    base = f"http://127.0.0.1:{a.server_address[1]}"
+    key = {"auth_type": "api_key", "api_key": "k-123", "var_name": "X-Api-Key", "location": "header"}
+
+    def tool(name, path, **template):
+        return {"name": name, "inputs": {"type": "object"},
+                "tool_call_template": {"call_template_type": "http", "url": base + path, **template}}
+
+    try:
+        with utp.Engine() as engine:
+            engine.register_manual({"name": "api", "tools": [
+                tool("oauth", "/anything", auth={"auth_type": "oauth2", "token_url": base + "/token-307",
+                                                 "client_id": "id", "client_secret": "s3cret"}),
+                tool("post308", "/post-308", http_method="POST", auth=key),
+                tool("post303", "/post-303", http_method="POST", auth=key),
+                tool("get307", "/get-307", auth=key),
+            ]})
+            with pytest.raises(utp.SecurityError, match="307 redirect to another origin") as caught:
+                engine.call_tool("api.oauth", {})
+            assert "s3cret" not in str(caught.value)
+            with pytest.raises(utp.SecurityError):
+                engine.call_tool("api.post308", {"body": {"card": "4111"}})
+            assert engine.call_tool("api.post303", {"body": {"card": "4111"}}) == {"reached": "GET /after303 key=False"}
+            assert engine.call_tool("api.get307", {}) == {"reached": "GET /get key=False"}
+        assert seen == ["GET /after303 key=False body=", "GET /get key=False body="]
+    finally:
+        for server in (a, b):
+            server.shutdown()
+            server.server_close()

@@ -268,6 +268,62 @@ async fn redirects_are_rechecked_and_drop_credentials_across_origins() {
     assert!(err.to_string().contains("redirects"), "{err}");
 }
 
+/// Two loopback ports are two origins. Origin A only redirects; origin B records every
+/// request that reaches it. A body (a tool's payload, an OAuth2 client secret) and the
+/// credentials never reach B: 307/308 with a body are refused, 303 becomes a bare GET.
+#[tokio::test]
+async fn redirects_never_carry_a_body_or_a_secret_to_another_origin() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let b = Loopback::start(move |req: Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            let line = format!("{} {} key={}", req.method(), req.uri().path(), req.headers().contains_key("x-api-key"));
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            log.lock().unwrap().push(format!("{line} body={}", String::from_utf8_lossy(&body)));
+            reply(200, "application/json", json!({"reached": line}).to_string())
+        }
+    })
+    .await;
+    let to = b.url("");
+    let a = Loopback::start(move |req: Request<hyper::body::Incoming>| {
+        let to = to.clone();
+        async move {
+            match req.uri().path() {
+                "/token-307" => redirect(307, &format!("{to}/token")),
+                "/post-308" => redirect(308, &format!("{to}/post")),
+                "/post-303" => redirect(303, &format!("{to}/after303")),
+                "/get-307" => redirect(307, &format!("{to}/get")),
+                _ => reply(404, "text/plain", "no"),
+            }
+        }
+    })
+    .await;
+    let key = json!({"auth_type": "api_key", "api_key": "k-123", "var_name": "X-Api-Key", "location": "header"});
+    let e = engine_with(
+        json!({}),
+        json!([
+            http_tool("oauth", json!({"url": a.url("/anything"),
+                "auth": {"auth_type": "oauth2", "token_url": a.url("/token-307"), "client_id": "id", "client_secret": "s3cret"}})),
+            http_tool("post308", json!({"url": a.url("/post-308"), "http_method": "POST", "auth": key})),
+            http_tool("post303", json!({"url": a.url("/post-303"), "http_method": "POST", "auth": key})),
+            http_tool("get307", json!({"url": a.url("/get-307"), "auth": key}))
+        ]),
+    )
+    .await;
+    let err = call(&e, "api.oauth", json!({})).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Security, "{err}");
+    assert!(err.to_string().contains("307 redirect to another origin"), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    let err = call(&e, "api.post308", json!({"body": {"card": "4111"}})).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Security, "{err}");
+    let r = call(&e, "api.post303", json!({"body": {"card": "4111"}})).await.unwrap();
+    assert_eq!(r["reached"], "GET /after303 key=false");
+    let r = call(&e, "api.get307", json!({})).await.unwrap();
+    assert_eq!(r["reached"], "GET /get key=false");
+    assert_eq!(*seen.lock().unwrap(), ["GET /after303 key=false body=", "GET /get key=false body="]);
+}
+
 #[tokio::test]
 async fn auth_basic_and_oauth2_with_retry_on_401() {
     let s = server().await;

@@ -219,8 +219,9 @@ impl RequestSpec {
 }
 
 /// Send `spec`, following redirects by hand: each hop re-checked by `policy`,
-/// 301/302/303 turn into a body-less GET, and sensitive headers are dropped once
-/// the request leaves the original origin.
+/// 301/302/303 turn into a body-less GET, sensitive headers are dropped once the
+/// request leaves the original origin, and a 307/308 that would carry a body to
+/// another origin is refused with `SECURITY`.
 pub async fn send(client: &reqwest::Client, policy: NetPolicy, mut spec: RequestSpec) -> Result<reqwest::Response> {
     check_url(&spec.url, policy)?;
     // The first request's origin, taken when a redirect first needs it.
@@ -243,6 +244,17 @@ pub async fn send(client: &reqwest::Client, policy: NetPolicy, mut spec: Request
             spec.body = Body::None;
         }
         if next.origin() != *origin.get_or_insert_with(|| spec.url.origin()) {
+            // 307/308 keep the method and body: a body (form fields, an OAuth2 client
+            // secret, a tool's payload) never goes to an origin the manual did not name.
+            if !matches!(spec.body, Body::None) {
+                return Err(Error::Security(format!(
+                    "{} {}: a {} redirect to another origin ({}) would send the request body there; refused",
+                    spec.method,
+                    redact(&spec.url),
+                    status.as_u16(),
+                    next.origin().ascii_serialization()
+                )));
+            }
             spec.headers.retain(|(_, _, sensitive)| !sensitive);
         }
         spec.url = next;
