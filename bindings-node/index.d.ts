@@ -92,13 +92,13 @@ export interface DiscoveryReport {
   files: DiscoveredFile[]
 }
 
-/** Engine configuration (the utp.yaml / utp.json schema); see docs/configuration.md. */
+/** Engine configuration (the utp.yaml / utp.json schema); see docs/design.md §1 and docs/architecture.md. */
 export interface EngineConfig {
   /** Values for `${VAR}` placeholders (namespaced: manual `my_api` → `my__api_VAR`). */
   variables?: Record<string, string>
   /** Manuals (paths, URLs or inline objects) the config names. */
   manuals?: Array<string | JsonObject>
-  /** Per manual: `{ enabled, allowed_actions, tenants }` (design §6). */
+  /** Per manual: `{ enabled, allowed_actions, tenants }` (docs/design.md §6). */
   permissions?: Record<string, PermissionConfig>
   /** Named constants, visible to rules as `constants` (e.g. `{ max_bet_amount: 1000 }`). */
   business_rules?: JsonObject
@@ -108,7 +108,7 @@ export interface EngineConfig {
   security?: { default?: SecurityLevel; levels?: Record<string, SecurityLevel> }
   /** `{ history_size, queue_capacity }` of the event bus. */
   events?: { history_size?: number; queue_capacity?: number }
-  /** Where executions, events, approvals and session state are kept (design §9). */
+  /** Where executions, events, approvals and session state are kept (docs/design.md §9). */
   store?: StoreConfig
   [key: string]: unknown
 }
@@ -316,7 +316,7 @@ export declare class DomainLayer {
   readonly [Symbol.toStringTag]: 'DomainLayer'
 }
 
-/** Event types (design §8); other strings may appear as the runtime grows. */
+/** Event types (docs/design.md §8); other strings may appear as the runtime grows. */
 export type EventType =
   | 'workflow.started'
   | 'workflow.planned'
@@ -343,7 +343,7 @@ export type EventType =
   | 'manual.deregistered'
   | (string & {})
 
-/** An event (design §8 JSON); absent fields are left out. */
+/** An event (docs/design.md §8 JSON); absent fields are left out. */
 export interface UtpEvent {
   /** Increasing per engine, from 1. */
   id: number
@@ -488,7 +488,7 @@ export interface WorkflowStep {
   set_state?: JsonObject
 }
 
-/** A workflow definition (design §7), as an object, or as YAML / JSON text or file. */
+/** A workflow definition (docs/design.md §7), as an object, or as YAML / JSON text or file. */
 export interface WorkflowDefinition {
   name: string
   description?: string
@@ -544,7 +544,7 @@ export interface StepRecord {
   approval_id?: string
 }
 
-/** The record of one run (design §7), from `runWorkflow`, `waitExecution` and `execution`. */
+/** The record of one run (docs/design.md §7), from `runWorkflow`, `waitExecution` and `execution`. */
 export interface ExecutionRecord {
   execution_id: string
   /** The workflow's name. */
@@ -653,7 +653,7 @@ export interface PlanUsage {
 
 /** What `engine.plan(request)` resolves to (and `plan` of `engine.run`'s record). */
 export interface PlanResult {
-  /** The planned workflow (design §7), validated against the registered tools: pass it to `runWorkflow`. */
+  /** The planned workflow (docs/design.md §7), validated against the registered tools: pass it to `runWorkflow`. */
   definition: WorkflowDefinition
   /** Who planned: `'offline'`, `'openai'`, `'anthropic'` (the config's `planner.provider`). */
   provider: string
@@ -870,7 +870,7 @@ export declare class Engine {
     options?: SubmitIntentOptions | null,
   ): Promise<IntentRecord | IntentExecutionRecord>
   /**
-   * Plan a workflow for a natural-language request without running it (design §10): the
+   * Plan a workflow for a natural-language request without running it (docs/design.md §10): the
    * offline planner by default (simple chains from the search index and the tools'
    * schemas), or the model of the config's `planner` section, whose answer is validated
    * and repaired. Rejects with ERR_UTP_PLANNER when no valid workflow came out (the
@@ -884,9 +884,9 @@ export declare class Engine {
    * resolves (see `status`).
    */
   run(request: string, inputs?: Record<string, any> | null, options?: RunOptions | null): Promise<PlannedExecutionRecord>
-  /** Business rules and dry runs (design §4: `engine.domainLayer.addBusinessRule`). */
+  /** Business rules and dry runs (docs/design.md §4: `engine.domainLayer.addBusinessRule`). */
   readonly domainLayer: DomainLayer
-  /** Subscriptions, history and flushing (design §4: `engine.eventBus.subscribe`). */
+  /** Subscriptions, history and flushing (docs/design.md §4: `engine.eventBus.subscribe`). */
   readonly eventBus: EventBus
   /** Approvals of escalated calls, oldest first. */
   approvals(options?: ApprovalsOptions | null): Approval[]

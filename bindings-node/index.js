@@ -5,7 +5,7 @@
 // `[CODE] ` prefix the native layer puts on every message (the prefix is removed);
 // rate-limit and approval errors also get `err.retryAfter` (seconds) and
 // `err.approvalId` from `key=value` pairs in that prefix. It also groups the domain
-// layer and the event bus as `engine.domainLayer` and `engine.eventBus` (design §4).
+// layer and the event bus as `engine.domainLayer` and `engine.eventBus` (docs/design.md §4).
 // `runWorkflow` also takes an AbortSignal (`{ signal }`) that cancels the run.
 
 const native = require('./native.js')

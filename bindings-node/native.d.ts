@@ -128,7 +128,7 @@ export declare class Engine {
   /** End a subscription; false when the id is unknown or already ended. */
   unsubscribe(id: number): boolean
   /**
-   * Events kept in the in-memory history, in id order (design §8 JSON):
+   * Events kept in the in-memory history, in id order (docs/design.md §8 JSON):
    * `{ limit (default all kept), type (glob), executionId, tool, tenant, since (id) }`.
    */
   history(options?: { limit?: number | null; type?: string | null; executionId?: string | null; tool?: string | null; tenant?: string | null; since?: number | null } | null): Array<Record<string, any>>
@@ -168,7 +168,7 @@ export declare class Engine {
   /**
    * Plan a workflow for a natural-language request without running it; resolves
    * to `{ definition, provider, model, rounds, usage }`: `definition` is the
-   * workflow (design §7, validated against the registered tools: pass it to
+   * workflow (docs/design.md §7, validated against the registered tools: pass it to
    * `runWorkflow`), `provider` 'offline' | 'openai' | 'anthropic' (the config's
    * `planner` section; offline by default), `rounds` the completions asked (0
    * offline), `usage` `{ prompt_tokens, completion_tokens, total_tokens }`.
@@ -211,7 +211,7 @@ export declare class Engine {
    */
   prune(olderThan: number | string): Promise<number>
   /**
-   * Run a workflow to its end; resolves to its record (design §7):
+   * Run a workflow to its end; resolves to its record (docs/design.md §7):
    * `{ execution_id, workflow, status, inputs, outputs, error, warnings?, steps,
    * session_id, tenant, created_at, finished_at }`. A run that fails or is
    * cancelled still resolves (`status` 'failed' / 'cancelled', `error`); a

@@ -696,7 +696,7 @@ utp_error_t *utp_metrics_text(utp_engine_t *engine, char **out_text);
 
 /**
  * Run a workflow to its end, blocking the calling thread. `workflow` is a YAML or
- * JSON definition (design §7) or the path of a file holding one; `inputs_json`
+ * JSON definition (docs/design.md §7) or the path of a file holding one; `inputs_json`
  * (nullable) is a JSON object of inputs (declared defaults fill the gaps);
  * `options_json` (nullable) is `{"tenant": "...", "session": "...", "user": "...",
  * "timeout": seconds}` (the timeout bounds the whole run and wins over the
@@ -1015,7 +1015,7 @@ utp_error_t *utp_submit_intent(utp_engine_t *engine,
                                char **out_record_json);
 
 /**
- * Plan a workflow for a natural-language `request` (design §10) without running it,
+ * Plan a workflow for a natural-language `request` (docs/design.md §10) without running it,
  * blocking the calling thread. `options_json` (nullable) is `{"session": "...",
  * "tenant": "...", "inputs": {...}}`: `inputs` are those the plan will run with (a
  * model is told their names and types, never their values; the offline planner
@@ -1043,7 +1043,7 @@ utp_error_t *utp_plan(utp_engine_t *engine,
 
 /**
  * Plan a workflow for `request` and run it to its end, blocking the calling thread
- * (design §4 `run`). `inputs_json` (nullable) is a JSON object of inputs;
+ * (docs/design.md §4 `run`). `inputs_json` (nullable) is a JSON object of inputs;
  * `options_json` (nullable) is `{"tenant", "session", "user", "timeout": seconds}`
  * as for utp_run_workflow(). Planning errors are as utp_plan()'s; once the plan
  * runs, `*out_record_json` receives the execution record as utp_run_workflow()

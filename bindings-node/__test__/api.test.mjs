@@ -20,7 +20,7 @@ function members(cls) {
 }
 
 // The native Engine's members, as the JS layer exposes them: on the Engine, or
-// grouped as `engine.domainLayer` / `engine.eventBus` (design §4).
+// grouped as `engine.domainLayer` / `engine.eventBus` (docs/design.md §4).
 const { DomainLayer, EventBus, Subscription } = require('utp-runtime')
 const grouped = { Engine, DomainLayer, EventBus }
 

@@ -1,4 +1,4 @@
-// The domain layer, approvals, events and metrics from JS (design §4, §6, §8):
+// The domain layer, approvals, events and metrics from JS (docs/design.md §4, §6, §8):
 // engine.domainLayer (JS business rules, dry runs), config rules, rate limits,
 // approvals, engine.eventBus (subscriptions, history, flush) and the metrics.
 import test from 'node:test'
@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process'
 import { Engine, Subscription, UtpError, codes } from 'utp-runtime'
 import { packageDir, sleep, rejectsWith, throwsWith } from './helpers.mjs'
 
-/** The original UTP config shape (design §6), without the trading-hours window. */
+/** The original UTP config shape (docs/design.md §6), without the trading-hours window. */
 function bettingConfig(extra = {}) {
   return {
     permissions: { betfair: { enabled: true, allowed_actions: ['listMarkets', 'getOdds', 'placeBet'] } },

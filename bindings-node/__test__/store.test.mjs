@@ -1,4 +1,4 @@
-// The SQLite store from JS (design §9): a run committed and read back by a new
+// The SQLite store from JS (docs/design.md §9): a run committed and read back by a new
 // engine, the event audit log, ERR_UTP_STORE for a file another engine has open or a
 // file that is not a database, recovery of a run whose process was killed with
 // SIGKILL (steps committed before the kill are not called again), a run whose tools

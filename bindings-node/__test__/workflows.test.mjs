@@ -1,4 +1,4 @@
-// Workflows from JS (design §4, §7): runWorkflow / startWorkflow / waitExecution over
+// Workflows from JS (docs/design.md §4, §7): runWorkflow / startWorkflow / waitExecution over
 // JS tools, data between steps, `if`, retries, fallbacks on policy denials,
 // validation, YAML text and files, cancel / suspend / resume, session state,
 // concurrent runs, execution listings, and the original UTP examples (a
@@ -22,7 +22,7 @@ function gate() {
   return { opened, release }
 }
 
-/** The shop tools of the design §7 example, as JS functions, with a call log. */
+/** The shop tools of the docs/design.md §7 example, as JS functions, with a call log. */
 function shopEngine(config = undefined) {
   const engine = new Engine(config)
   const log = []
@@ -60,7 +60,7 @@ function shopEngine(config = undefined) {
   return { engine, log }
 }
 
-/** The design §7 restock workflow (with an `if` and a fallback). */
+/** The docs/design.md §7 restock workflow (with an `if` and a fallback). */
 function restock() {
   return {
     name: 'restock',
@@ -158,7 +158,7 @@ test('a 3-step workflow over JS tools passes data between steps, numbers staying
   }
 })
 
-test('the design §7 restock workflow: defaults, `if`, outputs', async () => {
+test('the docs/design.md §7 restock workflow: defaults, `if`, outputs', async () => {
   const { engine, log } = shopEngine()
   try {
     const r = await engine.runWorkflow(restock(), { sku: 'A1' })
@@ -728,7 +728,7 @@ test('executions lists records oldest first, filtered by status and session, wit
 
 // The original UTP examples, inside workflows.
 
-/** The original UTP config shape (design §6). */
+/** The original UTP config shape (docs/design.md §6). */
 const BETTING_CONFIG = {
   permissions: { betfair: { enabled: true, allowed_actions: ['listMarkets', 'getOdds', 'placeBet'] } },
   business_rules: { max_bet_amount: 1000 },

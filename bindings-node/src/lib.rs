@@ -50,7 +50,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// At most this many call threads, however many CPUs.
 const MAX_CALL_THREADS: usize = 4;
 
-/// Search results returned when `limit` is not given (design §4: `limit=10`).
+/// Search results returned when `limit` is not given (docs/design.md §4: `limit=10`).
 const DEFAULT_SEARCH_LIMIT: usize = 10;
 
 // ---------------------------------------------------------------------------
@@ -752,7 +752,7 @@ impl JsEngine {
 }
 
 // ---------------------------------------------------------------------------
-// Domain layer, approvals, events and metrics (design §4, §6, §8)
+// Domain layer, approvals, events and metrics (docs/design.md §4, §6, §8)
 // ---------------------------------------------------------------------------
 
 /// How long a JS business rule may take to answer when `timeout` is not given.
@@ -939,7 +939,7 @@ impl JsEngine {
         })
     }
 
-    /// Events kept in the in-memory history, in id order (design §8 JSON):
+    /// Events kept in the in-memory history, in id order (docs/design.md §8 JSON):
     /// `{ limit (default all kept), type (glob), executionId, tool, tenant, since (id) }`.
     #[napi(
         catch_unwind,

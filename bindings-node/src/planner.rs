@@ -1,4 +1,4 @@
-//! The planner from Node (design §4, §10): `plan(request, { session, tenant, inputs })`
+//! The planner from Node (docs/design.md §4, §10): `plan(request, { session, tenant, inputs })`
 //! resolves to `{ definition, provider, model, rounds, usage }` and `run(request,
 //! inputs, { session, tenant, timeout })` plans and runs, resolving to the execution
 //! record with `plan` added. Both run on the tokio runtime napi owns (a model server
@@ -41,7 +41,7 @@ fn request_inputs(inputs: Option<Value>, what: &str) -> napi::Result<Option<Valu
 impl JsEngine {
     /// Plan a workflow for a natural-language request without running it; resolves
     /// to `{ definition, provider, model, rounds, usage }`: `definition` is the
-    /// workflow (design §7, validated against the registered tools: pass it to
+    /// workflow (docs/design.md §7, validated against the registered tools: pass it to
     /// `runWorkflow`), `provider` 'offline' | 'openai' | 'anthropic' (the config's
     /// `planner` section; offline by default), `rounds` the completions asked (0
     /// offline), `usage` `{ prompt_tokens, completion_tokens, total_tokens }`.

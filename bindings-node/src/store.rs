@@ -1,4 +1,4 @@
-//! The store from Node (design §9): resume executions a previous process left
+//! The store from Node (docs/design.md §9): resume executions a previous process left
 //! unfinished, read the store's audit log, prune old rows.
 //!
 //! With `new Engine(config, { store: 'sqlite:PATH' })` (or config `store`) executions,

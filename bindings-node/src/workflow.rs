@@ -1,11 +1,11 @@
-//! Workflows from Node (design §4, §7): run, start, wait for, inspect and control
+//! Workflows from Node (docs/design.md §4, §7): run, start, wait for, inspect and control
 //! executions, validate definitions, and session state.
 //!
 //! A workflow is an object (the definition), a YAML / JSON string, or the path of a
 //! YAML / JSON file. Runs go on the tokio runtime napi owns: `runWorkflow` and
 //! `waitExecution` return Promises (steps call JS tools on the JS thread, which must
 //! stay free), `startWorkflow` validates and starts a run synchronously and returns
-//! its id. Records cross as the design §7 JSON (snake_case keys, as events do).
+//! its id. Records cross as the docs/design.md §7 JSON (snake_case keys, as events do).
 
 use napi::Env;
 use napi::bindgen_prelude::AsyncBlock;
@@ -67,7 +67,7 @@ fn session_id(session: &str) -> napi::Result<()> {
 
 #[napi]
 impl JsEngine {
-    /// Run a workflow to its end; resolves to its record (design §7):
+    /// Run a workflow to its end; resolves to its record (docs/design.md §7):
     /// `{ execution_id, workflow, status, inputs, outputs, error, warnings?, steps,
     /// session_id, tenant, created_at, finished_at }`. A run that fails or is
     /// cancelled still resolves (`status` 'failed' / 'cancelled', `error`); a

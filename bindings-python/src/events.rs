@@ -42,7 +42,7 @@ fn run_subscriber(py: Python<'_>, callback: &Callback, pattern: &str, event: &Ev
 
 #[pymethods]
 impl PyEngine {
-    // ----- events (design §8); `utp.EventBus` wraps these -----
+    // ----- events (docs/design.md §8); `utp.EventBus` wraps these -----
 
     /// Subscribe `callback(event: dict)` (sync or `async def`) to the event types
     /// matching the glob `pattern`; it runs on the subscription's own thread. Returns

@@ -26,9 +26,9 @@ fn plan_request(py: Python<'_>, request: &Bound<'_, PyAny>) -> PyResult<String> 
 
 #[pymethods]
 impl PyEngine {
-    /// Plan a workflow for a natural-language `request` (design §10) without running
+    /// Plan a workflow for a natural-language `request` (docs/design.md §10) without running
     /// it: `{definition, provider, model, rounds, usage}`. `definition` is the
-    /// workflow (design §7 JSON, validated against the registered tools: pass it to
+    /// workflow (docs/design.md §7 JSON, validated against the registered tools: pass it to
     /// `run_workflow`); `provider` is "offline", "openai" or "anthropic" (the config's
     /// `planner` section; offline by default), `rounds` the completions asked (0
     /// offline, 1 + repairs with a model), `usage` `{prompt_tokens,
@@ -61,7 +61,7 @@ impl PyEngine {
         })
     }
 
-    /// Plan a workflow for `request` and run it with `inputs` (design §4 `run`):
+    /// Plan a workflow for `request` and run it with `inputs` (docs/design.md §4 `run`):
     /// the execution record as `run_workflow` returns it, with `plan` added
     /// (`{definition, provider, model, rounds, usage}`, as `plan()` returns). Planning
     /// errors are raised as by `plan()`; a run that fails, times out (`timeout`

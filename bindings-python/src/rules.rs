@@ -115,7 +115,7 @@ impl PyDecision {
 
 #[pymethods]
 impl PyEngine {
-    // ----- domain layer (design §6); `utp.DomainLayer` wraps these -----
+    // ----- domain layer (docs/design.md §6); `utp.DomainLayer` wraps these -----
 
     /// Add the business rule `name`: `func(tool, action, params)` (sync or
     /// `async def`) runs on an engine thread before every call and returns a bool

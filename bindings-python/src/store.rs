@@ -31,7 +31,7 @@ fn age(py: Python<'_>, older_than: &Bound<'_, PyAny>) -> PyResult<Duration> {
 
 #[pymethods]
 impl PyEngine {
-    // ----- store (design §9) -----
+    // ----- store (docs/design.md §9) -----
 
     /// Resume the executions a previous process left unfinished in the store (the
     /// constructor already did this for those whose tools were registered then): steps

@@ -70,7 +70,7 @@ pub(crate) fn run_options(
 
 #[pymethods]
 impl PyEngine {
-    // ----- workflows (design §7) -----
+    // ----- workflows (docs/design.md §7) -----
 
     /// Run a workflow to its end and return its record: `{execution_id, workflow,
     /// status, inputs, outputs, error, steps: {id: {status, output, error, attempts,

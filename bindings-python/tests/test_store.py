@@ -1,4 +1,4 @@
-"""The SQLite store from Python (design §9): a run committed and read back by a new
+"""The SQLite store from Python (docs/design.md §9): a run committed and read back by a new
 engine, the event audit log, STORE errors (a file locked by another engine, a file
 that is not a database), recovery of a run whose process was killed with SIGKILL
 (steps committed before the kill are not called again), a run whose tools the

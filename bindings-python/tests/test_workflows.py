@@ -1,4 +1,4 @@
-"""Workflows from Python (design §7): Python tools as steps, data between steps with
+"""Workflows from Python (docs/design.md §7): Python tools as steps, data between steps with
 types kept, `if` skips, retries of a raising tool, fallback on a policy denial,
 validation, YAML text and files, start / execution / wait, cancel of a hanging step
 from another thread, suspend / resume, session state, asyncio, the executions list,

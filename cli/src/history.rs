@@ -53,7 +53,7 @@ fn step_counts(record: &Value) -> (usize, usize) {
     (done, total)
 }
 
-/// `utp show ID`: the design §7 record, with its steps.
+/// `utp show ID`: the docs/design.md §7 record, with its steps.
 pub fn show(engine: &Engine, db: &Db, id: &str, json: bool) -> ExitCode {
     let record = match engine.execution(id) {
         Ok(r) => r.to_json(),

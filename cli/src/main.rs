@@ -77,7 +77,7 @@ struct EventsArgs {
     /// At most this many events (the oldest matching ones; page on with --after).
     #[arg(long)]
     limit: Option<usize>,
-    /// One JSON object per line (design §8 event JSON plus the store's `seq`).
+    /// One JSON object per line (docs/design.md §8 event JSON plus the store's `seq`).
     #[arg(long)]
     json: bool,
     /// A command to run with its events printed live.
@@ -138,7 +138,7 @@ enum Command {
     /// (or, with --json, the whole execution record). Exit 0 when it completed, 1 when
     /// it failed, 3 when it waits for an approval (saved; `utp approve ID` continues it).
     Run {
-        /// Workflow file (design §7 format).
+        /// Workflow file (docs/design.md §7 format).
         workflow: String,
         /// An input as key=value (repeatable); values that parse as JSON are JSON.
         #[arg(long = "input", short = 'i')]
@@ -225,7 +225,7 @@ enum Command {
         /// At most this many (the newest; 0 = all).
         #[arg(long, default_value_t = 0)]
         limit: usize,
-        /// The records as a JSON list (design §7, without step outputs).
+        /// The records as a JSON list (docs/design.md §7, without step outputs).
         #[arg(long)]
         json: bool,
     },
@@ -233,7 +233,7 @@ enum Command {
     Show {
         /// Execution id (`exe_...`, see `utp executions`).
         id: String,
-        /// The whole design §7 record as JSON, step outputs included.
+        /// The whole docs/design.md §7 record as JSON, step outputs included.
         #[arg(long)]
         json: bool,
     },

@@ -1,4 +1,4 @@
-//! `utp plan` and `utp do`: a request in words becomes a workflow (design §10).
+//! `utp plan` and `utp do`: a request in words becomes a workflow (docs/design.md §10).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;

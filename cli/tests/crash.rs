@@ -1,4 +1,4 @@
-//! Crash test (design §7, §9): `utp run` processes are SIGKILLed at random moments,
+//! Crash test (docs/design.md §7, §9): `utp run` processes are SIGKILLed at random moments,
 //! before, during and after step commits, each followed by `utp resume`. Nothing a
 //! killed process committed is lost or repeated:
 //!

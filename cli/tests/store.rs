@@ -87,7 +87,7 @@ fn runs_are_recorded_and_the_history_commands_read_them() {
     assert_eq!(code, 1);
     assert!(err.contains("[INVALID_ARGUMENT]") && err.contains("unknown execution status"), "{err}");
 
-    // show: the design §7 record, and a readable form.
+    // show: the docs/design.md §7 record, and a readable form.
     let record = json_out(cwd, &["show", &id, "--json"]);
     assert_eq!(record["outputs"], json!({"n": 5, "b": "ok"}));
     assert_eq!(record["steps"]["a"]["output"], "42");

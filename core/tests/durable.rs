@@ -1,4 +1,4 @@
-//! The engine on a SQLite store (design §9): what a run commits, what a new engine
+//! The engine on a SQLite store (docs/design.md §9): what a run commits, what a new engine
 //! on the same file sees, recovery of executions a previous engine left unfinished
 //! (completed steps never re-run), session state and approvals across engines,
 //! retention, and clear STORE errors for a database that cannot be opened or written.
@@ -543,7 +543,7 @@ async fn executions_are_listed_newest_first_with_limits_and_time_ranges() {
     assert_eq!(listed(old), vec!["exe_2026".to_string()]);
     let running = utp_core::store::ExecutionFilter { status: Some("running".into()), ..Default::default() };
     assert_eq!(listed(running), vec!["exe_2026".to_string()]);
-    // The oldest-first listing of the design API is the same, reversed.
+    // The oldest-first listing of docs/design.md §7 is the same, reversed.
     let oldest_first: Vec<String> =
         e.executions(None, None).unwrap().iter().map(|r| r.to_json()["execution_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(oldest_first, all.iter().rev().cloned().collect::<Vec<_>>());

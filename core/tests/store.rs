@@ -1,4 +1,4 @@
-//! The storage layer (design §9): one test body per behaviour, run against both
+//! The storage layer (docs/design.md §9): one test body per behaviour, run against both
 //! `MemoryStore` and `SqliteStore`, then what only SQLite has: reopening, group
 //! commit, migrations, refusing corrupt/foreign/newer files, read-only places,
 //! a full disk, the single-opener lock, open times, read-only opens for inspection.

@@ -1,4 +1,4 @@
-// A workflow from Node: the design §7 restock example over JS tools.
+// A workflow from Node: the docs/design.md §7 restock example over JS tools.
 //
 //     node examples/node/restock_workflow.mjs
 //

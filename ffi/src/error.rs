@@ -11,7 +11,7 @@ use utp_core::{Error, ErrorCode};
 use crate::strings::to_cstring_lossy;
 
 // ---------------------------------------------------------------------------
-// Error codes (design §4; stable, append-only). Must equal `utp_core::ErrorCode`.
+// Error codes (docs/design.md §4; stable, append-only). Must equal `utp_core::ErrorCode`.
 // ---------------------------------------------------------------------------
 
 /// A required pointer was NULL, a string was not UTF-8, or an argument was malformed.

@@ -1,4 +1,4 @@
-//! The planner (design §10): plan a workflow for a request, or plan and run it.
+//! The planner (docs/design.md §10): plan a workflow for a request, or plan and run it.
 
 use std::ffi::c_char;
 use std::ptr;
@@ -33,7 +33,7 @@ fn plan_options(options_json: Option<&str>) -> Result<PlanOptions, Error> {
     host::plan_options(&options, "utp_plan", KeyStyle::Snake)
 }
 
-/// Plan a workflow for a natural-language `request` (design §10) without running it,
+/// Plan a workflow for a natural-language `request` (docs/design.md §10) without running it,
 /// blocking the calling thread. `options_json` (nullable) is `{"session": "...",
 /// "tenant": "...", "inputs": {...}}`: `inputs` are those the plan will run with (a
 /// model is told their names and types, never their values; the offline planner
@@ -75,7 +75,7 @@ pub unsafe extern "C" fn utp_plan(
 }
 
 /// Plan a workflow for `request` and run it to its end, blocking the calling thread
-/// (design §4 `run`). `inputs_json` (nullable) is a JSON object of inputs;
+/// (docs/design.md §4 `run`). `inputs_json` (nullable) is a JSON object of inputs;
 /// `options_json` (nullable) is `{"tenant", "session", "user", "timeout": seconds}`
 /// as for utp_run_workflow(). Planning errors are as utp_plan()'s; once the plan
 /// runs, `*out_record_json` receives the execution record as utp_run_workflow()

@@ -1,4 +1,4 @@
-//! Workflows (design §7): run one to its end, start one, or run one with a completion;
+//! Workflows (docs/design.md §7): run one to its end, start one, or run one with a completion;
 //! read executions, wait for one, cancel / suspend / resume it.
 
 use std::ffi::{c_char, c_void};
@@ -49,7 +49,7 @@ unsafe fn workflow_args(
 }
 
 /// Run a workflow to its end, blocking the calling thread. `workflow` is a YAML or
-/// JSON definition (design §7) or the path of a file holding one; `inputs_json`
+/// JSON definition (docs/design.md §7) or the path of a file holding one; `inputs_json`
 /// (nullable) is a JSON object of inputs (declared defaults fill the gaps);
 /// `options_json` (nullable) is `{"tenant": "...", "session": "...", "user": "...",
 /// "timeout": seconds}` (the timeout bounds the whole run and wins over the

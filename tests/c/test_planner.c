@@ -1,5 +1,5 @@
 /*
- * C ABI tests for the planner (design §10): utp_plan() with the offline planner over
+ * C ABI tests for the planner (docs/design.md §10): utp_plan() with the offline planner over
  * two C native tools whose output field feeds the next tool's input (geo.cityOfIp ->
  * weather.forecast), utp_run() planning and running that chain (with inputs, and
  * with a value written in the request), UTP_ERR_PLANNER for a request the offline

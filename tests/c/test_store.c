@@ -1,5 +1,5 @@
 /*
- * C ABI tests for the SQLite store (design §9): utp_engine_new() with "store" in the
+ * C ABI tests for the SQLite store (docs/design.md §9): utp_engine_new() with "store" in the
  * config (a string and a mapping), a run committed by one engine and read back by
  * the next (utp_execution, utp_executions, utp_stored_events with its filters),
  * UTP_ERR_STORE for a second engine on a file another one has open and for a file

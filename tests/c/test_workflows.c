@@ -1,5 +1,5 @@
 /*
- * C ABI tests for workflows (design §7): a 3-step workflow over C native tools with
+ * C ABI tests for workflows (docs/design.md §7): a 3-step workflow over C native tools with
  * data flowing between steps, a C business rule denying a step that a fallback
  * handles, an event subscriber counting step.completed, run / start / wait /
  * execution / executions, suspend / resume, wait timeouts, cancelling a run whose C

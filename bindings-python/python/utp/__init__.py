@@ -139,7 +139,7 @@ def _drain(settler: "_utp._Settler") -> None:
 RuleFn = Callable[[str, str, Dict[str, Any]], Any]
 """``fn(tool, action, params)`` returning a bool or a ``Decision`` (or an awaitable of one)."""
 EventCallback = Callable[[Dict[str, Any]], Any]
-"""``callback(event)``; the event is a dict (design §8 JSON). May be ``async def``."""
+"""``callback(event)``; the event is a dict (docs/design.md §8 JSON). May be ``async def``."""
 
 
 class DomainLayer:

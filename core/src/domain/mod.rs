@@ -1,4 +1,4 @@
-//! The domain layer: what may run, decided before every call (design §6).
+//! The domain layer: what may run, decided before every call (docs/design.md §6).
 //!
 //! Order of a check: the manual's permissions (enabled, allowed actions, per tenant) →
 //! the tool's security level (restricted / dangerous escalate to a human) → the
@@ -25,7 +25,7 @@ use rules::{CelShared, Condition, Facts, Window};
 pub use spec::{DomainSpec, Level};
 
 /// One call as the domain layer sees it. `manual` is the rule's `tool`, `action` the
-/// tool's own name (design §4: `tool` = manual name, `action` = tool without prefix).
+/// tool's own name (docs/design.md §4: `tool` = manual name, `action` = tool without prefix).
 pub struct Call<'a> {
     /// Full name `manual.tool`.
     pub tool: &'a str,

@@ -1,4 +1,4 @@
-//! The domain sections of the config (design §6), as written in `utp.yaml`.
+//! The domain sections of the config (docs/design.md §6), as written in `utp.yaml`.
 //! The original UTP shape (`permissions: {betfair: {enabled, allowed_actions}}`,
 //! `business_rules: {max_bet_amount: 1000}`) is accepted as is.
 

@@ -68,7 +68,7 @@ impl CallTrace {
 }
 
 /// A workflow step's attempts carry the idempotency key `<execution_id>:<step_id>`
-/// (design §7); an HTTP-family template that names a header for it in
+/// (docs/design.md §7); an HTTP-family template that names a header for it in
 /// `idempotency_header` (e.g. `Idempotency-Key`) sends it, so a server can
 /// recognise a step re-run after a retry or a crash.
 fn add_idempotency_key(template: &mut CallTemplate, options: &CallOptions) {

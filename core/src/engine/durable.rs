@@ -1,4 +1,4 @@
-//! The engine's link to its store (design §9): which store the config asks for,
+//! The engine's link to its store (docs/design.md §9): which store the config asks for,
 //! how executions, steps, approvals and session state become rows, and what a
 //! new process takes back from a store a previous one wrote.
 //!
@@ -333,7 +333,7 @@ pub(crate) fn created_at(row: &ExecutionRow) -> SystemTime {
     parse_system_time(&row.created_at).unwrap_or_else(SystemTime::now)
 }
 
-/// The design §7 record of an execution known only to the store (a previous
+/// The docs/design.md §7 record of an execution known only to the store (a previous
 /// process ran it), in the same shape as [`Execution::record`]: steps in
 /// definition order, those never committed as pending.
 pub(crate) fn record_from_rows(row: &ExecutionRow, steps: &[StepRow], full: bool) -> Result<ExecutionRecord> {

@@ -1,4 +1,4 @@
-//! Events on the engine (design §8): the bus, subscriptions, history and metrics.
+//! Events on the engine (docs/design.md §8): the bus, subscriptions, history and metrics.
 
 use std::sync::Arc;
 

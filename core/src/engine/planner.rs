@@ -1,4 +1,4 @@
-//! The planner on the engine (design §10): `plan` and `run_request`.
+//! The planner on the engine (docs/design.md §10): `plan` and `run_request`.
 
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ impl Engine {
         })
     }
 
-    /// Plan a workflow for `request` (design §10): ask the model (or the offline
+    /// Plan a workflow for `request` (docs/design.md §10): ask the model (or the offline
     /// planner), validate the answer like a hand-written workflow, send validation
     /// errors back for at most `planner.max_repairs` rounds. Emits `workflow.planned`.
     /// `PLANNER` when no valid workflow came out (with the last problems);
@@ -161,8 +161,8 @@ impl Engine {
         )))
     }
 
-    /// Plan `request` and run the plan with `inputs` (design §4 `run(request)`): the
-    /// execution record (design §7) with `plan` added (`definition`, `provider`,
+    /// Plan `request` and run the plan with `inputs` (docs/design.md §4 `run(request)`): the
+    /// execution record (docs/design.md §7) with `plan` added (`definition`, `provider`,
     /// `model`, `rounds`, `usage`). The caller's inputs are described to the planner by
     /// name and type only.
     pub async fn run_request(&self, request: &str, inputs: Value, options: RunOptions) -> Result<Value> {

@@ -1,4 +1,4 @@
-//! Policy on the engine (the domain layer, design §6): the pre-call check, dry runs, approvals and host
+//! Policy on the engine (the domain layer, docs/design.md §6): the pre-call check, dry runs, approvals and host
 //! rules, with an event for every decision that is not a plain allow.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Workflows on the engine (design §7): validate, run, start, inspect and control
+//! Workflows on the engine (docs/design.md §7): validate, run, start, inspect and control
 //! executions, and session state. The executor itself is `runner`.
 
 use std::sync::Arc;
@@ -32,7 +32,7 @@ impl Engine {
         }
     }
 
-    /// Run a workflow to its end and return its record (design §7). A run that fails
+    /// Run a workflow to its end and return its record (docs/design.md §7). A run that fails
     /// or is cancelled still returns its record (`status`, `error`, every step);
     /// `Err` is for a definition or inputs that do not validate.
     pub async fn run_workflow(&self, source: WorkflowSource, inputs: Value, options: RunOptions) -> Result<ExecutionRecord> {

@@ -1,4 +1,4 @@
-//! Events (design §8): typed events, the bus with glob subscriptions and bounded
+//! Events (docs/design.md §8): typed events, the bus with glob subscriptions and bounded
 //! per-subscriber queues, the bounded in-memory history, and metrics.
 //!
 //! Publishing never blocks and never fails: the event gets its id, goes into the
@@ -53,7 +53,7 @@ pub fn check_pattern(pattern: &str, option: &str) -> Result<Pattern> {
     )))
 }
 
-/// The event type names of design §8.
+/// The event type names of docs/design.md §8.
 pub mod kinds {
     pub const WORKFLOW_STARTED: &str = "workflow.started";
     pub const WORKFLOW_PLANNED: &str = "workflow.planned";
@@ -79,7 +79,7 @@ pub mod kinds {
     pub const MANUAL_REGISTERED: &str = "manual.registered";
     pub const MANUAL_DEREGISTERED: &str = "manual.deregistered";
 
-    /// Every type, in the order of design §8.
+    /// Every type, in the order of docs/design.md §8.
     pub const ALL: [&str; 23] = [
         WORKFLOW_STARTED,
         WORKFLOW_PLANNED,
@@ -181,7 +181,7 @@ impl Event {
         &self.kind
     }
 
-    /// The event as design §8 JSON: `{id, type, time, execution_id?, session_id?,
+    /// The event as docs/design.md §8 JSON: `{id, type, time, execution_id?, session_id?,
     /// tenant?, workflow?, step_id?, tool?, data}`; absent fields are left out.
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)

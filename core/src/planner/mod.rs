@@ -1,5 +1,5 @@
-//! The planner (design §10): a natural-language request becomes a validated workflow
-//! (design §7).
+//! The planner (docs/design.md §10): a natural-language request becomes a validated workflow
+//! (docs/design.md §7).
 //!
 //! - [`LlmClient`] is the extension point: adapters for OpenAI-compatible chat
 //!   completions ([`OpenAiClient`]: OpenAI, Ollama, vLLM, llama.cpp server) and the
@@ -302,7 +302,7 @@ impl std::fmt::Debug for PlanOptions {
 /// A validated plan.
 #[derive(Debug, Clone)]
 pub struct PlannedWorkflow {
-    /// The workflow definition (design §7 JSON).
+    /// The workflow definition (docs/design.md §7 JSON).
     pub definition: Value,
     /// The same, compiled: run it with `WorkflowSource::Compiled`.
     pub workflow: Arc<Workflow>,

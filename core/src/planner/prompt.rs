@@ -28,7 +28,7 @@ pub const MAX_TOOLS_SECTION: usize = 32_000;
 /// Session state keys listed.
 const MAX_STATE_KEYS: usize = 50;
 
-/// The JSON Schema of the answer (design §7 shape), also sent as `response_format`.
+/// The JSON Schema of the answer (docs/design.md §7 shape), also sent as `response_format`.
 pub fn workflow_schema() -> Value {
     json!({
         "type": "object",

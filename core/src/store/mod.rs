@@ -1,4 +1,4 @@
-//! Durable state (design §9): executions with their steps, the event audit log,
+//! Durable state (docs/design.md §9): executions with their steps, the event audit log,
 //! approvals and session state, behind one [`Store`] trait with two
 //! implementations of the same semantics:
 //!
@@ -179,7 +179,7 @@ pub trait Store: Send + Sync + 'static {
     /// One step's record, the execution's new status and the events of that
     /// transition, in ONE transaction (one commit per step completion).
     fn put_step(&self, step: StepRow, execution_status: Option<String>, events: Vec<Value>) -> Commit;
-    /// Append events (design §8 JSON); an engine `id` already stored by this store is ignored.
+    /// Append events (docs/design.md §8 JSON); an engine `id` already stored by this store is ignored.
     fn put_events(&self, events: Vec<Value>) -> Commit;
     /// Append events with the store's next commit, whatever it is, or on their own
     /// within a short delay when none comes; nobody waits for them. The engine's

@@ -1,5 +1,5 @@
 //! Network safety shared by every HTTP-family transport and by manual fetching
-//! (design §11): HTTPS anywhere, plain HTTP only to loopback; private, link-local
+//! (docs/design.md §11): HTTPS anywhere, plain HTTP only to loopback; private, link-local
 //! and cloud-metadata addresses refused unless allowed; redirects followed by hand
 //! so every hop is re-checked and credentials never cross origins.
 
@@ -67,7 +67,7 @@ fn refused_ip(host: &str) -> Error {
 }
 
 /// Whether a connection to `ip` is allowed. Loopback always is (plain HTTP to it
-/// is the design's one exception); unspecified, multicast and broadcast never are.
+/// is the one exception docs/design.md §11 makes); unspecified, multicast and broadcast never are.
 pub fn ip_allowed(ip: IpAddr, allow_private: bool) -> bool {
     match ip {
         IpAddr::V4(v4) => v4_allowed(v4, allow_private),

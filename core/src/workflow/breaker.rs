@@ -1,4 +1,4 @@
-//! A circuit breaker per tool (design §7): the failure ratio over a rolling
+//! A circuit breaker per tool (docs/design.md §7): the failure ratio over a rolling
 //! window, with a minimum number of calls, opens it; after `open_for` a few
 //! probes are let through and decide whether it closes again. Denials, 4xx and
 //! our own rate limits are not the tool's fault and do not count.

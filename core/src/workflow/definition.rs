@@ -1,4 +1,4 @@
-//! Workflow definitions (design §7): parsed from YAML/JSON, then validated against
+//! Workflow definitions (docs/design.md §7): parsed from YAML/JSON, then validated against
 //! the tool catalogue and compiled once, before any step runs.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +20,7 @@ pub const DEFAULT_MAX_PARALLEL: usize = 8;
 /// Bounds that keep a hostile definition from costing more than it says.
 const MAX_STEPS: usize = 1000;
 
-/// The definition as written (design §7).
+/// The definition as written (docs/design.md §7).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WorkflowSpec {

@@ -1,4 +1,4 @@
-//! Executions: the record of one run of a workflow (design §7 lifecycle and result
+//! Executions: the record of one run of a workflow (docs/design.md §7 lifecycle and result
 //! shape), shared between the task that runs it and the engine API that reads and
 //! controls it.
 
@@ -45,7 +45,7 @@ impl Default for StepState {
 }
 
 impl StepState {
-    /// The step's part of the design §7 record: step `id`, calling `tool`.
+    /// The step's part of the docs/design.md §7 record: step `id`, calling `tool`.
     pub(crate) fn record(&self, id: &str, tool: &str, with_output: bool) -> StepRecord {
         StepRecord {
             id: id.to_string(),
@@ -255,7 +255,7 @@ impl Execution {
         let _ = rx.wait_for(|done| *done).await;
     }
 
-    /// The design §7 record ([`ExecutionRecord`]). Without `full`, step outputs and
+    /// The docs/design.md §7 record ([`ExecutionRecord`]). Without `full`, step outputs and
     /// the run's inputs/outputs are left out (listings).
     pub fn record(&self, full: bool) -> ExecutionRecord {
         let s = self.state.lock();

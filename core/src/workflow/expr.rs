@@ -1,4 +1,4 @@
-//! `${{ }}` expressions in workflow values (design §7).
+//! `${{ }}` expressions in workflow values (docs/design.md §7).
 //!
 //! A workflow's `args`, `if`, `outputs` and `set_state` hold JSON values whose strings may
 //! contain `${{ <CEL expression> }}`:

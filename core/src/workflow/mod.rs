@@ -1,4 +1,4 @@
-//! Workflows (design §7): definitions, `${{ }}` expressions, validation, execution
+//! Workflows (docs/design.md §7): definitions, `${{ }}` expressions, validation, execution
 //! records, the retry and circuit-breaker policies, sessions. The executor that runs
 //! them through the engine's pipeline is `engine::runner`; this module knows no engine.
 

@@ -1,4 +1,4 @@
-//! The design §7 record of an execution, as hosts receive it: from a live execution
+//! The docs/design.md §7 record of an execution, as hosts receive it: from a live execution
 //! ([`super::Execution::record`]) or from one a store holds. Serialises to the JSON the
 //! bindings and the CLI print: `{execution_id, workflow, status, inputs?, outputs?,
 //! error, warnings?, steps: {id: step}, session_id, tenant, created_at, finished_at}`.

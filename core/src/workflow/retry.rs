@@ -1,4 +1,4 @@
-//! Retry policy of a workflow step (design §7): exponential backoff with full
+//! Retry policy of a workflow step (docs/design.md §7): exponential backoff with full
 //! jitter, and which errors may be retried at all.
 //!
 //! The policy only computes delays; the executor sleeps, bounds the delay by the
@@ -123,7 +123,7 @@ fn nanos_to_duration(nanos: f64) -> Duration {
     Duration::from_nanos(n)
 }
 
-/// Whether an error may be retried (design §7). Policy denials, validation and
+/// Whether an error may be retried (docs/design.md §7). Policy denials, validation and
 /// argument errors, cancellation, missing things, security refusals and HTTP 4xx
 /// (except 408 Request Timeout and 429 Too Many Requests) fail the same way
 /// every time; everything else, including codes added later, is retried.

@@ -1,4 +1,4 @@
-//! Session state (design §7): a JSON object per (tenant, session), shared by the
+//! Session state (docs/design.md §7): a JSON object per (tenant, session), shared by the
 //! executions of that session, readable as `state` in expressions and written by
 //! steps' `set_state` or the engine API.
 
