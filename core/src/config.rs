@@ -60,11 +60,23 @@ pub struct DiscoveryConfig {
     pub paths: Vec<String>,
     /// Plain `http://` manual URLs are allowed only to loopback unless this is set.
     pub allow_insecure_http: bool,
+    /// Call-template types a manual fetched from a URL may keep (python-utcp's
+    /// `allowed_communication_protocols`); empty means its own type, `http`, only.
+    pub allowed_communication_protocols: Vec<String>,
+    /// Let a manual fetched from a URL keep tools that run on this host (`cli`,
+    /// `file`, `native`, `wasm`, `mcp` over stdio) when their type is allowed.
+    pub allow_remote_local_execution: bool,
 }
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
-        DiscoveryConfig { max_file_size: DEFAULT_MAX_FILE_SIZE, paths: Vec::new(), allow_insecure_http: false }
+        DiscoveryConfig {
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            paths: Vec::new(),
+            allow_insecure_http: false,
+            allowed_communication_protocols: Vec::new(),
+            allow_remote_local_execution: false,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! Everything is driven through [`Engine`]. The bindings (C, Python, Node) and the
 //! CLI are thin layers over it; this crate knows nothing of them.
 
+mod admission;
 pub mod config;
 mod discovery;
 pub mod domain;

@@ -20,6 +20,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("discovery", &["discovery"]),
     ("catalogue", &["search", "registry", "schema"]),
     ("subsystems", &["transport", "domain", "events", "store"]),
+    // Which tools of a manual fetched from a URL are kept: needs `transport::net`'s address classes.
+    ("manual admission", &["admission"]),
     ("workflows and planning", &["workflow", "planner"]),
     ("facade", &["engine"]),
     // `utp_core::host` parses what the bindings pass into the facade's option types.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::Engine;
+use crate::admission::Refusal;
 use crate::error::Result;
-use crate::events::{Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};
+use crate::events::{kinds, Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};
 
 impl Engine {
     /// The engine's event bus: publish from other layers (`policy.denied`,
@@ -41,5 +42,15 @@ impl Engine {
 
     pub(super) fn publish_manual(&self, kind: &'static str, manual: &str, tools: usize) {
         self.inner.events.publish(Event::new(kind).data(serde_json::json!({"manual": manual, "tools": tools})));
+    }
+
+    /// `manual.registered`, naming the tools a remote manual offered that were left
+    /// out and why (`refused`, only when there are some).
+    pub(super) fn publish_manual_registered(&self, manual: &str, tools: usize, refused: &[Refusal]) {
+        let mut data = serde_json::json!({"manual": manual, "tools": tools});
+        if !refused.is_empty() {
+            data["refused"] = serde_json::json!(refused);
+        }
+        self.inner.events.publish(Event::new(kinds::MANUAL_REGISTERED).data(data));
     }
 }

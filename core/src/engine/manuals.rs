@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Engine, blocking};
+use crate::admission::{self, Refusal, RemotePolicy};
 use crate::discovery::{self, DiscoveryReport, Document, FileReport, Outcome};
 use crate::error::{Error, Result};
 use crate::events::kinds;
@@ -91,13 +92,15 @@ impl Engine {
     }
 
     /// Register a UTCP manual or an OpenAPI document (converted first).
-    /// `spec_url` is where an OpenAPI document came from, for relative servers.
+    /// `fetched_from` is the URL the document came from: it resolves an OpenAPI
+    /// document's relative servers, and makes the manual remote, so only the tools
+    /// [`admission`] admits are kept (design §11).
     fn register_document(
         &self,
         doc: Document,
         name: Option<&str>,
         default_name: Option<&str>,
-        spec_url: Option<&str>,
+        fetched_from: Option<&str>,
     ) -> Result<Vec<String>> {
         let (manual, raw) = match doc {
             Document::Utcp(v) => {
@@ -122,21 +125,56 @@ impl Engine {
             ));
         };
         let manual_name = sanitize_name(&raw);
-        let manual = match manual {
+        let base_url = self.inner.config.openapi.base_urls.get(&manual_name).cloned();
+        let host_chose_base_url = base_url.is_some();
+        let mut manual = match manual {
             Ok(v) => Manual::from_value(v),
             Err(spec) => {
-                let opts = ConvertOptions {
-                    base_url: self.inner.config.openapi.base_urls.get(&manual_name).cloned(),
-                    spec_url: spec_url.map(str::to_string),
-                };
+                let opts = ConvertOptions { base_url, spec_url: fetched_from.map(str::to_string) };
                 openapi::convert_spec(spec, &opts)
             }
         }
         .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
+        let refused = match fetched_from {
+            Some(from) => self.admit_remote(&mut manual, &manual_name, from, !host_chose_base_url)?,
+            None => Vec::new(),
+        };
         let entry = self.inner.registry.register(&manual_name, manual)?;
         tracing::debug!(manual = %manual_name, tools = entry.tools.len(), "manual registered");
-        self.publish_manual(kinds::MANUAL_REGISTERED, &manual_name, entry.tools.len());
+        self.publish_manual_registered(&manual_name, entry.tools.len(), &refused);
         Ok(entry.tools.iter().map(|t| t.name.clone()).collect())
+    }
+
+    /// Drop the tools of a manual fetched from `from` that the host does not allow
+    /// (design §11), with a warning each; every tool refused is an error (`SECURITY`),
+    /// so a manual never registers silently empty.
+    fn admit_remote(&self, manual: &mut Manual, manual_name: &str, from: &str, check_targets: bool) -> Result<Vec<Refusal>> {
+        let source = url::Url::parse(from)
+            .map_err(|e| Error::InvalidArgument(format!("'{from}' is not a valid URL: {e}")))?;
+        let discovery = &self.inner.config.discovery;
+        let policy = RemotePolicy {
+            source: &source,
+            allowed_protocols: &discovery.allowed_communication_protocols,
+            allow_local_execution: discovery.allow_remote_local_execution,
+            check_targets,
+        };
+        let offered = manual.tools.len();
+        let refused = admission::admit(manual, &policy);
+        for r in &refused {
+            tracing::warn!(
+                manual = %manual_name, tool = %r.tool, call_template_type = %r.call_template_type, reason = %r.reason,
+                "tool of a manual fetched from a URL left out"
+            );
+        }
+        if offered > 0 && manual.tools.is_empty() {
+            let list: Vec<String> = refused.iter().map(|r| format!("'{}': {}", r.tool, r.reason)).collect();
+            return Err(Error::Security(format!(
+                "manual '{manual_name}' from {}: every tool was refused: {}",
+                net::redact(&source),
+                list.join("; ")
+            )));
+        }
+        Ok(refused)
     }
 
     fn register_path(&self, path: &Path, name: Option<&str>) -> Result<Vec<String>> {
@@ -284,6 +322,8 @@ impl Engine {
     async fn fetch_document(&self, url: &url::Url) -> Result<Document> {
         let max = self.inner.config.discovery.max_file_size;
         let mut spec = net::RequestSpec::new(reqwest::Method::GET, url.clone());
+        // A manual from a public host may not bounce the fetch to loopback or a private address.
+        spec.redirect_locality_cap = Some(net::origin_class(url));
         spec.headers.push((
             reqwest::header::ACCEPT,
             reqwest::header::HeaderValue::from_static("application/json, application/yaml;q=0.9, */*;q=0.5"),

@@ -60,6 +60,58 @@ pub fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// How local an address is, least local first, so "more local than" is `>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OriginClass {
+    /// A public address, or a host name (checked again when it resolves, design §11).
+    Public,
+    /// RFC 1918, CGNAT, ULA, link-local (cloud metadata included), unspecified.
+    Private,
+    /// 127/8, ::1, `localhost` and `*.localhost`.
+    Loopback,
+}
+
+impl OriginClass {
+    pub fn describe(self) -> &'static str {
+        match self {
+            OriginClass::Public => "a public address",
+            OriginClass::Private => "a private address",
+            OriginClass::Loopback => "loopback",
+        }
+    }
+}
+
+/// The class of a URL's host.
+pub fn origin_class(url: &url::Url) -> OriginClass {
+    match url.host() {
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if name == "localhost" || name.ends_with(".localhost") {
+                OriginClass::Loopback
+            } else {
+                OriginClass::Public
+            }
+        }
+        Some(url::Host::Ipv4(ip)) => ip_class(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => ip_class(IpAddr::V6(ip)),
+        None => OriginClass::Public,
+    }
+}
+
+fn ip_class(ip: IpAddr) -> OriginClass {
+    let mapped = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if mapped.is_loopback() {
+        OriginClass::Loopback
+    } else if ip_allowed(mapped, false) {
+        OriginClass::Public
+    } else {
+        OriginClass::Private
+    }
+}
+
 fn refused_ip(host: &str) -> Error {
     Error::Security(format!(
         "refusing to connect to {host}: private, link-local or metadata address (allow with calls.allow_private_networks)"
@@ -189,11 +241,22 @@ pub struct RequestSpec {
     pub timeout: Option<Duration>,
     /// Follow redirects (re-checked); when false a 3xx is returned as is.
     pub follow_redirects: bool,
+    /// When set, a redirect to an address more local than this is refused with
+    /// `SECURITY` (a manual fetched from a public host may not bounce us to loopback).
+    pub redirect_locality_cap: Option<OriginClass>,
 }
 
 impl RequestSpec {
     pub fn new(method: reqwest::Method, url: url::Url) -> RequestSpec {
-        RequestSpec { method, url, headers: Vec::new(), body: Body::None, timeout: None, follow_redirects: true }
+        RequestSpec {
+            method,
+            url,
+            headers: Vec::new(),
+            body: Body::None,
+            timeout: None,
+            follow_redirects: true,
+            redirect_locality_cap: None,
+        }
     }
 
     fn build(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
@@ -239,6 +302,18 @@ pub async fn send(client: &reqwest::Client, policy: NetPolicy, mut spec: Request
             Error::Transport(format!("{} {}: bad redirect location: {e}", spec.method, redact(&spec.url)))
         })?;
         check_url(&next, policy)?;
+        if let Some(cap) = spec.redirect_locality_cap
+            && origin_class(&next) > cap
+        {
+            return Err(Error::Security(format!(
+                "{} {}: a redirect to {} ({}) from a request that started at {} is refused",
+                spec.method,
+                redact(&spec.url),
+                origin_class(&next).describe(),
+                next.host_str().unwrap_or("?"),
+                cap.describe()
+            )));
+        }
         if matches!(status.as_u16(), 301..=303) && spec.method != reqwest::Method::HEAD {
             spec.method = reqwest::Method::GET;
             spec.body = Body::None;
@@ -310,6 +385,37 @@ mod tests {
         assert!(!ok("https://0.0.0.0/", strict));
         assert!(ok("https://10.0.0.1/", NetPolicy { allow_private: true, ..strict }));
         assert!(ok("http://example.com/", NetPolicy { allow_insecure_http: true, ..strict }));
+    }
+
+    /// A request capped at "public" (as a manual fetched from a public host) may not be
+    /// redirected to loopback. The cap is set by hand: a test can only serve loopback.
+    #[test]
+    fn a_redirect_more_local_than_the_cap_is_refused() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/next\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = build_client(false).unwrap();
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}/manual")).unwrap();
+        let mut spec = RequestSpec::new(reqwest::Method::GET, url.clone());
+        spec.redirect_locality_cap = Some(OriginClass::Public);
+        let err = rt.block_on(send(&client, NetPolicy::default(), spec)).unwrap_err();
+        assert!(matches!(err, Error::Security(_)), "{err}");
+        assert!(err.to_string().contains("loopback"), "{err}");
+        // Without the cap (the default) the same redirect is followed.
+        let spec = RequestSpec::new(reqwest::Method::GET, url);
+        let err = rt.block_on(send(&client, NetPolicy::default(), spec)).unwrap_err();
+        assert!(err.to_string().contains("redirects"), "{err}");
     }
 
     #[test]
