@@ -39,7 +39,7 @@ pub(crate) use utp_core::json::json_kind;
 
 use crate::json::{JsJson, StrictJson};
 
-// mimalloc, as in the CLI, the Node addon and the Python module (not the C library):
+// mimalloc, as in the CLI and the Node addon (not the C library or the Python module):
 // docs/architecture.md, "Memory allocator".
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -37,11 +37,6 @@ use crate::errors::{class_name, error_types};
 use crate::intents::PyIntentContext;
 use crate::rules::PyDecision;
 
-// mimalloc, as in the CLI and the Node addon (not the C library): docs/architecture.md,
-// "Memory allocator".
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The runtime's version.
 #[pyfunction]
 fn version() -> &'static str {

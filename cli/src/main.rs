@@ -8,7 +8,7 @@ use serde_json::Value;
 use utp_core::workflow::RunOptions;
 use utp_core::{CallOptions, Config, Engine, Outcome, RegisteredTool};
 
-// mimalloc, as in the CLI, the Node addon and the Python module (not the C library):
+// mimalloc, as in the CLI and the Node addon (not the C library or the Python module):
 // docs/architecture.md, "Memory allocator".
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-// The allocator of the shipped CLI, Node addon and Python module, so the bench measures what they run.
+// The allocator of the shipped CLI and Node addon, so the bench measures what they run.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
