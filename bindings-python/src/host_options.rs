@@ -25,8 +25,12 @@ impl OptionMap {
         self
     }
 
+    /// A flag that is false by default: only `true` goes in (an empty map allocates
+    /// nothing, and most calls pass no options at all).
     pub(crate) fn flag(mut self, key: &str, value: bool) -> Self {
-        self.0.insert(key.into(), Value::Bool(value));
+        if value {
+            self.0.insert(key.into(), Value::Bool(true));
+        }
         self
     }
 

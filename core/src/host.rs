@@ -23,6 +23,7 @@
 //! - timeouts: seconds, finite, `>= 0`, at most [`MAX_TIMEOUT_SECONDS`];
 //! - event-type patterns must match at least one event type.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,11 +61,11 @@ pub enum KeyStyle {
 }
 
 impl KeyStyle {
-    /// `snake` (a snake_case key) as this style spells it.
-    pub fn spell(self, snake: &str) -> String {
+    /// `snake` (a snake_case key) as this style spells it; borrowed when it is the
+    /// same word (every key in snake style, one-word keys in camel style).
+    pub fn spell(self, snake: &str) -> Cow<'_, str> {
         match self {
-            KeyStyle::Snake => snake.to_string(),
-            KeyStyle::Camel => {
+            KeyStyle::Camel if snake.contains('_') => {
                 let mut out = String::with_capacity(snake.len());
                 let mut upper = false;
                 for c in snake.chars() {
@@ -77,7 +78,31 @@ impl KeyStyle {
                         out.push(c);
                     }
                 }
-                out
+                Cow::Owned(out)
+            }
+            _ => Cow::Borrowed(snake),
+        }
+    }
+
+    /// Whether `key` is how this style spells `snake` (no allocation: every call checks it).
+    fn is_spelling(self, snake: &str, key: &str) -> bool {
+        match self {
+            KeyStyle::Snake => snake == key,
+            KeyStyle::Camel => {
+                let mut key = key.chars();
+                let mut upper = false;
+                for c in snake.chars() {
+                    if c == '_' {
+                        upper = true;
+                        continue;
+                    }
+                    let expected = if upper { c.to_ascii_uppercase() } else { c };
+                    upper = false;
+                    if key.next() != Some(expected) {
+                        return false;
+                    }
+                }
+                key.next().is_none()
             }
         }
     }
@@ -181,18 +206,24 @@ impl<'a> Options<'a> {
             Value::Object(map) => map,
             other => return Err(invalid(format!("{what} options must be an object, found {}", json_kind(other)))),
         };
-        let spelled: Vec<String> = known.iter().map(|k| style.spell(k)).collect();
-        if let Some(key) = map.keys().find(|k| !spelled.iter().any(|s| s == *k)) {
+        // Checked without allocating: this runs on every call a host makes.
+        if let Some(key) = map.keys().find(|k| !known.iter().any(|known| style.is_spelling(known, k))) {
+            let spelled: Vec<Cow<'_, str>> = known.iter().map(|k| style.spell(k)).collect();
             return Err(invalid(format!("unknown {what} option '{key}' (expected one of: {})", spelled.join(", "))));
         }
-        check_depth(options, &format!("{what} options"))?;
+        if depth(options) > MAX_JSON_DEPTH {
+            return Err(invalid(format!("{what} options: {}", too_deep())));
+        }
         Ok(Options { map, style })
     }
 
     /// The key as the host spells it, and its value unless absent or null.
-    fn get(&self, key: &str) -> (String, Option<&'a Value>) {
+    fn get<'k>(&self, key: &'k str) -> (Cow<'k, str>, Option<&'a Value>) {
+        if self.map.is_empty() {
+            return (Cow::Borrowed(key), None);
+        }
         let name = self.style.spell(key);
-        let value = self.map.get(&name).filter(|v| !v.is_null());
+        let value = self.map.get(name.as_ref()).filter(|v| !v.is_null());
         (name, value)
     }
 
@@ -457,6 +488,16 @@ mod tests {
         assert_eq!(KeyStyle::Camel.spell("fail_fast_on_approval"), "failFastOnApproval");
         assert_eq!(KeyStyle::Camel.spell("timeout"), "timeout");
         assert_eq!(KeyStyle::Snake.spell("approval_id"), "approval_id");
+        for (style, key, yes) in [
+            (KeyStyle::Camel, "failFastOnApproval", true),
+            (KeyStyle::Camel, "fail_fast_on_approval", false),
+            (KeyStyle::Camel, "failFastOnApprova", false),
+            (KeyStyle::Camel, "failFastOnApprovalX", false),
+            (KeyStyle::Snake, "fail_fast_on_approval", true),
+            (KeyStyle::Snake, "failFastOnApproval", false),
+        ] {
+            assert_eq!(style.is_spelling("fail_fast_on_approval", key), yes, "{style:?} {key}");
+        }
         let o = call_options(&json!({"approvalId": "a", "failFastOnApproval": true}), "callTool", KeyStyle::Camel)
             .unwrap();
         assert_eq!((o.approval_id.as_deref(), o.fail_fast_on_approval), (Some("a"), true));
