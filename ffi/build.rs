@@ -80,8 +80,7 @@ fn main() {
             if let Some(dir) = committed.parent() {
                 std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
             }
-            std::fs::write(&committed, &header)
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", committed.display()));
+            std::fs::write(&committed, &header).unwrap_or_else(|e| panic!("cannot write {}: {e}", committed.display()));
             println!("cargo:warning=updated {}", committed.display());
         }
     }

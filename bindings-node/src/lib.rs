@@ -33,7 +33,9 @@ use napi::{Env, Status, sys};
 use napi_derive::napi;
 use serde_json::Value;
 use utp_core::host::{self as core_host, KeyStyle};
-use utp_core::{CallOptions, CallThread, Config, ErrorCode, HistoryFilter, ManualSource, NativeHandler, RegisteredTool};
+use utp_core::{
+    CallOptions, CallThread, Config, ErrorCode, HistoryFilter, ManualSource, NativeHandler, RegisteredTool,
+};
 // The one description of a JSON value's kind, shared with core's messages.
 pub(crate) use utp_core::json::json_kind;
 
@@ -277,7 +279,9 @@ pub struct JsEngine {
 /// and keeps the rest of its `store` mapping (`utp_core::host::StoreOverride`).
 fn apply_store(options: Option<Value>, config: &mut Config) -> napi::Result<()> {
     let options = options.unwrap_or(Value::Null);
-    core_host::engine_options(&options, "Engine", KeyStyle::Camel).and_then(|store| store.apply(config)).map_err(core_err)
+    core_host::engine_options(&options, "Engine", KeyStyle::Camel)
+        .and_then(|store| store.apply(config))
+        .map_err(core_err)
 }
 
 fn config_from(config: Option<Value>) -> napi::Result<Config> {
@@ -446,9 +450,9 @@ fn js_handler(name: Arc<str>, function: Arc<JsToolFn>, direct: Arc<JsToolRef>) -
 async fn tool_result(name: &str, returned: ToolReturn) -> utp_core::Result<Value> {
     let result = match returned {
         ToolReturn::Value(v) => v,
-        ToolReturn::Promise(p) => p
-            .await
-            .map_err(|e| tool_failed(name, format!("the JS function's promise rejected: {}", js_message(&e))))?,
+        ToolReturn::Promise(p) => {
+            p.await.map_err(|e| tool_failed(name, format!("the JS function's promise rejected: {}", js_message(&e))))?
+        }
         ToolReturn::Broken(why) => {
             return Err(tool_failed(name, format!("the JS function returned an unusable value: {why}")));
         }
@@ -654,13 +658,7 @@ impl JsEngine {
         ts_args_type = "name: string, args?: Record<string, any> | null, options?: { timeout?: number | null; tenant?: string | null; session?: string | null; user?: string | null; approvalId?: string | null; failFastOnApproval?: boolean | null } | null",
         ts_return_type = "Promise<any>"
     )]
-    pub fn call_tool(
-        &self,
-        env: &Env,
-        name: String,
-        args: JsJson,
-        options: StrictJson,
-    ) -> napi::Result<CallPromise> {
+    pub fn call_tool(&self, env: &Env, name: String, args: JsJson, options: StrictJson) -> napi::Result<CallPromise> {
         guard(|| {
             let engine = self.engine()?;
             let args = args.into_optional("args").map_err(invalid)?.unwrap_or(Value::Null);
@@ -768,10 +766,9 @@ fn optional_seconds(value: Option<&Value>, what: &str) -> napi::Result<Option<Du
         Some(Value::Number(n)) => {
             core_host::seconds_from_f64(what, n.as_f64().unwrap_or(f64::NAN), n).map(Some).map_err(core_err)
         }
-        Some(other) => Err(invalid(format!(
-            "{what} must be a finite non-negative number of seconds, found {}",
-            json_kind(other)
-        ))),
+        Some(other) => {
+            Err(invalid(format!("{what} must be a finite non-negative number of seconds, found {}", json_kind(other))))
+        }
     }
 }
 

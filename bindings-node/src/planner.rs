@@ -21,10 +21,9 @@ fn plan_request(request: JsJson) -> napi::Result<String> {
             Err(invalid("request is an empty string: say what the workflow should do"))
         }
         Value::String(text) => Ok(text),
-        other => Err(invalid(format!(
-            "request must be a string (what the workflow should do), found {}",
-            json_kind(&other)
-        ))),
+        other => {
+            Err(invalid(format!("request must be a string (what the workflow should do), found {}", json_kind(&other))))
+        }
     }
 }
 

@@ -91,7 +91,9 @@ impl JsEngine {
             let source = workflow_source(workflow)?;
             let inputs = workflow_inputs(inputs)?;
             let options = run_options(options, "runWorkflow")?;
-            promise(env, async move { engine.run_workflow(source, inputs, options).await.map(|r| r.to_json()).map_err(core_err) })
+            promise(env, async move {
+                engine.run_workflow(source, inputs, options).await.map(|r| r.to_json()).map_err(core_err)
+            })
         })
     }
 
@@ -122,7 +124,10 @@ impl JsEngine {
     pub fn wait_execution(&self, env: &Env, execution_id: String) -> napi::Result<AsyncBlock<Value>> {
         guard(|| {
             let engine = self.engine()?;
-            promise(env, async move { engine.wait_execution(&execution_id).await.map(|r| r.to_json()).map_err(core_err) })
+            promise(
+                env,
+                async move { engine.wait_execution(&execution_id).await.map(|r| r.to_json()).map_err(core_err) },
+            )
         })
     }
 
@@ -167,7 +172,10 @@ impl JsEngine {
             )?;
             let status = optional_string(options.get("status"), "status")?;
             let session = optional_string(options.get("session"), "session")?;
-            engine.executions(status.as_deref(), session.as_deref()).map(|l| l.iter().map(|r| r.to_json()).collect()).map_err(core_err)
+            engine
+                .executions(status.as_deref(), session.as_deref())
+                .map(|l| l.iter().map(|r| r.to_json()).collect())
+                .map_err(core_err)
         })
     }
 

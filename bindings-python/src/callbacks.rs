@@ -67,7 +67,14 @@ pub(crate) fn call_maybe_async<'py>(
 
 /// Log `error` with its traceback on the `logging` logger `name` at `level`
 /// (`"warning"`, `"error"`), `%`-style. Logging failures are ignored.
-pub(crate) fn log_exception<'py>(py: Python<'py>, name: &str, level: &str, error: &PyErr, message: &str, args: Vec<Bound<'py, PyAny>>) {
+pub(crate) fn log_exception<'py>(
+    py: Python<'py>,
+    name: &str,
+    level: &str,
+    error: &PyErr,
+    message: &str,
+    args: Vec<Bound<'py, PyAny>>,
+) {
     let logged = (|| -> PyResult<()> {
         let logger = py.import("logging")?.call_method1("getLogger", (name,))?;
         let kwargs = PyDict::new(py);

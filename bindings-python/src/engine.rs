@@ -74,7 +74,12 @@ impl Running {
 
     /// Like `block_on`, but a pending signal (Ctrl-C → KeyboardInterrupt) cancels
     /// `cancel` and is raised at once instead of waiting for the call to finish.
-    pub(crate) fn block_on_interruptible<F>(&self, py: Python<'_>, future: F, cancel: &CancellationToken) -> PyResult<F::Output>
+    pub(crate) fn block_on_interruptible<F>(
+        &self,
+        py: Python<'_>,
+        future: F,
+        cancel: &CancellationToken,
+    ) -> PyResult<F::Output>
     where
         F: std::future::Future + Send,
         F::Output: Send,
@@ -103,7 +108,12 @@ impl Running {
     /// `block_on_interruptible` driven on this thread (`Engine::block_on_here`), for a call
     /// whose I/O would otherwise cross to the runtime's threads and back. Only on a thread
     /// that runs no runtime (not, say, in a Python tool the engine runs on its blocking pool).
-    pub(crate) fn block_on_here_interruptible<F>(&self, py: Python<'_>, future: F, cancel: &CancellationToken) -> PyResult<F::Output>
+    pub(crate) fn block_on_here_interruptible<F>(
+        &self,
+        py: Python<'_>,
+        future: F,
+        cancel: &CancellationToken,
+    ) -> PyResult<F::Output>
     where
         F: std::future::Future + Send,
         F::Output: Send,
@@ -156,7 +166,8 @@ impl PyEngine {
     pub(crate) fn release_where(&self, pick: impl Fn(&Slot) -> bool) -> Vec<(Slot, Option<Py<PyAny>>)> {
         let mut map = locked(&self.callbacks);
         let slots: Vec<Slot> = map.keys().filter(|s| pick(s)).cloned().collect();
-        let taken: Vec<(Slot, Arc<Callback>)> = slots.into_iter().filter_map(|s| map.remove(&s).map(|c| (s, c))).collect();
+        let taken: Vec<(Slot, Arc<Callback>)> =
+            slots.into_iter().filter_map(|s| map.remove(&s).map(|c| (s, c))).collect();
         drop(map);
         taken.into_iter().map(|(s, c)| (s, c.take())).collect()
     }
@@ -170,8 +181,9 @@ fn load_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Co
         let value = to_json(py, config, 0)?;
         return Config::from_value(value).py_err(py);
     }
-    let path = path_like(py, config, "config")
-        .map_err(|_| invalid(py, format!("config must be a dict, a path to utp.yaml/utp.json, or None; got {}", type_name(config))))?;
+    let path = path_like(py, config, "config").map_err(|_| {
+        invalid(py, format!("config must be a dict, a path to utp.yaml/utp.json, or None; got {}", type_name(config)))
+    })?;
     Config::load(std::path::Path::new(&path)).py_err(py)
 }
 

@@ -55,9 +55,8 @@ impl PyEngine {
             host::event_pattern(pattern, "event pattern").py_err(py)?;
             let stored = Callback::new(callback.unbind());
             let (held, shown) = (stored.clone(), pattern.trim().to_string());
-            let handler: EventHandler = Arc::new(move |event: Arc<Event>| {
-                Python::attach(|py| run_subscriber(py, &held, &shown, &event))
-            });
+            let handler: EventHandler =
+                Arc::new(move |event: Arc<Event>| Python::attach(|py| run_subscriber(py, &held, &shown, &event)));
             let r = self.running(py)?;
             let id = r.engine.subscribe(pattern, handler).py_err(py)?;
             self.keep(Slot::Subscription(id.0), stored);

@@ -7,8 +7,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use serde_json::Value;
 use utp_core::workflow::WorkflowSource;
-use utp_core::{IntentContext, IntentHandler, IntentTarget};
 use utp_core::{CancellationToken, Error, ErrorCode};
+use utp_core::{IntentContext, IntentHandler, IntentTarget};
 
 use crate::callbacks::{Callback, Slot, call_maybe_async, describe};
 use crate::engine::PyEngine;
@@ -111,7 +111,9 @@ fn run_intent_handler(py: Python<'_>, callback: &Callback, ctx: IntentContext, p
             format!("intent '{intent}': its Python handler was released (intent unregistered or engine closed)"),
         ));
     };
-    let raised = |e: PyErr| Error::with_code(raised_code(py, &e), format!("intent '{intent}' handler raised {}", describe(py, &e)));
+    let raised = |e: PyErr| {
+        Error::with_code(raised_code(py, &e), format!("intent '{intent}' handler raised {}", describe(py, &e)))
+    };
     let context = Py::new(py, PyIntentContext { ctx }).map_err(raised)?;
     let params = to_py(py, params).map_err(raised)?;
     let result = call_maybe_async(py, &func, (context, params)).map_err(raised)?;
@@ -161,9 +163,9 @@ impl PyEngine {
             let handler: IntentHandler = Arc::new(move |ctx: IntentContext, params: Value| {
                 let callback = held.clone();
                 Box::pin(async move {
-                    call_python(move |py| run_intent_handler(py, &callback, ctx, &params))
-                        .await
-                        .map_err(|e| Error::with_code(ErrorCode::Internal, format!("Python intent handler thread failed: {e}")))?
+                    call_python(move |py| run_intent_handler(py, &callback, ctx, &params)).await.map_err(|e| {
+                        Error::with_code(ErrorCode::Internal, format!("Python intent handler thread failed: {e}"))
+                    })?
                 })
             });
             let r = self.running(py)?;

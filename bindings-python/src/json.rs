@@ -16,7 +16,8 @@ use crate::errors::{IntoPyResult, invalid};
 /// `host::MAX_JSON_DEPTH` nested containers, as in C and Node (this also stops
 /// self-referencing containers).
 pub(crate) fn to_json(py: Python<'_>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
-    let is_container = || obj.is_instance_of::<PyDict>() || obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>();
+    let is_container =
+        || obj.is_instance_of::<PyDict>() || obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>();
     if depth >= host::MAX_JSON_DEPTH && is_container() {
         return Err(invalid(py, format!("value {} (a container that contains itself?)", host::too_deep())));
     }
@@ -64,7 +65,10 @@ pub(crate) fn to_json(py: Python<'_>, obj: &Bound<'_, PyAny>, depth: usize) -> P
         }
         return Ok(Value::Array(items));
     }
-    Err(invalid(py, format!("cannot convert {} to JSON (use dict, list, str, int, float, bool or None)", type_name(obj))))
+    Err(invalid(
+        py,
+        format!("cannot convert {} to JSON (use dict, list, str, int, float, bool or None)", type_name(obj)),
+    ))
 }
 
 pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -108,10 +112,7 @@ pub(crate) fn path_like(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> P
         return Ok(s.to_cow()?.into_owned());
     }
     if let Ok(p) = obj.extract::<PathBuf>() {
-        return p
-            .into_os_string()
-            .into_string()
-            .map_err(|_| invalid(py, format!("{what} is not valid UTF-8")));
+        return p.into_os_string().into_string().map_err(|_| invalid(py, format!("{what} is not valid UTF-8")));
     }
     Err(invalid(py, format!("{what} must be str or os.PathLike, got {}", type_name(obj))))
 }

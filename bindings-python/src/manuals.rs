@@ -50,8 +50,9 @@ impl PyEngine {
             let source = if manual.is_instance_of::<PyDict>() {
                 ManualSource::Inline(to_json(py, manual, 0)?)
             } else {
-                let text = path_like(py, manual, "manual")
-                    .map_err(|_| invalid(py, format!("manual must be a dict, a path or a URL; got {}", type_name(manual))))?;
+                let text = path_like(py, manual, "manual").map_err(|_| {
+                    invalid(py, format!("manual must be a dict, a path or a URL; got {}", type_name(manual)))
+                })?;
                 ManualSource::from_text(&text).py_err(py)?
             };
             let r = self.running(py)?;

@@ -15,7 +15,10 @@ use crate::workflows::workflow_inputs;
 /// The request of `plan` / `run`: a non-empty `str`.
 fn plan_request(py: Python<'_>, request: &Bound<'_, PyAny>) -> PyResult<String> {
     let Ok(text) = request.cast::<PyString>() else {
-        return Err(invalid(py, format!("request must be a str (what the workflow should do), got {}", type_name(request))));
+        return Err(invalid(
+            py,
+            format!("request must be a str (what the workflow should do), got {}", type_name(request)),
+        ));
     };
     let text = text.to_cow()?;
     if text.trim().is_empty() {
@@ -53,7 +56,8 @@ impl PyEngine {
             let request = plan_request(py, request)?;
             // A dict or None, said in Python's terms first (as `run_workflow` does).
             let inputs = inputs.filter(|i| !i.is_none()).map(|i| workflow_inputs(py, Some(i))).transpose()?;
-            let options = OptionMap::default().string("session", session).string("tenant", tenant).value("inputs", inputs);
+            let options =
+                OptionMap::default().string("session", session).string("tenant", tenant).value("inputs", inputs);
             let options = host::plan_options(&options.into_value(), "plan", KeyStyle::Snake).py_err(py)?;
             let r = self.running(py)?;
             let planned = r.block_on_interruptible(py, r.engine.plan(&request, options), &CancellationToken::new())?;

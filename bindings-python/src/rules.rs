@@ -19,7 +19,14 @@ use crate::json::{seconds, to_json, to_py, type_name};
 /// thread. True / `Decision.allow()` allow; False / `Decision.deny()` deny;
 /// `Decision.escalate()` asks for an approval. An exception or any other return
 /// value is an `Err` — the core denies the call with it (fail closed).
-fn run_rule(py: Python<'_>, callback: &Callback, rule: &str, tool: String, action: String, params: Value) -> Result<HostVerdict, String> {
+fn run_rule(
+    py: Python<'_>,
+    callback: &Callback,
+    rule: &str,
+    tool: String,
+    action: String,
+    params: Value,
+) -> Result<HostVerdict, String> {
     let Some(func) = callback.get(py) else {
         return Err("its Python function was released (engine closed or rule removed)".into());
     };
@@ -125,7 +132,10 @@ impl PyEngine {
     fn _add_business_rule(&self, py: Python<'_>, name: &str, func: Bound<'_, PyAny>, timeout: f64) -> PyResult<()> {
         guarded(py, || {
             if !func.is_callable() {
-                return Err(invalid(py, format!("business rule '{name}': fn must be callable, got {}", type_name(&func))));
+                return Err(invalid(
+                    py,
+                    format!("business rule '{name}': fn must be callable, got {}", type_name(&func)),
+                ));
             }
             let limit = seconds(py, timeout, "timeout")?;
             if limit.is_zero() {

@@ -27,7 +27,10 @@ fn call_python_tool(py: Python<'_>, func: &Py<PyAny>, tool: &str, args: &Value) 
         result = py.import("asyncio").and_then(|a| a.call_method1("run", (result,))).map_err(failed)?;
     }
     to_json(py, &result, 0).map_err(|e| {
-        Error::with_code(ErrorCode::ToolFailed, format!("tool '{tool}' returned a value without a JSON form: {}", e.value(py)))
+        Error::with_code(
+            ErrorCode::ToolFailed,
+            format!("tool '{tool}' returned a value without a JSON form: {}", e.value(py)),
+        )
     })
 }
 
@@ -53,7 +56,8 @@ impl PyEngine {
             if !func.is_callable() {
                 return Err(invalid(py, format!("func must be callable, got {}", type_name(&func))));
             }
-            let schema = |v: Option<&Bound<'_, PyAny>>| v.filter(|v| !v.is_none()).map(|v| to_json(py, v, 0)).transpose();
+            let schema =
+                |v: Option<&Bound<'_, PyAny>>| v.filter(|v| !v.is_none()).map(|v| to_json(py, v, 0)).transpose();
             let (inputs, outputs) = (schema(inputs)?, schema(outputs)?);
             let callback = Callback::new(func.unbind());
             let held = callback.clone();

@@ -132,7 +132,12 @@ impl PyEngine {
     /// (seconds), `TimeoutError` is raised when it is still going by then (it keeps
     /// running). Ctrl-C stops the waiting (`KeyboardInterrupt`), not the run.
     #[pyo3(signature = (execution_id, timeout=None))]
-    fn wait_execution<'py>(&self, py: Python<'py>, execution_id: &str, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    fn wait_execution<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: &str,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
             let limit = timeout.map(|t| seconds(py, t, "timeout")).transpose()?;
             let r = self.running(py)?;
@@ -183,7 +188,12 @@ impl PyEngine {
     /// "completed", "failed", "cancelled", "suspended", "waiting_approval", "created")
     /// and `session` filter them.
     #[pyo3(signature = (status=None, session=None))]
-    fn executions<'py>(&self, py: Python<'py>, status: Option<&str>, session: Option<&str>) -> PyResult<Bound<'py, PyList>> {
+    fn executions<'py>(
+        &self,
+        py: Python<'py>,
+        status: Option<&str>,
+        session: Option<&str>,
+    ) -> PyResult<Bound<'py, PyList>> {
         guarded(py, || {
             let r = self.running(py)?;
             let records = py.detach(|| r.engine.executions(status, session)).py_err(py)?;

@@ -503,7 +503,9 @@ async fn discover(engine: &Engine, targets: &[String], json: bool) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("utp: {target}: [{}] {e}", e.code());
-                reports.push(serde_json::json!({"root": target, "error": {"code": e.code().as_str(), "message": e.to_string()}}));
+                reports.push(
+                    serde_json::json!({"root": target, "error": {"code": e.code().as_str(), "message": e.to_string()}}),
+                );
             }
         }
     }

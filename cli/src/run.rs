@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use serde_json::{Map, Value};
-use utp_core::workflow::{RunOptions, WorkflowSource};
 use utp_core::Engine;
+use utp_core::workflow::{RunOptions, WorkflowSource};
 
 /// `k=v` pairs → the inputs object; a value that parses as JSON is JSON (`n=3` is a
 /// number, `tags=["a"]` a list), anything else a string.
@@ -27,7 +27,14 @@ pub fn parse_inputs(pairs: &[String]) -> Result<Value, String> {
 /// outputs (or, with `json`, the whole record) on stdout, a list of them when
 /// `repeat > 1`. With a store, a run that waits for an approval is left saved and
 /// the command exits 3 (`utp approve ID` continues it). Exit 0 when all completed.
-pub async fn run(engine: &Engine, workflow: &str, inputs: Value, options: RunOptions, repeat: usize, json: bool) -> ExitCode {
+pub async fn run(
+    engine: &Engine,
+    workflow: &str,
+    inputs: Value,
+    options: RunOptions,
+    repeat: usize,
+    json: bool,
+) -> ExitCode {
     let compiled = match engine.workflow(WorkflowSource::from_text(workflow)) {
         Ok(w) => w,
         Err(e) => {

@@ -7,7 +7,11 @@ use std::process::Command;
 fn utp(args: &[&str]) -> (i32, String, String) {
     let cwd = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_utp")).args(args).current_dir(cwd.path()).output().expect("run utp");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 const GOOD: &str = r#"{"tools": [{"name": "ping", "description": "Ping a host",
@@ -149,7 +153,10 @@ fn check_prints_the_decision_and_exits_by_it() {
     let (code, out, _) = utp(&["--config", cfg, "check", "shop.set", r#"{"count": 50}"#, "--from", manuals]);
     assert_eq!(code, 1);
     let decision: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((decision["decision"].as_str(), decision["rules"][0]["rule"].as_str()), (Some("deny"), Some("max_count")));
+    assert_eq!(
+        (decision["decision"].as_str(), decision["rules"][0]["rule"].as_str()),
+        (Some("deny"), Some("max_count"))
+    );
     let (code, out, _) = utp(&["--config", cfg, "check", "shop.drop", "--from", manuals]);
     assert_eq!(code, 1, "{out}");
     let (code, _, err) = utp(&["--config", cfg, "check", "shop.nope", "--from", manuals]);
@@ -180,10 +187,14 @@ fn events_flag_prints_this_runs_events_before_the_result() {
         .collect();
     assert_eq!(kinds, ["manual.registered", "tool.called", "tool.succeeded"], "{err}");
 
-    let (code, _, err) = utp(&["--config", cfg, "--events=policy.*", "call", "shop.set", r#"{"count": 99}"#, "--from", manuals]);
+    let (code, _, err) =
+        utp(&["--config", cfg, "--events=policy.*", "call", "shop.set", r#"{"count": 99}"#, "--from", manuals]);
     assert_eq!(code, 1);
     let lines: Vec<&str> = err.lines().collect();
-    assert!(lines[0].starts_with("event ") && lines[0].contains("\"policy.denied\"") && lines[0].contains("max_count"), "{err}");
+    assert!(
+        lines[0].starts_with("event ") && lines[0].contains("\"policy.denied\"") && lines[0].contains("max_count"),
+        "{err}"
+    );
     assert!(lines[1].contains("PERMISSION_DENIED") && lines[1].contains("at most 10"), "{err}");
     assert_eq!(lines.len(), 2, "{err}");
     let (code, _, err) = utp(&["--events=", "tools", manuals]);
@@ -216,7 +227,12 @@ fn run_shows_progress_and_prints_outputs() {
     assert_eq!(code, 0, "{out}{err}");
     let outputs: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(outputs, serde_json::json!({"first": "42", "n": 41}));
-    assert!(err.contains("▶ w started") && err.contains("b              succeeded") && err.contains("c              skipped"), "{err}");
+    assert!(
+        err.contains("▶ w started")
+            && err.contains("b              succeeded")
+            && err.contains("c              skipped"),
+        "{err}"
+    );
     assert!(err.contains("✔ completed"), "{err}");
 
     let (code, out, _) = utp(&["run", wf, "--from", manuals, "--input", "n=1", "--json"]);

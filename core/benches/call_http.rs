@@ -168,9 +168,8 @@ fn serve() {
 }
 
 async fn reply(manual: Bytes, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let json = |body: Bytes| {
-        Response::builder().header("content-type", "application/json").body(Full::new(body)).unwrap()
-    };
+    let json =
+        |body: Bytes| Response::builder().header("content-type", "application/json").body(Full::new(body)).unwrap();
     Ok(match req.uri().path() {
         "/utcp" => json(manual),
         "/echo" => {

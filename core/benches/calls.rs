@@ -60,7 +60,9 @@ fn bench_calls(c: &mut Criterion) {
     assert!(rt.block_on(engine.call_tool("bench.noop", json!({"limit": 0}), CallOptions::default())).is_err());
 
     let mut g = c.benchmark_group("call_tool");
-    for (label, tool) in [("native_noop_2_props", "bench.noop"), ("native_noop_no_schema", "bench.noop_any"), ("text", "text.hello")] {
+    for (label, tool) in
+        [("native_noop_2_props", "bench.noop"), ("native_noop_no_schema", "bench.noop_any"), ("text", "text.hello")]
+    {
         g.bench_function(label, |b| {
             b.iter_batched(
                 args,

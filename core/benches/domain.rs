@@ -32,9 +32,7 @@ fn config() -> Value {
     ];
     rules.push(json!({"name": "no_lay_bets", "match": {"tool": "betfair", "action": "placeBet"},
                       "deny_if": "has(params.side) && params.side == 'lay'"}));
-    let limit = |per: &str| {
-        json!({"match": {"tool": "betfair", "action": "placeBet"}, "per": per, "limit": 1_000_000_000u64, "window": "1s"})
-    };
+    let limit = |per: &str| json!({"match": {"tool": "betfair", "action": "placeBet"}, "per": per, "limit": 1_000_000_000u64, "window": "1s"});
     json!({
         "permissions": {"betfair": {"enabled": true, "allowed_actions": ["listMarkets", "getOdds", "placeBet"]}},
         "business_rules": {"max_bet_amount": 1000},

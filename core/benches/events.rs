@@ -45,7 +45,10 @@ fn publish(c: &mut Criterion) {
     let cases: [(&str, Vec<&str>); 4] = [
         ("0_subscribers", vec![]),
         ("10_subscribers_5_match", MATCHING.iter().chain(OTHERS.iter()).copied().collect()),
-        ("10_subscribers_none_match", OTHERS.iter().chain(["step.started", "x.*", "*.x", "a?c", "tool.failed"].iter()).copied().collect()),
+        (
+            "10_subscribers_none_match",
+            OTHERS.iter().chain(["step.started", "x.*", "*.x", "a?c", "tool.failed"].iter()).copied().collect(),
+        ),
         ("10_subscribers_all_match", MATCHING.iter().chain(MATCHING.iter()).copied().collect()),
     ];
     for (name, patterns) in cases {

@@ -7,9 +7,31 @@ use utp_core::{Engine, ManualSource};
 
 const VERBS: [&str; 10] = ["list", "get", "create", "update", "delete", "search", "merge", "lock", "archive", "sync"];
 const NOUNS: [&str; 25] = [
-    "issue", "repository", "pull request", "comment", "label", "milestone", "release", "branch", "commit", "tag",
-    "workflow", "artifact", "secret", "webhook", "member", "team", "project", "gist", "notification", "invoice",
-    "customer", "payment", "subscription", "order", "shipment",
+    "issue",
+    "repository",
+    "pull request",
+    "comment",
+    "label",
+    "milestone",
+    "release",
+    "branch",
+    "commit",
+    "tag",
+    "workflow",
+    "artifact",
+    "secret",
+    "webhook",
+    "member",
+    "team",
+    "project",
+    "gist",
+    "notification",
+    "invoice",
+    "customer",
+    "payment",
+    "subscription",
+    "order",
+    "shipment",
 ];
 const SCOPES: [&str; 4] = ["for a repository", "for an organization", "for the authenticated user", "by id"];
 

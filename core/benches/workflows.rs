@@ -34,7 +34,8 @@ fn bench(c: &mut Criterion) {
         let wf = engine.workflow(WorkflowSource::Definition(chain(steps))).unwrap();
         let run = || {
             let source = WorkflowSource::Compiled(wf.clone());
-            let record = rt.block_on(engine.run_workflow(source, json!({"n": 1}), RunOptions::default())).unwrap().to_json();
+            let record =
+                rt.block_on(engine.run_workflow(source, json!({"n": 1}), RunOptions::default())).unwrap().to_json();
             assert_eq!(record["status"], "completed");
             record
         };

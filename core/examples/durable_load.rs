@@ -39,7 +39,8 @@ fn engine(db: &std::path::Path, durability: &str) -> Result<Engine, Box<dyn std:
         _ => json!({"store": {"url": format!("sqlite:{}", db.display()), "durability": durability}}),
     };
     let engine = Engine::from_json(config)?;
-    let step: utp_core::NativeHandler = Arc::new(|args: Value| async move { Ok(json!({"ok": true, "n": args["n"]})) }.boxed());
+    let step: utp_core::NativeHandler =
+        Arc::new(|args: Value| async move { Ok(json!({"ok": true, "n": args["n"]})) }.boxed());
     engine.register_tool("load.step", step, None, None, "", vec![])?;
     Ok(engine)
 }

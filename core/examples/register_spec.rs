@@ -31,7 +31,8 @@ fn main() {
     let engine = utp_core::Engine::from_json(serde_json::Value::Null).expect("engine");
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
     let t = Instant::now();
-    rt.block_on(engine.register_manual(utp_core::ManualSource::Path(path.clone().into()), Some("m"))).expect("register");
+    rt.block_on(engine.register_manual(utp_core::ManualSource::Path(path.clone().into()), Some("m")))
+        .expect("register");
     let register = t.elapsed();
     let tools = engine.catalogue().tool_count();
     if flag("--json") {
@@ -59,7 +60,9 @@ fn phases(path: &str) {
     let t = Instant::now();
     drop(manual);
     let drop_manual = t.elapsed();
-    println!("{path}: {n} tools | read {read:?} parse {parse:?} convert {convert:?} index {index:?} drop {drop_manual:?}");
+    println!(
+        "{path}: {n} tools | read {read:?} parse {parse:?} convert {convert:?} index {index:?} drop {drop_manual:?}"
+    );
 }
 
 /// Convert as `Engine::register_manual(path)` does: definitions held back as raw text.

@@ -43,7 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // All started before any is awaited: they are in flight together.
         let mut ids = Vec::with_capacity(executions);
         for i in 0..executions {
-            let exec = engine.start_workflow(WorkflowSource::Compiled(wf.clone()), json!({"n": i}), RunOptions::default())?;
+            let exec =
+                engine.start_workflow(WorkflowSource::Compiled(wf.clone()), json!({"n": i}), RunOptions::default())?;
             ids.push((i, exec));
         }
         let mut completed = 0usize;

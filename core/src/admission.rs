@@ -237,9 +237,14 @@ mod tests {
     fn a_public_manual_may_not_point_at_loopback_or_private_addresses() {
         let src = url("https://tools.example.com/utcp");
         let p = policy(&src, &[], false);
-        for target in ["http://127.0.0.1:8080/x", "http://localhost/x", "https://10.0.0.5/x", "https://[::1]/x",
-            "http://169.254.169.254/latest/meta-data", "https://${HOST}/x"]
-        {
+        for target in [
+            "http://127.0.0.1:8080/x",
+            "http://localhost/x",
+            "https://10.0.0.5/x",
+            "https://[::1]/x",
+            "http://169.254.169.254/latest/meta-data",
+            "https://${HOST}/x",
+        ] {
             let t = tool(json!({"call_template_type": "http", "url": target}));
             assert!(refusal_reason(&t, &p).is_some(), "{target}");
         }

@@ -232,8 +232,8 @@ impl Config {
             .map_err(|e| Error::InvalidArgument(format!("cannot read config {}: {e}", path.display())))?;
         let value = parse::parse_document(&bytes, Some(path))
             .map_err(|e| Error::InvalidArgument(format!("invalid config {}: {e}", path.display())))?;
-        let mut config = Config::from_value(value)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        let mut config =
+            Config::from_value(value).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
         config.base_dir = path.parent().map(Path::to_path_buf);
         Ok(config)
     }
@@ -266,10 +266,15 @@ mod tests {
     fn rejects_bad_shapes() {
         assert!(Config::from_str("[1,2]").is_err());
         assert!(Config::from_value(serde_json::json!({"variables": 3})).is_err());
-        assert!(Config::from_value(serde_json::json!({"load_variables_from": [{"variable_loader_type": "vault"}]})).is_err());
+        assert!(
+            Config::from_value(serde_json::json!({"load_variables_from": [{"variable_loader_type": "vault"}]}))
+                .is_err()
+        );
         assert!(Config::from_value(serde_json::json!({"calls": {"default_timeout": "soon"}})).is_err());
         assert!(Config::from_value(serde_json::json!({"calls": {"default_timeout": -1}})).is_err());
-        assert!(Config::from_value(serde_json::json!({"post_processing": [{"tool_post_processor_type": "x"}]})).is_err());
+        assert!(
+            Config::from_value(serde_json::json!({"post_processing": [{"tool_post_processor_type": "x"}]})).is_err()
+        );
     }
 
     #[test]
@@ -283,7 +288,9 @@ mod tests {
         let PostProcessor::LimitStrings { limit, scope } = &c.post_processing[0] else { panic!() };
         assert_eq!(*limit, 5);
         assert!(scope.applies("m.t", "m") && !scope.applies("n.t", "n"));
-        for (v, ms) in [(serde_json::json!(2), 2000), (serde_json::json!("1.5s"), 1500), (serde_json::json!("2m"), 120_000)] {
+        for (v, ms) in
+            [(serde_json::json!(2), 2000), (serde_json::json!("1.5s"), 1500), (serde_json::json!("2m"), 120_000)]
+        {
             assert_eq!(parse_duration(&v).unwrap().as_millis(), ms);
         }
     }

@@ -109,7 +109,9 @@ pub enum Error {
     InvalidManual(String),
     #[error("{0}")]
     ValidationFailed(String),
-    #[error("variable '{variable}' not found (needed by manual '{manual}'); set it in config `variables`, a dotenv file or the environment")]
+    #[error(
+        "variable '{variable}' not found (needed by manual '{manual}'); set it in config `variables`, a dotenv file or the environment"
+    )]
     VariableNotFound { variable: String, manual: String },
     #[error("{0}")]
     Transport(String),

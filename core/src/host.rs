@@ -498,8 +498,8 @@ mod tests {
         ] {
             assert_eq!(style.is_spelling("fail_fast_on_approval", key), yes, "{style:?} {key}");
         }
-        let o = call_options(&json!({"approvalId": "a", "failFastOnApproval": true}), "callTool", KeyStyle::Camel)
-            .unwrap();
+        let o =
+            call_options(&json!({"approvalId": "a", "failFastOnApproval": true}), "callTool", KeyStyle::Camel).unwrap();
         assert_eq!((o.approval_id.as_deref(), o.fail_fast_on_approval), (Some("a"), true));
         let e = call_options(&json!({"approval_id": "a"}), "callTool", KeyStyle::Camel).unwrap_err();
         assert!(e.to_string().starts_with("unknown callTool option 'approval_id'"), "{e}");

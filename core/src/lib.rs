@@ -11,9 +11,9 @@ pub mod domain;
 mod engine;
 pub mod error;
 pub mod events;
-pub mod host;
 mod external_refs;
 mod files;
+pub mod host;
 pub mod json;
 mod manual;
 pub mod openapi;
@@ -30,7 +30,9 @@ pub mod workflow;
 pub use config::Config;
 pub use discovery::{DiscoveryReport, FileReport, Outcome};
 pub use domain::{ApprovalInfo, ApprovalStatus, HostRule, HostVerdict};
-pub use engine::{CallOptions, CallTrace, Engine, IntentContext, IntentHandler, IntentTarget, ManualSource, StoreConfig};
+pub use engine::{
+    CallOptions, CallTrace, Engine, IntentContext, IntentHandler, IntentTarget, ManualSource, StoreConfig,
+};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};
 pub use manual::{Auth, CallTemplate, Manual, Tool};

@@ -570,8 +570,7 @@ const API_KEY_LOCATIONS: [&str; 3] = ["header", "query", "cookie"];
 
 /// The name a manual is registered under: letters, digits and `_` only.
 pub fn sanitize_name(raw: &str) -> String {
-    let mut out: String =
-        raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let mut out: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     if out.is_empty() {
         out.push('_');
     }
@@ -596,10 +595,7 @@ impl Manual {
         let tools = match obj.get("tools") {
             Some(Value::Array(tools)) => tools,
             Some(other) => {
-                return Err(Error::InvalidManual(format!(
-                    "`tools` must be a list, found {}",
-                    json_kind(other)
-                )));
+                return Err(Error::InvalidManual(format!("`tools` must be a list, found {}", json_kind(other))));
             }
             None => return Err(Error::InvalidManual("manual has no `tools` list".into())),
         };

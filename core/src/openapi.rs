@@ -71,7 +71,8 @@ impl Spec {
     /// Resolve relative-file `$ref`s against the spec's file `path` ([`crate::external_refs`]).
     /// The held-back definitions are built first: refs in them are rewritten too.
     pub(crate) fn bring_in_files(&mut self, path: &std::path::Path, max_size: u64) -> Result<()> {
-        let held_back = [("definitions", self.parts.definitions.take()), ("schemas", self.parts.component_schemas.take())];
+        let held_back =
+            [("definitions", self.parts.definitions.take()), ("schemas", self.parts.component_schemas.take())];
         for (key, members) in held_back {
             let Some(members) = members else { continue };
             let mut built = Map::with_capacity(members.len());
@@ -115,11 +116,13 @@ pub fn convert_spec(spec: Spec, opts: &ConvertOptions) -> Result<Manual> {
     if parts.external_refs {
         // Kept as before (as python-utcp does): a parameter behind such a ref is left out,
         // and a schema that keeps one may not compile, failing that tool's calls.
-        tracing::warn!("a `$ref` names another document: refs to other files are followed only for a spec registered from a file");
+        tracing::warn!(
+            "a `$ref` names another document: refs to other files are followed only for a spec registered from a file"
+        );
     }
     let swagger2 = is_swagger2(&doc)?;
-    let defs = if swagger2 { doc.get_mut("definitions") } else { doc.pointer_mut("/components/schemas") }
-        .map(Value::take);
+    let defs =
+        if swagger2 { doc.get_mut("definitions") } else { doc.pointer_mut("/components/schemas") }.map(Value::take);
     let raw_defs = if swagger2 { parts.definitions } else { parts.component_schemas };
     let paths = match doc.get("paths") {
         Some(Value::Object(p)) if refs_into_paths(&doc, p) => p.clone(),
@@ -199,7 +202,9 @@ fn refs_into_paths(doc: &Value, paths: &Map<String, Value>) -> bool {
         }
         let whole_component = match r.strip_prefix("#/components/") {
             Some(rest) => rest.split('/').count() == 2,
-            None => ["#/parameters/", "#/responses/"].iter().any(|p| r.strip_prefix(p).is_some_and(|n| !n.contains('/'))),
+            None => {
+                ["#/parameters/", "#/responses/"].iter().any(|p| r.strip_prefix(p).is_some_and(|n| !n.contains('/')))
+            }
         };
         (whole_component || !r.starts_with("#/")).then_some(false)
     }
@@ -275,8 +280,11 @@ fn base_url(doc: &Value, swagger2: bool, spec_url: Option<&str>) -> String {
     let raw = if swagger2 {
         let host = doc.get("host").and_then(Value::as_str);
         let base_path = doc.get("basePath").and_then(Value::as_str).unwrap_or("");
-        let schemes: Vec<&str> =
-            doc.get("schemes").and_then(Value::as_array).map(|s| s.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let schemes: Vec<&str> = doc
+            .get("schemes")
+            .and_then(Value::as_array)
+            .map(|s| s.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         let scheme = if schemes.is_empty() || schemes.contains(&"https") { "https" } else { schemes[0] };
         match host {
             Some(h) => format!("{scheme}://{h}{base_path}"),
@@ -522,7 +530,9 @@ impl<'a> Ctx<'a> {
         let security = op.get("security").or_else(|| self.doc.get("security"));
         let auth = security
             .and_then(Value::as_array)
-            .and_then(|reqs| reqs.iter().filter_map(Value::as_object).find_map(|r| r.keys().find_map(|k| self.schemes.get(k))))
+            .and_then(|reqs| {
+                reqs.iter().filter_map(Value::as_object).find_map(|r| r.keys().find_map(|k| self.schemes.get(k)))
+            })
             .cloned();
 
         let mut extra = Map::new();
@@ -557,7 +567,8 @@ impl<'a> Ctx<'a> {
     /// operation, or copied when the response is a `$ref`).
     fn response_schema(&self, op: &mut Map<String, Value>) -> Option<Value> {
         let Some(Value::Object(mut responses)) = op.swap_remove("responses") else { return None };
-        let code = responses.keys().filter(|k| k.starts_with('2')).min().cloned().unwrap_or_else(|| "default".to_string());
+        let code =
+            responses.keys().filter(|k| k.starts_with('2')).min().cloned().unwrap_or_else(|| "default".to_string());
         let mut resp = match self.resolve(responses.swap_remove(&code)?) {
             Cow::Borrowed(r) => {
                 if self.swagger2 {

@@ -95,7 +95,8 @@ fn parse(bytes: &[u8], path: Option<&Path>, hold_back_schemas: bool) -> Result<(
     let text = std::str::from_utf8(bytes).map_err(|e| format!("invalid {what}: not UTF-8 ({e})"))?;
     // Raw text needs serde_json's deserializer: YAML definitions are built as values.
     let scratch = Scratch { hold_back_schemas: hold_back_schemas && syntax == Syntax::Json, ..Scratch::default() };
-    let seed = ValueSeed { at: if looks_like_openapi(text, syntax) { At::SpecRoot } else { At::Whole }, scratch: &scratch };
+    let seed =
+        ValueSeed { at: if looks_like_openapi(text, syntax) { At::SpecRoot } else { At::Whole }, scratch: &scratch };
     let value = match syntax {
         Syntax::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
@@ -118,7 +119,10 @@ fn parse(bytes: &[u8], path: Option<&Path>, hold_back_schemas: bool) -> Result<(
 fn names_another_document(text: &str) -> bool {
     memchr::memmem::find_iter(text.as_bytes(), br#""$ref""#).any(|at| {
         let rest = text[at + 6..].trim_start();
-        rest.strip_prefix(':').map(str::trim_start).and_then(|v| v.strip_prefix('"')).is_some_and(|v| !v.starts_with('#'))
+        rest.strip_prefix(':')
+            .map(str::trim_start)
+            .and_then(|v| v.strip_prefix('"'))
+            .is_some_and(|v| !v.starts_with('#'))
     })
 }
 
@@ -137,7 +141,7 @@ fn looks_like_openapi(text: &str, syntax: Syntax) -> bool {
             .lines()
             .map(str::trim_start)
             .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("---") && !l.starts_with('%'))
-            .map(|l| l.trim_start_matches(['"', '\'']))
+            .map(|l| l.trim_start_matches(['"', '\''])),
     };
     let ends_key = |rest: &str| match syntax {
         Syntax::Json => rest.starts_with('"'),
@@ -397,7 +401,9 @@ mod tests {
     #[test]
     fn only_a_document_that_starts_with_an_openapi_marker_is_read_the_lean_way() {
         // The top-level `tags` is one of the parts left out of a spec.
-        let tags = |text: &str, name: &str| parse_document(text.as_bytes(), Some(Path::new(name))).unwrap().get("tags").cloned();
+        let tags = |text: &str, name: &str| {
+            parse_document(text.as_bytes(), Some(Path::new(name))).unwrap().get("tags").cloned()
+        };
         assert_eq!(tags(r#"{"openapi": "3.0.0", "tags": [1]}"#, "a.json"), None);
         assert_eq!(tags("'swagger': '2.0'\ntags: [1]\n", "a.yaml"), None);
         assert_eq!(tags("openapi : 3.1.0\ntags: [1]\n", "a.yaml"), None);
@@ -412,7 +418,9 @@ mod tests {
         let names = ["b", "c", "d", "e", "f", "g", "h", "i"];
         let mut prev = "a";
         for n in names {
-            doc.push_str(&format!("{n}: &{n} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+            doc.push_str(&format!(
+                "{n}: &{n} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+            ));
             prev = n;
         }
         let err = parse_document(doc.as_bytes(), Some(Path::new("x.yaml"))).unwrap_err();
@@ -456,7 +464,10 @@ mod tests {
         let manual = r#"{"tools": [], "openapi": "3.0.0", "examples": {"kept": 1}}"#;
         let v = parse_document(manual.as_bytes(), None).unwrap();
         assert_eq!(v["examples"]["kept"], 1);
-        assert_eq!(parse_document(b"{\"a\": [1.5, -2, null, true]}", None).unwrap(), serde_json::json!({"a": [1.5, -2, null, true]}));
+        assert_eq!(
+            parse_document(b"{\"a\": [1.5, -2, null, true]}", None).unwrap(),
+            serde_json::json!({"a": [1.5, -2, null, true]})
+        );
         let err = parse_document(b"{\"a\": 1} trailing", None).unwrap_err();
         assert!(err.contains("trailing"), "{err}");
         let err = parse_document(b"{\"a\": \"\xff\"}", None).unwrap_err();
@@ -472,8 +483,10 @@ mod tests {
         assert_eq!(ours, theirs);
         assert_eq!(ours.to_string(), theirs.to_string(), "same key order");
         let yaml = "a: [1, {b: [2, 3]}, []]\nc: {d: {}, e: [x, y]}\n";
-        assert_eq!(parse_document(yaml.as_bytes(), Some(Path::new("x.yml"))).unwrap(),
-            serde_json::json!({"a": [1, {"b": [2, 3]}, []], "c": {"d": {}, "e": ["x", "y"]}}));
+        assert_eq!(
+            parse_document(yaml.as_bytes(), Some(Path::new("x.yml"))).unwrap(),
+            serde_json::json!({"a": [1, {"b": [2, 3]}, []], "c": {"d": {}, "e": ["x", "y"]}})
+        );
     }
 
     #[test]
@@ -486,12 +499,19 @@ mod tests {
                 panic!("a spec cut at {cut} parsed: {v}");
             }
         }
-        for bad in [r#"{"openapi": "3.0.0", "paths": {"/a": {"get": [1, 2,]}}}"#, r#"{"openapi": "3.0.0", "paths": {"/a": {"x-y": {"a" 1}}}}"#,
-            r#"{"swagger": "2.0", "paths": {"/a": {"get": {"examples": {"a": tru}}}}}"#] {
+        for bad in [
+            r#"{"openapi": "3.0.0", "paths": {"/a": {"get": [1, 2,]}}}"#,
+            r#"{"openapi": "3.0.0", "paths": {"/a": {"x-y": {"a" 1}}}}"#,
+            r#"{"swagger": "2.0", "paths": {"/a": {"get": {"examples": {"a": tru}}}}}"#,
+        ] {
             let err = parse_document(bad.as_bytes(), None).unwrap_err();
             assert!(err.starts_with("invalid JSON") && err.contains("line 1"), "{err}");
         }
-        let deep = format!(r#"{{"openapi": "3.0.0", "paths": {{"/a": {{"get": {}{}}}}}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!(
+            r#"{{"openapi": "3.0.0", "paths": {{"/a": {{"get": {}{}}}}}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         assert!(parse_document(deep.as_bytes(), None).unwrap_err().contains("recursion limit"));
     }
 
@@ -508,19 +528,26 @@ mod tests {
         let texts = |members: &Option<Vec<(String, Box<RawValue>)>>| -> Vec<(String, String)> {
             members.iter().flatten().map(|(k, v)| (k.clone(), v.get().to_string())).collect()
         };
-        let a = r##"{"type": "object", "examples": {"x": 1}, "properties": {"b": {"$ref": "#/components/schemas/B"}}}"##;
+        let a =
+            r##"{"type": "object", "examples": {"x": 1}, "properties": {"b": {"$ref": "#/components/schemas/B"}}}"##;
         // Every member, repeats too, exactly as written: `SharedDefs` keeps the last of a name.
-        assert_eq!(texts(&raw.component_schemas), [("A".into(), a.into()), ("B".into(), r#"[1, {"c": "d"}]"#.into()), ("A".into(), "true".into())]);
+        assert_eq!(
+            texts(&raw.component_schemas),
+            [("A".into(), a.into()), ("B".into(), r#"[1, {"c": "d"}]"#.into()), ("A".into(), "true".into())]
+        );
         assert_eq!(texts(&raw.definitions), [("D".to_string(), r#"{"type": "string"}"#.to_string())]);
         // A fragment is built as the whole spec would have built it: object-valued examples left out.
         let whole = parse_document(spec.replace(r#", "A": true"#, "").as_bytes(), None).unwrap();
         assert_eq!(parse_spec_fragment(a).unwrap(), whole["components"]["schemas"]["A"]);
         assert!(parse_spec_fragment(a).unwrap().get("examples").is_none());
         // A repeated container replaces the earlier one, as in a built value.
-        let (_, raw) = parse_spec_document(br#"{"swagger": "2.0", "definitions": {"X": {}}, "definitions": {"Y": {}}}"#, None).unwrap();
+        let (_, raw) =
+            parse_spec_document(br#"{"swagger": "2.0", "definitions": {"X": {}}, "definitions": {"Y": {}}}"#, None)
+                .unwrap();
         assert_eq!(texts(&raw.definitions), [("Y".to_string(), "{}".to_string())]);
         // Not an object: built, not held back.
-        let (value, raw) = parse_spec_document(br#"{"openapi": "3.0.0", "components": {"schemas": [1]}}"#, None).unwrap();
+        let (value, raw) =
+            parse_spec_document(br#"{"openapi": "3.0.0", "components": {"schemas": [1]}}"#, None).unwrap();
         assert_eq!(value["components"]["schemas"], serde_json::json!([1]));
         assert!(raw.component_schemas.is_none());
     }
@@ -540,14 +567,21 @@ mod tests {
     #[test]
     fn held_back_schemas_are_still_checked_and_bounded() {
         // Held back, a definition is still checked as JSON...
-        for bad in [r#"{"openapi": "3.0.0", "components": {"schemas": {"A": {"a" 1}}}}"#, r#"{"swagger": "2.0", "definitions": {"A": [1,]}}"#,
-            r#"{"openapi": "3.0.0", "components": {"schemas": {"A": {"b": "\x"}}}}"#] {
+        for bad in [
+            r#"{"openapi": "3.0.0", "components": {"schemas": {"A": {"a" 1}}}}"#,
+            r#"{"swagger": "2.0", "definitions": {"A": [1,]}}"#,
+            r#"{"openapi": "3.0.0", "components": {"schemas": {"A": {"b": "\x"}}}}"#,
+        ] {
             let err = parse_spec_document(bad.as_bytes(), None).unwrap_err();
             assert!(err.starts_with("invalid JSON"), "{err}");
         }
         // ...but not for depth (serde_json skips a raw value without a limit): reading
         // it alone is where the recursion limit applies, an error and not a crash.
-        let deep = format!(r#"{{"openapi": "3.0.0", "components": {{"schemas": {{"A": {}{}}}}}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!(
+            r#"{{"openapi": "3.0.0", "components": {{"schemas": {{"A": {}{}}}}}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         let (_, raw) = parse_spec_document(deep.as_bytes(), None).unwrap();
         let (_, text) = &raw.component_schemas.unwrap()[0];
         assert!(parse_spec_fragment(text.get()).unwrap_err().contains("recursion limit"));

@@ -148,12 +148,8 @@ impl Catalogue {
         };
         let limit = if limit == 0 { usize::MAX } else { limit };
         if search::tokens(query).is_empty() {
-            let mut all: Vec<_> = entries
-                .iter()
-                .flat_map(|m| m.tools.iter())
-                .filter(|t| tag_ok(t))
-                .map(|t| (t.clone(), 0.0))
-                .collect();
+            let mut all: Vec<_> =
+                entries.iter().flat_map(|m| m.tools.iter()).filter(|t| tag_ok(t)).map(|t| (t.clone(), 0.0)).collect();
             all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
             all.truncate(limit);
             return all;
@@ -277,7 +273,9 @@ impl Registry {
 }
 
 fn already_registered(name: &str) -> Error {
-    Error::AlreadyExists(format!("a manual named '{name}' is already registered; deregister it first or pick another name"))
+    Error::AlreadyExists(format!(
+        "a manual named '{name}' is already registered; deregister it first or pick another name"
+    ))
 }
 
 #[cfg(test)]

@@ -24,9 +24,9 @@ fn tool_validator(tool: &RegisteredTool) -> Result<&jsonschema::Validator> {
         };
         compile_schema(&schema).map(Arc::new)
     });
-    validator.as_deref().map_err(|e| {
-        Error::InvalidManual(format!("tool '{}': its inputs are not a valid JSON Schema: {e}", tool.name))
-    })
+    validator
+        .as_deref()
+        .map_err(|e| Error::InvalidManual(format!("tool '{}': its inputs are not a valid JSON Schema: {e}", tool.name)))
 }
 
 /// Violations of `instance` as `<JSON pointer>: <reason>` lines (values masked: they
@@ -78,7 +78,8 @@ pub(crate) fn check_literal_args(tool: &RegisteredTool, skeleton: &Value, comput
     }
     Ok(violations(validator, skeleton, |e| match e.kind() {
         jsonschema::error::ValidationErrorKind::Required { property } => {
-            e.instance_path().to_string().is_empty() && property.as_str().is_some_and(|p| computed.iter().any(|c| c == p))
+            e.instance_path().to_string().is_empty()
+                && property.as_str().is_some_and(|p| computed.iter().any(|c| c == p))
         }
         _ => false,
     }))

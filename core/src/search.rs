@@ -32,8 +32,8 @@ const WEIGHT: [f32; FIELDS] = [3.0, 0.5, 2.0, 1.0, 1.5];
 const B: [f32; FIELDS] = [0.5, 0.0, 0.3, 0.75, 0.75];
 
 const STOP_WORDS: [&str; 24] = [
-    "a", "an", "the", "for", "of", "to", "in", "on", "by", "with", "and", "or", "from", "is", "are", "be", "my",
-    "me", "i", "it", "this", "that", "at", "as",
+    "a", "an", "the", "for", "of", "to", "in", "on", "by", "with", "and", "or", "from", "is", "are", "be", "my", "me",
+    "i", "it", "this", "that", "at", "as",
 ];
 
 type FieldCounts = [f32; FIELDS];
@@ -291,7 +291,9 @@ fn normalize(word: &mut String) {
     if n > 4 && word.ends_with("ies") {
         word.truncate(n - 3);
         word.push('y');
-    } else if n > 4 && (word.ends_with("sses") || word.ends_with("xes") || word.ends_with("ches") || word.ends_with("shes")) {
+    } else if n > 4
+        && (word.ends_with("sses") || word.ends_with("xes") || word.ends_with("ches") || word.ends_with("shes"))
+    {
         word.truncate(n - 2);
     } else if n > 3 && word.ends_with('s') && !word.ends_with("ss") && !word.ends_with("us") && !word.ends_with("is") {
         word.truncate(n - 1);

@@ -182,7 +182,10 @@ mod tests {
                 &json!({"url": "https://${HOST}:$PORT/x", "h": ["Bearer $KEY"], "$ref": "#/$defs/X", "s": "$ref and $", "n": 1}),
             )
             .unwrap();
-        assert_eq!(out, json!({"url": "https://h:8080/x", "h": ["Bearer k1"], "$ref": "#/$defs/X", "s": "$ref and $", "n": 1}));
+        assert_eq!(
+            out,
+            json!({"url": "https://h:8080/x", "h": ["Bearer k1"], "$ref": "#/$defs/X", "s": "$ref and $", "n": 1})
+        );
     }
 
     #[test]

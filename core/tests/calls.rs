@@ -32,7 +32,14 @@ async fn native_tool_round_trip_and_validation() {
         "a": {"type": "integer"}, "b": {"type": "integer", "minimum": 0}, "tag": {"$ref": "#/$defs/Tag"}},
         "required": ["a", "b"], "$defs": {"Tag": {"type": "string", "maxLength": 3}}});
     let name = e
-        .register_tool("math.add", handler(|v| Ok(json!(v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0)))), Some(inputs), None, "Add", vec!["math".into()])
+        .register_tool(
+            "math.add",
+            handler(|v| Ok(json!(v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0)))),
+            Some(inputs),
+            None,
+            "Add",
+            vec!["math".into()],
+        )
         .unwrap();
     assert_eq!(name, "math.add");
     assert_eq!(call(&e, "math.add", json!({"a": 2, "b": 3})).await.unwrap(), json!(5));
@@ -54,9 +61,18 @@ async fn native_tool_round_trip_and_validation() {
 
     // Bad registrations are clear errors.
     let h = handler(|_| Ok(Value::Null));
-    assert_eq!(e.register_tool("math.add", h.clone(), None, None, "", vec![]).unwrap_err().code(), ErrorCode::AlreadyExists);
-    assert_eq!(e.register_tool("nodot", h.clone(), None, None, "", vec![]).unwrap_err().code(), ErrorCode::InvalidArgument);
-    assert_eq!(e.register_tool("bad-name.t", h.clone(), None, None, "", vec![]).unwrap_err().code(), ErrorCode::InvalidArgument);
+    assert_eq!(
+        e.register_tool("math.add", h.clone(), None, None, "", vec![]).unwrap_err().code(),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        e.register_tool("nodot", h.clone(), None, None, "", vec![]).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        e.register_tool("bad-name.t", h.clone(), None, None, "", vec![]).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
     let err = e.register_tool("m.t", h, Some(json!({"type": 12})), None, "", vec![]).unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument);
 
@@ -68,7 +84,8 @@ async fn native_tool_round_trip_and_validation() {
 #[tokio::test]
 async fn native_errors_panics_timeouts_and_cancellation() {
     let e = engine(json!({"calls": {"default_timeout": "200ms"}}));
-    e.register_tool("t.fail", handler(|_| Err(utp_core::Error::Internal("nope".into()))), None, None, "", vec![]).unwrap();
+    e.register_tool("t.fail", handler(|_| Err(utp_core::Error::Internal("nope".into()))), None, None, "", vec![])
+        .unwrap();
     e.register_tool("t.panic", handler(|_| panic!("handler exploded")), None, None, "", vec![]).unwrap();
     let slow: NativeHandler = Arc::new(|_| {
         async {
@@ -93,7 +110,8 @@ async fn native_errors_panics_timeouts_and_cancellation() {
     assert_eq!(e.call_tool("t.slow", json!({}), opts).await.unwrap_err().code(), ErrorCode::Timeout);
 
     let token = CancellationToken::new();
-    let opts = CallOptions { cancel: Some(token.clone()), timeout: Some(Duration::from_secs(20)), ..Default::default() };
+    let opts =
+        CallOptions { cancel: Some(token.clone()), timeout: Some(Duration::from_secs(20)), ..Default::default() };
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
         token.cancel();
@@ -155,7 +173,9 @@ async fn cli_injection_attempts_run_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("pwned");
     let m = marker.display().to_string();
-    let e = cli_engine(json!({}), json!([cli_tool("echo", json!([{"command": "echo UTCP_ARG_msg_UTCP_END"}]), json!({}))])).await;
+    let e =
+        cli_engine(json!({}), json!([cli_tool("echo", json!([{"command": "echo UTCP_ARG_msg_UTCP_END"}]), json!({}))]))
+            .await;
     let attempts = [
         format!("; touch {m}"),
         format!("$(touch {m})"),
@@ -184,18 +204,29 @@ async fn cli_argv_env_workdir_json_and_failures() {
     }
     let config = json!({"calls": {"file_root": dir.path(), "default_timeout": "10s"}});
     let tools = json!([
-        cli_tool("args", json!([{"command": "printf '%s|' UTCP_ARG_a_UTCP_END --n=UTCP_ARG_n_UTCP_END UTCP_ARG_missing_UTCP_END $GREETING"}]), json!({})),
+        cli_tool(
+            "args",
+            json!([{"command": "printf '%s|' UTCP_ARG_a_UTCP_END --n=UTCP_ARG_n_UTCP_END UTCP_ARG_missing_UTCP_END $GREETING"}]),
+            json!({})
+        ),
         cli_tool("env", json!([{"command": "env"}]), json!({"env_vars": {"MY_ARG": "UTCP_ARG_v_UTCP_END"}})),
         cli_tool("cat", json!([{"command": "cat data.txt"}]), json!({"working_dir": "work"})),
         cli_tool("json", json!([{"command": "printf '{\"ok\": true, \"n\": UTCP_ARG_n_UTCP_END}'"}]), json!({})),
-        cli_tool("steps", json!([{"command": "echo one", "append_to_final_output": true}, {"command": "echo two"}]), json!({})),
+        cli_tool(
+            "steps",
+            json!([{"command": "echo one", "append_to_final_output": true}, {"command": "echo two"}]),
+            json!({})
+        ),
         cli_tool("fail", json!([{"command": "sh -c 'echo bad >&2; exit 3'"}]), json!({})),
         cli_tool("missing", json!([{"command": "/nonexistent/utp-tool"}]), json!({})),
         cli_tool("pipe", json!([{"command": "ls | wc -l"}]), json!({})),
         cli_tool("big", json!([{"command": "head -c 100000 /dev/zero"}]), json!({}))
     ]);
     let e = cli_engine(config, tools).await;
-    assert_eq!(call(&e, "sh.args", json!({"a": "two words", "n": 5})).await.unwrap(), json!("two words|--n=5|hello there|"));
+    assert_eq!(
+        call(&e, "sh.args", json!({"a": "two words", "n": 5})).await.unwrap(),
+        json!("two words|--n=5|hello there|")
+    );
     let env = call(&e, "sh.env", json!({"v": "x y"})).await.unwrap();
     let env = env.as_str().unwrap();
     assert!(env.contains("MY_ARG=x y") && env.contains("PATH="), "{env}");
@@ -211,14 +242,20 @@ async fn cli_argv_env_workdir_json_and_failures() {
     assert_eq!(err.code(), ErrorCode::InvalidManual);
     assert!(err.to_string().contains('|'), "{err}");
 
-    let capped = cli_engine(json!({"calls": {"max_response_size": 1000}}), json!([cli_tool("big", json!([{"command": "head -c 100000 /dev/zero"}]), json!({}))])).await;
+    let capped = cli_engine(
+        json!({"calls": {"max_response_size": 1000}}),
+        json!([cli_tool("big", json!([{"command": "head -c 100000 /dev/zero"}]), json!({}))]),
+    )
+    .await;
     let err = call(&capped, "sh.big", json!({})).await.unwrap_err();
     assert!(err.to_string().contains("1000 bytes"), "{err}");
 }
 
 #[tokio::test]
 async fn cli_variable_errors_name_the_namespaced_variable() {
-    let e = cli_engine(json!({}), json!([cli_tool("v", json!([{"command": "echo ${UTP_SURELY_UNSET_VAR}"}]), json!({}))])).await;
+    let e =
+        cli_engine(json!({}), json!([cli_tool("v", json!([{"command": "echo ${UTP_SURELY_UNSET_VAR}"}]), json!({}))]))
+            .await;
     let err = call(&e, "sh.v", json!({})).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::VariableNotFound);
     assert!(err.to_string().contains("sh_UTP_SURELY_UNSET_VAR"), "{err}");
@@ -234,7 +271,8 @@ async fn cli_timeout_and_cancel_kill_the_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
     let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-    let tools = json!([cli_tool("slow", json!([{"command": format!("sh -c '{script}'")}]), json!({"timeout": "300ms"}))]);
+    let tools =
+        json!([cli_tool("slow", json!([{"command": format!("sh -c '{script}'")}]), json!({"timeout": "300ms"}))]);
     let e = cli_engine(json!({}), tools).await;
     let start = Instant::now();
     let err = call(&e, "sh.slow", json!({})).await.unwrap_err();

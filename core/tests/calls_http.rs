@@ -28,11 +28,7 @@ struct Server {
 }
 
 fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(body.into()))
-        .unwrap()
+    Response::builder().status(status).header("content-type", content_type).body(Full::new(body.into())).unwrap()
 }
 
 fn redirect(status: u16, to: &str) -> Response<Full<Bytes>> {
@@ -43,11 +39,8 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Respo
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let headers: serde_json::Map<String, Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
-        .collect();
+    let headers: serde_json::Map<String, Value> =
+        req.headers().iter().map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("")))).collect();
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -86,7 +79,11 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Respo
             let form = String::from_utf8_lossy(&body).to_string();
             if form.contains("client_secret=s3cret") && form.contains("grant_type=client_credentials") {
                 let n = state.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
-                reply(200, "application/json", json!({"access_token": format!("tok-{n}"), "expires_in": 3600, "token_type": "bearer"}).to_string())
+                reply(
+                    200,
+                    "application/json",
+                    json!({"access_token": format!("tok-{n}"), "expires_in": 3600, "token_type": "bearer"}).to_string(),
+                )
             } else {
                 reply(401, "application/json", "{\"error\": \"invalid_client\"}")
             }
@@ -160,16 +157,22 @@ async fn http_requests_map_arguments() {
         ]),
     )
     .await;
-    let r = call(&e, "api.get", json!({"id": "a/b c", "X-Trace": "t1", "q": "x y", "flag": true, "tags": ["a", "b"], "none": null}))
-        .await
-        .unwrap();
+    let r = call(
+        &e,
+        "api.get",
+        json!({"id": "a/b c", "X-Trace": "t1", "q": "x y", "flag": true, "tags": ["a", "b"], "none": null}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r["method"], "GET");
     assert_eq!(r["path"], "/items/a%2Fb%20c");
     assert_eq!(r["query"], "q=x+y&flag=true&tags=a&tags=b");
     assert_eq!(r["headers"]["x-trace"], "t1");
     assert_eq!(r["headers"]["x-fixed"], "Bearer var-secret");
 
-    let r = call(&e, "api.styled", json!({"ids": [1, 2], "filter": {"a": 1}, "session": "s1", "X-Req": "r"})).await.unwrap();
+    let r = call(&e, "api.styled", json!({"ids": [1, 2], "filter": {"a": 1}, "session": "s1", "X-Req": "r"}))
+        .await
+        .unwrap();
     assert_eq!(r["query"], "ids=1%2C2&filter%5Ba%5D=1");
     assert_eq!(r["headers"]["cookie"], "session=s1");
     assert_eq!(r["headers"]["x-req"], "r");
@@ -203,8 +206,11 @@ async fn http_errors_carry_status_and_excerpt_never_secrets() {
     let e = engine_with(
         json!({"variables": {"api_KEY": "sk-very-secret"}, "calls": {"default_timeout": "300ms"}}),
         json!([
-            http_tool("fail", json!({"url": format!("{base}/fail"),
-                "auth": {"auth_type": "api_key", "api_key": "${KEY}", "var_name": "key", "location": "query"}})),
+            http_tool(
+                "fail",
+                json!({"url": format!("{base}/fail"),
+                "auth": {"auth_type": "api_key", "api_key": "${KEY}", "var_name": "key", "location": "query"}})
+            ),
             http_tool("missing", json!({"url": format!("{base}/missing")})),
             http_tool("busy", json!({"url": format!("{base}/busy")})),
             http_tool("busy_date", json!({"url": format!("{base}/busy-date")})),
@@ -248,8 +254,11 @@ async fn redirects_are_rechecked_and_drop_credentials_across_origins() {
         json!([
             http_tool("same", json!({"url": format!("{base}/redirect"), "auth": auth})),
             http_tool("keep", json!({"url": format!("{base}/redirect-307"), "http_method": "POST", "auth": auth})),
-            http_tool("cross", json!({"url": format!("{base}/redirect-cross"), "auth": auth,
-                "headers": {"X-Custom": "c"}})),
+            http_tool(
+                "cross",
+                json!({"url": format!("{base}/redirect-cross"), "auth": auth,
+                "headers": {"X-Custom": "c"}})
+            ),
             http_tool("private", json!({"url": format!("{base}/redirect-private")})),
             http_tool("loop", json!({"url": format!("{base}/redirect-loop")}))
         ]),
@@ -401,7 +410,10 @@ async fn sse_and_streamable_http() {
     assert_eq!(call(&e, "api.nd_bad", json!({})).await.unwrap_err().code(), ErrorCode::Transport);
     assert_eq!(call(&e, "api.whole", json!({})).await.unwrap(), json!({"whole": true}));
     assert_eq!(call(&e, "api.txt", json!({})).await.unwrap(), json!(["hello text"]));
-    assert_eq!(call(&e, "api.sse_via_stream", json!({})).await.unwrap(), json!([{"n": 1}, "skip me", {"n": 2}, "plain text"]));
+    assert_eq!(
+        call(&e, "api.sse_via_stream", json!({})).await.unwrap(),
+        json!([{"n": 1}, "skip me", {"n": 2}, "plain text"])
+    );
 
     // A non-streaming tool streams its one result.
     let e2 = engine_with(json!({}), json!([http_tool("t", json!({"url": format!("{base}/text")}))])).await;
@@ -433,8 +445,10 @@ async fn openapi_tools_are_called_with_their_styles() {
 
 /// `api.get` (the echo) and `api.slow` (answers after 10 s) on the server at `port`.
 fn get_and_slow(port: u16) -> Value {
-    json!([http_tool("get", json!({"url": format!("http://127.0.0.1:{port}/echo")})),
-        http_tool("slow", json!({"url": format!("http://127.0.0.1:{port}/slow")}))])
+    json!([
+        http_tool("get", json!({"url": format!("http://127.0.0.1:{port}/echo")})),
+        http_tool("slow", json!({"url": format!("http://127.0.0.1:{port}/slow")}))
+    ])
 }
 
 #[test]

@@ -46,7 +46,10 @@ fn hostile_tree(root: &Path, outside: &Path) {
         r#"{"version": "0.1.0", "tools": [{"name": "legacy", "tool_provider": {"provider_type": "http_stream", "url": "https://x"}}]}"#,
     );
     w("broken.json", "{\"tools\": [ {\"name\": ");
-    w("teleport.utcp.json", r#"{"tools": [{"name": "beam", "tool_call_template": {"call_template_type": "teleport"}}]}"#);
+    w(
+        "teleport.utcp.json",
+        r#"{"tools": [{"name": "beam", "tool_call_template": {"call_template_type": "teleport"}}]}"#,
+    );
     w("package.json", r#"{"name": "not-a-manual", "version": "1.0.0"}"#);
     w("laughs.utcp.yaml", &billion_laughs());
     w("deep.utcp.json", &("[".repeat(100_000) + &"]".repeat(100_000)));
@@ -162,8 +165,13 @@ fn manual_from_url_and_from_url_slash_utcp() {
     let server = Server::start(vec![
         ("/manual.json", 200, manual_json("direct")),
         ("/api/utcp", 200, manual_json("fallback")),
-        ("/spec", 200, json!({"openapi": "3.1.0", "info": {"title": "Pets"}, "servers": [{"url": "/v1"}],
-            "paths": {"/pets": {"get": {"operationId": "listPets"}}}}).to_string()),
+        (
+            "/spec",
+            200,
+            json!({"openapi": "3.1.0", "info": {"title": "Pets"}, "servers": [{"url": "/v1"}],
+            "paths": {"/pets": {"get": {"operationId": "listPets"}}}})
+            .to_string(),
+        ),
         ("/junk/utcp", 200, "{not json".into()),
     ]);
     let rt = runtime();
@@ -199,8 +207,6 @@ fn plain_http_to_a_remote_host_is_refused() {
 fn oversized_url_response_is_refused() {
     let server = Server::start(vec![("/big", 200, " ".repeat(4096))]);
     let engine = Engine::from_json(json!({"discovery": {"max_file_size": 1024}})).unwrap();
-    let err = runtime()
-        .block_on(engine.register_manual(ManualSource::Url(server.url("/big")), Some("b")))
-        .unwrap_err();
+    let err = runtime().block_on(engine.register_manual(ManualSource::Url(server.url("/big")), Some("b"))).unwrap_err();
     assert!(err.to_string().contains("cap"), "{err}");
 }

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde_json::{Value, json};
-use utp_core::{
-    ApprovalStatus, CallOptions, Engine, ErrorCode, HistoryFilter, HostRule, HostVerdict, NativeHandler,
-};
+use utp_core::{ApprovalStatus, CallOptions, Engine, ErrorCode, HistoryFilter, HostRule, HostVerdict, NativeHandler};
 
 /// The original UTP example: betfair with allowed actions and a max bet constant.
 fn betting_config() -> Value {
@@ -64,7 +62,10 @@ async fn original_utp_config_denies_big_bets_and_unlisted_actions() {
 
     let err = e.call_tool("betfair.placeBet", bet(1500.0), with_tenant("acme")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::PermissionDenied);
-    assert!(err.to_string().contains("bets above 1000 are not allowed") && err.to_string().contains("max_bet"), "{err}");
+    assert!(
+        err.to_string().contains("bets above 1000 are not allowed") && err.to_string().contains("max_bet"),
+        "{err}"
+    );
     // An action outside allowed_actions is denied even with harmless arguments.
     let err = e.call_tool("betfair.cashOut", json!({}), CallOptions::default()).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::PermissionDenied);
@@ -110,8 +111,14 @@ async fn host_rules_deny_escalate_and_fail_closed() {
     let max_bet: HostRule = Arc::new(move |tool, action, params| {
         seen2.lock().push((tool.clone(), action.clone()));
         let big = params["amount"].as_f64().unwrap_or(0.0) > 1000.0;
-        async move { Ok(if tool == "betfair" && action == "placeBet" && big { HostVerdict::Deny(None) } else { HostVerdict::Allow }) }
-            .boxed()
+        async move {
+            Ok(if tool == "betfair" && action == "placeBet" && big {
+                HostVerdict::Deny(None)
+            } else {
+                HostVerdict::Allow
+            })
+        }
+        .boxed()
     });
     e.add_business_rule("max_bet", max_bet.clone()).unwrap();
     assert_eq!(e.add_business_rule("max_bet", max_bet).unwrap_err().code(), ErrorCode::AlreadyExists);
@@ -240,10 +247,16 @@ async fn fail_fast_approvals_are_used_once_and_only_for_their_tool() {
     assert_eq!(other.code(), ErrorCode::PermissionDenied);
     e.call_tool("betfair.placeBet", json!({}), with_id.clone()).await.unwrap();
     // ... and is used once.
-    assert_eq!(e.call_tool("betfair.placeBet", json!({}), with_id).await.unwrap_err().code(), ErrorCode::PermissionDenied);
+    assert_eq!(
+        e.call_tool("betfair.placeBet", json!({}), with_id).await.unwrap_err().code(),
+        ErrorCode::PermissionDenied
+    );
     // Arguments cannot approve a call.
     let sneaky = json!({"approval_id": id, "approved": true});
-    assert_eq!(e.call_tool("betfair.placeBet", sneaky, fail_fast).await.unwrap_err().code(), ErrorCode::ApprovalRequired);
+    assert_eq!(
+        e.call_tool("betfair.placeBet", sneaky, fail_fast).await.unwrap_err().code(),
+        ErrorCode::ApprovalRequired
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
@@ -305,8 +318,14 @@ async fn slow_host_rules_count_against_the_call_deadline_and_cancellation() {
         .boxed()
     });
     let quick_deny: HostRule = Arc::new(|_, action, _| {
-        async move { Ok(if action == "cashOut" { HostVerdict::Deny(Some("no cash-outs today".into())) } else { HostVerdict::Allow }) }
-            .boxed()
+        async move {
+            Ok(if action == "cashOut" {
+                HostVerdict::Deny(Some("no cash-outs today".into()))
+            } else {
+                HostVerdict::Allow
+            })
+        }
+        .boxed()
     });
     e.add_business_rule("quick", quick_deny).unwrap();
     e.add_business_rule("slow", slow).unwrap();

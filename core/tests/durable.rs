@@ -95,7 +95,8 @@ async fn a_run_is_committed_and_a_new_engine_reads_it() {
                 RunOptions { session: Some("s1".into()), ..Default::default() },
             )
             .await
-            .unwrap().to_json();
+            .unwrap()
+            .to_json();
         assert_eq!(record["status"], "completed", "{record:#}");
         assert_eq!(record["outputs"]["last"], 3);
         assert_eq!(calls.lock().len(), 4);
@@ -347,7 +348,8 @@ fn a_step_waiting_for_an_approval_waits_for_the_same_approval_after_a_restart() 
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let second = second.unwrap_or_else(|| panic!("s1 never asked for its approval: {:#}", e.execution(&id).unwrap().to_json()));
+        let second = second
+            .unwrap_or_else(|| panic!("s1 never asked for its approval: {:#}", e.execution(&id).unwrap().to_json()));
         e.approve(&second, true, None).unwrap();
         let record = e.wait_execution(&id).await.unwrap().to_json();
         assert_eq!(record["status"], "completed", "{record:#}");
@@ -361,7 +363,8 @@ async fn retention_deletes_old_finished_executions_only() {
     let db = dir.path().join("utp.db");
     leave_unfinished(&db, "exe_old_running", 2, 0, None);
     let (e, _) = engine(&db, json!({"store": {"url": format!("sqlite:{}", db.display()), "recover": false}}));
-    let record = e.run_workflow(WorkflowSource::Definition(chain(2)), json!({}), RunOptions::default()).await.unwrap().to_json();
+    let record =
+        e.run_workflow(WorkflowSource::Definition(chain(2)), json!({}), RunOptions::default()).await.unwrap().to_json();
     let id = record["execution_id"].as_str().unwrap().to_string();
     // Nothing is older than an hour.
     assert_eq!(e.prune_store(Duration::from_secs(3600)).unwrap(), 0);
@@ -462,7 +465,8 @@ async fn a_full_disk_fails_the_run_with_a_store_error() {
             RunOptions::default(),
         )
         .await
-        .unwrap().to_json();
+        .unwrap()
+        .to_json();
     assert_eq!(record["status"], "failed", "{record:#}");
     assert_eq!(record["error"]["code"], "STORE", "{record:#}");
     let id = record["execution_id"].as_str().unwrap();
@@ -530,22 +534,35 @@ async fn executions_are_listed_newest_first_with_limits_and_time_ranges() {
     let (e, _) = engine(&db, json!({"store": {"url": format!("sqlite:{}", db.display()), "recover": false}}));
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let r = e.run_workflow(WorkflowSource::Definition(chain(1)), json!({}), RunOptions::default()).await.unwrap().to_json();
+        let r = e
+            .run_workflow(WorkflowSource::Definition(chain(1)), json!({}), RunOptions::default())
+            .await
+            .unwrap()
+            .to_json();
         ids.push(r["execution_id"].as_str().unwrap().to_string());
     }
     let listed = |f: utp_core::store::ExecutionFilter| -> Vec<String> {
-        e.executions_matching(&f).unwrap().iter().map(|r| r.to_json()["execution_id"].as_str().unwrap().to_string()).collect()
+        e.executions_matching(&f)
+            .unwrap()
+            .iter()
+            .map(|r| r.to_json()["execution_id"].as_str().unwrap().to_string())
+            .collect()
     };
     let all = listed(Default::default());
     assert_eq!(all, vec![ids[2].clone(), ids[1].clone(), ids[0].clone(), "exe_2026".into()]);
     assert_eq!(listed(utp_core::store::ExecutionFilter { limit: Some(2), ..Default::default() }), all[..2].to_vec());
-    let old = utp_core::store::ExecutionFilter { created_before: Some("2026-06-01T00:00:00Z".into()), ..Default::default() };
+    let old =
+        utp_core::store::ExecutionFilter { created_before: Some("2026-06-01T00:00:00Z".into()), ..Default::default() };
     assert_eq!(listed(old), vec!["exe_2026".to_string()]);
     let running = utp_core::store::ExecutionFilter { status: Some("running".into()), ..Default::default() };
     assert_eq!(listed(running), vec!["exe_2026".to_string()]);
     // The oldest-first listing of docs/design.md §7 is the same, reversed.
-    let oldest_first: Vec<String> =
-        e.executions(None, None).unwrap().iter().map(|r| r.to_json()["execution_id"].as_str().unwrap().to_string()).collect();
+    let oldest_first: Vec<String> = e
+        .executions(None, None)
+        .unwrap()
+        .iter()
+        .map(|r| r.to_json()["execution_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(oldest_first, all.iter().rev().cloned().collect::<Vec<_>>());
     let bad = utp_core::store::ExecutionFilter { created_after: Some("yesterday".into()), ..Default::default() };
     assert_eq!(e.executions_matching(&bad).unwrap_err().code(), ErrorCode::InvalidArgument);

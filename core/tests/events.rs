@@ -10,7 +10,9 @@ use futures_util::FutureExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use utp_core::events::{EventsConfig, kinds};
-use utp_core::{CallOptions, Engine, ErrorCode, Event, EventBus, EventHandler, HistoryFilter, ManualSource, NativeHandler};
+use utp_core::{
+    CallOptions, Engine, ErrorCode, Event, EventBus, EventHandler, HistoryFilter, ManualSource, NativeHandler,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -26,10 +28,13 @@ fn handler(f: impl Fn(Value) -> utp_core::Result<Value> + Send + Sync + 'static)
 fn recorder() -> (EventHandler, Arc<Mutex<Vec<Arc<Event>>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    (Arc::new(move |e| {
-        s.lock().push(e);
-        Ok(())
-    }), seen)
+    (
+        Arc::new(move |e| {
+            s.lock().push(e);
+            Ok(())
+        }),
+        seen,
+    )
 }
 
 fn kinds_of(events: &[Arc<Event>]) -> Vec<String> {
@@ -45,8 +50,15 @@ fn glob_subscriptions_get_what_they_match() {
         bus.subscribe(p, h).unwrap();
         got.insert(p, seen);
     }
-    for k in [kinds::TOOL_CALLED, kinds::TOOL_FAILED, kinds::STEP_STARTED, kinds::STEP_FAILED, kinds::WORKFLOW_STARTED,
-        kinds::WORKFLOW_ERROR, kinds::POLICY_DENIED] {
+    for k in [
+        kinds::TOOL_CALLED,
+        kinds::TOOL_FAILED,
+        kinds::STEP_STARTED,
+        kinds::STEP_FAILED,
+        kinds::WORKFLOW_STARTED,
+        kinds::WORKFLOW_ERROR,
+        kinds::POLICY_DENIED,
+    ] {
         bus.publish(Event::new(k));
     }
     assert!(bus.flush(WAIT));
@@ -118,12 +130,17 @@ fn unsubscribe_stops_delivery() {
 #[test]
 fn failing_and_panicking_subscribers_are_counted_and_isolated() {
     let bus = EventBus::default();
-    let panicky = bus.subscribe("*", Arc::new(|e: Arc<Event>| {
-        if e.id % 2 == 0 {
-            panic!("subscriber bug on {}", e.id);
-        }
-        Ok(())
-    })).unwrap();
+    let panicky = bus
+        .subscribe(
+            "*",
+            Arc::new(|e: Arc<Event>| {
+                if e.id % 2 == 0 {
+                    panic!("subscriber bug on {}", e.id);
+                }
+                Ok(())
+            }),
+        )
+        .unwrap();
     let failing = bus.subscribe("tool.*", Arc::new(|_| Err("cannot write".to_string()))).unwrap();
     let (h, seen) = recorder();
     bus.subscribe("*", h).unwrap();
@@ -181,10 +198,13 @@ async fn a_slow_subscriber_never_slows_calls_and_its_drops_are_counted() {
     let e = Engine::from_json(json!({"events": {"queue_capacity": 4}})).unwrap();
     e.register_tool("m.echo", handler(Ok), None, None, "", vec![]).unwrap();
     let slow = e
-        .subscribe("tool.*", Arc::new(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            Ok(())
-        }))
+        .subscribe(
+            "tool.*",
+            Arc::new(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                Ok(())
+            }),
+        )
         .unwrap();
     let (h, fast) = recorder();
     let fast_id = e.events().subscribe_with_capacity("tool.*", h, 10_000).unwrap();
@@ -209,8 +229,15 @@ async fn events_of_real_calls() {
     let e = Engine::from_json(json!({})).unwrap();
     let (h, seen) = recorder();
     e.subscribe("*", h).unwrap();
-    e.register_tool("m.ok", handler(|v| Ok(json!({"len": v["password"].as_str().map_or(0, str::len)}))), None, None, "", vec![])
-        .unwrap();
+    e.register_tool(
+        "m.ok",
+        handler(|v| Ok(json!({"len": v["password"].as_str().map_or(0, str::len)}))),
+        None,
+        None,
+        "",
+        vec![],
+    )
+    .unwrap();
     e.register_tool(
         "m.bad",
         handler(|v| Err(utp_core::Error::tool_failed(format!("upstream said no to {}", v["password"])))),
@@ -220,8 +247,21 @@ async fn events_of_real_calls() {
         vec![],
     )
     .unwrap();
-    e.register_tool("m.slow", Arc::new(|_| async { tokio::time::sleep(Duration::from_secs(5)).await; Ok(Value::Null) }.boxed()), None, None, "", vec![])
-        .unwrap();
+    e.register_tool(
+        "m.slow",
+        Arc::new(|_| {
+            async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(Value::Null)
+            }
+            .boxed()
+        }),
+        None,
+        None,
+        "",
+        vec![],
+    )
+    .unwrap();
     let opts = CallOptions { tenant: Some("acme".into()), session: Some("s-1".into()), ..Default::default() };
     e.call_tool("m.ok", json!({"password": "hunter2-secret"}), opts.clone()).await.unwrap();
     let err = e.call_tool("m.bad", json!({"password": "hunter2-secret"}), opts.clone()).await.unwrap_err();
@@ -247,11 +287,17 @@ async fn events_of_real_calls() {
     assert_eq!(
         kinds_of(&seen),
         [
-            "manual.registered", "manual.registered", "manual.registered",
-            "tool.called", "tool.succeeded",
-            "tool.called", "tool.failed",
-            "tool.called", "tool.failed",
-            "manual.registered", "manual.deregistered"
+            "manual.registered",
+            "manual.registered",
+            "manual.registered",
+            "tool.called",
+            "tool.succeeded",
+            "tool.called",
+            "tool.failed",
+            "tool.called",
+            "tool.failed",
+            "manual.registered",
+            "manual.deregistered"
         ]
     );
     assert_eq!(seen[0].data, json!({"manual": "m", "tools": 1}));
@@ -296,7 +342,9 @@ async fn events_of_real_calls() {
 #[tokio::test]
 async fn domain_events_feed_the_metrics() {
     let e = Engine::from_json(json!({})).unwrap();
-    e.events().publish(Event::new(kinds::POLICY_DENIED).tool("bet.placeBet").tenant("t").data(json!({"rule": "max_bet_amount"})));
+    e.events().publish(
+        Event::new(kinds::POLICY_DENIED).tool("bet.placeBet").tenant("t").data(json!({"rule": "max_bet_amount"})),
+    );
     e.events().publish(Event::new(kinds::POLICY_DENIED).tool("bet.placeBet"));
     e.events().publish(Event::new(kinds::RATELIMIT_LIMITED).tool("bet.placeBet").data(json!({"retry_after_ms": 100})));
     let m = e.metrics();
@@ -426,10 +474,13 @@ fn dropping_the_engine_stops_subscriber_threads() {
     let e = Engine::from_json(json!({})).unwrap();
     let sentinel = Arc::new(());
     let held = sentinel.clone();
-    e.subscribe("*", Arc::new(move |_| {
-        let _ = &held;
-        Ok(())
-    }))
+    e.subscribe(
+        "*",
+        Arc::new(move |_| {
+            let _ = &held;
+            Ok(())
+        }),
+    )
     .unwrap();
     assert_eq!(Arc::strong_count(&sentinel), 2);
     drop(e);

@@ -13,8 +13,21 @@ fn arb_json() -> impl Strategy<Value = Value> {
         any::<f64>().prop_map(|f| json!(f)),
         "[a-z_$.{}]{0,12}".prop_map(Value::String),
         prop::sample::select(vec![
-            "tools", "name", "tool_call_template", "call_template_type", "http", "cli", "url", "auth", "auth_type",
-            "api_key", "tool_provider", "provider_type", "commands", "${X}", "$ref",
+            "tools",
+            "name",
+            "tool_call_template",
+            "call_template_type",
+            "http",
+            "cli",
+            "url",
+            "auth",
+            "auth_type",
+            "api_key",
+            "tool_provider",
+            "provider_type",
+            "commands",
+            "${X}",
+            "$ref",
         ])
         .prop_map(|s| Value::String(s.to_string())),
     ];
@@ -24,9 +37,27 @@ fn arb_json() -> impl Strategy<Value = Value> {
             prop::collection::vec(
                 (
                     prop::sample::select(vec![
-                        "tools", "name", "description", "inputs", "tags", "tool_call_template", "call_template_type",
-                        "url", "http_method", "auth", "auth_type", "location", "commands", "command", "tool_provider",
-                        "provider_type", "command_name", "file_path", "content", "utcp_version", "x",
+                        "tools",
+                        "name",
+                        "description",
+                        "inputs",
+                        "tags",
+                        "tool_call_template",
+                        "call_template_type",
+                        "url",
+                        "http_method",
+                        "auth",
+                        "auth_type",
+                        "location",
+                        "commands",
+                        "command",
+                        "tool_provider",
+                        "provider_type",
+                        "command_name",
+                        "file_path",
+                        "content",
+                        "utcp_version",
+                        "x",
                     ]),
                     inner
                 ),
@@ -43,8 +74,14 @@ fn arb_schemas() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<i64>().prop_map(|n| json!(n)),
         prop::sample::select(vec![
-            "#/components/schemas/A", "#/components/schemas/B", "#/components/schemas/C/properties/x",
-            "#/components/schemas/Missing", "#/paths/~1a", "string", "$ref", "a \"quoted\" \\ string",
+            "#/components/schemas/A",
+            "#/components/schemas/B",
+            "#/components/schemas/C/properties/x",
+            "#/components/schemas/Missing",
+            "#/paths/~1a",
+            "string",
+            "$ref",
+            "a \"quoted\" \\ string",
         ])
         .prop_map(|s| Value::String(s.to_string())),
     ];
@@ -52,7 +89,19 @@ fn arb_schemas() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
             prop::collection::vec(
-                (prop::sample::select(vec!["$ref", "type", "properties", "items", "allOf", "examples", "x", "$defs"]), inner),
+                (
+                    prop::sample::select(vec![
+                        "$ref",
+                        "type",
+                        "properties",
+                        "items",
+                        "allOf",
+                        "examples",
+                        "x",
+                        "$defs"
+                    ]),
+                    inner
+                ),
                 0..5
             )
             .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),

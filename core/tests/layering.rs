@@ -302,8 +302,7 @@ fn impls_engine(code: &str) -> bool {
             return false;
         }
         let head = after.split(['{', ';']).next().unwrap_or_default();
-        head.split(|c: char| !is_ident(c)).any(|word| word == "Engine")
-            && !head.contains("base64::Engine")
+        head.split(|c: char| !is_ident(c)).any(|word| word == "Engine") && !head.contains("base64::Engine")
     })
 }
 
@@ -495,7 +494,14 @@ fn the_path_reader_understands_use_groups() {
     assert!(impls_engine(&code));
     assert!(impls_engine("impl Engine {"));
     assert!(!impls_engine("use base64::Engine as _; impl Foo for Bar {}"));
-    let file = SourceFile { path: "workflow/runner.rs".into(), module: vec!["workflow".into(), "runner".into()], code: String::new() };
-    assert_eq!(resolve(&file, &["super".into(), "super".into(), "engine".into(), "Engine".into()]), ["engine", "Engine"]);
+    let file = SourceFile {
+        path: "workflow/runner.rs".into(),
+        module: vec!["workflow".into(), "runner".into()],
+        code: String::new(),
+    };
+    assert_eq!(
+        resolve(&file, &["super".into(), "super".into(), "engine".into(), "Engine".into()]),
+        ["engine", "Engine"]
+    );
     assert_eq!(resolve(&file, &["super".into(), "expr".into()]), ["workflow", "expr"]);
 }

@@ -117,7 +117,10 @@ fn openapi_3_operations_names_urls_and_params() {
         assert_eq!(get["tool_call_template"]["x-utp-parameters"]["session"]["in"], "cookie");
         assert_eq!(get["outputs"]["$ref"], "#/$defs/Pet", "default response used");
 
-        assert_eq!(find(&tools, "updatePet")["tool_call_template"]["content_type"], "application/x-www-form-urlencoded");
+        assert_eq!(
+            find(&tools, "updatePet")["tool_call_template"]["content_type"],
+            "application/x-www-form-urlencoded"
+        );
         assert_eq!(find(&tools, "upload")["tool_call_template"]["content_type"], "multipart/form-data");
         for m in ["head", "options", "trace", "patch"] {
             assert_eq!(find(&tools, &format!("{m}_anything"))["tool_call_template"]["http_method"], m.to_uppercase());
@@ -129,10 +132,19 @@ fn openapi_3_operations_names_urls_and_params() {
 fn openapi_3_auth_is_one_variable_set_per_scheme() {
     let tools = tools_of(&petstore_30("3.1.0"), &ConvertOptions::default());
     let auth = |name: &str| find(&tools, name)["tool_call_template"]["auth"].clone();
-    assert_eq!(auth("list_pets"), json!({"auth_type": "api_key", "api_key": "${APIKEY}", "var_name": "X-API-Key", "location": "header"}));
+    assert_eq!(
+        auth("list_pets"),
+        json!({"auth_type": "api_key", "api_key": "${APIKEY}", "var_name": "X-API-Key", "location": "header"})
+    );
     assert_eq!(auth("getPet"), auth("list_pets"), "global security applies, same variable");
-    assert_eq!(auth("post_pets"), json!({"auth_type": "api_key", "api_key": "Bearer ${BEARER_TOKEN}", "var_name": "Authorization", "location": "header"}));
-    assert_eq!(auth("delete_pets_petId"), json!({"auth_type": "basic", "username": "${BASICAUTH_USERNAME}", "password": "${BASICAUTH_PASSWORD}"}));
+    assert_eq!(
+        auth("post_pets"),
+        json!({"auth_type": "api_key", "api_key": "Bearer ${BEARER_TOKEN}", "var_name": "Authorization", "location": "header"})
+    );
+    assert_eq!(
+        auth("delete_pets_petId"),
+        json!({"auth_type": "basic", "username": "${BASICAUTH_USERNAME}", "password": "${BASICAUTH_PASSWORD}"})
+    );
     assert_eq!(auth("updatePet")["auth_type"], "oauth2");
     assert_eq!(auth("updatePet")["token_url"], "https://auth.pets.example/token");
     assert_eq!(auth("updatePet")["client_id"], "${OAUTH_CLIENT_ID}");
@@ -193,7 +205,10 @@ fn hostile_specs_error_or_convert_without_hanging() {
     assert_eq!(tools.as_array().unwrap().len(), 1);
     assert!(convert(json!({"openapi": "4.0"}), &ConvertOptions::default()).is_err());
     assert!(convert(json!({"openapi": "3.0.0", "paths": []}), &ConvertOptions::default()).is_err());
-    assert_eq!(tools_of(&json!({"swagger": "2.0", "paths": {"/x": 5, "/y": {"get": 7}}}), &ConvertOptions::default()), json!([]));
+    assert_eq!(
+        tools_of(&json!({"swagger": "2.0", "paths": {"/x": 5, "/y": {"get": 7}}}), &ConvertOptions::default()),
+        json!([])
+    );
 }
 
 #[test]
@@ -202,7 +217,10 @@ fn engine_registers_openapi_by_title_and_discovery_converts_files() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let tools = rt.block_on(engine.register_manual(ManualSource::Inline(petstore_30("3.1.0")), None)).unwrap();
     assert!(tools.contains(&"Pet_Store.list_pets".to_string()), "{tools:?}");
-    assert_eq!(engine.tool("Pet_Store.getPet").unwrap().to_value()["tool_call_template"]["url"], "http://127.0.0.1:1/pets/{petId}");
+    assert_eq!(
+        engine.tool("Pet_Store.getPet").unwrap().to_value()["tool_call_template"]["url"],
+        "http://127.0.0.1:1/pets/{petId}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("petstore.json"), petstore_30("3.0.3").to_string()).unwrap();
@@ -356,7 +374,11 @@ fn a_registered_file_keeps_its_definitions_raw_until_used_and_matches_the_inline
     }
     // Validation reads the raw definitions: a wrong type deep in the closure is found.
     let err = rt
-        .block_on(from_file.call_tool("t.post_a", json!({"id": "x", "body": {"e": "not an integer"}}), Default::default()))
+        .block_on(from_file.call_tool(
+            "t.post_a",
+            json!({"id": "x", "body": {"e": "not an integer"}}),
+            Default::default(),
+        ))
         .unwrap_err();
     assert_eq!(err.code(), utp_core::ErrorCode::ValidationFailed, "{err}");
     assert!(err.to_string().contains("/body/e"), "{err}");
@@ -383,7 +405,10 @@ fn a_definition_too_deep_to_read_fails_only_the_calls_that_reach_it() {
     rt.block_on(engine.register_manual(ManualSource::Path(file), Some("d"))).unwrap();
     let err = rt.block_on(engine.call_tool("d.deep", json!({"body": {}}), Default::default())).unwrap_err();
     assert_eq!(err.code(), utp_core::ErrorCode::InvalidManual, "{err}");
-    assert!(err.to_string().contains("schema 'Deep' cannot be read") && err.to_string().contains("recursion limit"), "{err}");
+    assert!(
+        err.to_string().contains("schema 'Deep' cannot be read") && err.to_string().contains("recursion limit"),
+        "{err}"
+    );
     // Listing it still works (the unreadable definition shows as `{}`), and a tool that
     // does not reach it validates as usual.
     assert_eq!(engine.tool("d.deep").unwrap().to_value()["inputs"]["$defs"]["Deep"], json!({}));
@@ -401,13 +426,19 @@ fn split_spec(dir: &std::path::Path, main_as_json: bool) -> std::path::PathBuf {
         std::fs::write(path, text).unwrap();
     };
     write("params.yaml", "id: {name: id, in: path, required: true, schema: {$ref: '#/Id'}}\nId: {type: integer}\n");
-    write("responses.yaml", "PetOk:\n  description: ok\n  content: {application/json: {schema: {$ref: 'schemas/pet.json'}}}\n");
+    write(
+        "responses.yaml",
+        "PetOk:\n  description: ok\n  content: {application/json: {schema: {$ref: 'schemas/pet.json'}}}\n",
+    );
     let name = if main_as_json { "openapi.json" } else { "openapi.yaml" };
     let pet = json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
         "tag": {"$ref": "tag.json"}, "parent": {"$ref": "#"}, "owner": {"$ref": format!("../{name}#/components/schemas/Error")}}});
     write("schemas/pet.json", &pet.to_string());
     write("schemas/tag.json", r#"{"type": "string", "enum": ["a", "b"]}"#);
-    write("paths/owners.yaml", "get:\n  operationId: listOwners\n  parameters: [{name: q, in: query, required: true, schema: {$ref: '../schemas/tag.json'}}]\n  responses: {'200': {description: ok}}\n");
+    write(
+        "paths/owners.yaml",
+        "get:\n  operationId: listOwners\n  parameters: [{name: q, in: query, required: true, schema: {$ref: '../schemas/tag.json'}}]\n  responses: {'200': {description: ok}}\n",
+    );
     let main = json!({"openapi": "3.0.3", "info": {"title": "Split", "version": "1"}, "servers": [{"url": "http://127.0.0.1:1"}],
         "paths": {
             "/pets/{id}": {"parameters": [{"$ref": "params.yaml#/id"}],

@@ -540,7 +540,8 @@ async fn offline_planner_chains_tools_by_schema() {
             RunOptions::default(),
         )
         .await
-        .unwrap().to_json();
+        .unwrap()
+        .to_json();
     assert_eq!(r["status"], "completed", "{r}");
     assert_eq!(r["outputs"]["result"]["city"], "Mountain View");
 

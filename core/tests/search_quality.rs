@@ -31,8 +31,7 @@ pub fn github_like_manual() -> Value {
 fn engine() -> Engine {
     let engine = Engine::from_json(json!({})).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(engine.register_manual(utp_core::ManualSource::Inline(github_like_manual()), Some("github")))
-        .unwrap();
+    rt.block_on(engine.register_manual(utp_core::ManualSource::Inline(github_like_manual()), Some("github"))).unwrap();
     engine
 }
 

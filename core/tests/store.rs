@@ -162,7 +162,8 @@ fn an_execution_ends_with_its_last_steps_in_one_write(s: &dyn Store) {
     let a = step("x1", "a", 0, "succeeded");
     s.put_step(a.clone(), None, vec![]).wait_blocking().unwrap();
     let b = step("x1", "b", 1, "failed");
-    let c = StepRow { note: Some("not run: the execution failed (TOOL_FAILED)".into()), ..step("x1", "c", 2, "skipped") };
+    let c =
+        StepRow { note: Some("not run: the execution failed (TOOL_FAILED)".into()), ..step("x1", "c", 2, "skipped") };
     let mut end = exec("x1", "failed", 1);
     end.finished_at = Some(ts(5));
     let events = vec![event(1, "step.failed", Some("x1"), 4), event(2, "workflow.error", Some("x1"), 5)];
@@ -586,7 +587,10 @@ fn deferred_events_keep_publish_order(s: &dyn Store) {
         .wait_blocking()
         .unwrap();
     s.defer_events(vec![event(4, "tool.called", None, 3)]);
-    assert_eq!(kinds(&s.events(&EventFilter::default()).unwrap()), ["step.started", "tool.called", "step.completed", "tool.called"]);
+    assert_eq!(
+        kinds(&s.events(&EventFilter::default()).unwrap()),
+        ["step.started", "tool.called", "step.completed", "tool.called"]
+    );
     // A bad event is logged and dropped; nothing else is affected.
     s.defer_events(vec![json!({"type": "x", "time": "noon"})]);
     assert_eq!(s.events(&EventFilter::default()).unwrap().len(), 4);
@@ -812,9 +816,11 @@ fn a_version_1_database_is_migrated_keeping_its_rows() {
     {
         let s = sqlite(&path);
         s.put_execution(exec("x1", "completed", 1)).wait_blocking().unwrap();
-        s.put_events(vec![json!({"id": 1, "type": "tool.called", "time": "2024-01-01T00:00:00Z", "execution_id": "x1"})])
-            .wait_blocking()
-            .unwrap();
+        s.put_events(vec![
+            json!({"id": 1, "type": "tool.called", "time": "2024-01-01T00:00:00Z", "execution_id": "x1"}),
+        ])
+        .wait_blocking()
+        .unwrap();
     }
     {
         // What version 1 left: its schema_version and the index version 2 drops.

@@ -32,9 +32,17 @@ async fn server() -> Loopback {
     .await
 }
 
-async fn answer(hits: &Mutex<HashMap<String, usize>>, path: &str, idempotency_key: Option<String>) -> Response<Full<Bytes>> {
+async fn answer(
+    hits: &Mutex<HashMap<String, usize>>,
+    path: &str,
+    idempotency_key: Option<String>,
+) -> Response<Full<Bytes>> {
     let reply = |status: u16, body: Value| {
-        Response::builder().status(status).header("content-type", "application/json").body(Full::new(Bytes::from(body.to_string()))).unwrap()
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
     };
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let count = |key: &str| {
@@ -97,20 +105,44 @@ fn shop(config: Value) -> (Engine, Arc<Mutex<Vec<String>>>) {
     let set = json!({"type": "object", "properties": {"sku": {"type": "string"}, "count": {"type": "integer", "minimum": 0}},
                      "required": ["sku", "count"]});
     let l = log.clone();
-    e.register_tool("shop.getInventory", native(move |a| {
-        l.lock().push(format!("get {}", a["sku"].as_str().unwrap_or("")));
-        Ok(json!({"sku": a["sku"], "count": 4}))
-    }), Some(sku.clone()), None, "", vec![]).unwrap();
+    e.register_tool(
+        "shop.getInventory",
+        native(move |a| {
+            l.lock().push(format!("get {}", a["sku"].as_str().unwrap_or("")));
+            Ok(json!({"sku": a["sku"], "count": 4}))
+        }),
+        Some(sku.clone()),
+        None,
+        "",
+        vec![],
+    )
+    .unwrap();
     let l = log.clone();
-    e.register_tool("shop.setInventory", native(move |a| {
-        l.lock().push(format!("set {} {}", a["sku"].as_str().unwrap_or(""), a["count"]));
-        Ok(json!({"sku": a["sku"], "count": a["count"]}))
-    }), Some(set), None, "", vec![]).unwrap();
+    e.register_tool(
+        "shop.setInventory",
+        native(move |a| {
+            l.lock().push(format!("set {} {}", a["sku"].as_str().unwrap_or(""), a["count"]));
+            Ok(json!({"sku": a["sku"], "count": a["count"]}))
+        }),
+        Some(set),
+        None,
+        "",
+        vec![],
+    )
+    .unwrap();
     let l = log.clone();
-    e.register_tool("shop.queueUpdate", native(move |a| {
-        l.lock().push(format!("queue {}", a["sku"].as_str().unwrap_or("")));
-        Ok(json!({"queued": true}))
-    }), Some(sku), None, "", vec![]).unwrap();
+    e.register_tool(
+        "shop.queueUpdate",
+        native(move |a| {
+            l.lock().push(format!("queue {}", a["sku"].as_str().unwrap_or("")));
+            Ok(json!({"queued": true}))
+        }),
+        Some(sku),
+        None,
+        "",
+        vec![],
+    )
+    .unwrap();
     (e, log)
 }
 
@@ -136,7 +168,10 @@ async fn run(e: &Engine, wf: Value, inputs: Value) -> Value {
 
 fn kinds_for(e: &Engine, execution: &str) -> Vec<String> {
     let filter = HistoryFilter { execution_id: Some(execution.into()), ..HistoryFilter::default() };
-    e.history(&filter).iter().map(|ev| format!("{}{}", ev.kind(), ev.step_id.as_deref().map(|s| format!(":{s}")).unwrap_or_default())).collect()
+    e.history(&filter)
+        .iter()
+        .map(|ev| format!("{}{}", ev.kind(), ev.step_id.as_deref().map(|s| format!(":{s}")).unwrap_or_default()))
+        .collect()
 }
 
 #[tokio::test]
@@ -182,25 +217,50 @@ async fn invalid_definitions_are_refused_before_anything_runs() {
     let cases = [
         (json!({"name": "x", "steps": []}), "at least one step"),
         (json!({"name": "x", "steps": [{"id": "a", "tool": "shop.nope"}]}), "no tool named 'shop.nope'"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}},
-                                       {"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}}]}), "two steps have the id 'a'"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}, "depends_on": ["zz"]}]}), "no step has the id 'zz'"),
-        (json!({"name": "x", "steps": [
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}},
+                                       {"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}}]}),
+            "two steps have the id 'a'",
+        ),
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}, "depends_on": ["zz"]}]}),
+            "no step has the id 'zz'",
+        ),
+        (
+            json!({"name": "x", "steps": [
             {"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}, "depends_on": ["c"]},
             {"id": "b", "tool": "shop.getInventory", "args": {"sku": "1"}, "depends_on": ["a"]},
-            {"id": "c", "tool": "shop.getInventory", "args": {"sku": "1"}, "depends_on": ["b"]}]}), "cycle"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "shop.setInventory", "args": {"sku": "1", "count": -5}}]}), "/count"),
+            {"id": "c", "tool": "shop.getInventory", "args": {"sku": "1"}, "depends_on": ["b"]}]}),
+            "cycle",
+        ),
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "shop.setInventory", "args": {"sku": "1", "count": -5}}]}),
+            "/count",
+        ),
         (json!({"name": "x", "steps": [{"id": "a", "tool": "shop.setInventory", "args": {"sku": "1"}}]}), "count"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "${{ inputs.sku + }}"}}]}), "steps.a.args.sku"),
-        (json!({"name": "x", "steps": [
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "${{ inputs.sku + }}"}}]}),
+            "steps.a.args.sku",
+        ),
+        (
+            json!({"name": "x", "steps": [
             {"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}},
-            {"id": "b", "tool": "shop.getInventory", "args": {"sku": "${{ steps.a.output.sku }}"}}]}), "not among the steps it depends on"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}, "retry": {"max_attempts": 0}}]}), "max_attempts"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}, "on_error": "explode"}]}), "on_error"),
+            {"id": "b", "tool": "shop.getInventory", "args": {"sku": "${{ steps.a.output.sku }}"}}]}),
+            "not among the steps it depends on",
+        ),
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}, "retry": {"max_attempts": 0}}]}),
+            "max_attempts",
+        ),
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "shop.getInventory", "args": {"sku": "1"}, "on_error": "explode"}]}),
+            "on_error",
+        ),
         (json!({"name": "x", "bogus": 1, "steps": [{"id": "a", "tool": "shop.getInventory"}]}), "bogus"),
     ];
     for (wf, needle) in cases {
-        let err = e.run_workflow(WorkflowSource::Definition(wf.clone()), json!({}), RunOptions::default()).await.unwrap_err();
+        let err =
+            e.run_workflow(WorkflowSource::Definition(wf.clone()), json!({}), RunOptions::default()).await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::ValidationFailed, "{wf}: {err}");
         assert!(err.to_string().contains(needle), "{wf}: expected '{needle}' in: {err}");
     }
@@ -208,13 +268,21 @@ async fn invalid_definitions_are_refused_before_anything_runs() {
     let err = e.workflow(WorkflowSource::Definition(cases_cycle())).unwrap_err().to_string();
     assert!(err.contains("a → b → c → a") || err.contains("b → c → a → b") || err.contains("c → a → b → c"), "{err}");
     // Inputs are checked too.
-    let err = e.run_workflow(WorkflowSource::Definition(restock()), json!({"sku": 5}), RunOptions::default()).await.unwrap_err();
+    let err = e
+        .run_workflow(WorkflowSource::Definition(restock()), json!({"sku": 5}), RunOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::ValidationFailed, "{err}");
-    let err = e.run_workflow(WorkflowSource::Definition(restock()), json!({}), RunOptions::default()).await.unwrap_err();
+    let err =
+        e.run_workflow(WorkflowSource::Definition(restock()), json!({}), RunOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("sku"), "{err}");
     // YAML text and files.
     let yaml = "name: y\nsteps:\n  - id: a\n    tool: shop.getInventory\n    args: {sku: \"${{ inputs.sku }}\"}\ninputs: {sku: {type: string}}\n";
-    let r = e.run_workflow(WorkflowSource::from_text(yaml), json!({"sku": "Y"}), RunOptions::default()).await.unwrap().to_json();
+    let r = e
+        .run_workflow(WorkflowSource::from_text(yaml), json!({"sku": "Y"}), RunOptions::default())
+        .await
+        .unwrap()
+        .to_json();
     assert_eq!(r["status"], "completed");
     let err = e.workflow(WorkflowSource::from_text("/nonexistent/wf.yaml")).unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound);
@@ -277,11 +345,16 @@ async fn retries_until_success_and_honour_retry_after() {
     let s = server().await;
     let base = format!("http://127.0.0.1:{}", s.port);
     let e = Engine::from_json(json!({})).unwrap();
-    e.register_manual(ManualSource::Inline(json!({"tools": [
-        http_tool("flaky", format!("{base}/flaky/k1/2")),
-        http_tool("busy", format!("{base}/busy/k2")),
-        http_tool("down", format!("{base}/down")),
-    ]})), Some("api")).await.unwrap();
+    e.register_manual(
+        ManualSource::Inline(json!({"tools": [
+            http_tool("flaky", format!("{base}/flaky/k1/2")),
+            http_tool("busy", format!("{base}/busy/k2")),
+            http_tool("down", format!("{base}/down")),
+        ]})),
+        Some("api"),
+    )
+    .await
+    .unwrap();
     let retry = json!({"max_attempts": 4, "initial_delay": "20ms", "factor": 2, "max_delay": "100ms"});
     let wf = json!({"name": "r", "steps": [
         {"id": "flaky", "tool": "api.flaky", "retry": retry},
@@ -355,9 +428,12 @@ async fn policy_denials_are_not_retried_and_fall_back() {
 async fn cancelling_a_hung_step_returns_quickly() {
     let s = server().await;
     let e = Engine::from_json(json!({})).unwrap();
-    e.register_manual(ManualSource::Inline(json!({"tools": [http_tool("hang", format!("http://127.0.0.1:{}/hang", s.port))]})), Some("api"))
-        .await
-        .unwrap();
+    e.register_manual(
+        ManualSource::Inline(json!({"tools": [http_tool("hang", format!("http://127.0.0.1:{}/hang", s.port))]})),
+        Some("api"),
+    )
+    .await
+    .unwrap();
     let wf = json!({"name": "h", "steps": [{"id": "hang", "tool": "api.hang", "timeout": "30s"}]});
     let exec = e.start_workflow(WorkflowSource::Definition(wf.clone()), json!({}), RunOptions::default()).unwrap();
     while e.execution(&exec.id).unwrap().to_json()["steps"]["hang"]["status"] != "running" {
@@ -408,18 +484,25 @@ async fn suspended_runs_start_no_new_steps_until_resumed() {
     gate.add_permits(1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = e.execution(&exec.id).unwrap().to_json();
-    assert_eq!((r["steps"]["first"]["status"].as_str(), r["steps"]["second"]["status"].as_str()), (Some("succeeded"), Some("pending")));
+    assert_eq!(
+        (r["steps"]["first"]["status"].as_str(), r["steps"]["second"]["status"].as_str()),
+        (Some("succeeded"), Some("pending"))
+    );
     assert!(e.resume(&exec.id).unwrap());
     let r = e.wait_execution(&exec.id).await.unwrap().to_json();
     assert_eq!(r["status"], "completed");
     let kinds = kinds_for(&e, &exec.id);
-    assert!(kinds.contains(&"workflow.suspended".to_string()) && kinds.contains(&"workflow.resumed".to_string()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"workflow.suspended".to_string()) && kinds.contains(&"workflow.resumed".to_string()),
+        "{kinds:?}"
+    );
 }
 
 #[tokio::test]
 async fn escalated_steps_wait_for_approval() {
     let (e, log) = shop(json!({"security": {"levels": {"shop.setInventory": "restricted"}}}));
-    let exec = e.start_workflow(WorkflowSource::Definition(restock()), json!({"sku": "A1"}), RunOptions::default()).unwrap();
+    let exec =
+        e.start_workflow(WorkflowSource::Definition(restock()), json!({"sku": "A1"}), RunOptions::default()).unwrap();
     let approval = loop {
         let r = e.execution(&exec.id).unwrap().to_json();
         if r["status"] == "waiting_approval" {
@@ -456,13 +539,22 @@ async fn session_state_is_read_and_written_by_steps() {
 async fn breakers_open_after_failures_and_close_after_a_probe() {
     let calls = Arc::new(AtomicUsize::new(0));
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let config = json!({"breakers": {"default": {"min_calls": 3, "failure_ratio": 0.5, "window": "10s", "open_for": "200ms"}}});
+    let config =
+        json!({"breakers": {"default": {"min_calls": 3, "failure_ratio": 0.5, "window": "10s", "open_for": "200ms"}}});
     let e = Engine::from_json(config).unwrap();
     let (c, h) = (calls.clone(), healthy.clone());
-    e.register_tool("t.flaky", native(move |_| {
-        c.fetch_add(1, Ordering::SeqCst);
-        if h.load(Ordering::SeqCst) { Ok(json!("ok")) } else { Err(utp_core::Error::tool_failed("boom")) }
-    }), None, None, "", vec![]).unwrap();
+    e.register_tool(
+        "t.flaky",
+        native(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            if h.load(Ordering::SeqCst) { Ok(json!("ok")) } else { Err(utp_core::Error::tool_failed("boom")) }
+        }),
+        None,
+        None,
+        "",
+        vec![],
+    )
+    .unwrap();
     let wf = json!({"name": "b", "steps": [{"id": "x", "tool": "t.flaky"}]});
     for _ in 0..3 {
         assert_eq!(run(&e, wf.clone(), json!({})).await["status"], "failed");
@@ -493,20 +585,30 @@ async fn intents_route_to_workflows_and_handlers() {
             }
             let seen = ctx.state()["count"].as_i64().unwrap_or(0);
             ctx.set_state("count", json!(seen + 1));
-            let stock = ctx.engine().call_tool("shop.getInventory", json!({"sku": params["sku"]}), Default::default()).await?;
+            let stock =
+                ctx.engine().call_tool("shop.getInventory", json!({"sku": params["sku"]}), Default::default()).await?;
             Ok(json!({"seen_before": seen, "stock": stock["count"], "execution": ctx.execution_id}))
         }
         .boxed()
     });
     e.register_intent("lookup", IntentTarget::Handler(handler.clone())).unwrap();
-    assert_eq!(e.register_intent("lookup", IntentTarget::Handler(handler.clone())).unwrap_err().code(), ErrorCode::AlreadyExists);
+    assert_eq!(
+        e.register_intent("lookup", IntentTarget::Handler(handler.clone())).unwrap_err().code(),
+        ErrorCode::AlreadyExists
+    );
     assert_eq!(e.register_intent(" ", IntentTarget::Handler(handler)).unwrap_err().code(), ErrorCode::InvalidArgument);
     assert_eq!(e.intents(), ["lookup", "restock"]);
 
     let r = e.submit_intent("restock", json!({"sku": "Q"}), Some("acme"), Some("s9")).await.unwrap();
-    assert_eq!((r["intent"].as_str(), r["status"].as_str(), r["tenant"].as_str()), (Some("restock"), Some("completed"), Some("acme")));
+    assert_eq!(
+        (r["intent"].as_str(), r["status"].as_str(), r["tenant"].as_str()),
+        (Some("restock"), Some("completed"), Some("acme"))
+    );
     let r = e.submit_intent("lookup", json!({"sku": "Q"}), Some("acme"), Some("s9")).await.unwrap();
-    assert_eq!((r["status"].as_str(), r["output"]["seen_before"].as_i64(), r["output"]["stock"].as_i64()), (Some("completed"), Some(0), Some(4)));
+    assert_eq!(
+        (r["status"].as_str(), r["output"]["seen_before"].as_i64(), r["output"]["stock"].as_i64()),
+        (Some("completed"), Some(0), Some(4))
+    );
     assert_eq!(r["output"]["execution"], r["execution_id"]);
     let r = e.submit_intent("lookup", json!({"sku": "Q"}), Some("acme"), Some("s9")).await.unwrap();
     assert_eq!(r["output"]["seen_before"], 1, "state is shared by the session's requests");
@@ -517,5 +619,9 @@ async fn intents_route_to_workflows_and_handlers() {
     assert_eq!(err.code(), ErrorCode::ValidationFailed);
     assert!(e.unregister_intent("lookup"));
     assert!(!e.unregister_intent("lookup"));
-    assert_eq!(log.lock().iter().filter(|l| l.starts_with("get Q")).count(), 3, "one by the workflow, two by the handler");
+    assert_eq!(
+        log.lock().iter().filter(|l| l.starts_with("get Q")).count(),
+        3,
+        "one by the workflow, two by the handler"
+    );
 }

@@ -29,7 +29,8 @@ pub unsafe extern "C" fn utp_approvals(
     guard(|| {
         // SAFETY: per the contract, `engine` is NULL or a live handle and `out_approvals_json` is NULL or
         // valid for writes (both NULLs are checked).
-        let (handle, out) = unsafe { engine_and_out(engine, out_approvals_json, "out_approvals_json", ptr::null_mut()) }?;
+        let (handle, out) =
+            unsafe { engine_and_out(engine, out_approvals_json, "out_approvals_json", ptr::null_mut()) }?;
         *out = json_out(&serde_json::to_value(handle.engine.approvals(pending_only)).map_err(approval_error)?)?;
         Ok(())
     })

@@ -186,8 +186,9 @@ pub(crate) fn deregister(
 /// Called once when an asynchronous operation ends (see utp_run_workflow_async()).
 /// Exactly one of `error` and `result_json` is non-NULL; both are valid only during
 /// the call (do not free them).
-pub type UtpCompletionFn =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, error_or_null: *const UtpError, result_json_or_null: *const c_char)>;
+pub type UtpCompletionFn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, error_or_null: *const UtpError, result_json_or_null: *const c_char),
+>;
 
 /// A completion callback with its `user_data`, created once the operation has
 /// started: delivers exactly once (an error if it is dropped undelivered), then finalises.

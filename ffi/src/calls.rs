@@ -55,7 +55,9 @@ pub unsafe extern "C" fn utp_call_tool(
         // SAFETY: NULL or NUL-terminated per the contract.
         let args = match unsafe { optional_str(args_json, "args_json") }? {
             None => Value::Null,
-            Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?
+            }
         };
         // SAFETY: NULL or NUL-terminated per the contract.
         let options = call_options(unsafe { optional_str(options_json, "options_json") }?, "utp_call_tool")?;
@@ -96,13 +98,8 @@ pub unsafe extern "C" fn utp_call_tool_async(
     free_user_data: UtpFreeFn,
 ) -> *mut UtpError {
     // Owned first, so user_data is finalised on every error path too.
-    let mut completion = Completion {
-        func: noop_completion,
-        user_data,
-        free: free_user_data,
-        delivered: true,
-        what: "tool call",
-    };
+    let mut completion =
+        Completion { func: noop_completion, user_data, free: free_user_data, delivered: true, what: "tool call" };
     guard(move || {
         let Some(func) = callback else { return Err(invalid("callback is NULL")) };
         // SAFETY: NULL or a live handle per the contract.
@@ -112,7 +109,9 @@ pub unsafe extern "C" fn utp_call_tool_async(
         // SAFETY: NULL or NUL-terminated per the contract.
         let args = match unsafe { optional_str(args_json, "args_json") }? {
             None => Value::Null,
-            Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?
+            }
         };
         // SAFETY: NULL or NUL-terminated per the contract.
         let options = call_options(unsafe { optional_str(options_json, "options_json") }?, "utp_call_tool_async")?;

@@ -36,10 +36,8 @@ impl UtpEngine {
     /// plain subscriber threads). Refused on any other thread inside a tokio runtime,
     /// where blocking could stall the runtime's workers.
     pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output, Error> {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| Error::Internal("engine runtime is already shut down".into()))?;
+        let runtime =
+            self.runtime.as_ref().ok_or_else(|| Error::Internal("engine runtime is already shut down".into()))?;
         if tokio::runtime::Handle::try_current().is_ok() && !CallbackScope::active() {
             return Err(Error::InvalidArgument(
                 "utp functions may not be called from an async task of a tokio runtime".into(),

@@ -277,7 +277,10 @@ mod tests {
 
     #[test]
     fn errors_carry_retry_after_and_approval_id() {
-        let e = UtpError::from(Error::RateLimited { message: "slow down".into(), retry_after: Duration::from_micros(1500) });
+        let e = UtpError::from(Error::RateLimited {
+            message: "slow down".into(),
+            retry_after: Duration::from_micros(1500),
+        });
         assert_eq!((e.code, e.retry_after_ms), (UTP_ERR_RATE_LIMITED, 2));
         let e = UtpError::from(Error::ApprovalRequired { message: "ask".into(), approval_id: "apr_1".into() });
         assert_eq!(e.approval_id.as_deref(), Some(c"apr_1"));

@@ -122,7 +122,11 @@ pub unsafe extern "C" fn utp_unsubscribe(
 /// # Safety
 /// `engine` is a live handle; `out_drained` is valid for writes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn utp_events_flush(engine: *mut UtpEngine, timeout_ms: u64, out_drained: *mut bool) -> *mut UtpError {
+pub unsafe extern "C" fn utp_events_flush(
+    engine: *mut UtpEngine,
+    timeout_ms: u64,
+    out_drained: *mut bool,
+) -> *mut UtpError {
     guard(|| {
         // SAFETY: per the contract, `engine` is NULL or a live handle and `out_drained` is NULL or
         // valid for writes (both NULLs are checked).
@@ -157,7 +161,8 @@ pub unsafe extern "C" fn utp_history(
         // valid for writes (both NULLs are checked).
         let (handle, out) = unsafe { engine_and_out(engine, out_events_json, "out_events_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
-        let filter = host::parse_json(unsafe { optional_str(filter_json, "filter_json") }?.unwrap_or(""), "filter_json")?;
+        let filter =
+            host::parse_json(unsafe { optional_str(filter_json, "filter_json") }?.unwrap_or(""), "filter_json")?;
         let filter = host::history_filter(&filter, "utp_history", KeyStyle::Snake)?;
         let events = handle.engine.history(&filter);
         let text = serde_json::to_string(&events.iter().map(|e| &**e).collect::<Vec<&Event>>())

@@ -6,8 +6,8 @@ use std::ptr;
 use std::sync::Arc;
 
 use serde_json::Value;
-use utp_core::{Error, ErrorCode};
 use utp_core::workflow::WorkflowSource;
+use utp_core::{Error, ErrorCode};
 use utp_core::{IntentContext, IntentHandler, IntentTarget};
 
 use crate::callbacks::{CallbackScope, Registration, UtpFreeFn, deregister, lock};

@@ -34,21 +34,21 @@ mod store;
 mod intents;
 mod planner;
 
-pub use crate::error::*;
-pub use crate::strings::*;
-pub use crate::engine::*;
-pub use crate::manuals::*;
-pub use crate::calls::*;
-pub use crate::tools::*;
-pub use crate::callbacks::*;
-pub use crate::rules::*;
 pub use crate::approvals::*;
+pub use crate::callbacks::*;
+pub use crate::calls::*;
+pub use crate::engine::*;
+pub use crate::error::*;
 pub use crate::events::*;
-pub use crate::workflows::*;
+pub use crate::intents::*;
+pub use crate::manuals::*;
+pub use crate::planner::*;
+pub use crate::rules::*;
 pub use crate::sessions::*;
 pub use crate::store::*;
-pub use crate::intents::*;
-pub use crate::planner::*;
+pub use crate::strings::*;
+pub use crate::tools::*;
+pub use crate::workflows::*;
 
 static VERSION_C: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
     Ok(s) => s,

@@ -34,7 +34,8 @@ pub unsafe extern "C" fn utp_register_manual(
     guard(|| {
         // SAFETY: per the contract, `engine` is NULL or a live handle and `out_tool_names_json` is NULL or
         // valid for writes (both NULLs are checked).
-        let (handle, out) = unsafe { engine_and_out(engine, out_tool_names_json, "out_tool_names_json", ptr::null_mut()) }?;
+        let (handle, out) =
+            unsafe { engine_and_out(engine, out_tool_names_json, "out_tool_names_json", ptr::null_mut()) }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let source_text = unsafe { required_str(manual_json_or_path_or_url, "manual_json_or_path_or_url") }?;
         // SAFETY: NULL or NUL-terminated per the contract.

@@ -238,7 +238,9 @@ pub unsafe extern "C" fn utp_check(
         // SAFETY: NULL or NUL-terminated per the contract.
         let args = match unsafe { optional_str(args_json, "args_json") }? {
             None => Value::Null,
-            Some(text) => serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?,
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| invalid(format!("args_json is not valid JSON: {e}")))?
+            }
         };
         // SAFETY: NULL or NUL-terminated per the contract.
         let tenant = unsafe { optional_str(tenant, "tenant") }?;

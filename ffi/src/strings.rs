@@ -27,8 +27,7 @@ pub(crate) fn string_out(text: &str) -> Result<*mut c_char, Error> {
 
 pub(crate) fn parse_tags(tags_json: Option<&str>) -> Result<Vec<String>, Error> {
     let Some(text) = tags_json else { return Ok(Vec::new()) };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("tags_json is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| invalid(format!("tags_json is not valid JSON: {e}")))?;
     match value {
         Value::Null => Ok(Vec::new()),
         Value::Array(items) => items

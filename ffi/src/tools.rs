@@ -20,7 +20,8 @@ use crate::strings::parse_tags;
 /// message set with utp_tool_result_set_error()). Called on the engine's library
 /// threads (its blocking pool), possibly on several at once. It may call any utp_*
 /// function (a nested utp_call_tool() included) except utp_engine_free().
-pub type UtpToolFn = Option<unsafe extern "C" fn(user_data: *mut c_void, args_json: *const c_char, result: *mut UtpToolResult) -> i32>;
+pub type UtpToolFn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, args_json: *const c_char, result: *mut UtpToolResult) -> i32>;
 
 /// The outcome sink handed to a C tool function (`utp_tool_result_t`).
 pub struct UtpToolResult {
@@ -131,7 +132,8 @@ pub unsafe extern "C" fn utp_register_tool(
                     .map_err(|e| Error::Internal(format!("C tool thread failed: {e}")))?
             })
         });
-        let full = handle.engine.register_tool(name, handler, schema("inputs"), schema("outputs"), &description, tags)?;
+        let full =
+            handle.engine.register_tool(name, handler, schema("inputs"), schema("outputs"), &description, tags)?;
         if !out_name.is_null() {
             let c = CString::new(full).map_err(|e| Error::Internal(format!("tool name holds a NUL: {e}")))?;
             // SAFETY: non-NULL and valid for writes per the contract.
@@ -165,7 +167,10 @@ pub unsafe extern "C" fn utp_tool_result_set_json(result: *mut UtpToolResult, js
 /// # Safety
 /// `result` is the sink passed to the running tool function; `message` is NULL or NUL-terminated.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn utp_tool_result_set_error(result: *mut UtpToolResult, message: *const c_char) -> *mut UtpError {
+pub unsafe extern "C" fn utp_tool_result_set_error(
+    result: *mut UtpToolResult,
+    message: *const c_char,
+) -> *mut UtpError {
     guard(|| {
         // SAFETY: NULL or the live sink per the contract.
         let sink = unsafe { result.as_mut() }.ok_or_else(|| invalid("result is NULL"))?;

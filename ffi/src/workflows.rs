@@ -6,9 +6,9 @@ use std::ptr;
 use std::time::Duration;
 
 use serde_json::Value;
-use utp_core::{Engine, Error};
 use utp_core::host::{self, KeyStyle};
 use utp_core::workflow::{RunOptions, WorkflowSource};
+use utp_core::{Engine, Error};
 
 use crate::callbacks::{Completion, UtpCompletionFn, UtpFreeFn};
 use crate::engine::{UtpEngine, engine_and_out, engine_ref};
@@ -185,8 +185,13 @@ pub unsafe extern "C" fn utp_run_workflow_async(
         let exec = handle.engine.start_workflow(source, inputs, options)?;
         let id = exec.id.clone();
         // From here the callback is owed: the completion owns user_data.
-        let mut completion =
-            Completion { func, user_data: finaliser.0, free: finaliser.1.take(), delivered: false, what: "workflow run" };
+        let mut completion = Completion {
+            func,
+            user_data: finaliser.0,
+            free: finaliser.1.take(),
+            delivered: false,
+            what: "workflow run",
+        };
         runtime.spawn(async move {
             exec.wait().await;
             let record = exec.to_value(true);
@@ -249,7 +254,8 @@ pub unsafe extern "C" fn utp_executions(
         let status = unsafe { optional_str(status, "status") }?;
         // SAFETY: NULL or NUL-terminated per the contract.
         let session = unsafe { optional_str(session, "session") }?;
-        *out = json_out(&Value::Array(handle.engine.executions(status, session)?.iter().map(|r| r.to_json()).collect()))?;
+        *out =
+            json_out(&Value::Array(handle.engine.executions(status, session)?.iter().map(|r| r.to_json()).collect()))?;
         Ok(())
     })
 }
@@ -281,9 +287,9 @@ pub unsafe extern "C" fn utp_wait_execution(
         } else {
             // The timer is created inside the runtime (it needs its time driver).
             let limit = Duration::from_millis(timeout_ms);
-            handle.block_on(async move { tokio::time::timeout(limit, wait).await })?.map_err(|_| {
-                Error::Timeout(format!("execution '{id}' still running after {timeout_ms} ms"))
-            })??
+            handle
+                .block_on(async move { tokio::time::timeout(limit, wait).await })?
+                .map_err(|_| Error::Timeout(format!("execution '{id}' still running after {timeout_ms} ms")))??
         };
         *out = json_out(&record.to_json())?;
         Ok(())
@@ -321,7 +327,11 @@ unsafe fn control(
 /// `engine` is a live handle; `execution_id` is NULL or NUL-terminated; `out_done`
 /// is valid for writes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn utp_cancel(engine: *mut UtpEngine, execution_id: *const c_char, out_done: *mut bool) -> *mut UtpError {
+pub unsafe extern "C" fn utp_cancel(
+    engine: *mut UtpEngine,
+    execution_id: *const c_char,
+    out_done: *mut bool,
+) -> *mut UtpError {
     // SAFETY: forwarded from the caller's contract.
     unsafe { control(engine, execution_id, out_done, Engine::cancel) }
 }
@@ -333,7 +343,11 @@ pub unsafe extern "C" fn utp_cancel(engine: *mut UtpEngine, execution_id: *const
 /// # Safety
 /// As utp_cancel().
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn utp_suspend(engine: *mut UtpEngine, execution_id: *const c_char, out_done: *mut bool) -> *mut UtpError {
+pub unsafe extern "C" fn utp_suspend(
+    engine: *mut UtpEngine,
+    execution_id: *const c_char,
+    out_done: *mut bool,
+) -> *mut UtpError {
     // SAFETY: forwarded from the caller's contract.
     unsafe { control(engine, execution_id, out_done, Engine::suspend) }
 }
@@ -344,7 +358,11 @@ pub unsafe extern "C" fn utp_suspend(engine: *mut UtpEngine, execution_id: *cons
 /// # Safety
 /// As utp_cancel().
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn utp_resume(engine: *mut UtpEngine, execution_id: *const c_char, out_done: *mut bool) -> *mut UtpError {
+pub unsafe extern "C" fn utp_resume(
+    engine: *mut UtpEngine,
+    execution_id: *const c_char,
+    out_done: *mut bool,
+) -> *mut UtpError {
     // SAFETY: forwarded from the caller's contract.
     unsafe { control(engine, execution_id, out_done, Engine::resume) }
 }

@@ -77,8 +77,11 @@ impl Approvals {
         let (tx, rx) = watch::channel(ApprovalStatus::Pending);
         let mut entries = self.entries.lock();
         if entries.len() > KEEP_RESOLVED {
-            let mut resolved: Vec<(u64, String)> =
-                entries.iter().filter(|(_, e)| e.info.status != ApprovalStatus::Pending).map(|(k, e)| (e.seq, k.clone())).collect();
+            let mut resolved: Vec<(u64, String)> = entries
+                .iter()
+                .filter(|(_, e)| e.info.status != ApprovalStatus::Pending)
+                .map(|(k, e)| (e.seq, k.clone()))
+                .collect();
             resolved.sort();
             for (_, k) in resolved.iter().take(resolved.len().saturating_sub(KEEP_RESOLVED / 2)) {
                 entries.remove(k);
@@ -140,7 +143,9 @@ impl Approvals {
                 entry.used = true;
                 Ok(())
             }
-            (ApprovalStatus::Approved, true) => Err(Error::PermissionDenied(format!("approval '{id}' was already used"))),
+            (ApprovalStatus::Approved, true) => {
+                Err(Error::PermissionDenied(format!("approval '{id}' was already used")))
+            }
             (ApprovalStatus::Pending, _) => Err(Error::ApprovalRequired {
                 message: format!("approval '{id}' is still pending"),
                 approval_id: id.to_string(),

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::spec::{Per, RateLimitSpec};
 use super::Call;
+use super::spec::{Per, RateLimitSpec};
 
 /// A limit's keys are pruned once it holds this many (those whose budget is full again).
 const PRUNE_AT: usize = 100_000;
@@ -86,7 +86,9 @@ impl RateLimits {
         let mut updates: Vec<(usize, &str, Instant)> = Vec::new();
         let mut denied: Option<Limited> = None;
         for (i, limit) in self.limits.iter().enumerate() {
-            if limit.tool.as_deref().is_some_and(|t| t != call.manual) || limit.action.as_deref().is_some_and(|a| a != call.action) {
+            if limit.tool.as_deref().is_some_and(|t| t != call.manual)
+                || limit.action.as_deref().is_some_and(|a| a != call.action)
+            {
                 continue;
             }
             let key = limit.key(call);

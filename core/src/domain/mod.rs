@@ -87,8 +87,12 @@ pub struct Decision {
 impl Decision {
     /// The messages of the hits with the deciding effect, joined.
     pub fn reason(&self) -> String {
-        let mut parts: Vec<String> =
-            self.hits.iter().filter(|h| h.effect == self.outcome).map(|h| format!("{} ({})", h.message, h.rule)).collect();
+        let mut parts: Vec<String> = self
+            .hits
+            .iter()
+            .filter(|h| h.effect == self.outcome)
+            .map(|h| format!("{} ({})", h.message, h.rule))
+            .collect();
         parts.sort();
         parts.join("; ")
     }
@@ -276,7 +280,9 @@ impl Domain {
             for ((name, _), verdict) in host.into_iter().zip(verdicts) {
                 let (effect, message) = match verdict {
                     Ok(HostVerdict::Allow) => continue,
-                    Ok(HostVerdict::Deny(m)) => (Outcome::Deny, m.unwrap_or_else(|| format!("business rule '{name}' denied the call"))),
+                    Ok(HostVerdict::Deny(m)) => {
+                        (Outcome::Deny, m.unwrap_or_else(|| format!("business rule '{name}' denied the call")))
+                    }
                     Ok(HostVerdict::Escalate(m)) => {
                         (Outcome::Escalate, m.unwrap_or_else(|| format!("business rule '{name}' asks for an approval")))
                     }
@@ -311,7 +317,9 @@ fn evaluate(rule: &Rule, facts: &Facts<'_>, hits: &mut Vec<RuleHit>) {
         match condition.eval(facts) {
             Ok(false) => {}
             Ok(true) => hit(effect, message(format!("rule '{}' matched", rule.name))),
-            Err(e) => hit(Outcome::Deny, format!("rule '{}' could not be evaluated, so the call is denied: {e}", rule.name)),
+            Err(e) => {
+                hit(Outcome::Deny, format!("rule '{}' could not be evaluated, so the call is denied: {e}", rule.name))
+            }
         }
     }
     if let Some(window) = &rule.window {

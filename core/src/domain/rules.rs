@@ -9,11 +9,11 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use jiff::civil::{Time, Weekday};
-use jiff::tz::TimeZone;
 use cel::common::types::{CelNull, CelString};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
+use jiff::civil::{Time, Weekday};
+use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
 use super::spec::WindowSpec;
@@ -162,7 +162,9 @@ impl Native {
                 let item = resolve(item, facts)?;
                 Ok(list.iter().any(|v| compare(&item, CmpOp::Eq, v).unwrap_or(false)))
             }
-            Native::Has { root: Operand::Params(path), field } if path.is_empty() => Ok(facts.params.contains_key(field)),
+            Native::Has { root: Operand::Params(path), field } if path.is_empty() => {
+                Ok(facts.params.contains_key(field))
+            }
             Native::Has { root, field } => match resolve(root, facts)?.as_ref() {
                 Value::Object(map) => Ok(map.contains_key(field)),
                 other => Err(format!("has() needs a map, found {}", json_kind(other))),
@@ -323,8 +325,14 @@ fn number_cmp(a: &serde_json::Number, b: &serde_json::Number) -> Option<Ordering
 
 /// `a.b > 3`, `params.amount >= constants.max`, `tool == 'x'`... or None.
 fn simple_comparison(source: &str) -> Option<(Operand, CmpOp, Operand)> {
-    const OPS: [(&str, CmpOp); 6] =
-        [(">=", CmpOp::Ge), ("<=", CmpOp::Le), ("==", CmpOp::Eq), ("!=", CmpOp::Ne), (">", CmpOp::Gt), ("<", CmpOp::Lt)];
+    const OPS: [(&str, CmpOp); 6] = [
+        (">=", CmpOp::Ge),
+        ("<=", CmpOp::Le),
+        ("==", CmpOp::Eq),
+        ("!=", CmpOp::Ne),
+        (">", CmpOp::Gt),
+        ("<", CmpOp::Lt),
+    ];
     // Exactly one operator, outside quotes.
     let mut found = None;
     let bytes = source.as_bytes();
@@ -365,9 +373,11 @@ fn operand(text: &str) -> Option<Operand> {
     if text.is_empty() {
         return None;
     }
-    if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')).or_else(|| {
-        text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
-    }) {
+    if let Some(inner) = text
+        .strip_prefix('\'')
+        .and_then(|t| t.strip_suffix('\''))
+        .or_else(|| text.strip_prefix('"').and_then(|t| t.strip_suffix('"')))
+    {
         return (!inner.contains(['\'', '"'])).then(|| Operand::Literal(Value::String(inner.to_string())));
     }
     match text {
@@ -391,7 +401,9 @@ fn operand(text: &str) -> Option<Operand> {
     let mut parts = text.split('.');
     let root = parts.next()?;
     let path: Vec<String> = parts.map(str::to_string).collect();
-    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.as_bytes()[0].is_ascii_digit();
+    let ident = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.as_bytes()[0].is_ascii_digit()
+    };
     if path.is_empty() || !path.iter().all(|p| ident(p)) {
         return None;
     }
@@ -576,14 +588,24 @@ mod tests {
             assert_eq!(fast.eval(&f), eval_cel(&slow, &f), "native and CEL disagree on {src}");
         }
         // Errors where CEL errors too (fail closed): a missing field decides nothing.
-        for src in ["params.missing > 1 && params.amount > 1", "params.missing > 1 || params.amount > 1000", "has(params.nope.x)"] {
+        for src in [
+            "params.missing > 1 && params.amount > 1",
+            "params.missing > 1 || params.amount > 1000",
+            "has(params.nope.x)",
+        ] {
             let fast = Condition::compile(src).unwrap();
             assert!(matches!(fast, Condition::Native(_)), "{src} should be native");
             assert!(fast.eval(&f).is_err(), "{src}");
             assert!(eval_cel(&cel::Program::compile(src).unwrap(), &f).is_err(), "CEL on {src}");
         }
         // Parentheses, negation, arithmetic and functions stay with CEL.
-        for src in ["(params.amount > 1)", "!has(params.side)", "params.amount * 2 > 1", "size(params.market) > 1", "params.market in params.list"] {
+        for src in [
+            "(params.amount > 1)",
+            "!has(params.side)",
+            "params.amount * 2 > 1",
+            "size(params.market) > 1",
+            "params.market in params.list",
+        ] {
             assert!(matches!(Condition::compile(src).unwrap(), Condition::Cel(_)), "{src}");
         }
     }
@@ -594,7 +616,11 @@ mod tests {
         let constants = json!({});
         let cel = CelShared::new(&constants).unwrap();
         let f = facts(&params, &constants, &cel);
-        for (src, want) in [("!(params.amount > 5 && action == 'placeBet')", false), ("'a' in params.tags", true), ("size(params.tags) == 2", false)] {
+        for (src, want) in [
+            ("!(params.amount > 5 && action == 'placeBet')", false),
+            ("'a' in params.tags", true),
+            ("size(params.tags) == 2", false),
+        ] {
             let c = Condition::compile(src).unwrap();
             assert!(matches!(c, Condition::Cel(_)), "{src}");
             assert_eq!(c.eval(&f), Ok(want), "{src}");
@@ -626,11 +652,28 @@ mod tests {
         // Weekend.
         assert!(!w.contains(at("2026-03-28T12:00:00Z")));
         // Across midnight: 22:00-02:00, Fridays only; Saturday 01:00 belongs to Friday's window.
-        let night = Window::compile(&WindowSpec { days: Some(vec!["fri".into()]), from: "22:00".into(), to: "02:00".into(), timezone: "UTC".into() }).unwrap();
+        let night = Window::compile(&WindowSpec {
+            days: Some(vec!["fri".into()]),
+            from: "22:00".into(),
+            to: "02:00".into(),
+            timezone: "UTC".into(),
+        })
+        .unwrap();
         assert!(night.contains(at("2026-03-28T01:00:00Z")));
         assert!(!night.contains(at("2026-03-27T01:00:00Z")));
-        assert!(Window::compile(&WindowSpec { days: None, from: "9".into(), to: "10:00".into(), timezone: "UTC".into() }).is_err());
-        assert!(Window::compile(&WindowSpec { days: None, from: "09:00".into(), to: "10:00".into(), timezone: "Mars/Olympus".into() }).is_err());
+        assert!(
+            Window::compile(&WindowSpec { days: None, from: "9".into(), to: "10:00".into(), timezone: "UTC".into() })
+                .is_err()
+        );
+        assert!(
+            Window::compile(&WindowSpec {
+                days: None,
+                from: "09:00".into(),
+                to: "10:00".into(),
+                timezone: "Mars/Olympus".into()
+            })
+            .is_err()
+        );
     }
 
     #[test]

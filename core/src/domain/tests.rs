@@ -96,7 +96,10 @@ fn bad_rules_are_refused_at_load() {
     let bad = |config: Value| Domain::new(DomainSpec::from_config(config.as_object().unwrap()).unwrap()).err().unwrap();
     assert!(bad(json!({"rules": [{"name": "x", "deny_if": "params.a >"}]})).contains("invalid CEL"));
     assert!(bad(json!({"rules": [{"name": "x"}]})).contains("needs deny_if"));
-    assert!(bad(json!({"rules": [{"name": "x", "deny_if": "true"}, {"name": "x", "deny_if": "false"}]})).contains("two rules"));
+    assert!(
+        bad(json!({"rules": [{"name": "x", "deny_if": "true"}, {"name": "x", "deny_if": "false"}]}))
+            .contains("two rules")
+    );
     assert!(bad(json!({"rate_limits": [{"limit": 0, "window": "1s"}]})).contains("greater than zero"));
     assert!(DomainSpec::from_config(json!({"permissions": {"a": {"enabld": true}}}).as_object().unwrap()).is_err());
     assert!(DomainSpec::from_config(json!({"security": {"default": "scary"}}).as_object().unwrap()).is_err());
@@ -139,9 +142,15 @@ async fn host_rules_deny_escalate_and_fail_closed() {
     });
     d.add_business_rule("max_bet", max_bet.clone()).unwrap();
     assert_eq!(d.add_business_rule("max_bet", max_bet).unwrap_err().code(), crate::ErrorCode::AlreadyExists);
-    d.add_business_rule("broken", Arc::new(|_, action, _| Box::pin(async move {
-        if action == "explode" { Err("division by zero".to_string()) } else { Ok(HostVerdict::Allow) }
-    }))).unwrap();
+    d.add_business_rule(
+        "broken",
+        Arc::new(|_, action, _| {
+            Box::pin(async move {
+                if action == "explode" { Err("division by zero".to_string()) } else { Ok(HostVerdict::Allow) }
+            })
+        }),
+    )
+    .unwrap();
     let now = jiff::Timestamp::now();
     let big = json!({"amount": 1500}).as_object().unwrap().clone();
     let decision = d.decide(&call("betfair", "placeBet", "betfair.placeBet", &big), now).await;

@@ -104,9 +104,9 @@ impl Engine {
             let call = self.admit(name, args, &options).await?;
             let transports = &self.inner.transports;
             let run = transports.call(&call.tool, &call.template, call.args, call.timeout);
-            let result = guard_unwinding(&call.tool, run, call.timeout, options.cancel.as_ref())
-                .await
-                .map(|r| transport::post::apply(&self.inner.config.post_processing, &call.tool.name, &call.tool.manual, r));
+            let result = guard_unwinding(&call.tool, run, call.timeout, options.cancel.as_ref()).await.map(|r| {
+                transport::post::apply(&self.inner.config.post_processing, &call.tool.name, &call.tool.manual, r)
+            });
             self.call_finished(&call.tool.name, &options, call.started, result.as_ref().err(), false);
             result
         }
@@ -169,9 +169,8 @@ impl Engine {
                 };
                 let item = next?;
                 let stop = item.is_err();
-                let item = item.map(|v| {
-                    transport::post::apply(&engine.inner.config.post_processing, &tool.name, &tool.manual, v)
-                });
+                let item = item
+                    .map(|v| transport::post::apply(&engine.inner.config.post_processing, &tool.name, &tool.manual, v));
                 Some((item, (stream, tool, cancel, stop)))
             }
         })))
@@ -189,12 +188,7 @@ impl Engine {
     }
 
     /// Resolve, substitute and validate: everything before the transport runs.
-    fn prepare_call(
-        &self,
-        name: &str,
-        args: Value,
-        options: &CallOptions,
-    ) -> Result<PreparedCall> {
+    fn prepare_call(&self, name: &str, args: Value, options: &CallOptions) -> Result<PreparedCall> {
         let tool = self.tool(name)?;
         let template = self.substitute_template(&tool)?;
         let args = match args {
@@ -245,17 +239,21 @@ impl Engine {
                 Ok(CallTemplate::Cli(cli))
             }
             template => {
-                let literal = *tool.template_is_literal.get_or_init(|| {
-                    serde_json::to_string(template).map(|text| !text.contains('$')).unwrap_or(false)
-                });
+                let literal = *tool
+                    .template_is_literal
+                    .get_or_init(|| serde_json::to_string(template).map(|text| !text.contains('$')).unwrap_or(false));
                 if literal {
                     return Ok(template.clone());
                 }
-                let raw = serde_json::to_value(template)
-                    .map_err(|e| Error::Internal(format!("tool '{}': cannot serialise its template: {e}", tool.name)))?;
+                let raw = serde_json::to_value(template).map_err(|e| {
+                    Error::Internal(format!("tool '{}': cannot serialise its template: {e}", tool.name))
+                })?;
                 let done = vars.substitute(manual, &raw)?;
                 serde_json::from_value(done).map_err(|e| {
-                    Error::InvalidManual(format!("tool '{}': template invalid after variable substitution: {e}", tool.name))
+                    Error::InvalidManual(format!(
+                        "tool '{}': template invalid after variable substitution: {e}",
+                        tool.name
+                    ))
                 })
             }
         }
@@ -274,9 +272,7 @@ impl Engine {
         tags: Vec<String>,
     ) -> Result<String> {
         let Some((manual, tool_name)) = full_name.split_once('.') else {
-            return Err(Error::InvalidArgument(format!(
-                "native tool name '{full_name}' must be `manual.tool`"
-            )));
+            return Err(Error::InvalidArgument(format!("native tool name '{full_name}' must be `manual.tool`")));
         };
         if manual.is_empty() || tool_name.is_empty() || sanitize_name(manual) != manual {
             return Err(Error::InvalidArgument(format!(
@@ -284,8 +280,9 @@ impl Engine {
             )));
         }
         let inputs = inputs.unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
-        let validator = compile_schema(&inputs)
-            .map_err(|e| Error::InvalidArgument(format!("native tool '{full_name}': inputs is not a valid JSON Schema: {e}")))?;
+        let validator = compile_schema(&inputs).map_err(|e| {
+            Error::InvalidArgument(format!("native tool '{full_name}': inputs is not a valid JSON Schema: {e}"))
+        })?;
         let tool = Tool {
             name: tool_name.to_string(),
             description: description.to_string(),

@@ -469,8 +469,9 @@ mod tests {
         let c = StoreConfig::from_config(&config(json!({"path": "/tmp/z.db"}))).unwrap();
         assert_eq!(c.url, "sqlite:/tmp/z.db");
         assert!(!c.read_only);
-        let c = StoreConfig::from_config(&config(json!({"url": "sqlite:/tmp/z.db", "read_only": true, "retention": "1d"})))
-            .unwrap();
+        let c =
+            StoreConfig::from_config(&config(json!({"url": "sqlite:/tmp/z.db", "read_only": true, "retention": "1d"})))
+                .unwrap();
         assert!(c.read_only && !c.recover && c.retention.is_none(), "{c:?}");
         for bad in [
             json!({"durability": "fast"}),

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::Engine;
 use crate::admission::Refusal;
 use crate::error::Result;
-use crate::events::{kinds, Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};
+use crate::events::{Event, EventBus, EventHandler, HistoryFilter, SubscriptionId, kinds};
 
 impl Engine {
     /// The engine's event bus: publish from other layers (`policy.denied`,

@@ -111,7 +111,8 @@ impl Engine {
                     session: session.map(str::to_string),
                     ..RunOptions::default()
                 };
-                let mut record = self.run_workflow(WorkflowSource::Compiled(workflow), params, options).await?.to_json();
+                let mut record =
+                    self.run_workflow(WorkflowSource::Compiled(workflow), params, options).await?.to_json();
                 record["intent"] = Value::String(intent_type.to_string());
                 Ok(record)
             }
@@ -125,7 +126,8 @@ impl Engine {
                 };
                 let mut record = context.to_value();
                 let outcome = std::panic::AssertUnwindSafe(handler(context, params)).catch_unwind().await;
-                let result = outcome.unwrap_or_else(|p| Err(Error::from_panic(p.as_ref(), &format!("intent '{intent_type}'"))));
+                let result =
+                    outcome.unwrap_or_else(|p| Err(Error::from_panic(p.as_ref(), &format!("intent '{intent_type}'"))));
                 match result {
                     Ok(output) => {
                         record["status"] = "completed".into();

@@ -148,9 +148,15 @@ impl Engine {
     /// Drop the tools of a manual fetched from `from` that the host does not allow
     /// (design §11), with a warning each; every tool refused is an error (`SECURITY`),
     /// so a manual never registers silently empty.
-    fn admit_remote(&self, manual: &mut Manual, manual_name: &str, from: &str, check_targets: bool) -> Result<Vec<Refusal>> {
-        let source = url::Url::parse(from)
-            .map_err(|e| Error::InvalidArgument(format!("'{from}' is not a valid URL: {e}")))?;
+    fn admit_remote(
+        &self,
+        manual: &mut Manual,
+        manual_name: &str,
+        from: &str,
+        check_targets: bool,
+    ) -> Result<Vec<Refusal>> {
+        let source =
+            url::Url::parse(from).map_err(|e| Error::InvalidArgument(format!("'{from}' is not a valid URL: {e}")))?;
         let discovery = &self.inner.config.discovery;
         let policy = RemotePolicy {
             source: &source,
@@ -254,9 +260,10 @@ impl Engine {
     }
 
     pub fn tool(&self, name: &str) -> Result<Arc<RegisteredTool>> {
-        self.inner.registry.tool(name).ok_or_else(|| {
-            Error::NotFound(format!("no tool named '{name}' (tool names are `manual.tool`)"))
-        })
+        self.inner
+            .registry
+            .tool(name)
+            .ok_or_else(|| Error::NotFound(format!("no tool named '{name}' (tool names are `manual.tool`)")))
     }
 
     /// Ranked search; `limit == 0` is unlimited; `tags` keeps tools with any of them.
@@ -283,7 +290,6 @@ impl Engine {
         let tool = self.tool(name).map_err(|_| Error::NotFound(format!("no manual or tool named '{name}'")))?;
         Ok(vars::required_variables(&tool.manual, [&tool.tool]))
     }
-
 
     /// The policy for fetching manuals: `discovery.allow_insecure_http`, and private
     /// addresses as for tool calls.

@@ -72,8 +72,8 @@ impl Engine {
             .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
         let config = Arc::new(config);
         let transports = Transports::new(config.clone());
-        let workflows = WorkflowRuntime::from_config(&config.other)
-            .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
+        let workflows =
+            WorkflowRuntime::from_config(&config.other).map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
         let registry = Registry::new();
         let durable = durable::Durable::open(StoreConfig::from_config(&config)?, &events)?;
         let durable = arc_swap::ArcSwapOption::new(durable.map(Arc::new));
@@ -130,7 +130,9 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(1));
         }
         if Arc::strong_count(&durable) > 1 {
-            tracing::warn!("close: an execution still holds the store after {grace:?}; it is released when that commit ends");
+            tracing::warn!(
+                "close: an execution still holds the store after {grace:?}; it is released when that commit ends"
+            );
         }
         drop(durable);
     }

@@ -80,7 +80,13 @@ impl Engine {
     }
 
     /// Wait for (or fail fast on) an approval; returns the id of the approval used.
-    async fn escalate(&self, call: &Call<'_>, decision: &Decision, options: &CallOptions, timeout: Duration) -> Result<String> {
+    async fn escalate(
+        &self,
+        call: &Call<'_>,
+        decision: &Decision,
+        options: &CallOptions,
+        timeout: Duration,
+    ) -> Result<String> {
         let approvals = &self.domain().approvals;
         // A call retried with an approval granted earlier (fail-fast flow) runs once.
         if let Some(id) = options.approval_id.as_deref() {
@@ -123,8 +129,14 @@ impl Engine {
         match waited {
             Some(ApprovalStatus::Approved) => approvals.consume(&info.id, call.tool).map(|()| info.id),
             Some(_) => {
-                let why = approvals.get(&info.id).and_then(|a| a.resolution_reason).unwrap_or_else(|| "no reason given".into());
-                Err(Error::PermissionDenied(format!("call to '{}' denied: approval '{}' was refused ({why})", call.tool, info.id)))
+                let why = approvals
+                    .get(&info.id)
+                    .and_then(|a| a.resolution_reason)
+                    .unwrap_or_else(|| "no reason given".into());
+                Err(Error::PermissionDenied(format!(
+                    "call to '{}' denied: approval '{}' was refused ({why})",
+                    call.tool, info.id
+                )))
             }
             None => Err(Error::Timeout(format!(
                 "call to '{}': approval '{}' was not granted within {timeout:?}",

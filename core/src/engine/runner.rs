@@ -22,14 +22,17 @@ use crate::events::{Event, kinds};
 use crate::workflow::breaker::{self, Admission, Transition, outcome_of};
 use crate::workflow::definition::{OnError, Step};
 use crate::workflow::execution::Execution;
-use crate::workflow::{ErrorInfo, ExecutionStatus, StepStatus};
 use crate::workflow::expr::{Scope, Template};
+use crate::workflow::{ErrorInfo, ExecutionStatus, StepStatus};
 
 /// How a step ended, as the scheduler sees it.
 enum StepEnd {
     Succeeded(Value),
     /// Failed; `fatal` unless its `on_error` is `continue`.
-    Failed { error: Error, fatal: bool },
+    Failed {
+        error: Error,
+        fatal: bool,
+    },
 }
 
 /// Run `exec` to its end. Never panics on user input; every outcome is recorded
@@ -210,7 +213,10 @@ async fn finish(
         (ExecutionStatus::Cancelled, Some(Error::Cancelled(format!("execution '{}' was cancelled", exec.id))))
     } else if timed_out {
         let limit = exec.timeout.unwrap_or_default();
-        (ExecutionStatus::Failed, Some(Error::Timeout(format!("workflow '{}' did not finish within {limit:?}", wf.name))))
+        (
+            ExecutionStatus::Failed,
+            Some(Error::Timeout(format!("workflow '{}' did not finish within {limit:?}", wf.name))),
+        )
     } else if let Some(e) = failure {
         (ExecutionStatus::Failed, Some(e))
     } else {
@@ -237,7 +243,9 @@ async fn finish(
     let (kind, data) = match (&status, &info) {
         (ExecutionStatus::Completed, _) => (kinds::WORKFLOW_COMPLETED, json!({"duration_ms": duration_ms})),
         (ExecutionStatus::Cancelled, _) => (kinds::WORKFLOW_CANCELLED, json!({"duration_ms": duration_ms})),
-        (_, Some(i)) => (kinds::WORKFLOW_ERROR, json!({"duration_ms": duration_ms, "code": i.code.as_str(), "message": i.message})),
+        (_, Some(i)) => {
+            (kinds::WORKFLOW_ERROR, json!({"duration_ms": duration_ms, "code": i.code.as_str(), "message": i.message}))
+        }
         (_, None) => (kinds::WORKFLOW_ERROR, json!({"duration_ms": duration_ms})),
     };
     exec.finish(status, outputs, info);
@@ -290,7 +298,10 @@ fn release(dependants: &[usize], waiting: &mut [usize], ready: &mut std::collect
 fn skip_reason(engine: &Engine, exec: &Execution, i: usize) -> Result<Option<String>> {
     let step = &exec.workflow.steps[i];
     let skipped_dep = exec.with_state(|s| {
-        step.deps.iter().find(|&&d| s.steps[d].status == StepStatus::Skipped).map(|&d| exec.workflow.steps[d].id.clone())
+        step.deps
+            .iter()
+            .find(|&&d| s.steps[d].status == StepStatus::Skipped)
+            .map(|&d| exec.workflow.steps[d].id.clone())
     });
     if let Some(dep) = skipped_dep {
         return Ok(Some(format!("dependency '{dep}' was skipped")));
@@ -331,7 +342,10 @@ fn execution_value(exec: &Execution) -> Value {
 }
 
 fn event(exec: &Execution, kind: &'static str) -> Event {
-    Event::new(kind).execution(exec.id.clone()).workflow(exec.workflow.name.clone()).context(exec.tenant.as_deref(), exec.session.as_deref())
+    Event::new(kind)
+        .execution(exec.id.clone())
+        .workflow(exec.workflow.name.clone())
+        .context(exec.tenant.as_deref(), exec.session.as_deref())
 }
 
 fn step_event(exec: &Execution, i: usize, kind: &'static str) -> Event {
@@ -430,7 +444,10 @@ async fn run_step(
     if let OnError::Fallback { tool, args } = &step.on_error {
         if !cancel.is_cancelled() && error.code() != crate::ErrorCode::Cancelled {
             let original = ErrorInfo::of(&error);
-            exec.with_state(|s| s.steps[i].note = Some(format!("fallback '{tool}' after {}: {}", original.code.as_str(), original.message)));
+            exec.with_state(|s| {
+                s.steps[i].note =
+                    Some(format!("fallback '{tool}' after {}: {}", original.code.as_str(), original.message))
+            });
             let fallback = match evaluate_args(engine, exec, args, step) {
                 Ok(a) => call_once(&call, tool, a, None).await,
                 Err(e) => Err(e),
@@ -585,7 +602,13 @@ async fn call_once(call: &StepCall<'_>, tool: &str, args: Value, approval_id: Op
 }
 
 /// The execution shows `waiting_approval` until `approve(id)` resolves it (or the run is cancelled).
-async fn wait_for_approval(engine: &Engine, exec: &Execution, i: usize, id: &str, cancel: &CancellationToken) -> Result<()> {
+async fn wait_for_approval(
+    engine: &Engine,
+    exec: &Execution,
+    i: usize,
+    id: &str,
+    cancel: &CancellationToken,
+) -> Result<()> {
     let Some(mut rx) = engine.domain().approvals.watch(id) else {
         return Err(Error::NotFound(format!("approval '{id}' disappeared")));
     };
@@ -608,10 +631,17 @@ async fn wait_for_approval(engine: &Engine, exec: &Execution, i: usize, id: &str
     match status {
         ApprovalStatus::Approved => Ok(()),
         ApprovalStatus::Denied => {
-            let why = engine.domain().approvals.get(id).and_then(|a| a.resolution_reason).unwrap_or_else(|| "no reason given".into());
+            let why = engine
+                .domain()
+                .approvals
+                .get(id)
+                .and_then(|a| a.resolution_reason)
+                .unwrap_or_else(|| "no reason given".into());
             Err(Error::PermissionDenied(format!("step '{step}': approval '{id}' was refused ({why})")))
         }
-        ApprovalStatus::Pending => Err(Error::Cancelled(format!("step '{step}' cancelled while waiting for approval '{id}'"))),
+        ApprovalStatus::Pending => {
+            Err(Error::Cancelled(format!("step '{step}' cancelled while waiting for approval '{id}'")))
+        }
     }
 }
 

@@ -20,8 +20,8 @@ impl Engine {
             WorkflowSource::Definition(v) => Workflow::compile(v, &self.catalogue()),
             WorkflowSource::Text(t) => Workflow::parse_text(&t, &self.catalogue()),
             WorkflowSource::Path(p) => {
-                let bytes = std::fs::read(&p)
-                    .map_err(|e| Error::NotFound(format!("workflow file {}: {e}", p.display())))?;
+                let bytes =
+                    std::fs::read(&p).map_err(|e| Error::NotFound(format!("workflow file {}: {e}", p.display())))?;
                 let value = crate::parse::parse_document(&bytes, Some(&p))
                     .map_err(|e| Error::InvalidArgument(format!("workflow file {}: {e}", p.display())))?;
                 Workflow::compile(value, &self.catalogue()).map_err(|e| match e {
@@ -35,7 +35,12 @@ impl Engine {
     /// Run a workflow to its end and return its record (docs/design.md §7). A run that fails
     /// or is cancelled still returns its record (`status`, `error`, every step);
     /// `Err` is for a definition or inputs that do not validate.
-    pub async fn run_workflow(&self, source: WorkflowSource, inputs: Value, options: RunOptions) -> Result<ExecutionRecord> {
+    pub async fn run_workflow(
+        &self,
+        source: WorkflowSource,
+        inputs: Value,
+        options: RunOptions,
+    ) -> Result<ExecutionRecord> {
         let exec = self.start_workflow(source, inputs, options)?;
         exec.wait().await;
         Ok(exec.record(true))
@@ -194,7 +199,8 @@ impl Engine {
         if let Some(store) = &store {
             // Live executions are in the store too: ask for enough rows to fill `limit` without them.
             let live = self.workflows().executions.len();
-            let rows = crate::store::ExecutionFilter { limit: filter.limit.map(|l| l.saturating_add(live)), ..filter.clone() };
+            let rows =
+                crate::store::ExecutionFilter { limit: filter.limit.map(|l| l.saturating_add(live)), ..filter.clone() };
             for row in store.executions(&rows)? {
                 // A live execution's own record wins (its status may be newer than its last commit).
                 if self.workflows().executions.get(&row.id).is_some() {

@@ -28,8 +28,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::registry::{Catalogue, RegisteredTool};
 use crate::workflow::Workflow;
 
-pub use client::{AnthropicClient, OpenAiClient, extract_json};
 pub(crate) use client::resolve_secret;
+pub use client::{AnthropicClient, OpenAiClient, extract_json};
 
 /// Who wrote a message of the conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -243,9 +243,7 @@ pub fn open_store_read_only(spec: &str) -> Result<Arc<dyn Store>> {
         ));
     }
     match spec.strip_prefix("sqlite:") {
-        Some("") => {
-            Err(Error::InvalidArgument("store \"sqlite:\": expected a database path after \"sqlite:\"".into()))
-        }
+        Some("") => Err(Error::InvalidArgument("store \"sqlite:\": expected a database path after \"sqlite:\"".into())),
         Some(path) => Ok(Arc::new(SqliteStore::open_read_only(std::path::Path::new(path))?)),
         None => Err(Error::InvalidArgument(format!("store: expected \"sqlite:PATH\" to read, found \"{spec}\""))),
     }

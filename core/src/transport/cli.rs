@@ -124,7 +124,8 @@ pub(crate) async fn call(
         Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).map(str::to_string).collect(),
         _ => calls.cli_env_allowlist.clone(),
     };
-    let mut env: HashMap<String, String> = inherit.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
+    let mut env: HashMap<String, String> =
+        inherit.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
     for (k, v) in tpl.env_vars.iter().flatten() {
         env.insert(k.clone(), fill(&arg_text(v), &args).unwrap_or_default());
     }
@@ -136,7 +137,10 @@ pub(crate) async fn call(
             .map_err(|e| Error::InvalidManual(format!("tool '{}': command {i}: {e}", tool.name)))?;
         let argv: Vec<String> = words.iter().filter_map(|w| fill(w, &args)).collect();
         let Some((program, rest)) = argv.split_first() else {
-            return Err(Error::ValidationFailed(format!("tool '{}': command {i} is empty after filling arguments", tool.name)));
+            return Err(Error::ValidationFailed(format!(
+                "tool '{}': command {i} is empty after filling arguments",
+                tool.name
+            )));
         };
         let mut command = tokio::process::Command::new(program);
         command
@@ -151,9 +155,9 @@ pub(crate) async fn call(
         if let Some(dir) = &cwd {
             command.current_dir(dir);
         }
-        let mut child = command.spawn().map_err(|e| {
-            Error::Transport(format!("tool '{}': cannot run '{program}': {e}", tool.name))
-        })?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::Transport(format!("tool '{}': cannot run '{program}': {e}", tool.name)))?;
         let pgid = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
         let _guard = GroupGuard(pgid);
         let mut stdout = child.stdout.take().ok_or_else(|| Error::Internal("no stdout pipe".into()))?;
@@ -198,7 +202,8 @@ pub(crate) async fn call(
         };
         let (out, err_text, status) = tokio::join!(read_out, read_err, child.wait());
         let out = out?;
-        let status = status.map_err(|e| Error::Transport(format!("tool '{}': waiting for '{program}': {e}", tool.name)))?;
+        let status =
+            status.map_err(|e| Error::Transport(format!("tool '{}': waiting for '{program}': {e}", tool.name)))?;
         if !status.success() {
             let stderr = String::from_utf8_lossy(&err_text);
             let code = status.code().map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
@@ -245,7 +250,8 @@ mod tests {
 
     #[test]
     fn placeholders_fill_one_word() {
-        let args: Map<String, Value> = serde_json::from_value(json!({"a": "x; rm -rf /", "n": 3, "o": {"k": true}})).unwrap();
+        let args: Map<String, Value> =
+            serde_json::from_value(json!({"a": "x; rm -rf /", "n": 3, "o": {"k": true}})).unwrap();
         assert_eq!(fill("UTCP_ARG_a_UTCP_END", &args).unwrap(), "x; rm -rf /");
         assert_eq!(fill("--n=UTCP_ARG_n_UTCP_END", &args).unwrap(), "--n=3");
         assert_eq!(fill("UTCP_ARG_o_UTCP_END", &args).unwrap(), "{\"k\":true}");

@@ -56,8 +56,8 @@ pub fn confine(root: &Path, path: &Path) -> Result<PathBuf> {
     let root = std::fs::canonicalize(root)
         .map_err(|e| Error::NotFound(format!("file root {} is not usable: {e}", root.display())))?;
     let joined = if path.is_absolute() { path.to_path_buf() } else { root.join(path) };
-    let full = std::fs::canonicalize(&joined)
-        .map_err(|_| Error::NotFound(format!("{}: no such file", path.display())))?;
+    let full =
+        std::fs::canonicalize(&joined).map_err(|_| Error::NotFound(format!("{}: no such file", path.display())))?;
     if !full.starts_with(&root) {
         return Err(Error::Security(format!(
             "{} is outside the file root {} (calls.file_root)",

@@ -222,7 +222,11 @@ fn param_meta<'a>(extra: &'a Map<String, Value>, name: &str) -> ParamMeta<'a> {
 }
 
 /// Build the request for `args` (already validated). Errors name the tool.
-pub fn build_request(tool: &RegisteredTool, rt: &RequestTemplate<'_>, mut args: Map<String, Value>) -> Result<RequestSpec> {
+pub fn build_request(
+    tool: &RegisteredTool,
+    rt: &RequestTemplate<'_>,
+    mut args: Map<String, Value>,
+) -> Result<RequestSpec> {
     let method = reqwest::Method::from_bytes(rt.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| Error::InvalidManual(format!("tool '{}': '{}' is not an HTTP method", tool.name, rt.method)))?;
 
@@ -241,12 +245,14 @@ pub fn build_request(tool: &RegisteredTool, rt: &RequestTemplate<'_>, mut args: 
         rest = &rest[open + close + 1..];
     }
     url_text.push_str(rest);
-    let url = parse_url(&url_text).map_err(|e| Error::InvalidManual(format!("tool '{}': invalid URL: {e}", tool.name)))?;
+    let url =
+        parse_url(&url_text).map_err(|e| Error::InvalidManual(format!("tool '{}': invalid URL: {e}", tool.name)))?;
 
     let mut spec = RequestSpec::new(method, url);
     let header = |name: &str, value: &str, sensitive: bool| -> Result<(HeaderName, HeaderValue, bool)> {
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| Error::ValidationFailed(format!("tool '{}': '{name}' is not a valid header name", tool.name)))?;
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            Error::ValidationFailed(format!("tool '{}': '{name}' is not a valid header name", tool.name))
+        })?;
         let mut v = HeaderValue::from_str(value).map_err(|_| {
             Error::ValidationFailed(format!(
                 "tool '{}': the value of header '{name}' holds characters a header cannot carry (e.g. a newline)",
@@ -345,7 +351,9 @@ fn path_value(name: &str, v: &Value, meta: ParamMeta<'_>) -> String {
         "label" => {
             let sep = if explode { "." } else { "," };
             match v {
-                Value::Array(items) => format!(".{}", items.iter().map(|i| enc(&scalar(i))).collect::<Vec<_>>().join(sep)),
+                Value::Array(items) => {
+                    format!(".{}", items.iter().map(|i| enc(&scalar(i))).collect::<Vec<_>>().join(sep))
+                }
                 other => format!(".{}", enc(&simple(other, explode))),
             }
         }
@@ -365,7 +373,8 @@ fn path_value(name: &str, v: &Value, meta: ParamMeta<'_>) -> String {
 /// Query serialisation by OpenAPI style/explode (3.x) or collectionFormat (2.0).
 /// Without metadata: arrays repeat the key, objects are sent as JSON text.
 fn query_pairs(name: &str, v: &Value, meta: ParamMeta<'_>, out: &mut Vec<(String, String)>) {
-    let has_meta = meta.style.is_some() || meta.explode.is_some() || meta.collection_format.is_some() || meta.location.is_some();
+    let has_meta =
+        meta.style.is_some() || meta.explode.is_some() || meta.collection_format.is_some() || meta.location.is_some();
     match v {
         Value::Array(items) => {
             let joined = |sep: &str| items.iter().map(scalar).collect::<Vec<_>>().join(sep);
@@ -441,12 +450,18 @@ fn encode_body(tool: &RegisteredTool, content_type: &str, body: Value) -> Result
 }
 
 /// Put the template's credentials on the request (all marked sensitive).
-pub(crate) async fn apply_auth(t: &Transports, auth: Option<&Auth>, spec: &mut RequestSpec, refresh: bool) -> Result<()> {
+pub(crate) async fn apply_auth(
+    t: &Transports,
+    auth: Option<&Auth>,
+    spec: &mut RequestSpec,
+    refresh: bool,
+) -> Result<()> {
     let sensitive = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue, bool)> {
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| Error::InvalidManual(format!("auth: '{name}' is not a valid header name")))?;
-        let mut v = HeaderValue::from_str(value)
-            .map_err(|_| Error::InvalidManual(format!("auth: the credential for '{name}' is not a valid header value")))?;
+        let mut v = HeaderValue::from_str(value).map_err(|_| {
+            Error::InvalidManual(format!("auth: the credential for '{name}' is not a valid header value"))
+        })?;
         v.set_sensitive(true);
         Ok((n, v, true))
     };
@@ -498,7 +513,8 @@ impl TokenCache {
         scope: Option<&str>,
         force_new: bool,
     ) -> Result<String> {
-        let key = (token_url.to_string(), client_id.to_string(), client_secret.to_string(), scope.unwrap_or("").to_string());
+        let key =
+            (token_url.to_string(), client_id.to_string(), client_secret.to_string(), scope.unwrap_or("").to_string());
         let cached = self.tokens.lock().get(&key).cloned();
         if let Some(c) = &cached {
             if !force_new && c.expires.is_none_or(|e| Instant::now() < e) {
@@ -511,14 +527,19 @@ impl TokenCache {
         // An expired token with a refresh token: try the refresh grant first.
         let mut fresh = None;
         if let Some(refresh) = cached.as_ref().and_then(|c| c.refresh.clone()) {
-            let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", client_id)];
+            let mut form =
+                vec![("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", client_id)];
             form.push(("client_secret", client_secret));
             fresh = self.fetch(t, token_url, &form, None).await.ok();
         }
         let token = match fresh {
             Some(tok) => tok,
             None => {
-                let mut form = vec![("grant_type", "client_credentials"), ("client_id", client_id), ("client_secret", client_secret)];
+                let mut form = vec![
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id),
+                    ("client_secret", client_secret),
+                ];
                 if let Some(s) = scope {
                     form.push(("scope", s));
                 }
@@ -526,8 +547,10 @@ impl TokenCache {
                 match self.fetch(t, token_url, &form, None).await {
                     Ok(tok) => tok,
                     Err(first) => {
-                        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{client_secret}"));
-                        let form: Vec<_> = form.into_iter().filter(|(k, _)| *k == "grant_type" || *k == "scope").collect();
+                        let basic =
+                            base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{client_secret}"));
+                        let form: Vec<_> =
+                            form.into_iter().filter(|(k, _)| *k == "grant_type" || *k == "scope").collect();
                         self.fetch(t, token_url, &form, Some(&basic)).await.map_err(|_| first)?
                     }
                 }
@@ -538,8 +561,15 @@ impl TokenCache {
         Ok(access)
     }
 
-    async fn fetch(&self, t: &Transports, token_url: &str, form: &[(&str, &str)], basic: Option<&str>) -> Result<CachedToken> {
-        let url = url::Url::parse(token_url).map_err(|e| Error::InvalidManual(format!("oauth2 token_url is not a URL: {e}")))?;
+    async fn fetch(
+        &self,
+        t: &Transports,
+        token_url: &str,
+        form: &[(&str, &str)],
+        basic: Option<&str>,
+    ) -> Result<CachedToken> {
+        let url = url::Url::parse(token_url)
+            .map_err(|e| Error::InvalidManual(format!("oauth2 token_url is not a URL: {e}")))?;
         // Scoped: the serializer is not `Sync`, and kept alive across the awaits below it
         // would make every `call_tool` future non-`Send`.
         let form_body = {
@@ -550,7 +580,8 @@ impl TokenCache {
             ser.finish()
         };
         let mut spec = RequestSpec::new(reqwest::Method::POST, url.clone());
-        spec.body = Body::Bytes { content_type: "application/x-www-form-urlencoded".into(), data: Bytes::from(form_body) };
+        spec.body =
+            Body::Bytes { content_type: "application/x-www-form-urlencoded".into(), data: Bytes::from(form_body) };
         spec.headers.push((reqwest::header::ACCEPT, HeaderValue::from_static("application/json"), false));
         if let Some(b) = basic {
             let mut v = HeaderValue::from_str(&format!("Basic {b}"))
@@ -563,9 +594,14 @@ impl TokenCache {
         let mut response = net::send(&t.client()?, policy, spec).await?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| net::request_error(&reqwest::Method::POST, &url, e))? {
+        while let Some(chunk) =
+            response.chunk().await.map_err(|e| net::request_error(&reqwest::Method::POST, &url, e))?
+        {
             if body.len() + chunk.len() > 1024 * 1024 {
-                return Err(Error::Transport(format!("oauth2 token response from {} is over 1 MiB", net::redact(&url))));
+                return Err(Error::Transport(format!(
+                    "oauth2 token response from {} is over 1 MiB",
+                    net::redact(&url)
+                )));
             }
             body.extend_from_slice(&chunk);
         }
@@ -577,16 +613,18 @@ impl TokenCache {
                 retry_after: None,
             });
         }
-        let v: Value = serde_json::from_slice(&body).map_err(|_| {
-            Error::Transport(format!("oauth2 token response from {} is not JSON", net::redact(&url)))
-        })?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|_| Error::Transport(format!("oauth2 token response from {} is not JSON", net::redact(&url))))?;
         let access = v.get("access_token").and_then(Value::as_str).ok_or_else(|| {
             Error::Transport(format!("oauth2 token response from {} has no access_token", net::redact(&url)))
         })?;
-        let expires = v.get("expires_in").and_then(|e| e.as_f64().or_else(|| e.as_str().and_then(|s| s.parse().ok()))).map(|secs| {
-            let life = Duration::from_secs_f64(secs.clamp(0.0, 1e9));
-            Instant::now() + life.saturating_sub(EXPIRY_MARGIN.min(life / 2))
-        });
+        let expires = v
+            .get("expires_in")
+            .and_then(|e| e.as_f64().or_else(|| e.as_str().and_then(|s| s.parse().ok())))
+            .map(|secs| {
+                let life = Duration::from_secs_f64(secs.clamp(0.0, 1e9));
+                Instant::now() + life.saturating_sub(EXPIRY_MARGIN.min(life / 2))
+            });
         Ok(CachedToken {
             access: access.to_string(),
             refresh: v.get("refresh_token").and_then(Value::as_str).map(str::to_string),
@@ -602,7 +640,13 @@ mod tests {
 
     #[test]
     fn the_remembered_url_is_what_a_fresh_parse_gives() {
-        for text in ["HTTP://Example.COM:80/a/../b?q=1", "http://example.com/b?q=1", "http://127.0.0.1:8/x", "not a url", "http://example.com/b?q=1"] {
+        for text in [
+            "HTTP://Example.COM:80/a/../b?q=1",
+            "http://example.com/b?q=1",
+            "http://127.0.0.1:8/x",
+            "not a url",
+            "http://example.com/b?q=1",
+        ] {
             for _ in 0..2 {
                 assert_eq!(parse_url(text), url::Url::parse(text), "{text}");
             }
@@ -625,10 +669,16 @@ mod tests {
         assert_eq!(pairs("id", json!([1, 2]), json!({"in": "query"})), p(&[("id", "1"), ("id", "2")]));
         assert_eq!(pairs("id", json!([1, 2]), json!({"in": "query", "explode": false})), p(&[("id", "1,2")]));
         assert_eq!(pairs("id", json!([1, 2]), json!({"in": "query", "style": "pipeDelimited"})), p(&[("id", "1|2")]));
-        assert_eq!(pairs("id", json!([1, 2]), json!({"in": "query", "collectionFormat": "multi"})), p(&[("id", "1"), ("id", "2")]));
+        assert_eq!(
+            pairs("id", json!([1, 2]), json!({"in": "query", "collectionFormat": "multi"})),
+            p(&[("id", "1"), ("id", "2")])
+        );
         assert_eq!(pairs("id", json!([1, 2]), json!({"in": "query", "collectionFormat": "csv"})), p(&[("id", "1,2")]));
         assert_eq!(pairs("f", json!(true), json!({})), p(&[("f", "true")]));
-        assert_eq!(pairs("o", json!({"a": 1, "b": "x"}), json!({"in": "query", "style": "deepObject"})), p(&[("o[a]", "1"), ("o[b]", "x")]));
+        assert_eq!(
+            pairs("o", json!({"a": 1, "b": "x"}), json!({"in": "query", "style": "deepObject"})),
+            p(&[("o[a]", "1"), ("o[b]", "x")])
+        );
         assert_eq!(pairs("o", json!({"a": 1, "b": "x"}), json!({"in": "query"})), p(&[("a", "1"), ("b", "x")]));
         assert_eq!(pairs("o", json!({"a": 1}), json!({"in": "query", "explode": false})), p(&[("o", "a,1")]));
         let mut out = Vec::new();

@@ -19,8 +19,8 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use futures_util::Stream;
+use futures_util::future::BoxFuture;
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
 
@@ -193,9 +193,7 @@ pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
         (Value::Number(n), true) => Value::from(n.as_f64().unwrap_or(0.0) / 1000.0),
         _ => v.clone(),
     };
-    crate::config::parse_duration(&v)
-        .map(Some)
-        .map_err(|e| Error::InvalidManual(format!("template `timeout`: {e}")))
+    crate::config::parse_duration(&v).map(Some).map_err(|e| Error::InvalidManual(format!("template `timeout`: {e}")))
 }
 
 /// An argument as text: strings raw, everything else as JSON.

@@ -187,7 +187,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let host = name.as_str().to_string();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
+            let allowed: Vec<SocketAddr> =
+                addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
             if allowed.is_empty() && !addrs.is_empty() {
                 return Err(Box::new(RefusedAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
             }
@@ -224,7 +225,10 @@ pub fn redact(url: &url::Url) -> String {
 #[derive(Debug, Clone)]
 pub enum Body {
     None,
-    Bytes { content_type: String, data: Bytes },
+    Bytes {
+        content_type: String,
+        data: Bytes,
+    },
     /// multipart/form-data: (field name, text value) pairs.
     Multipart(Vec<(String, String)>),
 }
@@ -269,7 +273,9 @@ impl RequestSpec {
         }
         match &self.body {
             Body::None => rb,
-            Body::Bytes { content_type, data } => rb.header(reqwest::header::CONTENT_TYPE, content_type).body(data.clone()),
+            Body::Bytes { content_type, data } => {
+                rb.header(reqwest::header::CONTENT_TYPE, content_type).body(data.clone())
+            }
             Body::Multipart(parts) => {
                 let mut form = reqwest::multipart::Form::new();
                 for (k, v) in parts {

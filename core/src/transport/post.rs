@@ -17,7 +17,9 @@ pub fn apply(processors: &[PostProcessor], tool: &str, manual: &str, mut result:
                     None => result,
                 }
             }
-            PostProcessor::LimitStrings { limit, scope } if scope.applies(tool, manual) => limit_strings(result, *limit),
+            PostProcessor::LimitStrings { limit, scope } if scope.applies(tool, manual) => {
+                limit_strings(result, *limit)
+            }
             _ => result,
         };
     }
@@ -101,14 +103,19 @@ mod tests {
         assert_eq!(apply(&p, "m.t", "m", data.clone()), json!({"a": 1, "nested": {"b": [{"c": 5}]}}));
         let p = procs(json!([{"tool_post_processor_type": "filter_dict", "only_include_keys": ["c", "a"]}]));
         assert_eq!(apply(&p, "m.t", "m", data.clone()), json!({"a": 1, "nested": {"b": [{"c": 5}]}}));
-        let p = procs(json!([{"tool_post_processor_type": "filter_dict", "exclude_keys": ["a"], "exclude_tools": ["m.t"]}]));
+        let p = procs(
+            json!([{"tool_post_processor_type": "filter_dict", "exclude_keys": ["a"], "exclude_tools": ["m.t"]}]),
+        );
         assert_eq!(apply(&p, "m.t", "m", data.clone()), data);
     }
 
     #[test]
     fn limit_strings_cuts_by_characters() {
         let p = procs(json!([{"tool_post_processor_type": "limit_strings", "limit": 3}]));
-        assert_eq!(apply(&p, "m.t", "m", json!({"s": "héllo", "l": ["abcd", 12345]})), json!({"s": "hél", "l": ["abc", 12345]}));
+        assert_eq!(
+            apply(&p, "m.t", "m", json!({"s": "héllo", "l": ["abcd", 12345]})),
+            json!({"s": "hél", "l": ["abc", 12345]})
+        );
         assert_eq!(apply(&p, "m.t", "m", json!("ab")), json!("ab"));
     }
 }

@@ -56,8 +56,8 @@ pub(crate) async fn open(
             }
             spec.follow_redirects = false;
             spec.headers.push((reqwest::header::ACCEPT, HeaderValue::from_static("text/event-stream"), false));
-            let reconnect = tpl.extra.get("reconnect").and_then(Value::as_bool).unwrap_or(true)
-                && matches!(spec.body, Body::None);
+            let reconnect =
+                tpl.extra.get("reconnect").and_then(Value::as_bool).unwrap_or(true) && matches!(spec.body, Body::None);
             let retry = tpl
                 .extra
                 .get("retry_timeout")
@@ -106,7 +106,10 @@ pub(crate) async fn open(
             let media = http::content_type(&response);
             let media = http::media_type(&media).to_string();
             let name = tool.name.clone();
-            if matches!(media.as_str(), "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" | "application/json-seq") {
+            if matches!(
+                media.as_str(),
+                "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" | "application/json-seq"
+            ) {
                 tokio::spawn(read_lines(response, tx, max_event, name));
                 single = false;
             } else if media == "text/event-stream" {
@@ -230,7 +233,14 @@ pub struct SseParser {
 
 impl SseParser {
     pub fn new(max: usize) -> SseParser {
-        SseParser { line: Vec::new(), current: SseEvent::default(), data: Vec::new(), data_len: 0, max, pending_cr: false }
+        SseParser {
+            line: Vec::new(),
+            current: SseEvent::default(),
+            data: Vec::new(),
+            data_len: 0,
+            max,
+            pending_cr: false,
+        }
     }
 
     /// Feed bytes; completed events are pushed to `out`. An over-long line or event is an error.
@@ -373,7 +383,10 @@ impl SseReader {
                         response = r;
                         break;
                     }
-                    Ok(r) => last_error = Error::Transport(format!("tool '{}': reconnect answered HTTP {}", self.tool, r.status())),
+                    Ok(r) => {
+                        last_error =
+                            Error::Transport(format!("tool '{}': reconnect answered HTTP {}", self.tool, r.status()))
+                    }
                     Err(e) => last_error = e,
                 }
             }
@@ -391,9 +404,10 @@ async fn read_lines(response: reqwest::Response, tx: mpsc::Sender<Result<Value>>
         if text.is_empty() {
             return None;
         }
-        Some(serde_json::from_str(text).map_err(|e| {
-            Error::Transport(format!("tool '{tool}': a line of the NDJSON stream is not JSON: {e}"))
-        }))
+        Some(
+            serde_json::from_str(text)
+                .map_err(|e| Error::Transport(format!("tool '{tool}': a line of the NDJSON stream is not JSON: {e}"))),
+        )
     };
     loop {
         let chunk = tokio::select! {

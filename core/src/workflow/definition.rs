@@ -320,7 +320,14 @@ fn compile_template(value: &Value, at: &str, problems: &mut Vec<String>) -> Opti
 }
 
 /// The tool must be registered and the literal arguments must fit its schema.
-fn check_tool(catalogue: &Catalogue, at: &str, tool: &str, raw_args: &Value, args: Option<&Template>, problems: &mut Vec<String>) {
+fn check_tool(
+    catalogue: &Catalogue,
+    at: &str,
+    tool: &str,
+    raw_args: &Value,
+    args: Option<&Template>,
+    problems: &mut Vec<String>,
+) {
     let Some(registered) = catalogue.tool(tool) else {
         problems.push(format!("{at}.tool: no tool named '{tool}' is registered"));
         return;
@@ -393,7 +400,10 @@ fn on_error(
 
 /// `inputs: {sku: {type: string}, qty: {type: integer, default: 1}}` → one object
 /// schema (inputs without a default are required) and the defaults.
-fn input_schema(inputs: &BTreeMap<String, Value>, problems: &mut Vec<String>) -> (Option<jsonschema::Validator>, Map<String, Value>) {
+fn input_schema(
+    inputs: &BTreeMap<String, Value>,
+    problems: &mut Vec<String>,
+) -> (Option<jsonschema::Validator>, Map<String, Value>) {
     if inputs.is_empty() {
         return (None, Map::new());
     }
