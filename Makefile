@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 UTP := $(CARGO_TARGET_DIR)/debug/utp
 
-.PHONY: all build test test-rust demo clean bench bench-openapi bench-calls bench-store help
+.PHONY: all build test test-rust fmt-check demo clean bench bench-openapi bench-calls bench-store help
 all: build
 
 help:
@@ -20,7 +20,13 @@ include mk/c.mk mk/python.mk mk/node.mk
 build:
 	cargo build --workspace --exclude utp-python --exclude utp-node
 
-test-rust:
+# rustfmt comes with rustup's default profile; a minimal toolchain gets it added here.
+fmt-check:
+	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt >/dev/null 2>&1 || \
+	  { echo "make test needs rustfmt: run 'rustup component add rustfmt'" >&2; exit 1; }
+	cargo fmt --all --check
+
+test-rust: fmt-check
 	# utp-node too, with plain cargo (target/debug, as the rest), not napi's target/<triple>.
 	cargo clippy --workspace --all-targets --no-deps -- -D warnings
 	cargo test --workspace --exclude utp-node
