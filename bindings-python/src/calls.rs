@@ -158,6 +158,17 @@ fn call_request(
         Some(a) if !a.is_none() => to_json(py, a, 0)?,
         _ => Value::Null,
     };
+    // Most calls pass no options: nothing to check, and the hot path builds no map.
+    let given = timeout.is_some()
+        || tenant.is_some()
+        || session.is_some()
+        || user.is_some()
+        || approval_id.is_some()
+        || fail_fast_on_approval;
+    if !given {
+        let cancel = CancellationToken::new();
+        return Ok((args, CallOptions { cancel: Some(cancel.clone()), ..CallOptions::default() }, cancel));
+    }
     let options = OptionMap::default()
         .seconds("timeout", timeout)
         .map(|map| {
