@@ -1,5 +1,5 @@
 //! Which tools of a manual fetched from a URL (a UTCP manual or an OpenAPI spec) are
-//! admitted into the catalogue (design §11). Pure decisions over the parsed manual and
+//! admitted into the catalogue (docs/design.md §11). Pure decisions over the parsed manual and
 //! the URL it came from; the engine applies them before registering and reports what
 //! was left out. Manuals the host gives itself (inline, a file, a scanned directory)
 //! are the host's own choice and are not filtered.

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::manual::{CALL_TEMPLATE_TYPES, CallTemplate};
 use crate::parse;
 
 /// Default cap on a manual or spec file read by discovery or registration.
@@ -25,6 +26,13 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// Manuals to register when the engine starts: paths, URLs or inline manuals.
     pub manuals: Vec<Value>,
+    /// python-utcp's way to name the same: call templates that lead to a manual
+    /// (`http`/`sse`/`streamable_http` fetch `url`, `file` reads `file_path`, `text`
+    /// holds the manual in `content`, `cli` runs `commands` and reads their output),
+    /// registered after `manuals`, each under its template's `name`. Checked when the
+    /// config is read (see [`manual_call_templates`]).
+    #[serde(skip)]
+    pub manual_call_templates: Vec<CallTemplate>,
     pub openapi: OpenApiConfig,
     /// Tool calls: timeouts, network safety, CLI and file limits.
     pub calls: CallsConfig,
@@ -215,7 +223,14 @@ impl Config {
                 crate::json::json_kind(&value)
             )));
         }
-        serde_json::from_value(value).map_err(|e| Error::InvalidArgument(format!("invalid config: {e}")))
+        let mut value = value;
+        let templates = value.as_object_mut().and_then(|obj| obj.remove(MANUAL_CALL_TEMPLATES));
+        let mut config: Config =
+            serde_json::from_value(value).map_err(|e| Error::InvalidArgument(format!("invalid config: {e}")))?;
+        if let Some(templates) = templates {
+            config.manual_call_templates = manual_call_templates(templates)?;
+        }
+        Ok(config)
     }
 
     /// Parse config text (JSON or YAML).
@@ -247,8 +262,67 @@ impl Config {
     }
 }
 
+const MANUAL_CALL_TEMPLATES: &str = "manual_call_templates";
+
+/// The call-template types a manual can be registered from.
+pub const MANUAL_TEMPLATE_TYPES: [&str; 6] = ["http", "sse", "streamable_http", "file", "text", "cli"];
+
+/// Parse config `manual_call_templates` (python-utcp's key): a list of call templates,
+/// each of a type in [`MANUAL_TEMPLATE_TYPES`] and valid as that type. Errors name the
+/// key, the entry and, when it has one, the entry's `name`.
+pub fn manual_call_templates(value: Value) -> Result<Vec<CallTemplate>> {
+    let Value::Array(items) = value else {
+        return Err(Error::InvalidArgument(format!(
+            "invalid config: `{MANUAL_CALL_TEMPLATES}` must be a list of call templates, found {}",
+            crate::json::json_kind(&value)
+        )));
+    };
+    let mut templates = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = match item.get("name").and_then(Value::as_str) {
+            Some(name) => format!("`{MANUAL_CALL_TEMPLATES}[{i}]` ('{name}')"),
+            None => format!("`{MANUAL_CALL_TEMPLATES}[{i}]`"),
+        };
+        let bad = |why: String| Error::InvalidArgument(format!("invalid config: {at}: {why}"));
+        let Some(obj) = item.as_object() else {
+            return Err(bad(format!("must be a call template object, found {}", crate::json::json_kind(&item))));
+        };
+        let ty = match obj.get("call_template_type") {
+            Some(Value::String(t)) => t.clone(),
+            Some(other) => {
+                return Err(bad(format!(
+                    "`call_template_type` must be a string, found {}",
+                    crate::json::json_kind(other)
+                )));
+            }
+            None => return Err(bad("has no `call_template_type`".into())),
+        };
+        if !MANUAL_TEMPLATE_TYPES.contains(&ty.as_str()) {
+            let known = CALL_TEMPLATE_TYPES.contains(&ty.as_str());
+            return Err(bad(format!(
+                "{} '{ty}': manuals can be registered from {}",
+                if known {
+                    "this runtime cannot register a manual from call_template_type"
+                } else {
+                    "unknown call_template_type"
+                },
+                MANUAL_TEMPLATE_TYPES.join(", ")
+            )));
+        }
+        if let Some(name) = obj.get("name").filter(|n| n.as_str().is_none_or(|s| s.trim().is_empty())) {
+            return Err(bad(format!("`name` must be a non-empty string, found {}", crate::json::json_kind(name))));
+        }
+        let template: CallTemplate =
+            serde_json::from_value(item).map_err(|e| bad(format!("invalid {ty} template: {e}")))?;
+        templates.push(template);
+    }
+    Ok(templates)
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -274,6 +348,30 @@ mod tests {
         assert!(Config::from_value(serde_json::json!({"calls": {"default_timeout": -1}})).is_err());
         assert!(
             Config::from_value(serde_json::json!({"post_processing": [{"tool_post_processor_type": "x"}]})).is_err()
+        );
+    }
+
+    #[test]
+    fn manual_call_templates_are_read_and_checked() {
+        let c = Config::from_str(
+            "manual_call_templates:\n  - {name: weather, call_template_type: http, url: 'https://x.dev/utcp'}\n  - {call_template_type: file, file_path: m.yaml}\n",
+        )
+        .unwrap();
+        assert_eq!(c.manual_call_templates.len(), 2);
+        assert!(!c.other.contains_key("manual_call_templates"));
+        let message = |v: Value| Config::from_value(json!({ "manual_call_templates": v })).unwrap_err().to_string();
+        assert!(message(json!({"a": 1})).contains("`manual_call_templates` must be a list"));
+        assert!(message(json!([3])).contains("`manual_call_templates[0]`: must be a call template object"));
+        assert!(
+            message(json!([{"name": "w"}])).contains("`manual_call_templates[0]` ('w'): has no `call_template_type`")
+        );
+        assert!(message(json!([{"call_template_type": "carrier_pigeon"}])).contains("unknown call_template_type"));
+        assert!(message(json!([{"call_template_type": "mcp", "config": {}}])).contains("cannot register a manual"));
+        assert!(
+            message(json!([{"call_template_type": "http"}])).contains("invalid http template: missing field `url`")
+        );
+        assert!(
+            message(json!([{"call_template_type": "file", "file_path": "x", "name": ""}])).contains("`name` must be")
         );
     }
 

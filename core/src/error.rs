@@ -169,6 +169,31 @@ impl Error {
         Error::Other { code, message: message.into() }
     }
 
+    /// The same error with `context: ` before its message (the code is kept), for an
+    /// error that needs to say where it arose, such as which config entry.
+    pub fn with_context(self, context: &str) -> Error {
+        let prefixed = |m: String| format!("{context}: {m}");
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(prefixed(m)),
+            Error::NotFound(m) => Error::NotFound(prefixed(m)),
+            Error::AlreadyExists(m) => Error::AlreadyExists(prefixed(m)),
+            Error::InvalidManual(m) => Error::InvalidManual(prefixed(m)),
+            Error::ValidationFailed(m) => Error::ValidationFailed(prefixed(m)),
+            Error::Transport(m) => Error::Transport(prefixed(m)),
+            Error::Security(m) => Error::Security(prefixed(m)),
+            Error::Internal(m) => Error::Internal(prefixed(m)),
+            Error::Timeout(m) => Error::Timeout(prefixed(m)),
+            Error::Cancelled(m) => Error::Cancelled(prefixed(m)),
+            Error::PermissionDenied(m) => Error::PermissionDenied(prefixed(m)),
+            Error::ToolFailed { message, status, retry_after } => {
+                Error::ToolFailed { message: prefixed(message), status, retry_after }
+            }
+            Error::Other { code, message } => Error::Other { code, message: prefixed(message) },
+            // Their messages already say where (the variable and manual; the approval).
+            other => other,
+        }
+    }
+
     /// A `TOOL_FAILED` error without an HTTP status.
     pub fn tool_failed(message: impl Into<String>) -> Error {
         Error::ToolFailed { message: message.into(), status: None, retry_after: None }

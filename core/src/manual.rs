@@ -335,22 +335,27 @@ impl CallTemplate {
         }
     }
 
+    /// The fields every template carries: `name`, `auth`, `allowed_communication_protocols`.
+    pub fn common(&self) -> &TemplateCommon {
+        match self {
+            CallTemplate::Http(t) => &t.common,
+            CallTemplate::Sse(t) => &t.common,
+            CallTemplate::StreamableHttp(t) => &t.common,
+            CallTemplate::Websocket(t) => &t.common,
+            CallTemplate::Graphql(t) => &t.common,
+            CallTemplate::Cli(t) => &t.common,
+            CallTemplate::Text(t) => &t.common,
+            CallTemplate::File(t) => &t.common,
+            CallTemplate::Mcp(t) => &t.common,
+            CallTemplate::Tcp(t) | CallTemplate::Udp(t) => &t.common,
+            CallTemplate::Native(t) => &t.common,
+            CallTemplate::Wasm(t) => &t.common,
+        }
+    }
+
     /// The template's auth, for the types that carry one.
     pub fn auth(&self) -> Option<&Auth> {
-        match self {
-            CallTemplate::Http(t) => t.common.auth.as_ref(),
-            CallTemplate::Sse(t) => t.common.auth.as_ref(),
-            CallTemplate::StreamableHttp(t) => t.common.auth.as_ref(),
-            CallTemplate::Websocket(t) => t.common.auth.as_ref(),
-            CallTemplate::Graphql(t) => t.common.auth.as_ref(),
-            CallTemplate::Cli(t) => t.common.auth.as_ref(),
-            CallTemplate::Text(t) => t.common.auth.as_ref(),
-            CallTemplate::File(t) => t.common.auth.as_ref(),
-            CallTemplate::Mcp(t) => t.common.auth.as_ref(),
-            CallTemplate::Tcp(t) | CallTemplate::Udp(t) => t.common.auth.as_ref(),
-            CallTemplate::Native(t) => t.common.auth.as_ref(),
-            CallTemplate::Wasm(t) => t.common.auth.as_ref(),
-        }
+        self.common().auth.as_ref()
     }
 }
 

@@ -21,6 +21,8 @@ use crate::manual::{
 };
 use crate::parse::{OPENAPI_MARKERS, SpecParts};
 
+mod examples;
+
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
 
 /// Conversion inputs beyond the document itself.
@@ -140,7 +142,10 @@ pub fn convert_spec(spec: Spec, opts: &ConvertOptions) -> Result<Manual> {
         None => base_url(doc, swagger2, opts.spec_url.as_deref()),
     };
     let defs_root: &str = if swagger2 { "#/definitions/" } else { "#/components/schemas/" };
-    let ctx = Ctx { doc, swagger2, defs_root, schemes: security_schemes(doc, swagger2) };
+    // A relative token URL is resolved like a relative server URL: against the URL the
+    // spec came from, else against the (absolute) server URL.
+    let token_base = opts.spec_url.as_deref().or(Some(base_url.as_str())).and_then(|u| url::Url::parse(u).ok());
+    let ctx = Ctx { doc, swagger2, defs_root, schemes: security_schemes(doc, swagger2, token_base.as_ref()) };
     let mut tools = Vec::new();
     let mut used_names: HashMap<String, usize> = HashMap::new();
     let large = paths.len() > 50;
@@ -424,6 +429,7 @@ impl<'a> Ctx<'a> {
                 }
             }
             let (Some(pname), Some(location)) = (pname, location) else { continue };
+            let declared_examples = examples::declared(fields, |e| self.deref(e));
             let (pname, location) = (pname.to_string(), location.to_string());
             let location = location.as_str();
             let description = description.cloned();
@@ -451,6 +457,7 @@ impl<'a> Ctx<'a> {
                 obj.entry("description").or_insert(d);
             }
             self.rewrite_refs(&mut schema);
+            examples::fold_into(&mut schema, declared_examples);
             match location {
                 "body" => {
                     body_field = Some("body".to_string());
@@ -502,12 +509,17 @@ impl<'a> Ctx<'a> {
             if let Some(ct) = pick {
                 let description = rb.get("description").cloned();
                 let is_required = rb.get("required").and_then(Value::as_bool).unwrap_or(false);
+                let declared_examples = match rb.get("content").and_then(|c| c.get(&ct)) {
+                    Some(Value::Object(media)) => examples::declared(media, |e| self.deref(e)),
+                    _ => Vec::new(),
+                };
                 let schema = match &mut rb {
                     Cow::Owned(v) => v["content"][&ct].get_mut("schema").map(Value::take),
                     Cow::Borrowed(v) => v["content"][&ct].get("schema").cloned(),
                 };
                 let mut schema = schema.unwrap_or_else(|| json!({}));
                 self.rewrite_refs(&mut schema);
+                examples::fold_into(&mut schema, declared_examples);
                 if let (Some(d), Some(obj)) = (description, schema.as_object_mut()) {
                     obj.entry("description").or_insert(d);
                 }
@@ -655,7 +667,9 @@ fn identifier(raw: &str) -> String {
 }
 
 /// One auth per security scheme, its secrets in variables named after the scheme.
-fn security_schemes(doc: &Value, swagger2: bool) -> BTreeMap<String, Auth> {
+/// A relative OAuth2 `tokenUrl` (`/oauth/token`, `//host/oauth/token`) is resolved
+/// against `token_base`; without one it stays as written and calls fail saying so.
+fn security_schemes(doc: &Value, swagger2: bool, token_base: Option<&url::Url>) -> BTreeMap<String, Auth> {
     let defs = if swagger2 { doc.get("securityDefinitions") } else { doc.pointer("/components/securitySchemes") };
     let mut out = BTreeMap::new();
     let Some(defs) = defs.and_then(Value::as_object) else { return out };
@@ -685,7 +699,7 @@ fn security_schemes(doc: &Value, swagger2: bool) -> BTreeMap<String, Auth> {
                     scheme.pointer("/flows/clientCredentials/tokenUrl").and_then(Value::as_str)
                 };
                 token_url.map(|t| Auth::OAuth2 {
-                    token_url: t.to_string(),
+                    token_url: resolve_token_url(t, token_base),
                     client_id: format!("${{{var}_CLIENT_ID}}"),
                     client_secret: format!("${{{var}_CLIENT_SECRET}}"),
                     scope: None,
@@ -698,6 +712,15 @@ fn security_schemes(doc: &Value, swagger2: bool) -> BTreeMap<String, Auth> {
         }
     }
     out
+}
+
+fn resolve_token_url(token_url: &str, base: Option<&url::Url>) -> String {
+    match base {
+        Some(base) if !token_url.contains("://") => {
+            base.join(token_url).map(|u| u.to_string()).unwrap_or_else(|_| token_url.to_string())
+        }
+        _ => token_url.to_string(),
+    }
 }
 
 fn basic(var: &str) -> Auth {

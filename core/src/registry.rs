@@ -34,6 +34,19 @@ pub struct RegisteredTool {
 }
 
 impl RegisteredTool {
+    /// A tool outside any catalogue, as `manual.tool`: for a call the engine makes
+    /// itself (a python-utcp manual call template run to fetch its manual).
+    pub fn detached(manual: &str, tool: Tool) -> RegisteredTool {
+        RegisteredTool {
+            name: format!("{manual}.{}", tool.name),
+            manual: manual.to_string(),
+            tool,
+            shared_defs: None,
+            validator: OnceLock::new(),
+            template_is_literal: OnceLock::new(),
+        }
+    }
+
     /// The tool as UTCP JSON, with `name` set to the full registered name and its
     /// schemas carrying the shared definitions they reference as `$defs`.
     pub fn to_value(&self) -> Value {

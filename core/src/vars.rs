@@ -4,7 +4,10 @@
 //! of the manual name doubled, then `_`), first in config `variables`, then in the
 //! dotenv files of `load_variables_from` (parsed once, when the engine starts), then
 //! in the process environment. Errors name that exact key and the manual.
-//! `$ref` (JSON Schema references) is never treated as a variable.
+//! JSON Schema's own `$` keywords (`$ref`, `$schema`, `$id`, `$defs`, ...: see
+//! [`SCHEMA_KEYWORDS`]) are never variables, written bare in a string or as a key's
+//! name, so a JSON document in a `text` tool or a schema in a template stays as written.
+//! The braced form `${schema}` is always a variable.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -76,7 +79,7 @@ impl Variables {
             Value::Object(obj) => {
                 let mut out = Map::with_capacity(obj.len());
                 for (k, v) in obj {
-                    let v = if k == "$ref" { v.clone() } else { self.substitute(manual, v)? };
+                    let v = if is_schema_keyword_key(k) { v.clone() } else { self.substitute(manual, v)? };
                     out.insert(k.clone(), v);
                 }
                 Value::Object(out)
@@ -101,13 +104,35 @@ impl Variables {
     }
 }
 
+/// JSON Schema keywords that start with `$` (2020-12, 2019-09 and draft-07 together).
+/// Bare `$schema` in a string is the keyword, not the variable `schema`; the value of a
+/// key named so is left untouched.
+pub const SCHEMA_KEYWORDS: [&str; 11] = [
+    "ref",
+    "schema",
+    "id",
+    "defs",
+    "comment",
+    "anchor",
+    "dynamicRef",
+    "dynamicAnchor",
+    "vocabulary",
+    "recursiveRef",
+    "recursiveAnchor",
+];
+
+/// Whether an object key names a JSON Schema keyword (`"$ref"`, `"$schema"`...).
+fn is_schema_keyword_key(key: &str) -> bool {
+    key.strip_prefix('$').is_some_and(|k| SCHEMA_KEYWORDS.contains(&k))
+}
+
 /// The key a variable of `manual` is looked up under.
 pub fn namespaced(manual: &str, var: &str) -> String {
     format!("{}_{var}", manual.replace('_', "__"))
 }
 
-/// Split at the next `$`: text before, the variable name (None for a lone `$` or
-/// `$ref`), and the text after it.
+/// Split at the next `$`: text before, the variable name (None for a lone `$` or a
+/// bare JSON Schema keyword such as `$ref`), and the text after it.
 fn next_variable(s: &str) -> Option<(&str, Option<&str>, &str)> {
     let at = s.find('$')?;
     let (before, tail) = (&s[..at], &s[at + 1..]);
@@ -123,8 +148,8 @@ fn next_variable(s: &str) -> Option<(&str, Option<&str>, &str)> {
     }
     let end = tail.find(|c: char| !is_name(c)).unwrap_or(tail.len());
     let name = &tail[..end];
-    if name.is_empty() || name == "ref" {
-        // `$ref` stays as written: push the name back as plain text.
+    if name.is_empty() || SCHEMA_KEYWORDS.contains(&name) {
+        // `$ref`, `$schema`... stay as written: push the name back as plain text.
         return Some((before, None, tail));
     }
     Some((before, Some(name), &tail[end..]))
@@ -143,7 +168,9 @@ pub fn referenced(value: &Value, out: &mut BTreeSet<String>) {
             }
         }
         Value::Array(items) => items.iter().for_each(|v| referenced(v, out)),
-        Value::Object(obj) => obj.iter().filter(|(k, _)| *k != "$ref").for_each(|(_, v)| referenced(v, out)),
+        Value::Object(obj) => {
+            obj.iter().filter(|(k, _)| !is_schema_keyword_key(k)).for_each(|(_, v)| referenced(v, out))
+        }
         _ => {}
     }
 }
@@ -186,6 +213,22 @@ mod tests {
             out,
             json!({"url": "https://h:8080/x", "h": ["Bearer k1"], "$ref": "#/$defs/X", "s": "$ref and $", "n": 1})
         );
+    }
+
+    #[test]
+    fn json_schema_keywords_are_not_variables() {
+        let v = vars(json!({"variables": {"m_NAME": "n"}}));
+        let doc = r##"{"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "x", "$defs": {"a": {"$anchor": "a", "$comment": "c"}}, "$ref": "#/$defs/a", "t": "$NAME"}"##;
+        let out = v.substitute_str("m", doc).unwrap();
+        assert_eq!(out, doc.replace("$NAME", "n"));
+        let keyed = v.substitute("m", &json!({"$schema": "$x", "$id": "${y}", "s": "${NAME}"})).unwrap();
+        assert_eq!(keyed, json!({"$schema": "$x", "$id": "${y}", "s": "n"}));
+        // Braces make it a variable, keyword or not; a near-keyword is a variable.
+        assert_eq!(v.substitute_str("m", "${schema}").unwrap_err().code(), crate::ErrorCode::VariableNotFound);
+        assert_eq!(v.substitute_str("m", "$schemas").unwrap_err().code(), crate::ErrorCode::VariableNotFound);
+        let mut names = BTreeSet::new();
+        referenced(&json!({"content": doc, "$defs": {"x": "$HIDDEN"}}), &mut names);
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["NAME".to_string()]);
     }
 
     #[test]

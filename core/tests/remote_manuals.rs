@@ -1,4 +1,4 @@
-//! Manuals fetched from a URL keep only the tools the host allows (design §11,
+//! Manuals fetched from a URL keep only the tools the host allows (docs/design.md §11,
 //! issue 26 case 2): their own type (`http`) unless `discovery.allowed_communication_protocols`
 //! names others, and never local execution (`cli`, `file`, ...) without
 //! `discovery.allow_remote_local_execution`. Served from a real loopback server; the

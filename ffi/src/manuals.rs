@@ -15,8 +15,10 @@ fn tools_json(tools: &[std::sync::Arc<utp_core::RegisteredTool>]) -> Value {
     Value::Array(tools.iter().map(|t| t.to_value()).collect())
 }
 
-/// Register a manual. `manual_json_or_path_or_url` is inline JSON (a UTCP manual or
-/// an OpenAPI document, starting with '{'), an http(s) URL, or a file path. `name`
+/// Register a manual. `manual_json_or_path_or_url` is an http(s) URL, a path to an
+/// existing file, or the manual itself as JSON or YAML text (a UTCP manual or an
+/// OpenAPI document: text starting with '{', spanning several lines, or one
+/// `key: value` line); other text is taken for a missing file (UTP_ERR_NOT_FOUND). `name`
 /// (nullable) overrides the manual's default name. On success `*out_tool_names_json`
 /// receives a JSON array of the registered tools' full names ("manual.tool"); free
 /// it with utp_string_free(). Registering a name twice gives UTP_ERR_ALREADY_EXISTS.

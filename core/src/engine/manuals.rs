@@ -11,11 +11,12 @@ use crate::admission::{self, Refusal, RemotePolicy};
 use crate::discovery::{self, DiscoveryReport, Document, FileReport, Outcome};
 use crate::error::{Error, Result};
 use crate::events::kinds;
-use crate::manual::{Manual, sanitize_name};
+use crate::manual::{Auth, CallTemplate, Manual, sanitize_name};
 use crate::openapi::{self, ConvertOptions};
 use crate::registry::{Catalogue, RegisteredTool};
 use crate::transport::net;
 use crate::vars;
+use reqwest::header::{HeaderName, HeaderValue};
 
 /// Where a manual comes from.
 #[derive(Debug, Clone)]
@@ -27,23 +28,42 @@ pub enum ManualSource {
 }
 
 impl ManualSource {
-    /// Read a string as the bindings receive it: inline JSON (starts with `{`),
-    /// an `http(s)://` URL, or a file path.
+    /// Read a string as the bindings receive it, by the first rule that matches:
+    /// - an `http(s)://` URL;
+    /// - a path to an existing file;
+    /// - a document (JSON or YAML text): it starts with `{`, spans several lines, or is
+    ///   one line holding `key: value` (`tools: []`);
+    /// - else a path (registering it then says which file was not found).
     pub fn from_text(text: &str) -> Result<ManualSource> {
-        let trimmed = text.trim_start();
+        let trimmed = text.trim();
         if trimmed.is_empty() {
             return Err(Error::InvalidArgument("manual source is empty: pass a manual, a path or a URL".into()));
         }
-        if trimmed.starts_with('{') {
-            let value = serde_json::from_str(trimmed)
-                .map_err(|e| Error::InvalidManual(format!("inline manual is not valid JSON: {e}")))?;
-            return Ok(ManualSource::Inline(value));
-        }
         let lower = trimmed.get(..8).unwrap_or(trimmed).to_ascii_lowercase();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
+        let one_line = !trimmed.contains('\n');
+        if one_line && (lower.starts_with("http://") || lower.starts_with("https://")) {
             return Ok(ManualSource::Url(trimmed.to_string()));
         }
-        Ok(ManualSource::Path(PathBuf::from(text)))
+        let document = trimmed.starts_with('{') || !one_line || trimmed.contains(": ") || trimmed.ends_with(':');
+        if !document || (!trimmed.starts_with('{') && one_line && Path::new(trimmed).is_file()) {
+            return Ok(ManualSource::Path(PathBuf::from(text)));
+        }
+        // Text starting with `{` is JSON, or else a YAML flow mapping (`{name: m, tools: []}`).
+        let value = crate::parse::parse_document(trimmed.as_bytes(), None)
+            .or_else(|json_error| {
+                let as_yaml = trimmed
+                    .starts_with('{')
+                    .then(|| crate::parse::parse_document(trimmed.as_bytes(), Some(Path::new("inline.yaml"))));
+                as_yaml.and_then(Result::ok).ok_or(json_error)
+            })
+            .map_err(|e| Error::InvalidManual(format!("inline manual (JSON or YAML text): {e}")))?;
+        if !value.is_object() {
+            return Err(Error::InvalidManual(format!(
+                "inline manual (JSON or YAML text) must be a mapping with a `tools` list or an OpenAPI document, found {}",
+                crate::json::json_kind(&value)
+            )));
+        }
+        Ok(ManualSource::Inline(value))
     }
 }
 
@@ -67,7 +87,110 @@ impl Engine {
                 names.push(first.split('.').next().unwrap_or_default().to_string());
             }
         }
+        for (i, template) in self.inner.config.manual_call_templates.iter().enumerate() {
+            let tools = self.register_manual_template(template).await.map_err(|e| {
+                let at = match &template.common().name {
+                    Some(name) => format!("manual_call_templates[{i}] ('{name}')"),
+                    None => format!("manual_call_templates[{i}]"),
+                };
+                e.with_context(&at)
+            })?;
+            if let Some(first) = tools.first() {
+                names.push(first.split('.').next().unwrap_or_default().to_string());
+            }
+        }
         Ok(names)
+    }
+
+    /// Register the manual a python-utcp manual call template leads to, under the
+    /// template's `name`. Variables in the template are filled first, namespaced by
+    /// that name (a template without a name is used as written).
+    async fn register_manual_template(&self, template: &CallTemplate) -> Result<Vec<String>> {
+        let name = template.common().name.clone();
+        let template = match &name {
+            Some(name) => {
+                let raw = serde_json::to_value(template)
+                    .map_err(|e| Error::Internal(format!("cannot serialise a call template: {e}")))?;
+                let filled = self.inner.vars.substitute(&sanitize_name(name), &raw)?;
+                serde_json::from_value(filled)
+                    .map_err(|e| Error::InvalidArgument(format!("template invalid after variable substitution: {e}")))?
+            }
+            None => template.clone(),
+        };
+        let name = name.as_deref();
+        match &template {
+            CallTemplate::Http(t) => {
+                self.register_fetched(&t.url, &t.http_method, t.request.headers.as_ref(), &template, name).await
+            }
+            CallTemplate::Sse(t) => {
+                self.register_fetched(&t.url, "GET", t.request.headers.as_ref(), &template, name).await
+            }
+            CallTemplate::StreamableHttp(t) => {
+                self.register_fetched(&t.url, &t.http_method, t.request.headers.as_ref(), &template, name).await
+            }
+            CallTemplate::File(t) => {
+                let path = self.inner.config.resolve_path(Path::new(&t.file_path));
+                self.register_manual(ManualSource::Path(path), name).await
+            }
+            CallTemplate::Text(t) => match ManualSource::from_text(&t.content)? {
+                source @ ManualSource::Inline(_) => self.register_manual(source, name).await,
+                _ => Err(Error::InvalidArgument(
+                    "a `text` manual call template holds the manual itself in `content` (JSON or YAML text)".into(),
+                )),
+            },
+            CallTemplate::Cli(_) => {
+                let Some(name) = name else {
+                    return Err(Error::InvalidArgument("a `cli` manual call template needs a `name`".into()));
+                };
+                let output = self.inner.transports.run_template(name, &template).await?;
+                let value = match output {
+                    Value::String(text) => crate::parse::parse_document(text.as_bytes(), None)
+                        .map_err(|e| Error::InvalidManual(format!("the command's output is not a manual: {e}")))?,
+                    other => other,
+                };
+                self.register_value(value, Some(name), None)
+            }
+            other => Err(Error::InvalidArgument(format!(
+                "call_template_type '{}' cannot register a manual (supported: {})",
+                other.type_name(),
+                crate::config::MANUAL_TEMPLATE_TYPES.join(", ")
+            ))),
+        }
+    }
+
+    /// Fetch a manual or OpenAPI document with `method`, `headers` and `auth`, as
+    /// python-utcp's HTTP protocol does, and register it (a remote manual: §11 rules).
+    async fn register_fetched(
+        &self,
+        raw_url: &str,
+        method: &str,
+        headers: Option<&serde_json::Map<String, Value>>,
+        template: &CallTemplate,
+        name: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let auth = template.auth();
+        let allowed_protocols = template.common().allowed_communication_protocols.as_deref();
+        let url = url::Url::parse(raw_url)
+            .map_err(|e| Error::InvalidArgument(format!("'{raw_url}' is not a valid URL: {e}")))?;
+        net::check_url(&url, self.fetch_policy())?;
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::InvalidArgument(format!("'{method}' is not an HTTP method")))?;
+        let mut extra = Vec::new();
+        for (key, value) in headers.into_iter().flatten() {
+            let value = crate::transport::arg_text(value);
+            let (Ok(k), Ok(v)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) else {
+                return Err(Error::InvalidArgument(format!("header '{key}' is not a valid HTTP header")));
+            };
+            extra.push((k, v, false));
+        }
+        let request = Fetch { method, headers: extra, auth };
+        let doc = self.fetch_document(&url, &request).await?;
+        if matches!(doc, Document::Other) {
+            return Err(Error::InvalidManual(format!("no UTCP manual or OpenAPI document at {}", net::redact(&url))));
+        }
+        let host = url.host_str().unwrap_or("manual").to_string();
+        let remote = Remote { url: url.as_str(), allowed_protocols };
+        self.register_document(doc, name, Some(&host), Some(remote))
     }
 
     /// Register a manual; returns its tools' full names. `name` overrides the
@@ -82,7 +205,8 @@ impl Engine {
             }
             ManualSource::Url(url) => {
                 let (doc, default_name, from) = self.fetch_manual(&url).await?;
-                self.register_document(doc, name, Some(&default_name), Some(&from))
+                let remote = Remote { url: &from, allowed_protocols: None };
+                self.register_document(doc, name, Some(&default_name), Some(remote))
             }
         }
     }
@@ -94,13 +218,13 @@ impl Engine {
     /// Register a UTCP manual or an OpenAPI document (converted first).
     /// `fetched_from` is the URL the document came from: it resolves an OpenAPI
     /// document's relative servers, and makes the manual remote, so only the tools
-    /// [`admission`] admits are kept (design §11).
+    /// [`admission`] admits are kept (docs/design.md §11).
     fn register_document(
         &self,
         doc: Document,
         name: Option<&str>,
         default_name: Option<&str>,
-        fetched_from: Option<&str>,
+        fetched_from: Option<Remote<'_>>,
     ) -> Result<Vec<String>> {
         let (manual, raw) = match doc {
             Document::Utcp(v) => {
@@ -130,13 +254,13 @@ impl Engine {
         let mut manual = match manual {
             Ok(v) => Manual::from_value(v),
             Err(spec) => {
-                let opts = ConvertOptions { base_url, spec_url: fetched_from.map(str::to_string) };
+                let opts = ConvertOptions { base_url, spec_url: fetched_from.as_ref().map(|r| r.url.to_string()) };
                 openapi::convert_spec(spec, &opts)
             }
         }
         .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
         let refused = match fetched_from {
-            Some(from) => self.admit_remote(&mut manual, &manual_name, from, !host_chose_base_url)?,
+            Some(remote) => self.admit_remote(&mut manual, &manual_name, &remote, !host_chose_base_url)?,
             None => Vec::new(),
         };
         let entry = self.inner.registry.register(&manual_name, manual)?;
@@ -146,21 +270,22 @@ impl Engine {
     }
 
     /// Drop the tools of a manual fetched from `from` that the host does not allow
-    /// (design §11), with a warning each; every tool refused is an error (`SECURITY`),
+    /// (docs/design.md §11), with a warning each; every tool refused is an error (`SECURITY`),
     /// so a manual never registers silently empty.
     fn admit_remote(
         &self,
         manual: &mut Manual,
         manual_name: &str,
-        from: &str,
+        remote: &Remote<'_>,
         check_targets: bool,
     ) -> Result<Vec<Refusal>> {
+        let from = remote.url;
         let source =
             url::Url::parse(from).map_err(|e| Error::InvalidArgument(format!("'{from}' is not a valid URL: {e}")))?;
         let discovery = &self.inner.config.discovery;
         let policy = RemotePolicy {
             source: &source,
-            allowed_protocols: &discovery.allowed_communication_protocols,
+            allowed_protocols: remote.allowed_protocols.unwrap_or(&discovery.allowed_communication_protocols),
             allow_local_execution: discovery.allow_remote_local_execution,
             check_targets,
         };
@@ -184,6 +309,13 @@ impl Engine {
     }
 
     fn register_path(&self, path: &Path, name: Option<&str>) -> Result<Vec<String>> {
+        // `metadata` also fails for a name too long to be a path: say what was expected.
+        if std::fs::metadata(path).is_err() {
+            let shown = crate::transport::excerpt(&path.display().to_string(), 120);
+            return Err(Error::NotFound(format!(
+                "no manual file {shown}: a manual is given as a path to a file, an http(s) URL, or JSON or YAML text"
+            )));
+        }
         let doc = match discovery::load_document(path, self.inner.config.discovery.max_file_size)? {
             Document::Other => {
                 return Err(Error::InvalidManual(format!(
@@ -308,14 +440,14 @@ impl Engine {
             .map_err(|e| Error::InvalidArgument(format!("'{raw_url}' is not a valid URL: {e}")))?;
         net::check_url(&url, self.fetch_policy())?;
         let host = url.host_str().unwrap_or("manual").to_string();
-        let first = self.fetch_document(&url).await;
+        let first = self.fetch_document(&url, &Fetch::get()).await;
         let first = match first {
             Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => return Ok((doc, host, url.to_string())),
             other => other,
         };
         let mut fallback = url.clone();
         fallback.set_path(&format!("{}/utcp", url.path().trim_end_matches('/')));
-        match self.fetch_document(&fallback).await {
+        match self.fetch_document(&fallback, &Fetch::get()).await {
             Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => Ok((doc, host, fallback.to_string())),
             Ok(_) => Err(Error::InvalidManual(format!("no UTCP manual at {url} or {fallback}"))),
             Err(e) => Err(match first {
@@ -325,9 +457,11 @@ impl Engine {
         }
     }
 
-    async fn fetch_document(&self, url: &url::Url) -> Result<Document> {
+    async fn fetch_document(&self, url: &url::Url, request: &Fetch<'_>) -> Result<Document> {
         let max = self.inner.config.discovery.max_file_size;
-        let mut spec = net::RequestSpec::new(reqwest::Method::GET, url.clone());
+        let mut spec = net::RequestSpec::new(request.method.clone(), url.clone());
+        spec.headers.extend(request.headers.iter().cloned());
+        crate::transport::http::apply_auth(&self.inner.transports, request.auth, &mut spec, false).await?;
         // A manual from a public host may not bounce the fetch to loopback or a private address.
         spec.redirect_locality_cap = Some(net::origin_class(url));
         spec.headers.push((
@@ -338,7 +472,12 @@ impl Engine {
         spec.timeout = Some(FETCH_TIMEOUT);
         let mut response = net::send(&self.inner.transports.client()?, self.fetch_policy(), spec).await?;
         if !response.status().is_success() {
-            return Err(Error::Transport(format!("GET {}: HTTP {}", net::redact(url), response.status())));
+            return Err(Error::Transport(format!(
+                "{} {}: HTTP {}",
+                request.method,
+                net::redact(url),
+                response.status()
+            )));
         }
         if response.content_length().is_some_and(|n| n > max) {
             return Err(Error::InvalidArgument(format!("{url}: response is over the {max} byte cap")));
@@ -354,6 +493,27 @@ impl Engine {
         let (value, parts) = crate::parse::parse_spec_document(&body, Some(path))
             .map_err(|e| Error::InvalidManual(format!("{url}: {e}")))?;
         Ok(discovery::classify_parsed(value, parts))
+    }
+}
+
+/// Where a manual fetched from a URL came from, and the call-template types it may
+/// keep: its manual call template's `allowed_communication_protocols` when it came
+/// from one, else config `discovery.allowed_communication_protocols`.
+struct Remote<'a> {
+    url: &'a str,
+    allowed_protocols: Option<&'a [String]>,
+}
+
+/// How a manual is fetched: a plain GET, or what a manual call template says.
+struct Fetch<'a> {
+    method: reqwest::Method,
+    headers: Vec<(HeaderName, HeaderValue, bool)>,
+    auth: Option<&'a Auth>,
+}
+
+impl Fetch<'_> {
+    fn get() -> Fetch<'static> {
+        Fetch { method: reqwest::Method::GET, headers: Vec::new(), auth: None }
     }
 }
 

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::manual::CallTemplate;
+use crate::manual::{CallTemplate, Tool};
 use crate::registry::RegisteredTool;
 
 /// A host function behind a `native` tool: gets the (validated) arguments object.
@@ -146,6 +146,27 @@ impl Transports {
     }
 
     /// Open a stream of results. Non-streaming templates yield their one result.
+    /// Run `template` once with no arguments, bounded by `calls.default_timeout`: how a
+    /// python-utcp manual call template of type `cli` yields its manual.
+    pub async fn run_template(&self, manual: &str, template: &CallTemplate) -> Result<Value> {
+        let tool = Tool {
+            name: "manual".into(),
+            description: String::new(),
+            inputs: Value::Object(Map::new()),
+            outputs: Value::Object(Map::new()),
+            tags: Vec::new(),
+            average_response_size: None,
+            tool_call_template: template.clone(),
+            extra: Map::new(),
+        };
+        let tool = RegisteredTool::detached(manual, tool);
+        let timeout = self.config.calls.default_timeout;
+        match tokio::time::timeout(timeout, self.call(&tool, template, Map::new(), timeout)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(format!("manual '{manual}': its call template took over {timeout:?}"))),
+        }
+    }
+
     pub async fn call_stream(
         &self,
         tool: &RegisteredTool,

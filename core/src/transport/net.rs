@@ -63,7 +63,7 @@ pub fn is_loopback(url: &url::Url) -> bool {
 /// How local an address is, least local first, so "more local than" is `>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OriginClass {
-    /// A public address, or a host name (checked again when it resolves, design §11).
+    /// A public address, or a host name (checked again when it resolves, docs/design.md §11).
     Public,
     /// RFC 1918, CGNAT, ULA, link-local (cloud metadata included), unspecified.
     Private,
