@@ -44,6 +44,12 @@ pub struct Manual {
     /// per manual (OpenAPI components) instead of copied into every tool.
     #[serde(skip)]
     pub shared_defs: Option<std::sync::Arc<SharedDefs>>,
+    /// The URL the manual was fetched from, when its tools' targets are bound by that
+    /// origin (docs/design.md §11): their calls may not reach anything more local,
+    /// by redirect or by a name that resolves there. Set by registration, never read
+    /// from the document.
+    #[serde(skip)]
+    pub fetched_from: Option<String>,
 }
 
 /// Definitions shared by a manual's tool schemas, with their reference graph so a

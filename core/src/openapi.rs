@@ -191,7 +191,14 @@ pub fn convert_spec(spec: Spec, opts: &ConvertOptions) -> Result<Manual> {
     if large {
         drop_in_background(doc_owned);
     }
-    Ok(Manual { utcp_version: UTCP_VERSION.into(), manual_version: version, tools, extra, shared_defs })
+    Ok(Manual {
+        utcp_version: UTCP_VERSION.into(),
+        manual_version: version,
+        tools,
+        extra,
+        shared_defs,
+        fetched_from: None,
+    })
 }
 
 /// Whether a `$ref` the converter follows (a path item, parameter, request body or

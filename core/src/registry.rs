@@ -31,6 +31,9 @@ pub struct RegisteredTool {
     /// Whether the call template holds no `$` at all (so variable substitution can be
     /// skipped on every call), found on the first call.
     pub(crate) template_is_literal: OnceLock<bool>,
+    /// The URL its manual was fetched from, when that origin bounds where the tool's
+    /// calls may go ([`Manual::fetched_from`]).
+    pub fetched_from: Option<Arc<str>>,
 }
 
 impl RegisteredTool {
@@ -44,6 +47,7 @@ impl RegisteredTool {
             shared_defs: None,
             validator: OnceLock::new(),
             template_is_literal: OnceLock::new(),
+            fetched_from: None,
         }
     }
 
@@ -84,6 +88,7 @@ impl ManualEntry {
         let mut tools = Vec::with_capacity(manual.tools.len());
         let mut by_name = HashMap::with_capacity(manual.tools.len());
         let shared_defs = manual.shared_defs;
+        let fetched_from: Option<Arc<str>> = manual.fetched_from.map(Arc::from);
         let prefix = format!("{name}.");
         for mut tool in manual.tools {
             // python-utcp writes tools back already prefixed; never double the prefix.
@@ -106,6 +111,7 @@ impl ManualEntry {
                 shared_defs: shared_defs.clone(),
                 validator: OnceLock::new(),
                 template_is_literal: OnceLock::new(),
+                fetched_from: fetched_from.clone(),
             }));
         }
         let segment = Segment::build(name, tools.iter().map(|t| &t.tool));
@@ -231,6 +237,7 @@ impl Registry {
             tools: Vec::new(),
             extra: Default::default(),
             shared_defs: None,
+            fetched_from: None,
         };
         if let Some(existing) = current.manuals.get(name) {
             if existing.tool(&tool.name).is_some() {
@@ -239,6 +246,7 @@ impl Registry {
             manual.utcp_version = existing.utcp_version.clone();
             manual.manual_version = existing.manual_version.clone();
             manual.shared_defs = existing.tools.first().and_then(|t| t.shared_defs.clone());
+            manual.fetched_from = existing.tools.first().and_then(|t| t.fetched_from.as_deref().map(str::to_string));
             manual.tools = existing.tools.iter().map(|t| t.tool.clone()).collect();
         }
         let tool_name = tool.name.clone();

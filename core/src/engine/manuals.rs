@@ -260,7 +260,12 @@ impl Engine {
         }
         .map_err(|e| Error::InvalidManual(format!("manual '{manual_name}': {e}")))?;
         let refused = match fetched_from {
-            Some(remote) => self.admit_remote(&mut manual, &manual_name, &remote, !host_chose_base_url)?,
+            Some(remote) => {
+                if !host_chose_base_url {
+                    manual.fetched_from = Some(remote.url.to_string());
+                }
+                self.admit_remote(&mut manual, &manual_name, &remote, !host_chose_base_url)?
+            }
             None => Vec::new(),
         };
         let entry = self.inner.registry.register(&manual_name, manual)?;
@@ -461,9 +466,10 @@ impl Engine {
         let max = self.inner.config.discovery.max_file_size;
         let mut spec = net::RequestSpec::new(request.method.clone(), url.clone());
         spec.headers.extend(request.headers.iter().cloned());
-        crate::transport::http::apply_auth(&self.inner.transports, request.auth, &mut spec, false).await?;
-        // A manual from a public host may not bounce the fetch to loopback or a private address.
+        // A manual from a public host may not bounce the fetch (nor its OAuth2 token
+        // request) to loopback or a private address.
         spec.redirect_locality_cap = Some(net::origin_class(url));
+        crate::transport::http::apply_auth(&self.inner.transports, request.auth, &mut spec, false).await?;
         spec.headers.push((
             reqwest::header::ACCEPT,
             reqwest::header::HeaderValue::from_static("application/json, application/yaml;q=0.9, */*;q=0.5"),

@@ -103,7 +103,7 @@ impl Here {
         if let Some((_, _, client)) = clients.iter().find(|(_, id, _)| *id == t.id) {
             return Ok(client.clone());
         }
-        let client = net::build_client(t.config.calls.allow_private_networks)
+        let client = net::build_client(t.config.calls.allow_private_networks, None)
             .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
         clients.push((Arc::downgrade(&t.alive), t.id, client.clone()));
         Ok(client)

@@ -64,9 +64,10 @@ pub(crate) async fn send_with_auth(
     t: &Transports,
     tool: &RegisteredTool,
     auth: Option<&Auth>,
-    spec: RequestSpec,
+    mut spec: RequestSpec,
 ) -> Result<reqwest::Response> {
-    let client = t.client()?;
+    let (client, cap) = t.client_for(tool)?;
+    spec.redirect_locality_cap = cap;
     let policy = t.policy();
     // Only an OAuth2 request may be sent twice; the others need no copy.
     let retry = matches!(auth, Some(Auth::OAuth2 { .. })).then(|| spec.clone());
@@ -479,7 +480,10 @@ pub(crate) async fn apply_auth(
             spec.headers.push(sensitive("authorization", &format!("Basic {token}"))?);
         }
         Some(Auth::OAuth2 { token_url, client_id, client_secret, scope }) => {
-            let token = t.tokens.token(t, token_url, client_id, client_secret, scope.as_deref(), refresh).await?;
+            // The token request inherits the request's locality cap (a remote manual's tool).
+            let cap = spec.redirect_locality_cap;
+            let client = OAuthClient { token_url, client_id, client_secret, scope: scope.as_deref() };
+            let token = t.tokens.token(t, cap, &client, refresh).await?;
             spec.headers.push(sensitive("authorization", &format!("Bearer {token}"))?);
         }
     }
@@ -500,6 +504,15 @@ struct CachedToken {
     expires: Option<Instant>,
 }
 
+/// An OAuth2 client as a template names it: the token cache's key.
+#[derive(Clone, Copy)]
+struct OAuthClient<'a> {
+    token_url: &'a str,
+    client_id: &'a str,
+    client_secret: &'a str,
+    scope: Option<&'a str>,
+}
+
 /// Tokens are renewed this long before they expire.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 
@@ -507,12 +520,11 @@ impl TokenCache {
     async fn token(
         &self,
         t: &Transports,
-        token_url: &str,
-        client_id: &str,
-        client_secret: &str,
-        scope: Option<&str>,
+        cap: Option<net::OriginClass>,
+        client: &OAuthClient<'_>,
         force_new: bool,
     ) -> Result<String> {
+        let OAuthClient { token_url, client_id, client_secret, scope } = *client;
         let key =
             (token_url.to_string(), client_id.to_string(), client_secret.to_string(), scope.unwrap_or("").to_string());
         let cached = self.tokens.lock().get(&key).cloned();
@@ -530,7 +542,7 @@ impl TokenCache {
             let mut form =
                 vec![("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", client_id)];
             form.push(("client_secret", client_secret));
-            fresh = self.fetch(t, token_url, &form, None).await.ok();
+            fresh = self.fetch(t, cap, token_url, &form, None).await.ok();
         }
         let token = match fresh {
             Some(tok) => tok,
@@ -544,14 +556,14 @@ impl TokenCache {
                     form.push(("scope", s));
                 }
                 // Credentials in the body first, then HTTP Basic (as python-utcp).
-                match self.fetch(t, token_url, &form, None).await {
+                match self.fetch(t, cap, token_url, &form, None).await {
                     Ok(tok) => tok,
                     Err(first) => {
                         let basic =
                             base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{client_secret}"));
                         let form: Vec<_> =
                             form.into_iter().filter(|(k, _)| *k == "grant_type" || *k == "scope").collect();
-                        self.fetch(t, token_url, &form, Some(&basic)).await.map_err(|_| first)?
+                        self.fetch(t, cap, token_url, &form, Some(&basic)).await.map_err(|_| first)?
                     }
                 }
             }
@@ -564,6 +576,7 @@ impl TokenCache {
     async fn fetch(
         &self,
         t: &Transports,
+        cap: Option<net::OriginClass>,
         token_url: &str,
         form: &[(&str, &str)],
         basic: Option<&str>,
@@ -591,7 +604,8 @@ impl TokenCache {
         }
         spec.timeout = Some(t.config.calls.default_timeout);
         let policy: NetPolicy = t.policy();
-        let mut response = net::send(&t.client()?, policy, spec).await?;
+        spec.redirect_locality_cap = cap;
+        let mut response = net::send(&t.capped_client(cap)?, policy, spec).await?;
         let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) =
@@ -651,6 +665,45 @@ mod tests {
                 assert_eq!(parse_url(text), url::Url::parse(text), "{text}");
             }
         }
+    }
+
+    /// The tool of a manual fetched from a public host whose URL names a host that
+    /// resolves to loopback (`localhost` here, through the resolver as any name): the call
+    /// is refused, while the same tool from a loopback-served manual goes through.
+    #[test]
+    fn a_remote_manuals_tool_cannot_reach_loopback_through_a_name() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+            }
+        });
+        let template: crate::manual::CallTemplate = serde_json::from_value(
+            json!({"call_template_type": "http", "url": format!("http://localhost:{port}/x"), "http_method": "GET"}),
+        )
+        .unwrap();
+        let tool = |from: &str| {
+            let mut tool = RegisteredTool::detached(
+                "m",
+                serde_json::from_value(json!({"name": "t", "tool_call_template": template})).unwrap(),
+            );
+            tool.fetched_from = Some(from.into());
+            tool
+        };
+        let t = Transports::new(std::sync::Arc::new(crate::config::Config::default()));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let timeout = Duration::from_secs(5);
+        for from in ["https://tools.example.com/utcp", "http://10.1.2.3/utcp"] {
+            let err = rt.block_on(t.call(&tool(from), &template, Map::new(), timeout)).unwrap_err();
+            assert_eq!(err.code(), crate::ErrorCode::Security, "{from}: {err}");
+            assert!(err.to_string().contains("more local than"), "{err}");
+        }
+        let ok = rt.block_on(t.call(&tool(&format!("http://127.0.0.1:{port}/utcp")), &template, Map::new(), timeout));
+        assert_eq!(ok.unwrap(), json!("{}"), "no content type: the body as text");
     }
 
     fn pairs(name: &str, v: Value, meta: Value) -> Vec<(String, String)> {

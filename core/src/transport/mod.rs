@@ -39,6 +39,9 @@ pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Value>> + Send>>;
 pub struct Transports {
     pub(crate) config: Arc<Config>,
     client: OnceLock<std::result::Result<reqwest::Client, String>>,
+    /// Clients for the tools of manuals fetched from a public / a private address:
+    /// their resolvers refuse anything more local (`net::GuardedResolver::cap`).
+    capped_clients: [OnceLock<std::result::Result<reqwest::Client, String>>; 2],
     /// Tells threads that drove calls of this engine on their own runtime (`here`) which
     /// of their clients is this engine's, and when it is gone.
     id: u64,
@@ -67,6 +70,7 @@ impl Transports {
         Transports {
             config,
             client: OnceLock::new(),
+            capped_clients: [OnceLock::new(), OnceLock::new()],
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             alive: Arc::new(()),
             blocking_calls: std::sync::atomic::AtomicUsize::new(0),
@@ -84,7 +88,36 @@ impl Transports {
         }
         let allow_private = self.config.calls.allow_private_networks;
         self.client
-            .get_or_init(|| net::build_client(allow_private))
+            .get_or_init(|| net::build_client(allow_private, None))
+            .as_ref()
+            .cloned()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
+    }
+
+    /// The client for `tool`'s calls and the locality cap for their redirects: the
+    /// engine's client, uncapped, unless the tool's manual was fetched from a public or
+    /// private address; then nothing more local than that address is reached, by a
+    /// redirect or by a name that resolves there (docs/design.md §11).
+    pub fn client_for(&self, tool: &RegisteredTool) -> Result<(reqwest::Client, Option<net::OriginClass>)> {
+        let cap = tool
+            .fetched_from
+            .as_deref()
+            .and_then(|from| url::Url::parse(from).ok())
+            .map(|from| net::origin_class(&from))
+            .filter(|class| *class != net::OriginClass::Loopback);
+        Ok((self.capped_client(cap)?, cap))
+    }
+
+    /// The client whose resolver refuses addresses more local than `cap` (none: the
+    /// engine's client; loopback caps nothing).
+    pub fn capped_client(&self, cap: Option<net::OriginClass>) -> Result<reqwest::Client> {
+        let cap = match cap {
+            None | Some(net::OriginClass::Loopback) => return self.client(),
+            Some(cap) => cap,
+        };
+        let slot = &self.capped_clients[usize::from(cap == net::OriginClass::Private)];
+        let allow_private = self.config.calls.allow_private_networks;
+        slot.get_or_init(|| net::build_client(allow_private, Some(cap)))
             .as_ref()
             .cloned()
             .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))

@@ -160,22 +160,39 @@ fn v4_allowed(ip: Ipv4Addr, allow_private: bool) -> bool {
 /// A DNS resolver that drops addresses the policy forbids, so a name cannot
 /// smuggle a request to a private address (DNS rebinding included: the check is
 /// on the addresses actually connected to).
+///
+/// With a `cap` (the tools of a manual fetched from a public or private address), an
+/// address more local than the cap is dropped too: a name such as `evil.example`
+/// that resolves to 127.0.0.1 cannot point such a tool at this host.
 #[derive(Debug, Clone, Copy)]
 pub struct GuardedResolver {
     pub allow_private: bool,
+    pub cap: Option<OriginClass>,
 }
 
 /// The resolver's refusal, found again in reqwest's error chain.
 #[derive(Debug)]
-pub struct RefusedAddress(pub String);
+pub struct RefusedAddress {
+    pub host: String,
+    /// Set when the addresses were refused for being more local than this.
+    pub cap: Option<OriginClass>,
+}
 
 impl std::fmt::Display for RefusedAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "refusing to connect to {}: it resolves only to private, link-local or metadata addresses (allow with calls.allow_private_networks)",
-            self.0
-        )
+        match self.cap {
+            Some(cap) => write!(
+                f,
+                "refusing to connect to {}: it resolves only to addresses more local than {}, where the tool's manual was fetched from",
+                self.host,
+                cap.describe()
+            ),
+            None => write!(
+                f,
+                "refusing to connect to {}: it resolves only to private, link-local or metadata addresses (allow with calls.allow_private_networks)",
+                self.host
+            ),
+        }
     }
 }
 
@@ -183,14 +200,17 @@ impl std::error::Error for RefusedAddress {}
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow_private = self.allow_private;
+        let GuardedResolver { allow_private, cap } = *self;
         Box::pin(async move {
             let host = name.as_str().to_string();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> =
+            let permitted: Vec<SocketAddr> =
                 addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
+            let allowed: Vec<SocketAddr> =
+                permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
             if allowed.is_empty() && !addrs.is_empty() {
-                return Err(Box::new(RefusedAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
+                let cap = if permitted.is_empty() { None } else { cap };
+                return Err(Box::new(RefusedAddress { host, cap }) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -199,10 +219,11 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 /// The one pooled client of an engine: keep-alive, HTTP/2 where the server offers
 /// it (ALPN), guarded DNS, no automatic redirects (see [`send`]).
-pub fn build_client(allow_private: bool) -> std::result::Result<reqwest::Client, String> {
+/// `cap`: see [`GuardedResolver`].
+pub fn build_client(allow_private: bool, cap: Option<OriginClass>) -> std::result::Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(std::sync::Arc::new(GuardedResolver { allow_private }))
+        .dns_resolver(std::sync::Arc::new(GuardedResolver { allow_private, cap }))
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .user_agent(concat!("utp-runtime/", env!("CARGO_PKG_VERSION")))
@@ -411,7 +432,7 @@ mod tests {
             }
         });
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let client = build_client(false).unwrap();
+        let client = build_client(false, None).unwrap();
         let url = url::Url::parse(&format!("http://127.0.0.1:{port}/manual")).unwrap();
         let mut spec = RequestSpec::new(reqwest::Method::GET, url.clone());
         spec.redirect_locality_cap = Some(OriginClass::Public);
@@ -422,6 +443,34 @@ mod tests {
         let spec = RequestSpec::new(reqwest::Method::GET, url);
         let err = rt.block_on(send(&client, NetPolicy::default(), spec)).unwrap_err();
         assert!(err.to_string().contains("redirects"), "{err}");
+    }
+
+    #[test]
+    fn a_capped_client_refuses_names_that_resolve_more_locally() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // `localhost` goes through the resolver as any name would: 127.0.0.1 is more local
+        // than a public (or private) origin.
+        let url = url::Url::parse(&format!("http://localhost:{port}/")).unwrap();
+        for cap in [OriginClass::Public, OriginClass::Private] {
+            let client = build_client(true, Some(cap)).unwrap();
+            let spec = RequestSpec::new(reqwest::Method::GET, url.clone());
+            let err = rt.block_on(send(&client, NetPolicy::default(), spec)).unwrap_err();
+            assert!(matches!(err, Error::Security(_)), "{err}");
+            assert!(err.to_string().contains("more local than"), "{err}");
+        }
+        let client = build_client(false, None).unwrap();
+        let response = rt.block_on(send(&client, NetPolicy::default(), RequestSpec::new(reqwest::Method::GET, url)));
+        assert_eq!(response.unwrap().status(), 200);
     }
 
     #[test]

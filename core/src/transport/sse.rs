@@ -78,8 +78,10 @@ pub(crate) async fn open(
             if reconnect {
                 http::apply_auth(t, rt.auth, &mut again, false).await?;
             }
+            let (client, cap) = t.client_for(tool)?;
+            again.redirect_locality_cap = cap;
             let reader = SseReader {
-                client: t.client()?,
+                client,
                 policy: t.policy(),
                 spec: again,
                 event_type: tpl.event_type.clone(),
