@@ -147,7 +147,10 @@ impl PyToolStream {
             let running = self.engine.get().running(py)?;
             let shared = self.shared.clone();
             let next = async move { shared.next_item().await };
-            match running.block_on_interruptible(py, next, &self.shared.cancel)?.py_err(py)? {
+            let waited = running.block_on_interruptible(py, next, &self.shared.cancel);
+            // Ctrl-C dropped the `next` mid-way: close the stream (and its connection) now.
+            let item = waited.inspect_err(|_| self.shared.close())?;
+            match item.py_err(py)? {
                 Some(item) => to_py(py, &item).map(Some),
                 None => Ok(None),
             }

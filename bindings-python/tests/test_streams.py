@@ -6,6 +6,7 @@ dropping a stream closes its connection, errors mid-stream raise `utp.UtpError`s
 import asyncio
 import gc
 import json
+import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import utp
+from conftest import interrupt_child
 
 # The server waits this long for the test to say "item 1 arrived" before it sends the rest.
 GATE_TIMEOUT = 10.0
@@ -212,6 +214,34 @@ def test_a_stream_of_a_closed_engine_raises(server):
     with pytest.raises(utp.InvalidArgumentError, match="closed"):
         engine.call_tool_stream("feed.t")
     stream.close()
+    assert server.disconnected.wait(5)
+
+
+def test_ctrl_c_interrupts_a_waiting_next_and_ends_the_stream(tmp_path, server):
+    url = f"http://127.0.0.1:{server.server_address[1]}/sse/endless"
+    script = tmp_path / "streaming.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, utp
+            engine = utp.Engine()
+            engine.register_manual({{"tools": [{{"name": "t", "tool_call_template": {{
+                "call_template_type": "sse", "url": "{url}"}}}}]}}, name="feed")
+            stream = engine.call_tool_stream("feed.t")
+            assert next(stream) == {{"n": 1}}
+            print("ready", flush=True)
+            try:
+                next(stream)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                print("ended" if next(stream, "end") == "end" else "not ended", flush=True)
+                sys.exit(3)
+            """
+        )
+    )
+    code, out, elapsed = interrupt_child(script, settle=0.3, timeout=10)
+    assert (code, out.split()) == (3, ["interrupted", "ended"]), out
+    assert elapsed < 5
     assert server.disconnected.wait(5)
 
 
