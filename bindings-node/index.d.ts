@@ -245,7 +245,7 @@ export interface CallStreamOptions extends CallOptions {
  * `return()` (a `break` out of `for await`), `close()` and `await using` close the
  * connection.
  */
-export declare class ToolStream implements AsyncIterableIterator<any> {
+export declare class ToolStream {
   private constructor()
   /** The next item, or `{ done: true }` at the end (also after `close()`). */
   next(): Promise<IteratorResult<any, undefined>>
