@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt;
+use pyo3::PyTraverseError;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use serde_json::Value;
 use utp_core::{CallOptions, CancellationToken, Engine as CoreEngine, ItemStream};
@@ -134,6 +136,12 @@ impl Drop for PyToolStream {
 
 #[pymethods]
 impl PyToolStream {
+    /// The engine edge, for cycles through a callable the engine holds (the engine's
+    /// `__clear__` breaks them).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.engine)
+    }
+
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }

@@ -9,6 +9,7 @@ import json
 import textwrap
 import threading
 import time
+import weakref
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -156,6 +157,22 @@ def test_dropping_a_stream_closes_the_connection(engine, server, kind):
     del stream
     gc.collect()
     assert server.disconnected.wait(5), "the server never saw the client go away"
+
+
+def test_a_stream_in_a_cycle_with_its_engine_is_collected(server):
+    engine = utp.Engine()
+    url = f"http://127.0.0.1:{server.server_address[1]}/sse/endless"
+    engine.register_manual({"tools": [{"name": "t", "tool_call_template": {"call_template_type": "sse", "url": url}}]}, name="feed")
+    stream = engine.call_tool_stream("feed.t")
+    assert next(stream) == {"n": 1}
+    engine.register_tool("keep.stream", lambda args, kept=stream: None)  # engine -> tool -> stream -> engine
+    ref = weakref.ref(engine)
+    del engine, stream
+    for _ in range(3):
+        gc.collect()
+        utp.Engine().close()  # lets the interpreter run deferred reference drops
+    assert ref() is None
+    assert server.disconnected.wait(5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
