@@ -227,6 +227,39 @@ export interface CallOptions {
   failFastOnApproval?: boolean | null
 }
 
+/** Options of `engine.callToolStream(name, args, options)`. */
+export interface CallStreamOptions extends CallOptions {
+  /**
+   * Aborting it cancels the stream: a `next()` in flight rejects with ERR_UTP_CANCELLED
+   * and the connection is closed. (`timeout` bounds opening the stream, not the items.)
+   */
+  signal?: AbortSignal | null
+}
+
+/**
+ * The items of one tool call as the server sends them, from `engine.callToolStream`:
+ * `for await (const item of stream)`. The call is admitted and the stream opened by the
+ * first `next()`, which rejects with the call's error (ERR_UTP_NOT_FOUND,
+ * ERR_UTP_VALIDATION_FAILED, ERR_UTP_TIMEOUT...); an error mid-stream (ERR_UTP_TRANSPORT,
+ * ERR_UTP_CANCELLED...) rejects the `next()` that meets it and ends the stream.
+ * `return()` (a `break` out of `for await`), `close()` and `await using` close the
+ * connection.
+ */
+export declare class ToolStream {
+  private constructor()
+  /** The next item, or `{ done: true }` at the end (also after `close()`). */
+  next(): Promise<IteratorResult<any, undefined>>
+  /** Close the stream: what `break` out of `for await` calls. */
+  return(value?: any): Promise<IteratorResult<any, any>>
+  /** Cancel the call and close its connection; later `next()`s resolve to the end. Idempotent. */
+  close(): void
+  /** True once `close()` (or `return()`) was called. */
+  readonly closed: boolean
+  [Symbol.asyncIterator](): ToolStream
+  [Symbol.asyncDispose](): Promise<void>
+  readonly [Symbol.toStringTag]: 'ToolStream'
+}
+
 /**
  * A JS tool: gets the (validated) arguments object and returns its result (any JSON
  * value; `null` for none) or a Promise of it.
@@ -780,6 +813,14 @@ export declare class Engine {
    * a JS tool threw or rejected, an HTTP status...), ERR_UTP_TRANSPORT and the others.
    */
   callTool(name: string, args?: Record<string, any> | null, options?: CallOptions | null): Promise<any>
+  /**
+   * Call a tool and receive its items as the server sends them (`sse` and
+   * `streamable_http` tools; any other tool yields its one result):
+   * `for await (const item of engine.callToolStream(name, args, { signal }))`.
+   * Bad arguments or options throw ERR_UTP_INVALID_ARGUMENT here; the call's own errors
+   * reject the stream's `next()` (see ToolStream).
+   */
+  callToolStream(name: string, args?: Record<string, any> | null, options?: CallStreamOptions | null): ToolStream
   /**
    * Register `fn` as the native tool `name` (`manual.tool`; the manual is created when
    * missing); returns the full name. `fn(args)` runs on the JS thread and may return a

@@ -7,6 +7,7 @@
 // `err.approvalId` from `key=value` pairs in that prefix. It also groups the domain
 // layer and the event bus as `engine.domainLayer` and `engine.eventBus` (docs/design.md §4).
 // `runWorkflow` also takes an AbortSignal (`{ signal }`) that cancels the run.
+// `callToolStream` wraps the native ToolStream (src/stream.rs) in an async iterator.
 
 const native = require('./native.js')
 
@@ -255,6 +256,86 @@ class EventBus {
 }
 
 /**
+ * The items of one tool call as the server sends them, from `engine.callToolStream`:
+ * an async iterator (`for await (const item of stream)`). The call is admitted and the
+ * stream opened by the first `next()`, whose rejection carries the call's error
+ * (ERR_UTP_NOT_FOUND, ERR_UTP_TIMEOUT...); an error mid-stream (ERR_UTP_TRANSPORT...)
+ * rejects the `next()` that meets it and ends the stream. `return()` (a `break` out of
+ * `for await`), `close()` and `await using` close the connection; aborting the call's
+ * `signal` rejects a `next()` in flight with ERR_UTP_CANCELLED and closes it too.
+ */
+class ToolStream {
+  #native
+  #signal
+  #onAbort
+
+  constructor(token, nativeStream, signal) {
+    internalOnly(token, 'ToolStream')
+    this.#native = nativeStream
+    if (signal !== undefined && signal !== null) {
+      this.#signal = signal
+      this.#onAbort = () => this.#native.cancel()
+      if (signal.aborted) this.#native.cancel()
+      else signal.addEventListener('abort', this.#onAbort, { once: true })
+    }
+  }
+
+  /** Resolves to `{ done: false, value: item }`, or `{ done: true }` at the end. */
+  async next() {
+    let got
+    try {
+      got = await this.#native.next()
+    } catch (error) {
+      this.#release()
+      throw lift(error)
+    }
+    if (got.length === 0) {
+      this.#release()
+      return { done: true, value: undefined }
+    }
+    return { done: false, value: got[0] }
+  }
+
+  /** Close the stream (what `break` in `for await` calls). */
+  async return(value = undefined) {
+    this.close()
+    return { done: true, value }
+  }
+
+  /** Cancel the call and close its connection; later `next()`s resolve to the end. Idempotent. */
+  close() {
+    call(() => this.#native.close())
+    this.#release()
+  }
+
+  /** True once close() (or return()) was called. */
+  get closed() {
+    return this.#native.closed
+  }
+
+  [Symbol.asyncIterator]() {
+    return this
+  }
+
+  /** `await using stream = engine.callToolStream(...)` closes it at the end of the scope. */
+  async [Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')]() {
+    this.close()
+  }
+
+  /** Stop listening to the signal once the stream has ended. */
+  #release() {
+    if (this.#signal !== undefined) {
+      this.#signal.removeEventListener('abort', this.#onAbort)
+      this.#signal = undefined
+    }
+  }
+
+  get [Symbol.toStringTag]() {
+    return 'ToolStream'
+  }
+}
+
+/**
  * A UTP Runtime engine: `new Engine(config?, { store? })`.
  * `config` is an object, the path of a utp.yaml / utp.json file, or omitted.
  * `store` is 'memory' (the default) or 'sqlite:PATH': executions, their steps, the
@@ -345,6 +426,29 @@ class Engine {
    */
   callTool(name, args = undefined, options = undefined) {
     return callAsync(() => this.#native.callTool(name, args, options))
+  }
+
+  /**
+   * Call a tool and receive its items as the server sends them (`sse` and
+   * `streamable_http` tools; any other tool yields its one result): returns a
+   * ToolStream for `for await`. `options`: those of callTool (`timeout` bounds opening
+   * the stream) and `signal`, an AbortSignal that cancels the stream. Bad arguments
+   * throw here; the call's own errors reject the stream's `next()`.
+   */
+  callToolStream(name, args = undefined, options = undefined) {
+    const signal = signalOf(options)
+    if (signal !== undefined && signal !== null) {
+      if (typeof signal.addEventListener !== 'function' || typeof signal.aborted !== 'boolean') {
+        throw new UtpError(`callToolStream: signal must be an AbortSignal, found ${describe(signal)}`, codes.INVALID_ARGUMENT)
+      }
+    }
+    let rest = options
+    if (options !== null && typeof options === 'object' && 'signal' in options) {
+      const { signal: _, ...others } = options
+      rest = others
+    }
+    const stream = call(() => this.#native.callToolStream(name, args, rest))
+    return new ToolStream(INTERNAL, stream, signal)
   }
 
   /**
@@ -598,4 +702,4 @@ function version() {
   return call(() => native.version())
 }
 
-module.exports = { Engine, DomainLayer, EventBus, Subscription, UtpError, codes, version }
+module.exports = { Engine, DomainLayer, EventBus, Subscription, ToolStream, UtpError, codes, version }

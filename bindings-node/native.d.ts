@@ -211,6 +211,13 @@ export declare class Engine {
    */
   prune(olderThan: number | string): Promise<number>
   /**
+   * A stream of a tool call's items (`sse` and `streamable_http` tools; any other
+   * tool yields its one result). Options as `callTool`; `timeout` bounds opening the
+   * stream. Bad arguments and options throw here; the call is admitted and the stream
+   * opened by the first `next()`.
+   */
+  callToolStream(name: string, args?: Record<string, any> | null, options?: { timeout?: number | null; tenant?: string | null; session?: string | null; user?: string | null; approvalId?: string | null; failFastOnApproval?: boolean | null } | null): ToolStream
+  /**
    * Run a workflow to its end; resolves to its record (docs/design.md §7):
    * `{ execution_id, workflow, status, inputs, outputs, error, warnings?, steps,
    * session_id, tenant, created_at, finished_at }`. A run that fails or is
@@ -272,6 +279,29 @@ export declare class Engine {
   setSessionState(session: string, key: string, value: any, options?: { tenant?: string | null } | null): void
 }
 export type JsEngine = Engine
+
+/**
+ * The items of one tool call as the server sends them (see `Engine.callToolStream`
+ * in index.js, which wraps it in an async iterator).
+ */
+export declare class ToolStream {
+  /**
+   * Resolves to `[item]` for the next item, or `[]` at the end; rejects with the
+   * call's error (the first `next()` opens the stream: NOT_FOUND, TIMEOUT...; later
+   * ones: TRANSPORT, CANCELLED...). An error ends the stream.
+   */
+  next(): Promise<[any] | []>
+  /**
+   * Cancel the call (an AbortSignal fired): a `next()` in flight rejects with
+   * CANCELLED and the connection is closed.
+   */
+  cancel(): void
+  /** Cancel the call and close its connection; later `next()`s resolve to the end. */
+  close(): void
+  /** True once `close()` was called. */
+  get closed(): boolean
+}
+export type JsToolStream = ToolStream
 
 /**
  * The stable error code names, in code order ("INVALID_ARGUMENT", "NOT_FOUND", ...).

@@ -837,5 +837,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.Engine = nativeBinding.Engine
 module.exports.JsEngine = nativeBinding.JsEngine
+module.exports.ToolStream = nativeBinding.ToolStream
+module.exports.JsToolStream = nativeBinding.JsToolStream
 module.exports.errorCodes = nativeBinding.errorCodes
 module.exports.version = nativeBinding.version

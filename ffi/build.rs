@@ -52,7 +52,14 @@ fn main() {
          * utp_rule_result_escalate(); a rule that sets nothing allows the call. Valid only\n \
          * during the callback.\n \
          */\n\
-         typedef struct utp_rule_result utp_rule_result_t;\n",
+         typedef struct utp_rule_result utp_rule_result_t;\n\
+         \n\
+         /*\n \
+         * The items of one streaming tool call, from utp_call_tool_stream(): read them with\n \
+         * utp_stream_next(), cancel with utp_stream_cancel() (from any thread), release with\n \
+         * utp_stream_free() before the engine. utp_stream_next() calls are served one at a time.\n \
+         */\n\
+         typedef struct utp_stream utp_stream_t;\n",
         part("CARGO_PKG_VERSION_MAJOR"),
         part("CARGO_PKG_VERSION_MINOR"),
         part("CARGO_PKG_VERSION_PATCH"),

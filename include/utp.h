@@ -22,6 +22,9 @@
  *   utp_engine_free() while another thread is still using the engine, nor from one
  *   of its callbacks.
  * - A utp_error_t belongs to the thread that received it until it is freed.
+ * - A utp_stream_t may move between threads: utp_stream_next() calls on it are
+ *   served one at a time, and utp_stream_cancel() may be called from any thread
+ *   while another waits in utp_stream_next(). Free streams before their engine.
  *
  * Callbacks (tools, business rules, intent handlers, event handlers, completions)
  * - They run on library threads, never on the thread that registered them: tools,
@@ -83,6 +86,13 @@ typedef struct utp_tool_result utp_tool_result_t;
  * during the callback.
  */
 typedef struct utp_rule_result utp_rule_result_t;
+
+/*
+ * The items of one streaming tool call, from utp_call_tool_stream(): read them with
+ * utp_stream_next(), cancel with utp_stream_cancel() (from any thread), release with
+ * utp_stream_free() before the engine. utp_stream_next() calls are served one at a time.
+ */
+typedef struct utp_stream utp_stream_t;
 
 
 /**
@@ -471,6 +481,63 @@ utp_error_t *utp_call_tool_async(utp_engine_t *engine,
                                  utp_completion_fn callback,
                                  void *user_data,
                                  utp_free_fn free_user_data);
+
+/**
+ * Call a tool and open the stream of its items: an `sse` or `streamable_http` tool's
+ * items as the server sends them; any other tool gives its one result. Arguments and
+ * options as utp_call_tool() (`"timeout"` bounds opening the stream, not the wait for
+ * items). Blocks until the call is admitted and the stream is open (the response's
+ * headers have arrived): the errors of that (UTP_ERR_NOT_FOUND,
+ * UTP_ERR_VALIDATION_FAILED, UTP_ERR_PERMISSION_DENIED, UTP_ERR_TIMEOUT,
+ * UTP_ERR_TOOL_FAILED...) are returned here. On success `*out_stream` receives the
+ * stream: read it with utp_stream_next(), release it with utp_stream_free() (which
+ * closes the connection), before the engine is freed (a stream whose engine was freed
+ * reports UTP_ERR_CANCELLED, never an early end).
+ *
+ * # Safety
+ * `engine` is a live handle; strings are NULL or NUL-terminated; `out_stream` is valid
+ * for writes.
+ */
+utp_error_t *utp_call_tool_stream(utp_engine_t *engine,
+                                  const char *name,
+                                  const char *args_json,
+                                  const char *options_json,
+                                  utp_stream_t **out_stream);
+
+/**
+ * Wait for the stream's next item. On success `*out_item_json` receives the item as
+ * JSON (free it with utp_string_free()), or NULL at the end of the stream. Waits at most
+ * `timeout_ms` milliseconds (negative: as long as it takes); when none arrived by then
+ * the error is UTP_ERR_TIMEOUT and the stream goes on (call again). An error of the
+ * stream (UTP_ERR_TRANSPORT: the connection broke, an event over `calls.max_event_size`,
+ * a line that is not JSON...; UTP_ERR_CANCELLED after utp_stream_cancel()) ends it:
+ * later calls report the end. Calls on one stream are served one at a time.
+ *
+ * # Safety
+ * `stream` is a live handle from utp_call_tool_stream(); `out_item_json` is valid for writes.
+ */
+utp_error_t *utp_stream_next(utp_stream_t *stream, int64_t timeout_ms, char **out_item_json);
+
+/**
+ * Cancel the stream's call and close its connection, from any thread: a
+ * utp_stream_next() waiting on it returns UTP_ERR_CANCELLED at once (as does the next
+ * call, when none was waiting); later calls report the end. Idempotent; NULL is a no-op.
+ * The stream must still be freed with utp_stream_free().
+ *
+ * # Safety
+ * `stream` is NULL or a live handle from utp_call_tool_stream().
+ */
+void utp_stream_cancel(utp_stream_t *stream);
+
+/**
+ * Release a stream, closing its connection if it is still open. NULL is a no-op. Not
+ * while another thread is inside utp_stream_next() on it: cancel it first
+ * (utp_stream_cancel()) and let that call return.
+ *
+ * # Safety
+ * `stream` is NULL or a handle from utp_call_tool_stream() not yet freed.
+ */
+void utp_stream_free(utp_stream_t *stream);
 
 /**
  * Register a C function as the native tool `name` ("manual.tool"; the manual is

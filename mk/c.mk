@@ -14,7 +14,7 @@ UTP_C_LIBDIR  := $(CARGO_TARGET_DIR)/debug
 UTP_C_OUT     := $(CARGO_TARGET_DIR)/c-tests
 UTP_C_TESTS   := $(UTP_C_ROOT)/tests/c
 # Each tests/c/<name>.c is a program; it gets MANUALS_DIR as its one argument.
-UTP_C_PROGRAMS ?= test_basic test_calls test_domain_events test_workflows test_intents test_store test_planner \
+UTP_C_PROGRAMS ?= test_basic test_calls test_streams test_domain_events test_workflows test_intents test_store test_planner \
 	test_host_options test_compat
 # The shared host-option cases test_host_options reads (tests/scenarios/host_options.json).
 UTP_HOST_OPTIONS_JSON ?= $(UTP_C_ROOT)/tests/scenarios/host_options.json

@@ -21,7 +21,7 @@ function members(cls) {
 
 // The native Engine's members, as the JS layer exposes them: on the Engine, or
 // grouped as `engine.domainLayer` / `engine.eventBus` (docs/design.md §4).
-const { DomainLayer, EventBus, Subscription } = require('utp-runtime')
+const { DomainLayer, EventBus, Subscription, ToolStream } = require('utp-runtime')
 const grouped = { Engine, DomainLayer, EventBus }
 
 test('the JS Engine wraps every native Engine member', () => {
@@ -30,7 +30,7 @@ test('the JS Engine wraps every native Engine member', () => {
 })
 
 test('index.d.ts declares every Engine member and every module export', () => {
-  for (const [cls, impl] of Object.entries({ ...grouped, Subscription })) {
+  for (const [cls, impl] of Object.entries({ ...grouped, Subscription, ToolStream })) {
     const decl = new RegExp(`export declare class ${cls} \\{([\\s\\S]*?)\\n\\}`).exec(dts)[1]
     for (const name of members(impl)) {
       assert.match(decl, new RegExp(`\\n  (readonly )?${name}[(:]`), `index.d.ts ${cls} lacks ${name}`)

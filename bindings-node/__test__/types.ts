@@ -5,6 +5,8 @@ import {
   codes,
   version,
   type CallOptions,
+  type CallStreamOptions,
+  ToolStream,
   type Tool,
   type DiscoveryReport,
   type ErrorCode,
@@ -61,6 +63,13 @@ async function main(): Promise<void> {
   await engine.callTool('math.later', undefined, options)
   await engine.callTool('math.later')
   await engine.callTool('math.later', {}, { user: 'u', approvalId: 'apr_1', failFastOnApproval: true })
+  const streamOptions: CallStreamOptions = { timeout: 5, tenant: 't', signal: new AbortController().signal }
+  const stream: ToolStream = engine.callToolStream('feed.news', { topic: 'rust' }, streamOptions)
+  for await (const item of stream) console.log(item)
+  const firstItem: IteratorResult<any, undefined> = await engine.callToolStream('feed.news').next()
+  const streamClosed: boolean = stream.closed
+  stream.close()
+  console.log(firstItem, streamClosed)
   engine.domainLayer.addBusinessRule('max', (tool, action, params) => !(params.amount > 1000))
   engine.domainLayer.addBusinessRule('async', async (): Promise<RuleDecision> => ({ decision: 'escalate', reason: 'r' }), {
     timeout: 2,
@@ -184,6 +193,10 @@ new Engine().deregisterManual(5)
 new Engine().registerTool('m.t', 'not a function')
 // @ts-expect-error timeout is a number of seconds
 void new Engine().callTool('m.t', {}, { timeout: '1s' })
+// @ts-expect-error the signal is an AbortSignal
+new Engine().callToolStream('m.t', {}, { signal: 'stop' })
+// @ts-expect-error streams are made by the engine
+new ToolStream()
 // @ts-expect-error a rule is a function
 new Engine().domainLayer.addBusinessRule('r', true)
 // @ts-expect-error a decision is allow, deny or escalate

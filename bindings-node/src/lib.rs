@@ -997,4 +997,5 @@ impl JsEngine {
 mod intent;
 mod planner;
 mod store;
+mod stream;
 mod workflow;

@@ -117,12 +117,17 @@ impl PySettler {
 /// The completion side of a spawned call: `send` queues the result on the loop's
 /// settler. Dropped without `send` (the task panicked, or its runtime went away), it
 /// queues an error instead, so an awaiting coroutine never hangs.
-struct Delivery {
+pub(crate) struct Delivery {
     target: Option<(Py<PySettler>, Py<PyAny>)>,
 }
 
 impl Delivery {
-    fn send(mut self, result: Result<Value, Error>) {
+    /// `future` to be settled through `settler` (streams.rs shares it).
+    pub(crate) fn new(settler: Py<PySettler>, future: Py<PyAny>) -> Delivery {
+        Delivery { target: Some((settler, future)) }
+    }
+
+    pub(crate) fn send(mut self, result: Result<Value, Error>) {
         if let Some((settler, future)) = self.target.take() {
             settler.get().queue(future, result);
         }
@@ -144,7 +149,7 @@ impl Drop for Delivery {
 /// The arguments and options of one `call_tool` / `call_tool_async`, converted while
 /// the GIL is held; the token cancels the call.
 #[allow(clippy::too_many_arguments)]
-fn call_request(
+pub(crate) fn call_request(
     py: Python<'_>,
     args: Option<&Bound<'_, PyAny>>,
     timeout: Option<f64>,
@@ -273,7 +278,7 @@ impl PyEngine {
             match first {
                 Poll::Ready(result) => to_py(py, &result.py_err(py)?),
                 Poll::Pending => {
-                    let delivery = Delivery { target: Some((settler.unbind(), future.unbind())) };
+                    let delivery = Delivery::new(settler.unbind(), future.unbind());
                     // The task's first poll replaces the no-op waker.
                     drop(r.rt().spawn(async move {
                         let result = call.await;

@@ -8,7 +8,7 @@
 //! One file per concept, as in bindings-node/src: `engine` (the `Engine` class, its
 //! runtime, open and close), `errors`, `json` (Python <-> JSON values), `callbacks`
 //! (Python callables the engine holds), `engine_threads` (Python run on engine threads),
-//! `manuals`, `calls`, `tools`, `rules`, `events`, `workflows`, `planner`, `store`,
+//! `manuals`, `calls`, `streams`, `tools`, `rules`, `events`, `workflows`, `planner`, `store`,
 //! `intents`. Each concept adds its own `#[pymethods] impl PyEngine` block (pyo3's
 //! `multiple-pymethods` feature).
 
@@ -25,6 +25,7 @@ mod manuals;
 mod planner;
 mod rules;
 mod store;
+mod streams;
 mod tools;
 mod workflows;
 
@@ -36,6 +37,7 @@ use crate::engine::PyEngine;
 use crate::errors::{class_name, error_types};
 use crate::intents::PyIntentContext;
 use crate::rules::PyDecision;
+use crate::streams::PyToolStream;
 
 /// The runtime's version.
 #[pyfunction]
@@ -52,6 +54,7 @@ fn _utp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIntentContext>()?;
     m.add_class::<PyPendingCall>()?;
     m.add_class::<PySettler>()?;
+    m.add_class::<PyToolStream>()?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add("__version__", utp_core::VERSION)?;
     let types = error_types(py)?;

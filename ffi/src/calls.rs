@@ -16,7 +16,7 @@ use crate::strings::json_out;
 /// Read `options_json` of `what` (the function's name, for messages): `{"timeout":
 /// seconds, "tenant", "session", "user", "approval_id": "...", "fail_fast_on_approval":
 /// bool}`, checked by `utp_core::host`.
-fn call_options(options_json: Option<&str>, what: &str) -> Result<CallOptions, Error> {
+pub(crate) fn call_options(options_json: Option<&str>, what: &str) -> Result<CallOptions, Error> {
     let options = host::parse_json(options_json.unwrap_or(""), "options_json")?;
     host::call_options(&options, what, KeyStyle::Snake)
 }

@@ -39,6 +39,15 @@ with the config's ``planner`` section), and ``run`` plans and runs it::
     engine.plan("weather forecast for the city of an IP address")["definition"]
     engine.run("weather forecast for the city of an IP address", {"ip": "8.8.8.8"})["outputs"]
 
+Streaming tools (``sse``, ``streamable_http``) can be read item by item, as the
+server sends them; closing the stream (or leaving the block) closes the connection::
+
+    with engine.call_tool_stream("news.feed", {"topic": "rust"}) as stream:
+        for item in stream:
+            print(item)
+    async for item in engine.call_tool_stream_async("news.feed"):   # in a coroutine
+        print(item)
+
 Every blocking method releases the GIL while Rust works and has an awaitable twin
 (``discover_async``, ``register_manual_async``...) that runs it on a worker thread;
 ``call_tool_async`` is native: the call runs on the engine's own runtime.
@@ -77,6 +86,7 @@ from ._utp import (
     StoreError,
     TimeoutError,
     ToolFailedError,
+    ToolStream,
     TransportError,
     UtpError,
     ValidationFailedError,
@@ -134,6 +144,65 @@ def _settler_for(loop: "asyncio.AbstractEventLoop") -> "_utp._Settler":
 
 def _drain(settler: "_utp._Settler") -> None:
     _settle_all(settler.drain())
+
+
+class AsyncToolStream:
+    """The items of one tool call as the server sends them, for ``async for``
+    (``Engine.call_tool_stream_async``). The call is admitted and its stream opened
+    on the first ``__anext__``; errors (``NotFoundError``, ``TimeoutError`` while
+    opening, ``TransportError`` mid-stream...) are raised there. ``aclose()`` /
+    ``close()`` (or leaving an ``async with`` block, or dropping the stream) cancel the
+    call and close its connection; cancelling the task awaiting ``__anext__`` does too.
+    The next item is awaited on the engine's runtime, never on a thread of asyncio's
+    pool."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ToolStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> "AsyncToolStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[List[Any]]" = loop.create_future()
+        self._stream._next_start(fut, _settler_for(loop))
+        try:
+            item = await fut
+        except asyncio.CancelledError:
+            self._stream.close()
+            raise
+        if not item:
+            raise StopAsyncIteration
+        return item[0]
+
+    def close(self) -> None:
+        """Cancel the call and close its connection; idempotent."""
+        self._stream.close()
+
+    async def aclose(self) -> None:
+        self._stream.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._stream.closed
+
+    async def __aenter__(self) -> "AsyncToolStream":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self._stream.close()
+
+    def __repr__(self) -> str:
+        return repr(self._stream).replace("<utp.ToolStream", "<utp.AsyncToolStream", 1)
 
 
 RuleFn = Callable[[str, str, Dict[str, Any]], Any]
@@ -339,6 +408,25 @@ class Engine(_utp.Engine):
         except asyncio.CancelledError:
             pending.cancel()
             raise
+
+    def call_tool_stream_async(
+        self,
+        name: str,
+        args: Optional[Dict[str, Any]] = None,
+        *,
+        tenant: Optional[str] = None,
+        session: Optional[str] = None,
+        timeout: Optional[float] = None,
+        user: Optional[str] = None,
+        approval_id: Optional[str] = None,
+        fail_fast_on_approval: bool = False,
+    ) -> AsyncToolStream:
+        """``call_tool_stream`` for ``async for``: returns at once (bad arguments raise
+        here); the stream opens on the first ``__anext__`` (see ``AsyncToolStream``)."""
+        stream = self._call_tool_stream_deferred(
+            name, args, tenant, session, timeout, user, approval_id, fail_fast_on_approval
+        )
+        return AsyncToolStream(stream)
 
     async def run_workflow_async(
         self,
@@ -562,6 +650,8 @@ __all__ = [
     "IntentContext",
     "EventBus",
     "Subscription",
+    "ToolStream",
+    "AsyncToolStream",
     "version",
     "__version__",
     "UtpError",

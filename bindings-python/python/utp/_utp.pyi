@@ -12,6 +12,7 @@ __all__ = [
     "IntentContext",
     "_PendingCall",
     "_Settler",
+    "ToolStream",
     "version",
     "__version__",
     "UtpError",
@@ -121,6 +122,19 @@ class _Settler:
     def fileno(self) -> int: ...
     def drain(self) -> List[Tuple[asyncio.Future[Any], bool, Any]]: ...
 
+@final
+class ToolStream:
+    """The items of one tool call as the server sends them (``Engine.call_tool_stream``)."""
+
+    def __iter__(self) -> "ToolStream": ...
+    def __next__(self) -> Any: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def __enter__(self) -> "ToolStream": ...
+    def __exit__(self, *_exc_info: object) -> None: ...
+    def _next_start(self, future: asyncio.Future[List[Any]], settler: _Settler) -> None: ...
+
 @disjoint_base
 class Engine:
     def __new__(
@@ -155,6 +169,29 @@ class Engine:
         approval_id: Optional[str] = None,
         fail_fast_on_approval: bool = False,
     ) -> Any: ...
+    def call_tool_stream(
+        self,
+        name: str,
+        args: Optional[Dict[str, Any]] = None,
+        *,
+        tenant: Optional[str] = None,
+        session: Optional[str] = None,
+        timeout: Optional[float] = None,
+        user: Optional[str] = None,
+        approval_id: Optional[str] = None,
+        fail_fast_on_approval: bool = False,
+    ) -> ToolStream: ...
+    def _call_tool_stream_deferred(
+        self,
+        name: str,
+        args: Optional[Dict[str, Any]],
+        tenant: Optional[str],
+        session: Optional[str],
+        timeout: Optional[float],
+        user: Optional[str],
+        approval_id: Optional[str],
+        fail_fast_on_approval: bool,
+    ) -> ToolStream: ...
     def _call_tool_start(
         self,
         name: str,
