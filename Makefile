@@ -12,6 +12,7 @@ all: build
 help:
 	@echo "make demo   run the utp CLI on the bundled example (discovery, search, domain rules, a workflow, live events, its recorded history)"
 	@echo "make test   build everything and run the Rust, C, Python and Node suites"
+	@echo "make test-install  (part of make test) install each binding as the README says into a temp project, run the README's snippets there"
 	@echo "make bench  criterion benchmarks (results go in docs/benchmarks.md)"
 	@echo "make bench-store  durable 10-step workflows: UTP vs DBOS vs LangGraph on SQLite (bench/store/run.py)"
 

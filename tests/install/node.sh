@@ -40,6 +40,14 @@ packed=$UTP_INSTALL_TMP/packed
 mkdir -p "$packed"
 (cd "$UTP_ROOT/bindings-node" && npm pack --silent --pack-destination "$packed" >/dev/null)
 tarball=$(ls "$packed"/utp-runtime-*.tgz)
+[ ! -e "$UTP_ROOT/bindings-node/rust" ] || {
+    echo "install test: npm pack left the staged sources in bindings-node/rust" >&2
+    exit 1
+}
+tar tzf "$tarball" | grep -qx "package/rust/core/src/lib.rs" || {
+    echo "install test: the tarball carries no Rust sources" >&2
+    exit 1
+}
 app=$UTP_INSTALL_TMP/app-tarball
 new_npm_project "$app"
 node_dir=$(dirname "$(command -v node)")
