@@ -12,8 +12,8 @@
 // Plain Node only (no devDependencies are installed when this runs). Environment:
 //   UTP_BUILD_PROFILE=release|debug|<cargo profile>  (default release)
 //   UTP_BUILD_FROM_SOURCE=1   build even when a binary is present
-//   CARGO_TARGET_DIR          where cargo builds (default: the workspace's target/,
-//                             removed after a build from a tarball's sources)
+//   CARGO_TARGET_DIR          where cargo builds (default: the workspace's target/; a
+//                             tarball's rust/target is removed after the build)
 //   CARGO                     the cargo to run (default: cargo on PATH)
 
 const { spawnSync } = require('node:child_process')
@@ -98,18 +98,28 @@ function hostTriple(cargo) {
   return fromCargo ? fromCargo[1] : null
 }
 
-function cargoLibraryName() {
-  if (process.platform === 'win32') return 'utp_node.dll'
-  if (process.platform === 'darwin') return 'libutp_node.dylib'
-  return 'libutp_node.so'
+function profileArgs(profile) {
+  if (profile === 'debug' || profile === 'dev') return []
+  if (profile === 'release') return ['--release']
+  return ['--profile', profile]
 }
 
-// `debug` and `dev` are cargo's dev profile (output in debug/); `release` and custom
-// profiles build into a directory of their own name.
-function profileArgs(profile) {
-  if (profile === 'debug' || profile === 'dev') return { args: [], dir: 'debug' }
-  if (profile === 'release') return { args: ['--release'], dir: 'release' }
-  return { args: ['--profile', profile], dir: profile }
+// The addon cargo built, from its JSON messages (wherever the target dir is configured).
+function builtLibrary(jsonLines) {
+  let library = null
+  for (const line of jsonLines.split('\n')) {
+    if (!line.startsWith('{')) continue
+    let message
+    try {
+      message = JSON.parse(line)
+    } catch {
+      continue
+    }
+    if (message.reason !== 'compiler-artifact' || !message.target || !message.target.kind.includes('cdylib')) continue
+    if (message.target.name !== 'utp_node' && message.target.name !== CRATE) continue
+    library = message.filenames.find((file) => /\.(so|dylib|dll)$/.test(file)) || library
+  }
+  return library
 }
 
 const HOW_TO_GET_RUST = 'install Rust (https://rustup.rs) and run npm install again'
@@ -131,23 +141,22 @@ function build(binaryPath) {
   if (!triple) fail(`cannot tell the host target from \`rustc -vV\`: ${HOW_TO_GET_RUST}.`)
 
   const profile = process.env.UTP_BUILD_PROFILE || 'release'
-  const { args: profileFlags, dir: profileDir } = profileArgs(profile)
-  const targetDir = process.env.CARGO_TARGET_DIR || path.join(workspace.dir, 'target')
   // An explicit --target builds into <target dir>/<triple>/, the tree `napi build` uses:
   // a clone that already ran `npm run build` recompiles only what changed.
   const args = ['build', '--manifest-path', path.join(workspace.dir, 'Cargo.toml'), '-p', CRATE]
-  args.push('--target', triple, ...profileFlags)
+  args.push('--target', triple, ...profileArgs(profile), '--message-format=json-render-diagnostics')
   log(`building the native addon from source (${profile}, ${triple}): ${cargo} ${args.join(' ')}`)
+  // Progress and errors go to stderr as usual; stdout carries the JSON messages.
   const built = spawnSync(cargo, args, {
-    stdio: ['ignore', 'inherit', 'inherit'],
-    env: { ...process.env, CARGO_TARGET_DIR: targetDir },
+    stdio: ['ignore', 'pipe', 'inherit'],
+    encoding: 'utf8',
+    maxBuffer: 256 * 1024 * 1024,
   })
   if (built.status !== 0) {
     fail(`cargo build failed (${built.error ? built.error.message : `exit status ${built.status}`}); see its output above.`)
   }
-
-  const artifact = path.join(targetDir, triple, profileDir, cargoLibraryName())
-  if (!fs.existsSync(artifact)) fail(`cargo reported success but ${artifact} is missing.`)
+  const artifact = builtLibrary(built.stdout)
+  if (!artifact || !fs.existsSync(artifact)) fail('cargo reported success but named no utp-node library.')
   // Copy then rename: a process that has the old addon loaded keeps a valid file.
   const partial = `${binaryPath}.${process.pid}.tmp`
   fs.copyFileSync(artifact, partial)
@@ -157,7 +166,7 @@ function build(binaryPath) {
   // A build from a tarball's sources leaves ~1 GB of objects inside node_modules; nothing
   // reuses them (npm replaces the folder on the next install), unless the user chose the dir.
   if (workspace.staged && !process.env.CARGO_TARGET_DIR) {
-    fs.rmSync(targetDir, { recursive: true, force: true })
+    fs.rmSync(path.join(workspace.dir, 'target'), { recursive: true, force: true })
   }
 }
 
