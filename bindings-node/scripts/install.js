@@ -130,7 +130,7 @@ function build(binaryPath) {
     fail(
       `no prebuilt ${path.basename(binaryPath)} in this package and no Rust sources to build it from.\n` +
         '  Install from a clone (npm install /path/to/utp-runtime/bindings-node), or from a tarball made\n' +
-        '  there with npm pack (it carries the sources, and the binary once `npm run build` has run).',
+        '  there with npm pack (it carries the sources, and the addon once built there).',
     )
   }
   const cargo = process.env.CARGO || 'cargo'

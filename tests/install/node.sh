@@ -8,6 +8,7 @@
 #     with no cargo reachable;
 #  3. the same tarball without the addon (what `npm pack` makes before any build): the
 #     install script builds from the Rust sources the tarball carries.
+#  4. that tarball where no cargo runs: the install fails with a message saying what to do.
 # UTP_BUILD_PROFILE (set by mk/node.mk to debug) and CARGO_TARGET_DIR (the shared target
 # dir) keep the builds warm. Step 1 sets UTP_BUILD_FROM_SOURCE=1 because `make test-node`
 # has already put an addon in bindings-node/ (a fresh clone has none; step 3 covers that).
@@ -65,4 +66,18 @@ app=$UTP_INSTALL_TMP/app-sources
 new_npm_project "$app"
 (cd "$app" && npm install --foreground-scripts "$packed/utp-runtime-sources.tgz")
 run_snippet "$app"
+
+step "node: the tarball without the addon and no cargo: the install fails and says what to do"
+app=$UTP_INSTALL_TMP/app-no-cargo
+new_npm_project "$app"
+if (cd "$app" && CARGO=/nonexistent/cargo npm install --foreground-scripts "$packed/utp-runtime-sources.tgz" \
+    >npm-install.log 2>&1); then
+    echo "install test: the install succeeded with neither an addon nor cargo" >&2
+    exit 1
+fi
+grep -q "building it needs cargo: install Rust (https://rustup.rs)" "$app/npm-install.log" || {
+    echo "install test: the failed install did not say what to do:" >&2
+    cat "$app/npm-install.log" >&2
+    exit 1
+}
 echo "install test: node passed"
