@@ -6,12 +6,13 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 UTP := $(CARGO_TARGET_DIR)/debug/utp
 
-.PHONY: all build test test-rust fmt-check demo clean bench bench-openapi bench-calls bench-store help
+.PHONY: all build test test-rust test-install fmt-check demo clean bench bench-openapi bench-calls bench-store help
 all: build
 
 help:
 	@echo "make demo   run the utp CLI on the bundled example (discovery, search, domain rules, a workflow, live events, its recorded history)"
 	@echo "make test   build everything and run the Rust, C, Python and Node suites"
+	@echo "make test-install  (part of make test) install each binding as the README says into a temp project, run the README's snippets there"
 	@echo "make bench  criterion benchmarks (results go in docs/benchmarks.md)"
 	@echo "make bench-store  durable 10-step workflows: UTP vs DBOS vs LangGraph on SQLite (bench/store/run.py)"
 
@@ -31,7 +32,11 @@ test-rust: fmt-check
 	cargo clippy --workspace --all-targets --no-deps -- -D warnings
 	cargo test --workspace --exclude utp-node
 
-test: test-rust test-c test-install test-python test-node
+# Each binding installed as README.md says into fresh projects outside the repo, running
+# the README's snippets there (tests/install/); after the suites, whose builds they reuse.
+test-install: test-install-c test-install-python test-install-node
+
+test: test-rust test-c test-python test-node test-install
 	@echo "make test: all suites passed"
 
 # The demo records its calls and runs in a fresh SQLite database, then shows the history.

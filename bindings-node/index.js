@@ -9,7 +9,23 @@
 // `runWorkflow` also takes an AbortSignal (`{ signal }`) that cancels the run.
 // `callToolStream` wraps the native ToolStream (src/stream.rs) in an async iterator.
 
-const native = require('./native.js')
+const native = loadNativeBinding()
+
+// native.js (generated) blames an npm bug with optional dependencies when no addon
+// loads; here the usual cause is an install that built none (scripts/install.js).
+function loadNativeBinding() {
+  try {
+    return require('./native.js')
+  } catch (error) {
+    const hint = new Error(
+      `utp-runtime: no native addon loads for ${process.platform}-${process.arch}. npm install builds one with ` +
+        'cargo when the package carries none (scripts/install.js); after an install with --ignore-scripts, ' +
+        'run `npm rebuild utp-runtime` (needs Rust: https://rustup.rs).',
+    )
+    hint.cause = error
+    throw hint
+  }
+}
 
 const CODE_NAMES = Object.freeze(native.errorCodes())
 

@@ -43,7 +43,7 @@ PREFIX  ?= /usr/local
 PROFILE ?= release
 UTP_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(UTP_C_ROOT)/Cargo.toml | head -n 1)
 
-.PHONY: test-c build-c-lib install test-install
+.PHONY: test-c build-c-lib install test-install-c
 build-c-lib:
 	cargo build --manifest-path $(UTP_C_ROOT)/Cargo.toml -p utp-ffi
 
@@ -92,14 +92,10 @@ install:
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(UTP_VERSION)|' $(UTP_C_ROOT)/ffi/utp.pc.in \
 		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/utp.pc
 
-# Install the debug build into a scratch prefix and build the C example from it with
-# pkg-config alone, as a user of an installed libutp would.
-test-install: build-c-lib
-	@rm -rf $(UTP_C_OUT)/prefix && mkdir -p $(UTP_C_OUT)
-	@$(MAKE) --no-print-directory -f $(UTP_C_ROOT)/mk/c.mk install PROFILE=debug PREFIX=$(UTP_C_OUT)/prefix > /dev/null
-	@echo "== examples/c/demo.c built with pkg-config from an installed prefix"
-	PKG_CONFIG_PATH=$(UTP_C_OUT)/prefix/lib/pkgconfig sh -c '$(UTP_C_CC) $(UTP_C_EX_CFLAGS) \
-		$(UTP_C_ROOT)/examples/c/demo.c -o $(UTP_C_OUT)/demo_pkgconfig $$(pkg-config --cflags --libs utp) \
-		-Wl,-rpath,$(UTP_C_OUT)/prefix/lib'
-	$(UTP_C_OUT)/demo_pkgconfig $(UTP_C_MANUALS) > /dev/null
-	@PKG_CONFIG_PATH=$(UTP_C_OUT)/prefix/lib/pkgconfig pkg-config --modversion utp
+# `make install` as README.md says, into a temp prefix outside the repo (PROFILE=debug:
+# the library test-c built), then examples/c/demo.c and the README's C snippet built
+# with pkg-config alone and run (tests/install/c.sh).
+UTP_C_INSTALL_TEST_PROFILE ?= debug
+test-install-c: build-c-lib
+	UTP_INSTALL_PROFILE=$(UTP_C_INSTALL_TEST_PROFILE) UTP_C_CC="$(UTP_C_CC)" UTP_C_EX_CFLAGS="$(UTP_C_EX_CFLAGS)" \
+		sh $(UTP_C_ROOT)/tests/install/c.sh

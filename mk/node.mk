@@ -23,7 +23,7 @@ UTP_NODE_EXAMPLES_DIR := $(UTP_NODE_ROOT)/examples/node
 UTP_NODE_EXAMPLES     := $(sort $(wildcard $(UTP_NODE_EXAMPLES_DIR)/*.mjs))
 UTP_NODE_TSC          := $(UTP_NODE_DIR)/node_modules/typescript/bin/tsc
 
-.PHONY: node-deps node-build test-node node-examples
+.PHONY: node-deps node-build test-node node-examples test-install-node
 
 node-deps: $(UTP_NODE_STAMP)
 
@@ -54,3 +54,11 @@ test-node: node-deps node-build
 
 node-examples: node-build
 	$(utp_node_run_examples)
+
+# `npm install` of the folder as README.md says, then `npm pack` tarballs with and without
+# the addon, into fresh projects outside the repo, each running the README's Node snippet
+# (tests/install/node.sh). The install script builds the debug addon (UTP_BUILD_PROFILE)
+# in CARGO_TARGET_DIR, next to node-build's, instead of a release build from scratch.
+UTP_NODE_INSTALL_TEST_PROFILE ?= debug
+test-install-node:
+	UTP_BUILD_PROFILE=$(UTP_NODE_INSTALL_TEST_PROFILE) sh $(UTP_NODE_ROOT)/tests/install/node.sh

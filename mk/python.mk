@@ -12,7 +12,7 @@ UTP_PY_STAMP  := $(UTP_PY_VENV)/.utp-deps-installed
 
 UTP_PY_EXAMPLES := $(sort $(wildcard $(UTP_PY_ROOT)/examples/python/*.py))
 
-.PHONY: python-venv python-build test-python python-examples
+.PHONY: python-venv python-build test-python python-examples test-install-python
 
 $(UTP_PY_STAMP): $(UTP_PY_PKG)/requirements-dev.txt
 	$(UTP_PY_SYS) -m venv $(UTP_PY_VENV)
@@ -43,3 +43,11 @@ test-python: python-build
 
 python-examples: python-build
 	$(UTP_PY_RUN_EXAMPLES)
+
+# `pip install` and `pip wheel` as README.md says, into fresh venvs outside the repo, each
+# running the README's Python snippet (tests/install/python.sh). Built with the dev profile
+# (maturin's MATURIN_PEP517_ARGS) so it reuses python-build's objects in CARGO_TARGET_DIR.
+UTP_PY_INSTALL_TEST_PROFILE ?= dev
+test-install-python:
+	MATURIN_PEP517_ARGS="--profile $(UTP_PY_INSTALL_TEST_PROFILE)" UTP_PY_SYS=$(UTP_PY_SYS) \
+		sh $(UTP_PY_ROOT)/tests/install/python.sh

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 
 import { Engine } from 'utp-runtime'
@@ -60,16 +60,46 @@ test('index.d.ts and index.d.mts type-check against real use (tsc --strict)', ()
   }
 })
 
+test('without an addon, loading says how to build one', () => {
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'utp-node-noaddon-'))
+  try {
+    for (const f of ['package.json', 'index.js', 'native.js']) {
+      fs.copyFileSync(path.join(packageDir, f), path.join(scratch, f))
+    }
+    const env = { ...process.env }
+    delete env.NAPI_RS_NATIVE_LIBRARY_PATH
+    const run = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(scratch)})`], { encoding: 'utf8', env })
+    assert.notEqual(run.status, 0)
+    assert.match(run.stderr, /utp-runtime: no native addon loads for .*npm rebuild utp-runtime/s)
+  } finally {
+    fs.rmSync(scratch, { recursive: true, force: true })
+  }
+})
+
 test('npm pack ships the runtime files only', () => {
   // Packed from a scratch copy with a stand-in binary: the real debug binary is large
   // and npm compresses everything even for --dry-run.
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'utp-node-pack-'))
   try {
-    const shipped = ['package.json', 'index.js', 'index.mjs', 'index.d.ts', 'index.d.mts', 'native.js', 'native.d.ts']
-    for (const f of shipped) fs.copyFileSync(path.join(packageDir, f), path.join(scratch, f))
+    const shipped = [
+      'package.json',
+      'index.js',
+      'index.mjs',
+      'index.d.ts',
+      'index.d.mts',
+      'native.js',
+      'native.d.ts',
+      'scripts/install.js',
+    ]
+    for (const f of shipped) {
+      fs.mkdirSync(path.dirname(path.join(scratch, f)), { recursive: true })
+      fs.copyFileSync(path.join(packageDir, f), path.join(scratch, f))
+    }
     fs.writeFileSync(path.join(scratch, 'utp-runtime.linux-x64-gnu.node'), 'stand-in')
     // Sources and tests that must stay out of the package.
-    for (const f of ['Cargo.toml', 'build.rs', 'src/lib.rs', '__test__/x.test.mjs', 'package-lock.json']) {
+    // (The Rust sources go in as rust/, which `prepack` stages: tests/install/node.sh.)
+    const unshipped = ['Cargo.toml', 'build.rs', 'src/lib.rs', '__test__/x.test.mjs', 'package-lock.json']
+    for (const f of [...unshipped, 'scripts/stage-sources.js']) {
       fs.mkdirSync(path.dirname(path.join(scratch, f)), { recursive: true })
       fs.writeFileSync(path.join(scratch, f), '')
     }
