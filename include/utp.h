@@ -353,8 +353,12 @@ utp_error_t *utp_engine_new(const char *config_json, utp_engine_t **out_engine);
 
 /**
  * Free an engine and shut down its library threads (waits for running work to
- * finish). NULL is a no-op. No other thread may use the engine during or after
- * this call, and it must not be called from a callback of the engine. Every
+ * finish). NULL is a no-op. Any thread may free it, but no other thread may use
+ * the engine during or after this call, and it must not be called from a callback
+ * of the engine. A process may also exit() without freeing its engines. In the child
+ * of a fork() an engine made before the fork is unusable (every function fails with
+ * UTP_ERR_INVALID_ARGUMENT) and freeing it there releases nothing and runs no
+ * finaliser: its threads exist only in the parent. Every
  * finaliser still pending (tools, business rules, subscriptions, intent handlers)
  * has run when it returns; event callbacks that are running are waited for.
  * Workflow runs still going stop where they are (their tasks are dropped with the

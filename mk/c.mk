@@ -14,8 +14,10 @@ UTP_C_LIBDIR  := $(CARGO_TARGET_DIR)/debug
 UTP_C_OUT     := $(CARGO_TARGET_DIR)/c-tests
 UTP_C_TESTS   := $(UTP_C_ROOT)/tests/c
 # Each tests/c/<name>.c is a program; it gets MANUALS_DIR as its one argument.
+# test_exit_paths runs itself as child processes (20 runs per exit path, UTP_EXIT_RUNS);
+# under valgrind (which checks only the driver's own process) one run each is enough.
 UTP_C_PROGRAMS ?= test_basic test_calls test_streams test_domain_events test_workflows test_intents test_store test_planner \
-	test_host_options test_compat
+	test_host_options test_compat test_exit_paths
 # The shared host-option cases test_host_options reads (tests/scenarios/host_options.json).
 UTP_HOST_OPTIONS_JSON ?= $(UTP_C_ROOT)/tests/scenarios/host_options.json
 export UTP_HOST_OPTIONS_JSON
@@ -63,7 +65,7 @@ test-c: build-c-lib
 		$(UTP_C_OUT)/$${t}_static $(UTP_C_MANUALS) || exit 1; \
 		if [ -n "$(UTP_C_VALGRIND)" ]; then \
 			echo "== C test $$t, shared, under valgrind"; \
-			$(UTP_C_VALGRIND) $(UTP_C_VALGRIND_FLAGS) $(UTP_C_OUT)/$${t}_shared $(UTP_C_MANUALS) || exit 1; \
+			UTP_EXIT_RUNS=1 $(UTP_C_VALGRIND) $(UTP_C_VALGRIND_FLAGS) $(UTP_C_OUT)/$${t}_shared $(UTP_C_MANUALS) || exit 1; \
 		else \
 			echo "== valgrind not found: skipping the memory check of $$t"; \
 		fi; \

@@ -5,9 +5,11 @@
 //! Threads: a method runs on the caller's Python thread and waits for the core with
 //! the GIL released (`Running::block_on*`; the `_interruptible` ones also watch for
 //! Ctrl-C); the core's own work, Python tools and rules included, runs on the
-//! runtime's threads (engine_threads.rs).
+//! runtime's threads (engine_threads.rs). At exit and after `fork()` engines are
+//! closed or set aside without touching their threads (host_exit.rs).
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,24 +25,36 @@ use utp_core::{CancellationToken, Config, Engine as CoreEngine, ErrorCode, Subsc
 use crate::callbacks::{Callback, Slot, locked};
 use crate::engine_threads;
 use crate::errors::{IntoPyResult, guarded, invalid, raise, to_py_err};
+use crate::host_exit;
 use crate::json::{path_like, to_json, to_py, type_name};
 use crate::workflows::run_options;
 
 /// The core engine and the tokio runtime that drives its async methods.
 pub(crate) struct Running {
-    pub(crate) engine: CoreEngine,
+    /// Dropped by hand: in the child of a fork it is leaked instead (its threads are gone).
+    pub(crate) engine: ManuallyDrop<CoreEngine>,
     /// `None` only while `Running` is being dropped or shut down.
     runtime: Option<tokio::runtime::Runtime>,
+    /// The fork generation it was made in (`host_exit::forked_since`).
+    generation: u64,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if host_exit::forked_since(self.generation) {
+            // In a forked child the engine's threads do not exist and its locks may be
+            // held by one of them for ever: touch nothing, leak it.
+            let _leaked = self.runtime.take().map(ManuallyDrop::new);
+            return;
+        }
         // The last reference may go with the GIL held (at the end of a method, or in
         // the garbage collector) while a blocking task waits for the GIL: never wait
         // for the runtime here. `close()` joins it with the GIL released instead.
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+        // SAFETY: dropped once, here; `engine` is not used after.
+        unsafe { ManuallyDrop::drop(&mut self.engine) };
     }
 }
 
@@ -101,7 +115,7 @@ impl Running {
     {
         let cancel = CancellationToken::new();
         let options = run_options(py, session, tenant, user, timeout, Some(cancel.clone()))?;
-        let record = self.block_on_interruptible(py, start(self.engine.clone(), options), &cancel)?;
+        let record = self.block_on_interruptible(py, start(CoreEngine::clone(&self.engine), options), &cancel)?;
         to_py(py, &record.py_err(py)?)
     }
 
@@ -143,6 +157,12 @@ async fn interruptible<F: std::future::Future>(future: F, cancel: &CancellationT
 /// twins and the context manager.
 #[pyclass(module = "utp._utp", name = "Engine", subclass, frozen)]
 pub(crate) struct PyEngine {
+    /// Shared with the exit hook's list of live engines (host_exit.rs).
+    state: Arc<EngineState>,
+}
+
+/// What `close()` releases: the running engine and the Python callables it holds.
+pub(crate) struct EngineState {
     // `None` once closed. Methods clone the Arc, so `close()` never waits for a call.
     running: Mutex<Option<Arc<Running>>>,
     /// The Python callables the core holds, visible to the garbage collector.
@@ -151,12 +171,23 @@ pub(crate) struct PyEngine {
 
 impl PyEngine {
     pub(crate) fn running(&self, py: Python<'_>) -> PyResult<Arc<Running>> {
-        let guard = self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?;
-        guard.clone().ok_or_else(|| invalid(py, "engine is closed"))
+        let guard = self.state.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?;
+        let running = guard.as_ref().ok_or_else(|| invalid(py, "engine is closed"))?;
+        if host_exit::forked_since(running.generation) {
+            return Err(invalid(
+                py,
+                format!(
+                    "this Engine was created before fork() and cannot be used in the child process (pid {}): \
+                     create the Engine in the child (in the multiprocessing target, gunicorn's post_fork hook...)",
+                    std::process::id()
+                ),
+            ));
+        }
+        Ok(running.clone())
     }
 
     pub(crate) fn keep(&self, slot: Slot, callback: Arc<Callback>) {
-        let old = locked(&self.callbacks).insert(slot, callback);
+        let old = locked(&self.state.callbacks).insert(slot, callback);
         // Dropped here, outside the lock: releasing it may run Python code (`__del__`).
         drop(old.and_then(|c| c.take()));
     }
@@ -164,12 +195,45 @@ impl PyEngine {
     /// Release the callables of the slots `pick` selects; returns them so the caller
     /// drops them after every lock is gone.
     pub(crate) fn release_where(&self, pick: impl Fn(&Slot) -> bool) -> Vec<(Slot, Option<Py<PyAny>>)> {
+        self.state.release_where(pick)
+    }
+}
+
+impl EngineState {
+    fn release_where(&self, pick: impl Fn(&Slot) -> bool) -> Vec<(Slot, Option<Py<PyAny>>)> {
         let mut map = locked(&self.callbacks);
         let slots: Vec<Slot> = map.keys().filter(|s| pick(s)).cloned().collect();
         let taken: Vec<(Slot, Arc<Callback>)> =
             slots.into_iter().filter_map(|s| map.remove(&s).map(|c| (s, c))).collect();
         drop(map);
         taken.into_iter().map(|(s, c)| (s, c.take())).collect()
+    }
+
+    /// `Engine.close()`; also run for every live engine by the exit hook.
+    pub(crate) fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?.take();
+        // After a fork the engine's threads are gone: only release the callables.
+        let taken = taken.filter(|r| !host_exit::forked_since(r.generation));
+        if let Some(running) = &taken {
+            py.detach(|| running.engine.close(CLOSE_GRACE));
+        }
+        let released = self.release_where(|_| true);
+        if let Some(running) = &taken {
+            for (slot, _) in &released {
+                if let Slot::Subscription(id) = slot {
+                    running.engine.unsubscribe(SubscriptionId(*id));
+                }
+            }
+        }
+        drop(released);
+        if let Some(running) = taken {
+            // Calls still in flight on other threads hold their own Arc; the last
+            // one shuts the runtime down. Otherwise join the workers now.
+            if let Ok(running) = Arc::try_unwrap(running) {
+                py.detach(|| running.shutdown(Duration::from_secs(10)));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -216,8 +280,14 @@ impl PyEngine {
             // On the engine's own runtime: executions resumed here keep running on it.
             match py.detach(|| runtime.block_on(CoreEngine::open(config))) {
                 Ok(engine) => {
-                    let running = Running { engine, runtime: Some(runtime) };
-                    Ok(PyEngine { running: Mutex::new(Some(Arc::new(running))), callbacks: Mutex::new(HashMap::new()) })
+                    let generation = host_exit::fork_generation();
+                    let running = Running { engine: ManuallyDrop::new(engine), runtime: Some(runtime), generation };
+                    let state = Arc::new(EngineState {
+                        running: Mutex::new(Some(Arc::new(running))),
+                        callbacks: Mutex::new(HashMap::new()),
+                    });
+                    host_exit::track(&state);
+                    Ok(PyEngine { state })
                 }
                 Err(e) => {
                     runtime.shutdown_background();
@@ -231,7 +301,7 @@ impl PyEngine {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // Never block here: a lock held elsewhere just hides these edges this round.
-        let Ok(map) = self.callbacks.try_lock() else { return Ok(()) };
+        let Ok(map) = self.state.callbacks.try_lock() else { return Ok(()) };
         for callback in map.values() {
             if let Ok(func) = callback.func.try_lock() {
                 visit.call(&*func)?;
@@ -252,34 +322,12 @@ impl PyEngine {
     /// status "cancelled"); with a store they stay unfinished there, for the next
     /// engine on it to resume, and the store's file is released before `close()` returns.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        guarded(py, || {
-            let taken = self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?.take();
-            if let Some(running) = &taken {
-                py.detach(|| running.engine.close(CLOSE_GRACE));
-            }
-            let released = self.release_where(|_| true);
-            if let Some(running) = &taken {
-                for (slot, _) in &released {
-                    if let Slot::Subscription(id) = slot {
-                        running.engine.unsubscribe(SubscriptionId(*id));
-                    }
-                }
-            }
-            drop(released);
-            if let Some(running) = taken {
-                // Calls still in flight on other threads hold their own Arc; the last
-                // one shuts the runtime down. Otherwise join the workers now.
-                if let Ok(running) = Arc::try_unwrap(running) {
-                    py.detach(|| running.shutdown(Duration::from_secs(10)));
-                }
-            }
-            Ok(())
-        })
+        guarded(py, || self.state.close(py))
     }
 
     /// True once `close()` was called.
     #[getter]
     fn closed(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?.is_none())
+        Ok(self.state.running.lock().map_err(|_| invalid(py, "engine lock poisoned"))?.is_none())
     }
 }

@@ -11,15 +11,15 @@
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use tokio::runtime::{Builder, Handle, RuntimeFlavor};
 
-/// Set by an `atexit` hook: from then on a stopping thread leaves its state to
-/// the interpreter's own teardown instead of taking the GIL to delete it.
-static FINALIZING: AtomicBool = AtomicBool::new(false);
+use crate::host_exit::{interpreter_leaving, with_interpreter};
+
+/// What a Python callback refused by the exit gate (host_exit.rs) fails with.
+pub(crate) const INTERPRETER_LEAVING: &str = "the Python interpreter is exiting: Python callbacks no longer run";
 
 thread_local! {
     /// Whether this thread belongs to an engine's runtime (set by `on_thread_start`).
@@ -40,25 +40,18 @@ pub(crate) fn runtime_builder() -> Builder {
     builder
 }
 
-/// Register the `atexit` hook that marks the interpreter as finalizing.
-pub(crate) fn watch_finalization(py: Python<'_>) -> PyResult<()> {
-    #[pyfunction]
-    fn finalizing() {
-        FINALIZING.store(true, Ordering::SeqCst);
-    }
-    let hook = wrap_pyfunction!(finalizing, py)?;
-    py.import("atexit")?.call_method1("register", (hook,))?;
-    Ok(())
-}
-
-/// `Python::attach`, keeping this thread's Python state when it is an engine thread.
-fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
-    keep_thread_state();
-    Python::attach(f)
+/// `Python::attach` from an engine thread, through the exit gate (host_exit.rs):
+/// `None` once the interpreter is going away. Keeps the thread's Python state when
+/// it is a runtime thread.
+pub(crate) fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    with_interpreter(|| {
+        keep_thread_state();
+        Python::attach(f)
+    })
 }
 
 fn keep_thread_state() {
-    if !ENGINE_THREAD.get() || !KEPT.get().is_null() || FINALIZING.load(Ordering::SeqCst) {
+    if !ENGINE_THREAD.get() || !KEPT.get().is_null() {
         return;
     }
     // SAFETY: the interpreter is initialized and this thread has no Python state yet,
@@ -78,21 +71,22 @@ fn keep_thread_state() {
 /// `on_thread_stop`: give back the state kept by `keep_thread_state`.
 fn release_thread_state() {
     let kept = KEPT.replace(ptr::null_mut());
-    // While the interpreter finalizes, taking the GIL may end this thread on the
+    // Once the interpreter is going away, taking the GIL may end this thread on the
     // spot; the interpreter frees the states left behind as it finishes.
-    if kept.is_null() || FINALIZING.load(Ordering::SeqCst) {
+    if kept.is_null() || interpreter_leaving() {
         return;
     }
     // SAFETY: `kept` is this thread's state, saved without the GIL by
     // `keep_thread_state`; restoring it takes the GIL, and releasing the use
-    // Ensure counted deletes the state and drops the GIL.
-    unsafe {
+    // Ensure counted deletes the state and drops the GIL. The gate keeps the exit
+    // hook waiting until that is done.
+    let _ = with_interpreter(|| unsafe {
         if ffi::Py_IsInitialized() == 0 {
             return;
         }
         ffi::PyEval_RestoreThread(kept);
         ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_UNLOCKED);
-    }
+    });
 }
 
 /// Run `call` with the GIL for the current future. Polled on an engine thread (a
@@ -102,7 +96,8 @@ fn release_thread_state() {
 /// drives its call there), it runs on the blocking pool: a task would cost that
 /// thread a hop to a worker and back all the same, and the handoff on top. Either
 /// way the caller's timeout or cancellation ends the wait at once, and the call
-/// finishes on its own. Errs (never panics) with no runtime or a failed task.
+/// finishes on its own. Errs (never panics) with no runtime, a failed task, or an
+/// interpreter that is exiting.
 pub(crate) async fn call_python<R, F>(call: F) -> Result<R, String>
 where
     F: for<'py> FnOnce(Python<'py>) -> R + Send + 'static,
@@ -110,10 +105,13 @@ where
 {
     let handle = Handle::try_current().map_err(|e| format!("no runtime to run it on: {e}"))?;
     let on_worker = ENGINE_THREAD.get() && handle.runtime_flavor() == RuntimeFlavor::MultiThread;
+    if interpreter_leaving() {
+        return Err(INTERPRETER_LEAVING.to_string());
+    }
     let task = if on_worker {
         handle.spawn(async move { tokio::task::block_in_place(|| attach(call)) })
     } else {
         handle.spawn_blocking(|| attach(call))
     };
-    task.await.map_err(|e| e.to_string())
+    task.await.map_err(|e| e.to_string())?.ok_or_else(|| INTERPRETER_LEAVING.to_string())
 }

@@ -10,6 +10,7 @@ use utp_core::{Event, EventHandler, SubscriptionId};
 
 use crate::callbacks::{Callback, Slot, call_maybe_async, describe, log_exception};
 use crate::engine::PyEngine;
+use crate::engine_threads::attach;
 use crate::errors::{IntoPyResult, guarded, invalid};
 use crate::host_options::OptionMap;
 use crate::json::{seconds, to_py, type_name};
@@ -55,8 +56,10 @@ impl PyEngine {
             host::event_pattern(pattern, "event pattern").py_err(py)?;
             let stored = Callback::new(callback.unbind());
             let (held, shown) = (stored.clone(), pattern.trim().to_string());
-            let handler: EventHandler =
-                Arc::new(move |event: Arc<Event>| Python::attach(|py| run_subscriber(py, &held, &shown, &event)));
+            // Once the interpreter is exiting the event is dropped (host_exit.rs).
+            let handler: EventHandler = Arc::new(move |event: Arc<Event>| {
+                attach(|py| run_subscriber(py, &held, &shown, &event)).unwrap_or(Ok(()))
+            });
             let r = self.running(py)?;
             let id = r.engine.subscribe(pattern, handler).py_err(py)?;
             self.keep(Slot::Subscription(id.0), stored);

@@ -7,7 +7,7 @@
 //!
 //! One file per concept, as in bindings-node/src: `engine` (the `Engine` class, its
 //! runtime, open and close), `errors`, `json` (Python <-> JSON values), `callbacks`
-//! (Python callables the engine holds), `engine_threads` (Python run on engine threads),
+//! (Python callables the engine holds), `engine_threads` (Python run on engine threads), `host_exit` (exit and fork),
 //! `manuals`, `calls`, `streams`, `tools`, `rules`, `events`, `workflows`, `planner`, `store`,
 //! `intents`. Each concept adds its own `#[pymethods] impl PyEngine` block (pyo3's
 //! `multiple-pymethods` feature).
@@ -18,6 +18,7 @@ mod engine;
 mod engine_threads;
 mod errors;
 mod events;
+mod host_exit;
 mod host_options;
 mod intents;
 mod json;
@@ -48,7 +49,7 @@ fn version() -> &'static str {
 #[pymodule]
 fn _utp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    engine_threads::watch_finalization(py)?;
+    host_exit::install(py)?;
     m.add_class::<PyEngine>()?;
     m.add_class::<PyDecision>()?;
     m.add_class::<PyIntentContext>()?;

@@ -2,11 +2,19 @@
 //! threads belong to, and the C callbacks registered on it; `utp_engine_new` /
 //! `utp_engine_free`. Freeing retires event callbacks first, then stops the runtime
 //! (joining the threads that run C tools and rules), then runs the remaining finalisers.
+//!
+//! Exit and fork: `exit()` without `utp_engine_free` is fine (the library threads end
+//! with the process; no destructor of ours runs at exit). A tokio runtime and the
+//! engine's threads do not survive `fork()`: a `pthread_atfork` child handler bumps a
+//! fork generation, and in the child every function given an engine made before the
+//! fork fails with UTP_ERR_INVALID_ARGUMENT, while `utp_engine_free` releases nothing
+//! there (its threads do not exist and its locks may be held for ever).
 
 use std::collections::HashMap;
 use std::ffi::c_char;
 use std::ptr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -26,6 +34,32 @@ pub struct UtpEngine {
     pub(crate) subscriptions: Mutex<HashMap<u64, Arc<Registration>>>,
     /// C intent handlers by intent type (likewise; workflow intents are not here).
     pub(crate) intents: Mutex<HashMap<String, Arc<Registration>>>,
+    /// The fork generation it was made in ([`forked_since`]).
+    generation: u64,
+}
+
+/// Bumped in the child of every `fork()` (once the first engine registered the handler).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Register the fork handler once, before the first engine exists.
+fn watch_forks() {
+    static HANDLER: Once = Once::new();
+    HANDLER.call_once(|| {
+        // SAFETY: the handler only increments an atomic, which is valid in a child right
+        // after fork.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        }
+    });
+}
+
+/// True in the child of a `fork()` that happened after `generation` was recorded.
+fn forked_since(generation: u64) -> bool {
+    FORK_GENERATION.load(Ordering::SeqCst) != generation
 }
 
 impl UtpEngine {
@@ -91,7 +125,15 @@ impl Drop for UtpEngine {
 /// `p` is NULL or a live handle from `utp_engine_new` not yet freed.
 pub(crate) unsafe fn engine_ref<'a>(p: *const UtpEngine) -> Result<&'a UtpEngine, Error> {
     // SAFETY: the caller guarantees p is NULL or a live handle; as_ref checks NULL.
-    unsafe { p.as_ref() }.ok_or_else(|| invalid("engine is NULL"))
+    let engine = unsafe { p.as_ref() }.ok_or_else(|| invalid("engine is NULL"))?;
+    if forked_since(engine.generation) {
+        return Err(invalid(format!(
+            "this engine was created before fork() and cannot be used in the child process (pid {}): \
+             create a new engine in the child",
+            std::process::id()
+        )));
+    }
+    Ok(engine)
 }
 
 /// The engine handle and an out-parameter, as most entry points begin: the
@@ -142,6 +184,8 @@ pub unsafe extern "C" fn utp_engine_new(config_json: *const c_char, out_engine: 
                 serde_json::from_str(text).map_err(|e| invalid(format!("config_json is not valid JSON: {e}")))?
             }
         };
+        watch_forks();
+        let generation = FORK_GENERATION.load(Ordering::SeqCst);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("utp-runtime")
@@ -159,14 +203,19 @@ pub unsafe extern "C" fn utp_engine_new(config_json: *const c_char, out_engine: 
             rules: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             intents: Mutex::new(HashMap::new()),
+            generation,
         }));
         Ok(())
     })
 }
 
 /// Free an engine and shut down its library threads (waits for running work to
-/// finish). NULL is a no-op. No other thread may use the engine during or after
-/// this call, and it must not be called from a callback of the engine. Every
+/// finish). NULL is a no-op. Any thread may free it, but no other thread may use
+/// the engine during or after this call, and it must not be called from a callback
+/// of the engine. A process may also exit() without freeing its engines. In the child
+/// of a fork() an engine made before the fork is unusable (every function fails with
+/// UTP_ERR_INVALID_ARGUMENT) and freeing it there releases nothing and runs no
+/// finaliser: its threads exist only in the parent. Every
 /// finaliser still pending (tools, business rules, subscriptions, intent handlers)
 /// has run when it returns; event callbacks that are running are waited for.
 /// Workflow runs still going stop where they are (their tasks are dropped with the
@@ -180,7 +229,13 @@ pub unsafe extern "C" fn utp_engine_free(engine: *mut UtpEngine) {
     guard_value((), || {
         if !engine.is_null() {
             // SAFETY: a pointer from Box::into_raw in utp_engine_new, not yet freed.
-            drop(unsafe { Box::from_raw(engine) });
+            let engine = unsafe { Box::from_raw(engine) };
+            if forked_since(engine.generation) {
+                // In a fork's child: joining threads that do not exist would hang.
+                Box::leak(engine);
+                return;
+            }
+            drop(engine);
         }
     })
 }
