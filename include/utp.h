@@ -209,7 +209,10 @@ typedef void (*utp_free_fn)(void *user_data);
  * through `result`. Return 0 on success (the value set with
  * utp_tool_result_set_json(), JSON `null` if none), anything else on failure (the
  * message set with utp_tool_result_set_error()). Called on the engine's library
- * threads (its blocking pool), possibly on several at once. It may call any utp_*
+ * threads (its blocking pool), possibly on several at once, or on the thread blocked
+ * in utp_call_tool() for that call when the call has no timeout of its own (no
+ * `"timeout"` option, no `calls.default_timeout` in the config): there the call can
+ * only notice an overrun when the function returns. It may call any utp_*
  * function (a nested utp_call_tool() included) except utp_engine_free().
  */
 typedef int32_t (*utp_tool_fn)(void *user_data, const char *args_json, utp_tool_result_t *result);
@@ -223,7 +226,9 @@ typedef int32_t (*utp_tool_fn)(void *user_data, const char *args_json, utp_tool_
  * utp_rule_result_deny() or utp_rule_result_escalate() on `result`.
  *
  * Threads: runs on the engine's library threads (its blocking pool), possibly on
- * several at once for concurrent calls, and also for utp_check(). It may call any
+ * several at once for concurrent calls, and also for utp_check(); or on the thread
+ * blocked in utp_call_tool() for that call when the call has no timeout of its own
+ * (see utp_call_tool()). It may call any
  * utp_* function (including utp_call_tool(), which runs the rules again: beware of
  * unbounded recursion) except utp_engine_free().
  */
@@ -444,6 +449,11 @@ utp_error_t *utp_discover(utp_engine_t *engine, const char *path_or_url, char **
  * "approval_id": "...", "fail_fast_on_approval": bool}`. On success
  * `*out_result_json` receives the tool's result as JSON; free it with
  * utp_string_free(). Blocks the calling thread until the call ends.
+ *
+ * The C tool and C rules of a call with no timeout of its own (no `"timeout"` option,
+ * no `calls.default_timeout` in the config) run on this thread, in this call; with a
+ * timeout they run on the engine's threads, so that the call stops waiting at the
+ * deadline (see utp_tool_fn).
  *
  * Before the tool runs, the domain layer decides: a denial is
  * UTP_ERR_PERMISSION_DENIED (with the reasons), a rate limit UTP_ERR_RATE_LIMITED

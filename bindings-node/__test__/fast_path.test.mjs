@@ -3,8 +3,8 @@
 // denial, an unknown tool...) returns an already settled Promise, with no thread hop;
 // one that waits stays on the JS thread and is polled again when woken. A JS tool
 // reached in the first poll is called right there, inside callTool (a sync tool's call
-// then completes in the poll); one reached later (after a JS rule made the call wait) is
-// called when the JS thread polls the call again. Either way its result arrives
+// then completes in the poll), and so is a JS business rule; one reached later (after an
+// async JS rule made the call wait) is called when the JS thread polls the call again. Either way its result arrives
 // through the Promise.
 import test from 'node:test'
 import assert from 'node:assert/strict'
@@ -189,10 +189,36 @@ test('a sync JS tool is called inside callTool; its result still arrives through
   engine.close()
 })
 
-test('a JS tool reached after a JS business rule is called later, not inside callTool', async () => {
+test('a sync JS business rule is called inside callTool, and so is the JS tool after it', async () => {
   const engine = new Engine()
   const echo = echoProbe(engine)
-  engine.domainLayer.addBusinessRule('allow', () => true)
+  const seen = []
+  engine.domainLayer.addBusinessRule('allow', (tool, action, params) => {
+    seen.push([tool, action, params])
+    return params.x !== 3 || { decision: 'deny', reason: 'no threes' }
+  })
+  const call = echo.call({ x: 2 })
+  assert.deepEqual(seen, [['js', 'echo', { x: 2 }]])
+  assert.equal(echo.calls.length, 1)
+  assert.equal(await settlesWithoutEventLoop(call), true)
+  assert.deepEqual(await call, { echoed: { x: 2 } })
+  assert.deepEqual(echo.calls, [{ args: { x: 2 }, inCallTool: true }])
+  // Its decisions are the same: a denial, a throw (fail closed), a wrong answer.
+  await rejectsWith(echo.call({ x: 3 }), codes.PERMISSION_DENIED, /no threes/)
+  engine.domainLayer.addBusinessRule('throws', () => {
+    throw new Error('rule broke')
+  })
+  await rejectsWith(echo.call({ x: 1 }), codes.PERMISSION_DENIED, /throws.*threw: .*rule broke/)
+  engine.domainLayer.removeBusinessRule('throws')
+  engine.domainLayer.addBusinessRule('sloppy', () => 'yes')
+  await rejectsWith(echo.call({ x: 1 }), codes.PERMISSION_DENIED, /sloppy/)
+  engine.close()
+})
+
+test('a JS tool reached after an async JS business rule is called later, not inside callTool', async () => {
+  const engine = new Engine()
+  const echo = echoProbe(engine)
+  engine.domainLayer.addBusinessRule('allow', async () => true)
   const call = echo.call({ x: 2 })
   assert.equal(echo.calls.length, 0)
   assert.equal(await settlesWithoutEventLoop(call), false)

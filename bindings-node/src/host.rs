@@ -2,10 +2,13 @@
 //! subscribers. Both are weak, catching ThreadsafeFunctions, like JS tools: they
 //! never keep Node alive, and a throw becomes a value here, never a crash.
 //!
-//! - A rule is called from the call's future (a tokio task): the call to the JS
-//!   thread and a returned Promise are awaited there, never on the JS thread, and
-//!   bounded by the rule's timeout. Whatever goes wrong (a throw, a rejection, a
-//!   wrong-typed answer, the event loop gone, the timeout) denies the call.
+//! - A rule reached while its JS thread polls a call (`callTool`'s, see `call_promise`)
+//!   is called right there, as JS tools are: no trip through the event loop's queue.
+//!   Reached elsewhere (a workflow step on the runtime), it is called from the call's
+//!   future through the threadsafe function. Either way a returned Promise is awaited
+//!   by the call's future, bounded by the rule's timeout, and whatever goes wrong (a
+//!   throw, a rejection, a wrong-typed answer, the event loop gone, the timeout)
+//!   denies the call.
 //! - A subscriber handler runs on the core's per-subscriber library thread, which
 //!   must not wait for JS: it only queues the event for the JS thread (in id order,
 //!   non-blocking) and returns. What the JS function then does (a throw, a
@@ -27,7 +30,7 @@ use serde_json::Value;
 use utp_core::{Event, EventHandler, HostRule, HostVerdict};
 
 use crate::json::{self, JsJson};
-use crate::{ToolReturn, js_message, json_kind};
+use crate::{DirectFailure, JsToolRef, ToolReturn, js_message, json_kind};
 
 // ---------------------------------------------------------------------------
 // Business rules
@@ -43,10 +46,22 @@ pub type JsRuleFn = ThreadsafeFunction<RuleArgs, ToolReturn, RuleArgs, Status, f
 const RULE_EXPECTED: &str =
     "expected true / false, or { decision: 'allow' | 'deny' | 'escalate', reason?: string } (or a Promise of one)";
 
-/// The core rule of a JS function. The core adds "business rule '<name>' failed, so
-/// the call is denied: " in front of every error returned here.
-pub fn js_rule(function: Arc<JsRuleFn>, timeout: Duration) -> HostRule {
+/// The core rule of a JS function (`direct`: the same function, for calls on its JS
+/// thread). The core adds "business rule '<name>' failed, so the call is denied: " in
+/// front of every error returned here.
+pub fn js_rule(function: Arc<JsRuleFn>, direct: Arc<JsToolRef>, timeout: Duration) -> HostRule {
     Arc::new(move |tool: String, action: String, params: Value| {
+        if let Some(here) = direct.here() {
+            // On the JS thread, polling a call: call it now (a sync rule answers at once).
+            let returned = direct.call_here(here, vec![Value::String(tool), Value::String(action), params]);
+            let returned = returned.map_err(|failure| match failure {
+                DirectFailure::Threw(message) => format!("the JS function threw: {message}"),
+                DirectFailure::Arguments(e) => format!("the arguments cannot be given to JS: {e}"),
+                DirectFailure::Status(status) => format!("the JS function could not be called (status {status})"),
+                DirectFailure::Unusable(e) => format!("the JS function returned an unusable value: {e}"),
+            });
+            return Box::pin(within(timeout, rule_answer(returned)));
+        }
         let function = function.clone();
         Box::pin(async move {
             let answer = async {
@@ -59,24 +74,37 @@ pub fn js_rule(function: Arc<JsRuleFn>, timeout: Duration) -> HostRule {
                             e.status, e.reason
                         )
                     }
-                })?;
-                let value = match returned {
-                    ToolReturn::Value(v) => v,
-                    ToolReturn::Promise(p) => {
-                        p.await.map_err(|e| format!("the JS function's promise rejected: {}", js_message(&e)))?
-                    }
-                    ToolReturn::Broken(why) => {
-                        return Err(format!("the JS function returned an unusable value: {why}"));
-                    }
-                };
-                verdict(value)
+                });
+                rule_answer(returned).await
             };
-            match tokio::time::timeout(timeout, answer).await {
-                Ok(answer) => answer,
-                Err(_) => Err(format!("the JS function did not answer within {:.3} s", timeout.as_secs_f64())),
-            }
+            within(timeout, answer).await
         })
     })
+}
+
+/// A rule's answer, or that it did not answer within `timeout`.
+async fn within(
+    timeout: Duration,
+    answer: impl std::future::Future<Output = Result<HostVerdict, String>>,
+) -> Result<HostVerdict, String> {
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(answer) => answer,
+        Err(_) => Err(format!("the JS function did not answer within {:.3} s", timeout.as_secs_f64())),
+    }
+}
+
+/// What a JS rule returned (or awaited), as a verdict.
+async fn rule_answer(returned: Result<ToolReturn, String>) -> Result<HostVerdict, String> {
+    let value = match returned? {
+        ToolReturn::Value(v) => v,
+        ToolReturn::Promise(p) => {
+            p.await.map_err(|e| format!("the JS function's promise rejected: {}", js_message(&e)))?
+        }
+        ToolReturn::Broken(why) => {
+            return Err(format!("the JS function returned an unusable value: {why}"));
+        }
+    };
+    verdict(value)
 }
 
 /// A rule's answer as a verdict: a boolean, or `{ decision, reason? }`.

@@ -463,9 +463,9 @@ async fn tool_result(name: &str, returned: ToolReturn) -> utp_core::Result<Value
         .map_err(|m| tool_failed(name, format!("{m}{hint}")))
 }
 
-/// A JS tool's function, weakly referenced (the threadsafe function keeps it alive), for
-/// calls made on its own JS thread.
-struct JsToolRef {
+/// A JS tool's (or rule's) function, weakly referenced (the threadsafe function keeps it
+/// alive), for calls made on its own JS thread.
+pub(crate) struct JsToolRef {
     env: sys::napi_env,
     reference: sys::napi_ref,
     thread: std::thread::ThreadId,
@@ -476,7 +476,7 @@ unsafe impl Send for JsToolRef {}
 unsafe impl Sync for JsToolRef {}
 
 impl JsToolRef {
-    fn new(env: sys::napi_env, function: sys::napi_value) -> napi::Result<JsToolRef> {
+    pub(crate) fn new(env: sys::napi_env, function: sys::napi_value) -> napi::Result<JsToolRef> {
         let mut reference = std::ptr::null_mut();
         let status = unsafe { sys::napi_create_reference(env, function, 0, &mut reference) };
         napi::check_status!(status, "cannot reference the tool's function")?;
@@ -487,36 +487,69 @@ impl JsToolRef {
     /// its JS thread); else give `args` back. A throw is a TOOL_FAILED error, and no
     /// exception is left pending.
     fn call_now(&self, name: &str, args: Value) -> Result<utp_core::Result<ToolReturn>, Value> {
+        let Some(function) = self.here() else { return Err(args) };
+        Ok(self.call_here(function, vec![args]).map_err(|failure| {
+            tool_failed(
+                name,
+                match failure {
+                    DirectFailure::Arguments(e) => format!("the arguments cannot be given to JS: {e}"),
+                    DirectFailure::Threw(message) => format!("the JS function threw: {message}"),
+                    DirectFailure::Status(status) => format!("the JS function could not be called (status {status})"),
+                    DirectFailure::Unusable(e) => format!("the JS function returned an unusable value: {e}"),
+                },
+            )
+        }))
+    }
+
+    /// The function, if this thread is polling a call of its environment (its JS
+    /// thread) and the function is still alive (collected: its threadsafe function says why).
+    pub(crate) fn here(&self) -> Option<sys::napi_value> {
         let env = JsPoll::env();
         if env.is_null() || env != self.env {
-            return Err(args);
+            return None;
         }
         let mut function = std::ptr::null_mut();
         let status = unsafe { sys::napi_get_reference_value(env, self.reference, &mut function) };
-        if status != sys::Status::napi_ok || function.is_null() {
-            return Err(args); // Collected: the threadsafe function says why.
+        (status == sys::Status::napi_ok && !function.is_null()).then_some(function)
+    }
+
+    /// Call `function` (from [`JsToolRef::here`], on this thread) with `args`. No
+    /// exception is left pending.
+    pub(crate) fn call_here(&self, function: sys::napi_value, args: Vec<Value>) -> Result<ToolReturn, DirectFailure> {
+        let env = self.env;
+        let mut argv = Vec::with_capacity(args.len());
+        for arg in args {
+            argv.push(unsafe { Value::to_napi_value(env, arg) }.map_err(|e| DirectFailure::Arguments(e.to_string()))?);
         }
-        let arg = match unsafe { Value::to_napi_value(env, args) } {
-            Ok(arg) => arg,
-            Err(e) => return Ok(Err(tool_failed(name, format!("the arguments cannot be given to JS: {e}")))),
-        };
         let mut this = std::ptr::null_mut();
         let mut returned = std::ptr::null_mut();
         let status = unsafe { sys::napi_get_undefined(env, &mut this) };
         let status = match status {
-            sys::Status::napi_ok => unsafe { sys::napi_call_function(env, this, function, 1, &arg, &mut returned) },
+            sys::Status::napi_ok => unsafe {
+                sys::napi_call_function(env, this, function, argv.len(), argv.as_ptr(), &mut returned)
+            },
             other => other,
         };
         if status != sys::Status::napi_ok {
-            let why = json::take_exception(env);
-            return Ok(Err(match why {
-                Some(message) => tool_failed(name, format!("the JS function threw: {message}")),
-                None => tool_failed(name, format!("the JS function could not be called (status {status})")),
-            }));
+            return Err(match json::take_exception(env) {
+                Some(message) => DirectFailure::Threw(message),
+                None => DirectFailure::Status(status),
+            });
         }
-        Ok(unsafe { ToolReturn::from_napi_value(env, returned) }
-            .map_err(|e| tool_failed(name, format!("the JS function returned an unusable value: {e}"))))
+        unsafe { ToolReturn::from_napi_value(env, returned) }.map_err(|e| DirectFailure::Unusable(e.to_string()))
     }
+}
+
+/// Why a function called on its JS thread ([`JsToolRef::call_here`]) gave no value.
+pub(crate) enum DirectFailure {
+    /// An argument could not be made a JS value.
+    Arguments(String),
+    /// It threw (the message).
+    Threw(String),
+    /// napi refused the call.
+    Status(sys::napi_status),
+    /// What it returned could not be read.
+    Unusable(String),
 }
 
 impl Drop for JsToolRef {
@@ -806,6 +839,7 @@ impl JsEngine {
     )]
     pub fn add_business_rule(
         &self,
+        env: &Env,
         name: String,
         callback: Function<'_, host::RuleArgs, ToolReturn>,
         options: StrictJson,
@@ -821,12 +855,13 @@ impl JsEngine {
             if name.trim().is_empty() {
                 return Err(invalid("a business rule needs a name (found an empty string)"));
             }
+            let direct = Arc::new(JsToolRef::new(env.raw(), napi::JsValue::raw(&callback))?);
             let function: host::JsRuleFn = callback
                 .build_threadsafe_function::<host::RuleArgs>()
                 .weak::<true>()
                 .callee_handled::<false>()
                 .build()?;
-            engine.add_business_rule(&name, host::js_rule(Arc::new(function), timeout)).map_err(core_err)
+            engine.add_business_rule(&name, host::js_rule(Arc::new(function), direct, timeout)).map_err(core_err)
         })
     }
 

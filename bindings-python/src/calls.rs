@@ -14,6 +14,7 @@ use utp_core::{CallOptions, CancellationToken, Error, ErrorCode};
 use crate::callbacks::locked;
 use crate::engine::PyEngine;
 use crate::errors::{IntoPyResult, guarded, raise, to_py_err};
+use crate::host_calls;
 use crate::host_options::OptionMap;
 use crate::json::{to_json, to_py};
 
@@ -218,13 +219,18 @@ impl PyEngine {
             let (args, options, cancel) =
                 call_request(py, args, timeout, tenant, session, user, approval_id, fail_fast_on_approval)?;
             let r = self.running(py)?;
-            // A sequential HTTP call is driven on this thread (`Engine::blocking_call`): one
-            // context switch per call instead of seven (docs/benchmarks.md has the figures).
-            let blocking = r.engine.blocking_call(name);
+            // A call whose Python tool and rules may run on this thread is driven here, and
+            // they run here (host_calls.rs); a sequential HTTP call is driven on this thread
+            // too (`Engine::blocking_call`): one context switch per call instead of seven
+            // (docs/benchmarks.md has the figures).
+            let blocking = r.engine.blocking_call(name, &options);
             let call = r.engine.call_tool(name, args, options);
-            let result = match blocking.here() {
-                true => r.block_on_here_interruptible(py, call, &cancel)?,
-                false => r.block_on_interruptible(py, call, &cancel)?,
+            let result = if blocking.callbacks_here() {
+                host_calls::drive_with_callbacks(&r, py, call, &cancel)?
+            } else if blocking.here() {
+                r.block_on_here_interruptible(py, call, &cancel)?
+            } else {
+                r.block_on_interruptible(py, call, &cancel)?
             };
             to_py(py, &result.py_err(py)?)
         })
@@ -253,8 +259,7 @@ impl PyEngine {
         future: Bound<'py, PyAny>,
         settler: Bound<'py, PySettler>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        use std::future::Future;
-        use std::task::{Context, Poll, Waker};
+        use std::task::Poll;
         guarded(py, || {
             let (args, options, cancel) =
                 call_request(py, args, timeout, tenant, session, user, approval_id, fail_fast_on_approval)?;
@@ -263,20 +268,23 @@ impl PyEngine {
             // its request on the loop's thread, which also runs every coroutine; a worker
             // of the runtime builds it instead, which serves many calls in flight better.
             let waits = r.engine.tool(&name).is_ok_and(|t| t.tool.tool_call_template.does_io());
+            // Its Python rules may run in the first poll, on this thread (host_calls.rs).
+            let here = !waits && r.engine.host_callbacks_here(&name, &options);
             let held = r.clone();
             let mut call = Box::pin(async move { held.engine.call_tool(&name, args, options).await });
-            // First poll: no thread hop for a call that does not wait. A Python tool or
-            // rule is only queued on the blocking pool here (never run inline), so
-            // holding nothing the GIL-taking threads need, this cannot deadlock.
-            let first = match waits {
-                true => Poll::Pending,
-                false => py.detach(|| {
-                    let _context = r.rt().enter();
-                    call.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-                }),
+            // First poll: no thread hop for a call that does not wait. A Python rule
+            // reached in it runs here (`here`) or is queued on the engine's threads, a
+            // Python tool is queued there; the GIL is released meanwhile, so this cannot
+            // deadlock.
+            let (first, interrupt) = match waits {
+                true => (Poll::Pending, None),
+                false => host_calls::poll_first(&r, py, call.as_mut(), &cancel, here),
             };
             match first {
-                Poll::Ready(result) => to_py(py, &result.py_err(py)?),
+                Poll::Ready(result) => match interrupt {
+                    Some(interrupt) => Err(interrupt),
+                    None => to_py(py, &result.py_err(py)?),
+                },
                 Poll::Pending => {
                     let delivery = Delivery::new(settler.unbind(), future.unbind());
                     // The task's first poll replaces the no-op waker.
@@ -284,6 +292,9 @@ impl PyEngine {
                         let result = call.await;
                         delivery.send(result);
                     }));
+                    if let Some(interrupt) = interrupt {
+                        return Err(interrupt); // The call was cancelled; it settles its future.
+                    }
                     Ok(Bound::new(py, PyPendingCall { cancel })?.into_any())
                 }
             }

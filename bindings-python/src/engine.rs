@@ -137,11 +137,16 @@ impl Running {
 }
 
 /// `future`, or a pending signal (Ctrl-C → KeyboardInterrupt), checked every
-/// `SIGNAL_POLL`, which cancels `cancel` and is returned at once.
-async fn interruptible<F: std::future::Future>(future: F, cancel: &CancellationToken) -> PyResult<F::Output> {
+/// `SIGNAL_POLL`, which cancels `cancel` and is returned at once. The future is polled
+/// first: one that ends in its first poll starts no timer.
+pub(crate) async fn interruptible<F: std::future::Future>(
+    future: F,
+    cancel: &CancellationToken,
+) -> PyResult<F::Output> {
     let mut future = std::pin::pin!(future);
     loop {
         tokio::select! {
+            biased;
             out = &mut future => return Ok(out),
             _ = tokio::time::sleep(SIGNAL_POLL) => {
                 if let Err(interrupt) = Python::attach(|py| py.check_signals()) {

@@ -18,6 +18,7 @@ mod engine;
 mod engine_threads;
 mod errors;
 mod events;
+mod host_calls;
 mod host_exit;
 mod host_options;
 mod intents;

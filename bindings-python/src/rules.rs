@@ -11,12 +11,12 @@ use utp_core::{CancellationToken, ErrorCode, HostRule, HostVerdict};
 
 use crate::callbacks::{Callback, Slot, call_maybe_async, describe, log_exception};
 use crate::engine::PyEngine;
-use crate::engine_threads::call_python;
 use crate::errors::{IntoPyResult, guarded, invalid, raise};
+use crate::host_calls::{Callback as Kind, is_coroutine_function, run_python};
 use crate::json::{seconds, to_json, to_py, type_name};
 
-/// Run a business rule `func(tool, action, params)` on the calling (blocking-pool)
-/// thread. True / `Decision.allow()` allow; False / `Decision.deny()` deny;
+/// Run a business rule `func(tool, action, params)` on the calling thread (the
+/// host's, or an engine thread). True / `Decision.allow()` allow; False / `Decision.deny()` deny;
 /// `Decision.escalate()` asks for an approval. An exception or any other return
 /// value is an `Err` — the core denies the call with it (fail closed).
 fn run_rule(
@@ -31,6 +31,7 @@ fn run_rule(
         return Err("its Python function was released (engine closed or rule removed)".into());
     };
     let raised = |e: PyErr| {
+        crate::host_calls::note_interrupt(py, &e);
         let args = [rule, tool.as_str(), action.as_str()].map(|a| PyString::new(py, a).into_any()).to_vec();
         log_exception(py, "utp.rules", "warning", &e, "business rule %r raised; the call to %s.%s is denied", args);
         format!("raised {}", describe(py, &e))
@@ -50,6 +51,9 @@ fn run_rule(
     }
     Err(format!("returned {}, expected a bool or a utp.Decision", type_name(&result)))
 }
+
+/// A rule's deadline when it is added without one (seconds).
+const DEFAULT_RULE_TIMEOUT: f64 = 10.0;
 
 /// A business rule's answer: `Decision.allow()`, `Decision.deny(reason=None)`,
 /// `Decision.escalate(reason=None)` (the call waits for `engine.approve`).
@@ -125,11 +129,21 @@ impl PyEngine {
     // ----- domain layer (docs/design.md §6); `utp.DomainLayer` wraps these -----
 
     /// Add the business rule `name`: `func(tool, action, params)` (sync or
-    /// `async def`) runs on an engine thread before every call and returns a bool
-    /// or a `Decision`. An exception, another return type, or no answer within
-    /// `timeout` seconds denies the call with a message naming the rule.
-    #[pyo3(signature = (name, func, timeout=10.0))]
-    fn _add_business_rule(&self, py: Python<'_>, name: &str, func: Bound<'_, PyAny>, timeout: f64) -> PyResult<()> {
+    /// `async def`) runs before every call and returns a bool or a `Decision`. An
+    /// exception, another return type, or no answer within `timeout` seconds (default
+    /// 10) denies the call with a message naming the rule. A sync rule without a
+    /// `timeout` runs on the thread that waits for the call when it can (its answer is
+    /// then checked against the 10 s when it comes); one with a `timeout`, or an `async
+    /// def` one, runs on an engine thread, so that the wait stops at the deadline
+    /// (docs/architecture.md, "Host callbacks on the calling thread").
+    #[pyo3(signature = (name, func, timeout=None))]
+    fn _add_business_rule(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        func: Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
         guarded(py, || {
             if !func.is_callable() {
                 return Err(invalid(
@@ -137,20 +151,27 @@ impl PyEngine {
                     format!("business rule '{name}': fn must be callable, got {}", type_name(&func)),
                 ));
             }
-            let limit = seconds(py, timeout, "timeout")?;
+            let limit = seconds(py, timeout.unwrap_or(DEFAULT_RULE_TIMEOUT), "timeout")?;
             if limit.is_zero() {
                 return Err(invalid(py, "timeout must be more than 0 seconds"));
             }
+            let here = timeout.is_none() && !is_coroutine_function(&func)?;
             let callback = Callback::new(func.unbind());
             let (held, rule_name) = (callback.clone(), name.to_string());
             let rule: HostRule = Arc::new(move |tool: String, action: String, params: Value| {
                 let (callback, rule_name) = (held.clone(), rule_name.clone());
                 Box::pin(async move {
-                    let task = call_python(move |py| run_rule(py, &callback, &rule_name, tool, action, params));
+                    let started = std::time::Instant::now();
+                    let task = run_python(Kind::Rule, here, move |py| {
+                        run_rule(py, &callback, &rule_name, tool, action, params)
+                    });
+                    let late = || Err(format!("it did not answer within {:.3} s", limit.as_secs_f64()));
                     match tokio::time::timeout(limit, task).await {
+                        // A rule run on the caller's thread is not abandoned: a late answer is no answer.
+                        Ok(Ok(_)) if here && started.elapsed() > limit => late(),
                         Ok(Ok(verdict)) => verdict,
                         Ok(Err(e)) => Err(format!("its thread failed: {e}")),
-                        Err(_) => Err(format!("it did not answer within {:.3} s", limit.as_secs_f64())),
+                        Err(_) => late(),
                     }
                 })
             });

@@ -9,14 +9,15 @@ use utp_core::{Error, ErrorCode, NativeHandler};
 
 use crate::callbacks::{Callback, Slot};
 use crate::engine::PyEngine;
-use crate::engine_threads::call_python;
 use crate::errors::{IntoPyResult, guarded, invalid};
+use crate::host_calls::{Callback as Kind, is_coroutine_function, run_python};
 use crate::json::{to_json, to_py, type_name};
 
-/// Run a Python tool function on the calling (blocking-pool) thread: `fn(args)`, and
+/// Run a Python tool function on the calling thread (the host's, or an engine thread): `fn(args)`, and
 /// when it returns an awaitable (an `async def` tool), `asyncio.run` it there.
 fn call_python_tool(py: Python<'_>, func: &Py<PyAny>, tool: &str, args: &Value) -> Result<Value, Error> {
     let failed = |e: PyErr| {
+        crate::host_calls::note_interrupt(py, &e);
         let kind = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
         Error::with_code(ErrorCode::ToolFailed, format!("tool '{tool}' raised {kind}: {}", e.value(py)))
     };
@@ -38,7 +39,8 @@ fn call_python_tool(py: Python<'_>, func: &Py<PyAny>, tool: &str, args: &Value) 
 impl PyEngine {
     /// Register a Python function as the native tool `name` ("manual.tool"; the
     /// manual is created when missing). `func(args: dict)` may be sync or `async def`
-    /// and runs on an engine thread; what it raises fails the call with
+    /// and runs on the thread that waits for the call or on an engine thread
+    /// (docs/architecture.md, "Host callbacks on the calling thread"); what it raises fails the call with
     /// `ToolFailedError` naming the tool. Returns the full tool name.
     #[pyo3(signature = (name, func, inputs=None, outputs=None, description="", tags=None))]
     #[allow(clippy::too_many_arguments)]
@@ -59,13 +61,15 @@ impl PyEngine {
             let schema =
                 |v: Option<&Bound<'_, PyAny>>| v.filter(|v| !v.is_none()).map(|v| to_json(py, v, 0)).transpose();
             let (inputs, outputs) = (schema(inputs)?, schema(outputs)?);
+            // A sync function may run on the thread that waits for the call (host_calls.rs).
+            let here = !is_coroutine_function(&func)?;
             let callback = Callback::new(func.unbind());
             let held = callback.clone();
             let tool = name.to_string();
             let handler: NativeHandler = Arc::new(move |args: Value| {
                 let (callback, tool) = (held.clone(), tool.clone());
                 Box::pin(async move {
-                    call_python(move |py| match callback.get(py) {
+                    run_python(Kind::Tool, here, move |py| match callback.get(py) {
                         Some(func) => call_python_tool(py, &func, &tool, &args),
                         None => Err(Error::with_code(
                             ErrorCode::ToolFailed,

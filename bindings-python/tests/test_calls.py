@@ -226,7 +226,8 @@ def test_engine_threads_release_their_python_state_when_the_engine_closes():
     engine = utp.Engine()
     engine.register_tool("t.keep", keep)
     for _ in range(20):
-        engine.call_tool("t.keep")
+        # With a timeout of its own the tool runs on an engine thread (without one, on this thread).
+        engine.call_tool("t.keep", timeout=30)
     assert refs and all(r() is not None for r in refs)  # kept while the threads run
     engine.close()  # joins the engine's threads: each deletes its Python state
     gc.collect()

@@ -117,10 +117,13 @@ pub struct CallsConfig {
     pub file_root: Option<PathBuf>,
 }
 
+/// `calls.default_timeout` when the config sets none.
+pub const BUILT_IN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Default for CallsConfig {
     fn default() -> Self {
         CallsConfig {
-            default_timeout: std::time::Duration::from_secs(30),
+            default_timeout: BUILT_IN_CALL_TIMEOUT,
             allow_insecure_http: false,
             allow_private_networks: false,
             max_response_size: DEFAULT_MAX_RESPONSE_SIZE,

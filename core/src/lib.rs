@@ -38,7 +38,9 @@ pub use events::{Event, EventBus, EventHandler, HistoryFilter, SubscriptionId};
 pub use manual::{Auth, CallTemplate, Manual, Tool};
 pub use registry::RegisteredTool;
 pub use tokio_util::sync::CancellationToken;
-pub use transport::{BlockingCall, CallThread, ItemStream, NativeHandler};
+pub use transport::{
+    BlockingCall, CallThread, ItemStream, NativeHandler, host_callbacks_here, poll_with_callbacks, run_host_callback,
+};
 
 /// The runtime's version (all artifacts share it).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

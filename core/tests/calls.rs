@@ -327,3 +327,83 @@ async fn text_and_file_tools_are_confined() {
     }
     assert_eq!(call(&e, "f.gone", json!({})).await.unwrap_err().code(), ErrorCode::NotFound);
 }
+
+/// A host thread blocked on a call whose callbacks may run there (`Engine::blocking_call`
+/// → `callbacks_here`) drives it with `Engine::drive_with_callbacks`: its native tool and
+/// host rules see `host_callbacks_here()` and run on that thread; a deadline of the call's
+/// own, a configured default timeout, or a thread inside a runtime keep them elsewhere.
+#[test]
+fn blocking_calls_run_host_callbacks_on_the_calling_thread_without_a_deadline_of_their_own() {
+    use std::sync::Mutex;
+    use std::thread::ThreadId;
+    use utp_core::{HostRule, HostVerdict, host_callbacks_here, run_host_callback};
+    type Seen = Arc<Mutex<Vec<(&'static str, ThreadId, bool)>>>;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let setup = |config: Value| {
+        let e = engine(config);
+        let seen: Seen = Arc::default();
+        let (tool_seen, rule_seen) = (seen.clone(), seen.clone());
+        let tool = handler(move |_| {
+            // What a binding's adapter does: runs the callback with the mark cleared.
+            let here = host_callbacks_here();
+            run_host_callback(|| assert!(!host_callbacks_here()));
+            tool_seen.lock().unwrap().push(("tool", std::thread::current().id(), here));
+            Ok(json!(1))
+        });
+        e.register_tool("t.where", tool, None, None, "", vec![]).unwrap();
+        let rule: HostRule = Arc::new(move |_, _, params: Value| {
+            rule_seen.lock().unwrap().push(("rule", std::thread::current().id(), host_callbacks_here()));
+            let deny = params.get("deny").is_some();
+            Box::pin(async move { Ok(if deny { HostVerdict::Deny(Some("no".into())) } else { HostVerdict::Allow }) })
+        });
+        e.add_business_rule("where", rule).unwrap();
+        (e, seen)
+    };
+    let me = std::thread::current().id();
+    let blocking = |e: &Engine, args: Value, options: CallOptions| {
+        let call = e.blocking_call("t.where", &options);
+        let here = call.callbacks_here();
+        let out = match here {
+            true => e.drive_with_callbacks(rt.handle(), e.call_tool("t.where", args, options)),
+            false => rt.block_on(e.call_tool("t.where", args, options)),
+        };
+        (here, out)
+    };
+    let (e, seen) = setup(json!({}));
+    let (here, out) = blocking(&e, json!({}), CallOptions::default());
+    assert!(here);
+    assert_eq!(out.unwrap(), json!(1));
+    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), vec![("rule", me, true), ("tool", me, true)]);
+    assert!(!host_callbacks_here(), "the mark is only set while the call is polled");
+    // Decisions are the same: a denial is PERMISSION_DENIED and the tool does not run.
+    let (_, out) = blocking(&e, json!({"deny": true}), CallOptions::default());
+    assert_eq!(out.unwrap_err().code(), ErrorCode::PermissionDenied);
+    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), vec![("rule", me, true)]);
+    // A timeout of the call's own: not here.
+    let timed = CallOptions { timeout: Some(Duration::from_secs(5)), ..CallOptions::default() };
+    assert!(!e.blocking_call("t.where", &timed).callbacks_here());
+    assert!(!e.host_callbacks_here("t.where", &timed));
+    assert!(e.host_callbacks_here("t.where", &CallOptions::default()));
+    // Polled on the runtime (a workflow step, an async call): never marked.
+    rt.block_on(e.call_tool("t.where", json!({}), CallOptions::default())).unwrap();
+    assert!(seen.lock().unwrap().iter().all(|(_, _, here)| !here));
+    // Inside a runtime's context the thread cannot drive a call here.
+    assert!(!rt.block_on(async { e.blocking_call("t.where", &CallOptions::default()).callbacks_here() }));
+    // A configured default timeout is a deadline of the call's own.
+    let (configured, _) = setup(json!({"calls": {"default_timeout": "5s"}}));
+    assert!(!configured.blocking_call("t.where", &CallOptions::default()).callbacks_here());
+    // A tool that does I/O (a CLI tool) is not driven here, even under host rules.
+    let manual = json!({"tools": [{"name": "echo", "tool_call_template": {
+        "call_template_type": "cli", "commands": [{"command": "echo hi"}]}}]});
+    rt.block_on(e.register_manual(ManualSource::Inline(manual), Some("sh"))).unwrap();
+    assert!(!e.blocking_call("sh.echo", &CallOptions::default()).callbacks_here());
+    // A callback run here may block on the runtime (a nested call the usual way).
+    let nested = e.clone();
+    let handle = rt.handle().clone();
+    let outer = handler(move |_| {
+        run_host_callback(|| handle.block_on(nested.call_tool("t.where", json!({}), CallOptions::default())))
+    });
+    e.register_tool("t.outer", outer, None, None, "", vec![]).unwrap();
+    let out = e.drive_with_callbacks(rt.handle(), e.call_tool("t.outer", json!({}), CallOptions::default()));
+    assert_eq!(out.unwrap(), json!(1));
+}

@@ -28,6 +28,11 @@ pub(crate) fn call_options(options_json: Option<&str>, what: &str) -> Result<Cal
 /// `*out_result_json` receives the tool's result as JSON; free it with
 /// utp_string_free(). Blocks the calling thread until the call ends.
 ///
+/// The C tool and C rules of a call with no timeout of its own (no `"timeout"` option,
+/// no `calls.default_timeout` in the config) run on this thread, in this call; with a
+/// timeout they run on the engine's threads, so that the call stops waiting at the
+/// deadline (see utp_tool_fn).
+///
 /// Before the tool runs, the domain layer decides: a denial is
 /// UTP_ERR_PERMISSION_DENIED (with the reasons), a rate limit UTP_ERR_RATE_LIMITED
 /// (see utp_error_retry_after_ms()). An escalated call waits for utp_approve() (up to
@@ -61,12 +66,17 @@ pub unsafe extern "C" fn utp_call_tool(
         };
         // SAFETY: NULL or NUL-terminated per the contract.
         let options = call_options(unsafe { optional_str(options_json, "options_json") }?, "utp_call_tool")?;
-        // A sequential HTTP call is driven on this thread (`Engine::blocking_call`).
-        let blocking = handle.engine.blocking_call(name);
+        // A call whose C tool and rules may run on this thread is driven here and they run
+        // here (tools.rs, rules.rs); a sequential HTTP call is driven on this thread too
+        // (`Engine::blocking_call`).
+        let blocking = handle.engine.blocking_call(name, &options);
         let call = handle.engine.call_tool(name, args, options);
-        let result = match blocking.here() {
-            true => handle.engine.block_on_here(call)??,
-            false => handle.block_on(call)??,
+        let result = if blocking.callbacks_here() {
+            handle.engine.drive_with_callbacks(handle.runtime()?.handle(), call)?
+        } else if blocking.here() {
+            handle.engine.block_on_here(call)??
+        } else {
+            handle.block_on(call)??
         };
         *out = json_out(&result)?;
         Ok(())

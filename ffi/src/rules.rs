@@ -1,5 +1,7 @@
 //! Business rules written in C (`utp_rule_fn`, the `utp_rule_result_t` verdict sink) and
-//! `utp_check`, the dry run of the domain checks. Rules run on the engine's blocking pool.
+//! `utp_check`, the dry run of the domain checks. Rules run on the thread blocked in
+//! `utp_call_tool` when the call has no deadline of its own
+//! (`utp_core::host_callbacks_here`), else on the engine's blocking pool.
 
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::ptr;
@@ -21,7 +23,9 @@ use crate::strings::json_out;
 /// utp_rule_result_deny() or utp_rule_result_escalate() on `result`.
 ///
 /// Threads: runs on the engine's library threads (its blocking pool), possibly on
-/// several at once for concurrent calls, and also for utp_check(). It may call any
+/// several at once for concurrent calls, and also for utp_check(); or on the thread
+/// blocked in utp_call_tool() for that call when the call has no timeout of its own
+/// (see utp_call_tool()). It may call any
 /// utp_* function (including utp_call_tool(), which runs the rules again: beware of
 /// unbounded recursion) except utp_engine_free().
 pub type UtpRuleFn = Option<
@@ -59,7 +63,7 @@ impl UtpRuleResult {
     }
 }
 
-/// Call a C rule once (on a blocking-pool thread).
+/// Call a C rule once (on a blocking-pool thread, or the calling thread).
 fn call_rule(
     registration: &Registration,
     func: unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char, *const c_char, *mut UtpRuleResult),
@@ -113,6 +117,11 @@ pub unsafe extern "C" fn utp_add_business_rule(
         let called = registration.clone();
         let rule: HostRule = Arc::new(move |tool: String, action: String, params: Value| {
             let registration = called.clone();
+            if utp_core::host_callbacks_here() {
+                // The thread blocked in utp_call_tool runs it: no hand-off, no wake-up.
+                let verdict = utp_core::run_host_callback(|| call_rule(&registration, func, &tool, &action, &params));
+                return Box::pin(std::future::ready(verdict));
+            }
             Box::pin(async move {
                 let run = move || call_rule(&registration, func, &tool, &action, &params);
                 if tokio::runtime::Handle::try_current().is_err() {

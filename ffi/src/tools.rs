@@ -1,6 +1,8 @@
 //! Native tools written in C: `utp_register_tool`, the `utp_tool_fn` callback and the
 //! `utp_tool_result_t` sink it reports through (C intent handlers use the same sink).
-//! The callbacks run on the engine's blocking pool, never on a runtime worker.
+//! The callbacks run on the thread blocked in `utp_call_tool` when the call has no
+//! deadline of its own (`utp_core::host_callbacks_here`), else on the engine's blocking
+//! pool, never on a runtime worker.
 
 use std::ffi::{CString, c_char, c_void};
 use std::ptr;
@@ -18,7 +20,10 @@ use crate::strings::parse_tags;
 /// through `result`. Return 0 on success (the value set with
 /// utp_tool_result_set_json(), JSON `null` if none), anything else on failure (the
 /// message set with utp_tool_result_set_error()). Called on the engine's library
-/// threads (its blocking pool), possibly on several at once. It may call any utp_*
+/// threads (its blocking pool), possibly on several at once, or on the thread blocked
+/// in utp_call_tool() for that call when the call has no timeout of its own (no
+/// `"timeout"` option, no `calls.default_timeout` in the config): there the call can
+/// only notice an overrun when the function returns. It may call any utp_*
 /// function (a nested utp_call_tool() included) except utp_engine_free().
 pub type UtpToolFn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, args_json: *const c_char, result: *mut UtpToolResult) -> i32>;
@@ -125,6 +130,11 @@ pub unsafe extern "C" fn utp_register_tool(
         let tool_name = name.to_string();
         let handler: NativeHandler = Arc::new(move |args: Value| {
             let (tool, tool_name) = (tool.clone(), tool_name.clone());
+            if utp_core::host_callbacks_here() {
+                // The thread blocked in utp_call_tool runs it: no hand-off, no wake-up.
+                let result = utp_core::run_host_callback(|| tool.call(&tool_name, &args));
+                return Box::pin(std::future::ready(result));
+            }
             Box::pin(async move {
                 // C code may block: run it on the blocking pool, never on a worker.
                 tokio::task::spawn_blocking(move || tool.call(&tool_name, &args))

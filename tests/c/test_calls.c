@@ -3,7 +3,8 @@
  * text tool, argument validation, tool failures, timeouts, bad arguments, the
  * user_data finaliser, 16 threads calling at once, utp_call_tool_async completions, and
  * http tools against a loopback HTTP/1.1 server the test runs itself (sequential calls,
- * which the engine drives on the calling thread, and 8 threads at once).
+ * which the engine drives on the calling thread, and 8 threads at once), and where C tools and
+ * rules run: on the thread blocked in utp_call_tool, or with a timeout on a library thread.
  *
  * Prints "N passed, M failed" last and exits non-zero on any failure.
  */
@@ -453,6 +454,77 @@ static void test_http_calls(utp_engine_t *engine) {
     http_server_stop(&server);
 }
 
+/* Where C callbacks ran: the tool's and the rule's thread, and what a nested call returned. */
+struct where {
+    utp_engine_t *engine;
+    pthread_t tool_thread;
+    pthread_t rule_thread;
+    int rule_calls;
+    int nested;
+};
+
+static int32_t where_tool(void *user_data, const char *args_json, utp_tool_result_t *result) {
+    struct where *w = user_data;
+    w->tool_thread = pthread_self();
+    if (strstr(args_json, "\"nest\"") != NULL) { /* a call made from inside a tool run here */
+        char *out = NULL;
+        utp_error_t *err = utp_call_tool(w->engine, "text.hello", NULL, NULL, &out);
+        w->nested = err == NULL && out != NULL && strcmp(out, "\"hello\"") == 0;
+        utp_error_free(err);
+        utp_string_free(out);
+    }
+    utp_error_free(utp_tool_result_set_json(result, "1"));
+    return 0;
+}
+
+static void where_rule(void *user_data, const char *tool, const char *action, const char *params_json,
+                       utp_rule_result_t *result) {
+    struct where *w = user_data;
+    (void)tool;
+    (void)action;
+    w->rule_thread = pthread_self();
+    __atomic_add_fetch(&w->rule_calls, 1, __ATOMIC_SEQ_CST);
+    if (strstr(params_json, "\"deny\"") != NULL) utp_error_free(utp_rule_result_deny(result, "asked to deny"));
+}
+
+static void test_callbacks_on_the_calling_thread(void) {
+    utp_engine_t *engine = NULL;
+    if (!ok(utp_engine_new(NULL, &engine), "engine for callbacks")) return;
+    struct where w = {0};
+    w.engine = engine;
+    ok(utp_register_tool(engine, "w.tool", NULL, where_tool, &w, NULL, NULL), "register w.tool");
+    ok(utp_add_business_rule(engine, "where", where_rule, &w, NULL), "add rule");
+    char *out = NULL;
+    if (ok(utp_register_manual(engine,
+                               "{\"name\": \"text\", \"tools\": [{\"name\": \"hello\", \"tool_call_template\":"
+                               " {\"call_template_type\": \"text\", \"content\": \"hello\"}}]}",
+                               NULL, &out),
+           "register text manual")) {
+        utp_string_free(out);
+    }
+    /* No timeout of its own: the rule and the tool run on this thread. */
+    if (ok(utp_call_tool(engine, "w.tool", NULL, NULL, &out), "call here")) {
+        CHECK(pthread_equal(w.tool_thread, pthread_self()), "the tool ran on another thread");
+        CHECK(pthread_equal(w.rule_thread, pthread_self()), "the rule ran on another thread");
+        utp_string_free(out);
+    }
+    /* The rule decides as before: a denial is PERMISSION_DENIED, with its reason. */
+    utp_error_t *err = utp_call_tool(engine, "w.tool", "{\"deny\": true}", NULL, &out);
+    expect_code(err, UTP_ERR_PERMISSION_DENIED, "rule run here denies");
+    /* A tool run here may call the engine (that call runs on the engine's threads). */
+    if (ok(utp_call_tool(engine, "w.tool", "{\"nest\": true}", NULL, &out), "nested call")) {
+        CHECK(w.nested, "the nested call failed");
+        utp_string_free(out);
+    }
+    /* With a timeout, both run on a library thread, so that the wait can stop at the deadline. */
+    if (ok(utp_call_tool(engine, "w.tool", NULL, "{\"timeout\": 5}", &out), "call with a timeout")) {
+        CHECK(!pthread_equal(w.tool_thread, pthread_self()), "the tool ran on the calling thread");
+        CHECK(!pthread_equal(w.rule_thread, pthread_self()), "the rule ran on the calling thread");
+        utp_string_free(out);
+    }
+    utp_engine_free(engine);
+}
+
 int main(void) {
     struct echo_state state = {0, 0};
     utp_engine_t *engine = NULL;
@@ -463,6 +535,7 @@ int main(void) {
         test_threads(engine, &state);
         test_async_calls(engine);
         test_http_calls(engine);
+        test_callbacks_on_the_calling_thread();
         /* Deregistering the manual drops the tool and finalises its user_data. */
         bool removed = false;
         ok(utp_deregister_manual(engine, "c", &removed), "deregister c");

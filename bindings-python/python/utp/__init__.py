@@ -217,9 +217,16 @@ class DomainLayer:
     A rule ``fn(tool, action, params)`` gets ``tool`` = the manual name (``"betfair"``),
     ``action`` = the tool name without it (``"placeBet"``) and ``params`` = the call's
     arguments. It returns True (allow), False (deny) or a ``utp.Decision``; it may be
-    ``async def``. It runs on an engine thread before every call; an exception, any
-    other return value, or no answer within ``timeout`` seconds denies the call with a
-    message naming the rule (fail closed). Deny beats escalate beats allow.
+    ``async def``. It runs before every call; an exception, any other return value, or
+    no answer within ``timeout`` seconds (default 10) denies the call with a message
+    naming the rule (fail closed). Deny beats escalate beats allow.
+
+    Where it runs: a sync rule added without ``timeout`` runs on the thread that waits
+    for the call when it can (a blocking ``call_tool``, or the first step of
+    ``call_tool_async`` on the event loop's thread), with no hand-off to another thread;
+    its answer is checked against the 10 s when it comes. Give ``timeout`` (or make it
+    ``async def``) and it runs on an engine thread, so that the call stops waiting for it
+    at the deadline. docs/architecture.md, "Host callbacks on the calling thread".
     """
 
     __slots__ = ("_engine",)
@@ -227,7 +234,7 @@ class DomainLayer:
     def __init__(self, engine: "Engine") -> None:
         self._engine = engine
 
-    def add_business_rule(self, name: str, fn: RuleFn, *, timeout: float = 10.0) -> None:
+    def add_business_rule(self, name: str, fn: RuleFn, *, timeout: Optional[float] = None) -> None:
         """Add the rule ``name``; ``AlreadyExistsError`` if that name is taken."""
         self._engine._add_business_rule(name, fn, timeout)
 

@@ -297,7 +297,7 @@ class Engine:
     def prune(self, older_than: Union[float, str]) -> int:
         """Delete finished executions and events older than ``older_than``; rows deleted."""
     def _add_business_rule(
-        self, name: str, func: Callable[[str, str, Dict[str, Any]], Any], timeout: float = 10.0
+        self, name: str, func: Callable[[str, str, Dict[str, Any]], Any], timeout: Optional[float] = None
     ) -> None: ...
     def _remove_business_rule(self, name: str) -> bool: ...
     def _check(

@@ -133,9 +133,46 @@ impl Engine {
     /// better (docs/benchmarks.md, "Figures formerly in code comments"), and other
     /// templates stay on the runtime, where their tasks may outlive the call. Keep the
     /// returned value until the call ends.
-    pub fn blocking_call(&self, name: &str) -> transport::BlockingCall<'_> {
-        let http = self.tool(name).is_ok_and(|t| matches!(t.tool.tool_call_template, CallTemplate::Http(_)));
-        transport::BlockingCall::start(&self.inner.transports, http)
+    ///
+    /// [`transport::BlockingCall::callbacks_here`] says to drive it on the calling thread
+    /// with its host callbacks run right there ([`Engine::drive_with_callbacks`]) when
+    /// [`Engine::host_callbacks_here`] allows it and the thread runs no tokio runtime.
+    pub fn blocking_call(&self, name: &str, options: &CallOptions) -> transport::BlockingCall<'_> {
+        let tool = self.tool(name).ok();
+        let http = tool.as_ref().is_some_and(|t| matches!(t.tool.tool_call_template, CallTemplate::Http(_)));
+        let callbacks = tool.as_ref().is_some_and(|t| self.callbacks_here_for(t, options));
+        transport::BlockingCall::start(&self.inner.transports, http, callbacks)
+    }
+
+    /// Whether a call of `name` with `options` may run its host callbacks (a native
+    /// tool's handler, the business rules of the host) on the thread that polls it
+    /// (`transport::here::host_callbacks_here`): the call has host callbacks, its tool does
+    /// no I/O of its own, and nothing but the built-in default bounds it (no per-call,
+    /// template or configured timeout). A callback run on the caller's thread cannot be
+    /// abandoned at a deadline: such a call finds out it was late when the callback
+    /// returns (`TIMEOUT`, as if it had been abandoned); a call with a deadline of its own
+    /// runs its callbacks on the host's pool, so that the wait can stop at the deadline.
+    pub fn host_callbacks_here(&self, name: &str, options: &CallOptions) -> bool {
+        self.tool(name).is_ok_and(|t| self.callbacks_here_for(&t, options))
+    }
+
+    fn callbacks_here_for(&self, tool: &RegisteredTool, options: &CallOptions) -> bool {
+        let template = &tool.tool.tool_call_template;
+        let native = matches!(template, CallTemplate::Native(_));
+        let has_callbacks = native || self.domain().has_host_rules();
+        let own_deadline = options.timeout.is_some()
+            || !matches!(transport::template_timeout(template), Ok(None))
+            || self.inner.config.calls.default_timeout != crate::config::BUILT_IN_CALL_TIMEOUT;
+        has_callbacks && !template.does_io() && !own_deadline
+    }
+
+    /// Drive `future` (a call of this engine, e.g. [`Engine::call_tool`]) to completion on
+    /// the calling thread, in the context of the host's `runtime` (timers), with the host
+    /// callbacks it reaches run right on this thread: a host thread that waits for a call
+    /// anyway runs them itself, with no hand-off to a pool thread and no wake-up back. For
+    /// calls that [`Engine::blocking_call`] marks `callbacks_here`.
+    pub fn drive_with_callbacks<F: Future>(&self, runtime: &tokio::runtime::Handle, future: F) -> F::Output {
+        transport::here::drive_with_callbacks(runtime, future)
     }
 
     /// Call a tool and receive its results as they arrive: the items of an `sse` or
@@ -371,10 +408,15 @@ async fn guard<T>(
     timeout: Duration,
     cancel: Option<&CancellationToken>,
 ) -> Result<T> {
+    let no_result = || Error::Timeout(format!("tool '{tool}': no result within {timeout:?}"));
     let timed = async {
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| Error::Timeout(format!("tool '{tool}': no result within {timeout:?}")))
+        let started = Instant::now();
+        let out = tokio::time::timeout(timeout, fut).await.map_err(|_| no_result())?;
+        // A callback run on the caller's thread cannot be abandoned: late is a timeout all the same.
+        match overran(started, timeout) {
+            true => Err(no_result()),
+            false => Ok(out),
+        }
     };
     match cancel {
         Some(token) => tokio::select! {
@@ -384,6 +426,12 @@ async fn guard<T>(
         },
         None => timed.await,
     }
+}
+
+/// Whether a call polled on a host thread with its callbacks run there
+/// (`transport::here::host_callbacks_here`) went past `timeout` since `started`.
+pub(super) fn overran(started: Instant, timeout: Duration) -> bool {
+    transport::here::host_callbacks_here() && started.elapsed() > timeout
 }
 
 /// Run a transport future under [`guard`], a panic inside it becoming `PANIC` for `tool`.

@@ -30,10 +30,17 @@ impl Engine {
         let decision = if domain.has_host_rules() {
             // Host rules may take a while: they count against the call's deadline and
             // its cancellation, like the tool itself.
+            let late = || {
+                Error::Timeout(format!("call to '{}': the business rules did not decide within {timeout:?}", call.tool))
+            };
+            let started = std::time::Instant::now();
             tokio::select! {
-                decision = tokio::time::timeout(timeout, decide) => decision.map_err(|_| {
-                    Error::Timeout(format!("call to '{}': the business rules did not decide within {timeout:?}", call.tool))
-                })?,
+                decision = tokio::time::timeout(timeout, decide) => match decision {
+                    // Rules run on the caller's thread are not abandoned: late is a timeout all the same.
+                    Ok(_) if super::calls::overran(started, timeout) => return Err(late()),
+                    Ok(decision) => decision,
+                    Err(_) => return Err(late()),
+                },
                 _ = cancelled(options) => {
                     return Err(Error::Cancelled(format!("call to '{}' cancelled while its business rules ran", call.tool)));
                 }

@@ -12,6 +12,15 @@
 //! [`CallThread`] instead: one thread and one current-thread runtime, so that a call's
 //! socket events never move between threads either. Each thread's runtime and clients
 //! go with the thread; a client of an engine that was dropped is dropped at the next call.
+//!
+//! Host callbacks (a binding's native tools and business rules) may run on the calling
+//! thread too: [`drive_with_callbacks`] polls a call there, inside the host's runtime
+//! context, and while it polls, [`host_callbacks_here`] is true, so a binding's adapter
+//! runs the callback right in the poll (Python takes the GIL itself, C calls the
+//! function) instead of handing it to a pool thread and waiting for the wake-up. Only
+//! the poll itself is marked: [`run_host_callback`] clears the mark while a callback
+//! runs, so whatever the callback does (another call of the engine) takes the usual
+//! paths. See docs/architecture.md, "Host callbacks on the calling thread".
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
@@ -35,6 +44,9 @@ struct Here {
     /// drives a call (a depth: it may nest through another engine), and for the life of
     /// a [`CallThread`].
     drives: Cell<u32>,
+    /// Whether host callbacks reached now may run on this thread: while
+    /// [`drive_with_callbacks`] polls, and not inside a callback ([`run_host_callback`]).
+    callbacks: Cell<bool>,
 }
 
 /// This thread's client for the engine with transports `t` while the thread drives calls
@@ -69,24 +81,105 @@ pub(crate) fn block_on<F: Future>(t: &Transports, future: F) -> Result<F::Output
     })
 }
 
+/// Whether a host callback reached now may run right here, on the host's thread that
+/// waits for the call ([`drive_with_callbacks`]), rather than on a pool thread.
+pub fn host_callbacks_here() -> bool {
+    HERE.try_with(|here| here.callbacks.get()).unwrap_or(false)
+}
+
+/// Run a host callback on this thread, with the mark of [`host_callbacks_here`] cleared
+/// while it runs: calls the callback makes go their usual way (they cannot be driven
+/// here, inside this poll).
+pub fn run_host_callback<R>(callback: impl FnOnce() -> R) -> R {
+    let _suspended = Mark::set(false);
+    callback()
+}
+
+/// Sets this thread's callback mark until dropped, then restores the one before.
+struct Mark(bool);
+
+impl Mark {
+    fn set(value: bool) -> Mark {
+        Mark(HERE.try_with(|here| here.callbacks.replace(value)).unwrap_or(false))
+    }
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        let _ = HERE.try_with(|here| here.callbacks.set(self.0));
+    }
+}
+
+/// Poll `future` with [`host_callbacks_here`] true: for a host thread's first poll of a
+/// call it then hands elsewhere when it waits (Python's `call_tool_async` on the event
+/// loop's thread).
+pub fn poll_with_callbacks<F: Future + ?Sized>(
+    future: std::pin::Pin<&mut F>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<F::Output> {
+    let _mark = Mark::set(true);
+    future.poll(cx)
+}
+
+/// Drive `future` to its end on this thread, inside `runtime`'s context (its timers and
+/// I/O run there), parking the thread between polls: a host thread blocked on a call
+/// whose callbacks run right here. Unlike a runtime's `block_on`, it may nest inside a
+/// runtime context (and a callback run here may block on the runtime itself).
+pub(crate) fn drive_with_callbacks<F: Future>(runtime: &tokio::runtime::Handle, future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    thread_local! {
+        static WAKER: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    }
+    let _context = runtime.enter();
+    let waker = WAKER.with(Waker::clone);
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = poll_with_callbacks(future.as_mut(), &mut cx) {
+            return out;
+        }
+        // A wake-up before this park leaves a token: it returns at once.
+        std::thread::park();
+    }
+}
+
 /// A blocking call a host thread is making (Python's `call_tool`, C's `utp_call_tool`),
 /// from [`crate::Engine::blocking_call`]; it counts as in progress until dropped.
 pub struct BlockingCall<'e> {
     in_progress: &'e AtomicUsize,
     here: bool,
+    callbacks_here: bool,
 }
 
 impl BlockingCall<'_> {
-    pub(crate) fn start(t: &Transports, http: bool) -> BlockingCall<'_> {
+    /// `http`: the tool is an `http` tool; `callbacks`: host callbacks may run on the
+    /// calling thread for this call (see [`crate::Engine::blocking_call`]).
+    pub(crate) fn start(t: &Transports, http: bool, callbacks: bool) -> BlockingCall<'_> {
         let alone = t.blocking_calls.fetch_add(1, Ordering::Relaxed) == 0;
-        let here = alone && http && tokio::runtime::Handle::try_current().is_err();
-        BlockingCall { in_progress: &t.blocking_calls, here }
+        let free = tokio::runtime::Handle::try_current().is_err();
+        let here = alone && http && free;
+        BlockingCall { in_progress: &t.blocking_calls, here, callbacks_here: callbacks && free }
     }
 
     /// Whether to drive the call on the calling thread ([`crate::Engine::block_on_here`])
     /// rather than hand it to the host's runtime.
     pub fn here(&self) -> bool {
         self.here
+    }
+
+    /// Whether to drive the call on the calling thread with its host callbacks run there
+    /// ([`crate::Engine::drive_with_callbacks`]); checked before [`BlockingCall::here`].
+    pub fn callbacks_here(&self) -> bool {
+        self.callbacks_here
     }
 }
 

@@ -7,7 +7,7 @@
 pub mod cli;
 pub mod file;
 pub(crate) mod here;
-pub use here::{BlockingCall, CallThread};
+pub use here::{BlockingCall, CallThread, host_callbacks_here, poll_with_callbacks, run_host_callback};
 pub mod http;
 pub mod net;
 pub mod post;
