@@ -5,14 +5,17 @@ Usage: py_percall.py N ROUNDS
 Two tools on one `utp.Engine()` (no config, in-memory store): `text.hello`, a `text` tool
 (the engine answers it without calling back into Python: the closest to a native no-op
 reachable from Python), and `bench.noop`, a Python function `lambda args: None`
-registered with `register_tool` (each call takes the GIL on an engine thread to run it).
+registered with `register_tool` (run on the calling thread, which takes the GIL itself).
+Two more rows call the same two tools on a second engine with one Python business rule,
+`lambda tool, action, params: True` (docs/architecture.md, "Host callbacks on the calling
+thread": with no timeout of their own, the rule and the tool run on the calling thread).
 Per tool: warm-up, then ROUNDS rounds of N sequential `engine.call_tool(name, {})`;
 prints one JSON line with µs per call of every round and their median. A third row,
 a plain Python call of the same no-op through a dict lookup, is the floor of any
 Python-level dispatch; a fourth, `executor.submit(noop).result()` on a one-thread
 ThreadPoolExecutor, is what handing a call to another thread and back costs in plain
-Python (a thread wake-up each way plus two GIL hand-offs): the same shape as a
-`register_tool` function, which runs on an engine thread. Neither is an engine cost."""
+Python (a thread wake-up each way plus two GIL hand-offs): what each Python callback cost
+when it ran on an engine thread. Neither is an engine cost."""
 import json
 from concurrent.futures import ThreadPoolExecutor
 import statistics
@@ -44,12 +47,22 @@ def main() -> None:
     assert engine.call_tool("text.hello", {}) == "hello"
     assert engine.call_tool("bench.noop", {}) is None
     call = engine.call_tool
+    ruled = utp.Engine()
+    ruled.register_manual(
+        {"tools": [{"name": "hello", "tool_call_template": {"call_template_type": "text", "content": "hello"}}]}, "text"
+    )
+    ruled.register_tool("bench.noop", lambda args: None)
+    ruled.domain_layer.add_business_rule("allow_all", lambda tool, action, params: True)
+    assert ruled.call_tool("bench.noop", {}) is None
+    call_ruled = ruled.call_tool
     table = {"bench.noop": lambda args: None}
     pool = ThreadPoolExecutor(1)
     submit = pool.submit
     rows = {
         "text_tool": rounds(lambda: call("text.hello", {}), n, k),
         "python_noop_tool": rounds(lambda: call("bench.noop", {}), n, k),
+        "text_tool_python_rule": rounds(lambda: call_ruled("text.hello", {}), n, k),
+        "python_noop_tool_python_rule": rounds(lambda: call_ruled("bench.noop", {}), n, k),
         "python_dispatch_floor": rounds(lambda: table["bench.noop"]({}), n, k),
         "thread_handoff_floor": rounds(lambda: submit(table["bench.noop"], {}).result(), n, k),
     }

@@ -5,7 +5,9 @@
 // Tools on one `new Engine()`: `text.hello`, a `text` tool (answered by the engine with no
 // JS callback: the closest to a native no-op reachable from Node), `bench.noop`, a JS
 // function `() => null` registered with registerTool (tokio → JS thread through a
-// ThreadsafeFunction → back), and `bench.async_noop` (`async () => null`). Per tool: warm-up,
+// ThreadsafeFunction → back), and `bench.async_noop` (`async () => null`); two more rows call
+// `text.hello` and `bench.noop` on a second engine with one JS business rule, `() => true`.
+// Per tool: warm-up,
 // then ROUNDS rounds of N sequential awaited calls; prints one JSON line with µs per call of
 // every round and their median. `floor` is `await` of an already-resolved JS async function:
 // the cost of one await in a loop; `threadpool_floor` is `await` of crypto.randomFill on a
@@ -24,6 +26,11 @@ engine.registerTool('bench.noop', () => null)
 engine.registerTool('bench.async_noop', async () => null)
 await engine.registerManual({ tools: [{ name: 'hello', tool_call_template: { call_template_type: 'text', content: 'hello' } }] }, 'text')
 if ((await engine.callTool('text.hello', {})) !== 'hello') throw new Error('text tool')
+const ruled = new Engine()
+ruled.registerTool('bench.noop', () => null)
+await ruled.registerManual({ tools: [{ name: 'hello', tool_call_template: { call_template_type: 'text', content: 'hello' } }] }, 'text')
+ruled.domainLayer.addBusinessRule('allow_all', () => true)
+if ((await ruled.callTool('bench.noop', {})) !== null) throw new Error('ruled tool')
 
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2 }
 
@@ -45,6 +52,8 @@ const rows = {
   text_tool: await rounds(() => engine.callTool('text.hello', {})),
   js_noop_tool: await rounds(() => engine.callTool('bench.noop', {})),
   js_async_noop_tool: await rounds(() => engine.callTool('bench.async_noop', {})),
+  text_tool_js_rule: await rounds(() => ruled.callTool('text.hello', {})),
+  js_noop_tool_js_rule: await rounds(() => ruled.callTool('bench.noop', {})),
   await_floor: await rounds(() => noop({})),
   threadpool_floor: await rounds(() => fill(buf)),
 }
