@@ -145,6 +145,31 @@ def test_exit_while_daemon_threads_are_in_calls():
     )
 
 
+def test_exit_with_async_calls_pending():
+    # asyncio.run returns with call_tool_async calls of a slow tool still running.
+    assert_clean(
+        run_many(
+            """
+            import asyncio
+            e = busy_engine()
+            def slow(args):
+                time.sleep(0.2)
+                return 2
+            e.register_tool("t.slow", slow, inputs={"type": "object"})
+            async def main():
+                for _ in range(200):
+                    await e.call_tool_async("t.noop", {})
+                pending = [asyncio.ensure_future(e.call_tool_async("t.slow", {})) for _ in range(50)]
+                await asyncio.sleep(0.05)
+                print("pending", sum(not p.done() for p in pending))
+            asyncio.run(main())
+            """
+        ),
+        0,
+        stdout_has="pending",
+    )
+
+
 def test_sys_exit_inside_a_subscriber_is_logged_and_the_process_goes_on():
     # A subscriber runs on the engine's thread: SystemExit there ends that event, as
     # it would end a threading.Thread, not the process.
