@@ -275,7 +275,8 @@ fn deferred_stream(
     let (args, timeout, tenant, session, user, approval_id, fail_fast) = request;
     let (args, options, cancel) = call_request(py, args, timeout, tenant, session, user, approval_id, fail_fast)?;
     let running = engine.get().running(py)?;
-    let source = Source::Deferred(Box::new(Call { engine: running.engine.clone(), name: name.clone(), args, options }));
+    let source =
+        Source::Deferred(Box::new(Call { engine: (*running.engine).clone(), name: name.clone(), args, options }));
     let shared = Shared { source: tokio::sync::Mutex::new(source), cancel, closed: AtomicBool::new(false) };
     Ok(PyToolStream { engine: engine.clone().unbind(), shared: Arc::new(shared), name })
 }
