@@ -48,7 +48,7 @@ define utp_node_run_examples
 	@cd "$(UTP_NODE_ROOT)" && node "$(UTP_NODE_TSC)" --noEmit -p examples/node
 endef
 
-test-node: node-deps node-build
+test-node: node-deps node-build mcp-servers
 	cd "$(UTP_NODE_DIR)" && $(UTP_NODE_NPM) test
 	$(utp_node_run_examples)
 

@@ -12,7 +12,7 @@ UTP_PY_STAMP  := $(UTP_PY_VENV)/.utp-deps-installed
 
 UTP_PY_EXAMPLES := $(sort $(wildcard $(UTP_PY_ROOT)/examples/python/*.py))
 
-.PHONY: python-venv python-build test-python python-examples test-install-python
+.PHONY: python-venv python-build test-python python-examples test-install-python mcp-servers
 
 $(UTP_PY_STAMP): $(UTP_PY_PKG)/requirements-dev.txt
 	$(UTP_PY_SYS) -m venv $(UTP_PY_VENV)
@@ -20,6 +20,18 @@ $(UTP_PY_STAMP): $(UTP_PY_PKG)/requirements-dev.txt
 	touch $@
 
 python-venv: $(UTP_PY_STAMP)
+
+# Real MCP servers for the mcp tests (tests/mcp/): the official Python SDK of each protocol
+# era in a venv of its own (mcp 1.x: the initialize handshake; mcp 2.x: stateless
+# server/discover), since the two cannot share one. pytest and node --test find them at
+# .venv-mcp1 / .venv-mcp2.
+UTP_MCP_DIR := $(UTP_PY_ROOT)/tests/mcp
+$(UTP_PY_ROOT)/.venv-mcp%/.utp-deps-installed: $(UTP_MCP_DIR)/requirements-v%.txt
+	$(UTP_PY_SYS) -m venv $(UTP_PY_ROOT)/.venv-mcp$*
+	$(UTP_PY_ROOT)/.venv-mcp$*/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+mcp-servers: $(UTP_PY_ROOT)/.venv-mcp1/.utp-deps-installed $(UTP_PY_ROOT)/.venv-mcp2/.utp-deps-installed
 
 # Debug build (the profile `cargo test` uses), installed editable into the venv.
 python-build: python-venv
@@ -35,7 +47,7 @@ define UTP_PY_RUN_EXAMPLES
 	done
 endef
 
-test-python: python-build
+test-python: python-build mcp-servers
 	cd $(UTP_PY_PKG) && $(UTP_PY) -m pytest -q tests
 	cd $(UTP_PY_PKG) && $(UTP_PY) -m mypy.stubtest utp._utp
 	cd $(UTP_PY_PKG) && $(UTP_PY) -m mypy --strict python/utp

@@ -268,7 +268,7 @@ impl Config {
 const MANUAL_CALL_TEMPLATES: &str = "manual_call_templates";
 
 /// The call-template types a manual can be registered from.
-pub const MANUAL_TEMPLATE_TYPES: [&str; 6] = ["http", "sse", "streamable_http", "file", "text", "cli"];
+pub const MANUAL_TEMPLATE_TYPES: [&str; 7] = ["http", "sse", "streamable_http", "file", "text", "cli", "mcp"];
 
 /// Parse config `manual_call_templates` (python-utcp's key): a list of call templates,
 /// each of a type in [`MANUAL_TEMPLATE_TYPES`] and valid as that type. Errors name the
@@ -369,7 +369,7 @@ mod tests {
             message(json!([{"name": "w"}])).contains("`manual_call_templates[0]` ('w'): has no `call_template_type`")
         );
         assert!(message(json!([{"call_template_type": "carrier_pigeon"}])).contains("unknown call_template_type"));
-        assert!(message(json!([{"call_template_type": "mcp", "config": {}}])).contains("cannot register a manual"));
+        assert!(message(json!([{"call_template_type": "native"}])).contains("cannot register a manual"));
         assert!(
             message(json!([{"call_template_type": "http"}])).contains("invalid http template: missing field `url`")
         );

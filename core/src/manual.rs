@@ -359,6 +359,24 @@ impl CallTemplate {
         }
     }
 
+    /// [`CallTemplate::common`], to change.
+    pub fn common_mut(&mut self) -> &mut TemplateCommon {
+        match self {
+            CallTemplate::Http(t) => &mut t.common,
+            CallTemplate::Sse(t) => &mut t.common,
+            CallTemplate::StreamableHttp(t) => &mut t.common,
+            CallTemplate::Websocket(t) => &mut t.common,
+            CallTemplate::Graphql(t) => &mut t.common,
+            CallTemplate::Cli(t) => &mut t.common,
+            CallTemplate::Text(t) => &mut t.common,
+            CallTemplate::File(t) => &mut t.common,
+            CallTemplate::Mcp(t) => &mut t.common,
+            CallTemplate::Tcp(t) | CallTemplate::Udp(t) => &mut t.common,
+            CallTemplate::Native(t) => &mut t.common,
+            CallTemplate::Wasm(t) => &mut t.common,
+        }
+    }
+
     /// The template's auth, for the types that carry one.
     pub fn auth(&self) -> Option<&Auth> {
         self.common().auth.as_ref()
@@ -589,6 +607,18 @@ pub fn sanitize_name(raw: &str) -> String {
 }
 
 impl Manual {
+    /// A manual with no tools, of the current UTCP version.
+    pub fn empty() -> Manual {
+        Manual {
+            utcp_version: UTCP_VERSION.to_string(),
+            manual_version: "1.0.0".to_string(),
+            tools: Vec::new(),
+            extra: Map::new(),
+            shared_defs: None,
+            fetched_from: None,
+        }
+    }
+
     /// Parse a manual from JSON, migrating a legacy 0.1 manual first.
     ///
     /// Errors name the tool and field that is wrong, and for an unknown

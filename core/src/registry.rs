@@ -231,14 +231,7 @@ impl Registry {
     pub fn add_tool(&self, name: &str, tool: Tool) -> Result<Arc<RegisteredTool>> {
         let _guard = self.writer.lock();
         let current = self.current.load();
-        let mut manual = Manual {
-            utcp_version: crate::manual::UTCP_VERSION.to_string(),
-            manual_version: "1.0.0".to_string(),
-            tools: Vec::new(),
-            extra: Default::default(),
-            shared_defs: None,
-            fetched_from: None,
-        };
+        let mut manual = Manual::empty();
         if let Some(existing) = current.manuals.get(name) {
             if existing.tool(&tool.name).is_some() {
                 return Err(Error::AlreadyExists(format!("manual '{name}' already has a tool '{}'", tool.name)));

@@ -14,7 +14,7 @@ use crate::events::kinds;
 use crate::manual::{Auth, CallTemplate, Manual, sanitize_name};
 use crate::openapi::{self, ConvertOptions};
 use crate::registry::{Catalogue, RegisteredTool};
-use crate::transport::net;
+use crate::transport::{self, net};
 use crate::vars;
 use reqwest::header::{HeaderName, HeaderValue};
 
@@ -150,6 +150,26 @@ impl Engine {
                 };
                 self.register_value(value, Some(name), None)
             }
+            CallTemplate::Mcp(t) => {
+                let Some(name) = name else {
+                    return Err(Error::InvalidArgument("an `mcp` manual call template needs a `name`".into()));
+                };
+                let manual_name = sanitize_name(name);
+                let transports = &self.inner.transports;
+                let tools = transport::mcp::list_tools(
+                    &transports.mcp,
+                    &self.inner.config.calls.cli_env_allowlist,
+                    &manual_name,
+                    t,
+                    &template,
+                    self.inner.config.calls.default_timeout,
+                )
+                .await?;
+                let manual = Manual { tools, ..Manual::empty() };
+                let entry = self.inner.registry.register(&manual_name, manual)?;
+                self.publish_manual_registered(&manual_name, entry.tools.len(), &[]);
+                Ok(entry.tools.iter().map(|t| t.name.clone()).collect())
+            }
             other => Err(Error::InvalidArgument(format!(
                 "call_template_type '{}' cannot register a manual (supported: {})",
                 other.type_name(),
@@ -197,6 +217,17 @@ impl Engine {
     /// default name (file name, URL host, or `name` key of an inline manual).
     pub async fn register_manual(&self, source: ManualSource, name: Option<&str>) -> Result<Vec<String>> {
         match source {
+            // A python-utcp manual call template given where a manual is expected.
+            ManualSource::Inline(value)
+                if value.get("call_template_type").is_some() && value.get("tools").is_none() =>
+            {
+                let mut template: CallTemplate = serde_json::from_value(value)
+                    .map_err(|e| Error::InvalidManual(format!("not a valid manual call template: {e}")))?;
+                if let Some(name) = name {
+                    template.common_mut().name = Some(name.to_string());
+                }
+                Box::pin(self.register_manual_template(&template)).await
+            }
             ManualSource::Inline(value) => self.register_value(value, name, None),
             ManualSource::Path(path) => {
                 let engine = self.clone();

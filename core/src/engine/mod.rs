@@ -27,6 +27,9 @@ pub use manuals::ManualSource;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long `close` lets an MCP server exit after SIGTERM before it is killed.
+const MCP_SERVER_GRACE: Duration = Duration::from_secs(2);
+
 use serde_json::Value;
 
 use crate::config::Config;
@@ -122,6 +125,7 @@ impl Engine {
     /// for executions in the middle of a commit). Calling it again does nothing.
     pub fn close(&self, grace: Duration) {
         self.workflows().shutdown.cancel();
+        self.inner.transports.mcp.close(grace.min(MCP_SERVER_GRACE));
         let Some(durable) = self.inner.durable.swap(None) else { return };
         let deadline = Instant::now() + grace;
         // Executions hold the store only while they commit; once they let go, dropping it here

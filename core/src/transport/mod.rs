@@ -9,6 +9,7 @@ pub mod file;
 pub(crate) mod here;
 pub use here::{BlockingCall, CallThread, host_callbacks_here, poll_with_callbacks, run_host_callback};
 pub mod http;
+pub mod mcp;
 pub mod net;
 pub mod post;
 pub mod sse;
@@ -51,6 +52,8 @@ pub struct Transports {
     pub(crate) tokens: http::TokenCache,
     natives: RwLock<HashMap<String, NativeHandler>>,
     pub(crate) file_root: PathBuf,
+    /// The live MCP servers of `mcp` tools.
+    pub(crate) mcp: mcp::Sessions,
 }
 
 impl std::fmt::Debug for Transports {
@@ -77,6 +80,7 @@ impl Transports {
             tokens: http::TokenCache::default(),
             natives: RwLock::new(HashMap::new()),
             file_root,
+            mcp: mcp::Sessions::default(),
         }
     }
 
@@ -174,6 +178,9 @@ impl Transports {
                 let (stream, single) = Box::pin(sse::open(self, tool, template, args, timeout)).await?;
                 sse::collect(stream, single).await
             }
+            CallTemplate::Mcp(t) => {
+                Box::pin(mcp::call(&self.mcp, &self.config.calls.cli_env_allowlist, tool, t, args)).await
+            }
             other => Err(unsupported(tool, other)),
         }
     }
@@ -223,7 +230,7 @@ fn unsupported(tool: &RegisteredTool, template: &CallTemplate) -> Error {
     Error::with_code(
         crate::error::ErrorCode::Transport,
         format!(
-            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native)",
+            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native, mcp)",
             tool.name,
             template.type_name()
         ),

@@ -1,0 +1,11 @@
+"""An MCP server of the handshake era (initialize / notifications/initialized): PyPI mcp 1.x."""
+import sys
+
+from mcp.server.fastmcp import FastMCP
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import tools  # noqa: E402
+
+app = FastMCP("utp-test-v1")
+tools.register(app)
+app.run("stdio")

@@ -1,0 +1,11 @@
+"""An MCP server of the stateless era (server/discover, protocol 2026-07-28): PyPI mcp 2.x."""
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import tools  # noqa: E402
+
+app = MCPServer("utp-test-v2")
+tools.register(app)
+app.run("stdio")
