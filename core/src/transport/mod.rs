@@ -11,6 +11,7 @@ pub use here::{BlockingCall, CallThread, host_callbacks_here, poll_with_callback
 pub mod http;
 pub mod net;
 pub mod post;
+pub mod socket;
 pub mod sse;
 
 use std::collections::HashMap;
@@ -174,6 +175,8 @@ impl Transports {
                 let (stream, single) = Box::pin(sse::open(self, tool, template, args, timeout)).await?;
                 sse::collect(stream, single).await
             }
+            CallTemplate::Tcp(t) => Box::pin(socket::call(self, tool, socket::Protocol::Tcp, t, args)).await,
+            CallTemplate::Udp(t) => Box::pin(socket::call(self, tool, socket::Protocol::Udp, t, args)).await,
             other => Err(unsupported(tool, other)),
         }
     }
@@ -223,7 +226,7 @@ fn unsupported(tool: &RegisteredTool, template: &CallTemplate) -> Error {
     Error::with_code(
         crate::error::ErrorCode::Transport,
         format!(
-            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native)",
+            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native, tcp, udp)",
             tool.name,
             template.type_name()
         ),
@@ -231,7 +234,8 @@ fn unsupported(tool: &RegisteredTool, template: &CallTemplate) -> Error {
 }
 
 /// The template's own timeout (`timeout` key), if any. Numbers follow python-utcp:
-/// milliseconds for `streamable_http` (its default is 60000), seconds elsewhere;
+/// milliseconds for `streamable_http` (its default is 60000), `tcp` and `udp` (30000),
+/// seconds elsewhere;
 /// strings take units ("500ms", "30s").
 pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
     let (extra, millis) = match template {
@@ -240,6 +244,7 @@ pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
         CallTemplate::StreamableHttp(t) => (&t.extra, true),
         CallTemplate::Cli(t) => (&t.extra, false),
         CallTemplate::Native(t) => (&t.extra, false),
+        CallTemplate::Tcp(t) | CallTemplate::Udp(t) => (&t.extra, true),
         _ => return Ok(None),
     };
     let Some(v) = extra.get("timeout").filter(|v| !v.is_null()) else { return Ok(None) };

@@ -83,8 +83,23 @@ impl OriginClass {
 
 /// The class of a URL's host.
 pub fn origin_class(url: &url::Url) -> OriginClass {
-    match url.host() {
-        Some(url::Host::Domain(name)) => {
+    url.host().map_or(OriginClass::Public, host_class)
+}
+
+/// The class of a bare host (a name, an IPv4 literal, an IPv6 literal with or without
+/// brackets), as a `tcp` or `udp` template gives it.
+pub fn bare_host_class(host: &str) -> OriginClass {
+    let host = host.trim();
+    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return ip_class(ip);
+    }
+    host_class(url::Host::Domain(host))
+}
+
+fn host_class(host: url::Host<&str>) -> OriginClass {
+    match host {
+        url::Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if name == "localhost" || name.ends_with(".localhost") {
                 OriginClass::Loopback
@@ -92,9 +107,8 @@ pub fn origin_class(url: &url::Url) -> OriginClass {
                 OriginClass::Public
             }
         }
-        Some(url::Host::Ipv4(ip)) => ip_class(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => ip_class(IpAddr::V6(ip)),
-        None => OriginClass::Public,
+        url::Host::Ipv4(ip) => ip_class(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => ip_class(IpAddr::V6(ip)),
     }
 }
 
@@ -202,19 +216,30 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let GuardedResolver { allow_private, cap } = *self;
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> =
-                addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
-            let allowed: Vec<SocketAddr> =
-                permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
-            if allowed.is_empty() && !addrs.is_empty() {
-                let cap = if permitted.is_empty() { None } else { cap };
-                return Err(Box::new(RefusedAddress { host, cap }) as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let allowed = resolve_guarded(name.as_str(), 0, allow_private, cap).await?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// Resolve `host:port` and keep the addresses `allow_private` and `cap` permit (see
+/// [`GuardedResolver`]); every address refused is an error, a name that resolves to
+/// nothing an empty list. Raw-socket transports connect only to what this returns.
+pub async fn resolve_guarded(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+    cap: Option<OriginClass>,
+) -> std::result::Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let permitted: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
+    let allowed: Vec<SocketAddr> =
+        permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
+    if allowed.is_empty() && !addrs.is_empty() {
+        let cap = if permitted.is_empty() { None } else { cap };
+        return Err(Box::new(RefusedAddress { host: host.to_string(), cap }));
+    }
+    Ok(allowed)
 }
 
 /// The one pooled client of an engine: keep-alive, HTTP/2 where the server offers
