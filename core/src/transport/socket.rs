@@ -712,6 +712,24 @@ mod tests {
         assert_eq!(frame_request(&o, b"a").unwrap(), b"\0\0\0\0\0\0\0\x01a");
     }
 
+    #[tokio::test]
+    async fn a_manual_fetched_from_a_public_address_cannot_reach_loopback() {
+        // The cap of http tools: the addresses a name resolves to are filtered by it.
+        let tool: crate::manual::Tool = serde_json::from_value(serde_json::json!({"name": "t",
+            "tool_call_template": {"call_template_type": "tcp", "host": "localhost", "port": 9}}))
+        .unwrap();
+        let mut registered = RegisteredTool::detached("s", tool);
+        let crate::manual::CallTemplate::Tcp(template) = registered.tool.tool_call_template.clone() else {
+            panic!("a tcp template")
+        };
+        let transports = Transports::new(std::sync::Arc::new(crate::config::Config::default()));
+        assert!(resolve(&transports, &registered, Protocol::Tcp, &template).await.is_ok());
+        registered.fetched_from = Some("https://tools.example.com/utcp".into());
+        let e = resolve(&transports, &registered, Protocol::Tcp, &template).await.unwrap_err();
+        assert_eq!(e.code(), crate::error::ErrorCode::Security, "{e}");
+        assert!(e.to_string().contains("more local than a public address"), "{e}");
+    }
+
     #[test]
     fn response_bytes_decode() {
         assert_eq!(decode(ByteFormat::Utf8, "é".as_bytes().to_vec()), Value::from("é"));
