@@ -7,8 +7,8 @@
 //! python-utcp reads it): nothing is pooled, nothing outlives the call.
 //!
 //! The template's fields are read once per call into [`SocketOptions`]; a bad field is
-//! `INVALID_MANUAL` naming it. Every response is bounded: by `max_response_size` when
-//! the template gives one, else by `calls.max_response_size`. Addresses follow the
+//! `INVALID_MANUAL` naming it. Every response is bounded: by the template's
+//! `max_response_size`, at most `calls.max_response_size`. Addresses follow the
 //! rules of `http` tools (`net`): loopback, or a host listed in
 //! `calls.allowed_socket_hosts`; private addresses refused unless
 //! `calls.allow_private_networks`; never more local than where the manual was fetched.
@@ -44,6 +44,8 @@ impl Protocol {
 
 const OPEN: &str = "UTCP_ARG_";
 const CLOSE: &str = "_UTCP_ARG";
+/// Where a response's cap comes from, for the errors.
+const CAP_FIELDS: &str = " (the template's max_response_size, at most calls.max_response_size)";
 /// The most one UDP datagram can carry.
 const MAX_DATAGRAM: usize = 65_535;
 
@@ -148,7 +150,8 @@ impl SocketOptions {
         if own_cap == Some(0) {
             return Err(bad("max_response_size", "must be at least 1".into()));
         }
-        let max_response_size = own_cap.unwrap_or(engine_cap);
+        // The host's cap is a ceiling a manual cannot raise.
+        let max_response_size = own_cap.map_or(engine_cap, |own| own.min(engine_cap));
         let number_of_response_datagrams: u32 = field(kind, extra, "number_of_response_datagrams")?.unwrap_or(1);
         if protocol == Protocol::Tcp && framing_strategy == Framing::FixedLength {
             match fixed_message_length {
@@ -161,7 +164,7 @@ impl SocketOptions {
                 Some(n) if n > max_response_size => {
                     return Err(bad(
                         "fixed_message_length",
-                        format!("{n} bytes is over the response cap of {max_response_size} (max_response_size)"),
+                        format!("{n} bytes is over the response cap of {max_response_size}{CAP_FIELDS}"),
                     ));
                 }
                 Some(_) => {}
@@ -481,11 +484,9 @@ pub async fn read_response<R: AsyncRead + Unpin>(
     options: &SocketOptions,
 ) -> std::result::Result<Vec<u8>, ReadError> {
     let max = options.max_response_size;
-    let over = |n: u64| {
-        ReadError::Protocol(
-            format!("the response is over the {max} byte cap (max_response_size, or calls.max_response_size)")
-                + &if n > 0 { format!(": {n} bytes announced") } else { String::new() },
-        )
+    let over = |announced: Option<u64>| {
+        let announced = announced.map(|n| format!(": {n} bytes announced")).unwrap_or_default();
+        ReadError::Protocol(format!("the response is over the {max} byte cap{CAP_FIELDS}{announced}"))
     };
     match options.framing_strategy {
         Framing::LengthPrefix => {
@@ -502,7 +503,7 @@ pub async fn read_response<R: AsyncRead + Unpin>(
                 Endian::Little => prefix[..width].iter().rev().fold(0u64, |n, b| (n << 8) | u64::from(*b)),
             };
             if len > max {
-                return Err(over(len));
+                return Err(over(Some(len)));
             }
             read_exactly(reader, len).await
         }
@@ -511,7 +512,7 @@ pub async fn read_response<R: AsyncRead + Unpin>(
             let mut body = Vec::new();
             reader.take(max.saturating_add(1)).read_to_end(&mut body).await?;
             if body.len() as u64 > max {
-                return Err(over(0));
+                return Err(over(None));
             }
             Ok(body)
         }
@@ -534,12 +535,12 @@ pub async fn read_response<R: AsyncRead + Unpin>(
                 if let Some(at) = finder.find(&body[from..]) {
                     body.truncate(from + at);
                     if body.len() as u64 > max {
-                        return Err(over(0));
+                        return Err(over(None));
                     }
                     return Ok(body);
                 }
                 if body.len() as u64 > max.saturating_add(delimiter.len() as u64) {
-                    return Err(over(0));
+                    return Err(over(None));
                 }
             }
         }
@@ -573,7 +574,9 @@ async fn read_up_to<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> std
 /// compares the sender's IP only, and counts a stray datagram as one of the replies).
 async fn udp_exchange(addrs: &[SocketAddr], options: &SocketOptions, request: &[u8], target: &str) -> Result<Vec<u8>> {
     let io = |what: &str, e: std::io::Error| Error::Transport(format!("udp {target}: {what}: {e}"));
-    let addr = addrs[0];
+    let Some(&addr) = addrs.first() else {
+        return Err(Error::Transport(format!("udp {target}: no address to send to")));
+    };
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -591,9 +594,7 @@ async fn udp_exchange(addrs: &[SocketAddr], options: &SocketOptions, request: &[
             .await
             .map_err(|e| io(&format!("waiting for datagram {} of {wanted}", i + 1), e))?;
         if body.len() as u64 + n as u64 > max {
-            return Err(Error::Transport(format!(
-                "udp {target}: the response is over the {max} byte cap (max_response_size, or calls.max_response_size)"
-            )));
+            return Err(Error::Transport(format!("udp {target}: the response is over the {max} byte cap{CAP_FIELDS}")));
         }
         body.extend_from_slice(&datagram[..n]);
     }
@@ -640,6 +641,9 @@ mod tests {
         assert_eq!(o.message_delimiter, b"\0");
         assert_eq!(o.max_response_size, 1000);
         assert_eq!(o.number_of_response_datagrams, 1);
+        // A template may lower the host's cap, not raise it.
+        assert_eq!(options(serde_json::json!({"max_response_size": 10})).unwrap().max_response_size, 10);
+        assert_eq!(options(serde_json::json!({"max_response_size": 1u64 << 40})).unwrap().max_response_size, 1000);
     }
 
     #[test]
