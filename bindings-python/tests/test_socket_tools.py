@@ -71,7 +71,29 @@ def _cut(sock):
     sock.sendall(struct.pack(">I", 100) + b"only ten..")
 
 
+def _discovered_manual(kind, port):
+    """What a peer answers `{"type": "utcp"}` with: a tool without a template (it gets
+    the manual's), one of its own type, and a `cli` tool (not the manual's type: dropped)."""
+    return json.dumps({"utcp_version": "1.0.1", "manual_version": "1.0.0", "tools": [
+        {"name": "echo", "description": "echo", "inputs": {"type": "object"}, "outputs": {}},
+        {"name": "own", "description": "own", "inputs": {"type": "object"}, "outputs": {},
+         "tool_call_template": {"call_template_type": kind, "host": "127.0.0.1", "port": port,
+                                "request_data_format": "text"}},
+        {"name": "run", "description": "run", "inputs": {"type": "object"}, "outputs": {},
+         "tool_call_template": {"call_template_type": "cli", "commands": [{"command": "true"}]}},
+    ]}).encode()
+
+
+def _discover(sock):
+    request = sock.recv(65536)
+    if request == b'{"type": "utcp"}':
+        sock.sendall(_discovered_manual("tcp", sock.getsockname()[1]))
+    else:
+        sock.sendall(b"called " + request)
+
+
 HANDLERS = {
+    "discover": _discover,
     "prefix": _length_prefixed(">I"),
     "prefix_le2": _length_prefixed("<H"),
     "lines": _lines,
@@ -110,9 +132,19 @@ def peer():
             for reply in (b"1:" + data, b"|2", b"|3"):
                 sock.sendto(reply, self.client_address)
 
-    udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Datagrams)
-    servers.append(udp)
-    ports["udp"] = udp.server_address[1]
+    class Discovery(socketserver.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            if data == b'{"type": "utcp"}':
+                reply = _discovered_manual("udp", sock.getsockname()[1])
+            else:
+                reply = b"heard " + data
+            sock.sendto(reply, self.client_address)
+
+    for name, handler in (("udp", Datagrams), ("udp_discover", Discovery)):
+        udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), handler)
+        servers.append(udp)
+        ports[name] = udp.server_address[1]
     for server in servers:
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         thread.start()
@@ -169,11 +201,12 @@ CALLS = [
 ]
 
 
-def _python_utcp(manual, calls):
-    """Names and results (or the exception type) through python-utcp's UtcpClient."""
+def _python_utcp(manual, calls, templates=None):
+    """Names and results (or the exception) through python-utcp's UtcpClient, for
+    `manual` given as text, or for the manual call `templates` given."""
 
     async def run():
-        client = await utcp_client.UtcpClient.create(config={"manual_call_templates": [
+        client = await utcp_client.UtcpClient.create(config={"manual_call_templates": templates or [
             {"name": "m", "call_template_type": "text", "content": json.dumps(manual),
              "allowed_communication_protocols": ["tcp", "udp"]}]})
         names = sorted(t.name for t in await client.search_tools("", limit=100))
@@ -255,3 +288,25 @@ def test_a_silent_peer_is_a_timeout(engine):
             engine.call_tool("m.quiet", {})
     finally:
         quiet.close()
+
+
+def test_manual_call_templates_discover_the_same_tools(peer):
+    templates = [
+        {"name": "over_tcp", "call_template_type": "tcp", "host": "127.0.0.1", "port": peer["discover"]},
+        {"name": "over_udp", "call_template_type": "udp", "host": "127.0.0.1", "port": peer["udp_discover"],
+         "timeout": 5000},
+    ]
+    calls = [("over_tcp.echo", {"a": 1}), ("over_tcp.own", {"a": "x", "b": 2}),
+             ("over_udp.echo", {"a": 1}), ("over_udp.own", {"a": "y"})]
+
+    async def python_utcp():
+        client = await utcp_client.UtcpClient.create(config={"manual_call_templates": templates})
+        names = sorted(t.name for t in await client.search_tools("", limit=100))
+        return names, [await client.call_tool(name, args) for name, args in calls]
+
+    names, theirs = asyncio.run(python_utcp())
+    assert names == ["over_tcp.echo", "over_tcp.own", "over_udp.echo", "over_udp.own"]
+    with utp.Engine(config={"manual_call_templates": templates}) as engine:
+        assert sorted(t["name"] for t in engine.tools()) == names
+        assert [engine.call_tool(name, args) for name, args in calls] == theirs
+    assert theirs == ['called {"a": 1}', "called x 2", 'heard {"a": 1}', "heard y"]

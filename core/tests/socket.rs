@@ -436,3 +436,91 @@ async fn a_socket_tool_streams_its_one_result() {
     assert_eq!(stream.next().await.unwrap().unwrap(), json!("ok:a"));
     assert!(stream.next().await.is_none());
 }
+
+/// The manual a discovery peer answers `{"type": "utcp"}` with: a tool without a
+/// template (it gets the manual's), a `tcp` tool of its own and a `cli` tool (refused:
+/// not the manual's type, and it would run on this host).
+fn discovered_manual(kind: &str, port: u16) -> Vec<u8> {
+    json!({"utcp_version": "1.0.1", "manual_version": "1.0.0", "tools": [
+        {"name": "echo", "inputs": {"type": "object"}},
+        {"name": "own", "tool_call_template": {"call_template_type": kind, "host": "127.0.0.1", "port": port,
+                                               "request_data_format": "text"}},
+        {"name": "run", "tool_call_template": {"call_template_type": "cli", "commands": [{"command": "true"}]}}
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+async fn open(config: Value) -> utp_core::Result<Engine> {
+    Engine::open(utp_core::Config::from_str(&config.to_string()).unwrap()).await
+}
+
+#[tokio::test]
+async fn manual_call_templates_discover_tools_as_python_utcp_does() {
+    let tcp = TcpServer::start(|mut s| async move {
+        let port = s.local_addr().unwrap().port();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let reply = match &buf[..n] {
+            br#"{"type": "utcp"}"# => discovered_manual("tcp", port),
+            request => [b"called ".as_slice(), request].concat(),
+        };
+        let _ = s.write_all(&reply).await;
+    })
+    .await;
+    let udp_port = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let seen = udp_port.clone();
+    let udp = UdpServer::start(move |request| match request {
+        br#"{"type": "utcp"}"# => vec![discovered_manual("udp", seen.load(std::sync::atomic::Ordering::SeqCst))],
+        other => vec![[b"heard ".as_slice(), other].concat()],
+    })
+    .await;
+    udp_port.store(udp.port, std::sync::atomic::Ordering::SeqCst);
+    let e = open(json!({"manual_call_templates": [
+        {"name": "over_tcp", "call_template_type": "tcp", "host": "127.0.0.1", "port": tcp.port},
+        {"name": "over_udp", "call_template_type": "udp", "host": "127.0.0.1", "port": udp.port, "timeout": 5000}
+    ]}))
+    .await
+    .unwrap();
+    let mut names: Vec<String> = e.tools().into_iter().map(|t| t.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["over_tcp.echo", "over_tcp.own", "over_udp.echo", "over_udp.own"]);
+    let call = |name: &'static str, args: Value| e.call_tool(name, args, CallOptions::default());
+    assert_eq!(call("over_tcp.echo", json!({"a": 1})).await.unwrap(), json!(r#"called {"a": 1}"#));
+    assert_eq!(call("over_tcp.own", json!({"a": "x", "b": 2})).await.unwrap(), json!("called x 2"));
+    assert_eq!(call("over_udp.echo", json!({"a": 1})).await.unwrap(), json!(r#"heard {"a": 1}"#));
+    assert_eq!(call("over_udp.own", json!({"a": "y"})).await.unwrap(), json!("heard y"));
+}
+
+#[tokio::test]
+async fn a_discovery_that_fails_names_the_manual() {
+    let garbage = TcpServer::start(|mut s| async move {
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(b"not json").await;
+    })
+    .await;
+    let error = open(json!({"manual_call_templates": [
+        {"name": "junk", "call_template_type": "tcp", "host": "127.0.0.1", "port": garbage.port}
+    ]}))
+    .await
+    .expect_err("a reply that is not JSON fails");
+    assert_eq!(error.code(), ErrorCode::InvalidManual, "{error}");
+    assert!(error.to_string().contains("manual 'junk'") && error.to_string().contains("not JSON"), "{error}");
+
+    let silent = UdpServer::start(|_| Vec::new()).await;
+    let error = open(json!({"manual_call_templates": [
+        {"name": "quiet", "call_template_type": "udp", "host": "127.0.0.1", "port": silent.port, "timeout": 200}
+    ]}))
+    .await
+    .expect_err("a silent peer fails");
+    assert_eq!(error.code(), ErrorCode::Timeout, "{error}");
+    assert!(error.to_string().contains("quiet"), "{error}");
+
+    let error = open(json!({"manual_call_templates": [
+        {"call_template_type": "tcp", "host": "127.0.0.1", "port": garbage.port}
+    ]}))
+    .await
+    .expect_err("a template without a name fails");
+    assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+}

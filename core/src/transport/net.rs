@@ -81,9 +81,10 @@ impl OriginClass {
     }
 }
 
-/// The class of a URL's host.
+/// The class of a URL's host. A `tcp://` origin (a manual a `tcp` or `udp` template
+/// returned) has an opaque host, so IP literals are read from the host text.
 pub fn origin_class(url: &url::Url) -> OriginClass {
-    url.host().map_or(OriginClass::Public, host_class)
+    url.host_str().map_or(OriginClass::Public, bare_host_class)
 }
 
 /// The class of a bare host (a name, an IPv4 literal, an IPv6 literal with or without
@@ -94,22 +95,8 @@ pub fn bare_host_class(host: &str) -> OriginClass {
     if let Ok(ip) = unbracketed.parse::<IpAddr>() {
         return ip_class(ip);
     }
-    host_class(url::Host::Domain(host))
-}
-
-fn host_class(host: url::Host<&str>) -> OriginClass {
-    match host {
-        url::Host::Domain(name) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if name == "localhost" || name.ends_with(".localhost") {
-                OriginClass::Loopback
-            } else {
-                OriginClass::Public
-            }
-        }
-        url::Host::Ipv4(ip) => ip_class(IpAddr::V4(ip)),
-        url::Host::Ipv6(ip) => ip_class(IpAddr::V6(ip)),
-    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") { OriginClass::Loopback } else { OriginClass::Public }
 }
 
 fn ip_class(ip: IpAddr) -> OriginClass {

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{Transports, net};
 use crate::error::{Error, Result};
-use crate::manual::SocketTemplate;
+use crate::manual::{CallTemplate, SocketTemplate, Tool};
 use crate::registry::RegisteredTool;
 
 /// Which of the two template types a call is.
@@ -381,6 +381,63 @@ pub(crate) async fn call(
     }
     .map_err(named)?;
     Ok(decode(options.response_byte_format, response))
+}
+
+/// python-utcp's manual discovery over `tcp` or `udp`: send `{"type": "utcp"}` framed as
+/// the template says, and read the reply as a UTCP manual (text in any
+/// `response_byte_format`). A tool without a `tool_call_template` gets the manual's
+/// template, as python-utcp gives it. Returns the manual and the `tcp://host:port`
+/// origin its tools are admitted under (docs/design.md §11).
+pub(crate) async fn discover_manual(t: &Transports, manual: &str, template: &CallTemplate) -> Result<(Value, String)> {
+    let (protocol, socket_template) = match template {
+        CallTemplate::Tcp(s) => (Protocol::Tcp, s),
+        CallTemplate::Udp(s) => (Protocol::Udp, s),
+        other => return Err(Error::Internal(format!("not a socket template: {}", other.type_name()))),
+    };
+    let at = |e: Error| e.with_context(&format!("manual '{manual}'"));
+    let options = SocketOptions::parse(protocol, socket_template, t.config.calls.max_response_size).map_err(at)?;
+    let probe = RegisteredTool::detached(
+        manual,
+        Tool {
+            name: "manual".into(),
+            description: String::new(),
+            inputs: Value::Object(Map::new()),
+            outputs: Value::Object(Map::new()),
+            tags: Vec::new(),
+            average_response_size: None,
+            tool_call_template: template.clone(),
+            extra: Map::new(),
+        },
+    );
+    let addrs = resolve(t, &probe, protocol, socket_template).await.map_err(at)?;
+    let request = python_json(&serde_json::json!({"type": "utcp"})).into_bytes();
+    let target = format!("{}:{}", socket_template.host, socket_template.port);
+    let timeout = super::template_timeout(template)?.unwrap_or(t.config.calls.default_timeout);
+    let exchange = async {
+        match protocol {
+            Protocol::Tcp => tcp_exchange(&addrs, &options, &request, &target).await,
+            Protocol::Udp => udp_exchange(&addrs, &options, &request, &target).await,
+        }
+    };
+    let reply = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| Error::Timeout(format!("no manual from {target} within {timeout:?}")))
+        .and_then(|r| r)
+        .map_err(at)?;
+    let mut value: Value = serde_json::from_slice(&reply)
+        .map_err(|e| Error::InvalidManual(format!("manual '{manual}': the reply from {target} is not JSON: {e}")))?;
+    let own =
+        serde_json::to_value(template).map_err(|e| Error::Internal(format!("cannot serialise a template: {e}")))?;
+    if let Some(tools) = value.get_mut("tools").and_then(Value::as_array_mut) {
+        for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
+            if tool.get("tool_call_template").is_none_or(Value::is_null) {
+                tool.insert("tool_call_template".into(), own.clone());
+            }
+        }
+    }
+    let host = socket_template.host.trim();
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    Ok((value, format!("tcp://{host}:{}", socket_template.port)))
 }
 
 /// The addresses `template`'s host may be reached at, by the rules of `http` tools.
