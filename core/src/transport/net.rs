@@ -426,6 +426,22 @@ mod tests {
         assert!(ok("http://example.com/", NetPolicy { allow_insecure_http: true, ..strict }));
     }
 
+    #[test]
+    fn origin_classes_of_http_and_tcp_urls() {
+        let class = |u: &str| origin_class(&url::Url::parse(u).unwrap());
+        for scheme in ["http", "tcp"] {
+            assert_eq!(class(&format!("{scheme}://127.0.0.1:5/")), OriginClass::Loopback);
+            assert_eq!(class(&format!("{scheme}://[::1]:5/")), OriginClass::Loopback);
+            assert_eq!(class(&format!("{scheme}://api.localhost:5/")), OriginClass::Loopback);
+            assert_eq!(class(&format!("{scheme}://10.0.0.1:5/")), OriginClass::Private);
+            assert_eq!(class(&format!("{scheme}://[fe80::1]:5/")), OriginClass::Private);
+            assert_eq!(class(&format!("{scheme}://example.com:5/")), OriginClass::Public);
+            assert_eq!(class(&format!("{scheme}://8.8.8.8:5/")), OriginClass::Public);
+        }
+        assert_eq!(bare_host_class("::ffff:127.0.0.1"), OriginClass::Loopback);
+        assert_eq!(bare_host_class("LOCALHOST."), OriginClass::Loopback);
+    }
+
     /// A request capped at "public" (as a manual fetched from a public host) may not be
     /// redirected to loopback. The cap is set by hand: a test can only serve loopback.
     #[test]

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{Transports, net};
 use crate::error::{Error, Result};
-use crate::manual::{CallTemplate, SocketTemplate, Tool};
+use crate::manual::{CallTemplate, SocketTemplate};
 use crate::registry::RegisteredTool;
 
 /// Which of the two template types a call is.
@@ -372,7 +372,7 @@ pub(crate) async fn call(
 ) -> Result<Value> {
     let named = |e: Error| e.with_context(&format!("tool '{}'", tool.name));
     let options = SocketOptions::parse(protocol, template, t.config.calls.max_response_size).map_err(named)?;
-    let addrs = resolve(t, tool, protocol, template).await.map_err(named)?;
+    let addrs = resolve(t, protocol, template, tool.fetched_from.as_deref()).await.map_err(named)?;
     let request = request_text(&options, &args).into_bytes();
     let target = format!("{}:{}", template.host, template.port);
     let response = match protocol {
@@ -396,20 +396,8 @@ pub(crate) async fn discover_manual(t: &Transports, manual: &str, template: &Cal
     };
     let at = |e: Error| e.with_context(&format!("manual '{manual}'"));
     let options = SocketOptions::parse(protocol, socket_template, t.config.calls.max_response_size).map_err(at)?;
-    let probe = RegisteredTool::detached(
-        manual,
-        Tool {
-            name: "manual".into(),
-            description: String::new(),
-            inputs: Value::Object(Map::new()),
-            outputs: Value::Object(Map::new()),
-            tags: Vec::new(),
-            average_response_size: None,
-            tool_call_template: template.clone(),
-            extra: Map::new(),
-        },
-    );
-    let addrs = resolve(t, &probe, protocol, socket_template).await.map_err(at)?;
+    // The host's own config names the template: no origin caps it.
+    let addrs = resolve(t, protocol, socket_template, None).await.map_err(at)?;
     let request = python_json(&serde_json::json!({"type": "utcp"})).into_bytes();
     let target = format!("{}:{}", socket_template.host, socket_template.port);
     let timeout = super::template_timeout(template)?.unwrap_or(t.config.calls.default_timeout);
@@ -440,12 +428,13 @@ pub(crate) async fn discover_manual(t: &Transports, manual: &str, template: &Cal
     Ok((value, format!("tcp://{host}:{}", socket_template.port)))
 }
 
-/// The addresses `template`'s host may be reached at, by the rules of `http` tools.
+/// The addresses `template`'s host may be reached at, by the rules of `http` tools;
+/// `fetched_from`: the URL its manual came from, if any.
 async fn resolve(
     t: &Transports,
-    tool: &RegisteredTool,
     protocol: Protocol,
     template: &SocketTemplate,
+    fetched_from: Option<&str>,
 ) -> Result<Vec<SocketAddr>> {
     let calls = &t.config.calls;
     let host = template.host.trim();
@@ -462,9 +451,7 @@ async fn resolve(
         )));
     }
     // Like http tools: nothing more local than where the tool's manual was fetched from.
-    let cap = tool
-        .fetched_from
-        .as_deref()
+    let cap = fetched_from
         .and_then(|from| url::Url::parse(from).ok())
         .map(|from| net::origin_class(&from))
         .filter(|class| *class != net::OriginClass::Loopback);
@@ -776,17 +763,13 @@ mod tests {
     #[tokio::test]
     async fn a_manual_fetched_from_a_public_address_cannot_reach_loopback() {
         // The cap of http tools: the addresses a name resolves to are filtered by it.
-        let tool: crate::manual::Tool = serde_json::from_value(serde_json::json!({"name": "t",
-            "tool_call_template": {"call_template_type": "tcp", "host": "localhost", "port": 9}}))
-        .unwrap();
-        let mut registered = RegisteredTool::detached("s", tool);
-        let crate::manual::CallTemplate::Tcp(template) = registered.tool.tool_call_template.clone() else {
-            panic!("a tcp template")
-        };
+        let template: SocketTemplate =
+            serde_json::from_value(serde_json::json!({"host": "localhost", "port": 9})).unwrap();
         let transports = Transports::new(std::sync::Arc::new(crate::config::Config::default()));
-        assert!(resolve(&transports, &registered, Protocol::Tcp, &template).await.is_ok());
-        registered.fetched_from = Some("https://tools.example.com/utcp".into());
-        let e = resolve(&transports, &registered, Protocol::Tcp, &template).await.unwrap_err();
+        assert!(resolve(&transports, Protocol::Tcp, &template, None).await.is_ok());
+        assert!(resolve(&transports, Protocol::Tcp, &template, Some("tcp://127.0.0.1:5000")).await.is_ok());
+        let e =
+            resolve(&transports, Protocol::Tcp, &template, Some("https://tools.example.com/utcp")).await.unwrap_err();
         assert_eq!(e.code(), crate::error::ErrorCode::Security, "{e}");
         assert!(e.to_string().contains("more local than a public address"), "{e}");
     }
