@@ -110,6 +110,9 @@ pub struct CallsConfig {
     pub max_response_size: u64,
     /// Cap on one SSE event or NDJSON line (bytes).
     pub max_event_size: u64,
+    /// Hosts `tcp` and `udp` tools may reach besides loopback (names or IP literals,
+    /// as the templates write them); private addresses still need `allow_private_networks`.
+    pub allowed_socket_hosts: Vec<String>,
     /// Host environment variables passed to CLI tools (besides the template's `env_vars`).
     pub cli_env_allowlist: Vec<String>,
     /// Root that `file` tools (and relative CLI `working_dir`s) are confined to; default:
@@ -128,6 +131,7 @@ impl Default for CallsConfig {
             allow_private_networks: false,
             max_response_size: DEFAULT_MAX_RESPONSE_SIZE,
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            allowed_socket_hosts: Vec::new(),
             cli_env_allowlist: DEFAULT_CLI_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect(),
             file_root: None,
         }
@@ -268,7 +272,8 @@ impl Config {
 const MANUAL_CALL_TEMPLATES: &str = "manual_call_templates";
 
 /// The call-template types a manual can be registered from.
-pub const MANUAL_TEMPLATE_TYPES: [&str; 7] = ["http", "sse", "streamable_http", "file", "text", "cli", "mcp"];
+pub const MANUAL_TEMPLATE_TYPES: [&str; 9] =
+    ["http", "sse", "streamable_http", "file", "text", "cli", "mcp", "tcp", "udp"];
 
 /// Parse config `manual_call_templates` (python-utcp's key): a list of call templates,
 /// each of a type in [`MANUAL_TEMPLATE_TYPES`] and valid as that type. Errors name the

@@ -170,6 +170,19 @@ impl Engine {
                 self.publish_manual_registered(&manual_name, entry.tools.len(), &[]);
                 Ok(entry.tools.iter().map(|t| t.name.clone()).collect())
             }
+            CallTemplate::Tcp(_) | CallTemplate::Udp(_) => {
+                let Some(name) = name else {
+                    let kind = template.type_name();
+                    return Err(Error::InvalidArgument(format!("a `{kind}` manual call template needs a `name`")));
+                };
+                let (manual, origin) =
+                    crate::transport::socket::discover_manual(&self.inner.transports, name, &template).await?;
+                // python-utcp's rule: without a list of its own, a manual keeps its own type's tools.
+                let own = [template.type_name().to_string()];
+                let allowed = template.common().allowed_communication_protocols.as_deref().filter(|l| !l.is_empty());
+                let remote = Remote { url: &origin, allowed_protocols: Some(allowed.unwrap_or(&own)) };
+                self.register_document(discovery::classify(manual), Some(name), None, Some(remote))
+            }
             other => Err(Error::InvalidArgument(format!(
                 "call_template_type '{}' cannot register a manual (supported: {})",
                 other.type_name(),

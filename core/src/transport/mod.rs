@@ -12,6 +12,7 @@ pub mod http;
 pub mod mcp;
 pub mod net;
 pub mod post;
+pub mod socket;
 pub mod sse;
 
 use std::collections::HashMap;
@@ -181,6 +182,8 @@ impl Transports {
             CallTemplate::Mcp(t) => {
                 Box::pin(mcp::call(&self.mcp, &self.config.calls.cli_env_allowlist, tool, t, args)).await
             }
+            CallTemplate::Tcp(t) => Box::pin(socket::call(self, tool, socket::Protocol::Tcp, t, args)).await,
+            CallTemplate::Udp(t) => Box::pin(socket::call(self, tool, socket::Protocol::Udp, t, args)).await,
             other => Err(unsupported(tool, other)),
         }
     }
@@ -230,7 +233,7 @@ fn unsupported(tool: &RegisteredTool, template: &CallTemplate) -> Error {
     Error::with_code(
         crate::error::ErrorCode::Transport,
         format!(
-            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native, mcp)",
+            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native, mcp, tcp, udp)",
             tool.name,
             template.type_name()
         ),
@@ -238,7 +241,8 @@ fn unsupported(tool: &RegisteredTool, template: &CallTemplate) -> Error {
 }
 
 /// The template's own timeout (`timeout` key), if any. Numbers follow python-utcp:
-/// milliseconds for `streamable_http` (its default is 60000), seconds elsewhere;
+/// milliseconds for `streamable_http` (its default is 60000), `tcp` and `udp` (30000),
+/// seconds elsewhere;
 /// strings take units ("500ms", "30s").
 pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
     let (extra, millis) = match template {
@@ -247,6 +251,7 @@ pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
         CallTemplate::StreamableHttp(t) => (&t.extra, true),
         CallTemplate::Cli(t) => (&t.extra, false),
         CallTemplate::Native(t) => (&t.extra, false),
+        CallTemplate::Tcp(t) | CallTemplate::Udp(t) => (&t.extra, true),
         _ => return Ok(None),
     };
     let Some(v) = extra.get("timeout").filter(|v| !v.is_null()) else { return Ok(None) };

@@ -81,21 +81,22 @@ impl OriginClass {
     }
 }
 
-/// The class of a URL's host.
+/// The class of a URL's host. A `tcp://` origin (a manual a `tcp` or `udp` template
+/// returned) has an opaque host, so IP literals are read from the host text.
 pub fn origin_class(url: &url::Url) -> OriginClass {
-    match url.host() {
-        Some(url::Host::Domain(name)) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if name == "localhost" || name.ends_with(".localhost") {
-                OriginClass::Loopback
-            } else {
-                OriginClass::Public
-            }
-        }
-        Some(url::Host::Ipv4(ip)) => ip_class(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => ip_class(IpAddr::V6(ip)),
-        None => OriginClass::Public,
+    url.host_str().map_or(OriginClass::Public, bare_host_class)
+}
+
+/// The class of a bare host (a name, an IPv4 literal, an IPv6 literal with or without
+/// brackets), as a `tcp` or `udp` template gives it.
+pub fn bare_host_class(host: &str) -> OriginClass {
+    let host = host.trim();
+    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return ip_class(ip);
     }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") { OriginClass::Loopback } else { OriginClass::Public }
 }
 
 fn ip_class(ip: IpAddr) -> OriginClass {
@@ -202,19 +203,30 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let GuardedResolver { allow_private, cap } = *self;
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> =
-                addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
-            let allowed: Vec<SocketAddr> =
-                permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
-            if allowed.is_empty() && !addrs.is_empty() {
-                let cap = if permitted.is_empty() { None } else { cap };
-                return Err(Box::new(RefusedAddress { host, cap }) as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let allowed = resolve_guarded(name.as_str(), 0, allow_private, cap).await?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// Resolve `host:port` and keep the addresses `allow_private` and `cap` permit (see
+/// [`GuardedResolver`]); every address refused is an error, a name that resolves to
+/// nothing an empty list. Raw-socket transports connect only to what this returns.
+pub async fn resolve_guarded(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+    cap: Option<OriginClass>,
+) -> std::result::Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let permitted: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
+    let allowed: Vec<SocketAddr> =
+        permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
+    if allowed.is_empty() && !addrs.is_empty() {
+        let cap = if permitted.is_empty() { None } else { cap };
+        return Err(Box::new(RefusedAddress { host: host.to_string(), cap }));
+    }
+    Ok(allowed)
 }
 
 /// The one pooled client of an engine: keep-alive, HTTP/2 where the server offers
@@ -412,6 +424,22 @@ mod tests {
         assert!(!ok("https://0.0.0.0/", strict));
         assert!(ok("https://10.0.0.1/", NetPolicy { allow_private: true, ..strict }));
         assert!(ok("http://example.com/", NetPolicy { allow_insecure_http: true, ..strict }));
+    }
+
+    #[test]
+    fn origin_classes_of_http_and_tcp_urls() {
+        let class = |u: &str| origin_class(&url::Url::parse(u).unwrap());
+        for scheme in ["http", "tcp"] {
+            assert_eq!(class(&format!("{scheme}://127.0.0.1:5/")), OriginClass::Loopback);
+            assert_eq!(class(&format!("{scheme}://[::1]:5/")), OriginClass::Loopback);
+            assert_eq!(class(&format!("{scheme}://api.localhost:5/")), OriginClass::Loopback);
+            assert_eq!(class(&format!("{scheme}://10.0.0.1:5/")), OriginClass::Private);
+            assert_eq!(class(&format!("{scheme}://[fe80::1]:5/")), OriginClass::Private);
+            assert_eq!(class(&format!("{scheme}://example.com:5/")), OriginClass::Public);
+            assert_eq!(class(&format!("{scheme}://8.8.8.8:5/")), OriginClass::Public);
+        }
+        assert_eq!(bare_host_class("::ffff:127.0.0.1"), OriginClass::Loopback);
+        assert_eq!(bare_host_class("LOCALHOST."), OriginClass::Loopback);
     }
 
     /// A request capped at "public" (as a manual fetched from a public host) may not be
