@@ -204,16 +204,42 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let host = name.as_str().to_string();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> =
-                addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
-            let allowed: Vec<SocketAddr> =
-                permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
-            if allowed.is_empty() && !addrs.is_empty() {
-                let cap = if permitted.is_empty() { None } else { cap };
-                return Err(Box::new(RefusedAddress { host, cap }) as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let allowed = GuardedResolver { allow_private, cap }
+                .permitted(&host, addrs)
+                .map_err(|refused| Box::new(refused) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+impl GuardedResolver {
+    /// The addresses `host` resolved to that may be connected to.
+    fn permitted(self, host: &str, addrs: Vec<SocketAddr>) -> std::result::Result<Vec<SocketAddr>, RefusedAddress> {
+        let GuardedResolver { allow_private, cap } = self;
+        let permitted: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
+        let allowed: Vec<SocketAddr> =
+            permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
+        if allowed.is_empty() && !addrs.is_empty() {
+            let cap = if permitted.is_empty() { None } else { cap };
+            return Err(RefusedAddress { host: host.to_string(), cap });
+        }
+        Ok(allowed)
+    }
+
+    /// Resolve `host:port` for a transport that connects sockets itself (`websocket`):
+    /// the same refusals as the HTTP client's resolver, as `SECURITY` errors.
+    pub async fn resolve(self, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+        // An IP literal in brackets (`[::1]`) as `url::Url::host_str` gives it.
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|e| Error::Transport(format!("cannot resolve {host}: {e}")))?
+            .collect();
+        let allowed = self.permitted(host, addrs).map_err(|refused| Error::Security(refused.to_string()))?;
+        if allowed.is_empty() {
+            return Err(Error::Transport(format!("{host} resolves to no address")));
+        }
+        Ok(allowed)
     }
 }
 
