@@ -268,7 +268,7 @@ impl Config {
 const MANUAL_CALL_TEMPLATES: &str = "manual_call_templates";
 
 /// The call-template types a manual can be registered from.
-pub const MANUAL_TEMPLATE_TYPES: [&str; 6] = ["http", "sse", "streamable_http", "file", "text", "cli"];
+pub const MANUAL_TEMPLATE_TYPES: [&str; 7] = ["http", "sse", "streamable_http", "file", "text", "cli", "websocket"];
 
 /// Parse config `manual_call_templates` (python-utcp's key): a list of call templates,
 /// each of a type in [`MANUAL_TEMPLATE_TYPES`] and valid as that type. Errors name the
