@@ -332,6 +332,9 @@ fn ws_error(who: &str, url: &str, max: usize, e: tungstenite::Error) -> Error {
         tungstenite::Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(e)) => {
             Error::Transport(format!("{who}: {url} did not agree to the template's subprotocol: {e}"))
         }
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Error::Transport(format!("{who}: {url} closed the socket abruptly (no closing handshake)"))
+        }
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
             Error::Transport(format!("{who}: {url} closed the socket"))
         }
