@@ -3,7 +3,10 @@
 //! keep-alive reuse and reconnection, timeouts, the frame cap, handshake auth, streams
 //! and bad template fields.
 
+mod support;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -91,9 +94,15 @@ async fn serve(stream: tokio::net::TcpStream, seen: Arc<Mutex<Seen>>, port: u16)
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         path = request.uri().path().to_string();
         record.lock().handshakes.push((path.clone(), request.headers().clone()));
-        if path == "/auth" {
+        let required = match path.as_str() {
+            "/auth" => Some("Basic dTpw"),
+            // The token the OAuth2 test's token endpoint issues second: the first is "expired".
+            "/bearer" => Some("Bearer tok-2"),
+            _ => None,
+        };
+        if let Some(required) = required {
             let auth = request.headers().get("authorization").and_then(|v| v.to_str().ok());
-            if auth != Some("Basic dTpw") {
+            if auth != Some(required) {
                 let refusal = http::Response::builder().status(401).body(Some("who are you".to_string())).unwrap();
                 return Err(refusal);
             }
@@ -119,7 +128,9 @@ async fn serve(stream: tokio::net::TcpStream, seen: Arc<Mutex<Seen>>, port: u16)
                 let _ = ws.send(Message::text("hello")).await;
                 ws.send(reply(served_manual(port))).await
             }
-            "/echo" | "/auth" | "/proto" => ws.send(reply(json!({"got": text, "connection": connection}))).await,
+            "/echo" | "/auth" | "/bearer" | "/proto" => {
+                ws.send(reply(json!({"got": text, "connection": connection}))).await
+            }
             "/plain" => ws.send(Message::text(format!("plain:{text}"))).await,
             "/binary" => ws.send(Message::binary(vec![0xff, 0x00, 0x01])).await,
             "/drop" => {
@@ -392,6 +403,39 @@ async fn handshake_carries_auth_headers_and_subprotocol() {
     let err = call(&engine, "ws.proto_refused", json!({})).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Transport, "{err}");
     assert!(err.to_string().contains("subprotocol"), "{err}");
+}
+
+#[tokio::test]
+async fn oauth2_tokens_go_on_the_handshake_and_a_401_fetches_a_fresh_one() {
+    let server = Server::start().await;
+    let issued = Arc::new(AtomicUsize::new(0));
+    let counter = issued.clone();
+    let tokens = support::Loopback::start(move |_request| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let body = json!({"access_token": format!("tok-{n}"), "expires_in": 3600}).to_string();
+            hyper::Response::builder()
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap()
+        }
+    })
+    .await;
+    let engine = engine_with(
+        json!([tool(
+            "bearer",
+            ws_template(
+                server.url("/bearer"),
+                json!({"response_format": "json",
+            "auth": {"auth_type": "oauth2", "token_url": tokens.url("/token"), "client_id": "c", "client_secret": "s"}})
+            )
+        )]),
+        json!({}),
+    )
+    .await;
+    let out = call(&engine, "ws.bearer", json!({})).await.unwrap();
+    assert_eq!(out["got"], json!("{}"));
+    assert_eq!(issued.load(Ordering::SeqCst), 2, "tok-1 was refused with 401, tok-2 accepted");
 }
 
 #[tokio::test]

@@ -741,6 +741,26 @@ mod tests {
         assert_eq!(decode(Format::Text, Message::binary(b"ok".to_vec())), json!("ok"));
     }
 
+    /// The tool of a manual fetched from a public host may not reach loopback, by a name
+    /// that resolves there or by an IP literal: refused before any connection.
+    #[test]
+    fn a_remote_manuals_tool_cannot_reach_loopback() {
+        let t = Transports::new(std::sync::Arc::new(crate::config::Config::default()));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for url in ["ws://localhost:9/x", "ws://127.0.0.1:9/x"] {
+            let template: crate::manual::CallTemplate =
+                serde_json::from_value(json!({"call_template_type": "websocket", "url": url})).unwrap();
+            let mut tool = RegisteredTool::detached(
+                "m",
+                serde_json::from_value(json!({"name": "t", "tool_call_template": template})).unwrap(),
+            );
+            tool.fetched_from = Some("https://tools.example.com/utcp".into());
+            let err = rt.block_on(t.call(&tool, &template, Map::new(), Duration::from_secs(5))).unwrap_err();
+            assert_eq!(err.code(), crate::ErrorCode::Security, "{url}: {err}");
+            assert!(err.to_string().contains("more local than"), "{err}");
+        }
+    }
+
     #[test]
     fn urls_follow_the_http_rules() {
         let strict = NetPolicy::default();
