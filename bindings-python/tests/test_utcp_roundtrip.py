@@ -8,7 +8,7 @@ from conftest import EXAMPLE_MANUALS
 from utcp.data.utcp_manual import UtcpManualSerializer
 
 # Call-template types python-utcp knows through the plugins installed in the venv.
-PYTHON_UTCP_TYPES = {"http", "sse", "streamable_http", "cli", "text"}
+PYTHON_UTCP_TYPES = {"http", "sse", "streamable_http", "cli", "text", "websocket"}
 
 
 def validate(tools):
@@ -65,6 +65,8 @@ def test_each_template_type_round_trips(engine, template_type):
         "streamable_http": {"call_template_type": "streamable_http", "url": "https://x.example/stream"},
         "cli": {"call_template_type": "cli", "commands": [{"command": "echo UTCP_ARG_msg_UTCP_END"}]},
         "text": {"call_template_type": "text", "content": "hello"},
+        "websocket": {"call_template_type": "websocket", "url": "wss://x.example/ws", "message": {"q": "UTCP_ARG_q_UTCP_ARG"},
+                      "response_format": "json", "keep_alive": False, "timeout": 5},
     }
     manual = {"tools": [{"name": "t", "description": "d", "tool_call_template": templates[template_type]}]}
     engine.register_manual(manual, name="m")

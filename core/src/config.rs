@@ -272,8 +272,8 @@ impl Config {
 const MANUAL_CALL_TEMPLATES: &str = "manual_call_templates";
 
 /// The call-template types a manual can be registered from.
-pub const MANUAL_TEMPLATE_TYPES: [&str; 9] =
-    ["http", "sse", "streamable_http", "file", "text", "cli", "mcp", "tcp", "udp"];
+pub const MANUAL_TEMPLATE_TYPES: [&str; 10] =
+    ["http", "sse", "streamable_http", "file", "text", "cli", "mcp", "websocket", "tcp", "udp"];
 
 /// Parse config `manual_call_templates` (python-utcp's key): a list of call templates,
 /// each of a type in [`MANUAL_TEMPLATE_TYPES`] and valid as that type. Errors name the

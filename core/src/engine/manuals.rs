@@ -128,6 +128,7 @@ impl Engine {
             CallTemplate::StreamableHttp(t) => {
                 self.register_fetched(&t.url, &t.http_method, t.request.headers.as_ref(), &template, name).await
             }
+            CallTemplate::Websocket(t) => self.register_websocket(t, &template, name).await,
             CallTemplate::File(t) => {
                 let path = self.inner.config.resolve_path(Path::new(&t.file_path));
                 self.register_manual(ManualSource::Path(path), name).await
@@ -224,6 +225,32 @@ impl Engine {
         let host = url.host_str().unwrap_or("manual").to_string();
         let remote = Remote { url: url.as_str(), allowed_protocols };
         self.register_document(doc, name, Some(&host), Some(remote))
+    }
+
+    /// Ask a WebSocket server for its manual (`{"type": "utcp"}`, as python-utcp's
+    /// `utcp-websocket` does) and register it as a manual fetched from that URL: it keeps
+    /// only `websocket` tools unless the template's `allowed_communication_protocols` (or
+    /// `discovery.allowed_communication_protocols`) names others, and the §11 rules apply.
+    async fn register_websocket(
+        &self,
+        t: &crate::manual::WebsocketTemplate,
+        template: &CallTemplate,
+        name: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let url = url::Url::parse(&t.url)
+            .map_err(|e| Error::InvalidArgument(format!("'{}' is not a valid URL: {e}", t.url)))?;
+        let host = url.host_str().unwrap_or("manual").to_string();
+        let label = sanitize_name(name.unwrap_or(&host));
+        let timeout = crate::transport::template_timeout(template)?.unwrap_or(self.inner.config.calls.default_timeout);
+        let manual = crate::transport::websocket::discover(&self.inner.transports, &label, t, timeout).await?;
+        let allowed: Vec<String> = match &t.common.allowed_communication_protocols {
+            Some(list) => list.clone(),
+            None => std::iter::once("websocket".to_string())
+                .chain(self.inner.config.discovery.allowed_communication_protocols.iter().cloned())
+                .collect(),
+        };
+        let remote = Remote { url: url.as_str(), allowed_protocols: Some(&allowed) };
+        self.register_document(Document::Utcp(manual), name, Some(&host), Some(remote))
     }
 
     /// Register a manual; returns its tools' full names. `name` overrides the
@@ -430,6 +457,7 @@ impl Engine {
         let removed = self.inner.registry.deregister(name);
         if removed {
             self.inner.transports.remove_natives_of(name);
+            self.inner.transports.websockets.forget_manual(name);
             self.publish_manual(kinds::MANUAL_DEREGISTERED, name, tools);
         }
         removed

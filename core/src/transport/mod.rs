@@ -14,6 +14,7 @@ pub mod net;
 pub mod post;
 pub mod socket;
 pub mod sse;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub struct Transports {
     pub(crate) file_root: PathBuf,
     /// The live MCP servers of `mcp` tools.
     pub(crate) mcp: mcp::Sessions,
+    /// Open `websocket` tool sockets (`keep_alive`).
+    pub(crate) websockets: websocket::Pool,
 }
 
 impl std::fmt::Debug for Transports {
@@ -82,6 +85,7 @@ impl Transports {
             natives: RwLock::new(HashMap::new()),
             file_root,
             mcp: mcp::Sessions::default(),
+            websockets: websocket::Pool::default(),
         }
     }
 
@@ -104,12 +108,7 @@ impl Transports {
     /// private address; then nothing more local than that address is reached, by a
     /// redirect or by a name that resolves there (docs/design.md §11).
     pub fn client_for(&self, tool: &RegisteredTool) -> Result<(reqwest::Client, Option<net::OriginClass>)> {
-        let cap = tool
-            .fetched_from
-            .as_deref()
-            .and_then(|from| url::Url::parse(from).ok())
-            .map(|from| net::origin_class(&from))
-            .filter(|class| *class != net::OriginClass::Loopback);
+        let cap = origin_cap(tool);
         Ok((self.capped_client(cap)?, cap))
     }
 
@@ -184,6 +183,7 @@ impl Transports {
             }
             CallTemplate::Tcp(t) => Box::pin(socket::call(self, tool, socket::Protocol::Tcp, t, args)).await,
             CallTemplate::Udp(t) => Box::pin(socket::call(self, tool, socket::Protocol::Udp, t, args)).await,
+            CallTemplate::Websocket(t) => Box::pin(websocket::call(self, tool, t, args, timeout)).await,
             other => Err(unsupported(tool, other)),
         }
     }
@@ -221,6 +221,7 @@ impl Transports {
             CallTemplate::Sse(_) | CallTemplate::StreamableHttp(_) => {
                 Ok(Box::pin(sse::open(self, tool, template, args, timeout)).await?.0)
             }
+            CallTemplate::Websocket(t) => Box::pin(websocket::call_stream(self, tool, t, args, timeout)).await,
             _ => {
                 let value = Box::pin(self.call(tool, template, args, timeout)).await?;
                 Ok(Box::pin(futures_util::stream::once(async move { Ok(value) })))
@@ -229,11 +230,17 @@ impl Transports {
     }
 }
 
+/// The locality cap of `tool`'s calls: the class of the address its manual was fetched
+/// from, unless that is loopback (or the manual is the host's own): then none.
+pub(crate) fn origin_cap(tool: &RegisteredTool) -> Option<net::OriginClass> {
+    tool.fetched_from.as_deref().and_then(net::locality_cap)
+}
+
 fn unsupported(tool: &RegisteredTool, template: &CallTemplate) -> Error {
     Error::with_code(
         crate::error::ErrorCode::Transport,
         format!(
-            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native, mcp, tcp, udp)",
+            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native, mcp, websocket, tcp, udp)",
             tool.name,
             template.type_name()
         ),
@@ -252,6 +259,7 @@ pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
         CallTemplate::Cli(t) => (&t.extra, false),
         CallTemplate::Native(t) => (&t.extra, false),
         CallTemplate::Tcp(t) | CallTemplate::Udp(t) => (&t.extra, true),
+        CallTemplate::Websocket(t) => (&t.extra, false),
         _ => return Ok(None),
     };
     let Some(v) = extra.get("timeout").filter(|v| !v.is_null()) else { return Ok(None) };

@@ -158,6 +158,12 @@ fn v4_allowed(ip: Ipv4Addr, allow_private: bool) -> bool {
     allow_private || !private
 }
 
+/// The cap on what the tools of a manual fetched from `from` may reach: nothing more
+/// local than `from` (none for a loopback origin or a URL that does not parse).
+pub fn locality_cap(from: &str) -> Option<OriginClass> {
+    url::Url::parse(from).ok().map(|from| origin_class(&from)).filter(|class| *class != OriginClass::Loopback)
+}
+
 /// A DNS resolver that drops addresses the policy forbids, so a name cannot
 /// smuggle a request to a private address (DNS rebinding included: the check is
 /// on the addresses actually connected to).
@@ -203,30 +209,45 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let GuardedResolver { allow_private, cap } = *self;
         Box::pin(async move {
-            let allowed = resolve_guarded(name.as_str(), 0, allow_private, cap).await?;
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed = GuardedResolver { allow_private, cap }
+                .permitted(&host, addrs)
+                .map_err(|refused| Box::new(refused) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
 
-/// Resolve `host:port` and keep the addresses `allow_private` and `cap` permit (see
-/// [`GuardedResolver`]); every address refused is an error, a name that resolves to
-/// nothing an empty list. Raw-socket transports connect only to what this returns.
-pub async fn resolve_guarded(
-    host: &str,
-    port: u16,
-    allow_private: bool,
-    cap: Option<OriginClass>,
-) -> std::result::Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    let permitted: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
-    let allowed: Vec<SocketAddr> =
-        permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
-    if allowed.is_empty() && !addrs.is_empty() {
-        let cap = if permitted.is_empty() { None } else { cap };
-        return Err(Box::new(RefusedAddress { host: host.to_string(), cap }));
+impl GuardedResolver {
+    /// The addresses `host` resolved to that may be connected to.
+    fn permitted(self, host: &str, addrs: Vec<SocketAddr>) -> std::result::Result<Vec<SocketAddr>, RefusedAddress> {
+        let GuardedResolver { allow_private, cap } = self;
+        let permitted: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), allow_private)).collect();
+        let allowed: Vec<SocketAddr> =
+            permitted.iter().copied().filter(|a| cap.is_none_or(|c| ip_class(a.ip()) <= c)).collect();
+        if allowed.is_empty() && !addrs.is_empty() {
+            let cap = if permitted.is_empty() { None } else { cap };
+            return Err(RefusedAddress { host: host.to_string(), cap });
+        }
+        Ok(allowed)
     }
-    Ok(allowed)
+
+    /// Resolve `host:port` for a transport that connects sockets itself (`websocket`):
+    /// the same refusals as the HTTP client's resolver, as `SECURITY` errors.
+    pub async fn resolve(self, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+        // An IP literal in brackets (`[::1]`) as `url::Url::host_str` gives it.
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|e| Error::Transport(format!("cannot resolve {host}: {e}")))?
+            .collect();
+        let allowed = self.permitted(host, addrs).map_err(|refused| Error::Security(refused.to_string()))?;
+        if allowed.is_empty() {
+            return Err(Error::Transport(format!("{host} resolves to no address")));
+        }
+        Ok(allowed)
+    }
 }
 
 /// The one pooled client of an engine: keep-alive, HTTP/2 where the server offers

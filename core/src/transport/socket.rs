@@ -451,20 +451,8 @@ async fn resolve(
         )));
     }
     // Like http tools: nothing more local than where the tool's manual was fetched from.
-    let cap = fetched_from
-        .and_then(|from| url::Url::parse(from).ok())
-        .map(|from| net::origin_class(&from))
-        .filter(|class| *class != net::OriginClass::Loopback);
-    let addrs = net::resolve_guarded(host, template.port, calls.allow_private_networks, cap).await.map_err(|e| {
-        match e.downcast::<net::RefusedAddress>() {
-            Ok(refused) => Error::Security(refused.to_string()),
-            Err(e) => Error::Transport(format!("cannot resolve {host}: {e}")),
-        }
-    })?;
-    if addrs.is_empty() {
-        return Err(Error::Transport(format!("{host} resolves to no address")));
-    }
-    Ok(addrs)
+    let cap = fetched_from.and_then(net::locality_cap);
+    net::GuardedResolver { allow_private: calls.allow_private_networks, cap }.resolve(host, template.port).await
 }
 
 async fn tcp_exchange(addrs: &[SocketAddr], options: &SocketOptions, request: &[u8], target: &str) -> Result<Vec<u8>> {
