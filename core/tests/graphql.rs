@@ -153,8 +153,10 @@ async fn server() -> Server {
         async move {
             count.fetch_add(1, Ordering::SeqCst);
             let path = req.uri().path().to_string();
+            let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_string);
             let body = req.into_body().collect().await.unwrap().to_bytes();
             match path.as_str() {
+                "/secured" if key.as_deref() != Some("k-1") => return reply(401, "text/plain", "no key"),
                 "/down" => return reply(503, "text/plain", "maintenance"),
                 "/html" => return reply(200, "text/html", "<html>not graphql</html>"),
                 "/big" => return reply(200, "application/json", format!("{{\"data\":\"{}\"}}", "x".repeat(4096))),
@@ -459,4 +461,64 @@ async fn a_server_that_never_answers_times_out() {
     let err = e.call_tool("api.t", json!({}), options).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn auth_reaches_introspection_and_calls_and_variables_fill_it() {
+    let s = server().await;
+    let e = engine_with(json!({"variables": {"sec_KEY": "k-1"}})).await;
+    let template = json!({
+        "name": "sec", "call_template_type": "graphql", "url": s.loopback.url("/secured"),
+        "auth": {"auth_type": "api_key", "api_key": "${KEY}", "var_name": "X-Api-Key", "location": "header"}
+    });
+    e.register_manual(ManualSource::Inline(template.clone()), None).await.unwrap();
+    assert_eq!(call(&e, "sec.add", json!({"a": 1, "b": 1})).await.unwrap(), json!({"add": 2}));
+
+    let without = engine_with(json!({"variables": {"sec_KEY": "wrong"}})).await;
+    let err = without.register_manual(ManualSource::Inline(template), None).await.unwrap_err();
+    assert_eq!((err.code(), err.http_status()), (ErrorCode::ToolFailed, Some(401)), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_that_closes_mid_response_is_a_transport_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"data\":";
+            let _ = stream.write_all(head.as_bytes()).await;
+            drop(stream);
+        }
+    });
+    let e = engine_with(json!({})).await;
+    let url = format!("http://127.0.0.1:{port}/graphql");
+    e.register_manual(gql_manual(&url, json!({"t": {"query": "{ a }"}})), None).await.unwrap();
+    let err = call(&e, "api.t", json!({})).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Transport, "{err}");
+    let err = e
+        .register_manual(ManualSource::Inline(json!({"call_template_type": "graphql", "url": url})), Some("cut"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Transport, "{err}");
+    peer.abort();
+}
+
+#[tokio::test]
+async fn a_redirect_may_not_carry_the_document_to_another_origin() {
+    let s = server().await;
+    let target = s.loopback.url("/graphql").replace("127.0.0.1", "localhost");
+    let bouncer = Loopback::start(move |_req: Request<hyper::body::Incoming>| {
+        let target = target.clone();
+        async move { Response::builder().status(307).header("location", target).body(Full::new(Bytes::new())).unwrap() }
+    })
+    .await;
+    let e = engine_with(json!({})).await;
+    e.register_manual(gql_manual(&bouncer.url("/graphql"), json!({"t": {"query": "{ add(a: 1, b: 2) }"}})), None)
+        .await
+        .unwrap();
+    let err = call(&e, "api.t", json!({})).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Security, "{err}");
 }
