@@ -148,7 +148,16 @@ def test_python_utcp_registers_the_same_tools_and_returns_the_same_data(server):
 
     names, version = asyncio.run(through_python_utcp())
     with utp.Engine(config={"manual_call_templates": [template]}) as engine:
-        ours = sorted(t["name"] for t in engine.tools() if t["name"].startswith("gql."))
+        ours = [t for t in engine.tools() if t["name"].startswith("gql.")]
         # python-utcp also lists Subscription fields; this schema has none.
-        assert ours == names
+        assert sorted(t["name"] for t in ours) == names
         assert engine.call_tool("gql.version", {}) == version == {"version": "1.0"}
+        # The tools we registered (with variable_types and selection_set) are valid
+        # python-utcp GraphQL tools.
+        from utcp.data.utcp_manual import UtcpManualSerializer
+
+        manual = {"utcp_version": "1.0.1", "manual_version": "1.0.0", "tools": ours}
+        parsed = UtcpManualSerializer().validate_dict(manual)
+        assert {type(t.tool_call_template).__name__ for t in parsed.tools} == {"GraphQLCallTemplate"}
+        user = next(t for t in parsed.tools if t.name == "gql.user")
+        assert user.tool_call_template.variable_types == {"id": "ID!"}
