@@ -17,7 +17,7 @@ UTP_C_TESTS   := $(UTP_C_ROOT)/tests/c
 # test_exit_paths runs itself as child processes (20 runs per exit path, UTP_EXIT_RUNS);
 # under valgrind (which checks only the driver's own process) one run each is enough.
 UTP_C_PROGRAMS ?= test_basic test_calls test_streams test_domain_events test_workflows test_intents test_store test_planner \
-	test_host_options test_compat test_exit_paths test_sockets
+	test_host_options test_compat test_exit_paths test_sockets test_graphql
 # The shared host-option cases test_host_options reads (tests/scenarios/host_options.json).
 UTP_HOST_OPTIONS_JSON ?= $(UTP_C_ROOT)/tests/scenarios/host_options.json
 export UTP_HOST_OPTIONS_JSON

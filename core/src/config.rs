@@ -272,8 +272,8 @@ impl Config {
 const MANUAL_CALL_TEMPLATES: &str = "manual_call_templates";
 
 /// The call-template types a manual can be registered from.
-pub const MANUAL_TEMPLATE_TYPES: [&str; 10] =
-    ["http", "sse", "streamable_http", "file", "text", "cli", "mcp", "websocket", "tcp", "udp"];
+pub const MANUAL_TEMPLATE_TYPES: [&str; 11] =
+    ["http", "sse", "streamable_http", "graphql", "file", "text", "cli", "mcp", "websocket", "tcp", "udp"];
 
 /// Parse config `manual_call_templates` (python-utcp's key): a list of call templates,
 /// each of a type in [`MANUAL_TEMPLATE_TYPES`] and valid as that type. Errors name the
@@ -319,6 +319,9 @@ pub fn manual_call_templates(value: Value) -> Result<Vec<CallTemplate>> {
         }
         if let Some(name) = obj.get("name").filter(|n| n.as_str().is_none_or(|s| s.trim().is_empty())) {
             return Err(bad(format!("`name` must be a non-empty string, found {}", crate::json::json_kind(name))));
+        }
+        if ty == "graphql" {
+            crate::manual::check_graphql_shape(obj).map_err(|e| bad(format!("invalid graphql template: {e}")))?;
         }
         let template: CallTemplate =
             serde_json::from_value(item).map_err(|e| bad(format!("invalid {ty} template: {e}")))?;

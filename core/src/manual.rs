@@ -526,17 +526,32 @@ pub struct SocketTemplate {
     pub extra: Map<String, Value>,
 }
 
+/// python-utcp's `utcp-gql` fields, plus `selection_set` (ours: the default selection
+/// discovery builds from the root field's return type). Shapes are checked by
+/// [`check_graphql_shape`] before serde, so errors name the field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GraphqlTemplate {
     #[serde(flatten)]
     pub common: TemplateCommon,
     pub url: String,
+    /// `query` (python-utcp's default), `mutation` or `subscription`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Map<String, Value>>,
+    /// Arguments sent as request headers, not as variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_fields: Option<Vec<String>>,
+    /// A GraphQL document sent as written (never variable-substituted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// GraphQL types of the arguments (`{"id": "ID!"}`) for a built operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variable_types: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_set: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -701,6 +716,10 @@ fn check_tool_shape(index: usize, tool: &Value) -> Result<()> {
     if let Some(auth) = template.get("auth").filter(|a| !a.is_null()) {
         check_auth_shape(name, auth)?;
     }
+    if template.get("call_template_type").and_then(Value::as_str) == Some("graphql") {
+        check_graphql_shape(template)
+            .map_err(|e| Error::InvalidManual(format!("tool '{name}': graphql template: {e}")))?;
+    }
     // Let serde type-check this tool alone so the error names it.
     serde_json::from_value::<Tool>(tool.clone())
         .map(|_| ())
@@ -725,6 +744,82 @@ fn check_auth_shape(tool: &str, auth: &Value) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The shapes of a `graphql` template's fields, each error naming its field. The
+/// names and types that go into a built GraphQL document are checked here too, so a
+/// template cannot inject text into one.
+pub fn check_graphql_shape(template: &Map<String, Value>) -> std::result::Result<(), String> {
+    let present = |key: &str| template.get(key).filter(|v| !v.is_null());
+    let string = |key: &str| -> std::result::Result<Option<&str>, String> {
+        match present(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!("`{key}` must be a string, found {}", json_kind(other))),
+        }
+    };
+    if string("url")?.is_none() {
+        return Err("`url` (the GraphQL endpoint) is required".into());
+    }
+    if let Some(kind) = string("operation_type")? {
+        if !["query", "mutation", "subscription"].contains(&kind) {
+            return Err(format!("`operation_type` must be query, mutation or subscription, found '{kind}'"));
+        }
+    }
+    if let Some(name) = string("operation_name")? {
+        if !is_graphql_name(name) {
+            return Err(format!("`operation_name` '{name}' is not a GraphQL name ([_A-Za-z][_0-9A-Za-z]*)"));
+        }
+    }
+    if string("query")?.is_some_and(|q| q.trim().is_empty()) {
+        return Err("`query` is empty: give a GraphQL document or leave it out".into());
+    }
+    string("selection_set")?;
+    if let Some(types) = present("variable_types") {
+        let Value::Object(types) = types else {
+            return Err(format!("`variable_types` must be an object of GraphQL types, found {}", json_kind(types)));
+        };
+        for (var, ty) in types {
+            if !is_graphql_name(var) {
+                return Err(format!("`variable_types`: '{var}' is not a GraphQL name"));
+            }
+            match ty.as_str() {
+                Some(t) if is_graphql_type(t) => {}
+                _ => {
+                    return Err(format!(
+                        "`variable_types.{var}` must be a GraphQL type such as \"ID!\" or \"[String]\", found {ty}"
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(fields) = present("header_fields") {
+        let ok = fields.as_array().is_some_and(|items| items.iter().all(Value::is_string));
+        if !ok {
+            return Err(format!("`header_fields` must be a list of argument names, found {fields}"));
+        }
+    }
+    if let Some(headers) = present("headers").filter(|h| !h.is_object()) {
+        return Err(format!("`headers` must be an object, found {}", json_kind(headers)));
+    }
+    Ok(())
+}
+
+/// A GraphQL Name: `[_A-Za-z][_0-9A-Za-z]*`.
+pub fn is_graphql_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// A GraphQL type reference: `Name`, `[Type]`, either followed by `!`.
+pub fn is_graphql_type(s: &str) -> bool {
+    let s = s.trim();
+    let s = s.strip_suffix('!').unwrap_or(s).trim_end();
+    match s.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').is_some_and(is_graphql_type),
+        None => is_graphql_name(s),
+    }
 }
 
 /// A 0.1 manual has tools with `tool_provider` instead of `tool_call_template`.

@@ -88,6 +88,19 @@ impl Variables {
         })
     }
 
+    /// A copy of a call template (as JSON) with its variables replaced, except in the
+    /// fields that hold another language's text ([`verbatim_key`]).
+    pub fn substitute_template(&self, manual: &str, template: &Value) -> Result<Value> {
+        let Some(key) = verbatim_key(template) else { return self.substitute(manual, template) };
+        let mut template = template.clone();
+        let kept = template.as_object_mut().and_then(|t| t.remove(key));
+        let mut done = self.substitute(manual, &template)?;
+        if let (Some(kept), Some(obj)) = (kept, done.as_object_mut()) {
+            obj.insert(key.to_string(), kept);
+        }
+        Ok(done)
+    }
+
     pub fn substitute_str(&self, manual: &str, s: &str) -> Result<String> {
         let mut out = String::with_capacity(s.len());
         let mut rest = s;
@@ -175,11 +188,20 @@ pub fn referenced(value: &Value, out: &mut BTreeSet<String>) {
     }
 }
 
+/// The field of a call template that is never substituted: a `graphql` template's
+/// `query` is a GraphQL document, whose `$id`s are GraphQL's own variables.
+fn verbatim_key(template: &Value) -> Option<&'static str> {
+    (template.get("call_template_type").and_then(Value::as_str) == Some("graphql")).then_some("query")
+}
+
 /// The namespaced variables the call templates of `tools` need, sorted.
 pub fn required_variables<'a>(manual: &str, tools: impl IntoIterator<Item = &'a Tool>) -> Vec<String> {
     let mut names = BTreeSet::new();
     for tool in tools {
-        let template = serde_json::to_value(&tool.tool_call_template).unwrap_or(Value::Null);
+        let mut template = serde_json::to_value(&tool.tool_call_template).unwrap_or(Value::Null);
+        if let (Some(key), Some(obj)) = (verbatim_key(&template), template.as_object_mut()) {
+            obj.remove(key);
+        }
         referenced(&template, &mut names);
     }
     names.into_iter().map(|v| namespaced(manual, &v)).collect()

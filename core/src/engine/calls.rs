@@ -285,7 +285,7 @@ impl Engine {
                 let raw = serde_json::to_value(template).map_err(|e| {
                     Error::Internal(format!("tool '{}': cannot serialise its template: {e}", tool.name))
                 })?;
-                let done = vars.substitute(manual, &raw)?;
+                let done = vars.substitute_template(manual, &raw)?;
                 serde_json::from_value(done).map_err(|e| {
                     Error::InvalidManual(format!(
                         "tool '{}': template invalid after variable substitution: {e}",

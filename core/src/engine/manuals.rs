@@ -111,7 +111,7 @@ impl Engine {
             Some(name) => {
                 let raw = serde_json::to_value(template)
                     .map_err(|e| Error::Internal(format!("cannot serialise a call template: {e}")))?;
-                let filled = self.inner.vars.substitute(&sanitize_name(name), &raw)?;
+                let filled = self.inner.vars.substitute_template(&sanitize_name(name), &raw)?;
                 serde_json::from_value(filled)
                     .map_err(|e| Error::InvalidArgument(format!("template invalid after variable substitution: {e}")))?
             }
@@ -129,6 +129,7 @@ impl Engine {
                 self.register_fetched(&t.url, &t.http_method, t.request.headers.as_ref(), &template, name).await
             }
             CallTemplate::Websocket(t) => self.register_websocket(t, &template, name).await,
+            CallTemplate::Graphql(t) => self.register_graphql(&t.url, &template, name).await,
             CallTemplate::File(t) => {
                 let path = self.inner.config.resolve_path(Path::new(&t.file_path));
                 self.register_manual(ManualSource::Path(path), name).await
@@ -253,19 +254,39 @@ impl Engine {
         self.register_document(Document::Utcp(manual), name, Some(&host), Some(remote))
     }
 
+    /// Introspect a GraphQL endpoint and register one tool per root Query and Mutation
+    /// field (`transport::graphql::discover`), as a manual fetched from that URL.
+    async fn register_graphql(
+        &self,
+        raw_url: &str,
+        template: &CallTemplate,
+        name: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let url = url::Url::parse(raw_url)
+            .map_err(|e| Error::InvalidArgument(format!("'{raw_url}' is not a valid URL: {e}")))?;
+        net::check_url(&url, self.fetch_policy())?;
+        let host = url.host_str().unwrap_or("graphql").to_string();
+        let manual = sanitize_name(name.unwrap_or(&host));
+        let timeout = crate::transport::template_timeout(template)?.unwrap_or(self.inner.config.calls.default_timeout);
+        let value =
+            crate::transport::graphql::discover(&self.inner.transports, &manual, template, url.as_str(), timeout)
+                .await?;
+        // Its tools are of the template's own type: `graphql` unless it says otherwise.
+        let own_type = [String::from("graphql")];
+        let allowed_protocols = template.common().allowed_communication_protocols.as_deref().or(Some(&own_type[..]));
+        let remote = Remote { url: url.as_str(), allowed_protocols };
+        self.register_document(Document::Utcp(value), name, Some(&host), Some(remote))
+    }
+
     /// Register a manual; returns its tools' full names. `name` overrides the
     /// default name (file name, URL host, or `name` key of an inline manual).
     pub async fn register_manual(&self, source: ManualSource, name: Option<&str>) -> Result<Vec<String>> {
         match source {
-            // A python-utcp manual call template given where a manual is expected.
+            // A python-utcp manual call template (`client.register_manual(template)`).
             ManualSource::Inline(value)
                 if value.get("call_template_type").is_some() && value.get("tools").is_none() =>
             {
-                let mut template: CallTemplate = serde_json::from_value(value)
-                    .map_err(|e| Error::InvalidManual(format!("not a valid manual call template: {e}")))?;
-                if let Some(name) = name {
-                    template.common_mut().name = Some(name.to_string());
-                }
+                let template = inline_template(value, name)?;
                 Box::pin(self.register_manual_template(&template)).await
             }
             ManualSource::Inline(value) => self.register_value(value, name, None),
@@ -597,6 +618,26 @@ impl Fetch<'_> {
 
 fn transport_error(url: &url::Url, e: reqwest::Error) -> Error {
     net::request_error(&reqwest::Method::GET, url, e)
+}
+
+/// A manual call template passed inline, named `name` when given; errors say which
+/// field is wrong.
+fn inline_template(mut value: Value, name: Option<&str>) -> Result<CallTemplate> {
+    if let (Some(name), Some(obj)) = (name, value.as_object_mut()) {
+        obj.insert("name".into(), Value::String(name.into()));
+    }
+    let ty = value.get("call_template_type").and_then(Value::as_str).unwrap_or_default().to_string();
+    if !crate::config::MANUAL_TEMPLATE_TYPES.contains(&ty.as_str()) {
+        return Err(Error::InvalidArgument(format!(
+            "call_template_type '{ty}' cannot register a manual (supported: {})",
+            crate::config::MANUAL_TEMPLATE_TYPES.join(", ")
+        )));
+    }
+    if let (Some(obj), "graphql") = (value.as_object(), ty.as_str()) {
+        crate::manual::check_graphql_shape(obj)
+            .map_err(|e| Error::InvalidArgument(format!("invalid graphql manual call template: {e}")))?;
+    }
+    serde_json::from_value(value).map_err(|e| Error::InvalidArgument(format!("invalid {ty} manual call template: {e}")))
 }
 
 fn manual_of(tools: &[String], fallback: &str) -> String {

@@ -152,7 +152,11 @@ pub(crate) fn media_type(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or("").trim()
 }
 
-async fn read_capped(t: &Transports, tool: &RegisteredTool, mut response: reqwest::Response) -> Result<Vec<u8>> {
+pub(crate) async fn read_capped(
+    t: &Transports,
+    tool: &RegisteredTool,
+    mut response: reqwest::Response,
+) -> Result<Vec<u8>> {
     let max = t.config.calls.max_response_size;
     if response.content_length().is_some_and(|n| n > max) {
         return Err(too_large(tool, response.url(), max));

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod file;
+pub mod graphql;
 pub(crate) mod here;
 pub use here::{BlockingCall, CallThread, host_callbacks_here, poll_with_callbacks, run_host_callback};
 pub mod http;
@@ -172,6 +173,7 @@ impl Transports {
             }
             CallTemplate::Http(t) => Box::pin(http::call(self, tool, t, args, timeout)).await,
             CallTemplate::Cli(t) => Box::pin(cli::call(self, tool, t, args, timeout)).await,
+            CallTemplate::Graphql(t) => Box::pin(graphql::call(self, tool, t, args, timeout)).await,
             CallTemplate::Text(t) => Box::pin(file::call_text(self, tool, t)).await,
             CallTemplate::File(t) => Box::pin(file::call_file(self, tool, t)).await,
             CallTemplate::Sse(_) | CallTemplate::StreamableHttp(_) => {
@@ -240,7 +242,7 @@ fn unsupported(tool: &RegisteredTool, template: &CallTemplate) -> Error {
     Error::with_code(
         crate::error::ErrorCode::Transport,
         format!(
-            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, cli, text, file, native, mcp, websocket, tcp, udp)",
+            "tool '{}': call_template_type '{}' cannot be called yet (supported: http, sse, streamable_http, graphql, cli, text, file, native, mcp, websocket, tcp, udp)",
             tool.name,
             template.type_name()
         ),
@@ -260,6 +262,7 @@ pub fn template_timeout(template: &CallTemplate) -> Result<Option<Duration>> {
         CallTemplate::Native(t) => (&t.extra, false),
         CallTemplate::Tcp(t) | CallTemplate::Udp(t) => (&t.extra, true),
         CallTemplate::Websocket(t) => (&t.extra, false),
+        CallTemplate::Graphql(t) => (&t.extra, false),
         _ => return Ok(None),
     };
     let Some(v) = extra.get("timeout").filter(|v| !v.is_null()) else { return Ok(None) };
