@@ -126,7 +126,7 @@ test('a malformed manual_call_templates key is named', () => {
   const cases = [
     [{ call_template_type: 'http' }, /`manual_call_templates` must be a list/],
     [[{ name: 'w', call_template_type: 'http' }], /`manual_call_templates\[0\]` \('w'\): invalid http template/],
-    [[{ call_template_type: 'mcp', config: {} }], /cannot register a manual from call_template_type 'mcp'/],
+    [[{ call_template_type: 'native' }], /cannot register a manual from call_template_type 'native'/],
   ]
   for (const [templates, message] of cases) {
     throwsWith(() => new Engine({ manual_call_templates: templates }), codes.INVALID_ARGUMENT, message)

@@ -83,7 +83,7 @@ impl Running {
         F: std::future::Future + Send,
         F::Output: Send,
     {
-        py.detach(|| self.rt().block_on(future))
+        crate::host_exit::detach(py, || self.rt().block_on(future))
     }
 
     /// Like `block_on`, but a pending signal (Ctrl-C → KeyboardInterrupt) cancels
@@ -98,7 +98,7 @@ impl Running {
         F: std::future::Future + Send,
         F::Output: Send,
     {
-        py.detach(|| self.rt().block_on(interruptible(future, cancel)))
+        crate::host_exit::detach(py, || self.rt().block_on(interruptible(future, cancel)))
     }
 
     /// The tail `run_workflow` and `run` share: the run options, a cancellation that
@@ -132,7 +132,7 @@ impl Running {
         F: std::future::Future + Send,
         F::Output: Send,
     {
-        py.detach(|| self.engine.block_on_here(interruptible(future, cancel))).py_err(py)?
+        crate::host_exit::detach(py, || self.engine.block_on_here(interruptible(future, cancel))).py_err(py)?
     }
 }
 
@@ -220,7 +220,7 @@ impl EngineState {
         // After a fork the engine's threads are gone: only release the callables.
         let taken = taken.filter(|r| !host_exit::forked_since(r.generation));
         if let Some(running) = &taken {
-            py.detach(|| running.engine.close(CLOSE_GRACE));
+            crate::host_exit::detach(py, || running.engine.close(CLOSE_GRACE));
         }
         let released = self.release_where(|_| true);
         if let Some(running) = &taken {
@@ -235,7 +235,7 @@ impl EngineState {
             // Calls still in flight on other threads hold their own Arc; the last
             // one shuts the runtime down. Otherwise join the workers now.
             if let Ok(running) = Arc::try_unwrap(running) {
-                py.detach(|| running.shutdown(Duration::from_secs(10)));
+                crate::host_exit::detach(py, || running.shutdown(Duration::from_secs(10)));
             }
         }
         Ok(())
@@ -283,7 +283,7 @@ impl PyEngine {
                 .build()
                 .map_err(|e| raise(py, ErrorCode::Internal, format!("cannot start the runtime: {e}")))?;
             // On the engine's own runtime: executions resumed here keep running on it.
-            match py.detach(|| runtime.block_on(CoreEngine::open(config))) {
+            match crate::host_exit::detach(py, || runtime.block_on(CoreEngine::open(config))) {
                 Ok(engine) => {
                     let generation = host_exit::fork_generation();
                     let running = Running { engine: ManuallyDrop::new(engine), runtime: Some(runtime), generation };

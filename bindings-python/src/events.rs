@@ -102,7 +102,7 @@ impl PyEngine {
                 .count("since", since);
             let filter = host::history_filter(&filter.into_value(), "history", KeyStyle::Snake).py_err(py)?;
             let r = self.running(py)?;
-            let events = py.detach(|| r.engine.history(&filter));
+            let events = crate::host_exit::detach(py, || r.engine.history(&filter));
             let list = PyList::empty(py);
             for event in events {
                 list.append(to_py(py, &event.to_value())?)?;
@@ -118,7 +118,7 @@ impl PyEngine {
         guarded(py, || {
             let timeout = seconds(py, timeout, "timeout")?;
             let r = self.running(py)?;
-            Ok(py.detach(|| r.engine.events().flush(timeout)))
+            Ok(crate::host_exit::detach(py, || r.engine.events().flush(timeout)))
         })
     }
 

@@ -105,11 +105,13 @@ where
     R: Send + 'static,
 {
     if here && runs_here(kind) {
-        let out = run_host_callback(|| Python::attach(call));
+        // Through the exit gate, as on engine threads: the exit hook waits for a callback
+        // running here, and none starts once the interpreter is going away.
+        let out = run_host_callback(|| crate::engine_threads::attach(call));
         if interrupted() {
             return std::future::pending().await;
         }
-        return Ok(out);
+        return out.ok_or_else(|| crate::engine_threads::INTERPRETER_LEAVING.to_string());
     }
     call_python(call).await
 }
@@ -134,7 +136,8 @@ where
     F::Output: Send,
 {
     let driving = Driving::enter(cancel, true);
-    let out = py.detach(|| r.engine.drive_with_callbacks(r.rt().handle(), interruptible(future, cancel)));
+    let out =
+        crate::host_exit::detach(py, || r.engine.drive_with_callbacks(r.rt().handle(), interruptible(future, cancel)));
     match driving.interrupt() {
         Some(interrupt) => Err(interrupt),
         None => out,
@@ -157,7 +160,7 @@ where
 {
     use std::task::Waker;
     let driving = here.then(|| Driving::enter(cancel, false));
-    let polled = py.detach(|| {
+    let polled = crate::host_exit::detach(py, || {
         let _context = r.rt().enter();
         let mut cx = Context::from_waker(Waker::noop());
         match here {

@@ -45,6 +45,36 @@ static LIVE: Mutex<Vec<Weak<EngineState>>> = Mutex::new(Vec::new());
 thread_local! {
     /// How deep this thread is inside `with_interpreter` (kept for the atfork recount).
     static INSIDE: Cell<usize> = const { Cell::new(0) };
+    /// Set on the thread that runs the exit hook: the one that goes on to finalize.
+    static RUNS_EXIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `py.detach(f)` for a host thread that waits on the engine with the GIL released.
+///
+/// A thread that takes the GIL back once CPython finalizes is ended by `pthread_exit`
+/// in the middle of Rust frames, which aborts the process: a daemon thread blocked in
+/// `call_tool` at exit would. So a thread coming back once the exit hook has shut the
+/// gate parks for ever instead (only daemon threads can: `threading` joins the others
+/// before the hook runs; the process ends without them). The thread that runs the
+/// hook, and so finalizes, goes on. Counted in the gate while it takes the GIL back,
+/// so the hook waits for a thread that was already on its way.
+pub(crate) fn detach<T, F>(py: Python<'_>, f: F) -> T
+where
+    F: Send + FnOnce() -> T,
+    T: Send,
+{
+    let out = py.detach(|| {
+        let out = f();
+        if GATE.fetch_add(1, SeqCst) & SHUT != 0 && !RUNS_EXIT.get() {
+            GATE.fetch_sub(1, SeqCst);
+            loop {
+                std::thread::park();
+            }
+        }
+        out
+    });
+    GATE.fetch_sub(1, SeqCst);
+    out
 }
 
 /// Run `f` (which may take the GIL) unless the interpreter is going away; `None` then.
@@ -91,6 +121,7 @@ pub(crate) fn track(state: &std::sync::Arc<EngineState>) {
 /// The `atexit` hook: shut the gate, close the live engines, wait for the callbacks in flight.
 #[pyfunction]
 fn utp_exit(py: Python<'_>) {
+    RUNS_EXIT.set(true);
     GATE.fetch_or(SHUT, SeqCst);
     let live: Vec<_> = std::mem::take(&mut *locked(&LIVE)).into_iter().filter_map(|w| w.upgrade()).collect();
     for state in live {

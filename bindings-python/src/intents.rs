@@ -52,7 +52,7 @@ impl PyIntentContext {
     /// The session's state as a dict (`{}` without a session); a copy.
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         guarded(py, || {
-            let state = py.detach(|| self.ctx.state());
+            let state = crate::host_exit::detach(py, || self.ctx.state());
             to_py(py, &state)
         })
     }
@@ -62,7 +62,7 @@ impl PyIntentContext {
     fn set_state(&self, py: Python<'_>, key: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
         guarded(py, || {
             let value = to_json(py, value, 0)?;
-            Ok(py.detach(|| self.ctx.set_state(key, value)))
+            Ok(crate::host_exit::detach(py, || self.ctx.set_state(key, value)))
         })
     }
 
@@ -156,7 +156,8 @@ impl PyEngine {
             if is_workflow || !target.is_callable() {
                 let source = intent_workflow(py, &target)?;
                 let r = self.running(py)?;
-                return py.detach(|| r.engine.register_intent_workflow(intent_type, source)).py_err(py);
+                return crate::host_exit::detach(py, || r.engine.register_intent_workflow(intent_type, source))
+                    .py_err(py);
             }
             let callback = Callback::new(target.unbind());
             let held = callback.clone();

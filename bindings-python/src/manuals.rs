@@ -76,7 +76,7 @@ impl PyEngine {
     fn tools<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         guarded(py, || {
             let r = self.running(py)?;
-            let tools = py.detach(|| r.engine.tools());
+            let tools = crate::host_exit::detach(py, || r.engine.tools());
             tool_values(py, &tools)
         })
     }
@@ -102,7 +102,7 @@ impl PyEngine {
         guarded(py, || {
             let r = self.running(py)?;
             let tags = tags.unwrap_or_default();
-            let found = py.detach(|| r.engine.search_tools(query, limit, &tags));
+            let found = crate::host_exit::detach(py, || r.engine.search_tools(query, limit, &tags));
             tool_values(py, &found)
         })
     }

@@ -72,7 +72,7 @@ impl PyEngine {
                 .string("until", until);
             let filter = host::event_filter(&filter.into_value(), "stored_events", KeyStyle::Snake).py_err(py)?;
             let r = self.running(py)?;
-            let events = py.detach(|| r.engine.stored_events(&filter)).py_err(py)?;
+            let events = crate::host_exit::detach(py, || r.engine.stored_events(&filter)).py_err(py)?;
             value_list(py, &events)
         })
     }
@@ -85,7 +85,7 @@ impl PyEngine {
         guarded(py, || {
             let age = age(py, older_than)?;
             let r = self.running(py)?;
-            py.detach(|| r.engine.prune_store(age)).py_err(py)
+            crate::host_exit::detach(py, || r.engine.prune_store(age)).py_err(py)
         })
     }
 }

@@ -120,7 +120,7 @@ impl PyEngine {
             let inputs = workflow_inputs(py, inputs)?;
             let options = run_options(py, session, tenant, user, timeout, None)?;
             let r = self.running(py)?;
-            let started = py.detach(|| {
+            let started = crate::host_exit::detach(py, || {
                 let _context = r.rt().enter();
                 r.engine.start_workflow(source, inputs, options).map(|exec| exec.id.clone())
             });
@@ -172,7 +172,7 @@ impl PyEngine {
         guarded(py, || {
             let source = workflow_source(py, workflow)?;
             let r = self.running(py)?;
-            py.detach(|| r.engine.workflow(source).map(drop)).py_err(py)
+            crate::host_exit::detach(py, || r.engine.workflow(source).map(drop)).py_err(py)
         })
     }
 
@@ -196,7 +196,7 @@ impl PyEngine {
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(py, || {
             let r = self.running(py)?;
-            let records = py.detach(|| r.engine.executions(status, session)).py_err(py)?;
+            let records = crate::host_exit::detach(py, || r.engine.executions(status, session)).py_err(py)?;
             let records: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
             value_list(py, &records)
         })

@@ -93,7 +93,7 @@ def test_a_python_utcp_config_registers_its_manual_call_templates(server, tmp_pa
 @pytest.mark.parametrize("templates, message", [
     ({"call_template_type": "http"}, "`manual_call_templates` must be a list"),
     ([{"name": "w", "call_template_type": "http"}], "`manual_call_templates[0]` ('w'): invalid http template"),
-    ([{"call_template_type": "mcp", "config": {}}], "cannot register a manual from call_template_type 'mcp'"),
+    ([{"call_template_type": "native"}], "cannot register a manual from call_template_type 'native'"),
     ([7], "`manual_call_templates[0]`: must be a call template object"),
 ])
 def test_a_malformed_manual_call_templates_key_is_named(templates, message):
