@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde_json::{Map, Value, json};
 
 use super::net::{self, Body, RequestSpec};
@@ -97,19 +97,8 @@ async fn post(
     let url = url::Url::parse(&tpl.url)
         .map_err(|e| Error::InvalidManual(format!("tool '{}': `url` '{}' is not a URL: {e}", tool.name, tpl.url)))?;
     let mut spec = RequestSpec::new(reqwest::Method::POST, url);
-    let header = |name: &str, value: &str, sensitive: bool| -> Result<(HeaderName, HeaderValue, bool)> {
-        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            Error::ValidationFailed(format!("tool '{}': '{name}' is not a valid header name", tool.name))
-        })?;
-        let mut v = HeaderValue::from_str(value).map_err(|_| {
-            Error::ValidationFailed(format!(
-                "tool '{}': the value of header '{name}' is not a valid header value",
-                tool.name
-            ))
-        })?;
-        v.set_sensitive(sensitive);
-        Ok((n, v, sensitive))
-    };
+    let header =
+        |name: &str, value: &str, sensitive: bool| super::http::tool_header(&tool.name, name, value, sensitive);
     // Fixed headers may hold secrets after substitution: sensitive, as for `http`.
     for (k, v) in tpl.headers.iter().flatten() {
         spec.headers.push(header(k, &arg_text(v), true)?);

@@ -254,19 +254,7 @@ pub fn build_request(
         parse_url(&url_text).map_err(|e| Error::InvalidManual(format!("tool '{}': invalid URL: {e}", tool.name)))?;
 
     let mut spec = RequestSpec::new(method, url);
-    let header = |name: &str, value: &str, sensitive: bool| -> Result<(HeaderName, HeaderValue, bool)> {
-        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            Error::ValidationFailed(format!("tool '{}': '{name}' is not a valid header name", tool.name))
-        })?;
-        let mut v = HeaderValue::from_str(value).map_err(|_| {
-            Error::ValidationFailed(format!(
-                "tool '{}': the value of header '{name}' holds characters a header cannot carry (e.g. a newline)",
-                tool.name
-            ))
-        })?;
-        v.set_sensitive(sensitive);
-        Ok((n, v, sensitive))
-    };
+    let header = |name: &str, value: &str, sensitive: bool| tool_header(&tool.name, name, value, sensitive);
 
     // Fixed headers (after variable substitution they may hold secrets: sensitive).
     if let Some(headers) = &rt.request.headers {
@@ -649,6 +637,26 @@ impl TokenCache {
             expires,
         })
     }
+}
+
+/// A header of `tool`'s request: `VALIDATION_FAILED` naming the tool and header when the
+/// name or value cannot be sent (a newline in a substituted value, say). `sensitive`
+/// keeps the value out of logs and debug output.
+pub(crate) fn tool_header(
+    tool: &str,
+    name: &str,
+    value: &str,
+    sensitive: bool,
+) -> Result<(HeaderName, HeaderValue, bool)> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| Error::ValidationFailed(format!("tool '{tool}': '{name}' is not a valid header name")))?;
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        Error::ValidationFailed(format!(
+            "tool '{tool}': the value of header '{name}' holds characters a header cannot carry (e.g. a newline)"
+        ))
+    })?;
+    v.set_sensitive(sensitive);
+    Ok((n, v, sensitive))
 }
 
 #[cfg(test)]
