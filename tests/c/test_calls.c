@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "loopback.h"
 
 /* user_data of the echo tool: counts calls (atomically) and records its finalisation. */
 struct echo_state {
@@ -303,16 +304,6 @@ struct http_server {
     int connections; /* written by the acceptor only, read after it is joined */
 };
 
-static int send_all(int fd, const char *data, size_t len) {
-    while (len > 0) {
-        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
-        if (n <= 0) return 0;
-        data += n;
-        len -= (size_t)n;
-    }
-    return 1;
-}
-
 static void *serve_connection(void *arg) {
     int fd = (int)(intptr_t)arg;
     char buf[4096];
@@ -359,20 +350,12 @@ static void *accept_connections(void *arg) {
 
 static int http_server_start(struct http_server *server) {
     memset(server, 0, sizeof *server);
-    server->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    server->listen_fd = loopback_socket(SOCK_STREAM, 128, &server->port);
     if (server->listen_fd < 0) return 0;
-    struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (bind(server->listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(server->listen_fd, 128) != 0 ||
-        getsockname(server->listen_fd, (struct sockaddr *)&addr, &len) != 0 ||
-        pthread_create(&server->acceptor, NULL, accept_connections, server) != 0) {
+    if (pthread_create(&server->acceptor, NULL, accept_connections, server) != 0) {
         close(server->listen_fd);
         return 0;
     }
-    server->port = ntohs(addr.sin_port);
     return 1;
 }
 

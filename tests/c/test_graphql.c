@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "loopback.h"
 
 /* The introspection answer for `type Query { add(a: Int!, b: Int!): Int! }`. */
 static const char INTROSPECTION[] =
@@ -49,16 +50,6 @@ struct gql_server {
 };
 
 static struct gql_server server;
-
-static int send_all(int fd, const char *data, size_t len) {
-    while (len > 0) {
-        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
-        if (n <= 0) return 0;
-        data += n;
-        len -= (size_t)n;
-    }
-    return 1;
-}
 
 /* The answer to one request body. */
 static const char *answer(const char *body) {
@@ -123,20 +114,12 @@ static void *accept_connections(void *arg) {
 
 static int server_start(void) {
     memset(&server, 0, sizeof server);
-    server.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    server.listen_fd = loopback_socket(SOCK_STREAM, 16, &server.port);
     if (server.listen_fd < 0) return 0;
-    struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (bind(server.listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(server.listen_fd, 16) != 0 ||
-        getsockname(server.listen_fd, (struct sockaddr *)&addr, &len) != 0 ||
-        pthread_create(&server.acceptor, NULL, accept_connections, NULL) != 0) {
+    if (pthread_create(&server.acceptor, NULL, accept_connections, NULL) != 0) {
         close(server.listen_fd);
         return 0;
     }
-    server.port = ntohs(addr.sin_port);
     return 1;
 }
 

@@ -17,22 +17,7 @@
 #include <unistd.h>
 
 #include "check.h"
-
-/* A socket bound to an ephemeral port of 127.0.0.1; its port in *port. */
-static int bound(int type, int *port) {
-    int fd = socket(AF_INET, type, 0);
-    struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0 ||
-        getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
-        return -1;
-    }
-    *port = ntohs(addr.sin_port);
-    return fd;
-}
+#include "loopback.h"
 
 static int read_exactly(int fd, unsigned char *buf, size_t n) {
     size_t got = 0;
@@ -117,10 +102,10 @@ static void register_tools(utp_engine_t *engine, int prefix_port, int cut_port, 
 
 int main(void) {
     int prefix_port = 0, cut_port = 0, udp_port = 0;
-    int prefix_fd = bound(SOCK_STREAM, &prefix_port);
-    int cut_fd = bound(SOCK_STREAM, &cut_port);
-    int udp_fd = bound(SOCK_DGRAM, &udp_port);
-    if (prefix_fd < 0 || cut_fd < 0 || udp_fd < 0 || listen(prefix_fd, 4) != 0 || listen(cut_fd, 4) != 0) {
+    int prefix_fd = loopback_socket(SOCK_STREAM, 4, &prefix_port);
+    int cut_fd = loopback_socket(SOCK_STREAM, 4, &cut_port);
+    int udp_fd = loopback_socket(SOCK_DGRAM, 0, &udp_port);
+    if (prefix_fd < 0 || cut_fd < 0 || udp_fd < 0) {
         fprintf(stderr, "cannot open the loopback peers\n");
         return 1;
     }

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "loopback.h"
 
 #define MAX_EVENT_SIZE 1024
 #define MAX_CONNECTIONS 16
@@ -173,20 +174,12 @@ static int stream_server_start(struct stream_server *server) {
     memset(server, 0, sizeof *server);
     pthread_mutex_init(&server->lock, NULL);
     pthread_cond_init(&server->changed, NULL);
-    server->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    server->listen_fd = loopback_socket(SOCK_STREAM, 64, &server->port);
     if (server->listen_fd < 0) return 0;
-    struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (bind(server->listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(server->listen_fd, 64) != 0 ||
-        getsockname(server->listen_fd, (struct sockaddr *)&addr, &len) != 0 ||
-        pthread_create(&server->acceptor, NULL, accept_connections, server) != 0) {
+    if (pthread_create(&server->acceptor, NULL, accept_connections, server) != 0) {
         close(server->listen_fd);
         return 0;
     }
-    server->port = ntohs(addr.sin_port);
     return 1;
 }
 
