@@ -109,6 +109,17 @@ impl Session {
         !self.client.is_transport_closed() && matches!(self.child.lock().try_wait(), Ok(None))
     }
 
+    /// Let a session go without waiting: cancel the client and kill the child's group;
+    /// tokio reaps the child (`kill_on_drop`). For use on the runtime, where `end` would block.
+    fn abandon(&self) {
+        self.client.cancellation_token().cancel();
+        let mut child = self.child.lock();
+        if let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = child.start_kill();
+    }
+
     /// End the child: close its stdin (the SDK's cancel), then SIGTERM, then SIGKILL,
     /// reaping it so no zombie is left.
     fn end(&self, grace: Duration) {
@@ -137,10 +148,11 @@ impl Session {
     }
 }
 
-/// The live servers of an engine, by (manual, server).
+/// The live servers of an engine, by (manual, server). The map's lock is never held
+/// across an await, so `close` (sync) always finds every server.
 #[derive(Default)]
 pub struct Sessions {
-    live: tokio::sync::Mutex<HashMap<(String, String), Arc<Session>>>,
+    live: parking_lot::Mutex<HashMap<(String, String), Arc<Session>>>,
     /// Set by `close`: no server is started after it.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -149,16 +161,18 @@ impl Sessions {
     /// End every server (the engine is closing).
     pub fn close(&self, grace: Duration) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        let sessions: Vec<Arc<Session>> = match self.live.try_lock() {
-            Ok(mut live) => live.drain().map(|(_, s)| s).collect(),
-            Err(_) => return,
-        };
+        let sessions: Vec<Arc<Session>> = self.live.lock().drain().map(|(_, s)| s).collect();
         for session in sessions {
             session.end(grace);
         }
     }
 
-    /// The session of `server`, started if none is alive.
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The session of `server`, started if none is alive. Two calls that find it gone
+    /// may both start one: the first to come back keeps its own, the other's is ended.
     async fn session(
         &self,
         env_allowlist: &[String],
@@ -167,22 +181,45 @@ impl Sessions {
         spec: &StdioServer,
     ) -> Result<Arc<Session>> {
         let key = (manual.to_string(), server.to_string());
-        let mut live = self.live.lock().await;
-        if let Some(session) = live.get(&key) {
-            if session.is_alive() {
-                return Ok(session.clone());
-            }
-            if let Some(dead) = live.remove(&key) {
-                tracing::warn!(manual, server, "mcp server ended; starting it again");
-                dead.end(Duration::ZERO);
+        {
+            let mut live = self.live.lock();
+            match live.get(&key) {
+                Some(session) if session.is_alive() => return Ok(session.clone()),
+                Some(_) => {
+                    tracing::warn!(manual, server, "mcp server ended; starting it again");
+                    if let Some(dead) = live.remove(&key) {
+                        dead.abandon();
+                    }
+                }
+                None => {}
             }
         }
-        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::InvalidArgument("the engine is closed".into()));
+        let closed = || Error::InvalidArgument("the engine is closed".into());
+        if self.is_closed() {
+            return Err(closed());
         }
-        let session = Arc::new(start(env_allowlist, manual, server, spec).await?);
-        live.insert(key, session.clone());
-        Ok(session)
+        let started = Arc::new(start(env_allowlist, manual, server, spec).await?);
+        let kept = {
+            let mut live = self.live.lock();
+            match live.get(&key) {
+                Some(other) if other.is_alive() => other.clone(),
+                _ => {
+                    live.insert(key.clone(), started.clone());
+                    started.clone()
+                }
+            }
+        };
+        if !Arc::ptr_eq(&kept, &started) {
+            started.abandon();
+        }
+        // `close` ran while this server started: it found the map without it.
+        if self.is_closed() {
+            if let Some(session) = self.live.lock().remove(&key) {
+                session.abandon();
+            }
+            return Err(closed());
+        }
+        Ok(kept)
     }
 }
 
