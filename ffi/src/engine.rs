@@ -85,11 +85,17 @@ impl UtpEngine {
     }
 }
 
+/// How long freeing an engine waits for runs to let go of the store and MCP servers to exit.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 impl Drop for UtpEngine {
     fn drop(&mut self) {
         // Inside one of our own callbacks (freeing the engine from a callback breaks the
         // documented contract) never wait for that callback to end: it would be ourselves.
         let wait = !CallbackScope::active();
+        // 0. As close() in the other bindings: runs stop, the store is released, MCP
+        //    servers are ended (and reaped, which the runtime's shutdown would not wait for).
+        self.engine.close(if wait { CLOSE_GRACE } else { Duration::ZERO });
         // 1. No event callback runs any more (waits for running ones), so none can use
         //    the runtime while it shuts down; their finalisers run here.
         for (id, registration) in std::mem::take(&mut *lock(&self.subscriptions)) {
