@@ -75,9 +75,11 @@ new_project() {
     done
 }
 
-# expect_completed DIR: the snippet's output (DIR/snippet.out) shows the README's workflow completed.
+# expect_completed DIR: the snippet's output (DIR/snippet.out) shows the README's workflow completed: its
+# record's status and outputs (`completed {...}`). Not anchored at a line start: the snippet's subscriber
+# prints from another thread and may share the line (`step.completedcompleted {...}`).
 expect_completed() {
-    grep -q "^completed " "$1/snippet.out" || {
+    grep -q "completed {" "$1/snippet.out" || {
         echo "install test: the README's workflow did not complete in $1:" >&2
         cat "$1/snippet.out" >&2
         return 1
