@@ -75,11 +75,13 @@ new_project() {
     done
 }
 
-# expect_completed DIR: the snippet's output (DIR/snippet.out) shows the README's workflow completed: its
-# record's status and outputs (`completed {...}`). Not anchored at a line start: the snippet's subscriber
-# prints from another thread and may share the line (`step.completedcompleted {...}`).
+# expect_completed DIR: the snippet's output (DIR/snippet.out) shows the README's workflow completed: the
+# record's status (`completed`, not a subscriber's `step.completed`) and its outputs (`stock_after`). Not
+# matched as one line: the snippet's subscriber prints from another thread, and a print of several values
+# is not one write, so its lines interleave with the record's (`step.completedcompleted {...}`, or
+# `completed step.completed report` then `{...}`).
 expect_completed() {
-    grep -q "completed {" "$1/snippet.out" || {
+    { grep -Eq '(^|[^.])completed( |$)' "$1/snippet.out" && grep -q "stock_after" "$1/snippet.out"; } || {
         echo "install test: the README's workflow did not complete in $1:" >&2
         cat "$1/snippet.out" >&2
         return 1
