@@ -684,16 +684,7 @@ mod tests {
     /// is refused, while the same tool from a loopback-served manual goes through.
     #[test]
     fn a_remote_manuals_tool_cannot_reach_loopback_through_a_name() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf);
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
-            }
-        });
+        let port = crate::transport::net::empty_json_server();
         let template: crate::manual::CallTemplate = serde_json::from_value(
             json!({"call_template_type": "http", "url": format!("http://localhost:{port}/x"), "http_method": "GET"}),
         )

@@ -424,6 +424,22 @@ pub fn request_error(method: &reqwest::Method, url: &url::Url, e: reqwest::Error
     Error::Transport(format!("{method} {shown}: {detail}"))
 }
 
+/// A loopback HTTP server answering every request `200 {}`, for the tests; its port.
+#[cfg(test)]
+pub(crate) fn empty_json_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        }
+    });
+    port
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,16 +512,7 @@ mod tests {
 
     #[test]
     fn a_capped_client_refuses_names_that_resolve_more_locally() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf);
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
-            }
-        });
+        let port = empty_json_server();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         // `localhost` goes through the resolver as any name would: 127.0.0.1 is more local
         // than a public (or private) origin.
