@@ -1,9 +1,15 @@
-"""`mcp` tools from Python against real MCP servers over stdio, built with the official
-Python SDK of each protocol era (tests/mcp/: mcp 1.x answers the initialize handshake,
-mcp 2.x the stateless server/discover). `make test-python` creates their venvs."""
+"""`mcp` tools from Python against real MCP servers built with the official Python SDK of
+each protocol era (tests/mcp/: mcp 1.x answers the initialize handshake, mcp 2.x the
+stateless server/discover), over stdio and over Streamable HTTP on 127.0.0.1.
+`make test-python` creates their venvs."""
 import asyncio
+import json
 import os
 import pathlib
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -11,17 +17,61 @@ import utp
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ERAS = {"v1": ROOT / ".venv-mcp1" / "bin" / "python", "v2": ROOT / ".venv-mcp2" / "bin" / "python"}
+TOOLS = ["add", "fail", "grow", "image", "pid", "progress", "shout", "sleep"]
+# (era, transport): both eras over both transports.
+SERVERS = [("v1", "stdio"), ("v1", "http"), ("v2", "stdio"), ("v2", "http")]
 
 
-def server(era: str) -> dict:
-    python = ERAS[era]
-    if not python.exists():
-        pytest.fail(f"{python} is missing: `make mcp-servers` creates it")
-    return {"command": str(python), "args": [str(ROOT / "tests" / "mcp" / f"server_{era}.py")]}
+def python(era: str) -> str:
+    path = ERAS[era]
+    if not path.exists():
+        pytest.fail(f"{path} is missing: `make mcp-servers` creates it")
+    return str(path)
 
 
-def template(name: str, era: str) -> dict:
-    return {"name": name, "call_template_type": "mcp", "config": {"mcpServers": {"srv": server(era)}}}
+def script(era: str) -> str:
+    return str(ROOT / "tests" / "mcp" / f"server_{era}.py")
+
+
+def stdio_server(era: str) -> dict:
+    return {"command": python(era), "args": [script(era)]}
+
+
+class HttpServer:
+    """An SDK server over Streamable HTTP in a child process; `url` is its endpoint."""
+
+    def __init__(self, era: str, mode: str = "http", env: dict | None = None):
+        self.process = subprocess.Popen(
+            [python(era), script(era), mode], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.url = self.process.stdout.readline().strip()
+        assert self.url.startswith("http://127.0.0.1:"), self.url
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(era: str, mode: str = "http", env: dict | None = None) -> HttpServer:
+        started.append(HttpServer(era, mode, env))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def spec(servers, era: str, transport: str) -> dict:
+    return stdio_server(era) if transport == "stdio" else {"url": servers(era).url}
+
+
+def template(name: str, server: dict, **extra) -> dict:
+    return {"name": name, "call_template_type": "mcp", "config": {"mcpServers": {"srv": server}}, **extra}
 
 
 def alive(pid: int) -> bool:
@@ -32,11 +82,12 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture(params=sorted(ERAS))
-def engine(request):
+@pytest.fixture(params=SERVERS, ids=lambda p: f"{p[0]}-{p[1]}")
+def engine(request, servers):
+    era, transport = request.param
     e = utp.Engine()
-    names = e.register_manual(template("calc", request.param))
-    assert sorted(names) == ["calc.srv.add", "calc.srv.fail", "calc.srv.image", "calc.srv.pid", "calc.srv.shout", "calc.srv.sleep"]
+    names = e.register_manual(template("calc", spec(servers, era, transport)))
+    assert sorted(names) == [f"calc.srv.{t}" for t in TOOLS]
     yield e
     e.close()
 
@@ -73,9 +124,44 @@ def test_async_calls_run_concurrently_on_one_server(engine):
     assert asyncio.run(main()) == ["slept"] * 10
 
 
+def test_progress_is_stream_items_and_tool_progress_events(engine):
+    seen = []
+    engine.event_bus.subscribe("tool.progress", seen.append)
+    items = list(engine.call_tool_stream("calc.srv.progress", {"steps": 3}))
+    assert items[-1] == "done"
+    assert items[:-1] == [{"progress": float(i), "total": 3.0, "message": f"step {i}"} for i in (1, 2, 3)]
+    assert engine.call_tool("calc.srv.progress", {"steps": 2}) == "done"
+    deadline = time.time() + 5
+    while len(seen) < 5 and time.time() < deadline:
+        time.sleep(0.01)
+    assert [e["data"]["progress"] for e in seen] == [1.0, 2.0, 3.0, 1.0, 2.0]
+    assert {e["tool"] for e in seen} == {"calc.srv.progress"}
+
+
+def test_list_changed_registers_the_servers_new_tools(engine):
+    assert engine.call_tool("calc.srv.grow", {}) == "grew"
+    deadline = time.time() + 10
+    while "calc.srv.grown" not in [t["name"] for t in engine.tools()] and time.time() < deadline:
+        time.sleep(0.02)
+    assert engine.call_tool("calc.srv.grown", {}) == "grown"
+    assert engine.call_tool("calc.srv.add", {"a": 1, "b": 1}) == 2.0
+
+
+@pytest.mark.parametrize("era,transport", SERVERS)
+def test_resources_register_as_tools_that_read_them(servers, era, transport):
+    e = utp.Engine()
+    names = e.register_manual(template("m", spec(servers, era, transport), register_resources_as_tools=True))
+    assert "m.srv.resource_app_config" in names
+    tool = e.tool("m.srv.resource_app_config")
+    assert tool["description"] == "Read resource: The app's settings. URI: config://app"
+    contents = e.call_tool("m.srv.resource_app_config", {})["contents"]
+    assert contents[0]["uri"] == "config://app" and json.loads(contents[0]["text"]) == {"debug": False}
+    e.close()
+
+
 def test_close_ends_the_server():
     e = utp.Engine()
-    e.register_manual(template("m", "v2"))
+    e.register_manual(template("m", stdio_server("v2")))
     pid = e.call_tool("m.srv.pid", {})
     assert alive(pid)
     e.close()
@@ -83,13 +169,74 @@ def test_close_ends_the_server():
 
 
 def test_config_manual_call_templates_and_bad_templates():
-    e = utp.Engine({"manual_call_templates": [template("calc", "v1")]})
+    e = utp.Engine({"manual_call_templates": [template("calc", stdio_server("v1"))]})
     assert e.call_tool("calc.srv.add", {"a": 1, "b": 1}) == 2.0
     e.close()
     e = utp.Engine()
     with pytest.raises(utp.InvalidManualError, match=r"config\.mcpServers\.s\.command"):
         e.register_manual({"name": "m", "call_template_type": "mcp", "config": {"mcpServers": {"s": {"args": []}}}})
-    with pytest.raises(utp.TransportError, match="'gone'"):
-        e.register_manual({"name": "m", "call_template_type": "mcp", "config": {"mcpServers": {"gone": {"command": "/nonexistent/server"}}}})
+    with pytest.raises(utp.TransportError, match="'srv'.*/nonexistent/server"):
+        e.register_manual(template("m", {"command": "/nonexistent/server"}))
+    with pytest.raises(utp.InvalidManualError, match=r"config\.mcpServers\.srv\.url"):
+        e.register_manual(template("m", {"url": "ftp://127.0.0.1/mcp"}))
     assert e.tools() == []
+    e.close()
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1/mcp", "http://example.com/mcp", "https://169.254.169.254/mcp"])
+def test_http_servers_follow_the_network_rules_of_http_tools(url):
+    e = utp.Engine()
+    with pytest.raises(utp.SecurityError):
+        e.register_manual(template("m", {"url": url, "timeout": 2}))
+    e.close()
+
+
+def test_an_http_server_that_is_down_is_a_transport_error_naming_it():
+    e = utp.Engine()
+    with pytest.raises(utp.TransportError, match="'srv'"):
+        e.register_manual(template("m", {"url": "http://127.0.0.1:9/mcp"}))
+    e.close()
+
+
+@pytest.fixture
+def token_server():
+    """An OAuth2 token endpoint: client credentials → a new token each time."""
+    issued = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            issued.append(f"tok{len(issued) + 1}")
+            body = json.dumps({"access_token": issued[-1], "token_type": "Bearer", "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/token", issued
+    httpd.shutdown()
+
+
+@pytest.mark.parametrize("era", ["v1", "v2"])
+def test_manual_level_auth_is_sent(servers, token_server, era):
+    token_url, issued = token_server
+    s = servers(era, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Bearer tok1"})
+    e = utp.Engine()
+    with pytest.raises(utp.TransportError):
+        e.register_manual(template("none", {"url": s.url}))
+    oauth = {"auth_type": "oauth2", "token_url": token_url, "client_id": "id", "client_secret": "secret"}
+    names = e.register_manual(template("m", {"url": s.url}, auth=oauth))
+    assert "m.srv.add" in names and issued == ["tok1"]
+    assert e.call_tool("m.srv.add", {"a": 1, "b": 2}) == 3.0
+    e.close()
+    s2 = servers(era, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Basic dXNlcjpwdw=="})
+    e = utp.Engine()
+    basic = {"auth_type": "basic", "username": "user", "password": "pw"}
+    assert "m.srv.add" in e.register_manual(template("m", {"url": s2.url}, auth=basic))
     e.close()

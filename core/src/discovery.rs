@@ -65,6 +65,9 @@ impl Outcome {
 pub enum Document {
     Utcp(Value),
     OpenApi(Spec),
+    /// An MCP client's config (`{"mcpServers": {...}}`, as Claude Desktop, Cursor and
+    /// VS Code write it): registered as an `mcp` manual of those servers.
+    McpServers(Value),
     Other,
 }
 
@@ -78,6 +81,7 @@ pub fn classify_parsed(value: Value, parts: SpecParts) -> Document {
     match &value {
         _ if openapi::is_openapi(&value) => Document::OpenApi(Spec { doc: value, parts }),
         Value::Object(obj) if obj.get("tools").is_some_and(Value::is_array) => Document::Utcp(value),
+        Value::Object(obj) if obj.get("mcpServers").is_some_and(Value::is_object) => Document::McpServers(value),
         _ => Document::Other,
     }
 }
@@ -233,5 +237,8 @@ mod tests {
         assert!(matches!(classify(serde_json::json!({"tools": []})), Document::Utcp(_)));
         assert!(matches!(classify(serde_json::json!({"name": "pkg"})), Document::Other));
         assert!(matches!(classify(serde_json::json!([1])), Document::Other));
+        let mcp = serde_json::json!({"mcpServers": {"fs": {"command": "npx", "args": ["fs"]}}});
+        assert!(matches!(classify(mcp), Document::McpServers(_)));
+        assert!(matches!(classify(serde_json::json!({"mcpServers": []})), Document::Other));
     }
 }

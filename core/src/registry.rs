@@ -226,6 +226,21 @@ impl Registry {
         Ok(entry)
     }
 
+    /// Replace the tools of manual `name` in one step (a tool server said its tools
+    /// changed). `NOT_FOUND` when the manual was removed meanwhile.
+    pub fn replace(&self, name: &str, manual: Manual) -> Result<Arc<ManualEntry>> {
+        let entry = Arc::new(ManualEntry::build(name, manual)?);
+        let _guard = self.writer.lock();
+        let current = self.current.load();
+        if !current.manuals.contains_key(name) {
+            return Err(Error::NotFound(format!("manual '{name}' is not registered")));
+        }
+        let mut manuals = current.manuals.clone();
+        manuals.insert(name.to_string(), entry.clone());
+        self.current.store(Arc::new(Catalogue { manuals }));
+        Ok(entry)
+    }
+
     /// Add one tool to manual `name`, creating the manual when it is missing (native
     /// tools registered one by one). A tool of that name already there is `ALREADY_EXISTS`.
     pub fn add_tool(&self, name: &str, tool: Tool) -> Result<Arc<RegisteredTool>> {

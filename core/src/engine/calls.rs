@@ -103,7 +103,11 @@ impl Engine {
         async {
             let call = self.admit(name, args, &options).await?;
             let transports = &self.inner.transports;
-            let run = transports.call(&call.tool, &call.template, call.args, call.timeout);
+            let progress = self.progress_sink(&call.tool, &call.template, &options);
+            let run = transport::with_progress(
+                progress,
+                transports.call(&call.tool, &call.template, call.args, call.timeout),
+            );
             let result = guard_unwinding(&call.tool, run, call.timeout, options.cancel.as_ref()).await.map(|r| {
                 transport::post::apply(&self.inner.config.post_processing, &call.tool.name, &call.tool.manual, r)
             });
@@ -183,7 +187,8 @@ impl Engine {
         let AdmittedCall { tool, template, args, timeout, started } =
             self.admit(name, args, &options).instrument(span.clone()).await?;
         let transports = &self.inner.transports;
-        let open = transports.call_stream(&tool, &template, args, timeout);
+        let progress = self.progress_sink(&tool, &template, &options);
+        let open = transport::with_progress(progress, transports.call_stream(&tool, &template, args, timeout));
         let stream = guard_unwinding(&tool, open, timeout, options.cancel.as_ref()).instrument(span).await;
         self.call_finished(&tool.name, &options, started, stream.as_ref().err(), true);
         let stream = stream?;
@@ -336,6 +341,28 @@ impl Engine {
         let tools = self.inner.registry.snapshot().manual(manual).map_or(1, |m| m.tools.len());
         self.publish_manual(kinds::MANUAL_REGISTERED, manual, tools);
         Ok(added.name.clone())
+    }
+
+    /// Where a call's progress notifications go: `tool.progress` events, for the
+    /// templates that have them (MCP).
+    fn progress_sink(
+        &self,
+        tool: &RegisteredTool,
+        template: &CallTemplate,
+        options: &CallOptions,
+    ) -> Option<transport::mcp::ProgressSink> {
+        if !matches!(template, CallTemplate::Mcp(_)) {
+            return None;
+        }
+        let events = self.inner.events.clone();
+        let (name, options) = (tool.name.clone(), options.clone());
+        Some(Arc::new(move |progress: Value| {
+            let event = Event::new(kinds::TOOL_PROGRESS)
+                .tool(&name)
+                .context(options.tenant.as_deref(), options.session.as_deref())
+                .data(progress);
+            events.publish(traced(event, &options));
+        }))
     }
 
     /// `tool.called` with the domain decision that let it run (the audit record of an

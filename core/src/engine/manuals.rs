@@ -159,8 +159,7 @@ impl Engine {
                 let manual_name = sanitize_name(name);
                 let transports = &self.inner.transports;
                 let tools = transport::mcp::list_tools(
-                    &transports.mcp,
-                    &self.inner.config.calls.cli_env_allowlist,
+                    transports,
                     &manual_name,
                     t,
                     &template,
@@ -289,11 +288,37 @@ impl Engine {
                 let template = inline_template(value, name)?;
                 Box::pin(self.register_manual_template(&template)).await
             }
-            ManualSource::Inline(value) => self.register_value(value, name, None),
+            ManualSource::Inline(value) => match discovery::classify(value) {
+                Document::McpServers(config) => {
+                    let Some(raw) = name
+                        .map(str::to_string)
+                        .or_else(|| config.get("name").and_then(Value::as_str).map(str::to_string))
+                    else {
+                        return Err(Error::InvalidArgument("an inline MCP config needs a name: pass `name`".into()));
+                    };
+                    Box::pin(self.register_mcp_config(&raw, config)).await
+                }
+                doc => self.register_document(doc, name, None, None),
+            },
             ManualSource::Path(path) => {
                 let engine = self.clone();
-                let name = name.map(str::to_string);
-                blocking(move || engine.register_path(&path, name.as_deref())).await
+                let (loaded, shown) = (path.clone(), path.display().to_string());
+                let doc = blocking(move || engine.load_manual_file(&loaded)).await?;
+                let default = discovery::manual_name_for(&path);
+                let registered = match doc {
+                    Document::McpServers(config) => {
+                        Box::pin(self.register_mcp_config(name.unwrap_or(&default), config)).await
+                    }
+                    doc => {
+                        let engine = self.clone();
+                        let name = name.map(str::to_string);
+                        blocking(move || engine.register_document(doc, name.as_deref(), Some(&default), None)).await
+                    }
+                };
+                registered.map_err(|e| match e {
+                    Error::InvalidManual(m) if !m.contains(&shown) => Error::InvalidManual(format!("{shown}: {m}")),
+                    other => other,
+                })
             }
             ManualSource::Url(url) => {
                 let (doc, default_name, from) = self.fetch_manual(&url).await?;
@@ -328,6 +353,14 @@ impl Engine {
                 let title = openapi::title(&spec.doc).map(str::to_string);
                 let raw = name.map(str::to_string).or_else(|| default_name.map(str::to_string)).or(title);
                 (Err(spec), raw)
+            }
+            // Only local files and the host's own values: a fetched config would name
+            // commands for this machine to run.
+            Document::McpServers(_) => {
+                return Err(Error::InvalidManual(
+                    "an MCP config (`mcpServers`) is registered from a local file or an inline value, not from a URL"
+                        .into(),
+                ));
             }
             Document::Other => {
                 return Err(Error::InvalidManual(
@@ -405,7 +438,8 @@ impl Engine {
         Ok(refused)
     }
 
-    fn register_path(&self, path: &Path, name: Option<&str>) -> Result<Vec<String>> {
+    /// Read and classify the manual file at `path` (blocking).
+    fn load_manual_file(&self, path: &Path) -> Result<Document> {
         // `metadata` also fails for a name too long to be a path: say what was expected.
         if std::fs::metadata(path).is_err() {
             let shown = crate::transport::excerpt(&path.display().to_string(), 120);
@@ -413,22 +447,24 @@ impl Engine {
                 "no manual file {shown}: a manual is given as a path to a file, an http(s) URL, or JSON or YAML text"
             )));
         }
-        let doc = match discovery::load_document(path, self.inner.config.discovery.max_file_size)? {
-            Document::Other => {
-                return Err(Error::InvalidManual(format!(
-                    "{}: neither a UTCP manual (an object with a `tools` list) nor an OpenAPI document",
-                    path.display()
-                )));
-            }
-            doc => doc,
-        };
-        let default = discovery::manual_name_for(path);
-        self.register_document(doc, name, Some(&default), None).map_err(|e| match e {
-            Error::InvalidManual(m) if !m.contains(&path.display().to_string()) => {
-                Error::InvalidManual(format!("{}: {m}", path.display()))
-            }
-            other => other,
-        })
+        match discovery::load_document(path, self.inner.config.discovery.max_file_size)? {
+            Document::Other => Err(Error::InvalidManual(format!(
+                "{}: neither a UTCP manual (an object with a `tools` list), an OpenAPI document, nor an MCP config (`mcpServers`)",
+                path.display()
+            ))),
+            doc => Ok(doc),
+        }
+    }
+
+    /// Register an MCP client's config file (`{"mcpServers": {...}}`) as the `mcp`
+    /// manual `name` of those servers, as python-utcp's `mcp` template would be.
+    async fn register_mcp_config(&self, name: &str, config: Value) -> Result<Vec<String>> {
+        let mcp_servers = config.get("mcpServers").cloned().unwrap_or(Value::Null);
+        let template = serde_json::json!({
+            "name": name, "call_template_type": "mcp", "config": {"mcpServers": mcp_servers},
+        });
+        let template = inline_template(template, Some(name))?;
+        Box::pin(self.register_manual_template(&template)).await
     }
 
     /// Discover manuals in a directory (recursively), a file, or at a URL.
@@ -442,10 +478,21 @@ impl Engine {
         }
         let root = PathBuf::from(target);
         let engine = self.clone();
-        blocking(move || engine.discover_path(&root)).await
+        let (mut report, mcp_configs) = blocking(move || engine.discover_path(&root)).await?;
+        // MCP configs start or reach their servers: registered here, off the blocking pool.
+        for (path, name, config) in mcp_configs {
+            let outcome = match Box::pin(self.register_mcp_config(&name, config)).await {
+                Ok(tools) => Outcome::Registered { manual: name, tools: tools.len() },
+                Err(e) => Outcome::failed(&e),
+            };
+            report.files.push(FileReport { path, outcome });
+        }
+        report.files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(report)
     }
 
-    fn discover_path(&self, root: &Path) -> Result<DiscoveryReport> {
+    /// Register what `root` holds, but for MCP configs, returned as (path, name, config).
+    fn discover_path(&self, root: &Path) -> Result<(DiscoveryReport, Vec<(String, String, Value)>)> {
         let meta = std::fs::metadata(root)
             .map_err(|_| Error::NotFound(format!("{}: no such file or directory", root.display())))?;
         let max = self.inner.config.discovery.max_file_size;
@@ -455,8 +502,14 @@ impl Engine {
             let explicit = true;
             (vec![discovery::Candidate { path: root.to_path_buf(), explicit_manual: explicit }], Vec::new())
         };
+        let mut mcp_configs = Vec::new();
         for candidate in candidates {
             let outcome = match discovery::load_document(&candidate.path, max) {
+                Ok(Document::McpServers(config)) => {
+                    let name = discovery::manual_name_for(&candidate.path);
+                    mcp_configs.push((candidate.path.display().to_string(), name, config));
+                    continue;
+                }
                 Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => {
                     let name = discovery::manual_name_for(&candidate.path);
                     match self.register_document(doc, None, Some(&name), None) {
@@ -470,7 +523,68 @@ impl Engine {
             files.push(FileReport { path: candidate.path.display().to_string(), outcome });
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(DiscoveryReport { root: root.display().to_string(), files })
+        Ok((DiscoveryReport { root: root.display().to_string(), files }, mcp_configs))
+    }
+
+    /// Hear the engine's MCP servers: a server whose tools changed has them listed
+    /// again; a server started again is a `tool.transport` event. Holds the engine weakly.
+    pub(super) fn listen_to_tool_servers(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.transports.mcp.set_notices(Arc::new(move |notice| {
+            let Some(inner) = weak.upgrade() else { return };
+            let engine = Engine { inner };
+            match notice {
+                transport::mcp::Notice::ToolsChanged { manual, server } => {
+                    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+                    runtime.spawn(async move {
+                        if let Err(e) = engine.relist_mcp_server(&manual, &server).await {
+                            tracing::warn!(manual, server, "mcp tools changed, listing them again failed: {e}");
+                        }
+                    });
+                }
+                transport::mcp::Notice::Restarting { manual, server, attempt, delay } => {
+                    let data = serde_json::json!({
+                        "manual": manual, "server": server, "action": "restart",
+                        "attempt": attempt, "delay_ms": delay.as_millis() as u64,
+                    });
+                    engine.inner.events.publish(crate::events::Event::new(kinds::TOOL_TRANSPORT).data(data));
+                }
+            }
+        }));
+    }
+
+    /// List the tools of `server` of MCP manual `manual` again and swap them in, the
+    /// manual's other tools kept: all in one step, so a lookup sees the old or the new.
+    async fn relist_mcp_server(&self, manual: &str, server: &str) -> Result<()> {
+        let Some(entry) = self.inner.registry.snapshot().manual(manual).cloned() else { return Ok(()) };
+        let prefix = format!("{server}.");
+        let Some(template) =
+            entry.tools.iter().find(|t| t.tool.name.starts_with(&prefix)).map(|t| t.tool.tool_call_template.clone())
+        else {
+            return Ok(());
+        };
+        let CallTemplate::Mcp(mcp) = &template else { return Ok(()) };
+        let Some((_, spec)) = transport::mcp::servers(mcp)?.into_iter().find(|(name, _)| name == server) else {
+            return Ok(());
+        };
+        let timeout = self.inner.config.calls.default_timeout;
+        let fresh =
+            transport::mcp::list_server_tools(&self.inner.transports, manual, mcp, &template, server, &spec, timeout)
+                .await?;
+        // Kept tools get their manual prefix back, as listed ones have it (see `list_server_tools`).
+        let kept = entry.tools.iter().filter(|t| !t.tool.name.starts_with(&prefix));
+        let mut tools: Vec<_> =
+            kept.map(|t| crate::manual::Tool { name: format!("{manual}.{}", t.tool.name), ..t.tool.clone() }).collect();
+        tools.extend(fresh);
+        let updated = Manual {
+            tools,
+            utcp_version: entry.utcp_version.clone(),
+            manual_version: entry.manual_version.clone(),
+            ..Manual::empty()
+        };
+        let replaced = self.inner.registry.replace(manual, updated)?;
+        self.publish_manual(kinds::MANUAL_REGISTERED, manual, replaced.tools.len());
+        Ok(())
     }
 
     pub fn deregister_manual(&self, name: &str) -> bool {
@@ -479,6 +593,7 @@ impl Engine {
         if removed {
             self.inner.transports.remove_natives_of(name);
             self.inner.transports.websockets.forget_manual(name);
+            self.inner.transports.mcp.close_manual(name);
             self.publish_manual(kinds::MANUAL_DEREGISTERED, name, tools);
         }
         removed

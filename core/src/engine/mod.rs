@@ -93,6 +93,7 @@ impl Engine {
                 durable,
             }),
         };
+        engine.listen_to_tool_servers();
         engine.load_from_store()?;
         Ok(engine)
     }

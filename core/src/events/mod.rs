@@ -70,6 +70,10 @@ pub mod kinds {
     pub const TOOL_CALLED: &str = "tool.called";
     pub const TOOL_SUCCEEDED: &str = "tool.succeeded";
     pub const TOOL_FAILED: &str = "tool.failed";
+    /// A progress notification of a running call (MCP `notifications/progress`).
+    pub const TOOL_PROGRESS: &str = "tool.progress";
+    /// A tool server restarted or reconnected.
+    pub const TOOL_TRANSPORT: &str = "tool.transport";
     pub const POLICY_DENIED: &str = "policy.denied";
     pub const APPROVAL_REQUESTED: &str = "approval.requested";
     pub const APPROVAL_RESOLVED: &str = "approval.resolved";
@@ -80,7 +84,7 @@ pub mod kinds {
     pub const MANUAL_DEREGISTERED: &str = "manual.deregistered";
 
     /// Every type, in the order of docs/design.md §8.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 25] = [
         WORKFLOW_STARTED,
         WORKFLOW_PLANNED,
         STEP_STARTED,
@@ -96,6 +100,8 @@ pub mod kinds {
         TOOL_CALLED,
         TOOL_SUCCEEDED,
         TOOL_FAILED,
+        TOOL_PROGRESS,
+        TOOL_TRANSPORT,
         POLICY_DENIED,
         APPROVAL_REQUESTED,
         APPROVAL_RESOLVED,

@@ -39,6 +39,20 @@ pub type NativeHandler = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value>> 
 /// The items of a streaming call (`sse`, `streamable_http`; one item for the others).
 pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Value>> + Send>>;
 
+tokio::task_local! {
+    /// Where the progress notifications of the call being run go (`tool.progress`).
+    static PROGRESS: Option<mcp::ProgressSink>;
+}
+
+/// Run `call` (a transport call) with its progress notifications going to `sink`.
+pub async fn with_progress<F: std::future::Future>(sink: Option<mcp::ProgressSink>, call: F) -> F::Output {
+    PROGRESS.scope(sink, call).await
+}
+
+fn current_progress() -> Option<mcp::ProgressSink> {
+    PROGRESS.try_with(Clone::clone).ok().flatten()
+}
+
 /// Per-engine state the transports share.
 pub struct Transports {
     pub(crate) config: Arc<Config>,
@@ -180,9 +194,7 @@ impl Transports {
                 let (stream, single) = Box::pin(sse::open(self, tool, template, args, timeout)).await?;
                 sse::collect(stream, single).await
             }
-            CallTemplate::Mcp(t) => {
-                Box::pin(mcp::call(&self.mcp, &self.config.calls.cli_env_allowlist, tool, t, args)).await
-            }
+            CallTemplate::Mcp(t) => Box::pin(mcp::call(self, tool, t, args, current_progress().as_ref())).await,
             CallTemplate::Tcp(t) => Box::pin(socket::call(self, tool, socket::Protocol::Tcp, t, args)).await,
             CallTemplate::Udp(t) => Box::pin(socket::call(self, tool, socket::Protocol::Udp, t, args)).await,
             CallTemplate::Websocket(t) => Box::pin(websocket::call(self, tool, t, args, timeout)).await,
@@ -224,6 +236,7 @@ impl Transports {
                 Ok(Box::pin(sse::open(self, tool, template, args, timeout)).await?.0)
             }
             CallTemplate::Websocket(t) => Box::pin(websocket::call_stream(self, tool, t, args, timeout)).await,
+            CallTemplate::Mcp(t) => Box::pin(mcp::call_stream(self, tool, t, args, current_progress())).await,
             _ => {
                 let value = Box::pin(self.call(tool, template, args, timeout)).await?;
                 Ok(Box::pin(futures_util::stream::once(async move { Ok(value) })))
