@@ -366,6 +366,8 @@ export type EventType =
   | 'tool.called'
   | 'tool.succeeded'
   | 'tool.failed'
+  | 'tool.progress'
+  | 'tool.transport'
   | 'policy.denied'
   | 'approval.requested'
   | 'approval.resolved'

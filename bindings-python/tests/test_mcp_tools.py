@@ -240,3 +240,41 @@ def test_manual_level_auth_is_sent(servers, token_server, era):
     basic = {"auth_type": "basic", "username": "user", "password": "pw"}
     assert "m.srv.add" in e.register_manual(template("m", {"url": s2.url}, auth=basic))
     e.close()
+
+
+def test_mcp_config_files_are_manuals_named_after_the_file(tmp_path):
+    (tmp_path / ".cursor").mkdir()
+    (tmp_path / ".cursor" / "mcp.json").write_text(json.dumps({"mcpServers": {"calc": stdio_server("v1")}}))
+    (tmp_path / "notes.json").write_text(json.dumps({"mcpServers": []}))
+    (tmp_path / "claude_desktop_config.json").write_text(json.dumps({"mcpServers": {"calc": stdio_server("v2")}}))
+    e = utp.Engine()
+    # Hidden directories are not scanned (.git, .venv...): Cursor's is named explicitly.
+    assert e.discover(str(tmp_path)) == ["claude_desktop_config"]
+    assert e.discover(str(tmp_path / ".cursor")) == ["mcp"]
+    assert e.call_tool("mcp.calc.add", {"a": 1, "b": 2}) == 3.0
+    assert "desk.calc.add" in e.register_manual(str(tmp_path / ".cursor" / "mcp.json"), name="desk")
+    assert "inline.calc.shout" in e.register_manual({"mcpServers": {"calc": stdio_server("v2")}}, name="inline")
+    e.close()
+
+
+def test_an_mcp_config_fetched_from_a_url_is_refused():
+    body = json.dumps({"mcpServers": {"evil": {"command": "/bin/sh", "args": ["-c", "exit 1"]}}}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    e = utp.Engine()
+    with pytest.raises(utp.InvalidManualError, match="not from a URL"):
+        e.register_manual(f"http://127.0.0.1:{httpd.server_address[1]}/mcp.json")
+    httpd.shutdown()
+    e.close()

@@ -70,6 +70,13 @@ impl ManualSource {
 /// How long fetching a manual URL may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An MCP client's config file found by `discover`: its path, manual name and content.
+struct FoundMcpConfig {
+    path: String,
+    name: String,
+    config: Value,
+}
+
 impl Engine {
     /// Register the manuals listed in config `manuals`. Returns the names registered.
     pub async fn register_configured_manuals(&self) -> Result<Vec<String>> {
@@ -480,7 +487,7 @@ impl Engine {
         let engine = self.clone();
         let (mut report, mcp_configs) = blocking(move || engine.discover_path(&root)).await?;
         // MCP configs start or reach their servers: registered here, off the blocking pool.
-        for (path, name, config) in mcp_configs {
+        for FoundMcpConfig { path, name, config } in mcp_configs {
             let outcome = match Box::pin(self.register_mcp_config(&name, config)).await {
                 Ok(tools) => Outcome::Registered { manual: name, tools: tools.len() },
                 Err(e) => Outcome::failed(&e),
@@ -491,8 +498,8 @@ impl Engine {
         Ok(report)
     }
 
-    /// Register what `root` holds, but for MCP configs, returned as (path, name, config).
-    fn discover_path(&self, root: &Path) -> Result<(DiscoveryReport, Vec<(String, String, Value)>)> {
+    /// Register what `root` holds, but for MCP configs, returned to be registered async.
+    fn discover_path(&self, root: &Path) -> Result<(DiscoveryReport, Vec<FoundMcpConfig>)> {
         let meta = std::fs::metadata(root)
             .map_err(|_| Error::NotFound(format!("{}: no such file or directory", root.display())))?;
         let max = self.inner.config.discovery.max_file_size;
@@ -507,7 +514,7 @@ impl Engine {
             let outcome = match discovery::load_document(&candidate.path, max) {
                 Ok(Document::McpServers(config)) => {
                     let name = discovery::manual_name_for(&candidate.path);
-                    mcp_configs.push((candidate.path.display().to_string(), name, config));
+                    mcp_configs.push(FoundMcpConfig { path: candidate.path.display().to_string(), name, config });
                     continue;
                 }
                 Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => {
@@ -655,13 +662,17 @@ impl Engine {
         let host = url.host_str().unwrap_or("manual").to_string();
         let first = self.fetch_document(&url, &Fetch::get()).await;
         let first = match first {
-            Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => return Ok((doc, host, url.to_string())),
+            Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_) | Document::McpServers(_))) => {
+                return Ok((doc, host, url.to_string()));
+            }
             other => other,
         };
         let mut fallback = url.clone();
         fallback.set_path(&format!("{}/utcp", url.path().trim_end_matches('/')));
         match self.fetch_document(&fallback, &Fetch::get()).await {
-            Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_))) => Ok((doc, host, fallback.to_string())),
+            Ok(doc @ (Document::Utcp(_) | Document::OpenApi(_) | Document::McpServers(_))) => {
+                Ok((doc, host, fallback.to_string()))
+            }
             Ok(_) => Err(Error::InvalidManual(format!("no UTCP manual at {url} or {fallback}"))),
             Err(e) => Err(match first {
                 Err(first) => Error::Transport(format!("no UTCP manual at {url} ({first}) or {fallback} ({e})")),
