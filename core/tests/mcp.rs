@@ -159,3 +159,47 @@ fn config_manual_call_templates_register_mcp_servers() {
     assert_eq!(call(&rt, &e, "calc.calc.add", json!({"a": 1, "b": 1})).unwrap(), json!(2.0));
     e.close(Duration::from_secs(1));
 }
+
+#[test]
+fn a_server_writing_garbage_to_stdout_is_a_transport_error_naming_it() {
+    let rt = runtime();
+    let e = engine(json!({"calls": {"default_timeout": "2s"}}));
+    let noisy = json!({"noisy": {"command": "sh", "args": ["-c", "echo 'Server ready!'; echo '{not json'; sleep 30"]}});
+    let err = rt.block_on(e.register_manual(ManualSource::Inline(template("m", noisy)), None)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Transport, "{err}");
+    assert!(err.to_string().contains("'noisy'"), "{err}");
+    assert!(e.tools().is_empty());
+    e.close(Duration::from_secs(1));
+}
+
+#[test]
+fn a_server_that_keeps_crashing_is_restarted_with_a_backoff_and_tool_transport_events() {
+    let rt = runtime();
+    let e = engine(json!({}));
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let handler: utp_core::events::EventHandler = std::sync::Arc::new(move |event| {
+        sink.lock().push(event.data.clone());
+        Ok(())
+    });
+    e.subscribe("tool.transport", handler).unwrap();
+    rt.block_on(e.register_manual(ManualSource::Inline(template("m", json!({"s": {"command": server_path()}}))), None))
+        .unwrap();
+    for _ in 0..3 {
+        let crashed = call(&rt, &e, "m.s.crash", json!({})).unwrap_err();
+        assert_eq!(crashed.code(), ErrorCode::Transport, "{crashed}");
+    }
+    call(&rt, &e, "m.s.pid", json!({})).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while seen.lock().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = seen.lock();
+    let attempts: Vec<_> = seen.iter().map(|d| (d["attempt"].clone(), d["delay_ms"].clone())).collect();
+    assert_eq!(attempts, [(json!(1), json!(0)), (json!(2), json!(100)), (json!(3), json!(200))]);
+    assert_eq!(seen[0]["manual"], "m");
+    assert_eq!(seen[0]["server"], "s");
+    assert_eq!(seen[0]["action"], "restart");
+    drop(seen);
+    e.close(Duration::from_secs(1));
+}

@@ -25,7 +25,6 @@ use rmcp::model::{
     SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, RunningService, ServiceError};
-use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, Transport};
 use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt};
@@ -127,6 +126,8 @@ pub struct Sessions {
     live: parking_lot::Mutex<HashMap<(String, String), Arc<Session>>>,
     restarts: parking_lot::Mutex<HashMap<(String, String), Restarts>>,
     notices: OnceLock<NoticeSink>,
+    /// What stdio servers wrote to stdout that was not JSON-RPC, by (manual, server).
+    garbage: parking_lot::Mutex<HashMap<(String, String), stdio::Garbage>>,
     /// Set by `close`: no server is started after it.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -166,6 +167,20 @@ impl Sessions {
         for session in ended {
             session.abandon();
         }
+    }
+
+    /// The slot where `at`'s server's stdout garbage goes, emptied for a new start.
+    fn garbage_slot(&self, at: &Connect<'_>) -> stdio::Garbage {
+        let key = (at.manual.to_string(), at.server.to_string());
+        let slot = self.garbage.lock().entry(key).or_default().clone();
+        slot.lock().take();
+        slot
+    }
+
+    /// The first non-JSON-RPC line `server` of `manual` wrote to stdout, if any.
+    fn garbage(&self, manual: &str, server: &str) -> Option<String> {
+        let slot = self.garbage.lock().get(&(manual.to_string(), server.to_string())).cloned()?;
+        slot.lock().clone()
     }
 
     fn is_closed(&self) -> bool {
@@ -274,7 +289,8 @@ impl Sessions {
             Server::Stdio(spec) => {
                 let (mut child, stdout, stdin) =
                     stdio::spawn(&t.config.calls.cli_env_allowlist, at.manual, at.server, spec)?;
-                let transport = AsyncRwTransport::new_client(stdout, stdin);
+                let max_line = usize::try_from(t.config.calls.max_response_size).unwrap_or(usize::MAX);
+                let transport = stdio::StdioTransport::new(stdout, stdin, self.garbage_slot(at), max_line);
                 let transport = ProgressFirst { inner: transport, progress: progress.clone() };
                 match handler.clone().serve_with_lifecycle(transport, lifecycle).await {
                     Ok(client) => Ok(Session {
@@ -522,7 +538,16 @@ pub async fn list_server_tools(
         Ok::<_, Error>((tools, resources))
     };
     let (listed, resources) = tokio::time::timeout(timeout, listing).await.map_err(|_| {
-        Error::Timeout(format!("mcp server '{server}' ({}) did not list its tools within {timeout:?}", spec.describe()))
+        let shown = spec.describe();
+        match t.mcp.garbage(manual, server) {
+            Some(line) => Error::with_code(
+                ErrorCode::Transport,
+                format!(
+                    "mcp server '{server}' ({shown}) wrote what is not JSON-RPC to stdout ('{line}') and listed no tools within {timeout:?}"
+                ),
+            ),
+            None => Error::Timeout(format!("mcp server '{server}' ({shown}) did not list its tools within {timeout:?}")),
+        }
     })??;
     let tool = |name: String, description: String, inputs: Value, outputs: Value| Tool {
         // Prefixed with the manual so that registration, which strips a leading

@@ -3,7 +3,12 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::sync::Arc;
+
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::service::RoleClient;
+use rmcp::transport::Transport;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::config::StdioServer;
@@ -91,4 +96,90 @@ pub(super) fn end(child: &mut Child, grace: Duration) {
     }
     kill(child);
     wait_until(child, Instant::now() + Duration::from_secs(1));
+}
+
+/// The first line a server wrote to stdout that was not JSON-RPC, kept to explain a
+/// server that never answers (many print a banner there, which the spec forbids).
+pub(super) type Garbage = Arc<parking_lot::Mutex<Option<String>>>;
+
+/// Newline-delimited JSON-RPC over a child's stdio. Unlike rmcp's codec, a line that is
+/// not JSON-RPC is kept in [`Garbage`] (and skipped), so that the error can say why the
+/// server seemed silent.
+pub(super) struct StdioTransport {
+    lines: Lines<BufReader<ChildStdout>>,
+    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
+    garbage: Garbage,
+    max_line: usize,
+}
+
+impl StdioTransport {
+    pub(super) fn new(stdout: ChildStdout, stdin: ChildStdin, garbage: Garbage, max_line: usize) -> StdioTransport {
+        StdioTransport {
+            lines: BufReader::new(stdout).lines(),
+            stdin: Arc::new(tokio::sync::Mutex::new(Some(stdin))),
+            garbage,
+            max_line,
+        }
+    }
+}
+
+impl Transport<RoleClient> for StdioTransport {
+    type Error = std::io::Error;
+
+    fn send(
+        &mut self,
+        item: ClientJsonRpcMessage,
+    ) -> impl Future<Output = std::result::Result<(), Self::Error>> + Send + 'static {
+        let stdin = self.stdin.clone();
+        async move {
+            let mut line = serde_json::to_vec(&item).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            let mut stdin = stdin.lock().await;
+            let Some(pipe) = stdin.as_mut() else {
+                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the server's stdin is closed"));
+            };
+            pipe.write_all(&line).await?;
+            pipe.flush().await
+        }
+    }
+
+    async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
+        loop {
+            let line = match self.lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!("mcp server stdout: {e}");
+                    return None;
+                }
+            };
+            if line.len() > self.max_line {
+                self.note_garbage(&format!("a line of {} bytes, over calls.max_response_size", line.len()));
+                return None;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(&line) {
+                Ok(message) => return Some(message),
+                Err(_) => self.note_garbage(&line),
+            }
+        }
+    }
+
+    async fn close(&mut self) -> std::result::Result<(), Self::Error> {
+        // Closing stdin is how the spec asks a server to exit.
+        self.stdin.lock().await.take();
+        Ok(())
+    }
+}
+
+impl StdioTransport {
+    fn note_garbage(&self, line: &str) {
+        tracing::warn!("mcp server wrote a line that is not JSON-RPC to stdout: {}", super::super::excerpt(line, 200));
+        let mut first = self.garbage.lock();
+        if first.is_none() {
+            *first = Some(super::super::excerpt(line, 80));
+        }
+    }
 }
