@@ -278,3 +278,31 @@ def test_an_mcp_config_fetched_from_a_url_is_refused():
         e.register_manual(f"http://127.0.0.1:{httpd.server_address[1]}/mcp.json")
     httpd.shutdown()
     e.close()
+
+
+@pytest.mark.parametrize("era", ["v1", "v2"])
+def test_a_denied_mcp_tool_sends_nothing_and_workflows_chain_mcp_steps(servers, tmp_path, era):
+    log = tmp_path / "requests.jsonl"
+    s = servers(era, env={"UTP_MCP_REQUEST_LOG": str(log)})
+    e = utp.Engine({"permissions": {"calc": {"enabled": True, "allowed_actions": ["srv.add", "srv.shout"]}}})
+    e.register_manual(template("calc", {"url": s.url}))
+    with pytest.raises(utp.PermissionDeniedError):
+        e.call_tool("calc.srv.pid", {})
+    sent = [json.loads(line) for line in log.read_text().splitlines()]
+    assert not any(m.get("params", {}).get("name") == "pid" for m in sent), sent
+    assert e.event_bus.history(type="policy.denied")[-1]["tool"] == "calc.srv.pid"
+
+    wf = {
+        "name": "mcp-chain",
+        "steps": [
+            {"id": "a", "tool": "calc.srv.add", "args": {"a": 2, "b": 3}},
+            {"id": "b", "tool": "calc.srv.shout", "depends_on": ["a"], "args": {"text": "sum ${{ steps.a.output }}"}},
+        ],
+        "outputs": {"text": "${{ steps.b.output }}"},
+    }
+    r = e.run_workflow(wf)
+    assert r["status"] == "completed", r
+    assert r["outputs"] == {"text": "SUM 5.0"}
+    kinds = [ev["type"] for ev in e.event_bus.history(type="tool.*") if ev.get("tool") == "calc.srv.shout"]
+    assert kinds == ["tool.called", "tool.succeeded"]
+    e.close()

@@ -93,6 +93,9 @@ def serve(app) -> None:
         asgi, path = app.streamable_http_app(), "/mcp"
     else:
         asgi, path = app.sse_app(), "/sse"
+    log = os.environ.get("UTP_MCP_REQUEST_LOG")
+    if log:
+        asgi = log_requests(asgi, log)
     required = os.environ.get("UTP_MCP_REQUIRE_AUTHORIZATION")
     if required:
         asgi = require_authorization(asgi, required)
@@ -111,5 +114,34 @@ def require_authorization(asgi, expected: str):
                 await send({"type": "http.response.body", "body": b"unauthorized"})
                 return
         await asgi(scope, receive, send)
+
+    return app
+
+
+def log_requests(asgi, path: str):
+    """Append each HTTP request body (one JSON-RPC message per line) to the file at `path`."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return await asgi(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if body:
+            with open(path, "ab") as f:
+                f.write(body.replace(b"\n", b" ") + b"\n")
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await asgi(scope, replay, send)
 
     return app
