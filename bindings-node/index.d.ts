@@ -237,7 +237,8 @@ export interface CallStreamOptions extends CallOptions {
 }
 
 /**
- * The items of one tool call as the server sends them, from `engine.callToolStream`:
+ * The items of one tool call as the server sends them, from `engine.callToolStream` (an
+ * `mcp` tool's progress notifications `{ progress, total, message }`, then its result):
  * `for await (const item of stream)`. The call is admitted and the stream opened by the
  * first `next()`, which rejects with the call's error (ERR_UTP_NOT_FOUND,
  * ERR_UTP_VALIDATION_FAILED, ERR_UTP_TIMEOUT...); an error mid-stream (ERR_UTP_TRANSPORT,

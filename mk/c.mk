@@ -52,8 +52,11 @@ build-c-lib:
 # test_mcp's server: the Rust SDK MCP server of core/examples/mcp_test_server.rs.
 UTP_MCP_TEST_SERVER ?= $(CARGO_TARGET_DIR)/debug/examples/mcp_test_server
 export UTP_MCP_TEST_SERVER
+# ...and an official Python SDK server over Streamable HTTP (mk/python.mk's mcp-servers).
+export UTP_MCP_PYTHON := $(UTP_C_ROOT)/.venv-mcp2/bin/python
+export UTP_MCP_HTTP_SERVER := $(UTP_C_ROOT)/tests/mcp/server_v2.py
 
-test-c: build-c-lib
+test-c: build-c-lib mcp-servers
 	cargo build --manifest-path $(UTP_C_ROOT)/Cargo.toml -p utp-core --example mcp_test_server
 	@mkdir -p $(UTP_C_OUT)
 	@echo "== C header compiles as C++"

@@ -211,7 +211,8 @@ impl PyToolStream {
 #[pymethods]
 impl PyEngine {
     /// Call a tool and iterate over its items as they arrive (`sse` and
-    /// `streamable_http` tools; any other tool yields its one result). Options as
+    /// `streamable_http` tools; an `mcp` tool's progress, then its result; any other
+    /// tool yields its one result). Options as
     /// `call_tool`; `timeout` bounds opening the stream, not the wait for items.
     /// The call is admitted and the stream opened before this returns (errors are
     /// raised here); each `next` then waits with the GIL released.

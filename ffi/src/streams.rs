@@ -110,7 +110,9 @@ impl Drop for UtpStream {
 }
 
 /// Call a tool and open the stream of its items: an `sse` or `streamable_http` tool's
-/// items as the server sends them; any other tool gives its one result. Arguments and
+/// items as the server sends them; an `mcp` tool's progress notifications
+/// (`{"progress", "total", "message"}`) and then its result; any other tool gives its
+/// one result. Arguments and
 /// options as utp_call_tool() (`"timeout"` bounds opening the stream, not the wait for
 /// items). Blocks until the call is admitted and the stream is open (the response's
 /// headers have arrived): the errors of that (UTP_ERR_NOT_FOUND,

@@ -40,7 +40,8 @@ with the config's ``planner`` section), and ``run`` plans and runs it::
     engine.run("weather forecast for the city of an IP address", {"ip": "8.8.8.8"})["outputs"]
 
 Streaming tools (``sse``, ``streamable_http``) can be read item by item, as the
-server sends them; closing the stream (or leaving the block) closes the connection::
+server sends them, and an ``mcp`` tool's progress notifications come before its result;
+closing the stream (or leaving the block) closes the connection::
 
     with engine.call_tool_stream("news.feed", {"topic": "rust"}) as stream:
         for item in stream:

@@ -180,7 +180,8 @@ impl Engine {
     }
 
     /// Call a tool and receive its results as they arrive: the items of an `sse` or
-    /// `streamable_http` tool, the one result of any other. The timeout bounds
+    /// `streamable_http` tool, an `mcp` tool's progress and then its result, the one
+    /// result of any other. The timeout bounds
     /// opening the stream; cancelling ends the stream with a `CANCELLED` item.
     pub async fn call_tool_stream(&self, name: &str, args: Value, options: CallOptions) -> Result<ItemStream> {
         let span = call_span(name, &options);
