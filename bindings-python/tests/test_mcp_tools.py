@@ -50,7 +50,11 @@ class HttpServer:
 
     def stop(self):
         self.process.terminate()
-        self.process.wait(10)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:  # uvicorn waits for a tool still running
+            self.process.kill()
+            self.process.wait(5)
 
 
 @pytest.fixture
@@ -235,6 +239,12 @@ def test_manual_level_auth_is_sent(servers, token_server, era):
     assert "m.srv.add" in names and issued == ["tok1"]
     assert e.call_tool("m.srv.add", {"a": 1, "b": 2}) == 3.0
     e.close()
+    # A token the server refuses (an expired one): one more try with a new token.
+    s3 = servers(era, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Bearer tok3"})
+    e = utp.Engine()
+    assert "m.srv.add" in e.register_manual(template("m", {"url": s3.url}, auth=oauth))
+    assert issued == ["tok1", "tok2", "tok3"]
+    e.close()
     s2 = servers(era, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Basic dXNlcjpwdw=="})
     e = utp.Engine()
     basic = {"auth_type": "basic", "username": "user", "password": "pw"}
@@ -305,4 +315,27 @@ def test_a_denied_mcp_tool_sends_nothing_and_workflows_chain_mcp_steps(servers, 
     assert r["outputs"] == {"text": "SUM 5.0"}
     kinds = [ev["type"] for ev in e.event_bus.history(type="tool.*") if ev.get("tool") == "calc.srv.shout"]
     assert kinds == ["tool.called", "tool.succeeded"]
+    e.close()
+
+
+@pytest.mark.parametrize("era", ["v1", "v2"])
+def test_closing_a_stream_cancels_the_call_on_the_server(servers, tmp_path, era):
+    log = tmp_path / "requests.jsonl"
+    s = servers(era, env={"UTP_MCP_REQUEST_LOG": str(log)})
+    e = utp.Engine()
+    e.register_manual(template("m", {"url": s.url}))
+    with e.call_tool_stream("m.srv.progress", {"steps": 500}) as stream:
+        first = next(iter(stream))
+        assert first["progress"] == 1.0
+    # A session-era server is sent notifications/cancelled; a stateless-era one sees its
+    # response stream closed (the 2026-07-28 rule: no notification over HTTP).
+    told = {"v1": lambda m: m.get("method") == "notifications/cancelled", "v2": lambda m: m.get("disconnect")}[era]
+    deadline = time.time() + 10
+    cancelled = []
+    while not cancelled and time.time() < deadline:
+        sent = [json.loads(line) for line in log.read_text().splitlines()]
+        cancelled = [m for m in sent if told(m)]
+        time.sleep(0.02)
+    assert cancelled, "the server was told"
+    assert e.call_tool("m.srv.add", {"a": 1, "b": 1}) == 2.0, "and keeps serving"
     e.close()

@@ -119,7 +119,8 @@ def require_authorization(asgi, expected: str):
 
 
 def log_requests(asgi, path: str):
-    """Append each HTTP request body (one JSON-RPC message per line) to the file at `path`."""
+    """Append each HTTP request body (one JSON-RPC message per line) to the file at `path`,
+    and `{"disconnect": true}` when a client goes away before its response ended."""
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -140,7 +141,11 @@ def log_requests(asgi, path: str):
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                with open(path, "ab") as f:
+                    f.write(b'{"disconnect": true}\n')
+            return message
 
         await asgi(scope, replay, send)
 

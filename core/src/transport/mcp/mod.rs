@@ -244,6 +244,18 @@ impl Sessions {
         Ok(kept)
     }
 
+    /// [`Sessions::session`], once more with a new OAuth2 token when the server refused
+    /// the one it was given (HTTP 401).
+    async fn session_with_auth(&self, t: &Transports, at: &mut Connect<'_>, server: &Server) -> Result<Arc<Session>> {
+        match self.session(t, at, server).await {
+            Err(e) if unauthorized(&e) && matches!(at.auth, Some(Auth::OAuth2 { .. })) && !at.fresh_token => {
+                at.fresh_token = true;
+                self.session(t, at, server).await
+            }
+            other => other,
+        }
+    }
+
     /// Wait before starting a server that ended: nothing the first time, then doubling
     /// from 100 ms up to 5 s while it keeps ending within a minute. Says so (`tool.transport`).
     async fn back_off(&self, key: &(String, String)) {
@@ -524,9 +536,9 @@ pub async fn list_server_tools(
     timeout: Duration,
 ) -> Result<Vec<Tool>> {
     let resources_too = template.extra.get("register_resources_as_tools").and_then(Value::as_bool) == Some(true);
-    let at = Connect { manual, server, auth: template.common.auth.as_ref(), cap: None, fresh_token: false };
+    let mut at = Connect { manual, server, auth: template.common.auth.as_ref(), cap: None, fresh_token: false };
     let listing = async {
-        let session = t.mcp.session(t, &at, spec).await?;
+        let session = t.mcp.session_with_auth(t, &mut at, spec).await?;
         let listed = |what: &str, e: ServiceError| {
             Error::with_code(ErrorCode::Transport, format!("mcp server '{server}': {what} failed: {e}"))
         };
@@ -631,7 +643,7 @@ pub async fn call(
     let mut at = Connect { manual: &tool.manual, server, auth, cap: super::origin_cap(tool), fresh_token: false };
     let key = (tool.manual.clone(), server.to_string());
     let outcome = loop {
-        let session = t.mcp.session(t, &at, &spec).await?;
+        let session = t.mcp.session_with_auth(t, &mut at, &spec).await?;
         match request(&session, message.clone(), progress).await {
             // An expired OAuth2 token: once more, with a new one.
             Err(e) if unauthorized(&e) && matches!(auth, Some(Auth::OAuth2 { .. })) && !at.fresh_token => {
@@ -681,8 +693,8 @@ pub async fn call_stream(
 ) -> Result<ItemStream> {
     let Target { server, spec, request: message } = target(tool, template, args)?;
     let auth = template.common.auth.as_ref();
-    let at = Connect { manual: &tool.manual, server, auth, cap: super::origin_cap(tool), fresh_token: false };
-    let session = t.mcp.session(t, &at, &spec).await?;
+    let mut at = Connect { manual: &tool.manual, server, auth, cap: super::origin_cap(tool), fresh_token: false };
+    let session = t.mcp.session_with_auth(t, &mut at, &spec).await?;
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Result<Value>>();
     let updates = sender.clone();
     let sink: ProgressSink = Arc::new(move |update: Value| {
