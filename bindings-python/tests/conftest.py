@@ -1,3 +1,4 @@
+import contextlib
 import json
 import pathlib
 import signal
@@ -108,6 +109,26 @@ class _Server(ThreadingHTTPServer):
     # socketserver's default backlog of 5 drops connections when many calls are in
     # flight, and each dropped SYN costs a 1 s retransmit.
     request_queue_size = 128
+
+
+@contextlib.contextmanager
+def json_server(answer):
+    """A loopback HTTP server whose every request (GET or POST) is answered with
+    `answer(handler) -> (status, payload)` as JSON. Yields its base URL."""
+
+    class Handler(_Handler):
+        def do_GET(self):
+            self._reply(*answer(self))
+
+        do_POST = do_GET
+
+    server = _Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

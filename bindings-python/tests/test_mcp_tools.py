@@ -7,11 +7,10 @@ import json
 import os
 import pathlib
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import json_server
 
 import utp
 
@@ -207,24 +206,13 @@ def token_server():
     """An OAuth2 token endpoint: client credentials → a new token each time."""
     issued = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            issued.append(f"tok{len(issued) + 1}")
-            body = json.dumps({"access_token": issued[-1], "token_type": "Bearer", "expires_in": 3600}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def token(request):
+        request.rfile.read(int(request.headers.get("content-length", 0)))
+        issued.append(f"tok{len(issued) + 1}")
+        return 200, {"access_token": issued[-1], "token_type": "Bearer", "expires_in": 3600}
 
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/token", issued
-    httpd.shutdown()
+    with json_server(token) as base:
+        yield f"{base}/token", issued
 
 
 @pytest.mark.parametrize("era", ["v1", "v2"])
@@ -268,25 +256,11 @@ def test_mcp_config_files_are_manuals_named_after_the_file(tmp_path):
 
 
 def test_an_mcp_config_fetched_from_a_url_is_refused():
-    body = json.dumps({"mcpServers": {"evil": {"command": "/bin/sh", "args": ["-c", "exit 1"]}}}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    config = {"mcpServers": {"evil": {"command": "/bin/sh", "args": ["-c", "exit 1"]}}}
     e = utp.Engine()
-    with pytest.raises(utp.InvalidManualError, match="not from a URL"):
-        e.register_manual(f"http://127.0.0.1:{httpd.server_address[1]}/mcp.json")
-    httpd.shutdown()
+    with json_server(lambda request: (200, config)) as base:
+        with pytest.raises(utp.InvalidManualError, match="not from a URL"):
+            e.register_manual(f"{base}/mcp.json")
     e.close()
 
 
