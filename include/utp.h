@@ -498,7 +498,8 @@ utp_error_t *utp_call_tool_async(utp_engine_t *engine,
 
 /**
  * Call a tool and open the stream of its items: an `sse` or `streamable_http` tool's
- * items as the server sends them; an `mcp` tool's progress notifications
+ * items as the server sends them, a `websocket` tool's replies, a GraphQL
+ * subscription's `data`; an `mcp` tool's progress notifications
  * (`{"progress", "total", "message"}`) and then its result; any other tool gives its
  * one result. Arguments and
  * options as utp_call_tool() (`"timeout"` bounds opening the stream, not the wait for

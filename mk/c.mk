@@ -17,7 +17,7 @@ UTP_C_TESTS   := $(UTP_C_ROOT)/tests/c
 # test_exit_paths runs itself as child processes (20 runs per exit path, UTP_EXIT_RUNS);
 # under valgrind (which checks only the driver's own process) one run each is enough.
 UTP_C_PROGRAMS ?= test_basic test_calls test_streams test_domain_events test_workflows test_intents test_store test_planner \
-	test_host_options test_compat test_exit_paths test_sockets test_graphql test_mcp
+	test_host_options test_compat test_exit_paths test_sockets test_graphql test_mcp test_websocket
 # The shared host-option cases test_host_options reads (tests/scenarios/host_options.json).
 UTP_HOST_OPTIONS_JSON ?= $(UTP_C_ROOT)/tests/scenarios/host_options.json
 export UTP_HOST_OPTIONS_JSON
@@ -55,9 +55,12 @@ export UTP_MCP_TEST_SERVER
 # ...and an official Python SDK server over Streamable HTTP (mk/python.mk's mcp-servers).
 export UTP_MCP_PYTHON := $(UTP_C_ROOT)/.venv-mcp2/bin/python
 export UTP_MCP_HTTP_SERVER := $(UTP_C_ROOT)/tests/mcp/server_v2.py
+# test_websocket's server: the tokio-tungstenite server of core/examples/ws_test_server.rs.
+UTP_WS_TEST_SERVER ?= $(CARGO_TARGET_DIR)/debug/examples/ws_test_server
+export UTP_WS_TEST_SERVER
 
 test-c: build-c-lib mcp-servers
-	cargo build --manifest-path $(UTP_C_ROOT)/Cargo.toml -p utp-core --example mcp_test_server
+	cargo build --manifest-path $(UTP_C_ROOT)/Cargo.toml -p utp-core --example mcp_test_server --example ws_test_server
 	@mkdir -p $(UTP_C_OUT)
 	@echo "== C header compiles as C++"
 	$(UTP_C_CXX) -std=c++11 -Wall -Wextra -Werror -pedantic -fsyntax-only -x c++ -I$(UTP_C_INCLUDE) \

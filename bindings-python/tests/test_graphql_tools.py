@@ -1,11 +1,15 @@
 """`graphql` tools from Python against a real GraphQL server (graphql-core behind
 http.server on 127.0.0.1): a python-utcp-shaped manual call template discovered by
 introspection, queries and mutations, an explicit document whose `$id` stays GraphQL's,
-errors; and the same manual through python-utcp 1.2 with its utcp-gql plugin."""
+errors; and the same manual through python-utcp 1.2 with its utcp-gql plugin.
+Subscriptions (graphql-transport-ws) against ariadne's ASGI app under uvicorn, through
+`call_tool_stream`: items in order, errors, `complete` on an early close, credentials in
+`connection_init`, the address rules."""
 
 import asyncio
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -149,7 +153,7 @@ def test_python_utcp_registers_the_same_tools_and_returns_the_same_data(server):
     names, version = asyncio.run(through_python_utcp())
     with utp.Engine(config={"manual_call_templates": [template]}) as engine:
         ours = [t for t in engine.tools() if t["name"].startswith("gql.")]
-        # python-utcp also lists Subscription fields; this schema has none.
+        # python-utcp also lists Subscription fields (we do too); this schema has none.
         assert sorted(t["name"] for t in ours) == names
         assert engine.call_tool("gql.version", {}) == version == {"version": "1.0"}
         # The tools we registered (with variable_types and selection_set) are valid
@@ -161,3 +165,193 @@ def test_python_utcp_registers_the_same_tools_and_returns_the_same_data(server):
         assert {type(t.tool_call_template).__name__ for t in parsed.tools} == {"GraphQLCallTemplate"}
         user = next(t for t in parsed.tools if t.name == "gql.user")
         assert user.tool_call_template.variable_types == {"id": "ID!"}
+
+
+SUBSCRIPTION_SDL = """
+type Query { version: String! }
+type Tick { n: Int! label: String! }
+type Subscription {
+  "Counts from 1 to `to`, then completes."
+  count(to: Int!): Int!
+  "Ticks until the client stops it."
+  ticks: Tick!
+  "1, then an error."
+  failing: Int
+  "The credential the connection was initialised with."
+  whoami: String!
+}
+"""
+
+
+@pytest.fixture
+def subscription_server():
+    """ariadne's ASGI GraphQL app (HTTP POST and graphql-transport-ws) under uvicorn on
+    an ephemeral loopback port, on its own thread. Yields its URL and what it saw: every
+    client WebSocket message, each `connection_init` payload, each handshake's headers.
+    A `connection_init` with `Authorization: Bearer denied` is refused."""
+    import uvicorn
+    from ariadne import QueryType, SubscriptionType, make_executable_schema
+    from ariadne.asgi import GraphQL
+    from ariadne.asgi.handlers import GraphQLTransportWSHandler
+
+    seen = {"messages": [], "inits": [], "handshakes": []}
+    query = QueryType()
+    query.set_field("version", lambda *_: "1.0")
+    subscription = SubscriptionType()
+
+    @subscription.source("count")
+    async def count_source(_obj, _info, to):
+        for n in range(1, to + 1):
+            yield n
+
+    @subscription.source("ticks")
+    async def ticks_source(_obj, _info):
+        n = 0
+        while True:
+            await asyncio.sleep(0.005)
+            yield {"n": n, "label": f"tick {n}"}
+            n += 1
+
+    @subscription.source("failing")
+    async def failing_source(_obj, _info):
+        yield 1
+        yield 2
+
+    @subscription.field("failing")
+    def failing_field(n, _info):
+        if n == 2:
+            raise ValueError("the sensor broke")
+        return n
+
+    @subscription.source("whoami")
+    async def whoami_source(_obj, info):
+        yield info.context["request"].scope.get("utp_who", "")
+
+    for name in ("count", "ticks", "whoami"):
+        subscription.set_field(name, lambda value, *_args, **_kwargs: value)
+
+    def on_connect(websocket, payload):
+        seen["inits"].append(payload)
+        who = (payload or {}).get("Authorization", "")
+        if who == "Bearer denied":
+            raise ValueError("denied by the test server")
+        websocket.scope["utp_who"] = who
+
+    schema = make_executable_schema(SUBSCRIPTION_SDL, query, subscription)
+    app = GraphQL(schema, websocket_handler=GraphQLTransportWSHandler(on_connect=on_connect))
+
+    async def recording(scope, receive, send):
+        if scope["type"] != "websocket":
+            return await app(scope, receive, send)
+        seen["handshakes"].append({k.decode(): v.decode() for k, v in scope["headers"]})
+
+        async def receive_recorded():
+            event = await receive()
+            if event["type"] == "websocket.receive" and event.get("text"):
+                seen["messages"].append(json.loads(event["text"]))
+            return event
+
+        return await app(scope, receive_recorded, send)
+
+    config = uvicorn.Config(recording, host="127.0.0.1", port=0, ws="websockets-sansio",
+                            log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/graphql", seen
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _of_type(seen, kind):
+    return [m for m in seen["messages"] if m.get("type") == kind]
+
+
+def _wait_for(condition):
+    """Wait up to 10 s (a deadline for a failing test, not a timing assertion)."""
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_subscriptions_are_discovered_and_streamed_in_order(subscription_server):
+    url, seen = subscription_server
+    with utp.Engine() as engine:
+        tools = engine.register_manual({"name": "live", "call_template_type": "graphql", "url": url})
+        assert sorted(tools) == ["live.count", "live.failing", "live.ticks", "live.version", "live.whoami"]
+        ticks = engine.tool("live.ticks")
+        assert ticks["tool_call_template"]["operation_type"] == "subscription"
+        assert ticks["tool_call_template"]["selection_set"] == "{ n label }"
+
+        with engine.call_tool_stream("live.count", {"to": 3}) as stream:
+            assert list(stream) == [{"count": 1}, {"count": 2}, {"count": 3}]
+        assert _of_type(seen, "subscribe")[-1]["payload"]["variables"] == {"to": 3}
+        # A plain call: every item until the server completes.
+        assert engine.call_tool("live.count", {"to": 2}) == [{"count": 1}, {"count": 2}]
+        assert engine.call_tool("live.version") == {"version": "1.0"}
+        assert all(h["sec-websocket-protocol"] == "graphql-transport-ws" for h in seen["handshakes"])
+
+
+def test_closing_a_stream_early_sends_complete(subscription_server):
+    url, seen = subscription_server
+    with utp.Engine() as engine:
+        engine.register_manual({"name": "live", "call_template_type": "graphql", "url": url})
+        with engine.call_tool_stream("live.ticks") as stream:
+            first = next(stream)
+            assert first == {"ticks": {"n": 0, "label": "tick 0"}}
+            assert next(stream)["ticks"]["n"] == 1
+        assert _wait_for(lambda: len(_of_type(seen, "complete")) == 1), seen["messages"]
+        assert _of_type(seen, "complete")[0]["id"] == _of_type(seen, "subscribe")[0]["id"]
+
+
+def test_subscription_errors_raise_tool_failed(subscription_server):
+    url, _ = subscription_server
+    manual = {"name": "api", "tools": [
+        {"name": "failing", "tool_call_template": {"call_template_type": "graphql", "url": url,
+                                                   "operation_type": "subscription"}},
+        {"name": "bad_doc", "tool_call_template": {"call_template_type": "graphql", "url": url,
+                                                   "query": "subscription { nope }"}},
+    ]}
+    with utp.Engine() as engine:
+        engine.register_manual(manual)
+        items = []
+        with pytest.raises(utp.ToolFailedError, match="the sensor broke"):
+            for item in engine.call_tool_stream("api.failing"):
+                items.append(item)
+        assert items == [{"failing": 1}]
+        # A document the server rejects: a graphql-transport-ws `error` message.
+        with pytest.raises(utp.ToolFailedError, match="nope"):
+            list(engine.call_tool_stream("api.bad_doc"))
+
+
+def test_credentials_reach_connection_init_and_the_address_rules_apply(subscription_server):
+    url, seen = subscription_server
+    auth = {"auth_type": "api_key", "api_key": "Bearer ${TOKEN}", "var_name": "Authorization",
+            "location": "header"}
+    manual = {"name": "api", "tools": [
+        {"name": "whoami", "tool_call_template": {"call_template_type": "graphql", "url": url, "auth": auth,
+                                                  "operation_type": "subscription"}},
+        {"name": "private", "tool_call_template": {"call_template_type": "graphql",
+                                                   "url": "https://10.0.0.1/graphql",
+                                                   "query": "subscription { whoami }"}},
+    ]}
+    with utp.Engine(config={"variables": {"api_TOKEN": "t-1"}}) as engine:
+        engine.register_manual(manual)
+        assert list(engine.call_tool_stream("api.whoami")) == [{"whoami": "Bearer t-1"}]
+        assert seen["inits"][-1]["Authorization"] == "Bearer t-1"
+        assert seen["handshakes"][-1]["authorization"] == "Bearer t-1"
+        with pytest.raises(utp.SecurityError):
+            engine.call_tool_stream("api.private")
+
+    with utp.Engine(config={"variables": {"api_TOKEN": "denied"}}) as engine:
+        engine.register_manual(manual)
+        with pytest.raises(utp.UtpError, match="before acknowledging the connection"):
+            engine.call_tool("api.whoami")

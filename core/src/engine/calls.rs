@@ -179,10 +179,10 @@ impl Engine {
         transport::here::drive_with_callbacks(runtime, future)
     }
 
-    /// Call a tool and receive its results as they arrive: the items of an `sse` or
-    /// `streamable_http` tool, an `mcp` tool's progress and then its result, the one
-    /// result of any other. The timeout bounds
-    /// opening the stream; cancelling ends the stream with a `CANCELLED` item.
+    /// Call a tool and receive its results as they arrive: the items of an `sse`,
+    /// `streamable_http` or `websocket` tool or of a GraphQL subscription, an `mcp`
+    /// tool's progress and then its result, the one result of any other. The timeout
+    /// bounds opening the stream; cancelling ends the stream with a `CANCELLED` item.
     pub async fn call_tool_stream(&self, name: &str, args: Value, options: CallOptions) -> Result<ItemStream> {
         let span = call_span(name, &options);
         let AdmittedCall { tool, template, args, timeout, started } =

@@ -13,11 +13,14 @@
 //! - The result is the response's `data` (what python-utcp returns); a non-empty
 //!   `errors` is `TOOL_FAILED` with the messages, saying when partial data came too.
 //!
+//! - A subscription (`operation_type: "subscription"`) goes over a WebSocket with the
+//!   `graphql-transport-ws` subprotocol instead (`graphql_ws.rs`): a stream yields each
+//!   `data`; a plain call returns the list of them once the server completes.
+//!
 //! Discovery ([`discover`]) runs the standard introspection query once and builds one
-//! tool per root Query and Mutation field: inputs from the arguments, outputs and a
-//! default selection set from the return type, to [`SELECTION_DEPTH`] levels.
-//! Subscriptions (graphql-transport-ws) are not called yet: such a template fails
-//! with `TRANSPORT`, and discovery lists no Subscription fields.
+//! tool per root Query, Mutation and Subscription field: inputs from the arguments,
+//! outputs and a default selection set from the return type, to [`SELECTION_DEPTH`]
+//! levels.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -28,7 +31,7 @@ use reqwest::header::HeaderValue;
 use serde_json::{Map, Value, json};
 
 use super::net::{self, Body, RequestSpec};
-use super::{Transports, arg_text, excerpt, http};
+use super::{ItemStream, Transports, arg_text, excerpt, graphql_ws, http};
 use crate::error::{Error, Result};
 use crate::manual::{CallTemplate, GraphqlTemplate, Tool, is_graphql_name};
 use crate::registry::RegisteredTool;
@@ -55,20 +58,52 @@ pub(crate) async fn call(
     t: &Transports,
     tool: &RegisteredTool,
     tpl: &GraphqlTemplate,
-    mut args: Map<String, Value>,
+    args: Map<String, Value>,
     timeout: Duration,
 ) -> Result<Value> {
-    if tpl.operation_type.as_deref() == Some("subscription") {
-        return Err(Error::Transport(format!(
-            "tool '{}': GraphQL subscriptions (graphql-transport-ws) cannot be called yet; queries and mutations can",
-            tool.name
-        )));
+    let (body, header_args) = request(tool, tpl, args)?;
+    if graphql_ws::is_subscription(tpl) {
+        // A plain call of a subscription: every item until `complete`, as a list (the
+        // call's timeout bounds it all; dropping the stream stops the subscription).
+        let stream = graphql_ws::subscribe(t, tool, tpl, body, &header_args, timeout).await?;
+        return super::sse::collect(stream, false).await;
     }
+    let response = post(t, tool, tpl, &Value::Object(body), &header_args, timeout).await?;
+    read_response(t, tool, response).await
+}
+
+/// Open a stream of a `graphql` tool: a subscription's items as they come
+/// (`graphql_ws`); a query or mutation yields its one result.
+pub(crate) async fn call_stream(
+    t: &Transports,
+    tool: &RegisteredTool,
+    tpl: &GraphqlTemplate,
+    args: Map<String, Value>,
+    timeout: Duration,
+) -> Result<ItemStream> {
+    if !graphql_ws::is_subscription(tpl) {
+        let value = call(t, tool, tpl, args, timeout).await?;
+        return Ok(Box::pin(futures_util::stream::once(async move { Ok(value) })));
+    }
+    let (body, header_args) = request(tool, tpl, args)?;
+    graphql_ws::subscribe(t, tool, tpl, body, &header_args, timeout).await
+}
+
+/// `header_fields` arguments as (header name, text).
+type HeaderArgs = Vec<(String, String)>;
+
+/// The request of a call, `{"query", "variables", "operationName"}`, and the arguments
+/// that go to headers instead.
+fn request(
+    tool: &RegisteredTool,
+    tpl: &GraphqlTemplate,
+    mut args: Map<String, Value>,
+) -> Result<(Map<String, Value>, HeaderArgs)> {
     // python-utcp sends `header_fields` arguments as headers, not as variables.
     let mut header_args = Vec::new();
     for name in tpl.header_fields.iter().flatten() {
         if let Some(v) = args.shift_remove(name).filter(|v| !v.is_null()) {
-            header_args.push((name.as_str(), arg_text(&v)));
+            header_args.push((name.clone(), arg_text(&v)));
         }
     }
     let document = match &tpl.query {
@@ -81,8 +116,7 @@ pub(crate) async fn call(
     if let Some(name) = &tpl.operation_name {
         body.insert("operationName".into(), Value::String(name.clone()));
     }
-    let response = post(t, tool, tpl, &Value::Object(body), &header_args, timeout).await?;
-    read_response(t, tool, response).await
+    Ok((body, header_args))
 }
 
 /// POST one GraphQL request with the template's headers and auth.
@@ -91,7 +125,7 @@ async fn post(
     tool: &RegisteredTool,
     tpl: &GraphqlTemplate,
     body: &Value,
-    header_args: &[(&str, String)],
+    header_args: &[(String, String)],
     timeout: Duration,
 ) -> Result<reqwest::Response> {
     let url = url::Url::parse(&tpl.url)
@@ -137,12 +171,15 @@ async fn read_response(t: &Transports, tool: &RegisteredTool, response: reqwest:
     };
     let data = answer.remove("data").unwrap_or(Value::Null);
     match answer.get("errors") {
-        Some(Value::Array(errors)) if !errors.is_empty() => Err(graphql_errors(tool, &url, errors, &data)),
+        Some(Value::Array(errors)) if !errors.is_empty() => {
+            Err(graphql_errors(&format!("tool '{}'", tool.name), &url, errors, &data))
+        }
         _ => Ok(data),
     }
 }
 
-fn graphql_errors(tool: &RegisteredTool, url: &str, errors: &[Value], data: &Value) -> Error {
+/// `TOOL_FAILED` with every GraphQL error's message and path (`who`: `tool 'm.t'`).
+pub(super) fn graphql_errors(who: &str, url: &str, errors: &[Value], data: &Value) -> Error {
     let messages: Vec<String> = errors
         .iter()
         .map(|e| {
@@ -156,7 +193,7 @@ fn graphql_errors(tool: &RegisteredTool, url: &str, errors: &[Value], data: &Val
             }
         })
         .collect();
-    let mut text = format!("tool '{}': GraphQL errors from {url}: {}", tool.name, messages.join("; "));
+    let mut text = format!("{who}: GraphQL errors from {url}: {}", messages.join("; "));
     if let Value::Object(fields) = data {
         let partial: Vec<&str> = fields.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.as_str()).collect();
         if !partial.is_empty() {
@@ -244,8 +281,8 @@ fn type_from_schema(inputs: &Value, name: &str) -> Option<String> {
 }
 
 /// Introspect the endpoint of `template` (a manual call template of type `graphql`)
-/// and return the UTCP manual it describes: one tool per root Query and Mutation
-/// field, each with `template`'s fields plus its `operation_type`, `variable_types`
+/// and return the UTCP manual it describes: one tool per root Query, Mutation and
+/// Subscription field, each with `template`'s fields plus its `operation_type`, `variable_types`
 /// and `selection_set`. `manual` names the manual in errors.
 pub async fn discover(
     t: &Transports,
@@ -308,7 +345,8 @@ fn build_manual(schema: &Value, base: &Value) -> std::result::Result<Value, Stri
     let schema_types = SchemaTypes { types };
     let mut tools = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (root, operation) in [("queryType", "query"), ("mutationType", "mutation")] {
+    let roots = [("queryType", "query"), ("mutationType", "mutation"), ("subscriptionType", "subscription")];
+    for (root, operation) in roots {
         let Some(root_name) = schema.get(root).and_then(|r| r.get("name")).and_then(Value::as_str) else { continue };
         let root_type = schema_types
             .get(root_name)
@@ -318,7 +356,8 @@ fn build_manual(schema: &Value, base: &Value) -> std::result::Result<Value, Stri
             if !seen.insert(name.to_string()) {
                 tracing::warn!(
                     field = name,
-                    "GraphQL mutation named like a query field: left out (tool names must be unique)"
+                    operation,
+                    "GraphQL root field named like one listed before it: left out (tool names must be unique)"
                 );
                 continue;
             }
@@ -367,12 +406,15 @@ impl SchemaTypes<'_> {
         if !required.is_empty() {
             inputs["required"] = Value::Array(required);
         }
+        // The call returns `data`, which holds the root field; a subscription's call, the
+        // list of every `data` until it completes (a stream yields them one by one).
+        let data = json!({"type": "object", "properties": {name: output}});
+        let outputs = if operation == "subscription" { json!({"type": "array", "items": data}) } else { data };
         json!({
             "name": name,
             "description": field.get("description").and_then(Value::as_str).unwrap_or_default(),
             "inputs": inputs,
-            // The call returns `data`, which holds the root field.
-            "outputs": {"type": "object", "properties": {name: output}},
+            "outputs": outputs,
             "tags": ["graphql", operation],
             "tool_call_template": template,
         })

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod file;
 pub mod graphql;
+pub(crate) mod graphql_ws;
 pub(crate) mod here;
 pub use here::{BlockingCall, CallThread, host_callbacks_here, poll_with_callbacks, run_host_callback};
 pub mod http;
@@ -36,7 +37,8 @@ use crate::registry::RegisteredTool;
 /// A host function behind a `native` tool: gets the (validated) arguments object.
 pub type NativeHandler = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value>> + Send + Sync>;
 
-/// The items of a streaming call (`sse`, `streamable_http`; one item for the others).
+/// The items of a streaming call (`sse`, `streamable_http`, `websocket`, GraphQL
+/// subscriptions; one item for the others).
 pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Value>> + Send>>;
 
 tokio::task_local! {
@@ -237,6 +239,7 @@ impl Transports {
             }
             CallTemplate::Websocket(t) => Box::pin(websocket::call_stream(self, tool, t, args, timeout)).await,
             CallTemplate::Mcp(t) => Box::pin(mcp::call_stream(self, tool, t, args, current_progress())).await,
+            CallTemplate::Graphql(t) => Box::pin(graphql::call_stream(self, tool, t, args, timeout)).await,
             _ => {
                 let value = Box::pin(self.call(tool, template, args, timeout)).await?;
                 Ok(Box::pin(futures_util::stream::once(async move { Ok(value) })))

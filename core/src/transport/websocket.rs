@@ -46,7 +46,7 @@ use crate::json::json_kind;
 use crate::manual::{Auth, WebsocketTemplate};
 use crate::registry::RegisteredTool;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How much of a refused handshake's body an error quotes.
 const BODY_EXCERPT: usize = 256;
@@ -95,9 +95,20 @@ struct Settings<'a> {
 }
 
 /// Who is connecting, for messages (`tool 'm.t'` / `manual 'm'`), and the locality cap.
-struct Caller {
-    who: String,
-    cap: Option<OriginClass>,
+pub(crate) struct Caller {
+    pub(crate) who: String,
+    pub(crate) cap: Option<OriginClass>,
+}
+
+/// What a handshake sends: shared by `websocket` tools and GraphQL subscriptions
+/// (`graphql_ws.rs`), so both connect under the same rules.
+pub(crate) struct Handshake<'a> {
+    /// A `ws://` or `wss://` URL [`check_url`] accepted.
+    pub(crate) url: &'a url::Url,
+    /// The subprotocol asked for (`Sec-WebSocket-Protocol`); the server must agree to it.
+    pub(crate) protocol: Option<&'a str>,
+    pub(crate) headers: &'a [(HeaderName, HeaderValue)],
+    pub(crate) auth: Option<&'a Auth>,
 }
 
 fn bad_field(who: &str, field: &str, problem: impl std::fmt::Display) -> Error {
@@ -175,9 +186,15 @@ fn settings<'a>(who: &str, tpl: &'a WebsocketTemplate, policy: NetPolicy) -> Res
     Ok(Settings { url, message, protocol, keep_alive, format, headers, auth: tpl.common.auth.as_ref() })
 }
 
+impl Settings<'_> {
+    fn handshake(&self) -> Handshake<'_> {
+        Handshake { url: &self.url, protocol: self.protocol, headers: &self.headers, auth: self.auth }
+    }
+}
+
 /// `wss://` anywhere; `ws://` to loopback only unless `allow_insecure_http`; an IP literal
 /// must not be private unless allowed (names are checked when they resolve).
-fn check_url(who: &str, raw: &str, policy: NetPolicy) -> Result<url::Url> {
+pub(crate) fn check_url(who: &str, raw: &str, policy: NetPolicy) -> Result<url::Url> {
     let url = url::Url::parse(raw).map_err(|e| bad_field(who, "url", format!("'{raw}' is not a URL: {e}")))?;
     let http_scheme = match url.scheme() {
         "wss" => "https",
@@ -226,10 +243,20 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>> {
         .map_err(|e| Error::Internal(format!("cannot set up TLS for wss://: {e}")))
 }
 
-/// Open a socket: guarded resolution, TCP, TLS for `wss://`, the handshake with the
-/// template's headers, subprotocol and auth. With OAuth2, a 401 fetches a fresh token
-/// and the handshake is tried once more.
+/// Open a socket for a `websocket` tool or manual.
 async fn connect(t: &Transports, caller: &Caller, s: &Settings<'_>) -> Result<Socket> {
+    Ok(open(t, caller, &s.handshake()).await?.0)
+}
+
+/// Open a socket: guarded resolution, TCP, TLS for `wss://`, the handshake with the
+/// headers, subprotocol and auth of `s`. With OAuth2, a 401 fetches a fresh token and
+/// the handshake is tried once more. Also returns the headers the auth added (the
+/// credentials as sent), for protocols that repeat them in a first message.
+pub(crate) async fn open(
+    t: &Transports,
+    caller: &Caller,
+    s: &Handshake<'_>,
+) -> Result<(Socket, Vec<(HeaderName, HeaderValue)>)> {
     match handshake(t, caller, s, false).await {
         Err(Error::ToolFailed { status: Some(401), .. }) if matches!(s.auth, Some(Auth::OAuth2 { .. })) => {
             handshake(t, caller, s, true).await
@@ -238,9 +265,14 @@ async fn connect(t: &Transports, caller: &Caller, s: &Settings<'_>) -> Result<So
     }
 }
 
-async fn handshake(t: &Transports, caller: &Caller, s: &Settings<'_>, fresh_token: bool) -> Result<Socket> {
+async fn handshake(
+    t: &Transports,
+    caller: &Caller,
+    s: &Handshake<'_>,
+    fresh_token: bool,
+) -> Result<(Socket, Vec<(HeaderName, HeaderValue)>)> {
     let who = &caller.who;
-    let shown = net::redact(&s.url);
+    let shown = net::redact(s.url);
     let host = s.url.host_str().unwrap_or_default();
     let port = s.url.port_or_known_default().unwrap_or(443);
     let policy = t.policy();
@@ -277,11 +309,13 @@ async fn handshake(t: &Transports, caller: &Caller, s: &Settings<'_>, fresh_toke
         reqwest::header::USER_AGENT,
         HeaderValue::from_static(concat!("utp-runtime/", env!("CARGO_PKG_VERSION"))),
     );
-    for (name, value) in &s.headers {
+    for (name, value) in s.headers {
         headers.insert(name.clone(), value.clone());
     }
+    let mut auth_headers = Vec::with_capacity(spec.headers.len());
     for (name, value, _) in spec.headers {
-        headers.insert(name, value);
+        headers.insert(name.clone(), value.clone());
+        auth_headers.push((name, value));
     }
     if let Some(protocol) = s.protocol {
         if let Ok(v) = HeaderValue::from_str(protocol) {
@@ -295,7 +329,7 @@ async fn handshake(t: &Transports, caller: &Caller, s: &Settings<'_>, fresh_toke
         tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), Some(connector))
             .await
             .map_err(|e| ws_error(who, &shown, max, e))?;
-    Ok(socket)
+    Ok((socket, auth_headers))
 }
 
 fn prefixed(who: &str, e: Error) -> Error {
@@ -313,7 +347,7 @@ fn prefixed(who: &str, e: Error) -> Error {
 
 /// A tungstenite error as ours: a refused handshake is `TOOL_FAILED` with its status,
 /// an oversized frame and everything else on the wire is `TRANSPORT`.
-fn ws_error(who: &str, url: &str, max: usize, e: tungstenite::Error) -> Error {
+pub(crate) fn ws_error(who: &str, url: &str, max: usize, e: tungstenite::Error) -> Error {
     use tungstenite::error::{CapacityError, ProtocolError};
     match e {
         tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, .. }) => Error::Transport(format!(

@@ -46,7 +46,10 @@ impl Loopback {
                         async move { Ok::<_, std::convert::Infallible>(answer.await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    // With upgrades: a handler may answer 101 and take the connection over
+                    // (`hyper::upgrade::on`), as graphql_ws.rs's WebSocket endpoint does.
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await;
                 });
             }
         });
