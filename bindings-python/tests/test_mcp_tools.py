@@ -1,13 +1,16 @@
 """`mcp` tools from Python against real MCP servers built with the official Python SDK of
 each protocol era (tests/mcp/: mcp 1.x answers the initialize handshake, mcp 2.x the
-stateless server/discover), over stdio and over Streamable HTTP on 127.0.0.1.
-`make test-python` creates their venvs."""
+stateless server/discover), over stdio and over Streamable HTTP on 127.0.0.1, and mcp 1.x over
+the older HTTP+SSE transport (named by `"transport": "sse"`, or reached by falling back from
+Streamable HTTP). `make test-python` creates their venvs."""
 import asyncio
 import json
 import os
 import pathlib
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import json_server
@@ -17,8 +20,9 @@ import utp
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ERAS = {"v1": ROOT / ".venv-mcp1" / "bin" / "python", "v2": ROOT / ".venv-mcp2" / "bin" / "python"}
 TOOLS = ["add", "fail", "grow", "image", "pid", "progress", "shout", "sleep"]
-# (era, transport): both eras over both transports.
-SERVERS = [("v1", "stdio"), ("v1", "http"), ("v2", "stdio"), ("v2", "http")]
+# (era, transport): both eras over both transports, and mcp 1.x over HTTP+SSE: "sse" with
+# `"transport": "sse"` in the config, "sse-url" by its URL alone (Streamable HTTP is refused first).
+SERVERS = [("v1", "stdio"), ("v1", "http"), ("v1", "sse"), ("v1", "sse-url"), ("v2", "stdio"), ("v2", "http")]
 
 
 def python(era: str) -> str:
@@ -70,7 +74,12 @@ def servers():
 
 
 def spec(servers, era: str, transport: str) -> dict:
-    return stdio_server(era) if transport == "stdio" else {"url": servers(era).url}
+    if transport == "stdio":
+        return stdio_server(era)
+    if transport == "http":
+        return {"url": servers(era).url}
+    url = servers(era, "sse").url
+    return {"url": url, "transport": "sse"} if transport == "sse" else {"url": url}
 
 
 def template(name: str, server: dict, **extra) -> dict:
@@ -215,10 +224,10 @@ def token_server():
         yield f"{base}/token", issued
 
 
-@pytest.mark.parametrize("era", ["v1", "v2"])
-def test_manual_level_auth_is_sent(servers, token_server, era):
+@pytest.mark.parametrize("era,mode", [("v1", "http"), ("v2", "http"), ("v1", "sse")])
+def test_manual_level_auth_is_sent(servers, token_server, era, mode):
     token_url, issued = token_server
-    s = servers(era, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Bearer tok1"})
+    s = servers(era, mode, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Bearer tok1"})
     e = utp.Engine()
     with pytest.raises(utp.TransportError):
         e.register_manual(template("none", {"url": s.url}))
@@ -228,12 +237,12 @@ def test_manual_level_auth_is_sent(servers, token_server, era):
     assert e.call_tool("m.srv.add", {"a": 1, "b": 2}) == 3.0
     e.close()
     # A token the server refuses (an expired one): one more try with a new token.
-    s3 = servers(era, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Bearer tok3"})
+    s3 = servers(era, mode, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Bearer tok3"})
     e = utp.Engine()
     assert "m.srv.add" in e.register_manual(template("m", {"url": s3.url}, auth=oauth))
     assert issued == ["tok1", "tok2", "tok3"]
     e.close()
-    s2 = servers(era, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Basic dXNlcjpwdw=="})
+    s2 = servers(era, mode, env={"UTP_MCP_REQUIRE_AUTHORIZATION": "Basic dXNlcjpwdw=="})
     e = utp.Engine()
     basic = {"auth_type": "basic", "username": "user", "password": "pw"}
     assert "m.srv.add" in e.register_manual(template("m", {"url": s2.url}, auth=basic))
@@ -312,4 +321,60 @@ def test_closing_a_stream_cancels_the_call_on_the_server(servers, tmp_path, era)
         time.sleep(0.02)
     assert cancelled, "the server was told"
     assert e.call_tool("m.srv.add", {"a": 1, "b": 1}) == 2.0, "and keeps serving"
+
+
+@pytest.fixture
+def foreign_endpoint_server():
+    """An HTTP+SSE server whose `endpoint` event names another origin (`localhost` for
+    `127.0.0.1`): it answers POST /sse with 405 and records every request."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(("GET", self.path))
+            port = self.server.server_address[1]
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(f"event: endpoint\ndata: http://localhost:{port}/messages/?session_id=1\n\n".encode())
+            self.wfile.flush()
+
+        def do_POST(self):
+            seen.append(("POST", self.path))
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(405)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/sse", seen
+    httpd.shutdown()
+
+
+@pytest.mark.parametrize("by", ["transport", "fallback"])
+def test_an_endpoint_of_another_origin_is_refused(foreign_endpoint_server, by):
+    url, seen = foreign_endpoint_server
+    server = {"url": url, "transport": "sse"} if by == "transport" else {"url": url}
+    e = utp.Engine()
+    with pytest.raises(utp.SecurityError, match="not of the origin"):
+        e.register_manual(template("m", server))
+    assert e.tools() == []
+    e.close()
+    # Nothing was sent to the endpoint: only the Streamable HTTP attempts (POST /sse) and the GET.
+    assert ("GET", "/sse") in seen
+    assert all(path == "/sse" for _, path in seen), seen
+    if by == "transport":
+        assert seen == [("GET", "/sse")]
+
+
+def test_the_sse_transport_alone_is_not_tried_on_a_streamable_http_server(servers):
+    # `"transport": "sse"` on a Streamable HTTP endpoint: its GET is not an `endpoint` stream.
+    s = servers("v1")
+    e = utp.Engine()
+    with pytest.raises((utp.TransportError, utp.TimeoutError), match="HTTP\\+SSE"):
+        e.register_manual(template("m", {"url": s.url, "transport": "sse", "timeout": 2}))
     e.close()

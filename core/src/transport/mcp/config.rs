@@ -1,6 +1,8 @@
 //! The servers of an `mcp` call template: `config.mcpServers`, as python-utcp 1.2
 //! writes it (`command` + `args` / `env` / `cwd`, or `url` + `headers` / `timeout` /
-//! `sse_read_timeout`), with @utcp/sdk's `transport: "stdio" | "http"` key accepted too.
+//! `sse_read_timeout`), with @utcp/sdk's `transport: "stdio" | "http"` key accepted too,
+//! and `transport: "sse"` (as python-utcp's users write servers of the older HTTP+SSE
+//! transport; its mcp-use client reaches them by falling back, as we do without the key).
 
 use std::time::Duration;
 
@@ -27,6 +29,9 @@ pub struct HttpServer {
     pub timeout: Duration,
     /// How long a server's event stream may stay silent; python-utcp's 300 s default.
     pub sse_read_timeout: Duration,
+    /// `"transport": "sse"`: the older HTTP+SSE transport straight away, without
+    /// trying Streamable HTTP first.
+    pub legacy_sse: bool,
 }
 
 /// How one server of a template is reached.
@@ -64,12 +69,13 @@ pub fn servers(template: &McpTemplate) -> Result<Vec<(String, Server)>> {
         };
         let at = |key: &str| format!("config.mcpServers.{name}.{key}");
         let server = match spec.get("transport").and_then(Value::as_str) {
-            Some("http" | "streamable-http" | "streamable_http" | "sse") => http_server(spec, &at)?,
+            Some("http" | "streamable-http" | "streamable_http") => http_server(spec, &at, false)?,
+            Some("sse") => http_server(spec, &at, true)?,
             Some("stdio") => stdio_server(spec, &at)?,
             Some(other) => {
-                return Err(bad(format!("{} '{other}' is not one of stdio, http", at("transport"))));
+                return Err(bad(format!("{} '{other}' is not one of stdio, http, sse", at("transport"))));
             }
-            None if spec.contains_key("url") => http_server(spec, &at)?,
+            None if spec.contains_key("url") => http_server(spec, &at, false)?,
             None => stdio_server(spec, &at)?,
         };
         out.push((name.clone(), server));
@@ -106,7 +112,7 @@ fn stdio_server(spec: &Spec, at: &dyn Fn(&str) -> String) -> Result<Server> {
     Ok(Server::Stdio(StdioServer { command: command.to_string(), args, env: string_map(spec, "env", at)?, cwd }))
 }
 
-fn http_server(spec: &Spec, at: &dyn Fn(&str) -> String) -> Result<Server> {
+fn http_server(spec: &Spec, at: &dyn Fn(&str) -> String, legacy_sse: bool) -> Result<Server> {
     let Some(raw) = spec.get("url").and_then(Value::as_str).filter(|u| !u.is_empty()) else {
         return Err(bad(format!("{} must be a non-empty string", at("url"))));
     };
@@ -129,6 +135,7 @@ fn http_server(spec: &Spec, at: &dyn Fn(&str) -> String) -> Result<Server> {
         headers: string_map(spec, "headers", at)?,
         timeout: seconds("timeout", DEFAULT_TIMEOUT)?,
         sse_read_timeout: seconds("sse_read_timeout", DEFAULT_SSE_READ_TIMEOUT)?,
+        legacy_sse,
     }))
 }
 
@@ -177,6 +184,7 @@ mod tests {
         let t = template(json!({"mcpServers": {
             "a": {"url": "http://127.0.0.1:9/mcp", "headers": {"X-K": "v"}, "timeout": 5, "sse_read_timeout": 0.5},
             "b": {"transport": "http", "url": "https://example.com/mcp"},
+            "c": {"transport": "sse", "url": "http://127.0.0.1:9/sse"},
         }}));
         let servers = servers(&t).unwrap();
         let Server::Http(a) = &servers[0].1 else { panic!() };
@@ -186,6 +194,9 @@ mod tests {
         assert_eq!(a.sse_read_timeout, Duration::from_millis(500));
         let Server::Http(b) = &servers[1].1 else { panic!() };
         assert_eq!(b.timeout, DEFAULT_TIMEOUT);
+        assert!(!a.legacy_sse && !b.legacy_sse);
+        let Server::Http(c) = &servers[2].1 else { panic!() };
+        assert!(c.legacy_sse);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,9 +46,22 @@ pub(super) struct EngineHttp {
     pub idle: Duration,
     pub max_body: usize,
     pub max_event: usize,
+    /// Set when a POST without a session is answered with a 4xx (not 401/403) that
+    /// carries no JSON-RPC error: the URL is not a Streamable HTTP endpoint, and the
+    /// older HTTP+SSE transport is tried (see `legacy_sse`).
+    pub refused: Arc<OnceLock<StatusCode>>,
 }
 
 impl EngineHttp {
+    /// A request to `url` with the server's headers and auth, accepting `accept`.
+    pub(super) fn spec(&self, method: reqwest::Method, url: url::Url, accept: &'static str) -> RequestSpec {
+        let mut spec = RequestSpec::new(method, url);
+        spec.redirect_locality_cap = self.cap;
+        spec.headers.extend(self.headers.iter().cloned());
+        spec.headers.push((ACCEPT, HeaderValue::from_static(accept), false));
+        spec
+    }
+
     fn request(
         &self,
         method: reqwest::Method,
@@ -58,10 +71,7 @@ impl EngineHttp {
     ) -> HttpResult<RequestSpec> {
         let url = url::Url::parse(uri)
             .map_err(|e| StreamableHttpError::Client(Error::InvalidManual(format!("mcp url '{uri}': {e}"))))?;
-        let mut spec = RequestSpec::new(method, url);
-        spec.redirect_locality_cap = self.cap;
-        spec.headers.extend(self.headers.iter().cloned());
-        spec.headers.push((ACCEPT, HeaderValue::from_static("application/json, text/event-stream"), false));
+        let mut spec = self.spec(method, url, "application/json, text/event-stream");
         for (name, value) in custom_headers {
             spec.headers.push((name, value, false));
         }
@@ -79,7 +89,7 @@ impl EngineHttp {
     }
 
     /// An event stream: each event bounded by `max_event`, the stream by `idle`.
-    fn events(&self, response: reqwest::Response) -> BoxStream<'static, Result<Sse, SseError>> {
+    pub(super) fn events(&self, response: reqwest::Response) -> BoxStream<'static, Result<Sse, SseError>> {
         let bytes = bounded(response, self.max_event, self.idle);
         SseStream::from_bytes_stream(bytes).boxed()
     }
@@ -126,6 +136,9 @@ impl StreamableHttpClient for EngineHttp {
             }
             if let Some(error) = status_error {
                 return Err(error.into());
+            }
+            if !session_attached && !matches!(status.as_u16(), 401 | 403) && status.is_client_error() {
+                let _ = self.refused.set(status);
             }
             let shown = super::super::excerpt(&text, 200);
             return Err(StreamableHttpError::UnexpectedServerResponse(Cow::Owned(format!("HTTP {status}: {shown}"))));
@@ -202,13 +215,13 @@ impl StreamableHttpClient for EngineHttp {
 }
 
 /// The response's media type, lower case, without parameters.
-fn media_type(response: &reqwest::Response) -> Option<String> {
+pub(super) fn media_type(response: &reqwest::Response) -> Option<String> {
     let raw = response.headers().get(CONTENT_TYPE)?.to_str().ok()?;
     Some(raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 
 /// A 401 or 403 with a `WWW-Authenticate` challenge, as rmcp's errors for it.
-fn auth_challenge(response: &reqwest::Response) -> HttpResult<()> {
+pub(super) fn auth_challenge(response: &reqwest::Response) -> HttpResult<()> {
     let Some(header) = response.headers().get(WWW_AUTHENTICATE).and_then(|h| h.to_str().ok()) else {
         return Ok(());
     };
@@ -261,7 +274,7 @@ fn legacy_discover_answer(
 }
 
 /// The whole body, refused past `max` bytes.
-async fn read_limited(response: reqwest::Response, max: usize) -> HttpResult<Vec<u8>> {
+pub(super) async fn read_limited(response: reqwest::Response, max: usize) -> HttpResult<Vec<u8>> {
     let mut body = Vec::new();
     let mut chunks = response.bytes_stream();
     while let Some(chunk) = chunks.next().await {

@@ -1,5 +1,6 @@
-//! `mcp` tools: MCP servers over stdio (child processes) or Streamable HTTP, through
-//! the official Rust SDK (`rmcp`), in either protocol era (docs/architecture.md, "MCP tools").
+//! `mcp` tools: MCP servers over stdio (child processes), Streamable HTTP or the older
+//! HTTP+SSE transport, through the official Rust SDK (`rmcp`), in either protocol era
+//! (docs/architecture.md, "MCP tools").
 //!
 //! A manual call template of type `mcp` names its servers in `config.mcpServers`,
 //! as python-utcp writes it. Registration connects to each server, lists its tools
@@ -10,6 +11,7 @@
 
 mod config;
 mod http;
+mod legacy_sse;
 mod result;
 mod stdio;
 
@@ -318,13 +320,50 @@ impl Sessions {
                 }
             }
             Server::Http(spec) => {
-                let (client, url) = http_client(t, at, spec).await?;
-                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
-                config.max_sse_event_size = client.max_event;
-                let transport = StreamableHttpClientTransport::with_client(client, config);
+                let (http, url) = http_client(t, at, spec).await?;
+                // Streamable HTTP first, unless the config says `"transport": "sse"`;
+                // the older HTTP+SSE transport when that POST is refused with a 4xx
+                // (the backwards-compatibility rule of the MCP spec).
+                let mut refused = None;
+                if !spec.legacy_sse {
+                    let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                    config.max_sse_event_size = http.max_event;
+                    let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
+                    let transport = ProgressFirst { inner: transport, progress: progress.clone() };
+                    match handler.clone().serve_with_lifecycle(transport, lifecycle.clone()).await {
+                        Ok(client) => {
+                            return Ok(Session {
+                                _listening: listen(&client, &handler),
+                                client,
+                                child: None,
+                                progress,
+                            });
+                        }
+                        Err(e) => match http.refused.get() {
+                            None => return Err(no_session(&e)),
+                            Some(status) => {
+                                tracing::info!(manual = %at.manual, server = %at.server, %status,
+                                    "mcp server refused Streamable HTTP; trying the HTTP+SSE transport");
+                                refused = Some(*status);
+                            }
+                        },
+                    }
+                }
+                let context = match refused {
+                    None => format!("mcp server '{}' ({})", at.server, server.describe()),
+                    Some(status) => format!(
+                        "mcp server '{}' ({}): Streamable HTTP refused with HTTP {status}, then HTTP+SSE",
+                        at.server,
+                        server.describe()
+                    ),
+                };
+                let transport =
+                    legacy_sse::connect(&http, &url, spec.timeout).await.map_err(|e| e.with_context(&context))?;
                 let transport = ProgressFirst { inner: transport, progress: progress.clone() };
                 let client =
-                    handler.clone().serve_with_lifecycle(transport, lifecycle).await.map_err(|e| no_session(&e))?;
+                    handler.clone().serve_with_lifecycle(transport, lifecycle).await.map_err(|e| {
+                        Error::with_code(ErrorCode::Transport, format!("{context}: no MCP session: {e}"))
+                    })?;
                 Ok(Session { _listening: listen(&client, &handler), client, child: None, progress })
             }
         }
@@ -368,6 +407,7 @@ async fn http_client(t: &Transports, at: &Connect<'_>, spec: &HttpServer) -> Res
         idle: spec.sse_read_timeout,
         max_body: usize::try_from(calls.max_response_size).unwrap_or(usize::MAX),
         max_event: usize::try_from(calls.max_event_size).unwrap_or(usize::MAX),
+        refused: Default::default(),
     };
     Ok((client, request.url))
 }
