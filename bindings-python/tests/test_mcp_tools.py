@@ -36,7 +36,7 @@ def alive(pid: int) -> bool:
 def engine(request):
     e = utp.Engine()
     names = e.register_manual(template("calc", request.param))
-    assert sorted(names) == ["calc.srv.add", "calc.srv.fail", "calc.srv.image", "calc.srv.pid", "calc.srv.shout", "calc.srv.sleep"]
+    assert sorted(names) == ["calc.srv.add", "calc.srv.fail", "calc.srv.image", "calc.srv.pid", "calc.srv.shout", "calc.srv.sleep", "calc.srv.stats"]
     yield e
     e.close()
 

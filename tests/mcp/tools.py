@@ -1,14 +1,22 @@
 """The tools of the MCP test servers, shared by both SDK generations (server_v1.py, server_v2.py).
 
 `add` has an output schema (structured content), `shout` returns text, `image` an image,
-`fail` raises (the SDK answers `isError: true`), `sleep` waits, `pid` names the process."""
+`fail` raises (the SDK answers `isError: true`), `sleep` waits, `pid` names the process,
+`stats` returns an object (structured content that is not `{"result": x}`)."""
 import asyncio
 import base64
 import os
 
+from typing import TypedDict
+
 from mcp.types import ImageContent
 
 PIXEL = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+
+
+class Stats(TypedDict):
+    count: int
+    mean: float
 
 
 def register(app) -> None:
@@ -42,3 +50,8 @@ def register(app) -> None:
     def pid() -> int:
         """The server's process id"""
         return os.getpid()
+
+    @app.tool()
+    def stats(values: list[float]) -> Stats:
+        """How many values and their mean"""
+        return {"count": len(values), "mean": sum(values) / len(values) if values else 0.0}
