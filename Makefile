@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 UTP := $(CARGO_TARGET_DIR)/debug/utp
 
-.PHONY: all build test test-rust test-install fmt-check demo clean bench bench-openapi bench-calls bench-store help
+.PHONY: all build test test-rust test-install fmt-check demo clean bench bench-openapi bench-calls bench-mcp bench-store help
 all: build
 
 help:
@@ -85,6 +85,13 @@ bench-openapi:
 # cargo bench -p utp-core --bench calls
 bench-calls:
 	python3 bench/calls/run.py
+
+# MCP tools/call side by side: this engine (Python and Rust), python-utcp 1.2 + utcp-mcp,
+# the official Python client and a bare rmcp client, over stdio (bench/mcp/run.py;
+# BENCH_MCP_TRANSPORT=stdio,http once the engine calls Streamable HTTP servers).
+BENCH_MCP_TRANSPORT ?= stdio
+bench-mcp:
+	python3 bench/mcp/run.py --transport $(BENCH_MCP_TRANSPORT)
 
 # Durable 10-step workflows on SQLite side by side with DBOS and LangGraph: sequential
 # and 8 in flight, durability normal and sync, same run (bench/store/run.py).

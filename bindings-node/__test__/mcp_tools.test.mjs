@@ -13,7 +13,7 @@ import readline from 'node:readline'
 import { Engine } from 'utp-runtime'
 import { rejectsWith, repoRoot } from './helpers.mjs'
 
-const TOOLS = ['add', 'fail', 'grow', 'image', 'pid', 'progress', 'shout', 'sleep']
+const TOOLS = ['add', 'fail', 'grow', 'image', 'pid', 'progress', 'shout', 'sleep', 'stats']
 
 function python(era) {
   const file = path.join(repoRoot, `.venv-mcp${era}`, 'bin', 'python')

@@ -19,7 +19,7 @@ import utp
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ERAS = {"v1": ROOT / ".venv-mcp1" / "bin" / "python", "v2": ROOT / ".venv-mcp2" / "bin" / "python"}
-TOOLS = ["add", "fail", "grow", "image", "pid", "progress", "shout", "sleep"]
+TOOLS = ["add", "fail", "grow", "image", "pid", "progress", "shout", "sleep", "stats"]
 # (era, transport): both eras over both transports, and mcp 1.x over HTTP+SSE: "sse" with
 # `"transport": "sse"` in the config, "sse-url" by its URL alone (Streamable HTTP is refused first).
 SERVERS = [("v1", "stdio"), ("v1", "http"), ("v1", "sse"), ("v1", "sse-url"), ("v2", "stdio"), ("v2", "http")]

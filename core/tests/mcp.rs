@@ -53,11 +53,17 @@ fn tools_register_as_manual_server_tool_and_results_unwrap_like_python_utcp() {
         tools,
         [
             "calc.calc.add",
+            "calc.calc.concat",
             "calc.calc.crash",
             "calc.calc.echo",
             "calc.calc.fail",
             "calc.calc.image",
+            "calc.calc.length",
+            "calc.calc.multiply",
+            "calc.calc.noop",
             "calc.calc.pid",
+            "calc.calc.reverse",
+            "calc.calc.shout",
             "calc.calc.sleep"
         ]
     );
@@ -124,7 +130,7 @@ fn paginated_listings_are_followed_and_the_server_env_is_passed() {
     let e = engine(json!({}));
     let servers = json!({"paged": {"command": server_path(), "env": {"MCP_TEST_TOOLS_PAGE": "2"}}});
     let tools = rt.block_on(e.register_manual(ManualSource::Inline(template("m", servers)), None)).unwrap();
-    assert_eq!(tools.len(), 7, "{tools:?}");
+    assert_eq!(tools.len(), 13, "{tools:?}");
     e.close(Duration::from_secs(1));
 }
 

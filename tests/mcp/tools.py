@@ -2,6 +2,7 @@
 
 `add` has an output schema (structured content), `shout` returns text, `image` an image,
 `fail` raises (the SDK answers `isError: true`), `sleep` waits, `pid` names the process,
+`stats` returns an object (structured content that is not `{"result": x}`),
 `progress` reports progress, `grow` adds a tool and says the list changed; `app_config`
 is a resource. `serve` runs a server over stdio, Streamable HTTP or the older HTTP+SSE."""
 import asyncio
@@ -9,10 +10,16 @@ import base64
 import os
 import socket
 import sys
+from typing import TypedDict
 
 from mcp.types import ImageContent
 
 PIXEL = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+
+
+class Stats(TypedDict):
+    count: int
+    mean: float
 
 
 def register(app, context_type) -> None:
@@ -46,6 +53,11 @@ def register(app, context_type) -> None:
     def pid() -> int:
         """The server's process id"""
         return os.getpid()
+
+    @app.tool()
+    def stats(values: list[float]) -> Stats:
+        """How many values and their mean"""
+        return {"count": len(values), "mean": sum(values) / len(values) if values else 0.0}
 
     async def progress(steps: int, ctx: context_type) -> str:
         """Reports `steps` progress notifications, then returns"""
