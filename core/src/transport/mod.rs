@@ -7,7 +7,6 @@
 pub mod cli;
 pub mod file;
 pub mod graphql;
-pub(crate) mod graphql_ws;
 pub(crate) mod here;
 pub use here::{BlockingCall, CallThread, host_callbacks_here, poll_with_callbacks, run_host_callback};
 pub mod http;

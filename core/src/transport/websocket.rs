@@ -101,7 +101,7 @@ pub(crate) struct Caller {
 }
 
 /// What a handshake sends: shared by `websocket` tools and GraphQL subscriptions
-/// (`graphql_ws.rs`), so both connect under the same rules.
+/// (`graphql/ws.rs`), so both connect under the same rules.
 pub(crate) struct Handshake<'a> {
     /// A `ws://` or `wss://` URL [`check_url`] accepted.
     pub(crate) url: &'a url::Url,

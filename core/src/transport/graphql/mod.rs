@@ -14,13 +14,15 @@
 //!   `errors` is `TOOL_FAILED` with the messages, saying when partial data came too.
 //!
 //! - A subscription (`operation_type: "subscription"`) goes over a WebSocket with the
-//!   `graphql-transport-ws` subprotocol instead (`graphql_ws.rs`): a stream yields each
+//!   `graphql-transport-ws` subprotocol instead (`graphql/ws.rs`): a stream yields each
 //!   `data`; a plain call returns the list of them once the server completes.
 //!
 //! Discovery ([`discover`]) runs the standard introspection query once and builds one
 //! tool per root Query, Mutation and Subscription field: inputs from the arguments,
 //! outputs and a default selection set from the return type, to [`SELECTION_DEPTH`]
 //! levels.
+
+mod ws;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -31,7 +33,7 @@ use reqwest::header::HeaderValue;
 use serde_json::{Map, Value, json};
 
 use super::net::{self, Body, RequestSpec};
-use super::{ItemStream, Transports, arg_text, excerpt, graphql_ws, http};
+use super::{ItemStream, Transports, arg_text, excerpt, http};
 use crate::error::{Error, Result};
 use crate::manual::{CallTemplate, GraphqlTemplate, Tool, is_graphql_name};
 use crate::registry::RegisteredTool;
@@ -62,10 +64,10 @@ pub(crate) async fn call(
     timeout: Duration,
 ) -> Result<Value> {
     let (body, header_args) = request(tool, tpl, args)?;
-    if graphql_ws::is_subscription(tpl) {
+    if ws::is_subscription(tpl) {
         // A plain call of a subscription: every item until `complete`, as a list (the
         // call's timeout bounds it all; dropping the stream stops the subscription).
-        let stream = graphql_ws::subscribe(t, tool, tpl, body, &header_args, timeout).await?;
+        let stream = ws::subscribe(t, tool, tpl, body, &header_args, timeout).await?;
         return super::sse::collect(stream, false).await;
     }
     let response = post(t, tool, tpl, &Value::Object(body), &header_args, timeout).await?;
@@ -73,7 +75,7 @@ pub(crate) async fn call(
 }
 
 /// Open a stream of a `graphql` tool: a subscription's items as they come
-/// (`graphql_ws`); a query or mutation yields its one result.
+/// (`graphql/ws.rs`); a query or mutation yields its one result.
 pub(crate) async fn call_stream(
     t: &Transports,
     tool: &RegisteredTool,
@@ -81,12 +83,12 @@ pub(crate) async fn call_stream(
     args: Map<String, Value>,
     timeout: Duration,
 ) -> Result<ItemStream> {
-    if !graphql_ws::is_subscription(tpl) {
+    if !ws::is_subscription(tpl) {
         let value = call(t, tool, tpl, args, timeout).await?;
         return Ok(Box::pin(futures_util::stream::once(async move { Ok(value) })));
     }
     let (body, header_args) = request(tool, tpl, args)?;
-    graphql_ws::subscribe(t, tool, tpl, body, &header_args, timeout).await
+    ws::subscribe(t, tool, tpl, body, &header_args, timeout).await
 }
 
 /// `header_fields` arguments as (header name, text).

@@ -33,8 +33,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::websocket::{self, Caller, Handshake, Socket};
-use super::{ItemStream, Transports, net, origin_cap};
+use super::super::websocket::{self, Caller, Handshake, Socket};
+use super::super::{ItemStream, Transports, net, origin_cap};
 use crate::error::{Error, Result};
 use crate::manual::{Auth, GraphqlTemplate};
 use crate::registry::RegisteredTool;
@@ -266,7 +266,7 @@ impl Reader {
                     let data = payload.remove("data").unwrap_or(Value::Null);
                     match payload.get("errors") {
                         Some(Value::Array(errors)) if !errors.is_empty() => {
-                            let error = super::graphql::graphql_errors(&self.who, &self.url, errors, &data);
+                            let error = super::graphql_errors(&self.who, &self.url, errors, &data);
                             let _ = tx.send(Err(error)).await;
                             return self.complete().await;
                         }
@@ -283,7 +283,7 @@ impl Reader {
                         Some(other) => vec![other.clone()],
                         None => Vec::new(),
                     };
-                    let error = super::graphql::graphql_errors(&self.who, &self.url, &errors, &Value::Null);
+                    let error = super::graphql_errors(&self.who, &self.url, &errors, &Value::Null);
                     let _ = tx.send(Err(error)).await;
                     return self.close().await;
                 }
