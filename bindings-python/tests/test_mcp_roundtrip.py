@@ -79,7 +79,7 @@ def test_the_same_template_gives_the_same_names_and_results(engine):
     ok, errors, names, theirs = python_utcp(template, CALLS + [("fail", {})])
     assert ok, errors
     assert sorted(engine.register_manual(template)) == names
-    assert names == [f"m.srv.{t}" for t in ("add", "fail", "image", "pid", "shout", "sleep", "stats")]
+    assert names == [f"m.srv.{t}" for t in ("add", "fail", "grow", "image", "pid", "progress", "shout", "sleep", "stats")]
     for tool, args in CALLS:
         assert not isinstance(theirs[tool], Exception), (tool, theirs[tool])
         assert engine.call_tool(f"m.srv.{tool}", args) == theirs[tool], tool

@@ -19,8 +19,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
-use rmcp::handler::client::progress::ProgressDispatcher;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest, ProgressNotificationParam,
     ProtocolVersion, ReadResourceRequestParams, ServerJsonRpcMessage, ServerNotification, ServerResult,
@@ -43,6 +41,9 @@ use crate::registry::RegisteredTool;
 
 /// Where a call's progress notifications go (`{"progress", "total", "message"}`).
 pub type ProgressSink = Arc<dyn Fn(Value) + Send + Sync>;
+
+/// The calls of one connection waiting for progress, by their progress token.
+type ProgressRoutes = Arc<parking_lot::Mutex<HashMap<rmcp::model::ProgressToken, ProgressSink>>>;
 
 /// What the engine hears from its MCP servers outside any call.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,14 +83,16 @@ impl ClientHandler for Handler {
 struct Session {
     client: RunningService<RoleClient, Handler>,
     child: Option<parking_lot::Mutex<tokio::process::Child>>,
-    progress: ProgressDispatcher,
+    progress: ProgressRoutes,
     /// The `subscriptions/listen` of a new-era server (its `list_changed` comes only there).
     _listening: Option<AbortOnDrop>,
 }
 
 impl Session {
+    /// A stdio child that exits closes its stdout, which ends the transport: no need
+    /// to ask the kernel on every call.
     fn is_alive(&self) -> bool {
-        !self.client.is_transport_closed() && self.child.as_ref().is_none_or(|c| stdio::is_running(&mut c.lock()))
+        !self.client.is_transport_closed()
     }
 
     /// Let a session go without waiting (on the runtime, where `end` would block).
@@ -125,7 +128,8 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 /// across an await, so `close` (sync) always finds every server.
 #[derive(Default)]
 pub struct Sessions {
-    live: parking_lot::Mutex<HashMap<(String, String), Arc<Session>>>,
+    /// By manual, then server: a call finds its session without allocating a key.
+    live: parking_lot::Mutex<HashMap<String, HashMap<String, Arc<Session>>>>,
     restarts: parking_lot::Mutex<HashMap<(String, String), Restarts>>,
     notices: OnceLock<NoticeSink>,
     /// What stdio servers wrote to stdout that was not JSON-RPC, by (manual, server).
@@ -153,7 +157,7 @@ impl Sessions {
     /// End every server (the engine is closing).
     pub fn close(&self, grace: Duration) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        let sessions: Vec<Arc<Session>> = self.live.lock().drain().map(|(_, s)| s).collect();
+        let sessions: Vec<Arc<Session>> = self.live.lock().drain().flat_map(|(_, s)| s.into_values()).collect();
         for session in sessions {
             session.end(grace);
         }
@@ -161,11 +165,8 @@ impl Sessions {
 
     /// End the servers of `manual` (it was removed).
     pub fn close_manual(&self, manual: &str) {
-        let ended: Vec<Arc<Session>> = {
-            let mut live = self.live.lock();
-            let keys: Vec<_> = live.keys().filter(|(m, _)| m == manual).cloned().collect();
-            keys.iter().filter_map(|k| live.remove(k)).collect()
-        };
+        let ended: Vec<Arc<Session>> =
+            self.live.lock().remove(manual).into_iter().flat_map(|s| s.into_values()).collect();
         for session in ended {
             session.abandon();
         }
@@ -189,32 +190,43 @@ impl Sessions {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Drop the session of `key` if it is `session` (so that the next call opens another).
-    fn forget(&self, key: &(String, String), session: &Arc<Session>) {
+    /// Take the session of `at`'s server out of the map if it is `session` (or any, with
+    /// `None`), returning it.
+    fn take(&self, at: &Connect<'_>, session: Option<&Arc<Session>>) -> Option<Arc<Session>> {
         let mut live = self.live.lock();
-        if live.get(key).is_some_and(|s| Arc::ptr_eq(s, session)) {
-            live.remove(key);
-            session.abandon();
+        let servers = live.get_mut(at.manual)?;
+        if session.is_some_and(|s| !servers.get(at.server).is_some_and(|live| Arc::ptr_eq(live, s))) {
+            return None;
+        }
+        servers.remove(at.server)
+    }
+
+    /// Drop `session` of `at`'s server (so that the next call opens another).
+    fn forget(&self, at: &Connect<'_>, session: &Arc<Session>) {
+        if let Some(dropped) = self.take(at, Some(session)) {
+            dropped.abandon();
         }
     }
 
-    /// The session of `server`, opened if none is alive. Two calls that find it gone
-    /// may both open one: the first to come back keeps its own, the other's is ended.
-    async fn session(&self, t: &Transports, at: &Connect<'_>, server: &Server) -> Result<Arc<Session>> {
-        let key = (at.manual.to_string(), at.server.to_string());
+    /// The session of `at`'s server (one of `template`'s), opened if none is alive. Two
+    /// calls that find it gone may both open one: the first to come back keeps its own,
+    /// the other's is ended.
+    async fn session(&self, t: &Transports, at: &Connect<'_>, template: &McpTemplate) -> Result<Arc<Session>> {
         let restarting = {
-            let mut live = self.live.lock();
-            match live.get(&key) {
+            let live = self.live.lock();
+            match live.get(at.manual).and_then(|servers| servers.get(at.server)) {
                 Some(session) if session.is_alive() => return Ok(session.clone()),
-                Some(_) => {
-                    if let Some(dead) = live.remove(&key) {
-                        dead.abandon();
-                    }
-                    true
-                }
+                Some(_) => true,
                 None => false,
             }
         };
+        if restarting && let Some(dead) = self.take(at, None) {
+            dead.abandon();
+        }
+        let Some((_, server)) = servers(template)?.into_iter().find(|(name, _)| name == at.server) else {
+            return Err(Error::InvalidManual(format!("mcp template: no server '{}'", at.server)));
+        };
+        let key = (at.manual.to_string(), at.server.to_string());
         let closed = || Error::InvalidArgument("the engine is closed".into());
         if self.is_closed() {
             return Err(closed());
@@ -222,13 +234,14 @@ impl Sessions {
         if restarting {
             self.back_off(&key).await;
         }
-        let started = Arc::new(self.open(t, at, server).await?);
+        let started = Arc::new(self.open(t, at, &server).await?);
         let kept = {
             let mut live = self.live.lock();
-            match live.get(&key) {
+            let servers = live.entry(key.0).or_default();
+            match servers.get(at.server) {
                 Some(other) if other.is_alive() => other.clone(),
                 _ => {
-                    live.insert(key.clone(), started.clone());
+                    servers.insert(key.1, started.clone());
                     started.clone()
                 }
             }
@@ -238,7 +251,7 @@ impl Sessions {
         }
         // `close` ran while this server started: it found the map without it.
         if self.is_closed() {
-            if let Some(session) = self.live.lock().remove(&key) {
+            if let Some(session) = self.take(at, None) {
                 session.abandon();
             }
             return Err(closed());
@@ -248,11 +261,16 @@ impl Sessions {
 
     /// [`Sessions::session`], once more with a new OAuth2 token when the server refused
     /// the one it was given (HTTP 401).
-    async fn session_with_auth(&self, t: &Transports, at: &mut Connect<'_>, server: &Server) -> Result<Arc<Session>> {
-        match self.session(t, at, server).await {
+    async fn session_with_auth(
+        &self,
+        t: &Transports,
+        at: &mut Connect<'_>,
+        template: &McpTemplate,
+    ) -> Result<Arc<Session>> {
+        match self.session(t, at, template).await {
             Err(e) if unauthorized(&e) && matches!(at.auth, Some(Auth::OAuth2 { .. })) && !at.fresh_token => {
                 at.fresh_token = true;
-                self.session(t, at, server).await
+                self.session(t, at, template).await
             }
             other => other,
         }
@@ -286,7 +304,7 @@ impl Sessions {
     /// Connect to `server`, new protocol era first (`server/discover`), falling back to
     /// the `initialize` handshake when the server answers as a legacy one.
     async fn open(&self, t: &Transports, at: &Connect<'_>, server: &Server) -> Result<Session> {
-        let progress = ProgressDispatcher::new();
+        let progress = ProgressRoutes::default();
         let handler =
             Handler { manual: at.manual.into(), server: at.server.into(), notices: self.notices.get().cloned() };
         let lifecycle = ClientLifecycleMode::Auto {
@@ -452,7 +470,7 @@ fn listen(client: &RunningService<RoleClient, Handler>, handler: &Handler) -> Op
 /// its handler of a notification later, on a task of its own, which could lose the race).
 struct ProgressFirst<T> {
     inner: T,
-    progress: ProgressDispatcher,
+    progress: ProgressRoutes,
 }
 
 impl<T: Transport<RoleClient>> Transport<RoleClient> for ProgressFirst<T> {
@@ -470,13 +488,28 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for ProgressFirst<T> {
         if let ServerJsonRpcMessage::Notification(n) = &message
             && let ServerNotification::ProgressNotification(p) = &n.notification
         {
-            self.progress.handle_notification(p.params.clone()).await;
+            let sink = self.progress.lock().get(&p.params.progress_token).cloned();
+            if let Some(sink) = sink {
+                sink(progress_value(&p.params));
+            }
         }
         Some(message)
     }
 
     fn close(&mut self) -> impl Future<Output = std::result::Result<(), Self::Error>> + Send {
         self.inner.close()
+    }
+}
+
+/// A call's entry in [`ProgressRoutes`], removed when the call ends or is dropped.
+struct ProgressRoute<'a> {
+    routes: &'a ProgressRoutes,
+    token: rmcp::model::ProgressToken,
+}
+
+impl Drop for ProgressRoute<'_> {
+    fn drop(&mut self) {
+        self.routes.lock().remove(&self.token);
     }
 }
 
@@ -503,37 +536,24 @@ async fn request(session: &Session, request: ClientRequest, progress: Option<&Pr
     let peer = session.client.peer().clone();
     let handle = peer.send_request_with_option(request, PeerRequestOptions::no_options()).await.map_err(service)?;
     let mut guard = CancelOnDrop { peer: Some(peer), id: handle.id.clone() };
-    let result = match progress {
-        None => handle.await_response().await,
-        Some(sink) => {
-            let mut updates = session.progress.subscribe(handle.progress_token.clone()).await;
-            let response = handle.await_response();
-            tokio::pin!(response);
-            let result = loop {
-                tokio::select! {
-                    result = &mut response => break result,
-                    Some(update) = updates.next() => sink(progress_value(update)),
-                }
-            };
-            // What came before the result is in the channel already (`ProgressFirst`).
-            while let Some(Some(update)) = updates.next().now_or_never() {
-                sink(progress_value(update));
-            }
-            result
-        }
-    };
+    // Registered after the send: a server takes longer to answer than this takes.
+    let _route = progress.map(|sink| {
+        session.progress.lock().insert(handle.progress_token.clone(), sink.clone());
+        ProgressRoute { routes: &session.progress, token: handle.progress_token.clone() }
+    });
+    let result = handle.await_response().await;
     guard.peer = None;
     result.map_err(service)
 }
 
-fn progress_value(update: ProgressNotificationParam) -> Value {
+fn progress_value(update: &ProgressNotificationParam) -> Value {
     let mut value = Map::new();
     value.insert("progress".into(), update.progress.into());
     if let Some(total) = update.total {
         value.insert("total".into(), total.into());
     }
-    if let Some(message) = update.message {
-        value.insert("message".into(), message.into());
+    if let Some(message) = &update.message {
+        value.insert("message".into(), message.clone().into());
     }
     Value::Object(value)
 }
@@ -578,7 +598,7 @@ pub async fn list_server_tools(
     let resources_too = template.extra.get("register_resources_as_tools").and_then(Value::as_bool) == Some(true);
     let mut at = Connect { manual, server, auth: template.common.auth.as_ref(), cap: None, fresh_token: false };
     let listing = async {
-        let session = t.mcp.session_with_auth(t, &mut at, spec).await?;
+        let session = t.mcp.session_with_auth(t, &mut at, template).await?;
         let listed = |what: &str, e: ServiceError| {
             Error::with_code(ErrorCode::Transport, format!("mcp server '{server}': {what} failed: {e}"))
         };
@@ -641,22 +661,18 @@ pub async fn list_server_tools(
     Ok(tools)
 }
 
-/// Where a tool lives: its server (by name and spec) and what to send it.
+/// Where a tool lives (its server's name) and what to send it.
 struct Target<'a> {
     server: &'a str,
-    spec: Server,
     request: ClientRequest,
 }
 
-fn target<'a>(tool: &'a RegisteredTool, template: &McpTemplate, args: Map<String, Value>) -> Result<Target<'a>> {
+fn target(tool: &RegisteredTool, args: Map<String, Value>) -> Result<Target<'_>> {
     let Some((server, remote_name)) = tool.tool.name.split_once('.') else {
         return Err(Error::InvalidManual(format!(
             "tool '{}': an mcp tool is named <manual>.<server>.<tool>",
             tool.name
         )));
-    };
-    let Some((_, spec)) = servers(template)?.into_iter().find(|(name, _)| name == server) else {
-        return Err(Error::InvalidManual(format!("tool '{}': its template has no server '{server}'", tool.name)));
     };
     let request = match tool.tool.extra.get(RESOURCE_URI).and_then(Value::as_str) {
         Some(uri) => ClientRequest::ReadResourceRequest(rmcp::model::ReadResourceRequest::new(
@@ -667,7 +683,7 @@ fn target<'a>(tool: &'a RegisteredTool, template: &McpTemplate, args: Map<String
             ClientRequest::CallToolRequest(CallToolRequest::new(params))
         }
     };
-    Ok(Target { server, spec, request })
+    Ok(Target { server, request })
 }
 
 /// Call `tool` (`<manual>.<server>.<tool>`) on its server; progress goes to `progress`.
@@ -678,17 +694,22 @@ pub async fn call(
     args: Map<String, Value>,
     progress: Option<&ProgressSink>,
 ) -> Result<Value> {
-    let Target { server, spec, request: message } = target(tool, template, args)?;
+    let Target { server, request: message } = target(tool, args)?;
     let auth = template.common.auth.as_ref();
+    let oauth2 = matches!(auth, Some(Auth::OAuth2 { .. }));
     let mut at = Connect { manual: &tool.manual, server, auth, cap: super::origin_cap(tool), fresh_token: false };
-    let key = (tool.manual.clone(), server.to_string());
+    // Only an OAuth2 call may be sent twice (a refused token); the others need no copy.
+    let mut again = oauth2.then(|| message.clone());
+    let mut message = Some(message);
     let outcome = loop {
-        let session = t.mcp.session_with_auth(t, &mut at, &spec).await?;
-        match request(&session, message.clone(), progress).await {
+        let session = t.mcp.session_with_auth(t, &mut at, template).await?;
+        let Some(sent) = message.take() else { return Err(Error::Internal("mcp: no request to send".into())) };
+        match request(&session, sent, progress).await {
             // An expired OAuth2 token: once more, with a new one.
-            Err(e) if unauthorized(&e) && matches!(auth, Some(Auth::OAuth2 { .. })) && !at.fresh_token => {
-                t.mcp.forget(&key, &session);
+            Err(e) if unauthorized(&e) && !at.fresh_token && again.is_some() => {
+                t.mcp.forget(&at, &session);
                 at.fresh_token = true;
+                message = again.take();
             }
             other => break other,
         }
@@ -731,10 +752,10 @@ pub async fn call_stream(
     args: Map<String, Value>,
     progress: Option<ProgressSink>,
 ) -> Result<ItemStream> {
-    let Target { server, spec, request: message } = target(tool, template, args)?;
+    let Target { server, request: message } = target(tool, args)?;
     let auth = template.common.auth.as_ref();
     let mut at = Connect { manual: &tool.manual, server, auth, cap: super::origin_cap(tool), fresh_token: false };
-    let session = t.mcp.session_with_auth(t, &mut at, &spec).await?;
+    let session = t.mcp.session_with_auth(t, &mut at, template).await?;
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Result<Value>>();
     let updates = sender.clone();
     let sink: ProgressSink = Arc::new(move |update: Value| {
