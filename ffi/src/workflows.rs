@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use utp_core::host::{self, KeyStyle};
-use utp_core::workflow::{RunOptions, WorkflowSource};
+use utp_core::workflow::{ExecutionStatus, RunOptions, WorkflowSource};
 use utp_core::{Engine, Error};
 
 use crate::callbacks::{Completion, UtpCompletionFn, UtpFreeFn};
@@ -192,11 +192,19 @@ pub unsafe extern "C" fn utp_run_workflow_async(
             delivered: false,
             what: "workflow run",
         };
+        let engine = handle.engine.clone();
         runtime.spawn(async move {
             exec.wait().await;
-            let record = exec.to_value(true);
+            // A run stopped by utp_engine_free ends in CANCELLED, as when the runtime
+            // goes first and the completion is dropped undelivered.
+            let outcome = match exec.status() {
+                ExecutionStatus::Cancelled if engine.is_closed() => {
+                    Err(Error::Cancelled(format!("execution '{}' stopped: the engine was freed", exec.id)))
+                }
+                _ => Ok(exec.to_value(true)),
+            };
             // C code may block: run it on the blocking pool, never on a worker.
-            let _ = tokio::task::spawn_blocking(move || completion.deliver(Ok(record))).await;
+            let _ = tokio::task::spawn_blocking(move || completion.deliver(outcome)).await;
         });
         if !out_execution_id.is_null() {
             // SAFETY: non-NULL and valid for writes per the contract.

@@ -119,6 +119,11 @@ impl Engine {
         self.inner.durable.load_full()
     }
 
+    /// Whether [`Engine::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.workflows().shutdown.is_cancelled()
+    }
+
     /// Stop: running executions stop where they are, without being recorded as
     /// finished (with a store they stay unfinished, and the next engine on it resumes
     /// them; their waiters get `CANCELLED`), no new execution starts, and the store is
