@@ -89,6 +89,34 @@ struct Session {
 }
 
 impl Session {
+    /// Open a session over `transport` (progress routed as it is read, `ProgressFirst`),
+    /// and listen for `list_changed` when the server needs asking.
+    async fn serve<T: Transport<RoleClient> + 'static>(
+        handler: &Handler,
+        transport: T,
+        lifecycle: ClientLifecycleMode,
+        child: Option<tokio::process::Child>,
+    ) -> std::result::Result<Session, rmcp::service::ClientInitializeError> {
+        let progress = ProgressRoutes::default();
+        let transport = ProgressFirst { inner: transport, progress: progress.clone() };
+        let client = match handler.clone().serve_with_lifecycle(transport, lifecycle).await {
+            Ok(client) => client,
+            Err(e) => {
+                // A child that started but gave no session goes with its group.
+                if let Some(mut child) = child {
+                    stdio::kill(&mut child);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Session {
+            _listening: listen(&client, handler),
+            client,
+            child: child.map(parking_lot::Mutex::new),
+            progress,
+        })
+    }
+
     /// A stdio child that exits closes its stdout, which ends the transport: no need
     /// to ask the kernel on every call.
     fn is_alive(&self) -> bool {
@@ -304,7 +332,6 @@ impl Sessions {
     /// Connect to `server`, new protocol era first (`server/discover`), falling back to
     /// the `initialize` handshake when the server answers as a legacy one.
     async fn open(&self, t: &Transports, at: &Connect<'_>, server: &Server) -> Result<Session> {
-        let progress = ProgressRoutes::default();
         let handler =
             Handler { manual: at.manual.into(), server: at.server.into(), notices: self.notices.get().cloned() };
         let lifecycle = ClientLifecycleMode::Auto {
@@ -319,23 +346,11 @@ impl Sessions {
         };
         match server {
             Server::Stdio(spec) => {
-                let (mut child, stdout, stdin) =
+                let (child, stdout, stdin) =
                     stdio::spawn(&t.config.calls.cli_env_allowlist, at.manual, at.server, spec)?;
                 let max_line = usize::try_from(t.config.calls.max_response_size).unwrap_or(usize::MAX);
                 let transport = stdio::StdioTransport::new(stdout, stdin, self.garbage_slot(at), max_line);
-                let transport = ProgressFirst { inner: transport, progress: progress.clone() };
-                match handler.clone().serve_with_lifecycle(transport, lifecycle).await {
-                    Ok(client) => Ok(Session {
-                        _listening: listen(&client, &handler),
-                        client,
-                        child: Some(parking_lot::Mutex::new(child)),
-                        progress,
-                    }),
-                    Err(e) => {
-                        stdio::kill(&mut child);
-                        Err(no_session(&e))
-                    }
-                }
+                Session::serve(&handler, transport, lifecycle, Some(child)).await.map_err(|e| no_session(&e))
             }
             Server::Http(spec) => {
                 let (http, url) = http_client(t, at, spec).await?;
@@ -347,16 +362,8 @@ impl Sessions {
                     let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
                     config.max_sse_event_size = http.max_event;
                     let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
-                    let transport = ProgressFirst { inner: transport, progress: progress.clone() };
-                    match handler.clone().serve_with_lifecycle(transport, lifecycle.clone()).await {
-                        Ok(client) => {
-                            return Ok(Session {
-                                _listening: listen(&client, &handler),
-                                client,
-                                child: None,
-                                progress,
-                            });
-                        }
+                    match Session::serve(&handler, transport, lifecycle.clone(), None).await {
+                        Ok(session) => return Ok(session),
                         Err(e) => match http.refused.get() {
                             None => return Err(no_session(&e)),
                             Some(status) => {
@@ -377,12 +384,9 @@ impl Sessions {
                 };
                 let transport =
                     legacy_sse::connect(&http, &url, spec.timeout).await.map_err(|e| e.with_context(&context))?;
-                let transport = ProgressFirst { inner: transport, progress: progress.clone() };
-                let client =
-                    handler.clone().serve_with_lifecycle(transport, lifecycle).await.map_err(|e| {
-                        Error::with_code(ErrorCode::Transport, format!("{context}: no MCP session: {e}"))
-                    })?;
-                Ok(Session { _listening: listen(&client, &handler), client, child: None, progress })
+                Session::serve(&handler, transport, lifecycle, None)
+                    .await
+                    .map_err(|e| Error::with_code(ErrorCode::Transport, format!("{context}: no MCP session: {e}")))
             }
         }
     }
@@ -436,9 +440,7 @@ async fn http_client(t: &Transports, at: &Connect<'_>, spec: &HttpServer) -> Res
 fn listen(client: &RunningService<RoleClient, Handler>, handler: &Handler) -> Option<AbortOnDrop> {
     let info = client.peer().peer_info()?;
     let new_era = info.protocol_version >= ProtocolVersion::V_2026_07_28;
-    let announces =
-        serde_json::to_value(&info.capabilities).ok().and_then(|c| c.pointer("/tools/listChanged").cloned())
-            == Some(Value::Bool(true));
+    let announces = info.capabilities.tools.as_ref().and_then(|tools| tools.list_changed) == Some(true);
     if !new_era || !announces {
         return None;
     }
