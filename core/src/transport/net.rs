@@ -424,9 +424,10 @@ pub fn request_error(method: &reqwest::Method, url: &url::Url, e: reqwest::Error
     Error::Transport(format!("{method} {shown}: {detail}"))
 }
 
-/// A loopback HTTP server answering every request `200 {}`, for the tests; its port.
+/// A loopback HTTP server answering every request with `answer(its own port)`, a whole
+/// response, for the tests; its port.
 #[cfg(test)]
-pub(crate) fn empty_json_server() -> u16 {
+pub(crate) fn canned_server(answer: impl Fn(u16) -> String + Send + 'static) -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -434,10 +435,16 @@ pub(crate) fn empty_json_server() -> u16 {
         for mut stream in listener.incoming().flatten() {
             let mut buf = [0u8; 4096];
             let _ = stream.read(&mut buf);
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+            let _ = stream.write_all(answer(port).as_bytes());
         }
     });
     port
+}
+
+/// A loopback HTTP server answering every request `200 {}`, for the tests; its port.
+#[cfg(test)]
+pub(crate) fn empty_json_server() -> u16 {
+    canned_server(|_| "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".into())
 }
 
 #[cfg(test)]
@@ -483,18 +490,10 @@ mod tests {
     /// redirected to loopback. The cap is set by hand: a test can only serve loopback.
     #[test]
     fn a_redirect_more_local_than_the_cap_is_refused() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf);
-                let answer = format!(
-                    "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/next\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-                let _ = stream.write_all(answer.as_bytes());
-            }
+        let port = canned_server(|port| {
+            format!(
+                "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/next\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
         });
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = build_client(false, None).unwrap();
