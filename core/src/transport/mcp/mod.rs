@@ -565,9 +565,11 @@ fn service(e: ServiceError) -> Error {
 }
 
 /// Whether `e` says the server refused our credentials (HTTP 401).
+/// rmcp says "Auth required" for a 401 with a challenge; our HTTP clients write every
+/// refused status as "HTTP <code> <reason>" (a bare "401" could be part of a port).
 fn unauthorized(e: &Error) -> bool {
     let text = e.to_string();
-    text.contains("Auth required") || text.contains("401")
+    text.contains("Auth required") || text.contains("HTTP 401")
 }
 
 /// List the tools of every server of `template` as tools of manual `manual`
